@@ -1,0 +1,95 @@
+"""A KVM vCPU file descriptor with its mapped ``struct kvm_run``: KVM_RUN, registers, CPUID."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from minivmm.kvm.exits import INTERRUPTED, VcpuExit, decode_exit
+from minivmm.kvm.uapi import MAP_FAILED, IoctlTracer, ffi, ioctl_ptr, lib, raise_for
+
+_KVM_RUN = lib.KVM_RUN
+_ioctl_val = lib.minivmm_ioctl_val
+_EINTR = 4
+
+
+class Vcpu:
+    """One vCPU. Created by :meth:`Vm.create_vcpu`; unmaps ``kvm_run`` and closes its fd on ``close()``."""
+
+    def __init__(self, fd: int, vcpu_id: int, mmap_size: int, tracer: IoctlTracer | None = None) -> None:
+        ptr = lib.mmap(ffi.NULL, mmap_size, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_SHARED, fd, 0)
+        if ptr == MAP_FAILED:
+            raise OSError(ffi.errno, "mmap of kvm_run failed")
+        self.fd = fd
+        self.id = vcpu_id
+        self.tracer = tracer
+        self._mmap_size = mmap_size
+        self._map = ptr
+        #: The shared ``struct kvm_run``; valid until close().
+        self.run_struct: Any = ffi.cast("struct kvm_run *", ptr)
+        self._run_bytes = ffi.cast("char *", ptr)
+
+    def run(self) -> VcpuExit:
+        """Wrapper over KVM_RUN: enter the guest until the next exit to userspace, and decode that exit.
+
+        EINTR (a signal, or ``immediate_exit`` set) is not an error here: it returns ``Interrupted``.
+        """
+        if _ioctl_val(self.fd, _KVM_RUN, 0) < 0:
+            err = ffi.errno
+            if err == _EINTR:
+                return INTERRUPTED
+            raise_for(_KVM_RUN, err)
+        return decode_exit(self.run_struct, self._run_bytes)
+
+    @property
+    def immediate_exit(self) -> bool:
+        """``kvm_run.immediate_exit``: when set, the next KVM_RUN returns EINTR at once."""
+        return bool(self.run_struct.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.run_struct.immediate_exit = 1 if value else 0
+
+    def complete_io_in(self, data: bytes) -> None:
+        """Answer a KVM_EXIT_IO read: ``data`` (``size * count`` bytes) is what the guest's IN receives."""
+        io = self.run_struct.io
+        ffi.memmove(self._run_bytes + io.data_offset, data, len(data))
+
+    def complete_mmio_read(self, data: bytes) -> None:
+        """Answer a KVM_EXIT_MMIO read: ``data`` (``len`` bytes) is what the guest's load receives."""
+        ffi.memmove(self.run_struct.mmio.data, data, len(data))
+
+    def get_regs(self) -> Any:
+        """Wrapper over KVM_GET_REGS: a cffi-owned ``struct kvm_regs``."""
+        regs = ffi.new("struct kvm_regs *")
+        ioctl_ptr(self.fd, lib.KVM_GET_REGS, regs)
+        return regs
+
+    def set_regs(self, regs: Any) -> None:
+        """Wrapper over KVM_SET_REGS."""
+        ioctl_ptr(self.fd, lib.KVM_SET_REGS, regs)
+
+    def get_sregs(self) -> Any:
+        """Wrapper over KVM_GET_SREGS: a cffi-owned ``struct kvm_sregs``."""
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl_ptr(self.fd, lib.KVM_GET_SREGS, sregs)
+        return sregs
+
+    def set_sregs(self, sregs: Any) -> None:
+        """Wrapper over KVM_SET_SREGS."""
+        ioctl_ptr(self.fd, lib.KVM_SET_SREGS, sregs)
+
+    def set_cpuid2(self, cpuid: Any) -> None:
+        """Wrapper over KVM_SET_CPUID2 (usually with what KVM_GET_SUPPORTED_CPUID returned)."""
+        ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, cpuid)
+
+    def close(self) -> None:
+        """Unmap ``kvm_run`` and close the vCPU fd."""
+        if self._map is not None:
+            lib.munmap(self._map, self._mmap_size)
+            self._map = None
+            self.run_struct = None
+            self._run_bytes = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,119 @@
+"""A KVM VM file descriptor: memslots, ioeventfds, the in-kernel irqchip, and the parent of its vCPUs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
+from minivmm.kvm.vcpu import Vcpu
+
+if TYPE_CHECKING:
+    from minivmm.kvm.system import Kvm
+
+
+@dataclass(frozen=True)
+class IoEvent:
+    """What identifies an ioeventfd to KVM: the same values must be given again to deassign it."""
+
+    addr: int
+    length: int
+    fd: int
+    datamatch: int | None = None
+    pio: bool = False
+
+    def describe(self) -> str:
+        """``{addr=0xd0001000, len=4, fd=7, mmio}`` as traced records show it."""
+        match = "" if self.datamatch is None else f", datamatch={self.datamatch:#x}"
+        return f"{{addr={self.addr:#x}, len={self.length}, fd={self.fd}{match}, {'pio' if self.pio else 'mmio'}}}"
+
+
+class Vm:
+    """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``."""
+
+    def __init__(self, fd: int, kvm: "Kvm", tracer: IoctlTracer | None = None) -> None:
+        self.fd = fd
+        self.kvm = kvm
+        self.tracer = tracer
+        self.vcpus: list[Vcpu] = []
+        self._vcpu_mmap_size = kvm.get_vcpu_mmap_size()
+
+    def check_extension(self, cap: int) -> int:
+        """Wrapper over KVM_CHECK_EXTENSION on the VM fd (some capabilities are per VM)."""
+        return ioctl_val(self.fd, lib.KVM_CHECK_EXTENSION, cap)
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        """Wrapper over KVM_SET_USER_MEMORY_REGION: add, move or (with ``memory_size`` 0) delete a memslot.
+
+        Safety: KVM keeps ``userspace_addr`` and accesses ``memory_size`` bytes there for as long as the
+        slot exists; the caller keeps that mapping alive until the slot is deleted or the VM closed.
+        """
+        region = ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": memory_size, "userspace_addr": userspace_addr})
+        shown = (f"{{slot={slot}, flags={flags:#x}, guest_phys_addr={guest_phys_addr:#x}, "
+                 f"memory_size={memory_size}, userspace_addr={userspace_addr:#x}}}")
+        ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, self.tracer, shown)
+
+    def _ioeventfd(self, event: IoEvent, deassign: bool) -> None:
+        flags = 0
+        if event.datamatch is not None:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+        if event.pio:
+            flags |= lib.KVM_IOEVENTFD_FLAG_PIO
+        if deassign:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN
+        arg = ffi.new("struct kvm_ioeventfd *", {
+            "datamatch": event.datamatch or 0, "addr": event.addr, "len": event.length,
+            "fd": event.fd, "flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, arg, self.tracer,
+                  event.describe()[:-1] + (", deassign}" if deassign else "}"))
+
+    def register_ioevent(self, event: IoEvent) -> None:
+        """Wrapper over KVM_IOEVENTFD (assign): guest writes matching ``event`` signal its eventfd in the kernel.
+
+        ``length`` 0 matches writes of any length (KVM_CAP_IOEVENTFD_ANY_LENGTH); ``datamatch`` None
+        matches any value. The kernel registers a device on the MMIO (or PIO) bus: this is one of the
+        ``kvm_io_bus_register_dev`` calls the seeds are about.
+        """
+        self._ioeventfd(event, deassign=False)
+
+    def unregister_ioevent(self, event: IoEvent) -> None:
+        """Wrapper over KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN (``kvm_io_bus_unregister_dev``)."""
+        self._ioeventfd(event, deassign=True)
+
+    def create_irqchip(self) -> None:
+        """Wrapper over KVM_CREATE_IRQCHIP: on x86 this registers the PIC, IOAPIC (and PIT) bus devices."""
+        ioctl_val(self.fd, lib.KVM_CREATE_IRQCHIP, 0, self.tracer)
+
+    def set_tss_addr(self, addr: int) -> None:
+        """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""
+        ioctl_val(self.fd, lib.KVM_SET_TSS_ADDR, addr, self.tracer)
+
+    def create_vcpu(self, vcpu_id: int) -> Vcpu:
+        """Wrapper over KVM_CREATE_VCPU; also maps the vCPU's ``kvm_run`` (closed with the VM)."""
+        fd = ioctl_val(self.fd, lib.KVM_CREATE_VCPU, vcpu_id, self.tracer)
+        try:
+            vcpu = Vcpu(fd, vcpu_id, self._vcpu_mmap_size, self.tracer)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        """Close every vCPU, then the VM fd: the kernel destroys the VM when the last reference goes."""
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Vm":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,86 @@
+"""Shared fixtures. Tests marked ``kvm`` are skipped, with the reason, where /dev/kvm cannot be used."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GUEST = ROOT / "guest"
+
+
+def _kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
+    if not os.path.exists(path):
+        return f"{path} does not exist"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable by this user"
+    try:
+        from minivmm.kvm import Kvm, KvmUnavailable
+        try:
+            Kvm(path).close()
+        except KvmUnavailable as e:
+            return e.strerror
+    except ImportError as e:  # the compiled bindings are missing: that is a build failure, not a skip
+        raise
+    return None
+
+
+KVM_SKIP_REASON = _kvm_unusable_reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every ``kvm``-marked test where /dev/kvm is unusable."""
+    if KVM_SKIP_REASON is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_SKIP_REASON}")
+    for item in items:
+        if "kvm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def guest_image():
+    """Return the bytes of ``guest/NAME.bin``."""
+    def load(name: str) -> bytes:
+        return (GUEST / f"{name}.bin").read_bytes()
+    return load
+
+
+def run_cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+    """Run ``python -m minivmm ARGS`` in a subprocess (as a user would) and capture its output."""
+    import subprocess
+    return subprocess.run([sys.executable, "-m", "minivmm", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+class ExitLog:
+    """An ``on_exit`` hook that records (vcpu, exit) pairs, for exit-sequence assertions."""
+
+    def __init__(self) -> None:
+        import threading
+        self._lock = threading.Lock()
+        self.entries: list[tuple[int, object]] = []
+
+    def __call__(self, vcpu, exit_) -> None:
+        with self._lock:
+            self.entries.append((vcpu.id, exit_))
+
+    def of(self, vcpu_id: int) -> list[object]:
+        """The exits of one vCPU, in order."""
+        return [e for v, e in self.entries if v == vcpu_id]
+
+
+@pytest.fixture
+def boot():
+    """Boot an image in-process: ``boot(image_bytes, mode=..., vcpus=..., ...) -> (RunReport, ExitLog)``."""
+    def run(image: bytes, **config):
+        from minivmm.devices.console import Console
+        from minivmm.vmm.machine import Machine, MachineConfig
+        log = ExitLog()
+        with Machine(MachineConfig(**config), image, Console()) as machine:
+            report = machine.run(on_exit=log)
+        return report, log
+    return run
