@@ -1,0 +1,1 @@
+"""Device models and the bus they sit on. Devices see offsets into their own range, never absolute addresses."""

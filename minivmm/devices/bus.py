@@ -1,0 +1,128 @@
+"""One bus implementation, used twice: once for port I/O, once for MMIO ("they are not really different").
+
+Ranges are kept sorted and looked up by bisection. Like the kernel's ``kvm_io_bus``, the bus is
+copy-on-write: a change builds a new sorted tuple and publishes it with one assignment, so vCPU threads
+look devices up without taking a lock; changes are serialised by ``_lock``.
+
+Lock ordering: ``Bus._lock`` is only held while the range table is rebuilt, never while a device runs.
+Devices that keep state take their own lock inside ``read``/``write``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class BusDevice(Protocol):
+    """What a device on a bus implements. ``offset`` is relative to the base of the device's range."""
+
+    name: str
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Return ``size`` bytes read at ``offset``."""
+        ...
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Handle a write of ``data`` at ``offset``."""
+        ...
+
+
+class BusError(ValueError):
+    """A range could not be inserted into or removed from a bus."""
+
+
+class ZeroSizedRange(BusError):
+    """A device range of length 0 was given: it could never be accessed."""
+
+
+class RangeOutOfBounds(BusError):
+    """A device range goes past the end of the bus's address space (64 KiB of ports, 2^64 of MMIO)."""
+
+
+class Overlap(BusError):
+    """A device range overlaps a range already on the bus."""
+
+
+class NoSuchRange(BusError):
+    """No device range starts at the given address."""
+
+
+@dataclass(frozen=True)
+class BusRange:
+    """``[base, base + length)`` on a bus, with the device that claims it."""
+
+    base: int
+    length: int
+    device: BusDevice
+
+    @property
+    def end(self) -> int:
+        """One past the last address of the range."""
+        return self.base + self.length
+
+
+class Bus:
+    """A set of non-overlapping device ranges in an address space of ``size`` addresses."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self._lock = threading.Lock()
+        # (bases, ranges) in one attribute, so that a lock-free reader sees one whole table.
+        self._table: tuple[tuple[int, ...], tuple[BusRange, ...]] = ((), ())
+
+    def insert(self, device: BusDevice, base: int, length: int) -> None:
+        """Put ``device`` on ``[base, base + length)``; refuse empty, out-of-bounds or overlapping ranges."""
+        if length <= 0:
+            raise ZeroSizedRange(f"{self.name} bus: {device.name} at {base:#x} has length {length}")
+        if base < 0 or base + length > self.size:
+            raise RangeOutOfBounds(f"{self.name} bus: {device.name} [{base:#x}, {base + length:#x}) "
+                                   f"is outside [0, {self.size:#x})")
+        with self._lock:
+            bases, ranges = self._table
+            i = bisect.bisect_right(bases, base)
+            for neighbour in ranges[max(i - 1, 0):i + 1]:
+                if neighbour.base < base + length and base < neighbour.end:
+                    raise Overlap(f"{self.name} bus: {device.name} [{base:#x}, {base + length:#x}) overlaps "
+                                  f"{neighbour.device.name} [{neighbour.base:#x}, {neighbour.end:#x})")
+            new = ranges[:i] + (BusRange(base, length, device),) + ranges[i:]
+            self._publish(new)
+
+    def remove(self, base: int) -> BusDevice:
+        """Take the device whose range starts at ``base`` off the bus and return it."""
+        with self._lock:
+            bases, ranges = self._table
+            i = bisect.bisect_left(bases, base)
+            if i == len(bases) or bases[i] != base:
+                raise NoSuchRange(f"{self.name} bus: no device range starts at {base:#x}")
+            device = ranges[i].device
+            self._publish(ranges[:i] + ranges[i + 1:])
+            return device
+
+    def _publish(self, ranges: tuple[BusRange, ...]) -> None:
+        # One assignment: a reader sees the old table or the new one, never a mixture.
+        self._table = (tuple(r.base for r in ranges), ranges)
+
+    def resolve(self, addr: int, size: int = 1) -> tuple[BusDevice, int] | None:
+        """Return ``(device, offset)`` for an access of ``size`` bytes at ``addr``, or None if unclaimed.
+
+        An access must lie wholly inside one range to be claimed (as in the kernel's ``kvm_io_bus``).
+        """
+        bases, ranges = self._table
+        i = bisect.bisect_right(bases, addr) - 1
+        if i < 0:
+            return None
+        r = ranges[i]
+        if addr + size <= r.base + r.length:
+            return r.device, addr - r.base
+        return None
+
+    def ranges(self) -> tuple[BusRange, ...]:
+        """The current ranges, sorted by base."""
+        return self._table[1]
+
+    def __len__(self) -> int:
+        return len(self._table[1])

@@ -1,0 +1,70 @@
+"""A minimal 16550-style UART: enough for a guest to print (THR to the console, LSR "transmitter empty").
+
+Register offsets are those of the 8250/16550 (offset 0 THR/RBR or DLL when LCR.DLAB is set, 1 IER or DLM,
+2 IIR/FCR, 3 LCR, 4 MCR, 5 LSR, 6 MSR, 7 SCR). There is no receive path and no interrupts: the transmitter
+is always empty, so a guest that polls LSR before each byte never waits.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from minivmm.devices.console import Console
+
+COM1_PORT = 0x3F8
+UART_REGISTERS = 8
+
+THR, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
+LCR_DLAB = 0x80
+LSR_THRE = 0x20  # transmit holding register empty
+LSR_TEMT = 0x40  # transmitter empty
+IIR_NO_INTERRUPT = 0x01
+
+
+class Serial16550:
+    """COM1-style UART at 8 consecutive ports."""
+
+    name = "serial"
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._lock = threading.Lock()
+        self._regs = bytearray(UART_REGISTERS)
+        self._divisor = bytearray(2)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Read a register (a wider access reads consecutive registers)."""
+        return bytes(self._read_reg(offset + i) for i in range(size))
+
+    def _read_reg(self, reg: int) -> int:
+        if reg >= UART_REGISTERS:
+            return 0
+        with self._lock:
+            if reg in (THR, IER) and self._regs[LCR] & LCR_DLAB:
+                return self._divisor[reg]
+            if reg == LSR:
+                return LSR_THRE | LSR_TEMT
+            if reg == IIR:
+                return IIR_NO_INTERRUPT
+            if reg == THR:
+                return 0  # no receive path: RBR always reads empty
+            return self._regs[reg]
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write registers; a THR write (DLAB clear) prints the byte."""
+        for i, value in enumerate(data):
+            reg = offset + i
+            if reg >= UART_REGISTERS:
+                continue
+            with self._lock:
+                if reg in (THR, IER) and self._regs[LCR] & LCR_DLAB:
+                    self._divisor[reg] = value
+                    continue
+                if reg == THR:
+                    transmit = True
+                else:
+                    transmit = False
+                    if reg not in (LSR, IIR):  # LSR is read-only; a write at offset 2 is FCR
+                        self._regs[reg] = value
+            if transmit:
+                self.console.put(bytes([value]))
