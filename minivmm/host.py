@@ -1,0 +1,112 @@
+"""What the host offers: KVM API and capabilities, the KVM backend module, CONFIG_HZ, kernel, SRCU knobs.
+
+Read from the kernel's own interfaces (ioctls, /sys/module, /proc/config.gz, /boot/config-*), each
+source named in the result so that a reader can check it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from minivmm.kvm.errors import KvmUnavailable
+from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
+from minivmm.kvm.uapi import lib
+
+#: The capabilities minivmm relies on, by the name the header gives them.
+CAPS_USED = ("KVM_CAP_USER_MEMORY", "KVM_CAP_IOEVENTFD", "KVM_CAP_IOEVENTFD_ANY_LENGTH", "KVM_CAP_IRQCHIP",
+             "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_SET_TSS_ADDR", "KVM_CAP_EXT_CPUID", "KVM_CAP_NR_MEMSLOTS",
+             "KVM_CAP_NR_VCPUS", "KVM_CAP_MAX_VCPUS", "KVM_CAP_INTERNAL_ERROR_DATA")
+
+#: Backend module (as in /sys/module) -> the platform name the kernel model uses.
+BACKENDS = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm", "kvm_arm": "arm64"}
+
+SRCUTREE_PARAMS = "/sys/module/srcutree/parameters"
+
+
+@dataclass
+class HostInfo:
+    """A snapshot of the host's KVM facts; fields are None where they could not be read."""
+
+    kernel: str
+    machine: str
+    kvm_path: str
+    api_version: Optional[int] = None
+    kvm_error: Optional[str] = None
+    capabilities: dict[str, int] = field(default_factory=dict)
+    backend_module: Optional[str] = None
+    platform: Optional[str] = None
+    hz: Optional[int] = None
+    hz_source: Optional[str] = None
+    tree_srcu: Optional[bool] = None
+    srcutree_params: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def kernel_config(release: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+    """Return (config text, where it came from) from /proc/config.gz or /boot/config-RELEASE."""
+    release = release or platform.release()
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return f.read(), "/proc/config.gz"
+    except OSError:
+        pass
+    path = f"/boot/config-{release}"
+    try:
+        with open(path) as f:
+            return f.read(), path
+    except OSError:
+        return None, None
+
+
+def config_value(config: str, name: str) -> Optional[str]:
+    """The value of ``CONFIG_NAME`` in a kernel config, or None if unset."""
+    m = re.search(rf"^{re.escape(name)}=(.*)$", config, re.M)
+    return m.group(1) if m else None
+
+
+def detect_backend(sys_module: str = "/sys/module") -> Optional[str]:
+    """The loaded KVM backend module (kvm_intel, kvm_amd, kvm_pvm, ...), or None."""
+    for module in BACKENDS:
+        if os.path.isdir(os.path.join(sys_module, module)):
+            return module
+    return None
+
+
+def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
+    """Gather everything ``minivmm info`` shows. Never raises for a missing /dev/kvm: it says so."""
+    info = HostInfo(kernel=platform.release(), machine=platform.machine(), kvm_path=kvm_path)
+    try:
+        with Kvm(kvm_path) as kvm:
+            info.api_version = kvm.get_api_version()
+            for name in CAPS_USED:
+                if hasattr(lib, name):
+                    info.capabilities[name] = kvm.check_extension(getattr(lib, name))
+    except KvmUnavailable as e:
+        info.kvm_error = e.strerror
+    info.backend_module = detect_backend()
+    if info.backend_module:
+        info.platform = BACKENDS[info.backend_module]
+    elif platform.machine() in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
+        info.platform = "arm64"
+    config, source = kernel_config()
+    if config:
+        hz = config_value(config, "CONFIG_HZ")
+        info.hz = int(hz) if hz and hz.isdigit() else None
+        info.hz_source = source
+        info.tree_srcu = config_value(config, "CONFIG_TREE_SRCU") == "y"
+    if os.path.isdir(SRCUTREE_PARAMS):
+        for name in sorted(os.listdir(SRCUTREE_PARAMS)):
+            try:
+                with open(os.path.join(SRCUTREE_PARAMS, name)) as f:
+                    info.srcutree_params[name] = f.read().strip()
+            except OSError:
+                continue
+    return info

@@ -1,0 +1,25 @@
+"""Disassembly of guest code with capstone, imported only when an instruction must be shown (it costs
+~45 ms to import, which a plain boot should not pay)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from minivmm.vmm.boot import Mode
+
+
+@lru_cache(maxsize=None)
+def _disassembler(mode: Mode) -> Any:
+    import capstone  # deferred: see the module docstring
+
+    cs_mode = {Mode.REAL: capstone.CS_MODE_16, Mode.PROTECTED: capstone.CS_MODE_32,
+               Mode.LONG: capstone.CS_MODE_64}[mode]
+    return capstone.Cs(capstone.CS_ARCH_X86, cs_mode)
+
+
+def disassemble_one(code: bytes, address: int, mode: Mode) -> str:
+    """Return ``"mnemonic operands"`` for the first instruction of ``code``, or ``(bad)`` if none decodes."""
+    for insn in _disassembler(mode).disasm(code, address, 1):
+        return f"{insn.mnemonic} {insn.op_str}".strip()
+    return "(bad)"

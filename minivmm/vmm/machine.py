@@ -1,0 +1,211 @@
+"""The machine: one VM with its RAM, devices, buses and vCPUs, built from a config and run to the end.
+
+This is the only place that knows the whole picture; everything it uses is testable on its own.
+Resources are released in reverse order of creation by :meth:`Machine.close` (or ``with``), whatever
+happened during the run.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from minivmm.devices.bus import Bus
+from minivmm.devices.console import Console
+from minivmm.devices.debugcon import DEBUGCON_PORT, DebugCon
+from minivmm.devices.doorbell import DOORBELL_SIZE, DOORBELL_WRITE_LEN, Doorbell
+from minivmm.devices.scratch import SCRATCH_SIZE, Scratch
+from minivmm.devices.serial import COM1_PORT, UART_REGISTERS, Serial16550
+from minivmm.kvm.memory import GuestMemory
+from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
+from minivmm.kvm.uapi import IoctlTracer, lib
+from minivmm.kvm.vcpu import Vcpu
+from minivmm.kvm.vm import IoEvent, Vm
+from minivmm.vmm import boot
+from minivmm.vmm.boot import Mode
+from minivmm.vmm.dispatch import ExitDispatcher
+from minivmm.vmm.image import check_placement
+from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE, RAM_SLOT, SCRATCH_BASE
+from minivmm.vmm.report import RunOutcome, RunReport, build_report
+from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
+
+#: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
+TSS_ADDR = 0xFFFBD000
+#: The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the EINTR is the point.
+KICK_SIGNAL = signal.SIGUSR1
+#: How often the supervisor looks at the vCPUs and the clock.
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything ``minivmm boot`` lets a user choose."""
+
+    mem_size: int = DEFAULT_MEM_SIZE
+    vcpus: int = 1
+    mode: Mode = Mode.REAL
+    load_addr: int = DEFAULT_LOAD_ADDR
+    strict: bool = False
+    timeout: float = 10.0
+    kvm_path: str = DEFAULT_DEVICE_PATH
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while the machine ran."""
+
+
+class Machine:
+    """A VM ready to run an image. Use as a context manager so that every resource is released."""
+
+    def __init__(self, config: MachineConfig, image: bytes, console: Console,
+                 tracer: Optional[IoctlTracer] = None) -> None:
+        check_placement(len(image), config.load_addr, config.mem_size, config.mode)
+        if config.vcpus < 1:
+            raise ValueError("a machine needs at least one vCPU")
+        self.config = config
+        self.console = console
+        self.pio_bus = Bus("pio", 1 << 16)
+        self.mmio_bus = Bus("mmio", 1 << 64)
+        self.kvm: Optional[Kvm] = None
+        self.vm: Optional[Vm] = None
+        self.memory: Optional[GuestMemory] = None
+        self.doorbell: Optional[Doorbell] = None
+        self.scratch = Scratch()
+        self.vcpus: list[Vcpu] = []
+        self._t_start = time.monotonic_ns()
+        self._t_ready = 0
+        try:
+            self._build(image, tracer)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, image: bytes, tracer: Optional[IoctlTracer]) -> None:
+        cfg = self.config
+        self.kvm = Kvm(cfg.kvm_path, tracer)
+        self.vm = vm = self.kvm.create_vm()
+        if self.kvm.check_extension(lib.KVM_CAP_SET_TSS_ADDR):
+            vm.set_tss_addr(TSS_ADDR)
+        self.memory = mem = GuestMemory(0, cfg.mem_size)
+        vm.set_user_memory_region(RAM_SLOT, 0, cfg.mem_size, mem.host_addr)
+        mem.write(cfg.load_addr, image)
+        boot.write_system_tables(mem, cfg.mem_size, cfg.mode)
+
+        self.pio_bus.insert(Serial16550(self.console), COM1_PORT, UART_REGISTERS)
+        self.pio_bus.insert(DebugCon(self.console), DEBUGCON_PORT, 1)
+        self.mmio_bus.insert(self.scratch, SCRATCH_BASE, SCRATCH_SIZE)
+        self.doorbell = Doorbell()
+        self.mmio_bus.insert(self.doorbell, DOORBELL_BASE, DOORBELL_SIZE)
+        vm.register_ioevent(IoEvent(DOORBELL_BASE, DOORBELL_WRITE_LEN, self.doorbell.fd))
+
+        cpuid = self.kvm.get_supported_cpuid()
+        for index in range(cfg.vcpus):
+            vcpu = vm.create_vcpu(index)
+            vcpu.set_cpuid2(cpuid)
+            sregs = vcpu.get_sregs()
+            boot.setup_sregs(sregs, cfg.mem_size, cfg.mode)
+            vcpu.set_sregs(sregs)
+            regs = vcpu.get_regs()
+            boot.setup_regs(regs, cfg.load_addr, index)
+            vcpu.set_regs(regs)
+            self.vcpus.append(vcpu)
+        self._t_ready = time.monotonic_ns()
+
+    def run(self, on_exit: Optional[ExitHook] = None) -> RunReport:
+        """Run every vCPU on its own thread until all halt, one fails, the timeout passes or a signal stops it.
+
+        Must be called from the main thread (it installs the kick and SIGTERM handlers).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("Machine.run() must be called from the main thread (it handles signals)")
+        assert self.vm is not None
+        dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
+        control = RunControl()
+        records = [VcpuRecord(i) for i in range(len(self.vcpus))]
+        threads = [threading.Thread(target=run_vcpu, name=f"vcpu{i}", daemon=True,
+                                    args=(vcpu, dispatcher, records[i], control, on_exit))
+                   for i, vcpu in enumerate(self.vcpus)]
+
+        def on_term(signum: int, frame: object) -> None:
+            raise Terminated()
+
+        old_kick = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        old_term = signal.signal(signal.SIGTERM, on_term)
+        outcome = RunOutcome.HALTED
+        t_run = time.monotonic_ns()
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + self.config.timeout
+            try:
+                outcome = self._supervise(threads, records, deadline)
+            except KeyboardInterrupt:
+                outcome = RunOutcome.INTERRUPTED
+            except Terminated:
+                outcome = RunOutcome.TERMINATED
+            if outcome is not RunOutcome.HALTED:
+                self._stop(threads, control)
+        finally:
+            signal.signal(KICK_SIGNAL, old_kick)
+            signal.signal(signal.SIGTERM, old_term)
+        t_end = time.monotonic_ns()
+        self.console.flush()
+        if outcome is RunOutcome.HALTED and any(r.state is not VcpuState.HALTED for r in records):
+            outcome = RunOutcome.FAILED
+        return build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
+                            t_run=t_run, t_end=t_end)
+
+    def _supervise(self, threads: list[threading.Thread], records: list[VcpuRecord],
+                   deadline: float) -> RunOutcome:
+        while True:
+            if all(not t.is_alive() for t in threads):
+                return RunOutcome.HALTED
+            if any(r.state in (VcpuState.FAILED, VcpuState.ERROR) for r in records):
+                return RunOutcome.FAILED
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return RunOutcome.TIMEOUT
+            for t in threads:
+                if t.is_alive():
+                    t.join(min(POLL_INTERVAL, remaining))
+                    break
+
+    def _stop(self, threads: list[threading.Thread], control: RunControl) -> None:
+        """Ask every vCPU loop to end and kick each out of KVM_RUN until its thread is gone."""
+        control.stopping = True
+        for vcpu in self.vcpus:
+            vcpu.immediate_exit = True  # covers a kick that lands just before the thread enters KVM_RUN
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                if t.is_alive() and t.ident is not None:
+                    try:
+                        signal.pthread_kill(t.ident, KICK_SIGNAL)
+                    except ProcessLookupError:
+                        pass  # the thread ended between the check and the kill
+            for t in threads:
+                t.join(0.01)
+
+    def close(self) -> None:
+        """Release everything: vCPUs and VM first (so KVM drops its references), then RAM and eventfds."""
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        self.vcpus = []
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

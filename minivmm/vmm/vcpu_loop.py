@@ -1,0 +1,117 @@
+"""The per-vCPU run loop: the hot path of the whole program.
+
+Each vCPU runs :func:`run_vcpu` on its own thread; cffi releases the GIL while the thread is inside
+KVM_RUN, so vCPUs run in parallel in the kernel. The loop is an explicit state machine
+(:class:`VcpuState`): it leaves RUNNING only for HALTED, FAILED, INTERRUPTED (a stop was requested and
+KVM_RUN was interrupted) or ERROR (an ioctl failed). Per-exit work is kept to: one KVM_RUN, one decode,
+one counter update, one dispatch; everything optional (tracing, shadow checking) is an ``on_exit`` hook
+that costs nothing when absent.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from minivmm.kvm.errors import KvmError
+from minivmm.kvm.exits import VcpuExit
+from minivmm.kvm.vcpu import Vcpu
+from minivmm.vmm.dispatch import DispatchStats, ExitDispatcher, Verdict
+
+
+class VcpuState(enum.Enum):
+    """Where a vCPU's run loop is."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    HALTED = "halted"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the loop has ended."""
+        return self not in (VcpuState.CREATED, VcpuState.RUNNING)
+
+
+#: Called after each exit is decoded and before it is dispatched: ``(vcpu, exit) -> None``.
+ExitHook = Callable[[Vcpu, VcpuExit], None]
+
+
+@dataclass
+class RunControl:
+    """Shared by the supervisor and every vCPU loop: ``stopping`` asks the loops to end."""
+
+    stopping: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class VcpuRecord:
+    """What one vCPU's loop did; written only by that vCPU's thread while it runs."""
+
+    index: int
+    state: VcpuState = VcpuState.CREATED
+    exits: dict[type, int] = field(default_factory=dict)
+    stats: DispatchStats = field(default_factory=DispatchStats)
+    last_exit: Optional[VcpuExit] = None
+    first_exit_ns: Optional[int] = None
+    entered_ns: Optional[int] = None
+    finished_ns: Optional[int] = None
+    error: Optional[str] = None
+
+    @property
+    def total_exits(self) -> int:
+        """All exits this vCPU took."""
+        return sum(self.exits.values())
+
+
+def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control: RunControl,
+             on_exit: Optional[ExitHook] = None) -> None:
+    """Run ``vcpu`` until it halts, fails, errors, or is interrupted after ``control.stopping`` was set."""
+    counts = record.exits
+    stats = record.stats
+    handle = dispatcher.handle
+    run = vcpu.run
+    CONTINUE, INTERRUPTED = Verdict.CONTINUE, Verdict.INTERRUPTED
+    record.state = VcpuState.RUNNING
+    record.entered_ns = time.monotonic_ns()
+    exit_ = None
+    try:
+        exit_ = run()
+        record.first_exit_ns = time.monotonic_ns()
+        while True:
+            cls = type(exit_)
+            counts[cls] = counts.get(cls, 0) + 1
+            if on_exit is not None:
+                on_exit(vcpu, exit_)
+            verdict = handle(exit_, vcpu, stats)
+            if verdict is CONTINUE:
+                if control.stopping:
+                    record.state = VcpuState.INTERRUPTED
+                    break
+            elif verdict is INTERRUPTED:
+                if control.stopping:
+                    record.state = VcpuState.INTERRUPTED
+                    break
+                vcpu.immediate_exit = False  # a stray signal, not a stop: go on
+            elif verdict is Verdict.HALTED:
+                record.state = VcpuState.HALTED
+                break
+            else:
+                record.state = VcpuState.FAILED
+                break
+            exit_ = run()
+    except KvmError as e:
+        record.state = VcpuState.ERROR
+        record.error = str(e)
+    except Exception as e:  # a device or hook bug must end this vCPU with a report, not kill the VMM
+        record.state = VcpuState.ERROR
+        record.error = f"{type(e).__name__}: {e}"
+    finally:
+        record.last_exit = exit_
+        record.finished_ns = time.monotonic_ns()
