@@ -1,0 +1,150 @@
+"""``minivmm boot IMAGE``: boot a flat guest image on KVM and report how the run went."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+
+import typer
+
+from minivmm.cli.errors import CliError
+from minivmm.cli.options import parse_address, parse_size
+from minivmm.devices.console import Console
+from minivmm.kvm.errors import KvmError, KvmUnavailable
+from minivmm.kvm.exits import VcpuExit, describe_exit
+from minivmm.kvm.vcpu import Vcpu
+from minivmm.vmm.boot import Mode, guest_mode
+from minivmm.vmm.disasm import disassemble_one
+from minivmm.vmm.image import ImageError, read_image
+from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
+from minivmm.vmm.machine import Machine, MachineConfig
+from minivmm.vmm.report import RunReport
+
+
+def make_tracer(machine: Machine, out) -> "callable":
+    """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
+    lock = threading.Lock()
+    counters: dict[int, int] = {}
+
+    def on_exit(vcpu: Vcpu, exit_: VcpuExit) -> None:
+        n = counters.get(vcpu.id, 0) + 1
+        counters[vcpu.id] = n
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        linear = int(sregs.cs.base) + int(regs.rip)
+        mem = machine.memory
+        insn = "?"
+        if mem is not None and mem.contains(linear, 1):
+            insn = disassemble_one(mem.read(linear, min(15, mem.size - linear)), linear, guest_mode(sregs))
+        with lock:
+            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28} {describe_exit(exit_)}\n")
+            out.flush()
+
+    return on_exit
+
+
+def render(report: RunReport, out) -> None:
+    """Print the human summary of a run."""
+    w = out.write
+    headline = {
+        "halted": "every vCPU halted",
+        "failed": "the guest failed",
+        "timeout": "timed out before every vCPU halted",
+        "interrupted": "interrupted (Ctrl-C)",
+        "terminated": "terminated (SIGTERM)",
+    }[report.outcome.value]
+    if report.console and not report.console.endswith("\n"):
+        w("\n")
+    w(f"--- minivmm: {headline} (exit code {report.exit_code}) ---\n")
+    exits = " · ".join(f"{k} {v}" for k, v in sorted(report.exits.items(), key=lambda kv: -kv[1]))
+    w(f"exits      {sum(report.exits.values())} ({exits or 'none'})\n")
+    for v in report.vcpus:
+        line = f"vcpu{v.index}      {v.state} after {sum(v.exits.values())} exits"
+        if v.unclaimed:
+            line += f", {v.unclaimed} unclaimed accesses"
+        w(line + "\n")
+        if v.state != "halted":
+            if v.last_exit:
+                w(f"           last exit: {v.last_exit}\n")
+            if v.error:
+                w(f"           error: {v.error}\n")
+            if v.rip is not None:
+                w(f"           at rip {v.rip:#x}: {v.instruction}\n")
+            if v.registers:
+                regs = v.registers
+                names = [n for n in regs if n not in ("rip",)]
+                for i in range(0, len(names), 4):
+                    w("          " + "  ".join(f"{n:>7}={regs[n]:#018x}" for n in names[i:i + 4]) + "\n")
+        for u in v.first_unclaimed[:3]:
+            w(f"           unclaimed {u['space']} {'write' if u['is_write'] else 'read'} "
+              f"at {u['addr']:#x} size {u['size']}\n")
+    w(f"doorbell   {report.doorbell_kernel_writes} writes handled in the kernel, "
+      f"{report.doorbell_userspace_writes} reached userspace\n")
+    first = f"{report.first_exit_ms:.3f} ms" if report.first_exit_ms is not None else "-"
+    w(f"timings    set-up {report.setup_ms:.2f} ms · first exit {first} after KVM_RUN · "
+      f"run {report.run_ms:.2f} ms\n")
+    if report.console_dropped:
+        w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
+
+
+def boot(
+    image: str = typer.Argument(..., help="Flat binary guest image (e.g. guest/hello.bin).", show_default=False),
+    mode: Mode = typer.Option(Mode.REAL, "--mode", "-m", case_sensitive=False,
+                              help="CPU mode the image is entered in: real (16-bit, CS base 0), protected "
+                                   "(32-bit flat) or long (64-bit, identity map of 4 GiB in 2 MiB pages)."),
+    mem: str = typer.Option("16M", "--mem", help="Guest RAM size: 16M, 1G, 0x1000000 ... (1M to 3G)."),
+    load_addr: str = typer.Option(hex(DEFAULT_LOAD_ADDR), "--load-addr",
+                                  help="Guest-physical address the image is loaded at and entered."),
+    vcpus: int = typer.Option(1, "--vcpus", min=1, max=64,
+                              help="Number of vCPUs, each on its own thread; each starts at the load "
+                                   "address with its index in RSI."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.001,
+                                  help="Seconds before a guest that has not halted is stopped (exit 1)."),
+    strict: bool = typer.Option(False, "--strict", help="Make an access no device claims fatal."),
+    trace: bool = typer.Option(False, "--trace", help="Print every exit to stderr as it happens, with "
+                                                      "the instruction at RIP."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead; "
+                                                       "the console output is inside it."),
+    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+) -> int:
+    """Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run.
+
+    Exit codes: 0 every vCPU halted; 1 the guest failed (triple fault, entry failure, internal error)
+    or timed out; 2 bad usage or bad input (image, options, /dev/kvm); 130 Ctrl-C; 143 SIGTERM.
+    """
+    mem_size = parse_size(mem)
+    addr = parse_address(load_addr)
+    try:
+        data = read_image(image)
+    except ImageError as e:
+        raise CliError(str(e)) from None
+    config = MachineConfig(mem_size=mem_size, vcpus=vcpus, mode=mode, load_addr=addr, strict=strict,
+                           timeout=timeout, kvm_path=kvm_path)
+    console = Console(None if as_json else sys.stdout.buffer)
+    try:
+        machine = Machine(config, data, console)
+    except ImageError as e:
+        raise CliError(str(e)) from None
+    except KvmUnavailable as e:
+        raise CliError(e.strerror) from None
+    except KvmError as e:
+        raise CliError(f"setting up the VM failed: {e.strerror}", code=1) from None
+    with machine:
+        hook = make_tracer(machine, sys.stderr) if trace else None
+        report = machine.run(on_exit=hook)
+    sys.stdout.flush()
+    if as_json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report, sys.stdout)
+    return report.exit_code
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``boot`` command to ``app``."""
+    app.command(no_args_is_help=True)(boot)
+
+
+__all__: list[str] = ["boot", "register", "render"]

@@ -1,0 +1,49 @@
+"""``minivmm info``: what the host's KVM offers."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from minivmm.host import read_host_info
+
+
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+) -> int:
+    """Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...),
+    CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies."""
+    host = read_host_info(kvm_path)
+    if as_json:
+        json.dump(host.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    w = sys.stdout.write
+    w(f"kernel        {host.kernel} ({host.machine})\n")
+    if host.kvm_error:
+        w(f"kvm           unavailable: {host.kvm_error}\n")
+    else:
+        w(f"kvm           {host.kvm_path}, API version {host.api_version}\n")
+    backend = host.backend_module or "none found in /sys/module"
+    w(f"backend       {backend}" + (f" (platform {host.platform})" if host.platform else "") + "\n")
+    hz = f"{host.hz} (from {host.hz_source})" if host.hz else "unknown (no readable kernel config)"
+    w(f"CONFIG_HZ     {hz}\n")
+    if host.tree_srcu is not None:
+        w(f"TREE_SRCU     {'yes' if host.tree_srcu else 'no'}\n")
+    if host.capabilities:
+        w("capabilities\n")
+        for name, value in host.capabilities.items():
+            w(f"  {name:<32} {value}\n")
+    if host.srcutree_params:
+        w("srcutree parameters (/sys/module/srcutree/parameters)\n")
+        for name, value in host.srcutree_params.items():
+            w(f"  {name:<32} {value}\n")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``info`` command to ``app``."""
+    app.command()(info)
