@@ -14,7 +14,7 @@ RUN_SIZE = 4096
 
 def fresh_run():
     buf = ffi.new("char[]", RUN_SIZE)
-    return buf, ffi.cast("struct kvm_run *", buf), ffi.cast("char *", buf)
+    return buf, ffi.cast("struct kvm_run *", buf), RUN_SIZE
 
 
 def test_io_out_single_byte_reads_data_at_data_offset():
@@ -37,7 +37,7 @@ def test_io_out_string_carries_every_item():
     run.io.port = 0x80
     run.io.count = 3
     run.io.data_offset = 0x400
-    ffi.memmove(base + 0x400, b"aabbcc", 6)
+    ffi.memmove(buf + 0x400, b"aabbcc", 6)
     assert decode_exit(run, base) == IoOut(0x80, 2, 3, b"aabbcc")
 
 
@@ -122,6 +122,25 @@ def test_describe_and_kind():
     assert describe_exit(HLT) == "HLT"
     assert exit_kind(IoOut) == "io_out"
     assert exit_kind(type(INTERRUPTED)) == "interrupted"
+
+
+def test_equality_is_by_type_and_fields():
+    assert HLT != Shutdown()
+    assert MmioRead(1, 2) != FailEntry(1, 2)
+    assert IoOut(1, 1, 1, b"x") == IoOut(1, 1, 1, b"x")
+    assert len({HLT, Shutdown(), INTERRUPTED}) == 3
+
+
+def test_one_decoder_follows_the_mapping_across_exits():
+    buf, run, size = fresh_run()
+    from minivmm.kvm.exits import ExitDecoder
+    decoder = ExitDecoder(run, size)
+    run.exit_reason = lib.KVM_EXIT_HLT
+    assert decoder.decode() is HLT
+    run.exit_reason = lib.KVM_EXIT_MMIO
+    run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0x10, 1, 1
+    run.mmio.data[0] = 0x42
+    assert decoder.decode() == MmioWrite(0x10, b"\x42")
 
 
 def test_exits_are_immutable():

@@ -51,20 +51,23 @@ class Serial16550:
             return self._regs[reg]
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write registers; a THR write (DLAB clear) prints the byte."""
+        """Write registers (a wider access writes consecutive registers); a THR write prints the byte."""
         for i, value in enumerate(data):
-            reg = offset + i
-            if reg >= UART_REGISTERS:
-                continue
+            self._write_reg(offset + i, value)
+
+    def _write_reg(self, reg: int, value: int) -> None:
+        if reg == THR:
             with self._lock:
-                if reg in (THR, IER) and self._regs[LCR] & LCR_DLAB:
-                    self._divisor[reg] = value
-                    continue
-                if reg == THR:
-                    transmit = True
-                else:
-                    transmit = False
-                    if reg not in (LSR, IIR):  # LSR is read-only; a write at offset 2 is FCR
-                        self._regs[reg] = value
-            if transmit:
-                self.console.put(bytes([value]))
+                dlab = self._regs[LCR] & LCR_DLAB
+                if dlab:
+                    self._divisor[THR] = value
+            if not dlab:
+                self.console.put(bytes((value,)))
+            return
+        if reg >= UART_REGISTERS or reg in (LSR, IIR):  # LSR is read-only; a write at offset 2 is FCR
+            return
+        with self._lock:
+            if reg == IER and self._regs[LCR] & LCR_DLAB:
+                self._divisor[IER] = value
+            else:
+                self._regs[reg] = value

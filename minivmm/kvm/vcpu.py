@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from minivmm.kvm.exits import INTERRUPTED, VcpuExit, decode_exit
+from minivmm.kvm.exits import INTERRUPTED, ExitDecoder, VcpuExit
 from minivmm.kvm.uapi import MAP_FAILED, IoctlTracer, ffi, ioctl_ptr, lib, raise_for
 
 _KVM_RUN = lib.KVM_RUN
@@ -28,6 +28,7 @@ class Vcpu:
         #: The shared ``struct kvm_run``; valid until close().
         self.run_struct: Any = ffi.cast("struct kvm_run *", ptr)
         self._run_bytes = ffi.cast("char *", ptr)
+        self._decode = ExitDecoder(self.run_struct, mmap_size).decode
 
     def run(self) -> VcpuExit:
         """Wrapper over KVM_RUN: enter the guest until the next exit to userspace, and decode that exit.
@@ -39,7 +40,7 @@ class Vcpu:
             if err == _EINTR:
                 return INTERRUPTED
             raise_for(_KVM_RUN, err)
-        return decode_exit(self.run_struct, self._run_bytes)
+        return self._decode()
 
     @property
     def immediate_exit(self) -> bool:
@@ -90,6 +91,7 @@ class Vcpu:
             self._map = None
             self.run_struct = None
             self._run_bytes = None
+            self._decode = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

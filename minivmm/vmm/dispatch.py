@@ -36,6 +36,9 @@ class Verdict(enum.Enum):
     INTERRUPTED = "interrupted"  # KVM_RUN returned EINTR (timeout, Ctrl-C, or a kick)
 
 
+_CONTINUE = Verdict.CONTINUE
+
+
 @dataclass
 class UnclaimedAccess:
     """An access no device claimed (kept for the report; only the first few are kept)."""
@@ -60,6 +63,12 @@ class DispatchStats:
             self.first_unclaimed.append(UnclaimedAccess(space, addr, size, is_write))
 
 
+def _verdict(v: Verdict):
+    def handler(exit_: VcpuExit, completer: Completer, stats: DispatchStats) -> Verdict:
+        return v
+    return handler
+
+
 class ExitDispatcher:
     """Routes exits to the buses. ``strict`` makes an unclaimed access fail the vCPU."""
 
@@ -67,44 +76,39 @@ class ExitDispatcher:
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.strict = strict
+        # One dict lookup per exit, on the exit's type: the dispatch table is the whole "match".
+        self._handlers = {
+            IoOut: self._io_out, IoIn: self._io_in, MmioWrite: self._mmio_write, MmioRead: self._mmio_read,
+            Hlt: _verdict(Verdict.HALTED), Interrupted: _verdict(Verdict.INTERRUPTED),
+            Shutdown: _verdict(Verdict.FAILED), FailEntry: _verdict(Verdict.FAILED),
+            InternalError: _verdict(Verdict.FAILED), SystemEvent: _verdict(Verdict.FAILED),
+            Unsupported: _verdict(Verdict.FAILED),
+        }
 
     def handle(self, exit_: VcpuExit, completer: Completer, stats: DispatchStats) -> Verdict:
         """Handle one exit; return what the vCPU loop should do next."""
-        # The two PIO cases come first: they are the common exits of every guest here.
-        cls = type(exit_)
-        if cls is IoOut:
-            return self._io_out(exit_, stats)  # type: ignore[arg-type]
-        if cls is IoIn:
-            return self._io_in(exit_, completer, stats)  # type: ignore[arg-type]
-        if cls is MmioWrite:
-            return self._mmio_write(exit_, stats)  # type: ignore[arg-type]
-        if cls is MmioRead:
-            return self._mmio_read(exit_, completer, stats)  # type: ignore[arg-type]
-        if cls is Hlt:
-            return Verdict.HALTED
-        if cls is Interrupted:
-            return Verdict.INTERRUPTED
-        if cls in (Shutdown, FailEntry, InternalError, SystemEvent, Unsupported):
-            return Verdict.FAILED
-        raise TypeError(f"not a VM exit: {exit_!r}")
+        try:
+            handler = self._handlers[type(exit_)]
+        except KeyError:
+            raise TypeError(f"not a VM exit: {exit_!r}") from None
+        return handler(exit_, completer, stats)
 
     def _unclaimed(self, stats: DispatchStats, space: str, addr: int, size: int, is_write: bool) -> Verdict:
         stats.note_unclaimed(space, addr, size, is_write)
         return Verdict.FAILED if self.strict else Verdict.CONTINUE
 
-    def _io_out(self, e: IoOut, stats: DispatchStats) -> Verdict:
-        hit = self.pio_bus.resolve(e.port, e.size)
+    def _io_out(self, e: IoOut, completer: Completer, stats: DispatchStats) -> Verdict:
+        port, size, count, data = e
+        hit = self.pio_bus.resolve(port, size)
         if hit is None:
-            return self._unclaimed(stats, "pio", e.port, e.size, True)
+            return self._unclaimed(stats, "pio", port, size, True)
         device, offset = hit
-        if e.count == 1:
-            device.write(offset, e.data)
+        if count == 1:
+            device.write(offset, data)
         else:  # string I/O (rep outs): count items of size bytes, all to the same port
-            size = e.size
-            for i in range(0, size * e.count, size):
-                device.write(offset, e.data[i:i + size])
-        return Verdict.CONTINUE
-
+            for i in range(0, size * count, size):
+                device.write(offset, data[i:i + size])
+        return _CONTINUE
     def _io_in(self, e: IoIn, completer: Completer, stats: DispatchStats) -> Verdict:
         hit = self.pio_bus.resolve(e.port, e.size)
         if hit is None:
@@ -115,7 +119,7 @@ class ExitDispatcher:
         completer.complete_io_in(data)
         return Verdict.CONTINUE
 
-    def _mmio_write(self, e: MmioWrite, stats: DispatchStats) -> Verdict:
+    def _mmio_write(self, e: MmioWrite, completer: Completer, stats: DispatchStats) -> Verdict:
         hit = self.mmio_bus.resolve(e.addr, len(e.data))
         if hit is None:
             return self._unclaimed(stats, "mmio", e.addr, len(e.data), True)

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Cost of one VM exit in minivmm against a C reference VMM: same guest, same host, alternating runs.
+
+    python3 scripts/bench_exits.py [--rounds 5] [--check]
+
+The guest is guest/pioloop.bin (100000 `out` to port 0x3ff, then HLT). The C reference is built here
+with gcc from the source below: the same VM set-up (one memslot, real mode, CS base 0), and the
+tightest possible exit loop (KVM_RUN, check the reason and port, repeat). Each round runs C, then
+minivmm, then minivmm with the shadow check when --check is given; the report gives the per-exit cost
+of each (median over rounds) and the ratio to C. The kernel's emulation of each `out` is most of the
+cost on every side, so the ratio shows what Python's dispatch adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "guest" / "pioloop.bin"
+EXPECTED_EXITS = 100000
+
+C_SOURCE = r"""
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MEM (16 << 20)
+static void die(const char *what) { perror(what); exit(1); }
+
+int main(int argc, char **argv)
+{
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) die("/dev/kvm");
+    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    if (vm < 0) die("KVM_CREATE_VM");
+    uint8_t *mem = mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) die(argv[1]);
+    fread(mem + 0x1000, 1, MEM - 0x1000, f);
+    fclose(f);
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0, .memory_size = MEM, .userspace_addr = (uintptr_t)mem };
+    if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) die("KVM_SET_USER_MEMORY_REGION");
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    if (vcpu < 0) die("KVM_CREATE_VCPU");
+    int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    struct kvm_run *run = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    struct kvm_sregs sregs;
+    ioctl(vcpu, KVM_GET_SREGS, &sregs);
+    sregs.cs.base = 0; sregs.cs.selector = 0;
+    ioctl(vcpu, KVM_SET_SREGS, &sregs);
+    struct kvm_regs regs = { .rip = 0x1000, .rsp = 0x1000, .rflags = 2 };
+    ioctl(vcpu, KVM_SET_REGS, &regs);
+
+    long exits = 0, outs = 0;
+    volatile uint8_t sink = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
+        exits++;
+        if (run->exit_reason == KVM_EXIT_IO) {
+            if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == 0x3ff) {
+                sink = *((uint8_t *)run + run->io.data_offset);
+                outs++;
+            }
+            continue;
+        }
+        if (run->exit_reason == KVM_EXIT_HLT) break;
+        fprintf(stderr, "unexpected exit %u\n", run->exit_reason);
+        return 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ns = (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec);
+    printf("%ld %ld\n", exits, ns);
+    (void)sink; (void)outs;
+    return 0;
+}
+"""
+
+
+def build_c(tmp: pathlib.Path) -> pathlib.Path:
+    """Compile the C reference VMM; return the binary's path."""
+    src = tmp / "cref.c"
+    src.write_text(C_SOURCE)
+    exe = tmp / "cref"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def run_c(exe: pathlib.Path) -> float:
+    """One C run: ns per exit."""
+    out = subprocess.run([str(exe), str(IMAGE)], check=True, capture_output=True, text=True).stdout.split()
+    exits, ns = int(out[0]), int(out[1])
+    assert exits == EXPECTED_EXITS + 1, exits
+    return ns / exits
+
+
+def run_minivmm(check: bool) -> float:
+    """One minivmm run in this process: ns per exit, timed from the first KVM_RUN to the last exit."""
+    from minivmm.devices.console import Console
+    from minivmm.vmm.machine import Machine, MachineConfig
+
+    image = IMAGE.read_bytes()
+    kwargs = {"shadow": True} if check else {}
+    with Machine(MachineConfig(timeout=120, **kwargs), image, Console()) as machine:
+        report = machine.run()
+    exits = sum(report.exits.values())
+    assert exits == EXPECTED_EXITS + 1 and report.exit_code == 0, (exits, report.outcome)
+    return report.run_ms * 1e6 / exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--check", action="store_true", help="also run minivmm with the shadow check on")
+    args = parser.parse_args(argv)
+    sides: dict[str, list[float]] = {"C reference": [], "minivmm": []}
+    if args.check:
+        sides["minivmm --check"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_c(pathlib.Path(tmp))
+        for r in range(args.rounds):
+            sides["C reference"].append(run_c(exe))
+            sides["minivmm"].append(run_minivmm(check=False))
+            if args.check:
+                sides["minivmm --check"].append(run_minivmm(check=True))
+            print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1] / 1000:.2f} us" for k, v in sides.items()),
+                  file=sys.stderr)
+    c = statistics.median(sides["C reference"])
+    print(f"{'side':<18} {'median us/exit':>15} {'min':>8} {'max':>8} {'ratio to C':>11}")
+    for name, values in sides.items():
+        med = statistics.median(values)
+        print(f"{name:<18} {med / 1000:>15.2f} {min(values) / 1000:>8.2f} {max(values) / 1000:>8.2f} "
+              f"{med / c:>11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
