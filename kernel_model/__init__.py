@@ -1,0 +1,20 @@
+"""An executable model of KVM's io_bus and Tree SRCU, with the kernel variants of the 7d9a0273c459 story.
+
+Modelled on Linux 6.18 / 7.0-rc (kernel/rcu/srcutree.c, kernel/time/timer.c, virt/kvm/kvm_main.c,
+virt/kvm/eventfd.c). Each function that models a kernel function keeps the kernel's name and says in its
+docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
+
+- :mod:`kernel_model.sim`: discrete-event time: HZ and jiffies, the timer wheel's expiry rule,
+  workqueues (immediate and delayed work), completions a blocking caller waits on.
+- :mod:`kernel_model.costs`: the durations of the small steps (scans, workqueue hops, wake-ups, ioctl
+  bodies), as parameters.
+- :mod:`kernel_model.srcutree`: Tree SRCU's grace-period machinery.
+- :mod:`kernel_model.kvm_io_bus`: the io buses, in-kernel devices and ioeventfds.
+- :mod:`kernel_model.variants`: how ``kvm_io_bus_register_dev`` frees the old bus, and VM teardown.
+- :mod:`kernel_model.invariants`: the named violations the model checks on every step.
+- :mod:`kernel_model.kvm`: a VM: the ioctls a VMM issues, with the kernel's side effects per platform.
+- :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``) and sequence files.
+- :mod:`kernel_model.predict`: latency distributions of a sequence under a variant, HZ and platform.
+"""
+
+MODELLED_KERNEL = "Linux 6.18 (srcutree.c with call_srcu_expedited() from the March 2026 RFC)"

@@ -1,0 +1,378 @@
+"""A VM as the kernel sees it: the ioctls a VMM issues, with their side effects on kvm->buses[],
+kvm->srcu and the memslots, per platform and kernel variant; SRCU readers (vCPUs handling exits);
+and the invariant checks.
+
+Modelled on virt/kvm/kvm_main.c (kvm_create_vm, kvm_vm_ioctl_create_vcpu, kvm_set_memslot and
+kvm_swap_active_memslots, kvm_io_bus_register_dev / _unregister_dev, kvm_destroy_vm) and
+virt/kvm/eventfd.c (kvm_assign_ioeventfd / kvm_deassign_ioeventfd), v6.18.
+
+Simplified: the irq_srcu struct, irq routing, dirty logging, mmu notifiers and the arch memslot work are
+left out; an ioctl's own work is one fixed cost (``Costs``) plus whatever SRCU waits it does.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Optional
+
+from kernel_model import srcutree
+from kernel_model.costs import Costs
+from kernel_model.invariants import InvariantChecker, ViolationKind
+from kernel_model.kvm_io_bus import (NR_IOBUS_DEVS, InKernelDevice, Ioeventfd, KvmBus, KvmIoBus,
+                                     KvmIoDevice, KvmIoRange, __kvm_io_bus_read, __kvm_io_bus_write,
+                                     claimant, insert_range, remove_range)
+from kernel_model.platforms import Platform
+from kernel_model.sim import Sim
+from kernel_model.variants import Variant
+
+#: arch/x86/include/asm/kvm_host.h: the private memslot of the APIC-access page, and its address.
+APIC_ACCESS_PAGE_PRIVATE_MEMSLOT = 0x10000 + 1
+APIC_DEFAULT_PHYS_BASE = 0xFEE00000
+
+
+class KvmIoctlError(OSError):
+    """A modelled ioctl failed with ``errno`` (as the real one would)."""
+
+
+@dataclass
+class Memslot:
+    """A memslot: guest-physical base and size."""
+
+    base: int
+    size: int
+
+
+class Reader:
+    """An SRCU reader of kvm->buses[] (a vCPU handling an exit), with the invariant checks.
+
+    ``begin()``/``end()`` are srcu_read_lock()/unlock(); ``get_bus()`` is srcu_dereference() of
+    ``kvm->buses[idx]``; ``write()``/``read()`` are kvm_io_bus_write()/read() on a bus obtained in
+    this section. ``use()`` models a reader that kept a bus pointer from an earlier section.
+    """
+
+    def __init__(self, kvm: "KvmModel", name: str) -> None:
+        self.kvm = kvm
+        self.name = name
+        self.idx: Optional[int] = None
+        self.held: set[int] = set()       # id() of buses obtained in this section
+        self.sections = 0
+        self._min_version: dict[KvmBus, int] = {}
+
+    @property
+    def in_section(self) -> bool:
+        """Whether the reader is inside srcu_read_lock()."""
+        return self.idx is not None
+
+    def begin(self) -> None:
+        """srcu_read_lock(&kvm->srcu)."""
+        if self.in_section:
+            raise ValueError(f"{self.name}: nested read sections are not modelled")
+        self.idx = srcutree.srcu_read_lock(self.kvm.srcu)
+        self.sections += 1
+        # Every registration that has returned by now must be visible in this section.
+        self._min_version = dict(self.kvm.returned_version)
+
+    def end(self) -> None:
+        """srcu_read_unlock(&kvm->srcu): every bus obtained in the section is released."""
+        if self.idx is None:
+            raise ValueError(f"{self.name}: srcu_read_unlock() outside a read section")
+        srcutree.srcu_read_unlock(self.kvm.srcu, self.idx)
+        self.idx = None
+        for bus_id in self.held:
+            self.kvm._holders[bus_id] -= 1
+        self.held.clear()
+
+    def get_bus(self, bus_idx: KvmBus) -> KvmIoBus:
+        """srcu_dereference(kvm->buses[bus_idx], &kvm->srcu), checked."""
+        if not self.in_section:
+            raise ValueError(f"{self.name}: kvm_get_bus_srcu() outside a read section")
+        bus = self.kvm.buses[bus_idx]
+        self._check(bus, "obtained")
+        if id(bus) not in self.held:
+            self.held.add(id(bus))
+            self.kvm._holders[id(bus)] = self.kvm._holders.get(id(bus), 0) + 1
+        return bus
+
+    def use(self, bus: KvmIoBus) -> KvmIoBus:
+        """Use a bus pointer the caller kept; flags it unless it was obtained in this section."""
+        kvm = self.kvm
+        kvm.checker.check(id(bus) in self.held, ViolationKind.LONG_TERM_REFERENCE, kvm.sim.now,
+                          f"{self.name} used {bus.bus_idx.name} v{bus.version} outside the read section "
+                          "it was obtained in", reader=self.name, bus=bus.bus_idx.name, version=bus.version)
+        self._check(bus, "used")
+        return bus
+
+    def _check(self, bus: KvmIoBus, how: str) -> None:
+        kvm = self.kvm
+        kvm.checker.check(not bus.freed, ViolationKind.USE_AFTER_FREE, kvm.sim.now,
+                          f"{self.name} {how} {bus.bus_idx.name} v{bus.version}, freed at {bus.freed_at} ns",
+                          reader=self.name, bus=bus.bus_idx.name, version=bus.version)
+        need = self._min_version.get(bus.bus_idx, 0) if self.in_section else 0
+        kvm.checker.check(bus.version >= need, ViolationKind.STALE_BUS, kvm.sim.now,
+                          f"{self.name} saw {bus.bus_idx.name} v{bus.version} although a registration that "
+                          f"published v{need} returned before its read section began",
+                          reader=self.name, bus=bus.bus_idx.name, version=bus.version, expected=need)
+
+    def write(self, bus_idx: KvmBus, addr: int, length: int, value: int,
+              bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
+        """kvm_io_bus_write(): (handled in the kernel?, the device, the bus version used)."""
+        b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
+        idx, dev = __kvm_io_bus_write(b, addr, length, value)
+        return idx >= 0, dev, b.version
+
+    def read(self, bus_idx: KvmBus, addr: int, length: int,
+             bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
+        """kvm_io_bus_read(): (handled in the kernel?, the device, the bus version used)."""
+        b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
+        idx, dev = __kvm_io_bus_read(b, addr, length)
+        return idx >= 0, dev, b.version
+
+
+class VcpuReaders:
+    """A running vCPU as SRCU sees it: a read section of ``section_ns`` every ``period_ns`` (each an
+    exit handled in the kernel, with an MMIO bus lookup), from ``offset_ns`` on, until stopped."""
+
+    def __init__(self, kvm: "KvmModel", vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> None:
+        if not 0 < section_ns < period_ns:
+            raise ValueError("a vCPU's read section must be shorter than its period")
+        self.kvm = kvm
+        self.reader = Reader(kvm, f"vcpu{vcpu_id}")
+        self.section_ns = section_ns
+        self.period_ns = period_ns
+        self.running = True
+        kvm.sim.at(kvm.sim.now + offset_ns, self._enter)
+
+    def _enter(self) -> None:
+        if not self.running:
+            return
+        self.reader.begin()
+        self.reader.get_bus(KvmBus.KVM_MMIO_BUS)
+        self.kvm.sim.at(self.kvm.sim.now + self.section_ns, self._leave)
+
+    def _leave(self) -> None:
+        self.reader.end()
+        if self.running:
+            self.kvm.sim.at(self.kvm.sim.now + self.period_ns - self.section_ns, self._enter)
+
+    def stop(self) -> None:
+        """The vCPU leaves KVM_RUN for good (after its current section, if any)."""
+        self.running = False
+
+
+class KvmModel:
+    """One VM (``kvm_create_vm()``): buses, memslots, vCPUs and kvm->srcu, under a variant and platform."""
+
+    def __init__(self, sim: Sim, variant: Variant, platform: Platform,
+                 checker: Optional[InvariantChecker] = None) -> None:
+        self.sim = sim
+        self.costs: Costs = sim.costs
+        self.variant = variant
+        self.platform = platform
+        self.checker = checker or InvariantChecker()
+        self.srcu = srcutree.SrcuStruct(sim)
+        self.srcu.on_callback_after_cleanup = self._callback_after_cleanup
+        self.buses: dict[KvmBus, KvmIoBus] = {b: KvmIoBus(b, 0) for b in KvmBus}
+        self._next_version = {b: 1 for b in KvmBus}
+        #: The newest bus version published by a registration that has *returned* to userspace.
+        self.returned_version: dict[KvmBus, int] = {b: 0 for b in KvmBus}
+        self._holders: dict[int, int] = {}
+        self.created_vcpus = 0
+        self.apic_access_page_done = False
+        self.irqchip = False
+        self.memslots: dict[int, Memslot] = {}
+        self.ioeventfds: list[Ioeventfd] = []
+        self.vcpu_readers: dict[int, VcpuReaders] = {}
+        self.destroyed = False
+        self.buses_freed = 0
+        self.registrations = 0
+
+    # --- kernel internals ------------------------------------------------------------------------
+    def kfree_bus(self, bus: KvmIoBus) -> None:
+        """kfree() of a bus, checked: no reader that obtained it may still be in its read section."""
+        holders = self._holders.get(id(bus), 0)
+        self.checker.check(holders == 0, ViolationKind.USE_AFTER_FREE, self.sim.now,
+                           f"{bus.bus_idx.name} v{bus.version} freed while {holders} reader(s) that obtained "
+                           "it are still in their read sections", bus=bus.bus_idx.name, version=bus.version)
+        bus.freed = True
+        bus.freed_at = self.sim.now
+        self.buses_freed += 1
+
+    def _publish(self, bus_idx: KvmBus, new: KvmIoBus) -> KvmIoBus:
+        """rcu_assign_pointer(kvm->buses[bus_idx], new); returns the old bus."""
+        old = self.buses[bus_idx]
+        self.buses[bus_idx] = new
+        return old
+
+    def kvm_io_bus_register_dev(self, bus_idx: KvmBus, addr: int, length: int, dev: KvmIoDevice) -> None:
+        """Models kvm_io_bus_register_dev(): copy with the new range, publish, free the old bus by the
+        variant's rule. ENOSPC past NR_IOBUS_DEVS devices (ioeventfds not counted)."""
+        bus = self.buses[bus_idx]
+        if bus.dev_count - bus.ioeventfd_count > NR_IOBUS_DEVS - 1:
+            raise KvmIoctlError(errno.ENOSPC, f"{bus_idx.name}: more than {NR_IOBUS_DEVS} devices")
+        self.sim.spend(self.costs.register_dev)
+        version = self._next_version[bus_idx]
+        self._next_version[bus_idx] += 1
+        old = self._publish(bus_idx, insert_range(bus, KvmIoRange(addr, length, dev), version))
+        self.registrations += 1
+        self.variant.free_old_bus(self, old)
+
+    def kvm_io_bus_unregister_dev(self, bus_idx: KvmBus, dev: KvmIoDevice) -> None:
+        """Models kvm_io_bus_unregister_dev(): copy without the device, publish, and (in every variant)
+        synchronize_srcu_expedited() before kfree() of the old bus."""
+        bus = self.buses[bus_idx]
+        version = self._next_version[bus_idx]
+        new = remove_range(bus, dev, version)
+        if new is None:
+            return
+        self._next_version[bus_idx] += 1
+        self.sim.spend(self.costs.unregister_dev)
+        old = self._publish(bus_idx, new)
+        srcutree.synchronize_srcu_expedited(self.srcu)
+        self.kfree_bus(old)
+
+    def kvm_swap_active_memslots(self) -> None:
+        """Models kvm_swap_active_memslots(): publish the other memslot set and wait for readers of the
+        old one: ``synchronize_srcu_expedited(&kvm->srcu)``. This is where a pending normal grace
+        period is "transferred" to the caller."""
+        srcutree.synchronize_srcu_expedited(self.srcu)
+
+    def _registrations_returned(self) -> None:
+        self.returned_version = {b: self.buses[b].version for b in KvmBus}
+
+    def _callback_after_cleanup(self, cb: srcutree.SrcuCallback) -> None:
+        self.checker.check(False, ViolationKind.CALLBACK_AFTER_CLEANUP, self.sim.now,
+                           f"SRCU callback {cb.name} ran after cleanup_srcu_struct(&kvm->srcu)", callback=cb.name)
+
+    # --- ioctls --------------------------------------------------------------------------------------
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: register the platform's in-kernel interrupt controller devices."""
+        self._alive()
+        if self.irqchip:
+            raise KvmIoctlError(errno.EEXIST, "KVM_CREATE_IRQCHIP: irqchip already exists")
+        self.sim.spend(self.costs.create_irqchip)
+        for bus_idx, addr, length, name in self.platform.irqchip_devices:
+            self.kvm_io_bus_register_dev(bus_idx, addr, length, InKernelDevice(name))
+        self.irqchip = True
+        self._registrations_returned()
+
+    def ioeventfd(self, addr: int, length: int, datamatch: Optional[int] = None, pio: bool = False) -> Ioeventfd:
+        """KVM_IOEVENTFD (assign), models kvm_assign_ioeventfd(): EEXIST on a collision; a zero-length
+        MMIO ioeventfd is also put on KVM_FAST_MMIO_BUS."""
+        self._alive()
+        if length not in (0, 1, 2, 4, 8):
+            raise KvmIoctlError(errno.EINVAL, f"KVM_IOEVENTFD: bad length {length}")
+        if pio and not length:
+            raise KvmIoctlError(errno.EINVAL, "KVM_IOEVENTFD: a PIO ioeventfd needs a length")
+        self.sim.spend(self.costs.ioeventfd)
+        p = Ioeventfd(addr, length, datamatch, pio, name=f"ioeventfd@{addr:#x}")
+        if any(p.collides_with(q) for q in self.ioeventfds):
+            raise KvmIoctlError(errno.EEXIST, f"KVM_IOEVENTFD: collides at {addr:#x}")
+        bus_idx = KvmBus.KVM_PIO_BUS if pio else KvmBus.KVM_MMIO_BUS
+        self.kvm_io_bus_register_dev(bus_idx, addr, length, p)
+        if not pio and not length:
+            self.kvm_io_bus_register_dev(KvmBus.KVM_FAST_MMIO_BUS, addr, 0, p)
+        self.ioeventfds.append(p)
+        self._registrations_returned()
+        return p
+
+    def ioeventfd_deassign(self, addr: int, length: int, datamatch: Optional[int] = None, pio: bool = False) -> None:
+        """KVM_IOEVENTFD with DEASSIGN, models kvm_deassign_ioeventfd(): ENOENT if nothing matches."""
+        self._alive()
+        self.sim.spend(self.costs.ioeventfd)
+        for p in self.ioeventfds:
+            if (p.addr, p.length, p.datamatch, p.pio) == (addr, length, datamatch, pio):
+                break
+        else:
+            raise KvmIoctlError(errno.ENOENT, f"KVM_IOEVENTFD deassign: nothing at {addr:#x}")
+        self.kvm_io_bus_unregister_dev(KvmBus.KVM_PIO_BUS if pio else KvmBus.KVM_MMIO_BUS, p)
+        if not pio and not length:
+            self.kvm_io_bus_unregister_dev(KvmBus.KVM_FAST_MMIO_BUS, p)
+        self.ioeventfds.remove(p)
+        self._registrations_returned()
+
+    def set_user_memory_region(self, slot: int, base: int, size: int) -> None:
+        """KVM_SET_USER_MEMORY_REGION, models kvm_set_memslot(): create = one memslot swap; delete and
+        move = two (invalidate, then commit); an unchanged region returns early with none."""
+        self._alive()
+        self.sim.spend(self.costs.set_user_memory_region)
+        old = self.memslots.get(slot)
+        if size == 0:
+            if old is None:
+                raise KvmIoctlError(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: slot {slot} does not exist")
+            del self.memslots[slot]
+            swaps = 2
+        elif old is None:
+            self.memslots[slot] = Memslot(base, size)
+            swaps = 1
+        elif (old.base, old.size) == (base, size):
+            swaps = 0
+        elif old.size != size:
+            raise KvmIoctlError(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: slot {slot} cannot change size")
+        else:
+            self.memslots[slot] = Memslot(base, size)
+            swaps = 2
+        for _ in range(swaps):
+            self.kvm_swap_active_memslots()
+
+    def create_vcpu(self, vcpu_id: int) -> None:
+        """KVM_CREATE_VCPU: ``created_vcpus`` goes up first; on VMX with an in-kernel LAPIC the first
+        vCPU allocates the APIC-access page through a private memslot (one memslot swap)."""
+        self._alive()
+        self.created_vcpus += 1
+        first = self.created_vcpus == 1
+        self.sim.spend(self.costs.create_vcpu_first if first else self.costs.create_vcpu)
+        if self.platform.apic_access_memslot_on_first_vcpu and self.irqchip and not self.apic_access_page_done:
+            self.memslots[APIC_ACCESS_PAGE_PRIVATE_MEMSLOT] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
+            self.kvm_swap_active_memslots()
+            self.apic_access_page_done = True
+
+    def run_vcpu(self, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> VcpuReaders:
+        """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections."""
+        self._alive()
+        self.sim.spend(self.costs.kvm_run_entry)
+        readers = VcpuReaders(self, vcpu_id, section_ns, period_ns, offset_ns)
+        self.vcpu_readers[vcpu_id] = readers
+        return readers
+
+    def stop_vcpus(self) -> None:
+        """Every vCPU leaves KVM_RUN; returns once their read sections are over."""
+        for r in self.vcpu_readers.values():
+            r.stop()
+        self.sim.wait_for(lambda: not any(r.reader.in_section for r in self.vcpu_readers.values()),
+                          "vCPUs to leave their read sections")
+
+    def destroy_vm(self) -> None:
+        """The last reference dropped: models kvm_destroy_vm(): free the buses, then (per variant)
+        srcu_barrier(&kvm->srcu), then cleanup_srcu_struct(&kvm->srcu), whose warnings are checked."""
+        self._alive()
+        self.stop_vcpus()
+        self.sim.spend(self.costs.destroy_vm)
+        for bus_idx in KvmBus:  # kvm_io_bus_destroy(): the current buses are freed directly
+            self.kfree_bus(self.buses[bus_idx])
+        if self.variant.teardown_barrier:
+            srcutree.srcu_barrier(self.srcu)
+        pending = len(self.srcu.srcu_cblist)
+        srcutree.cleanup_srcu_struct(self.srcu)
+        self.checker.check(pending == 0, ViolationKind.TEARDOWN_WITHOUT_BARRIER, self.sim.now,
+                           f"cleanup_srcu_struct() with {pending} SRCU callback(s) queued: the kernel WARNs "
+                           "and leaks kvm->srcu (srcu_barrier() missing)", pending=pending)
+        self.destroyed = True
+
+    def _alive(self) -> None:
+        if self.destroyed:
+            raise KvmIoctlError(errno.EBADF, "the VM has been destroyed")
+
+    # --- queries (for the VMM's shadow) ------------------------------------------------------------
+    def bus_version(self, bus_idx: KvmBus) -> int:
+        """The version of the bus currently published."""
+        return self.buses[bus_idx].version
+
+    def claimant(self, bus_idx: KvmBus, addr: int, length: int, value: int = 0,
+                 is_write: bool = True) -> Optional[KvmIoDevice]:
+        """Which in-kernel device would take this access on the current bus (None: it exits)."""
+        return claimant(self.buses[bus_idx], addr, length, value, is_write)
+
+    def settle(self, limit_ns: int = 1_000_000_000) -> None:
+        """Let background work (grace periods, callbacks, vCPU readers) run for up to ``limit_ns``."""
+        self.sim.run_until(self.sim.now + limit_ns)

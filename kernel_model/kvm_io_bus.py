@@ -1,0 +1,245 @@
+"""KVM's io buses (virt/kvm/kvm_main.c ``kvm_io_bus_*``, v6.18) and ioeventfds (virt/kvm/eventfd.c).
+
+A bus is an immutable, sorted array of ranges; a change copies it, publishes the copy with
+``rcu_assign_pointer()`` and frees the old one by the variant's rule (see :mod:`kernel_model.variants`).
+Lookup is the kernel's: binary search with ``kvm_io_bus_cmp()``, back up to the first matching range,
+then offer the access to each matching device in turn until one accepts it.
+
+Every published bus carries a ``version`` (per bus index, from 0) so that an observed exit can be
+judged against "the bus the kernel must have had".
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+#: virt/kvm/kvm_main.c / include/linux/kvm_host.h: devices per bus, ioeventfds not counted.
+NR_IOBUS_DEVS = 1000
+
+
+class KvmBus(enum.IntEnum):
+    """``enum kvm_bus`` (include/linux/kvm_host.h), the buses this model uses."""
+
+    KVM_MMIO_BUS = 0
+    KVM_PIO_BUS = 1
+    KVM_FAST_MMIO_BUS = 3
+
+
+class KvmIoDevice(Protocol):
+    """``struct kvm_io_device`` with its ops: ``write``/``read`` return True when the device takes the
+    access (the kernel's 0) and False to decline it (-EOPNOTSUPP)."""
+
+    name: str
+
+    def write(self, addr: int, length: int, value: int) -> bool:
+        """Offer a write; True if handled in the kernel."""
+        ...
+
+    def read(self, addr: int, length: int) -> bool:
+        """Offer a read; True if handled in the kernel."""
+        ...
+
+
+@dataclass(eq=False)
+class InKernelDevice:
+    """An in-kernel device that takes every access in its range (PIC, IOAPIC, PIT, GIC, ...)."""
+
+    name: str
+    writes: int = 0
+    reads: int = 0
+
+    def write(self, addr: int, length: int, value: int) -> bool:
+        """Take the write."""
+        self.writes += 1
+        return True
+
+    def read(self, addr: int, length: int) -> bool:
+        """Take the read."""
+        self.reads += 1
+        return True
+
+
+@dataclass(eq=False)
+class Ioeventfd:
+    """``struct _ioeventfd``: signals its eventfd on a matching guest write; never takes reads.
+
+    ``length`` 0 matches a write of any length at exactly ``addr`` (KVM_CAP_IOEVENTFD_ANY_LENGTH);
+    ``datamatch`` None is the wildcard (no KVM_IOEVENTFD_FLAG_DATAMATCH).
+    """
+
+    addr: int
+    length: int
+    datamatch: Optional[int] = None
+    pio: bool = False
+    signalled: int = 0
+    name: str = field(default="ioeventfd")
+
+    def in_range(self, addr: int, length: int, value: int) -> bool:
+        """Models ioeventfd_in_range(): exact address; any length if ours is 0; else same length and
+        (wildcard or the value, truncated to the access length, equals datamatch)."""
+        if addr != self.addr:
+            return False
+        if not self.length:
+            return True
+        if length != self.length:
+            return False
+        if self.datamatch is None:
+            return True
+        return (value & ((1 << (8 * length)) - 1)) == self.datamatch
+
+    def write(self, addr: int, length: int, value: int) -> bool:
+        """Models ioeventfd_write(): signal the eventfd if the write matches."""
+        if not self.in_range(addr, length, value):
+            return False
+        self.signalled += 1
+        return True
+
+    def read(self, addr: int, length: int) -> bool:
+        """ioeventfds have no read op: a read always goes on (and, with nothing else, exits)."""
+        return False
+
+    def collides_with(self, other: "Ioeventfd") -> bool:
+        """Models ioeventfd_check_collision(): same bus, address and length (or either any-length),
+        and either a wildcard or equal datamatch."""
+        return (self.pio == other.pio and self.addr == other.addr
+                and (not self.length or not other.length or self.length == other.length)
+                and (self.datamatch is None or other.datamatch is None or self.datamatch == other.datamatch))
+
+
+@dataclass(frozen=True)
+class KvmIoRange:
+    """``struct kvm_io_range``."""
+
+    addr: int
+    len: int
+    dev: KvmIoDevice
+
+
+@dataclass(eq=False)
+class KvmIoBus:
+    """``struct kvm_io_bus``: an immutable sorted array; ``freed`` is set by kfree()."""
+
+    bus_idx: KvmBus
+    version: int
+    range: tuple[KvmIoRange, ...] = ()
+    ioeventfd_count: int = 0
+    freed: bool = False
+    freed_at: Optional[int] = None
+
+    @property
+    def dev_count(self) -> int:
+        """Number of ranges on the bus."""
+        return len(self.range)
+
+
+def kvm_io_bus_cmp(r1_addr: int, r1_len: int, r2_addr: int, r2_len: int) -> int:
+    """Models kvm_io_bus_cmp(r1, r2). With r1 an access and r2 a bus range it is 0 ("match") when the
+    access lies inside the range, or, for a zero-length range, starts exactly at its address."""
+    addr1, addr2 = r1_addr, r2_addr
+    if addr1 < addr2:
+        return -1
+    if r2_len:
+        addr1 += r1_len
+        addr2 += r2_len
+    if addr1 > addr2:
+        return 1
+    return 0
+
+
+def bsearch(bus: KvmIoBus, addr: int, length: int) -> int:
+    """Models lib/bsearch.c on the bus with kvm_io_bus_sort_cmp(key, range): the index of *a*
+    matching range, or -1. (With overlapping ranges of different extents the comparison is not
+    monotonic and the kernel's bsearch can miss a match; so does this.)"""
+    base, num = 0, bus.dev_count
+    while num > 0:
+        pivot = base + (num >> 1)
+        r = bus.range[pivot]
+        result = kvm_io_bus_cmp(addr, length, r.addr, r.len)
+        if result == 0:
+            return pivot
+        if result > 0:
+            base = pivot + 1
+            num -= 1
+        num >>= 1
+    return -1
+
+
+def kvm_io_bus_get_first_dev(bus: KvmIoBus, addr: int, length: int) -> int:
+    """Models kvm_io_bus_get_first_dev(): bsearch, then walk back to the first matching range;
+    -ENOENT if none matches."""
+    off = bsearch(bus, addr, length)
+    if off < 0:
+        return -errno.ENOENT
+    while off > 0 and kvm_io_bus_cmp(addr, length, bus.range[off - 1].addr, bus.range[off - 1].len) == 0:
+        off -= 1
+    return off
+
+
+def __kvm_io_bus_write(bus: KvmIoBus, addr: int, length: int, value: int) -> tuple[int, Optional[KvmIoDevice]]:
+    """Models __kvm_io_bus_write(): offer the write to each matching device from the first; return
+    (index, device) of the one that took it, or (-EOPNOTSUPP, None)."""
+    idx = kvm_io_bus_get_first_dev(bus, addr, length)
+    if idx < 0:
+        return -errno.EOPNOTSUPP, None
+    while idx < bus.dev_count and kvm_io_bus_cmp(addr, length, bus.range[idx].addr, bus.range[idx].len) == 0:
+        if bus.range[idx].dev.write(addr, length, value):
+            return idx, bus.range[idx].dev
+        idx += 1
+    return -errno.EOPNOTSUPP, None
+
+
+def __kvm_io_bus_read(bus: KvmIoBus, addr: int, length: int) -> tuple[int, Optional[KvmIoDevice]]:
+    """Models __kvm_io_bus_read(): like the write path, for reads."""
+    idx = kvm_io_bus_get_first_dev(bus, addr, length)
+    if idx < 0:
+        return -errno.EOPNOTSUPP, None
+    while idx < bus.dev_count and kvm_io_bus_cmp(addr, length, bus.range[idx].addr, bus.range[idx].len) == 0:
+        if bus.range[idx].dev.read(addr, length):
+            return idx, bus.range[idx].dev
+        idx += 1
+    return -errno.EOPNOTSUPP, None
+
+
+def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bool = True) -> Optional[KvmIoDevice]:
+    """Which device would take this access on ``bus``, without side effects (no eventfd is signalled).
+
+    This is the query the VMM's shadow asks for every exit.
+    """
+    idx = kvm_io_bus_get_first_dev(bus, addr, length)
+    if idx < 0:
+        return None
+    while idx < bus.dev_count and kvm_io_bus_cmp(addr, length, bus.range[idx].addr, bus.range[idx].len) == 0:
+        dev = bus.range[idx].dev
+        if isinstance(dev, Ioeventfd):
+            if is_write and dev.in_range(addr, length, value):
+                return dev
+        elif isinstance(dev, InKernelDevice):
+            return dev
+        idx += 1
+    return None
+
+
+def insert_range(bus: KvmIoBus, new: KvmIoRange, version: int) -> KvmIoBus:
+    """The copy step of kvm_io_bus_register_dev(): a new bus with ``new`` inserted before the first
+    range that compares greater (``kvm_io_bus_cmp(&bus->range[i], &range) > 0``)."""
+    i = 0
+    for i, r in enumerate(bus.range):
+        if kvm_io_bus_cmp(r.addr, r.len, new.addr, new.len) > 0:
+            break
+    else:
+        i = bus.dev_count
+    ranges = bus.range[:i] + (new,) + bus.range[i:]
+    return KvmIoBus(bus.bus_idx, version, ranges,
+                    bus.ioeventfd_count + (1 if isinstance(new.dev, Ioeventfd) else 0))
+
+
+def remove_range(bus: KvmIoBus, dev: KvmIoDevice, version: int) -> Optional[KvmIoBus]:
+    """The copy step of kvm_io_bus_unregister_dev(): a new bus without ``dev`` (None if absent)."""
+    for i, r in enumerate(bus.range):
+        if r.dev is dev:
+            return KvmIoBus(bus.bus_idx, version, bus.range[:i] + bus.range[i + 1:],
+                            bus.ioeventfd_count - (1 if isinstance(dev, Ioeventfd) else 0))
+    return None

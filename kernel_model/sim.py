@@ -1,0 +1,269 @@
+"""Discrete-event time for the kernel model: jiffies, the timer wheel, workqueues and completions.
+
+Time is an integer number of nanoseconds from the start of a run. Jiffies tick every ``1e9 / HZ`` ns;
+``phase`` says how far into a jiffy the run starts (0 <= phase < 1), which is what a latency
+distribution samples over.
+
+Simplifications, said where they are made:
+- One worker runs work items one at a time, in the order they became runnable. While a context (the
+  ioctl caller or a work item) ``spend()`` s time, everything else that is due meanwhile runs as if on
+  another CPU (vCPU readers leaving their sections, timers firing), except other work items, which
+  wait for the worker.
+- Timers are exact to the tick they expire on (kernel/time/timer.c ``calc_index()``), plus a fixed
+  ``timer_latency`` for the softirq and the CPU wake-up; no timer slack, no NOHZ deferral.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from kernel_model.costs import Costs
+
+NSEC_PER_SEC = 1_000_000_000
+#: kernel/time/timer.c: the wheel has 64 buckets per level, each level 8 times coarser.
+LVL_CLK_SHIFT = 3
+LVL_BITS = 6
+LVL_SIZE = 1 << LVL_BITS
+LVL_DEPTH = 9
+
+
+class ModelError(RuntimeError):
+    """The model reached a state the kernel cannot (a wait that would never end, a bad call)."""
+
+
+def calc_index_expiry(expires: int, clk: int) -> int:
+    """The jiffy on which a timer armed at jiffy ``clk`` for ``expires`` actually fires.
+
+    Models kernel/time/timer.c ``calc_wheel_index()`` / ``calc_index()`` (v5.10+): the level is chosen
+    from ``expires - clk`` and the expiry is rounded *up* to the next bucket of that level's
+    granularity, "to prevent [early expiry when the] timer is armed at the edge of a tick". On level 0
+    that is ``expires + 1``: a timer armed for 1 jiffy fires on the second tick after it was armed.
+    """
+    delta = expires - clk
+    if delta < 0:
+        return clk + 1  # already expired: the next tick runs it
+    for lvl in range(LVL_DEPTH):
+        # Level lvl covers deltas below LVL_START(lvl + 1) = (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT).
+        if delta < (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT) or lvl == LVL_DEPTH - 1:
+            shift = lvl * LVL_CLK_SHIFT
+            return ((expires >> shift) + 1) << shift
+    raise AssertionError("unreachable")
+
+
+@dataclass(order=True)
+class _Event:
+    time: int
+    seq: int
+    fn: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+
+class Sim:
+    """The clock and event queue of one model run."""
+
+    def __init__(self, hz: int, phase: float = 0.0, costs: Optional[Costs] = None) -> None:
+        if hz <= 0:
+            raise ModelError(f"HZ must be positive, not {hz}")
+        if not 0.0 <= phase < 1.0:
+            raise ModelError(f"phase must be in [0, 1), not {phase}")
+        self.hz = hz
+        self.tick_ns = NSEC_PER_SEC // hz
+        self.phase_ns = int(phase * self.tick_ns)
+        self.costs = costs or Costs()
+        self.now = 0
+        self._queue: list[_Event] = []
+        self._seq = itertools.count()
+        self._worker_busy = False
+        self._deferred_work: list[Callable[[], None]] = []
+
+    # --- time --------------------------------------------------------------------------------
+    @property
+    def jiffies(self) -> int:
+        """The jiffies counter now."""
+        return (self.now + self.phase_ns) // self.tick_ns
+
+    def tick_time(self, jiffy: int) -> int:
+        """The time (ns) at which ``jiffies`` becomes ``jiffy``."""
+        return jiffy * self.tick_ns - self.phase_ns
+
+    def spend(self, ns: int) -> None:
+        """The running context (caller or work item) takes ``ns`` of CPU time; events due meanwhile
+        run concurrently (other CPUs), work items excepted (see ``Work``)."""
+        self.run_until(self.now + ns)
+
+    # --- events ------------------------------------------------------------------------------
+    def at(self, time: int, fn: Callable[[], None]) -> _Event:
+        """Run ``fn`` at ``time`` (or now, if that has passed)."""
+        ev = _Event(max(time, self.now), next(self._seq), fn)
+        heapq.heappush(self._queue, ev)
+        return ev
+
+    def _step(self) -> bool:
+        while self._queue:
+            ev = heapq.heappop(self._queue)
+            if ev.cancelled:
+                continue
+            if ev.time > self.now:
+                self.now = ev.time
+            ev.fn()
+            return True
+        return False
+
+    def run_until(self, time: int) -> None:
+        """Run every event due up to ``time``; the clock then reads at least ``time``."""
+        while self._queue and self._queue[0].time <= time:
+            self._step()
+        if self.now < time:
+            self.now = time
+
+    def wait_for(self, done: Callable[[], bool], what: str) -> None:
+        """Block the caller until ``done()``: run events until it holds (``wait_for_completion``)."""
+        while not done():
+            if not self._step():
+                raise ModelError(f"waiting for {what} would never end: nothing left to happen")
+
+    def idle(self) -> bool:
+        """Whether no event is pending."""
+        return not any(not ev.cancelled for ev in self._queue)
+
+
+class Completion:
+    """``struct completion``: ``complete()`` wakes the waiter after the wake-up cost."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.done = False
+        self.completed_at: Optional[int] = None
+
+    def complete(self) -> None:
+        """Models ``complete()``: the waiter can run ``costs.wakeup`` later."""
+        self.done = True
+        self.completed_at = self.sim.now
+
+    def wait(self, what: str) -> None:
+        """Models ``wait_for_completion()``: returns at completion time plus the wake-up."""
+        self.sim.wait_for(lambda: self.done, what)
+        assert self.completed_at is not None
+        self.sim.now = max(self.sim.now, self.completed_at + self.sim.costs.wakeup)
+
+
+class Work:
+    """A ``work_struct`` on a workqueue: queued at most once at a time; runs after a workqueue hop."""
+
+    def __init__(self, sim: Sim, fn: Callable[[], None], name: str) -> None:
+        self.sim = sim
+        self.fn = fn
+        self.name = name
+        self.pending = False
+        self.runs = 0
+
+    def queue_work(self) -> bool:
+        """Models ``queue_work()``: False (and nothing happens) if the work is already pending."""
+        if self.pending:
+            return False
+        self.pending = True
+        self.sim.at(self.sim.now + self.sim.costs.workqueue_hop, self._run)
+        return True
+
+    def _run(self) -> None:
+        # One worker: a work item that becomes runnable while another runs waits for it to finish.
+        sim = self.sim
+        if sim._worker_busy:
+            sim._deferred_work.append(self._run)
+            return
+        self.pending = False
+        self.runs += 1
+        sim._worker_busy = True
+        try:
+            self.fn()
+        finally:
+            sim._worker_busy = False
+        deferred, sim._deferred_work = sim._deferred_work, []
+        for run in deferred:
+            sim.at(sim.now, run)
+
+
+class Timer:
+    """A ``timer_list`` whose expiry follows the wheel's rounding (see :func:`calc_index_expiry`)."""
+
+    def __init__(self, sim: Sim, fn: Callable[[], None]) -> None:
+        self.sim = sim
+        self.fn = fn
+        self.expires: Optional[int] = None  # the jiffy it fires on, while pending
+        self._event: Optional[_Event] = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the timer is armed."""
+        return self.expires is not None
+
+    def _arm(self, expires: int) -> None:
+        sim = self.sim
+        fire = calc_index_expiry(expires, sim.jiffies)
+        if self._event is not None:
+            self._event.cancelled = True
+        self.expires = fire
+        self._event = sim.at(sim.tick_time(fire) + sim.costs.timer_latency, self._fire)
+
+    def add_timer(self, expires: int) -> None:
+        """Models ``add_timer()`` / ``mod_timer()`` with an absolute expiry in jiffies."""
+        self._arm(expires)
+
+    def timer_reduce(self, expires: int) -> None:
+        """Models ``timer_reduce()``: arm, or move an armed timer earlier (never later)."""
+        if self.expires is not None and calc_index_expiry(expires, self.sim.jiffies) >= self.expires:
+            return
+        self._arm(expires)
+
+    def delete(self) -> None:
+        """Models ``timer_delete_sync()``."""
+        if self._event is not None:
+            self._event.cancelled = True
+        self._event = None
+        self.expires = None
+
+    def _fire(self) -> None:
+        self._event = None
+        self.expires = None
+        self.fn()
+
+
+class DelayedWork:
+    """A ``delayed_work``: a timer that queues the work when it fires."""
+
+    def __init__(self, sim: Sim, fn: Callable[[], None], name: str) -> None:
+        self.work = Work(sim, fn, name)
+        self.timer = Timer(sim, self.work.queue_work)
+        self.sim = sim
+
+    @property
+    def pending(self) -> bool:
+        """Pending: the timer is armed or the work is queued (``delayed_work_pending()``)."""
+        return self.timer.pending or self.work.pending
+
+    def queue_delayed_work(self, delay: int) -> bool:
+        """Models ``queue_delayed_work()``: False if already pending (the earlier delay stands).
+
+        This is the rule behind the stall: a later caller that wants the work *now* cannot pull in a
+        delayed work that is already armed.
+        """
+        if self.pending:
+            return False
+        if delay == 0:
+            return self.work.queue_work()
+        self.timer.add_timer(self.sim.jiffies + delay)
+        # Pending from now on: queue_work() when the timer fires must not be refused, so mark the
+        # work pending only then (the timer's pending flag covers the wait).
+        return True
+
+    def flush(self) -> None:
+        """Models ``flush_delayed_work()``: an armed timer is cancelled, the work run at once and waited for."""
+        if self.timer.pending:
+            self.timer.delete()
+            self.work.queue_work()
+        if self.work.pending:
+            runs = self.work.runs
+            self.sim.wait_for(lambda: self.work.runs > runs, f"flush of {self.work.name}")

@@ -1,0 +1,449 @@
+"""Tree SRCU's grace-period machinery, function by function (kernel/rcu/srcutree.c, v6.18 + the
+call_srcu_expedited() RFC of March 2026).
+
+What is kept: the grace-period sequence and its states (idle, SCAN1, SCAN2), ``srcu_gp_seq_needed`` and
+``srcu_gp_seq_needed_exp``, the two reader indexes and the flip, callbacks queued per grace period,
+the delayed work that drives the state machine (``process_srcu``) with the delays ``srcu_get_delay()``
+computes, the no-delay counters, callback invocation through the per-CPU work and its delay timer.
+
+Simplified away, each said again where it is made:
+- SRCU_SIZE_SMALL only: one ``srcu_data`` (the boot CPU's), no ``srcu_node`` tree and so no funnel
+  climb. A struct converts to big only under lock contention (``convert_to_big`` = 0x10 here), which a
+  single VMM thread does not cause.
+- Per-CPU lock/unlock counters are collapsed into one count of active readers per index; memory
+  barriers and the smp_mb()/synchronize_rcu() flavours of the reader scan are not modelled (the scan
+  has a fixed cost, ``Costs.reader_scan``).
+- Sequence numbers start at 0 and never wrap (the kernel starts near ULONG_MAX to catch wrap bugs).
+- The segmented callback list is a list of (grace-period sequence, callback): a callback is ready when
+  its grace period is done; callbacks run in the order they were queued.
+- ``rcu_gp_is_normal()`` and ``rcu_gp_is_expedited()`` are false (the boot-time defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work
+
+# rcu_seq: the low two bits of a sequence number are the state (kernel/rcu/rcu.h).
+RCU_SEQ_CTR_SHIFT = 2
+RCU_SEQ_STATE_MASK = (1 << RCU_SEQ_CTR_SHIFT) - 1
+SRCU_STATE_IDLE = 0
+SRCU_STATE_SCAN1 = 1
+SRCU_STATE_SCAN2 = 2
+
+# Module parameters (kernel/rcu/srcutree.c); the values are this host's (/sys/module/srcutree).
+SRCU_INTERVAL = 1          # base delay, in jiffies, if no expedited grace period is pending
+SRCU_MAX_INTERVAL = 10     # maximum delay from slow readers
+SRCU_RETRY_CHECK_DELAY_US = 5
+SRCU_MAX_NODELAY_PHASE = 1000
+SRCU_MAX_NODELAY = 1000
+EXP_HOLDOFF_NS = 25_000
+
+
+def rcu_seq_state(s: int) -> int:
+    """Models rcu_seq_state(): the state bits of a sequence number."""
+    return s & RCU_SEQ_STATE_MASK
+
+
+def rcu_seq_snap(s: int) -> int:
+    """Models rcu_seq_snap(): the sequence number at which a grace period starting after now has ended.
+
+    From idle (4k) that is 4k + 4; from inside a grace period (4k + 1 or 4k + 2) it is 4k + 8: the
+    grace period in flight may have begun before the caller's update, so the *next* one is needed.
+    """
+    return (s + 2 * RCU_SEQ_STATE_MASK + 1) & ~RCU_SEQ_STATE_MASK
+
+
+def rcu_seq_done(cur: int, s: int) -> bool:
+    """Models rcu_seq_done(): has grace period ``s`` ended, given the current sequence ``cur``?"""
+    return cur >= s
+
+
+@dataclass
+class SrcuCallback:
+    """A queued ``rcu_head``: ``func`` runs after grace period ``seq`` ends."""
+
+    seq: int
+    func: Callable[[], None]
+    name: str
+
+
+@dataclass
+class SrcuWarning:
+    """A WARN_ON() the kernel would print (cleanup_srcu_struct() and friends)."""
+
+    function: str
+    message: str
+    time: int
+
+
+@dataclass
+class GracePeriod:
+    """A record of one grace period, for reports and tests."""
+
+    seq: int
+    start: int
+    end: Optional[int] = None
+    expedited_at_end: bool = False
+
+
+class SrcuStruct:
+    """``struct srcu_struct`` with its ``srcu_usage`` and the boot CPU's ``srcu_data``, merged."""
+
+    def __init__(self, sim: Sim, name: str = "kvm->srcu") -> None:
+        self.sim = sim
+        self.name = name
+        # srcu_usage
+        self.srcu_gp_seq = 0
+        self.srcu_gp_seq_needed = 0
+        self.srcu_gp_seq_needed_exp = 0
+        self.srcu_gp_start = 0            # jiffies
+        self.srcu_last_gp_end = -EXP_HOLDOFF_NS
+        self.srcu_n_exp_nodelay = 0
+        self.reschedule_jiffies = -1
+        self.reschedule_count = 0
+        self.work = DelayedWork(sim, lambda: process_srcu(self), "process_srcu")
+        # srcu_data (boot CPU)
+        self.sdp_srcu_gp_seq_needed = 0
+        self.sdp_srcu_gp_seq_needed_exp = 0
+        self.srcu_cblist: list[SrcuCallback] = []
+        self.srcu_cblist_invoking = False
+        self.sdp_work = Work(sim, lambda: srcu_invoke_callbacks(self), "srcu_invoke_callbacks")
+        self.sdp_delay_work = Timer(sim, self.sdp_work.queue_work)
+        # Readers: srcu_ctrs[idx] collapsed to one active count per index.
+        self.srcu_ctrp = 0
+        self.active_readers = [0, 0]
+        # Bookkeeping for reports and invariants (not kernel state).
+        self.cleaned_up = False
+        self.warnings: list[SrcuWarning] = []
+        self.grace_periods: list[GracePeriod] = []
+        self.callbacks_invoked = 0
+        self.on_callback_after_cleanup: Optional[Callable[[SrcuCallback], None]] = None
+
+    def warn(self, function: str, message: str) -> None:
+        """Record a WARN_ON()."""
+        self.warnings.append(SrcuWarning(function, message, self.sim.now))
+
+    @property
+    def gp_in_flight(self) -> bool:
+        """Whether a grace period is in progress."""
+        return rcu_seq_state(self.srcu_gp_seq) != SRCU_STATE_IDLE
+
+
+# --- readers -------------------------------------------------------------------------------------
+
+def srcu_read_lock(ssp: SrcuStruct) -> int:
+    """Models __srcu_read_lock(): count a reader on the current index and return that index."""
+    idx = ssp.srcu_ctrp
+    ssp.active_readers[idx] += 1
+    return idx
+
+
+def srcu_read_unlock(ssp: SrcuStruct, idx: int) -> None:
+    """Models __srcu_read_unlock(): the reader counted on ``idx`` leaves."""
+    if ssp.active_readers[idx] <= 0:
+        raise ValueError(f"srcu_read_unlock({idx}) without a matching srcu_read_lock()")
+    ssp.active_readers[idx] -= 1
+
+
+def srcu_readers_active_idx_check(ssp: SrcuStruct, idx: int) -> bool:
+    """Models srcu_readers_active_idx_check(): no reader is left on ``idx``.
+
+    Simplified: the per-CPU unlock/lock sums and their barriers are one count, read at a fixed cost.
+    """
+    ssp.sim.spend(ssp.sim.costs.reader_scan)
+    return ssp.active_readers[idx] == 0
+
+
+def srcu_readers_active(ssp: SrcuStruct) -> bool:
+    """Models srcu_readers_active(): any reader on either index."""
+    return sum(ssp.active_readers) > 0
+
+
+# --- the grace-period state machine -------------------------------------------------------------
+
+def srcu_gp_is_expedited(ssp: SrcuStruct) -> bool:
+    """Models srcu_gp_is_expedited(): is the current or an upcoming grace period expedited?"""
+    return ssp.srcu_gp_seq < ssp.srcu_gp_seq_needed_exp
+
+
+def srcu_get_delay(ssp: SrcuStruct) -> int:
+    """Models srcu_get_delay(): 0 if an expedited grace period is pending (unless it has polled
+    ``srcu_max_nodelay_phase`` times), else SRCU_INTERVAL; plus the grace period's age in jiffies
+    beyond the first, capped at SRCU_MAX_INTERVAL."""
+    jbase = 0 if srcu_gp_is_expedited(ssp) else SRCU_INTERVAL
+    if rcu_seq_state(ssp.srcu_gp_seq):
+        j = ssp.sim.jiffies - 1
+        if j > ssp.srcu_gp_start:
+            jbase += j - ssp.srcu_gp_start
+        if not jbase:
+            ssp.srcu_n_exp_nodelay += 1
+            if ssp.srcu_n_exp_nodelay > SRCU_MAX_NODELAY_PHASE:
+                jbase = 1
+    return min(jbase, SRCU_MAX_INTERVAL)
+
+
+def srcu_gp_start(ssp: SrcuStruct) -> None:
+    """Models srcu_gp_start(): record the start jiffy and move the sequence to SCAN1."""
+    assert ssp.srcu_gp_seq < ssp.srcu_gp_seq_needed, "srcu_gp_start() with no grace period needed"
+    ssp.srcu_gp_start = ssp.sim.jiffies
+    ssp.srcu_n_exp_nodelay = 0
+    ssp.srcu_gp_seq += 1  # rcu_seq_start()
+    assert rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_SCAN1
+    ssp.grace_periods.append(GracePeriod(seq=ssp.srcu_gp_seq, start=ssp.sim.now))
+
+
+def srcu_schedule_cbs_sdp(ssp: SrcuStruct, delay: int) -> None:
+    """Models srcu_schedule_cbs_sdp() / srcu_queue_delayed_work_on(): invoke callbacks now (a work
+    item) or after ``delay`` jiffies (``timer_reduce()`` on the per-CPU delay timer)."""
+    if not delay:
+        ssp.sdp_work.queue_work()
+    else:
+        ssp.sdp_delay_work.timer_reduce(ssp.sim.jiffies + delay)
+
+
+def srcu_funnel_exp_start(ssp: SrcuStruct, s: int) -> None:
+    """Models srcu_funnel_exp_start() with no srcu_node tree (SRCU_SIZE_SMALL): record that grace
+    period ``s`` must be expedited. Note what it does *not* do: touch the delayed work that is
+    already waiting on its timer."""
+    if ssp.srcu_gp_seq_needed_exp < s:
+        ssp.srcu_gp_seq_needed_exp = s
+
+
+def srcu_funnel_gp_start(ssp: SrcuStruct, s: int, do_norm: bool) -> None:
+    """Models srcu_funnel_gp_start() with no srcu_node tree: record the need for grace period ``s``
+    (expedited unless ``do_norm``) and, if SRCU is idle, start it and queue ``process_srcu`` with a
+    delay of ``!!srcu_get_delay()`` jiffies: 1 for a normal grace period, 0 for an expedited one."""
+    if ssp.srcu_gp_seq_needed < s:
+        ssp.srcu_gp_seq_needed = s
+    if not do_norm and ssp.srcu_gp_seq_needed_exp < s:
+        ssp.srcu_gp_seq_needed_exp = s
+    if not rcu_seq_done(ssp.srcu_gp_seq, s) and rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_IDLE:
+        srcu_gp_start(ssp)
+        ssp.work.queue_delayed_work(1 if srcu_get_delay(ssp) else 0)
+
+
+def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: Optional[SrcuCallback], do_norm: bool) -> int:
+    """Models srcu_gp_start_if_needed(): queue ``cb`` for the grace period after now and make sure
+    that grace period is requested (and expedited, unless ``do_norm``). Returns the snapshot ``s``.
+
+    The read lock the kernel takes around this (against sequence wrap) is left out.
+    """
+    s = rcu_seq_snap(ssp.srcu_gp_seq)
+    if cb is not None:
+        cb.seq = s
+        ssp.srcu_cblist.append(cb)
+    needgp = needexp = False
+    if ssp.sdp_srcu_gp_seq_needed < s:
+        ssp.sdp_srcu_gp_seq_needed = s
+        needgp = True
+    if not do_norm and ssp.sdp_srcu_gp_seq_needed_exp < s:
+        ssp.sdp_srcu_gp_seq_needed_exp = s
+        needexp = True
+    if needgp:
+        srcu_funnel_gp_start(ssp, s, do_norm)
+    elif needexp:
+        srcu_funnel_exp_start(ssp, s)
+    return s
+
+
+def __call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str, do_norm: bool) -> SrcuCallback:
+    """Models __call_srcu()."""
+    cb = SrcuCallback(seq=0, func=func, name=name)
+    srcu_gp_start_if_needed(ssp, cb, do_norm)
+    return cb
+
+
+def call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback") -> SrcuCallback:
+    """Models call_srcu(): run ``func`` after a *normal* grace period. On an idle srcu_struct this
+    starts that grace period and arms ``process_srcu`` one jiffy out."""
+    return __call_srcu(ssp, func, name, do_norm=True)
+
+
+def call_srcu_expedited(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback") -> SrcuCallback:
+    """Models call_srcu_expedited() (Sean Christopherson's RFC, seed 003): the same, but the grace
+    period is expedited, so ``process_srcu`` is queued with no delay."""
+    return __call_srcu(ssp, func, name, do_norm=False)
+
+
+def __synchronize_srcu(ssp: SrcuStruct, do_norm: bool) -> None:
+    """Models __synchronize_srcu(): queue a wake-me callback and wait for it (the caller blocks)."""
+    done = Completion(ssp.sim)
+    __call_srcu(ssp, done.complete, "wakeme_after_rcu", do_norm)
+    done.wait("synchronize_srcu" + ("" if do_norm else "_expedited"))
+
+
+def synchronize_srcu_expedited(ssp: SrcuStruct) -> None:
+    """Models synchronize_srcu_expedited(): wait for an expedited grace period. If a normal grace
+    period is already in flight, the snapshot asks for the one *after* it, and that one cannot start
+    before the in-flight one ends: the delayed work's timer decides when that is."""
+    __synchronize_srcu(ssp, do_norm=False)
+
+
+def srcu_should_expedite(ssp: SrcuStruct) -> bool:
+    """Models srcu_should_expedite(): idle (no callbacks, nothing needed) and past exp_holdoff."""
+    if ssp.srcu_cblist:
+        return False
+    t = ssp.sim.now
+    if EXP_HOLDOFF_NS == 0 or ssp.srcu_last_gp_end <= t < ssp.srcu_last_gp_end + EXP_HOLDOFF_NS:
+        return False
+    return not ssp.srcu_gp_seq < ssp.srcu_gp_seq_needed
+
+
+def synchronize_srcu(ssp: SrcuStruct) -> None:
+    """Models synchronize_srcu(): expedited when SRCU looks idle, else a normal grace period."""
+    if srcu_should_expedite(ssp):
+        synchronize_srcu_expedited(ssp)
+    else:
+        __synchronize_srcu(ssp, do_norm=True)
+
+
+def try_check_zero(ssp: SrcuStruct, idx: int, trycount: int) -> bool:
+    """Models try_check_zero(): scan ``idx`` up to ``trycount`` times (one more when expedited),
+    ``udelay(srcu_retry_check_delay)`` between scans."""
+    curdelay = 0 if srcu_get_delay(ssp) else 1
+    while True:
+        if srcu_readers_active_idx_check(ssp, idx):
+            return True
+        trycount -= 1
+        if trycount + curdelay <= 0:
+            return False
+        ssp.sim.spend(SRCU_RETRY_CHECK_DELAY_US * 1000)
+
+
+def srcu_flip(ssp: SrcuStruct) -> None:
+    """Models srcu_flip(): new readers use the other index."""
+    ssp.srcu_ctrp ^= 1
+
+
+def srcu_gp_end(ssp: SrcuStruct) -> None:
+    """Models srcu_gp_end(): end the grace period, schedule its callbacks (at once if a grace period
+    is expedited, else one jiffy later), and start the next grace period at once if one is needed."""
+    sim = ssp.sim
+    sim.spend(sim.costs.gp_end)
+    assert rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_SCAN2
+    cbdelay = 0 if srcu_gp_is_expedited(ssp) else 1
+    ssp.srcu_last_gp_end = sim.now
+    ssp.srcu_gp_seq = (ssp.srcu_gp_seq | RCU_SEQ_STATE_MASK) + 1  # rcu_seq_end()
+    gpseq = ssp.srcu_gp_seq
+    gp = ssp.grace_periods[-1]
+    gp.end, gp.expedited_at_end = sim.now, cbdelay == 0
+    if ssp.srcu_gp_seq_needed_exp < gpseq:
+        ssp.srcu_gp_seq_needed_exp = gpseq
+    srcu_schedule_cbs_sdp(ssp, cbdelay)
+    if not rcu_seq_state(gpseq) and gpseq < ssp.srcu_gp_seq_needed:
+        srcu_gp_start(ssp)
+        srcu_reschedule(ssp, 0)
+
+
+def srcu_advance_state(ssp: SrcuStruct) -> None:
+    """Models srcu_advance_state(): push the grace period through SCAN1 and SCAN2 as far as the
+    readers allow; a scan that still sees readers returns, to be retried by process_srcu."""
+    if rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_IDLE:
+        if ssp.srcu_gp_seq >= ssp.srcu_gp_seq_needed:
+            return
+        srcu_gp_start(ssp)
+    if rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_SCAN1:
+        idx = ssp.srcu_ctrp ^ 1
+        if not try_check_zero(ssp, idx, 1):
+            return  # readers present, retry later
+        srcu_flip(ssp)
+        ssp.srcu_gp_seq = (ssp.srcu_gp_seq & ~RCU_SEQ_STATE_MASK) | SRCU_STATE_SCAN2
+        ssp.srcu_n_exp_nodelay = 0
+    if rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_SCAN2:
+        idx = ssp.srcu_ctrp ^ 1
+        if not try_check_zero(ssp, idx, 2):
+            return
+        ssp.srcu_n_exp_nodelay = 0
+        srcu_gp_end(ssp)
+
+
+def srcu_reschedule(ssp: SrcuStruct, delay: int) -> None:
+    """Models srcu_reschedule(): go idle if every request is met, else (re)queue process_srcu."""
+    pushgp = True
+    if ssp.srcu_gp_seq >= ssp.srcu_gp_seq_needed:
+        if not rcu_seq_state(ssp.srcu_gp_seq):
+            pushgp = False
+    elif not rcu_seq_state(ssp.srcu_gp_seq):
+        srcu_gp_start(ssp)
+    if pushgp:
+        ssp.work.queue_delayed_work(delay)
+
+
+def process_srcu(ssp: SrcuStruct) -> None:
+    """Models process_srcu(), the workqueue function that drives grace periods."""
+    srcu_advance_state(ssp)
+    curdelay = srcu_get_delay(ssp)
+    if curdelay:
+        ssp.reschedule_count = 0
+    else:
+        j = ssp.sim.jiffies
+        if ssp.reschedule_jiffies == j:
+            ssp.reschedule_count += 1
+            if ssp.reschedule_count > SRCU_MAX_NODELAY:
+                curdelay = 1
+        else:
+            ssp.reschedule_count = 1
+            ssp.reschedule_jiffies = j
+    srcu_reschedule(ssp, curdelay)
+
+
+def srcu_invoke_callbacks(ssp: SrcuStruct) -> None:
+    """Models srcu_invoke_callbacks(): run every callback whose grace period has ended, in order."""
+    if ssp.srcu_cblist_invoking:
+        return
+    ready = [cb for cb in ssp.srcu_cblist if rcu_seq_done(ssp.srcu_gp_seq, cb.seq)]
+    if not ready:
+        return
+    ssp.srcu_cblist_invoking = True
+    ssp.srcu_cblist = [cb for cb in ssp.srcu_cblist if not rcu_seq_done(ssp.srcu_gp_seq, cb.seq)]
+    for cb in ready:
+        ssp.sim.spend(ssp.sim.costs.callback)
+        if ssp.cleaned_up and ssp.on_callback_after_cleanup is not None:
+            ssp.on_callback_after_cleanup(cb)
+        cb.func()
+        ssp.callbacks_invoked += 1
+    ssp.srcu_cblist_invoking = False
+    if any(rcu_seq_done(ssp.srcu_gp_seq, cb.seq) for cb in ssp.srcu_cblist):
+        srcu_schedule_cbs_sdp(ssp, 0)
+
+
+def srcu_barrier(ssp: SrcuStruct) -> None:
+    """Models srcu_barrier(): wait until every callback already queued has run. It starts no grace
+    period: the barrier callback rides on the grace period of the last queued callback
+    (rcu_segcblist_entrain()), and with nothing queued it returns at once."""
+    if not ssp.srcu_cblist:
+        return
+    done = Completion(ssp.sim)
+    ssp.srcu_cblist.append(SrcuCallback(seq=ssp.srcu_cblist[-1].seq, func=done.complete,
+                                        name="srcu_barrier_cb"))
+    done.wait("srcu_barrier")
+
+
+def cleanup_srcu_struct(ssp: SrcuStruct) -> bool:
+    """Models cleanup_srcu_struct(), with its warnings. Returns False where the kernel would WARN and
+    leak the structure ("Forgot srcu_barrier(), so just leak it!")."""
+    if not srcu_get_delay(ssp):
+        ssp.warn("cleanup_srcu_struct", "expedited grace period pending")
+        return False
+    if srcu_readers_active(ssp):
+        ssp.warn("cleanup_srcu_struct", "active SRCU readers")
+        return False
+    ssp.work.flush()
+    ssp.sdp_delay_work.delete()
+    if ssp.sdp_work.pending:
+        runs = ssp.sdp_work.runs
+        ssp.sim.wait_for(lambda: ssp.sdp_work.runs > runs, "flush_work(srcu_invoke_callbacks)")
+    if ssp.srcu_cblist:
+        ssp.warn("cleanup_srcu_struct", f"{len(ssp.srcu_cblist)} callbacks still queued: "
+                 "forgot srcu_barrier(), so just leak it")
+        ssp.cleaned_up = True  # the memory around it is freed by the caller all the same
+        return False
+    if rcu_seq_state(ssp.srcu_gp_seq) != SRCU_STATE_IDLE or ssp.srcu_gp_seq != ssp.srcu_gp_seq_needed:
+        ssp.warn("cleanup_srcu_struct", "grace period in flight")
+        ssp.cleaned_up = True
+        return False
+    ssp.cleaned_up = True
+    return True

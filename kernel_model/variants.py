@@ -1,0 +1,79 @@
+"""The kernel variants of the seeds: how kvm_io_bus_register_dev() frees the old bus, and whether
+kvm_destroy_vm() waits for queued SRCU callbacks before cleanup_srcu_struct().
+
+A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_bus`` rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from kernel_model import srcutree
+
+if TYPE_CHECKING:
+    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_io_bus import KvmIoBus
+
+FreeRule = Callable[["KvmModel", "KvmIoBus"], None]
+
+
+def free_sync(kvm: "KvmModel", old: "KvmIoBus") -> None:
+    """Before 7d9a0273c459: ``synchronize_srcu_expedited(&kvm->srcu); kfree(bus);``"""
+    srcutree.synchronize_srcu_expedited(kvm.srcu)
+    kvm.kfree_bus(old)
+
+
+def free_call_srcu(kvm: "KvmModel", old: "KvmIoBus") -> None:
+    """7d9a0273c459 (v6.18): ``call_srcu(&kvm->srcu, &bus->rcu, __free_bus);``"""
+    srcutree.call_srcu(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
+
+
+def free_created_vcpus(kvm: "KvmModel", old: "KvmIoBus") -> None:
+    """Seed 001 (Sean's proposal): synchronize and free while no vCPU has been created, else defer."""
+    if not kvm.created_vcpus:
+        free_sync(kvm, old)
+    else:
+        free_call_srcu(kvm, old)
+
+
+def free_call_srcu_expedited(kvm: "KvmModel", old: "KvmIoBus") -> None:
+    """Seed 003 (Sean's RFC): ``call_srcu_expedited(&kvm->srcu, &bus->rcu, __free_bus);``"""
+    srcutree.call_srcu_expedited(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kernel variant."""
+
+    name: str
+    description: str
+    source: str
+    free_old_bus: FreeRule
+    #: kvm_destroy_vm() calls srcu_barrier(&kvm->srcu) before cleanup_srcu_struct() (seed 000).
+    teardown_barrier: bool = True
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("sync", "synchronize_srcu_expedited() + kfree() on every registration",
+            "before 7d9a0273c459", free_sync),
+    Variant("call_srcu", "free the old bus with call_srcu() (normal grace period)",
+            "7d9a0273c459, v6.18", free_call_srcu),
+    Variant("created_vcpus", "synchronize while kvm->created_vcpus == 0, else call_srcu()",
+            "seed 001 fix proposal", free_created_vcpus),
+    Variant("call_srcu_expedited", "free the old bus with call_srcu_expedited()",
+            "seed 003 RFC", free_call_srcu_expedited),
+    Variant("call_srcu_no_barrier", "call_srcu() as first posted: no srcu_barrier() in kvm_destroy_vm()",
+            "seed 000 (the syzkaller report)", free_call_srcu, teardown_barrier=False),
+)}
+
+#: The variants a comparison runs by default (the last one differs from call_srcu only at teardown).
+MAIN_VARIANTS = ("sync", "call_srcu", "created_vcpus", "call_srcu_expedited")
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name``; ValueError names the known ones."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})") from None
