@@ -26,6 +26,10 @@ from kernel_model.platforms import Platform
 from kernel_model.sim import Sim
 from kernel_model.variants import Variant
 
+# Module-level aliases: inside a class body Python would mangle the kernel's double-underscore names.
+_kvm_io_bus_write = __kvm_io_bus_write
+_kvm_io_bus_read = __kvm_io_bus_read
+
 #: arch/x86/include/asm/kvm_host.h: the private memslot of the APIC-access page, and its address.
 APIC_ACCESS_PAGE_PRIVATE_MEMSLOT = 0x10000 + 1
 APIC_DEFAULT_PHYS_BASE = 0xFEE00000
@@ -118,14 +122,14 @@ class Reader:
               bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
         """kvm_io_bus_write(): (handled in the kernel?, the device, the bus version used)."""
         b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
-        idx, dev = __kvm_io_bus_write(b, addr, length, value)
+        idx, dev = _kvm_io_bus_write(b, addr, length, value)
         return idx >= 0, dev, b.version
 
     def read(self, bus_idx: KvmBus, addr: int, length: int,
              bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
         """kvm_io_bus_read(): (handled in the kernel?, the device, the bus version used)."""
         b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
-        idx, dev = __kvm_io_bus_read(b, addr, length)
+        idx, dev = _kvm_io_bus_read(b, addr, length)
         return idx >= 0, dev, b.version
 
 

@@ -58,6 +58,30 @@ class Step:
         return self.op
 
 
+    def strace(self, seconds: float, fds: Optional[dict[str, int]] = None) -> str:
+        """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
+        a = self.args
+        fds = fds or {}
+        vm = str(fds.get("vm", "vm"))
+        if self.op == "create_vm":
+            fd, name, arg = fds.get("kvm", "kvm"), "KVM_CREATE_VM", "0"
+        elif self.op == "memslot":
+            fd, name = vm, "KVM_SET_USER_MEMORY_REGION"
+            arg = f"{{slot={a['slot']}, flags=0, guest_phys_addr={a['base']:#x}, memory_size={a['size']}, ...}}"
+        elif self.op == "irqchip":
+            fd, name, arg = vm, "KVM_CREATE_IRQCHIP", "0"
+        elif self.op in ("ioeventfd", "ioeventfd_deassign"):
+            fd, name = vm, "KVM_IOEVENTFD"
+            flags = [f for f, on in (("DATAMATCH", a.get("datamatch") is not None), ("PIO", a.get("pio")),
+                                     ("DEASSIGN", self.op == "ioeventfd_deassign")) if on]
+            arg = f"{{addr={a['addr']:#x}, len={a['len']}, flags={'|'.join(flags) or '0'}, ...}}"
+        elif self.op == "vcpu":
+            fd, name, arg = vm, "KVM_CREATE_VCPU", str(a["id"])
+        else:
+            fd, name, arg = fds.get(f"vcpu{a['vcpu']}", f"vcpu{a['vcpu']}"), "KVM_RUN", "0"
+        return f"ioctl({fd}, {name}, {arg}) = 0 <{seconds:.6f}>"
+
+
 @dataclass(frozen=True)
 class Sequence:
     """A named list of steps."""

@@ -1,0 +1,52 @@
+"""``minivmm model`` as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import run_cli
+
+
+def test_model_default_prints_strace_lines_and_a_side_by_side_table():
+    proc = run_cli("model", "--samples", "200")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "# variant call_srcu" in out
+    lines = re.findall(r"^ioctl\(vm, KVM_CREATE_VCPU, 0\) = 0 <(\d+\.\d{6})>$", out, re.M)
+    assert len(lines) == 4                     # one per variant
+    assert float(lines[1]) > 0.009              # call_srcu stalls at HZ=100 on vmx
+    assert all(float(x) < 0.001 for i, x in enumerate(lines) if i != 1)
+    assert "p50 [p10 - p90]" in out
+
+
+def test_model_json():
+    proc = run_cli("model", "--json", "--variant", "call_srcu", "--hz", "1000", "--samples", "300",
+                   "--sequence", "registrations-first", "--platform", "pvm")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    steps = data["variants"]["call_srcu"]["steps"]
+    memslot = next(s for s in steps if s["op"] == "memslot")
+    assert 900 < memslot["p50"] < 2100 and {"p10", "p50", "p90"} <= memslot.keys()
+
+
+def test_model_sequence_file(tmp_path):
+    f = tmp_path / "mine.seq"
+    f.write_text("create_vm\nioeventfd addr=0xd0000000 len=4\nmemslot slot=0 base=0 size=1M\n")
+    proc = run_cli("model", "-s", str(f), "-v", "sync", "-n", "10")
+    assert proc.returncode == 0 and "KVM_SET_USER_MEMORY_REGION" in proc.stdout
+
+
+def test_model_errors_are_one_line():
+    for args, fragment in ((["-v", "nope"], "unknown variant"), (["-p", "ppc"], "unknown platform"),
+                           (["-s", "missing.seq"], "neither a named sequence"), (["--hz", "0"], "--hz")):
+        proc = run_cli("model", *args)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
+
+
+def test_model_bad_sequence_file_names_the_line(tmp_path):
+    f = tmp_path / "bad.seq"
+    f.write_text("create_vm\nvcpu\n")
+    proc = run_cli("model", "-s", str(f))
+    assert proc.returncode == 2 and "bad.seq:2: vcpu needs id" in proc.stderr
