@@ -32,17 +32,18 @@ class Costs:
     wakeup: int = 8 * US
     #: Invoking one SRCU callback (kfree() of an old bus).
     callback: int = 1 * US
-    #: kvm_io_bus_register_dev()'s copy-and-publish (Nikita: "at most 16 us, most commonly ~6 us").
-    register_dev: int = 5 * US
+    #: kvm_io_bus_register_dev()'s copy-and-publish. ~1 us for a whole KVM_IOEVENTFD here; Nikita
+    #: reports "at most 16 us, but most commonly ~6 us" on his host.
+    register_dev: int = 600
     #: kvm_io_bus_unregister_dev()'s copy-and-publish, without its synchronize.
-    unregister_dev: int = 4 * US
+    unregister_dev: int = 600
 
-    # --- The bodies of the ioctls, without any SRCU wait -------------------------------------------
-    create_vm: int = 300 * US
-    set_user_memory_region: int = 12 * US
-    ioeventfd: int = 3 * US
-    create_irqchip: int = 60 * US
-    create_vcpu_first: int = 120 * US
-    create_vcpu: int = 40 * US
-    kvm_run_entry: int = 20 * US
+    # --- The bodies of the ioctls, without any SRCU wait (medians on the PVM host) ------------------
+    create_vm: int = 340 * US
+    set_user_memory_region: int = 65 * US   # a 128 MiB slot; ~85 us with its uncontended synchronize
+    ioeventfd: int = 500
+    create_irqchip: int = 28 * US
+    create_vcpu_first: int = 100 * US
+    create_vcpu: int = 60 * US
+    kvm_run_entry: int = 130 * US
     destroy_vm: int = 200 * US

@@ -254,6 +254,8 @@ class KvmModel:
         self._alive()
         if self.irqchip:
             raise KvmIoctlError(errno.EEXIST, "KVM_CREATE_IRQCHIP: irqchip already exists")
+        if self.platform.irqchip_before_vcpus and self.created_vcpus:
+            raise KvmIoctlError(errno.EINVAL, "KVM_CREATE_IRQCHIP: vCPUs already exist")
         self.sim.spend(self.costs.create_irqchip)
         for bus_idx, addr, length, name in self.platform.irqchip_devices:
             self.kvm_io_bus_register_dev(bus_idx, addr, length, InKernelDevice(name))

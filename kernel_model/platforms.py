@@ -33,6 +33,8 @@ class Platform:
     #: synchronize_srcu_expedited()): this is where x86 VMX pays the transferred grace period.
     apic_access_memslot_on_first_vcpu: bool
     irqchip_devices: tuple[tuple[KvmBus, int, int, str], ...]
+    #: x86 kvm_arch_vm_ioctl(KVM_CREATE_IRQCHIP): "if (kvm->created_vcpus) goto ... -EINVAL".
+    irqchip_before_vcpus: bool = True
 
 
 PLATFORMS: dict[str, Platform] = {
@@ -43,7 +45,7 @@ PLATFORMS: dict[str, Platform] = {
     "pvm": Platform("pvm", "PVM (kvm_pvm): no APIC-access page memslot; the stall lands in the next memslot update",
                     False, X86_IRQCHIP_DEVICES),
     "arm64": Platform("arm64", "arm64 with a vGIC: no private memslot; vCPUs exist before devices register",
-                      False, ARM64_IRQCHIP_DEVICES),
+                      False, ARM64_IRQCHIP_DEVICES, irqchip_before_vcpus=False),
 }
 
 
