@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from minivmm.cli import boot_cmd, info_cmd, model_cmd
+from minivmm.cli import boot_cmd, info_cmd, model_cmd, timing_cmd
 from minivmm.cli.errors import CliError, ExitCode
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app = typer.Typer(
 boot_cmd.register(app)
 info_cmd.register(app)
 model_cmd.register(app)
+timing_cmd.register(app)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

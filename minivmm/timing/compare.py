@@ -1,0 +1,154 @@
+"""Measured against modelled: predictions for this host, goodness of fit per variant, the verdict.
+
+The fit of a variant is the mean, over every step and over p10, p50 and p90, of
+``|ln(measured / predicted)|``: 0 is a perfect match, 0.1 means the quantiles are ~10% apart, 0.69 a
+factor of two. A log ratio lets a 1 µs ioctl and a 6 ms stall count alike, and a variant that misses a
+stall (or invents one) is off by a factor of ~100 on that step, which no small baseline error hides.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from kernel_model.predict import PERCENTILES, Prediction, percentile, phase_deterministic, predict
+from kernel_model.published import PublishedFigure, figures_for
+from kernel_model.sequences import Sequence, with_gaps
+from kernel_model.variants import MAIN_VARIANTS, VARIANTS
+from minivmm.timing.runner import Repetition
+
+#: Below this fit the best variant "matches well"; above it the report says nothing matches well.
+GOOD_FIT = 0.5
+#: Variants whose fit is within this of the best one cannot be told apart by this sequence.
+TIE = 0.05
+#: A step whose predicted p50 under call_srcu exceeds this (ns) is where the stall lands.
+STALL_NS = 1_000_000
+
+
+def quantiles(samples_ns: list[int]) -> dict[str, float]:
+    """min, p10, p50, p90, max of samples, in microseconds."""
+    s = sorted(samples_ns)
+    out = {"min": s[0] / 1000, "max": s[-1] / 1000}
+    for p in PERCENTILES:
+        out[f"p{p}"] = percentile(s, p) / 1000
+    return out
+
+
+@dataclass
+class Fit:
+    """How well one variant's predictions match the measurements."""
+
+    variant: str
+    score: float
+    per_step: list[float]
+
+
+@dataclass
+class Verdict:
+    """Which variant the host behaves like, and how sure that is."""
+
+    variant: Optional[str]
+    matches_well: bool
+    ties: list[str]
+    fits: dict[str, float]
+    text: str
+
+
+@dataclass
+class Comparison:
+    """Everything the timing report shows."""
+
+    sequence: Sequence
+    repetitions: list[Repetition]
+    measured: list[list[int]]
+    gaps_ns: list[int]
+    predictions: dict[str, Prediction]
+    fits: list[Fit]
+    verdict: Verdict
+    stalled_step: Optional[int]
+    published: dict[int, list[PublishedFigure]] = field(default_factory=dict)
+
+
+def fit(measured: list[list[int]], prediction: Prediction) -> Fit:
+    """The mean |ln(measured/predicted)| over steps and quantiles (see the module docstring)."""
+    per_step = []
+    for samples, sp in zip(measured, prediction.steps):
+        m, p = quantiles(samples), sp.stats()
+        per_step.append(statistics.fmean(
+            abs(math.log(max(m[f"p{q}"], 0.01) / max(p[f"p{q}"], 0.01))) for q in PERCENTILES))
+    return Fit(prediction.variant, statistics.fmean(per_step), per_step)
+
+
+def decide(fits: list[Fit]) -> Verdict:
+    """Name the best-fitting variant; say when it does not fit well or cannot be told from another."""
+    ranked = sorted(fits, key=lambda f: f.score)
+    best = ranked[0]
+    ties = [f.variant for f in ranked[1:] if f.score - best.score <= TIE]
+    scores = {f.variant: round(f.score, 3) for f in ranked}
+    desc = VARIANTS[best.variant]
+    if best.score > GOOD_FIT:
+        text = (f"No kernel variant matches the host well: the closest, {best.variant}, is off by "
+                f"{best.score:.2f} (mean |ln ratio|; {GOOD_FIT} or less counts as a match). The host may run "
+                "a kernel the model does not know, or its costs differ from the model's.")
+        return Verdict(None, False, ties, scores, text)
+    text = (f"The host behaves like {best.variant} ({desc.source}: {desc.description}); "
+            f"fit {best.score:.2f}")
+    others = [f for f in ranked[1:] if f.variant not in ties]
+    if others:
+        text += f", next best {others[0].variant} at {others[0].score:.2f}"
+    text += "."
+    if ties:
+        text += (f" This sequence cannot tell it from {', '.join(ties)} (fit within {TIE}): a sequence "
+                 "whose memslot update follows the registrations (registrations-first) separates them.")
+    return Verdict(best.variant, True, ties, scores, text)
+
+
+def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, samples: int,
+            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS) -> Comparison:
+    """Predict the sequence for this host with the gaps actually measured, and fit each variant."""
+    n = len(seq.steps)
+    measured = [[r.durations_ns[i] for r in reps] for i in range(n)]
+    gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(n)]
+    host_seq = with_gaps(seq, gaps)
+    if not phase_deterministic(host_seq):
+        samples = min(samples, 200)  # Monte Carlo with running vCPUs: ~10 ms per sample
+    predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed) for v in variants}
+    fits = [fit(measured, predictions[v]) for v in variants]
+    stalled = None
+    if "call_srcu" in predictions:
+        p50s = [sp.stats()["p50"] * 1000 for sp in predictions["call_srcu"].steps]
+        worst = max(range(n), key=lambda i: p50s[i])
+        if p50s[worst] > STALL_NS:
+            stalled = worst
+    published: dict[int, list[PublishedFigure]] = {}
+    first_registration = next((i for i, s in enumerate(seq.steps) if s.op == "ioeventfd"), None)
+    for i, step in enumerate(seq.steps):
+        figs = figures_for("stalled", hz) if i == stalled else []
+        if i == first_registration:
+            figs = figures_for("registration")
+        if step.op == "vcpu" and step.args["id"] == 1:
+            figs = figures_for("next_vcpu")
+        if figs:
+            published[i] = figs
+    return Comparison(seq, reps, measured, gaps, predictions, fits, decide(fits), stalled, published)
+
+
+def to_json(c: Comparison) -> dict[str, Any]:
+    """The comparison as JSON (samples in microseconds)."""
+    steps = []
+    for i, step in enumerate(c.sequence.steps):
+        steps.append({
+            "step": i, "op": step.op, "label": step.label, "gap_us": c.gaps_ns[i] / 1000,
+            "samples_us": [d / 1000 for d in c.measured[i]],
+            "measured": quantiles(c.measured[i]),
+            "predicted": {v: p.steps[i].stats() for v, p in c.predictions.items()},
+            "published": [{"what": f.what, "hz": f.hz, "platform": f.platform, "before_s": f.before_s,
+                           "after_s": f.after_s, "source": f.source} for f in c.published.get(i, [])],
+            "stalled": i == c.stalled_step,
+        })
+    v = c.verdict
+    return {"verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
+                        "text": v.text},
+            "sequence": c.sequence.name, "repetitions": len(c.repetitions), "steps": steps}

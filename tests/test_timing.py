@@ -1,0 +1,94 @@
+"""``minivmm timing`` on the real host, its fit and verdict logic, its outputs, and strace's view."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from kernel_model.predict import predict
+from kernel_model.sequences import SEQUENCES
+from minivmm.timing.compare import Fit, decide, fit
+
+
+def test_fit_is_zero_for_a_perfect_match_and_grows_with_the_ratio():
+    p = predict(SEQUENCES["registrations-first"], "call_srcu", 250, "pvm", samples=300)
+    measured = [sp.durations for sp in p.steps]
+    assert fit(measured, p).score < 0.02
+    doubled = [[2 * d for d in sp.durations] for sp in p.steps]
+    assert abs(fit(doubled, p).score - 0.693) < 0.03
+
+
+def test_decide_names_the_best_says_when_nothing_fits_and_reports_ties():
+    v = decide([Fit("sync", 2.0, []), Fit("call_srcu", 0.2, []), Fit("call_srcu_expedited", 0.22, [])])
+    assert v.variant == "call_srcu" and v.matches_well and v.ties == ["call_srcu_expedited"]
+    assert "cannot tell" in v.text
+    bad = decide([Fit("sync", 2.0, []), Fit("call_srcu", 1.1, [])])
+    assert bad.variant is None and not bad.matches_well and "No kernel variant matches" in bad.text
+
+
+def test_timing_bad_input_is_one_line(tmp_path):
+    for args, fragment in ((["--sequence", "nope"], "neither a named sequence"),
+                           (["--platform", "ppc"], "unknown platform"),
+                           (["--plot", str(tmp_path)], "is a directory"),
+                           (["--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
+                           (["--kvm", str(tmp_path / "kvm")], "does not exist")):
+        proc = run_cli("timing", "--repeat", "1", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_unrunnable_sequence_is_refused_before_any_vm(tmp_path):
+    f = tmp_path / "s.seq"
+    f.write_text("create_vm\nvcpu id=0\nrun vcpu=0\n")
+    proc = run_cli("timing", "-s", str(f), "-r", "1")
+    assert proc.returncode == 2 and "needs a memslot covering" in proc.stderr
+
+
+@pytest.mark.kvm
+def test_timing_json_has_a_verdict_samples_and_predictions(tmp_path):
+    png = tmp_path / "t.png"
+    proc = run_cli("timing", "--sequence", "registrations-first", "--repeat", "12", "--jitter", "--json",
+                   "--samples", "200", "--plot", str(png), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "variant" in data["verdict"] and data["verdict"]["text"]
+    assert set(data["verdict"]["fit"]) == {"sync", "call_srcu", "created_vcpus", "call_srcu_expedited"}
+    memslot = next(s for s in data["steps"] if s["op"] == "memslot")
+    assert len(memslot["samples_us"]) == 12
+    assert {"sync", "call_srcu"} <= memslot["predicted"].keys()
+    assert data["timer_overhead_ns"]["p50_ns"] < 2000
+    assert data["host"]["hz"] and data["host"]["platform"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.kvm
+def test_every_named_sequence_runs_on_the_host():
+    from minivmm.timing.runner import measure
+    for seq in SEQUENCES.values():
+        reps, overhead = measure(seq, 2, jitter=False, hz=250)
+        assert all(len(r.durations_ns) == len(seq.steps) and min(r.durations_ns) > 0 for r in reps)
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_strace_agrees_with_minivmm_on_the_millisecond_stall(tmp_path):
+    """An independent clock: strace -T around the same ioctls. It adds its own overhead (ptrace stops),
+    so the two agree within that, not exactly."""
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-f", "-T", "-e", "trace=ioctl", "-o", str(log), sys.executable, "-m",
+                           "minivmm", "timing", "-s", "registrations-first", "-r", "6", "--json", "--samples", "50"],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    ours = next(s for s in json.loads(proc.stdout)["steps"] if s["op"] == "memslot")["samples_us"]
+    theirs = [float(m.group(1)) * 1e6 for m in
+              re.finditer(r"KVM_SET_USER_MEMORY_REGION, \{slot=0,.*?<(\d+\.\d+)>", log.read_text())]
+    assert len(theirs) == len(ours) == 6
+    for a, b in zip(ours, theirs):
+        assert abs(a - b) <= 300 + 0.1 * a, (ours, theirs)
