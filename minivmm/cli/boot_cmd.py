@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from typing import Optional
 
 
 import typer
@@ -15,6 +16,7 @@ from minivmm.devices.console import Console
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.exits import VcpuExit, describe_exit
 from minivmm.kvm.vcpu import Vcpu
+from minivmm.shadow.checker import Injection
 from minivmm.vmm.boot import Mode, guest_mode
 from minivmm.vmm.disasm import disassemble_one
 from minivmm.vmm.image import ImageError, read_image
@@ -48,6 +50,7 @@ def render(report: RunReport, out) -> None:
     """Print the human summary of a run."""
     w = out.write
     headline = {
+        "violation": "the shadow found a violation",
         "halted": "every vCPU halted",
         "failed": "the guest failed",
         "timeout": "timed out before every vCPU halted",
@@ -86,6 +89,32 @@ def render(report: RunReport, out) -> None:
       f"run {report.run_ms:.2f} ms\n")
     if report.console_dropped:
         w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
+    dyn = report.extra.get("dynamic_doorbells")
+    if dyn:
+        w(f"control    {dyn['registrations']} doorbell registrations, {dyn['unregistrations']} deregistrations; "
+          f"guest wrote {dyn['guest_reported_writes']}: {dyn['kernel_counted']} in the kernel, "
+          f"{dyn['userspace_writes']} in userspace\n")
+    render_shadow(report.extra.get("shadow", {}), out)
+
+
+def render_shadow(sh: dict, out) -> None:
+    """The shadow section: what was checked and every violation found (the first few in full)."""
+    w = out.write
+    if not sh.get("enabled"):
+        w("shadow     off (--no-check)\n")
+        return
+    inject = f" [fault injected: {sh['inject']}]" if sh.get("inject") else ""
+    w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
+      f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
+      f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
+    if not sh["violations"]:
+        w("           no violation\n")
+        return
+    w(f"           {sh['violations']} VIOLATION(S); the first:\n")
+    for v in sh["first_violations"]:
+        who = f"vcpu{v['vcpu']} " if v["vcpu"] is not None else ""
+        w(f"           - {v['rule']}: {who}{v['message']} (bus versions {v['versions'][0]}..{v['versions'][1]}; "
+          f"exit {v['exit']})\n")
 
 
 def boot(
@@ -107,11 +136,22 @@ def boot(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead; "
                                                        "the console output is inside it."),
     kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="Shadow every ioctl and exit with the kernel model and flag any exit "
+                                    "or in-kernel completion the kernel must not have made."),
+    inject: Optional[Injection] = typer.Option(None, "--inject", case_sensitive=False,
+                                               help="Plant a fault in the shadow to show the checker "
+                                                    "catches it: drop-registration, delay-registration, "
+                                                    "stale-bus."),
+    guest_iterations: int = typer.Option(20000, "--guest-iterations", min=1, max=10_000_000,
+                                         help="What the control device tells guests to do, e.g. the "
+                                              "registrations regloop makes."),
 ) -> int:
     """Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run.
 
     Exit codes: 0 every vCPU halted; 1 the guest failed (triple fault, entry failure, internal error)
-    or timed out; 2 bad usage or bad input (image, options, /dev/kvm); 130 Ctrl-C; 143 SIGTERM.
+    or timed out; 2 bad usage or bad input (image, options, /dev/kvm); 3 the shadow found a
+    violation; 130 Ctrl-C; 143 SIGTERM.
     """
     mem_size = parse_size(mem)
     addr = parse_address(load_addr)
@@ -119,8 +159,13 @@ def boot(
         data = read_image(image)
     except ImageError as e:
         raise CliError(str(e)) from None
+    if inject is not None and not check:
+        raise CliError("--inject plants a fault in the shadow: it needs the check on (drop --no-check)")
+    platform, hz = _model_host()
     config = MachineConfig(mem_size=mem_size, vcpus=vcpus, mode=mode, load_addr=addr, strict=strict,
-                           timeout=timeout, kvm_path=kvm_path)
+                           timeout=timeout, kvm_path=kvm_path, check=check,
+                           inject=inject.value if inject else None, guest_iterations=guest_iterations,
+                           model_platform=platform, model_hz=hz)
     console = Console(None if as_json else sys.stdout.buffer)
     try:
         machine = Machine(config, data, console)
@@ -140,6 +185,15 @@ def boot(
     else:
         render(report, sys.stdout)
     return report.exit_code
+
+
+def _model_host() -> tuple[str, int]:
+    """The shadow model's platform and HZ: the host's where they can be read, else PVM at HZ=250."""
+    from minivmm.host import BACKENDS, config_value, detect_backend, kernel_config
+    backend = detect_backend()
+    config, _ = kernel_config()
+    hz = config_value(config, "CONFIG_HZ") if config else None
+    return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
@@ -29,6 +29,20 @@ class IoEvent:
         return f"{{addr={self.addr:#x}, len={self.length}, fd={self.fd}{match}, {'pio' if self.pio else 'mmio'}}}"
 
 
+class VmObserver(Protocol):
+    """Told about every bus- or memslot-changing ioctl (the kernel-model shadow implements it).
+
+    Registrations are reported after the ioctl succeeded, deregistrations before it is issued: an
+    observer that mirrors them never believes in a device the kernel does not have.
+    """
+
+    def ioeventfd_assigned(self, event: IoEvent) -> None: ...
+    def ioeventfd_deassigning(self, event: IoEvent) -> None: ...
+    def irqchip_created(self) -> None: ...
+    def memory_region_set(self, slot: int, guest_phys_addr: int, memory_size: int) -> None: ...
+    def vcpu_created(self, vcpu_id: int) -> None: ...
+
+
 class Vm:
     """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``."""
 
@@ -36,6 +50,8 @@ class Vm:
         self.fd = fd
         self.kvm = kvm
         self.tracer = tracer
+        #: Told about bus- and memslot-changing ioctls (see VmObserver); None: nobody is.
+        self.observer: Optional[VmObserver] = None
         self.vcpus: list[Vcpu] = []
         self._vcpu_mmap_size = kvm.get_vcpu_mmap_size()
 
@@ -56,6 +72,8 @@ class Vm:
         shown = (f"{{slot={slot}, flags={flags:#x}, guest_phys_addr={guest_phys_addr:#x}, "
                  f"memory_size={memory_size}, userspace_addr={userspace_addr:#x}}}")
         ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, self.tracer, shown)
+        if self.observer is not None:
+            self.observer.memory_region_set(slot, guest_phys_addr, memory_size)
 
     def _ioeventfd(self, event: IoEvent, deassign: bool) -> None:
         flags = 0
@@ -79,14 +97,20 @@ class Vm:
         ``kvm_io_bus_register_dev`` calls the seeds are about.
         """
         self._ioeventfd(event, deassign=False)
+        if self.observer is not None:
+            self.observer.ioeventfd_assigned(event)
 
     def unregister_ioevent(self, event: IoEvent) -> None:
         """Wrapper over KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN (``kvm_io_bus_unregister_dev``)."""
+        if self.observer is not None:
+            self.observer.ioeventfd_deassigning(event)
         self._ioeventfd(event, deassign=True)
 
     def create_irqchip(self) -> None:
         """Wrapper over KVM_CREATE_IRQCHIP: on x86 this registers the PIC, IOAPIC (and PIT) bus devices."""
         ioctl_val(self.fd, lib.KVM_CREATE_IRQCHIP, 0, self.tracer)
+        if self.observer is not None:
+            self.observer.irqchip_created()
 
     def set_tss_addr(self, addr: int) -> None:
         """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""
@@ -101,6 +125,8 @@ class Vm:
             os.close(fd)
             raise
         self.vcpus.append(vcpu)
+        if self.observer is not None:
+            self.observer.vcpu_created(vcpu_id)
         return vcpu
 
     def close(self) -> None:

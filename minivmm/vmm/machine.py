@@ -16,6 +16,7 @@ from typing import Optional
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
 from minivmm.devices.debugcon import DEBUGCON_PORT, DebugCon
+from minivmm.devices.control import CONTROL_SIZE, ControlDevice, DynamicDoorbellRegion, DynamicDoorbells
 from minivmm.devices.doorbell import DOORBELL_SIZE, DOORBELL_WRITE_LEN, Doorbell
 from minivmm.devices.scratch import SCRATCH_SIZE, Scratch
 from minivmm.devices.serial import COM1_PORT, UART_REGISTERS, Serial16550
@@ -28,7 +29,9 @@ from minivmm.vmm import boot
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.dispatch import ExitDispatcher
 from minivmm.vmm.image import check_placement
-from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE, RAM_SLOT, SCRATCH_BASE
+from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
+                                DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
+from minivmm.shadow.checker import Injection, ShadowChecker
 from minivmm.vmm.report import RunOutcome, RunReport, build_report
 from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
 
@@ -51,6 +54,15 @@ class MachineConfig:
     strict: bool = False
     timeout: float = 10.0
     kvm_path: str = DEFAULT_DEVICE_PATH
+    #: Shadow every ioctl and exit with the kernel model (``--no-check`` turns it off).
+    check: bool = True
+    #: Plant a fault in the shadow (``--inject``): drop-registration, delay-registration, stale-bus.
+    inject: Optional[str] = None
+    #: What the control device's ITERATIONS register tells guests (``--guest-iterations``).
+    guest_iterations: int = 20000
+    #: The kernel model's platform and HZ for the shadow (the host's, when known).
+    model_platform: str = "pvm"
+    model_hz: int = 250
 
 
 class Terminated(Exception):
@@ -73,6 +85,9 @@ class Machine:
         self.vm: Optional[Vm] = None
         self.memory: Optional[GuestMemory] = None
         self.doorbell: Optional[Doorbell] = None
+        self.dynamic: Optional[DynamicDoorbells] = None
+        self.control: Optional[ControlDevice] = None
+        self.shadow: Optional[ShadowChecker] = None
         self.scratch = Scratch()
         self.vcpus: list[Vcpu] = []
         self._t_start = time.monotonic_ns()
@@ -87,6 +102,11 @@ class Machine:
         cfg = self.config
         self.kvm = Kvm(cfg.kvm_path, tracer)
         self.vm = vm = self.kvm.create_vm()
+        if cfg.check:
+            # Attached before anything is registered, so the twin sees the VM from its first ioctl.
+            self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
+                                        inject=Injection(cfg.inject) if cfg.inject else None)
+            vm.observer = self.shadow
         if self.kvm.check_extension(lib.KVM_CAP_SET_TSS_ADDR):
             vm.set_tss_addr(TSS_ADDR)
         self.memory = mem = GuestMemory(0, cfg.mem_size)
@@ -97,8 +117,21 @@ class Machine:
         self.pio_bus.insert(Serial16550(self.console), COM1_PORT, UART_REGISTERS)
         self.pio_bus.insert(DebugCon(self.console), DEBUGCON_PORT, 1)
         self.mmio_bus.insert(self.scratch, SCRATCH_BASE, SCRATCH_SIZE)
-        self.doorbell = Doorbell()
+        shadow = self.shadow
+        self.doorbell = Doorbell(shadow.note_userspace_doorbell_write if shadow else None)
         self.mmio_bus.insert(self.doorbell, DOORBELL_BASE, DOORBELL_SIZE)
+        self.dynamic = DynamicDoorbells(DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE)
+        self.dynamic.vm = vm
+        self.control = ControlDevice(self.dynamic, cfg.guest_iterations)
+        self.mmio_bus.insert(self.control, CONTROL_BASE, CONTROL_SIZE)
+        self.mmio_bus.insert(DynamicDoorbellRegion(self.dynamic), DYNAMIC_DOORBELL_BASE,
+                             DYNAMIC_DOORBELL_STRIDE * len(self.dynamic.counters))
+        if shadow is not None:
+            shadow.attach_counter(self.doorbell.fd, self.doorbell.counter.total, DOORBELL_BASE)
+            for slot, counter in enumerate(self.dynamic.counters):
+                shadow.attach_counter(counter.fd, counter.total, self.dynamic.addr(slot))
+            self.dynamic.on_report = shadow.guest_report
+            self.dynamic.on_userspace_write = shadow.note_userspace_doorbell_write
         vm.register_ioevent(IoEvent(DOORBELL_BASE, DOORBELL_WRITE_LEN, self.doorbell.fd))
 
         cpuid = self.kvm.get_supported_cpuid()
@@ -126,7 +159,7 @@ class Machine:
         control = RunControl()
         records = [VcpuRecord(i) for i in range(len(self.vcpus))]
         threads = [threading.Thread(target=run_vcpu, name=f"vcpu{i}", daemon=True,
-                                    args=(vcpu, dispatcher, records[i], control, on_exit))
+                                    args=(vcpu, dispatcher, records[i], control, on_exit, self.shadow))
                    for i, vcpu in enumerate(self.vcpus)]
 
         def on_term(signum: int, frame: object) -> None:
@@ -135,6 +168,8 @@ class Machine:
         old_kick = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
         old_term = signal.signal(signal.SIGTERM, on_term)
         outcome = RunOutcome.HALTED
+        if self.shadow is not None:
+            self.shadow.vm_running()
         t_run = time.monotonic_ns()
         try:
             for t in threads:
@@ -155,6 +190,11 @@ class Machine:
         self.console.flush()
         if outcome is RunOutcome.HALTED and any(r.state is not VcpuState.HALTED for r in records):
             outcome = RunOutcome.FAILED
+        if self.shadow is not None:
+            self.shadow.reconcile(final=True)
+            if self.shadow.violation_count and outcome in (RunOutcome.HALTED, RunOutcome.FAILED,
+                                                           RunOutcome.TIMEOUT):
+                outcome = RunOutcome.VIOLATION
         return build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
                             t_run=t_run, t_end=t_end)
 
@@ -200,6 +240,9 @@ class Machine:
         if self.doorbell is not None:
             self.doorbell.close()
             self.doorbell = None
+        if self.dynamic is not None:
+            self.dynamic.close()
+            self.dynamic = None
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None

@@ -24,11 +24,13 @@ class RunOutcome(str, enum.Enum):
     TIMEOUT = "timeout"          # --timeout passed before every vCPU halted
     INTERRUPTED = "interrupted"  # Ctrl-C
     TERMINATED = "terminated"    # SIGTERM
+    VIOLATION = "violation"      # the shadow found an exit or a completion the kernel must not have made
 
     @property
     def exit_code(self) -> int:
-        """0 halted; 1 guest failure or timeout; 130 Ctrl-C; 143 SIGTERM (128 + signal number)."""
-        return {"halted": 0, "failed": 1, "timeout": 1, "interrupted": 130, "terminated": 143}[self.value]
+        """0 halted; 1 guest failure or timeout; 3 shadow violation; 130 Ctrl-C; 143 SIGTERM."""
+        return {"halted": 0, "failed": 1, "timeout": 1, "violation": 3, "interrupted": 130,
+                "terminated": 143}[self.value]
 
 
 @dataclass
@@ -133,5 +135,18 @@ def build_report(machine: "Machine", records: list[VcpuRecord], outcome: RunOutc
         run_ms=(t_end - t_run) / 1e6,
         doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
         doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
+        extra=_extra(machine),
     )
+
+
+def _extra(machine: "Machine") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    dyn = machine.dynamic
+    if dyn is not None and (dyn.registrations or any(dyn.reported)):
+        out["dynamic_doorbells"] = {"registrations": dyn.registrations, "unregistrations": dyn.unregistrations,
+                                    "guest_reported_writes": sum(dyn.reported),
+                                    "kernel_counted": sum(c.total() for c in dyn.counters),
+                                    "userspace_writes": sum(dyn.userspace_writes)}
+    out["shadow"] = machine.shadow.summary() if machine.shadow is not None else {"enabled": False}
+    return out
 

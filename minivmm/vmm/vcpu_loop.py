@@ -14,7 +14,7 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.exits import VcpuExit
@@ -40,6 +40,14 @@ class VcpuState(enum.Enum):
 
 #: Called after each exit is decoded and before it is dispatched: ``(vcpu, exit) -> None``.
 ExitHook = Callable[[Vcpu, VcpuExit], None]
+
+
+class ExitChecker(Protocol):
+    """Judges each exit against the bus versions current before and after its KVM_RUN (the shadow)."""
+
+    version: int
+
+    def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None: ...
 
 
 @dataclass
@@ -71,8 +79,12 @@ class VcpuRecord:
 
 
 def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control: RunControl,
-             on_exit: Optional[ExitHook] = None) -> None:
-    """Run ``vcpu`` until it halts, fails, errors, or is interrupted after ``control.stopping`` was set."""
+             on_exit: Optional[ExitHook] = None, checker: Optional[ExitChecker] = None) -> None:
+    """Run ``vcpu`` until it halts, fails, errors, or is interrupted after ``control.stopping`` was set.
+
+    With a ``checker``, the checker's version is read just before each KVM_RUN and just after it
+    returns, and the exit is judged against that window (no lock is taken).
+    """
     counts = record.exits
     stats = record.stats
     handle = dispatcher.handle
@@ -80,13 +92,18 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
     CONTINUE, INTERRUPTED = Verdict.CONTINUE, Verdict.INTERRUPTED
     record.state = VcpuState.RUNNING
     record.entered_ns = time.monotonic_ns()
+    check = checker.check_exit if checker is not None else None
+    vcpu_id = vcpu.id
     exit_ = None
     try:
+        v_entry = checker.version if checker is not None else 0
         exit_ = run()
         record.first_exit_ns = time.monotonic_ns()
         while True:
             cls = type(exit_)
             counts[cls] = counts.get(cls, 0) + 1
+            if check is not None:
+                check(vcpu_id, exit_, v_entry, checker.version)  # type: ignore[union-attr]
             if on_exit is not None:
                 on_exit(vcpu, exit_)
             verdict = handle(exit_, vcpu, stats)
@@ -105,6 +122,8 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
             else:
                 record.state = VcpuState.FAILED
                 break
+            if check is not None:
+                v_entry = checker.version  # type: ignore[union-attr]
             exit_ = run()
     except KvmError as e:
         record.state = VcpuState.ERROR

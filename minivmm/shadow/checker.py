@@ -1,0 +1,320 @@
+"""The shadow checker.
+
+Soundness rests on one discipline: the shadow mirrors a registration *after* KVM_IOEVENTFD returned and
+removes a device *before* the deassign is issued (``VmObserver``), so whatever the shadow says an
+in-kernel device claims, the kernel claimed too, at every moment. Each mirrored change publishes a new
+immutable *version* of the shadow's buses.
+
+The per-exit check: a vCPU loop reads the shadow version just before KVM_RUN (V_entry) and just after it
+returns (V_exit). The kernel looked the access up at some moment in between, on a bus that claimed at
+least what the shadow's bus of that moment claims. So an exit to userspace is a violation exactly when
+*every* shadow version from V_entry to V_exit has a device that claims the access: the kernel had it,
+and still sent the access out. An exit some version in the window does not claim is allowed (the
+kernel may have looked it up then), so a correct kernel is never flagged, however registrations and
+vCPUs interleave. Reading versions takes no lock: a version's buses never change once published.
+
+Reconciliation: in-kernel completions are counted by the doorbells' eventfds. At each reconciliation
+point (a guest's report through the control device, and the end of the run) every eventfd count the
+kernel produced since the previous point must belong to a registration the shadow mirrored in that
+interval, and over the whole run each doorbell's guest-reported writes must equal its eventfd count
+plus the writes that exited to userspace.
+
+Fault injection (``--inject``) makes the shadow deliberately wrong, to prove the checker can fail:
+``drop-registration`` ignores one registration, ``delay-registration`` mirrors one only after the next
+reconciliation point, ``stale-bus`` keeps devices on the shadow's bus after they are deregistered.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+from kernel_model.invariants import InvariantChecker
+from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.kvm_io_bus import InKernelDevice, Ioeventfd, KvmBus, KvmIoBus, kvm_io_bus_cmp
+from kernel_model.platforms import get_platform
+from kernel_model.sim import Sim
+from kernel_model.variants import get_variant
+from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VcpuExit
+from minivmm.kvm.vm import IoEvent
+
+MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
+MAX_KEPT_VIOLATIONS = 20
+
+
+class Injection(str, enum.Enum):
+    """The faults ``--inject`` can plant in the shadow."""
+
+    DROP_REGISTRATION = "drop-registration"
+    DELAY_REGISTRATION = "delay-registration"
+    STALE_BUS = "stale-bus"
+
+
+class Rule(str, enum.Enum):
+    """The rules a violation can break."""
+
+    EXIT_CLAIMED = "exit-of-a-claimed-access"
+    UNACCOUNTED_COMPLETION = "unaccounted-in-kernel-completion"
+    WRITES_DO_NOT_ADD_UP = "writes-do-not-add-up"
+
+
+@dataclass(frozen=True)
+class ShadowViolation:
+    """One broken rule, with what shows it."""
+
+    rule: Rule
+    vcpu: Optional[int]
+    exit: str
+    addr: int
+    versions: tuple[int, int]
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = asdict(self)
+        d["rule"] = self.rule.value
+        return d
+
+
+@dataclass
+class _Version:
+    """One published state of the shadow's buses (never modified after publication)."""
+
+    number: int
+    mmio: KvmIoBus
+    pio: KvmIoBus
+    cache: dict = field(default_factory=dict)  # (bus, addr, len) -> candidate devices; filled lazily
+
+
+@dataclass
+class DoorbellAccount:
+    """What is known about one eventfd-backed doorbell."""
+
+    addr: int
+    fd: int
+    total: Callable[[], int]  # the eventfd's running total (EventCounter.total)
+    kernel_total: int = 0
+    guest_reported: int = 0
+    userspace_writes: int = 0
+    mirrored_since_check: bool = False
+    currently_mirrored: bool = False
+
+
+class ShadowChecker:
+    """The kernel-model twin of one VM, and the checks. Implements ``VmObserver``."""
+
+    def __init__(self, variant: str = "call_srcu", platform: str = "pvm", hz: int = 250,
+                 inject: Optional[Injection] = None) -> None:
+        self._lock = threading.Lock()  # taken by mirroring and reconciliation, never by the exit check
+        self.model = KvmModel(Sim(hz, 0.0), get_variant(variant), get_platform(platform), InvariantChecker())
+        self.inject = inject
+        self._injected = False
+        self._running = False
+        self._delayed: list[IoEvent] = []
+        self._devices: dict[tuple, Ioeventfd] = {}
+        self._counters: dict[int, Callable[[], int]] = {}
+        self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
+        self.exits_checked = 0
+        self.registrations_mirrored = 0
+        self.deregistrations_mirrored = 0
+        self.completions_reconciled = 0
+        self.reconciliations = 0
+        self.violation_count = 0
+        self.violations: list[ShadowViolation] = []
+        self._versions: list[_Version] = []
+        self.version = -1
+        self._publish()
+
+    # --- versions ----------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        # Appending (atomic in CPython) before raising ``version`` means a lock-free reader that sees
+        # a version number always finds that version in the list.
+        number = len(self._versions)
+        self._versions.append(_Version(number, self.model.buses[MMIO], self.model.buses[PIO]))
+        self.version = number
+
+    def attach_counter(self, fd: int, total: Callable[[], int], addr: int) -> None:
+        """Tell the shadow about a doorbell eventfd the VMM owns: how to read its running total, and
+        the address it will be registered at (writes there are accounted from now on)."""
+        with self._lock:
+            self._counters[fd] = total
+            self.doorbells[fd] = DoorbellAccount(addr, fd, total)
+
+    def vm_running(self) -> None:
+        """The guest starts: from now on a fault injection targets the next registration."""
+        self._running = True
+
+    # --- VmObserver --------------------------------------------------------------------------------
+    def ioeventfd_assigned(self, event: IoEvent) -> None:
+        """A registration returned: mirror it (unless a fault is injected)."""
+        with self._lock:
+            acct = self.doorbells.get(event.fd)
+            if acct is None and event.fd in self._counters:
+                acct = self.doorbells[event.fd] = DoorbellAccount(event.addr, event.fd, self._counters[event.fd])
+            if acct is None:
+                acct = DoorbellAccount(event.addr, event.fd, lambda: 0)  # not ours to reconcile
+            armed = self._running and not self._injected  # faults target a registration made at run time
+            if self.inject is Injection.DROP_REGISTRATION and armed:
+                self._injected = True
+                return
+            if self.inject is Injection.DELAY_REGISTRATION and armed:
+                self._injected = True
+                self._delayed.append(event)
+                return
+            self._mirror_assign(event, acct)
+
+    def _mirror_assign(self, event: IoEvent, acct: DoorbellAccount) -> None:
+        try:
+            dev = self.model.ioeventfd(event.addr, event.length, event.datamatch, event.pio)
+        except KvmIoctlError:
+            return  # the kernel accepted what the model refuses: not a bus-state question
+        self._devices[(event.addr, event.length, event.datamatch, event.pio)] = dev
+        acct.mirrored_since_check = acct.currently_mirrored = True
+        self.registrations_mirrored += 1
+        self._publish()
+
+    def ioeventfd_deassigning(self, event: IoEvent) -> None:
+        """A deregistration is about to be issued: remove the device first."""
+        with self._lock:
+            acct = self.doorbells.get(event.fd)
+            if self.inject is Injection.STALE_BUS:
+                return
+            key = (event.addr, event.length, event.datamatch, event.pio)
+            if key not in self._devices:
+                self._delayed = [e for e in self._delayed if e != event]
+                return
+            self.model.ioeventfd_deassign(event.addr, event.length, event.datamatch, event.pio)
+            del self._devices[key]
+            if acct is not None:
+                acct.currently_mirrored = False
+            self.deregistrations_mirrored += 1
+            self._publish()
+
+    def irqchip_created(self) -> None:
+        """KVM_CREATE_IRQCHIP returned: the platform's devices are on the buses."""
+        with self._lock:
+            self.model.create_irqchip()
+            self._publish()
+
+    def memory_region_set(self, slot: int, guest_phys_addr: int, memory_size: int) -> None:
+        """Memslots do not change the io buses; mirrored for the model's SRCU state only."""
+        with self._lock:
+            try:
+                self.model.set_user_memory_region(slot, guest_phys_addr, memory_size)
+            except KvmIoctlError:
+                pass
+
+    def vcpu_created(self, vcpu_id: int) -> None:
+        """KVM_CREATE_VCPU returned."""
+        with self._lock:
+            self.model.create_vcpu(vcpu_id)
+
+    # --- the per-exit check (lock-free) ------------------------------------------------------------
+    def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
+        """Judge one exit that reached userspace, given the shadow versions around its KVM_RUN."""
+        cls = type(exit_)
+        if cls is MmioWrite:
+            bus, addr, length, value, write = MMIO, exit_.addr, len(exit_.data), int.from_bytes(exit_.data, "little"), True
+        elif cls is IoOut:
+            if exit_.count != 1:
+                return  # string I/O: each item was offered to the bus; judged as a whole it is not one access
+            bus, addr, length, value, write = PIO, exit_.port, exit_.size, int.from_bytes(exit_.data, "little"), True
+        elif cls is MmioRead:
+            bus, addr, length, value, write = MMIO, exit_.addr, exit_.length, 0, False
+        elif cls is IoIn:
+            bus, addr, length, value, write = PIO, exit_.port, exit_.size, 0, False
+        else:
+            return
+        self.exits_checked += 1
+        versions = self._versions
+        for number in range(v_entry, v_exit + 1):
+            if not _claims(versions[number], bus, addr, length, value, write):
+                return  # the kernel may have looked it up on a bus like this one: allowed
+        self._violation(Rule.EXIT_CLAIMED, vcpu_id, exit_, addr, (v_entry, v_exit),
+                        f"{'MMIO' if bus is MMIO else 'PIO'} {'write' if write else 'read'} at {addr:#x} "
+                        f"(len {length}) exited to userspace although an in-kernel device claims it in every "
+                        "shadow bus version between the KVM_RUN's entry and its exit")
+
+    def _violation(self, rule: Rule, vcpu: Optional[int], exit_: Any, addr: int, versions: tuple[int, int],
+                   message: str) -> None:
+        with self._lock:
+            self.violation_count += 1
+            if len(self.violations) < MAX_KEPT_VIOLATIONS:
+                self.violations.append(ShadowViolation(rule, vcpu, str(exit_), addr, versions, message))
+
+    def note_userspace_doorbell_write(self, fd: int) -> None:
+        """A write to a doorbell's address reached userspace (the kernel did not take it)."""
+        acct = self.doorbells.get(fd)
+        if acct is not None:
+            with self._lock:
+                acct.userspace_writes += 1
+
+    # --- reconciliation ----------------------------------------------------------------------------
+    def guest_report(self, fd: int, writes: int) -> None:
+        """The guest says it wrote ``writes`` times to this doorbell since its last report."""
+        acct = self.doorbells.get(fd)
+        if acct is not None:
+            with self._lock:
+                acct.guest_reported += writes
+        self.reconcile()
+
+    def reconcile(self, final: bool = False) -> None:
+        """Drain every doorbell's eventfd and account for what the kernel counted."""
+        with self._lock:
+            self.reconciliations += 1
+            for acct in self.doorbells.values():
+                total = acct.total()
+                delta = total - acct.kernel_total
+                acct.kernel_total = total
+                if delta and not (acct.mirrored_since_check or acct.currently_mirrored):
+                    self.violation_count += 1
+                    if len(self.violations) < MAX_KEPT_VIOLATIONS:
+                        self.violations.append(ShadowViolation(
+                            Rule.UNACCOUNTED_COMPLETION, None, "-", acct.addr, (self.version, self.version),
+                            f"the kernel completed {delta} write(s) at {acct.addr:#x} in the kernel (eventfd "
+                            f"{acct.fd}) while the shadow had no device registered there"))
+                elif delta:
+                    self.completions_reconciled += delta
+                acct.mirrored_since_check = acct.currently_mirrored
+            delayed, self._delayed = self._delayed, []
+        for event in delayed:  # a delayed registration is mirrored only now (fault injection)
+            with self._lock:
+                self._mirror_assign(event, self.doorbells[event.fd])
+        if final:
+            self._final_totals()
+
+    def _final_totals(self) -> None:
+        for acct in self.doorbells.values():
+            if acct.guest_reported and acct.guest_reported != acct.kernel_total + acct.userspace_writes:
+                self._violation(Rule.WRITES_DO_NOT_ADD_UP, None, "-", acct.addr, (self.version, self.version),
+                                f"doorbell {acct.addr:#x}: the guest reported {acct.guest_reported} writes, the "
+                                f"kernel counted {acct.kernel_total} and {acct.userspace_writes} exited")
+
+    def summary(self) -> dict[str, Any]:
+        """The shadow section of the run report."""
+        return {"enabled": True, "inject": self.inject.value if self.inject else None,
+                "exits_checked": self.exits_checked, "registrations_mirrored": self.registrations_mirrored,
+                "deregistrations_mirrored": self.deregistrations_mirrored,
+                "in_kernel_completions_reconciled": self.completions_reconciled,
+                "reconciliations": self.reconciliations, "bus_versions": self.version + 1,
+                "violations": self.violation_count,
+                "first_violations": [v.to_json() for v in self.violations[:5]],
+                "model_invariant_violations": [v.to_json() for v in self.model.checker.violations[:5]]}
+
+
+def _claims(version: _Version, bus: KvmBus, addr: int, length: int, value: int, write: bool) -> bool:
+    """Whether some in-kernel device on this version's bus takes the access (cached per version)."""
+    key = (bus, addr, length)
+    candidates = version.cache.get(key)
+    if candidates is None:
+        b = version.mmio if bus is MMIO else version.pio
+        candidates = tuple(r.dev for r in b.range if kvm_io_bus_cmp(addr, length, r.addr, r.len) == 0)
+        version.cache[key] = candidates  # a benign race: two threads compute the same tuple
+    for dev in candidates:
+        if isinstance(dev, InKernelDevice):
+            return True
+        if write and isinstance(dev, Ioeventfd) and dev.in_range(addr, length, value):
+            return True
+    return False
