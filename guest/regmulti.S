@@ -15,6 +15,13 @@
     .text
     .globl _start
 _start:
+    /* Every vCPU enters with RSP = 0x1000: give each its own 4 KiB stack (at 0x80000 + 4 KiB * index)
+     * before anything uses the stack, or the hammering vCPUs' calls and pushes race on one stack. */
+    mov     %esi, %eax
+    inc     %eax
+    shl     $12, %eax
+    add     $0x80000, %eax
+    mov     %eax, %esp
     mov     $CONTROL, %ebp
     mov     8(%ebp), %edi               /* ITERATIONS */
     test    %esi, %esi

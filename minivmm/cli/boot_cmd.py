@@ -95,6 +95,25 @@ def render(report: RunReport, out) -> None:
           f"guest wrote {dyn['guest_reported_writes']}: {dyn['kernel_counted']} in the kernel, "
           f"{dyn['userspace_writes']} in userspace\n")
     render_shadow(report.extra.get("shadow", {}), out)
+    if "ftrace" in report.extra:
+        render_ftrace(report.extra["ftrace"], out)
+
+
+def render_ftrace(ft: dict, out) -> None:
+    """The ftrace cross-check section."""
+    w = out.write
+    if "unavailable" in ft:
+        w(f"ftrace     not available: {ft['unavailable']}\n")
+        return
+    k = ft["kernel_userspace_exits"]
+    w(f"ftrace     {ft['events']} kvm events: the kernel recorded {k.get('KVM_EXIT_IO', 0)} IO and "
+      f"{k.get('KVM_EXIT_MMIO', 0)} MMIO exits to userspace (the VMM saw {ft['vmm_exits']['io']} and "
+      f"{ft['vmm_exits']['mmio']}); {sum(ft['in_kernel_writes'].values())} in-kernel MMIO writes traced, "
+      f"{sum(ft['doorbell_counts'].values())} counted by the doorbells\n")
+    if not ft["mismatches"]:
+        w("           the kernel's record agrees\n")
+    for m in ft["mismatches"][:5]:
+        w(f"           MISMATCH: {m}\n")
 
 
 def render_shadow(sh: dict, out) -> None:
@@ -146,6 +165,10 @@ def boot(
     guest_iterations: int = typer.Option(20000, "--guest-iterations", min=1, max=10_000_000,
                                          help="What the control device tells guests to do, e.g. the "
                                               "registrations regloop makes."),
+    ftrace: bool = typer.Option(False, "--ftrace",
+                                help="Record the kvm tracepoints (kvm_mmio, kvm_pio, kvm_userspace_exit) for "
+                                     "this run and cross-check them with the VMM and the shadow (root; "
+                                     "tracefs is mounted privately if needed)."),
 ) -> int:
     """Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run.
 
@@ -165,7 +188,7 @@ def boot(
     config = MachineConfig(mem_size=mem_size, vcpus=vcpus, mode=mode, load_addr=addr, strict=strict,
                            timeout=timeout, kvm_path=kvm_path, check=check,
                            inject=inject.value if inject else None, guest_iterations=guest_iterations,
-                           model_platform=platform, model_hz=hz)
+                           model_platform=platform, model_hz=hz, ftrace=ftrace)
     console = Console(None if as_json else sys.stdout.buffer)
     try:
         machine = Machine(config, data, console)

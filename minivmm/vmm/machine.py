@@ -7,6 +7,7 @@ happened during the run.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -63,6 +64,8 @@ class MachineConfig:
     #: The kernel model's platform and HZ for the shadow (the host's, when known).
     model_platform: str = "pvm"
     model_hz: int = 250
+    #: Record the kvm tracepoints and cross-check the run against them (``--ftrace``).
+    ftrace: bool = False
 
 
 class Terminated(Exception):
@@ -165,6 +168,13 @@ class Machine:
         def on_term(signum: int, frame: object) -> None:
             raise Terminated()
 
+        ftrace, ftrace_error = None, None
+        if self.config.ftrace:
+            from minivmm.shadow.ftrace import FtraceSession, FtraceUnavailable
+            try:
+                ftrace = FtraceSession.start(os.getpid())
+            except FtraceUnavailable as e:
+                ftrace_error = str(e)
         old_kick = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
         old_term = signal.signal(signal.SIGTERM, on_term)
         outcome = RunOutcome.HALTED
@@ -192,11 +202,34 @@ class Machine:
             outcome = RunOutcome.FAILED
         if self.shadow is not None:
             self.shadow.reconcile(final=True)
-            if self.shadow.violation_count and outcome in (RunOutcome.HALTED, RunOutcome.FAILED,
-                                                           RunOutcome.TIMEOUT):
-                outcome = RunOutcome.VIOLATION
-        return build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
-                            t_run=t_run, t_end=t_end)
+        ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
+        violated = (self.shadow is not None and self.shadow.violation_count) or (
+            ftrace_result is not None and ftrace_result.mismatches)
+        if violated and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
+            outcome = RunOutcome.VIOLATION
+        report = build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
+                              t_run=t_run, t_end=t_end)
+        if self.config.ftrace:
+            report.extra["ftrace"] = (ftrace_result.to_json() if ftrace_result is not None
+                                      else {"unavailable": ftrace_error})
+        return report
+
+    def _ftrace_check(self, session, records: list[VcpuRecord]):
+        """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""
+        from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite
+        from minivmm.shadow.ftrace import analyse
+        lines = session.stop()
+        io = sum(r.exits.get(IoIn, 0) + r.exits.get(IoOut, 0) for r in records)
+        mmio = sum(r.exits.get(MmioRead, 0) + r.exits.get(MmioWrite, 0) for r in records)
+        counts: dict[int, int] = {}
+        if self.doorbell is not None:
+            counts[DOORBELL_BASE] = self.doorbell.kernel_count()
+        if self.dynamic is not None:
+            for slot, counter in enumerate(self.dynamic.counters):
+                if counter.total():
+                    counts[self.dynamic.addr(slot)] = counter.total()
+        known = {acct.addr for acct in self.shadow.doorbells.values()} if self.shadow is not None else set(counts)
+        return analyse(lines, session.overruns, {"io": io, "mmio": mmio}, counts, known)
 
     def _supervise(self, threads: list[threading.Thread], records: list[VcpuRecord],
                    deadline: float) -> RunOutcome:
