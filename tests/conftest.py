@@ -84,3 +84,11 @@ def boot():
             report = machine.run(on_exit=log)
         return report, log
     return run
+
+
+# Hypothesis: derandomized (a fixed seed) in CI, so a CI run is repeatable; random locally.
+from hypothesis import settings as _hsettings  # noqa: E402
+
+_hsettings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hsettings.load_profile("ci")

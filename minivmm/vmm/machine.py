@@ -192,7 +192,10 @@ class Machine:
             except Terminated:
                 outcome = RunOutcome.TERMINATED
             if outcome is not RunOutcome.HALTED:
-                self._stop(threads, control)
+                self._stop(threads, control, records)
+            else:
+                for t in threads:
+                    t.join()
         finally:
             signal.signal(KICK_SIGNAL, old_kick)
             signal.signal(signal.SIGTERM, old_term)
@@ -234,32 +237,33 @@ class Machine:
     def _supervise(self, threads: list[threading.Thread], records: list[VcpuRecord],
                    deadline: float) -> RunOutcome:
         while True:
-            if all(not t.is_alive() for t in threads):
+            if all(r.done.is_set() for r in records):
                 return RunOutcome.HALTED
             if any(r.state in (VcpuState.FAILED, VcpuState.ERROR) for r in records):
                 return RunOutcome.FAILED
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return RunOutcome.TIMEOUT
-            for t in threads:
-                if t.is_alive():
-                    t.join(min(POLL_INTERVAL, remaining))
-                    break
+            waiting = next(r for r in records if not r.done.is_set())
+            waiting.done.wait(min(POLL_INTERVAL, remaining))
 
-    def _stop(self, threads: list[threading.Thread], control: RunControl) -> None:
-        """Ask every vCPU loop to end and kick each out of KVM_RUN until its thread is gone."""
+    def _stop(self, threads: list[threading.Thread], control: RunControl,
+              records: list[VcpuRecord]) -> None:
+        """Ask every vCPU loop to end and kick each out of KVM_RUN until its loop has ended."""
         control.stopping = True
         for vcpu in self.vcpus:
             vcpu.immediate_exit = True  # covers a kick that lands just before the thread enters KVM_RUN
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                if t.is_alive() and t.ident is not None:
+        while not all(r.done.is_set() for r in records):
+            for t, r in zip(threads, records):
+                if not r.done.is_set() and t.ident is not None:
                     try:
                         signal.pthread_kill(t.ident, KICK_SIGNAL)
                     except ProcessLookupError:
                         pass  # the thread ended between the check and the kill
-            for t in threads:
-                t.join(0.01)
+            for r in records:
+                r.done.wait(0.01)
+        for t in threads:
+            t.join()  # each loop has ended: these return at once
 
     def close(self) -> None:
         """Release everything: vCPUs and VM first (so KVM drops its references), then RAM and eventfds."""

@@ -11,6 +11,7 @@ that costs nothing when absent.
 from __future__ import annotations
 
 import enum
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class VcpuRecord:
     entered_ns: Optional[int] = None
     finished_ns: Optional[int] = None
     error: Optional[str] = None
+    #: Set by the vCPU's thread as its very last step. The supervisor waits on this, never on
+    #: Thread.join(): in CPython 3.11 a KeyboardInterrupt that interrupts join() on a live thread
+    #: marks it stopped (the bpo-45274 fix), after which is_alive() lies.
+    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def total_exits(self) -> int:
@@ -92,6 +97,9 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
     CONTINUE, INTERRUPTED = Verdict.CONTINUE, Verdict.INTERRUPTED
     record.state = VcpuState.RUNNING
     record.entered_ns = time.monotonic_ns()
+    # Process-directed signals (Ctrl-C, SIGTERM) must reach the supervising main thread, not a vCPU
+    # thread sitting in KVM_RUN: vCPU threads take only the kick signal, as VMMs' vCPU threads do.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     check = checker.check_exit if checker is not None else None
     vcpu_id = vcpu.id
     exit_ = None
@@ -134,3 +142,4 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
     finally:
         record.last_exit = exit_
         record.finished_ns = time.monotonic_ns()
+        record.done.set()
