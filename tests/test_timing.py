@@ -38,7 +38,8 @@ def test_timing_bad_input_is_one_line(tmp_path):
                            (["--plot", str(tmp_path)], "is a directory"),
                            (["--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
                            (["--kvm", str(tmp_path / "kvm")], "does not exist")):
-        proc = run_cli("timing", "--repeat", "1", *args)
+        pinned = [] if "--platform" in args else ["--platform", "pvm", "--hz", "250"]
+        proc = run_cli("timing", "--repeat", "1", *pinned, *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
     assert not (tmp_path / "no").exists()
@@ -47,7 +48,7 @@ def test_timing_bad_input_is_one_line(tmp_path):
 def test_unrunnable_sequence_is_refused_before_any_vm(tmp_path):
     f = tmp_path / "s.seq"
     f.write_text("create_vm\nvcpu id=0\nrun vcpu=0\n")
-    proc = run_cli("timing", "-s", str(f), "-r", "1")
+    proc = run_cli("timing", "-s", str(f), "-r", "1", "--platform", "pvm", "--hz", "250")
     assert proc.returncode == 2 and "needs a memslot covering" in proc.stderr
 
 

@@ -66,11 +66,10 @@ def timing(
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.compare import compare, to_json
     from minivmm.timing.report import render
-    from minivmm.timing.runner import SequenceUnrunnable, measure
+    from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
 
+    # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
-    if host.kvm_error:
-        raise CliError(host.kvm_error)
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
@@ -85,8 +84,14 @@ def timing(
         seq = load_sequence(name)
     except SequenceError as e:
         raise CliError(str(e)) from None
+    try:
+        check_runnable(seq)
+    except SequenceUnrunnable as e:
+        raise CliError(f"sequence {seq.name}: {e}") from None
     if plot_path:
         _check_plot_destination(plot_path)
+    if host.kvm_error:
+        raise CliError(host.kvm_error)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     progress = Progress(TextColumn("timing {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
