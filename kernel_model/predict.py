@@ -41,6 +41,15 @@ def percentile(sorted_values: list[int], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
+def quantiles(samples_ns: list[int]) -> dict[str, float]:
+    """min, p10, p50, p90, max of durations (ns), in microseconds: the one summary every report uses."""
+    s = sorted(samples_ns)
+    out = {"min": s[0] / 1000, "max": s[-1] / 1000}
+    for p in PERCENTILES:
+        out[f"p{p}"] = percentile(s, p) / 1000
+    return out
+
+
 @dataclass
 class StepPrediction:
     """The predicted durations (ns) of one step over every sample."""
@@ -50,11 +59,7 @@ class StepPrediction:
 
     def stats(self) -> dict[str, float]:
         """min, p10, p50, p90, max in microseconds."""
-        s = sorted(self.durations)
-        out = {"min": s[0] / 1000, "max": s[-1] / 1000}
-        for p in PERCENTILES:
-            out[f"p{p}"] = percentile(s, p) / 1000
-        return out
+        return quantiles(self.durations)
 
 
 @dataclass

@@ -80,8 +80,10 @@ def test_every_named_sequence_runs_on_the_host():
 @pytest.mark.kvm
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_strace_agrees_with_minivmm_on_the_millisecond_stall(tmp_path):
-    """An independent clock: strace -T around the same ioctls. It adds its own overhead (ptrace stops),
-    so the two agree within that, not exactly."""
+    """An independent clock: strace -T around the same ioctls. Our interval contains strace's (our clock
+    reads sit outside the ptrace stops at syscall entry and exit), so per call strace never sees more
+    than we do, and typically (the median) a little less; a ptrace stop can occasionally wait for a
+    scheduler tick on a busy machine, so single calls may differ by more."""
     log = tmp_path / "strace.log"
     proc = subprocess.run(["strace", "-f", "-T", "-e", "trace=ioctl", "-o", str(log), sys.executable, "-m",
                            "minivmm", "timing", "-s", "registrations-first", "-r", "6", "--json", "--samples", "50"],
@@ -92,4 +94,6 @@ def test_strace_agrees_with_minivmm_on_the_millisecond_stall(tmp_path):
               re.finditer(r"KVM_SET_USER_MEMORY_REGION, \{slot=0,.*?<(\d+\.\d+)>", log.read_text())]
     assert len(theirs) == len(ours) == 6
     for a, b in zip(ours, theirs):
-        assert abs(a - b) <= 300 + 0.1 * a, (ours, theirs)
+        assert b <= a + 50, (ours, theirs)
+    import statistics
+    assert statistics.median(a - b for a, b in zip(ours, theirs)) <= 300, (ours, theirs)

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kernel_model.predict import PERCENTILES, Prediction, percentile, phase_deterministic, predict
+from kernel_model.predict import PERCENTILES, Prediction, phase_deterministic, predict, quantiles
 from kernel_model.published import PublishedFigure, figures_for
 from kernel_model.sequences import Sequence, with_gaps
 from kernel_model.variants import MAIN_VARIANTS, VARIANTS
@@ -25,15 +25,6 @@ GOOD_FIT = 0.5
 TIE = 0.05
 #: A step whose predicted p50 under call_srcu exceeds this (ns) is where the stall lands.
 STALL_NS = 1_000_000
-
-
-def quantiles(samples_ns: list[int]) -> dict[str, float]:
-    """min, p10, p50, p90, max of samples, in microseconds."""
-    s = sorted(samples_ns)
-    out = {"min": s[0] / 1000, "max": s[-1] / 1000}
-    for p in PERCENTILES:
-        out[f"p{p}"] = percentile(s, p) / 1000
-    return out
 
 
 @dataclass
