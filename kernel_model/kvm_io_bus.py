@@ -225,12 +225,8 @@ def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bo
 def insert_range(bus: KvmIoBus, new: KvmIoRange, version: int) -> KvmIoBus:
     """The copy step of kvm_io_bus_register_dev(): a new bus with ``new`` inserted before the first
     range that compares greater (``kvm_io_bus_cmp(&bus->range[i], &range) > 0``)."""
-    i = 0
-    for i, r in enumerate(bus.range):
-        if kvm_io_bus_cmp(r.addr, r.len, new.addr, new.len) > 0:
-            break
-    else:
-        i = bus.dev_count
+    i = next((k for k, r in enumerate(bus.range) if kvm_io_bus_cmp(r.addr, r.len, new.addr, new.len) > 0),
+             bus.dev_count)
     ranges = bus.range[:i] + (new,) + bus.range[i:]
     return KvmIoBus(bus.bus_idx, version, ranges,
                     bus.ioeventfd_count + (1 if isinstance(new.dev, Ioeventfd) else 0))

@@ -21,7 +21,7 @@ Simplified away, each said again where it is made:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -23,7 +24,7 @@ def _kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
             Kvm(path).close()
         except KvmUnavailable as e:
             return e.strerror
-    except ImportError as e:  # the compiled bindings are missing: that is a build failure, not a skip
+    except ImportError:  # the compiled bindings are missing: that is a build failure, not a skip
         raise
     return None
 
@@ -51,7 +52,6 @@ def guest_image():
 
 def run_cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
     """Run ``python -m minivmm ARGS`` in a subprocess (as a user would) and capture its output."""
-    import subprocess
     return subprocess.run([sys.executable, "-m", "minivmm", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Optional
+from typing import Optional, TextIO
 
 
 import typer
@@ -22,10 +22,11 @@ from minivmm.vmm.disasm import disassemble_one
 from minivmm.vmm.image import ImageError, read_image
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
 from minivmm.vmm.machine import Machine, MachineConfig
+from minivmm.vmm.vcpu_loop import ExitHook
 from minivmm.vmm.report import RunReport
 
 
-def make_tracer(machine: Machine, out) -> "callable":
+def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
     lock = threading.Lock()
     counters: dict[int, int] = {}

@@ -6,13 +6,13 @@ becomes a :class:`~minivmm.kvm.errors.KvmError` naming the ioctl, with the kerne
 
 An :class:`IoctlTracer` handed to these functions switches them to the timed C wrapper, which reads
 CLOCK_MONOTONIC right beside the system call, and records one :class:`IoctlRecord` per call. This is
-how ``minivmm timing`` measures, and how observers (the kernel-model shadow) learn what was issued.
+how ``minivmm timing`` measures.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from minivmm._kvm import ffi, lib
 from minivmm.kvm.errors import KvmError
@@ -62,19 +62,14 @@ class IoctlRecord:
 
 @dataclass
 class IoctlTracer:
-    """Collects an :class:`IoctlRecord` for every ioctl issued through it, and tells ``listeners``."""
+    """Collects an :class:`IoctlRecord` for every ioctl issued through it."""
 
     records: list[IoctlRecord] = field(default_factory=list)
-    listeners: list[Callable[[IoctlRecord], None]] = field(default_factory=list)
-    keep: bool = True
     _elapsed: Any = field(default_factory=lambda: ffi.new("int64_t *"), repr=False)
 
     def _record(self, fd: int, request: int, arg: str, ret: int) -> IoctlRecord:
         rec = IoctlRecord(fd, ioctl_name(request), arg, ret, ffi.errno if ret < 0 else 0, self._elapsed[0])
-        if self.keep:
-            self.records.append(rec)
-        for listener in self.listeners:
-            listener(rec)
+        self.records.append(rec)
         return rec
 
 

@@ -15,7 +15,7 @@ import signal
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from kernel_model.sequences import Sequence, Step

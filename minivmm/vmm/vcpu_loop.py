@@ -4,8 +4,8 @@ Each vCPU runs :func:`run_vcpu` on its own thread; cffi releases the GIL while t
 KVM_RUN, so vCPUs run in parallel in the kernel. The loop is an explicit state machine
 (:class:`VcpuState`): it leaves RUNNING only for HALTED, FAILED, INTERRUPTED (a stop was requested and
 KVM_RUN was interrupted) or ERROR (an ioctl failed). Per-exit work is kept to: one KVM_RUN, one decode,
-one counter update, one dispatch; everything optional (tracing, shadow checking) is an ``on_exit`` hook
-that costs nothing when absent.
+one counter update, one dispatch. Optional work costs a branch when absent: the shadow's check
+(``checker``, which also needs the bus version read before each KVM_RUN) and ``--trace`` (``on_exit``).
 """
 
 from __future__ import annotations
