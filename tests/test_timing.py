@@ -22,6 +22,11 @@ def test_fit_is_zero_for_a_perfect_match_and_grows_with_the_ratio():
     assert fit(measured, p).score < 0.02
     doubled = [[2 * d for d in sp.durations] for sp in p.steps]
     assert abs(fit(doubled, p).score - 0.693) < 0.03
+    # Noise around a fixed-cost step does not count, a shifted median does.
+    noisy = [[d * (1 + (i % 3) / 2) if sp.stats()["p90"] == sp.stats()["p10"] else d
+              for i, d in enumerate(sp.durations)] for sp in p.steps]
+    fixed = [i for i, sp in enumerate(p.steps) if sp.stats()["p90"] == sp.stats()["p10"]]
+    assert fixed and fit(noisy, p).per_step[fixed[0]] == pytest.approx(abs(__import__("math").log(1.5)), abs=0.01)
 
 
 def test_decide_names_the_best_says_when_nothing_fits_and_reports_ties():

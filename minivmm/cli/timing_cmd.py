@@ -38,9 +38,10 @@ def timing(
                                       "elsewhere (it lands in the first memslot)."),
     repeat: int = typer.Option(100, "--repeat", "-r", min=1, max=100_000,
                                help="Repetitions, each in a fresh VM."),
-    jitter: bool = typer.Option(False, "--jitter",
+    jitter: bool = typer.Option(True, "--jitter/--no-jitter",
                                 help="Start each repetition at a random point within a jiffy, so the tick "
-                                     "phase is sampled; without it back-to-back runs lock to the tick."),
+                                     "phase is sampled (the default); --no-jitter runs them back to back, "
+                                     "which locks them to the tick and hides the distribution."),
     hz: Optional[int] = typer.Option(None, "--hz", min=1, max=10000,
                                      help="CONFIG_HZ for the model (default: read from the kernel config)."),
     platform: Optional[str] = typer.Option(None, "--platform", "-p",

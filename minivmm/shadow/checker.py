@@ -116,7 +116,7 @@ class ShadowChecker:
         self._devices: dict[tuple, Ioeventfd] = {}
         self._counters: dict[int, Callable[[], int]] = {}
         self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
-        self.exits_checked = 0
+        self._checked: dict[int, int] = {}  # per vCPU: each thread updates only its own entry
         self.registrations_mirrored = 0
         self.deregistrations_mirrored = 0
         self.completions_reconciled = 0
@@ -134,6 +134,11 @@ class ShadowChecker:
         number = len(self._versions)
         self._versions.append(_Version(number, self.model.buses[MMIO], self.model.buses[PIO]))
         self.version = number
+
+    @property
+    def exits_checked(self) -> int:
+        """Exits judged so far, over all vCPUs."""
+        return sum(self._checked.values())
 
     def attach_counter(self, fd: int, total: Callable[[], int], addr: int) -> None:
         """Tell the shadow about a doorbell eventfd the VMM owns: how to read its running total, and
@@ -227,7 +232,7 @@ class ShadowChecker:
             bus, addr, length, value, write = PIO, exit_.port, exit_.size, 0, False
         else:
             return
-        self.exits_checked += 1
+        self._checked[vcpu_id] = self._checked.get(vcpu_id, 0) + 1
         versions = self._versions
         for number in range(v_entry, v_exit + 1):
             if not _claims(versions[number], bus, addr, length, value, write):

@@ -17,7 +17,7 @@ def render(c: Comparison, host: dict[str, Any], overhead: dict[str, float], out:
     w = out.write
     seq = c.sequence
     w(f"minivmm timing: sequence {seq.name}, {len(c.repetitions)} repetitions "
-      f"{'with jitter (tick phase sampled)' if host['jitter'] else 'back to back (locked to the tick; --jitter samples the phase)'}\n")
+      f"{'with jitter (tick phase sampled)' if host['jitter'] else 'back to back (--no-jitter: locked to the tick, the spread is hidden)'}\n")
     w(f"host: kernel {host['kernel']}, HZ={host['hz']} ({host['hz_source']}), platform {host['platform']} "
       f"({host['platform_source']})\n")
     w(f"timer overhead: {overhead['p50_ns'] / 1000:.2f} us per timed ioctl (median; min "
@@ -60,7 +60,8 @@ def render(c: Comparison, host: dict[str, Any], overhead: dict[str, float], out:
                 w(f"  here: p50 {fmt_us(q['p50'])} at HZ={host['hz']}: the stall scales as (1, 2] jiffies, "
                   f"so {1000 / host['hz']:.0f}-{2000 / host['hz']:.0f} ms here vs 10-20 ms at HZ=100\n")
 
-    w("\nfit per variant (mean |ln(measured/predicted)| over p10, p50, p90 of every step; 0 is perfect)\n")
+    w("\nfit per variant (mean |ln(measured/predicted)| over the steps: p10/p50/p90 where the model predicts a "
+      "spread, the median where it predicts one value; 0 is perfect)\n")
     for f in sorted(c.fits, key=lambda f: f.score):
         w(f"  {f.variant:<22} {f.score:.3f}\n")
     w(f"\nverdict: {c.verdict.text}\n")
