@@ -2,7 +2,10 @@
  * regmulti: vCPU 0 registers and unregisters doorbells (slots 0-3 in turn) while every other vCPU
  * hammers those doorbells; ITERATIONS rounds each (read from the control device).
  *
- * Mode: protected, 2 or more vCPUs:   minivmm boot guest/regmulti.bin --mode protected --vcpus 3
+ * Mode: protected, 2 or more vCPUs:
+ *     minivmm boot guest/regmulti.bin --mode protected --vcpus 3 --guest-iterations 1000 --timeout 60
+ * (each of vCPU 0's deregistrations waits for the grace period its registration started, (1, 2]
+ * jiffies on a call_srcu kernel: ~8 ms a round at HZ=250, so keep the rounds to a few thousand).
  * A hammering vCPU's write is completed in the kernel or exits, depending on whether the slot is
  * registered at that moment: both are allowed, and the shadow judges every exit against the bus
  * versions around its KVM_RUN. Each hammering vCPU reports its writes per slot (every 256 rounds and

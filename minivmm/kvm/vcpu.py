@@ -17,6 +17,9 @@ class Vcpu:
     """One vCPU. Created by :meth:`Vm.create_vcpu`; unmaps ``kvm_run`` and closes its fd on ``close()``."""
 
     def __init__(self, fd: int, vcpu_id: int, mmap_size: int, tracer: IoctlTracer | None = None) -> None:
+        # Safety: kvm_run is shared with the kernel, which writes it during KVM_RUN only; we read and
+        # write it only between KVM_RUN calls of this vCPU's own thread (and immediate_exit, a single
+        # byte the kernel reads on entry, from the supervisor). The mapping lives until close().
         ptr = lib.mmap(ffi.NULL, mmap_size, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_SHARED, fd, 0)
         if ptr == MAP_FAILED:
             raise OSError(ffi.errno, "mmap of kvm_run failed")
@@ -54,11 +57,13 @@ class Vcpu:
     def complete_io_in(self, data: bytes) -> None:
         """Answer a KVM_EXIT_IO read: ``data`` (``size * count`` bytes) is what the guest's IN receives."""
         io = self.run_struct.io
+        if io.data_offset + len(data) > self._mmap_size:
+            raise ValueError("IO data would run past the kvm_run mapping")
         ffi.memmove(self._run_bytes + io.data_offset, data, len(data))
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Answer a KVM_EXIT_MMIO read: ``data`` (``len`` bytes) is what the guest's load receives."""
-        ffi.memmove(self.run_struct.mmio.data, data, len(data))
+        ffi.memmove(self.run_struct.mmio.data, data, min(len(data), 8))
 
     def get_regs(self) -> Any:
         """Wrapper over KVM_GET_REGS: a cffi-owned ``struct kvm_regs``."""
