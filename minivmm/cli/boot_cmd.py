@@ -7,7 +7,6 @@ import sys
 import threading
 from typing import Optional, TextIO
 
-
 import typer
 
 from minivmm.cli.errors import CliError
@@ -17,8 +16,8 @@ from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.exits import VcpuExit, describe_exit
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.shadow.checker import Injection
-from minivmm.vmm.boot import Mode, guest_mode
-from minivmm.vmm.disasm import disassemble_one
+from minivmm.vmm.boot import Mode
+from minivmm.vmm.disasm import instruction_at
 from minivmm.vmm.image import ImageError, read_image
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
 from minivmm.vmm.machine import Machine, MachineConfig
@@ -34,12 +33,7 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     def on_exit(vcpu: Vcpu, exit_: VcpuExit) -> None:
         n = counters.get(vcpu.id, 0) + 1
         counters[vcpu.id] = n
-        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        linear = int(sregs.cs.base) + int(regs.rip)
-        mem = machine.memory
-        insn = "?"
-        if mem is not None and mem.contains(linear, 1):
-            insn = disassemble_one(mem.read(linear, min(15, mem.size - linear)), linear, guest_mode(sregs))
+        linear, insn = instruction_at(machine.memory, vcpu.get_regs(), vcpu.get_sregs())
         with lock:
             out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28} {describe_exit(exit_)}\n")
             out.flush()

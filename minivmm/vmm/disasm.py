@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
-from minivmm.vmm.boot import Mode
+from minivmm.kvm.memory import GuestMemory
+from minivmm.vmm.boot import Mode, guest_mode
 
 
 @lru_cache(maxsize=None)
@@ -23,3 +24,13 @@ def disassemble_one(code: bytes, address: int, mode: Mode) -> str:
     for insn in _disassembler(mode).disasm(code, address, 1):
         return f"{insn.mnemonic} {insn.op_str}".strip()
     return "(bad)"
+
+
+def instruction_at(mem: Optional[GuestMemory], regs: Any, sregs: Any) -> tuple[int, str]:
+    """The linear address of RIP (CS base + RIP) and the instruction there, disassembled in the vCPU's
+    current mode; a note instead of an instruction when RIP is outside guest RAM."""
+    linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
+    if mem is None or not mem.contains(linear, 1):
+        return linear, f"(rip {linear:#x} is outside guest RAM)"
+    code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
+    return linear, disassemble_one(code, linear, guest_mode(sregs))

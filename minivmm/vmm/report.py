@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.exits import describe_exit, exit_kind
-from minivmm.vmm.boot import guest_mode
-from minivmm.vmm.disasm import disassemble_one
+from minivmm.vmm.disasm import instruction_at
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
@@ -95,15 +94,8 @@ def _where(machine: "Machine", index: int, report: VcpuReport) -> None:
     report.registers = {name: int(getattr(regs, name)) for name in _REGS}
     report.registers.update(cr0=int(sregs.cr0), cr3=int(sregs.cr3), cr4=int(sregs.cr4),
                             efer=int(sregs.efer), cs_base=int(sregs.cs.base), cs=int(sregs.cs.selector))
-    mode = guest_mode(sregs)
-    linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
     report.rip = int(regs.rip)
-    mem = machine.memory
-    if mem is not None and mem.contains(linear, 1):
-        code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
-        report.instruction = disassemble_one(code, linear, mode)
-    else:
-        report.instruction = f"(rip {linear:#x} is outside guest RAM)"
+    _, report.instruction = instruction_at(machine.memory, regs, sregs)
 
 
 def build_report(machine: "Machine", records: list[VcpuRecord], outcome: RunOutcome, *,
