@@ -25,11 +25,11 @@ from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, lib
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.kvm.vm import IoEvent, Vm
 from minivmm.vmm.boot import Mode, setup_regs, setup_sregs
+from minivmm.vmm.vcpu_loop import KICK_SIGNAL, block_process_signals, stop_vcpu_threads
 
 #: mov dx, 0x80; out dx, al; jmp $-3: a guest that exits forever (real mode, at LOOP_ADDR).
 LOOP_GUEST = bytes.fromhex("ba8000" "ee" "ebfd")
 LOOP_ADDR = 0x1000
-KICK = signal.SIGUSR1
 
 
 class SequenceUnrunnable(ValueError):
@@ -54,9 +54,11 @@ class _RunningVcpu:
         self.first_run_ns: Optional[int] = None
         self.exits = 0
         self.error: Optional[str] = None
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"timing-vcpu{vcpu.id}", daemon=True)
 
     def _loop(self) -> None:
+        block_process_signals()
         try:
             t0 = time.monotonic_ns()
             self.vcpu.run()
@@ -67,10 +69,12 @@ class _RunningVcpu:
         except OSError as e:
             self.error = str(e)
             self.first_run_ns = self.first_run_ns or 0
+        finally:
+            self.done.set()
 
     def start_and_wait_first_exit(self) -> int:
         self.thread.start()
-        while self.first_run_ns is None and self.thread.is_alive():
+        while self.first_run_ns is None and not self.done.is_set():
             time.sleep(0.0001)
         if self.error:
             raise SequenceUnrunnable(f"KVM_RUN failed: {self.error}")
@@ -78,14 +82,7 @@ class _RunningVcpu:
 
     def halt(self) -> None:
         self.stop = True
-        self.vcpu.immediate_exit = True
-        while self.thread.is_alive():
-            if self.thread.ident is not None:
-                try:
-                    signal.pthread_kill(self.thread.ident, KICK)
-                except ProcessLookupError:
-                    pass
-            self.thread.join(0.01)
+        stop_vcpu_threads([self.vcpu], [self.thread], [self.done])
 
 
 def _wait_until(t_ns: int) -> None:
@@ -239,7 +236,7 @@ def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = "
     jiffy (a random sleep of up to 1/HZ first), so the tick phase is sampled rather than locked."""
     rng = random.Random(seed)
     runner = SequenceRunner(seq, kvm_path)
-    old = signal.signal(KICK, lambda signum, frame: None)
+    old = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     try:
         overhead = runner.timer_overhead_ns()
         reps = []
@@ -251,5 +248,5 @@ def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = "
                 on_progress(i + 1)
         return reps, overhead
     finally:
-        signal.signal(KICK, old)
+        signal.signal(KICK_SIGNAL, old)
         runner.close()

@@ -34,12 +34,11 @@ from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZ
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
 from minivmm.shadow.checker import Injection, ShadowChecker
 from minivmm.vmm.report import RunOutcome, RunReport, build_report
-from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
+from minivmm.vmm.vcpu_loop import (KICK_SIGNAL, ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu,
+                                   stop_vcpu_threads)
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
 TSS_ADDR = 0xFFFBD000
-#: The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the EINTR is the point.
-KICK_SIGNAL = signal.SIGUSR1
 #: How often the supervisor looks at the vCPUs and the clock.
 POLL_INTERVAL = 0.05
 
@@ -186,13 +185,14 @@ class Machine:
                 t.start()
             deadline = time.monotonic() + self.config.timeout
             try:
-                outcome = self._supervise(threads, records, deadline)
+                outcome = self._supervise(records, deadline)
             except KeyboardInterrupt:
                 outcome = RunOutcome.INTERRUPTED
             except Terminated:
                 outcome = RunOutcome.TERMINATED
             if outcome is not RunOutcome.HALTED:
-                self._stop(threads, control, records)
+                control.stopping = True
+                stop_vcpu_threads(self.vcpus, threads, [r.done for r in records])
             else:
                 for t in threads:
                     t.join()
@@ -234,8 +234,7 @@ class Machine:
         known = {acct.addr for acct in self.shadow.doorbells.values()} if self.shadow is not None else set(counts)
         return analyse(lines, session.overruns, {"io": io, "mmio": mmio}, counts, known)
 
-    def _supervise(self, threads: list[threading.Thread], records: list[VcpuRecord],
-                   deadline: float) -> RunOutcome:
+    def _supervise(self, records: list[VcpuRecord], deadline: float) -> RunOutcome:
         while True:
             if all(r.done.is_set() for r in records):
                 return RunOutcome.HALTED
@@ -246,24 +245,6 @@ class Machine:
                 return RunOutcome.TIMEOUT
             waiting = next(r for r in records if not r.done.is_set())
             waiting.done.wait(min(POLL_INTERVAL, remaining))
-
-    def _stop(self, threads: list[threading.Thread], control: RunControl,
-              records: list[VcpuRecord]) -> None:
-        """Ask every vCPU loop to end and kick each out of KVM_RUN until its loop has ended."""
-        control.stopping = True
-        for vcpu in self.vcpus:
-            vcpu.immediate_exit = True  # covers a kick that lands just before the thread enters KVM_RUN
-        while not all(r.done.is_set() for r in records):
-            for t, r in zip(threads, records):
-                if not r.done.is_set() and t.ident is not None:
-                    try:
-                        signal.pthread_kill(t.ident, KICK_SIGNAL)
-                    except ProcessLookupError:
-                        pass  # the thread ended between the check and the kill
-            for r in records:
-                r.done.wait(0.01)
-        for t in threads:
-            t.join()  # each loop has ended: these return at once
 
     def close(self) -> None:
         """Release everything: vCPUs and VM first (so KVM drops its references), then RAM and eventfds."""

@@ -51,12 +51,45 @@ class ExitChecker(Protocol):
     def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None: ...
 
 
+#: The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the EINTR is the point.
+KICK_SIGNAL = signal.SIGUSR1
+
+
+def block_process_signals() -> None:
+    """Called first on every vCPU thread: process-directed signals (Ctrl-C, SIGTERM) must reach the
+    supervising main thread, not a vCPU thread sitting in KVM_RUN, so vCPU threads take only the
+    kick signal, as VMMs' vCPU threads do."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def stop_vcpu_threads(vcpus: list[Vcpu], threads: list[threading.Thread], done: list[threading.Event]) -> None:
+    """Kick each vCPU thread out of KVM_RUN until its loop has ended (its ``done`` event is set).
+
+    The caller has already told the loops to end. ``immediate_exit`` covers a kick that lands just
+    before a thread enters KVM_RUN. The wait is on the ``done`` events, never on Thread.join() with a
+    timeout: in CPython 3.11 a KeyboardInterrupt that interrupts join() on a live thread marks it
+    stopped (the bpo-45274 fix), after which is_alive() lies.
+    """
+    for vcpu in vcpus:
+        vcpu.immediate_exit = True
+    while not all(d.is_set() for d in done):
+        for t, d in zip(threads, done):
+            if not d.is_set() and t.ident is not None:
+                try:
+                    signal.pthread_kill(t.ident, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass  # the thread ended between the check and the kill
+        for d in done:
+            d.wait(0.01)
+    for t in threads:
+        t.join()  # each loop has ended: these return at once
+
+
 @dataclass
 class RunControl:
     """Shared by the supervisor and every vCPU loop: ``stopping`` asks the loops to end."""
 
     stopping: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -72,9 +105,8 @@ class VcpuRecord:
     entered_ns: Optional[int] = None
     finished_ns: Optional[int] = None
     error: Optional[str] = None
-    #: Set by the vCPU's thread as its very last step. The supervisor waits on this, never on
-    #: Thread.join(): in CPython 3.11 a KeyboardInterrupt that interrupts join() on a live thread
-    #: marks it stopped (the bpo-45274 fix), after which is_alive() lies.
+    #: Set by the vCPU's thread as its very last step; the supervisor waits on this (see
+    #: stop_vcpu_threads for why not on Thread.join()).
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -97,9 +129,7 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
     CONTINUE, INTERRUPTED = Verdict.CONTINUE, Verdict.INTERRUPTED
     record.state = VcpuState.RUNNING
     record.entered_ns = time.monotonic_ns()
-    # Process-directed signals (Ctrl-C, SIGTERM) must reach the supervising main thread, not a vCPU
-    # thread sitting in KVM_RUN: vCPU threads take only the kick signal, as VMMs' vCPU threads do.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    block_process_signals()
     check = checker.check_exit if checker is not None else None
     vcpu_id = vcpu.id
     exit_ = None
