@@ -114,7 +114,6 @@ class ShadowChecker:
         self._running = False
         self._delayed: list[IoEvent] = []
         self._devices: dict[tuple, Ioeventfd] = {}
-        self._counters: dict[int, Callable[[], int]] = {}
         self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
         self._checked: dict[int, int] = {}  # per vCPU: each thread updates only its own entry
         self.registrations_mirrored = 0
@@ -144,7 +143,6 @@ class ShadowChecker:
         """Tell the shadow about a doorbell eventfd the VMM owns: how to read its running total, and
         the address it will be registered at (writes there are accounted from now on)."""
         with self._lock:
-            self._counters[fd] = total
             self.doorbells[fd] = DoorbellAccount(addr, fd, total)
 
     def vm_running(self) -> None:
@@ -156,8 +154,6 @@ class ShadowChecker:
         """A registration returned: mirror it (unless a fault is injected)."""
         with self._lock:
             acct = self.doorbells.get(event.fd)
-            if acct is None and event.fd in self._counters:
-                acct = self.doorbells[event.fd] = DoorbellAccount(event.addr, event.fd, self._counters[event.fd])
             if acct is None:
                 acct = DoorbellAccount(event.addr, event.fd, lambda: 0)  # not ours to reconcile
             armed = self._running and not self._injected  # faults target a registration made at run time
@@ -245,9 +241,14 @@ class ShadowChecker:
     def _violation(self, rule: Rule, vcpu: Optional[int], exit_: Any, addr: int, versions: tuple[int, int],
                    message: str) -> None:
         with self._lock:
-            self.violation_count += 1
-            if len(self.violations) < MAX_KEPT_VIOLATIONS:
-                self.violations.append(ShadowViolation(rule, vcpu, str(exit_), addr, versions, message))
+            self._violation_locked(rule, vcpu, exit_, addr, versions, message)
+
+    def _violation_locked(self, rule: Rule, vcpu: Optional[int], exit_: Any, addr: int,
+                          versions: tuple[int, int], message: str) -> None:
+        """Count a violation and keep the first few; the caller holds ``_lock``."""
+        self.violation_count += 1
+        if len(self.violations) < MAX_KEPT_VIOLATIONS:
+            self.violations.append(ShadowViolation(rule, vcpu, str(exit_), addr, versions, message))
 
     def note_userspace_doorbell_write(self, fd: int) -> None:
         """A write to a doorbell's address reached userspace (the kernel did not take it)."""
@@ -274,12 +275,10 @@ class ShadowChecker:
                 delta = total - acct.kernel_total
                 acct.kernel_total = total
                 if delta and not (acct.mirrored_since_check or acct.currently_mirrored):
-                    self.violation_count += 1
-                    if len(self.violations) < MAX_KEPT_VIOLATIONS:
-                        self.violations.append(ShadowViolation(
-                            Rule.UNACCOUNTED_COMPLETION, None, "-", acct.addr, (self.version, self.version),
-                            f"the kernel completed {delta} write(s) at {acct.addr:#x} in the kernel (eventfd "
-                            f"{acct.fd}) while the shadow had no device registered there"))
+                    self._violation_locked(
+                        Rule.UNACCOUNTED_COMPLETION, None, "-", acct.addr, (self.version, self.version),
+                        f"the kernel completed {delta} write(s) at {acct.addr:#x} in the kernel (eventfd "
+                        f"{acct.fd}) while the shadow had no device registered there")
                 elif delta:
                     self.completions_reconciled += delta
                 acct.mirrored_since_check = acct.currently_mirrored

@@ -229,8 +229,9 @@ class Machine:
             counts[DOORBELL_BASE] = self.doorbell.kernel_count()
         if self.dynamic is not None:
             for slot, counter in enumerate(self.dynamic.counters):
-                if counter.total():
-                    counts[self.dynamic.addr(slot)] = counter.total()
+                total = counter.total()
+                if total:
+                    counts[self.dynamic.addr(slot)] = total
         known = {acct.addr for acct in self.shadow.doorbells.values()} if self.shadow is not None else set(counts)
         return analyse(lines, session.overruns, {"io": io, "mmio": mmio}, counts, known)
 
