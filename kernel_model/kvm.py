@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import Optional
 
 from kernel_model import srcutree
 from kernel_model.costs import Costs
@@ -55,10 +54,10 @@ class Reader:
     this section. ``use()`` models a reader that kept a bus pointer from an earlier section.
     """
 
-    def __init__(self, kvm: "KvmModel", name: str) -> None:
+    def __init__(self, kvm: KvmModel, name: str) -> None:
         self.kvm = kvm
         self.name = name
-        self.idx: Optional[int] = None
+        self.idx: int | None = None
         self.held: set[int] = set()       # id() of buses obtained in this section
         self.sections = 0
         self._min_version: dict[KvmBus, int] = {}
@@ -119,14 +118,14 @@ class Reader:
                           reader=self.name, bus=bus.bus_idx.name, version=bus.version, expected=need)
 
     def write(self, bus_idx: KvmBus, addr: int, length: int, value: int,
-              bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
+              bus: KvmIoBus | None = None) -> tuple[bool, KvmIoDevice | None, int]:
         """kvm_io_bus_write(): (handled in the kernel?, the device, the bus version used)."""
         b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
         idx, dev = _kvm_io_bus_write(b, addr, length, value)
         return idx >= 0, dev, b.version
 
     def read(self, bus_idx: KvmBus, addr: int, length: int,
-             bus: Optional[KvmIoBus] = None) -> tuple[bool, Optional[KvmIoDevice], int]:
+             bus: KvmIoBus | None = None) -> tuple[bool, KvmIoDevice | None, int]:
         """kvm_io_bus_read(): (handled in the kernel?, the device, the bus version used)."""
         b = self.use(bus) if bus is not None else self.get_bus(bus_idx)
         idx, dev = _kvm_io_bus_read(b, addr, length)
@@ -137,7 +136,7 @@ class VcpuReaders:
     """A running vCPU as SRCU sees it: a read section of ``section_ns`` every ``period_ns`` (each an
     exit handled in the kernel, with an MMIO bus lookup), from ``offset_ns`` on, until stopped."""
 
-    def __init__(self, kvm: "KvmModel", vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> None:
+    def __init__(self, kvm: KvmModel, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> None:
         if not 0 < section_ns < period_ns:
             raise ValueError("a vCPU's read section must be shorter than its period")
         self.kvm = kvm
@@ -168,7 +167,7 @@ class KvmModel:
     """One VM (``kvm_create_vm()``): buses, memslots, vCPUs and kvm->srcu, under a variant and platform."""
 
     def __init__(self, sim: Sim, variant: Variant, platform: Platform,
-                 checker: Optional[InvariantChecker] = None) -> None:
+                 checker: InvariantChecker | None = None) -> None:
         self.sim = sim
         self.costs: Costs = sim.costs
         self.variant = variant
@@ -262,7 +261,7 @@ class KvmModel:
         self.irqchip = True
         self._registrations_returned()
 
-    def ioeventfd(self, addr: int, length: int, datamatch: Optional[int] = None, pio: bool = False) -> Ioeventfd:
+    def ioeventfd(self, addr: int, length: int, datamatch: int | None = None, pio: bool = False) -> Ioeventfd:
         """KVM_IOEVENTFD (assign), models kvm_assign_ioeventfd(): EEXIST on a collision; a zero-length
         MMIO ioeventfd is also put on KVM_FAST_MMIO_BUS."""
         self._alive()
@@ -282,7 +281,7 @@ class KvmModel:
         self._registrations_returned()
         return p
 
-    def ioeventfd_deassign(self, addr: int, length: int, datamatch: Optional[int] = None, pio: bool = False) -> None:
+    def ioeventfd_deassign(self, addr: int, length: int, datamatch: int | None = None, pio: bool = False) -> None:
         """KVM_IOEVENTFD with DEASSIGN, models kvm_deassign_ioeventfd(): ENOENT if nothing matches."""
         self._alive()
         self.sim.spend(self.costs.ioeventfd)
@@ -375,7 +374,7 @@ class KvmModel:
         return self.buses[bus_idx].version
 
     def claimant(self, bus_idx: KvmBus, addr: int, length: int, value: int = 0,
-                 is_write: bool = True) -> Optional[KvmIoDevice]:
+                 is_write: bool = True) -> KvmIoDevice | None:
         """Which in-kernel device would take this access on the current bus (None: it exits)."""
         return claimant(self.buses[bus_idx], addr, length, value, is_write)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Protocol
 
 #: virt/kvm/kvm_main.c / include/linux/kvm_host.h: devices per bus, ioeventfds not counted.
 NR_IOBUS_DEVS = 1000
@@ -72,7 +72,7 @@ class Ioeventfd:
 
     addr: int
     length: int
-    datamatch: Optional[int] = None
+    datamatch: int | None = None
     pio: bool = False
     signalled: int = 0
     name: str = field(default="ioeventfd")
@@ -101,7 +101,7 @@ class Ioeventfd:
         """ioeventfds have no read op: a read always goes on (and, with nothing else, exits)."""
         return False
 
-    def collides_with(self, other: "Ioeventfd") -> bool:
+    def collides_with(self, other: Ioeventfd) -> bool:
         """Models ioeventfd_check_collision(): same bus, address and length (or either any-length),
         and either a wildcard or equal datamatch."""
         return (self.pio == other.pio and self.addr == other.addr
@@ -127,7 +127,7 @@ class KvmIoBus:
     range: tuple[KvmIoRange, ...] = ()
     ioeventfd_count: int = 0
     freed: bool = False
-    freed_at: Optional[int] = None
+    freed_at: int | None = None
 
     @property
     def dev_count(self) -> int:
@@ -178,7 +178,7 @@ def kvm_io_bus_get_first_dev(bus: KvmIoBus, addr: int, length: int) -> int:
     return off
 
 
-def __kvm_io_bus_write(bus: KvmIoBus, addr: int, length: int, value: int) -> tuple[int, Optional[KvmIoDevice]]:
+def __kvm_io_bus_write(bus: KvmIoBus, addr: int, length: int, value: int) -> tuple[int, KvmIoDevice | None]:
     """Models __kvm_io_bus_write(): offer the write to each matching device from the first; return
     (index, device) of the one that took it, or (-EOPNOTSUPP, None)."""
     idx = kvm_io_bus_get_first_dev(bus, addr, length)
@@ -191,7 +191,7 @@ def __kvm_io_bus_write(bus: KvmIoBus, addr: int, length: int, value: int) -> tup
     return -errno.EOPNOTSUPP, None
 
 
-def __kvm_io_bus_read(bus: KvmIoBus, addr: int, length: int) -> tuple[int, Optional[KvmIoDevice]]:
+def __kvm_io_bus_read(bus: KvmIoBus, addr: int, length: int) -> tuple[int, KvmIoDevice | None]:
     """Models __kvm_io_bus_read(): like the write path, for reads."""
     idx = kvm_io_bus_get_first_dev(bus, addr, length)
     if idx < 0:
@@ -203,7 +203,7 @@ def __kvm_io_bus_read(bus: KvmIoBus, addr: int, length: int) -> tuple[int, Optio
     return -errno.EOPNOTSUPP, None
 
 
-def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bool = True) -> Optional[KvmIoDevice]:
+def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bool = True) -> KvmIoDevice | None:
     """Which device would take this access on ``bus``, without side effects (no eventfd is signalled).
 
     This is the query the VMM's shadow asks for every exit.
@@ -232,7 +232,7 @@ def insert_range(bus: KvmIoBus, new: KvmIoRange, version: int) -> KvmIoBus:
                     bus.ioeventfd_count + (1 if isinstance(new.dev, Ioeventfd) else 0))
 
 
-def remove_range(bus: KvmIoBus, dev: KvmIoDevice, version: int) -> Optional[KvmIoBus]:
+def remove_range(bus: KvmIoBus, dev: KvmIoDevice, version: int) -> KvmIoBus | None:
     """The copy step of kvm_io_bus_unregister_dev(): a new bus without ``dev`` (None if absent)."""
     for i, r in enumerate(bus.range):
         if r.dev is dev:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, Violation
@@ -105,8 +105,8 @@ def run_step(kvm: KvmModel, step: Step, rng: random.Random) -> None:
 
 
 def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phase: float,
-                  rng: random.Random, costs: Optional[Costs] = None,
-                  checker: Optional[InvariantChecker] = None) -> tuple[list[int], KvmModel]:
+                  rng: random.Random, costs: Costs | None = None,
+                  checker: InvariantChecker | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns)."""
     sim = Sim(hz, phase, costs)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
@@ -178,7 +178,7 @@ class PhaseInterpolant:
 
 
 def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: int = 1000,
-            seed: int = 0, costs: Optional[Costs] = None) -> Prediction:
+            seed: int = 0, costs: Costs | None = None) -> Prediction:
     """Predict each step's duration distribution over ``samples`` uniformly drawn tick phases."""
     if samples < 1:
         raise ValueError("samples must be at least 1")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -13,10 +12,10 @@ class PublishedFigure:
 
     what: str            # which ioctl, in the report's terms
     kind: str            # the step kind it corresponds to (see ``step_kind``)
-    hz: Optional[int]
+    hz: int | None
     platform: str
-    before_s: Optional[float]  # before 7d9a0273c459 (sync)
-    after_s: Optional[float]   # with 7d9a0273c459 (call_srcu)
+    before_s: float | None  # before 7d9a0273c459 (sync)
+    after_s: float | None   # with 7d9a0273c459 (call_srcu)
     source: str
 
 
@@ -33,7 +32,7 @@ FIGURES: tuple[PublishedFigure, ...] = (
 )
 
 
-def figures_for(kind: str, hz: Optional[int] = None) -> list[PublishedFigure]:
+def figures_for(kind: str, hz: int | None = None) -> list[PublishedFigure]:
     """The published figures for a step kind, those at ``hz`` first."""
     found = [f for f in FIGURES if f.kind == kind]
     return sorted(found, key=lambda f: (f.hz != hz, f.hz or 0))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 DEFAULT_GAP_NS = 10_000
 DEFAULT_SECTION_NS = 3_000
@@ -58,7 +58,7 @@ class Step:
         return self.op
 
 
-    def strace(self, seconds: float, fds: Optional[dict[str, int]] = None) -> str:
+    def strace(self, seconds: float, fds: dict[str, int] | None = None) -> str:
         """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
         a = self.args
         fds = fds or {}
@@ -242,7 +242,7 @@ def load_sequence(name_or_path: str) -> Sequence:
     return parse_sequence(text, name_or_path)
 
 
-def with_gaps(seq: Sequence, gaps_ns: Optional[list[int]]) -> Sequence:
+def with_gaps(seq: Sequence, gaps_ns: list[int] | None) -> Sequence:
     """The same sequence with the given gap before each step (e.g. gaps measured on a real run)."""
     if gaps_ns is None:
         return seq

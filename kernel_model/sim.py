@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kernel_model.costs import Costs
 
@@ -64,7 +64,7 @@ class _Event:
 class Sim:
     """The clock and event queue of one model run."""
 
-    def __init__(self, hz: int, phase: float = 0.0, costs: Optional[Costs] = None) -> None:
+    def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None) -> None:
         if hz <= 0:
             raise ModelError(f"HZ must be positive, not {hz}")
         if not 0.0 <= phase < 1.0:
@@ -136,7 +136,7 @@ class Completion:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.done = False
-        self.completed_at: Optional[int] = None
+        self.completed_at: int | None = None
 
     def complete(self) -> None:
         """Models ``complete()``: the waiter can run ``costs.wakeup`` later."""
@@ -192,8 +192,8 @@ class Timer:
     def __init__(self, sim: Sim, fn: Callable[[], None]) -> None:
         self.sim = sim
         self.fn = fn
-        self.expires: Optional[int] = None  # the jiffy it fires on, while pending
-        self._event: Optional[_Event] = None
+        self.expires: int | None = None  # the jiffy it fires on, while pending
+        self._event: _Event | None = None
 
     @property
     def pending(self) -> bool:

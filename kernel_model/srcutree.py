@@ -22,7 +22,7 @@ Simplified away, each said again where it is made:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work
 
@@ -85,7 +85,7 @@ class GracePeriod:
 
     seq: int
     start: int
-    end: Optional[int] = None
+    end: int | None = None
     expedited_at_end: bool = False
 
 
@@ -120,7 +120,7 @@ class SrcuStruct:
         self.warnings: list[SrcuWarning] = []
         self.grace_periods: list[GracePeriod] = []
         self.callbacks_invoked = 0
-        self.on_callback_after_cleanup: Optional[Callable[[SrcuCallback], None]] = None
+        self.on_callback_after_cleanup: Callable[[SrcuCallback], None] | None = None
 
     def warn(self, function: str, message: str) -> None:
         """Record a WARN_ON()."""
@@ -225,7 +225,7 @@ def srcu_funnel_gp_start(ssp: SrcuStruct, s: int, do_norm: bool) -> None:
         ssp.work.queue_delayed_work(1 if srcu_get_delay(ssp) else 0)
 
 
-def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: Optional[SrcuCallback], do_norm: bool) -> int:
+def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: SrcuCallback | None, do_norm: bool) -> int:
     """Models srcu_gp_start_if_needed(): queue ``cb`` for the grace period after now and make sure
     that grace period is requested (and expedited, unless ``do_norm``). Returns the snapshot ``s``.
 

@@ -7,7 +7,8 @@ A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from kernel_model import srcutree
 
@@ -18,18 +19,18 @@ if TYPE_CHECKING:
 FreeRule = Callable[["KvmModel", "KvmIoBus"], None]
 
 
-def free_sync(kvm: "KvmModel", old: "KvmIoBus") -> None:
+def free_sync(kvm: KvmModel, old: KvmIoBus) -> None:
     """Before 7d9a0273c459: ``synchronize_srcu_expedited(&kvm->srcu); kfree(bus);``"""
     srcutree.synchronize_srcu_expedited(kvm.srcu)
     kvm.kfree_bus(old)
 
 
-def free_call_srcu(kvm: "KvmModel", old: "KvmIoBus") -> None:
+def free_call_srcu(kvm: KvmModel, old: KvmIoBus) -> None:
     """7d9a0273c459 (v6.18): ``call_srcu(&kvm->srcu, &bus->rcu, __free_bus);``"""
     srcutree.call_srcu(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
 
 
-def free_created_vcpus(kvm: "KvmModel", old: "KvmIoBus") -> None:
+def free_created_vcpus(kvm: KvmModel, old: KvmIoBus) -> None:
     """Seed 001 (Sean's proposal): synchronize and free while no vCPU has been created, else defer."""
     if not kvm.created_vcpus:
         free_sync(kvm, old)
@@ -37,7 +38,7 @@ def free_created_vcpus(kvm: "KvmModel", old: "KvmIoBus") -> None:
         free_call_srcu(kvm, old)
 
 
-def free_call_srcu_expedited(kvm: "KvmModel", old: "KvmIoBus") -> None:
+def free_call_srcu_expedited(kvm: KvmModel, old: KvmIoBus) -> None:
     """Seed 003 (Sean's RFC): ``call_srcu_expedited(&kvm->srcu, &bus->rcu, __free_bus);``"""
     srcutree.call_srcu_expedited(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
 

@@ -11,7 +11,7 @@ import os
 import platform
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from minivmm.kvm.errors import KvmUnavailable
 from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
@@ -35,14 +35,14 @@ class HostInfo:
     kernel: str
     machine: str
     kvm_path: str
-    api_version: Optional[int] = None
-    kvm_error: Optional[str] = None
+    api_version: int | None = None
+    kvm_error: str | None = None
     capabilities: dict[str, int] = field(default_factory=dict)
-    backend_module: Optional[str] = None
-    platform: Optional[str] = None
-    hz: Optional[int] = None
-    hz_source: Optional[str] = None
-    tree_srcu: Optional[bool] = None
+    backend_module: str | None = None
+    platform: str | None = None
+    hz: int | None = None
+    hz_source: str | None = None
+    tree_srcu: bool | None = None
     srcutree_params: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class HostInfo:
         return asdict(self)
 
 
-def kernel_config(release: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
     """Return (config text, where it came from) from /proc/config.gz or /boot/config-RELEASE."""
     release = release or platform.release()
     try:
@@ -66,13 +66,13 @@ def kernel_config(release: Optional[str] = None) -> tuple[Optional[str], Optiona
         return None, None
 
 
-def config_value(config: str, name: str) -> Optional[str]:
+def config_value(config: str, name: str) -> str | None:
     """The value of ``CONFIG_NAME`` in a kernel config, or None if unset."""
     m = re.search(rf"^{re.escape(name)}=(.*)$", config, re.M)
     return m.group(1) if m else None
 
 
-def detect_backend(sys_module: str = "/sys/module") -> Optional[str]:
+def detect_backend(sys_module: str = "/sys/module") -> str | None:
     """The loaded KVM backend module (kvm_intel, kvm_amd, kvm_pvm, ...), or None."""
     for module in BACKENDS:
         if os.path.isdir(os.path.join(sys_module, module)):

@@ -50,7 +50,7 @@ def guest_image():
     return load
 
 
-def run_cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``python -m minivmm ARGS`` in a subprocess (as a user would) and capture its output."""
     return subprocess.run([sys.executable, "-m", "minivmm", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)

@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,7 @@ model_cmd.register(app)
 timing_cmd.register(app)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; return (and, as a console script, exit with) the exit code."""
     try:
         rv = app(args=argv, prog_name="minivmm", standalone_mode=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Optional, TextIO
+from typing import TextIO
 
 import typer
 
@@ -153,7 +153,7 @@ def boot(
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Shadow every ioctl and exit with the kernel model and flag any exit "
                                     "or in-kernel completion the kernel must not have made."),
-    inject: Optional[Injection] = typer.Option(None, "--inject", case_sensitive=False,
+    inject: Injection | None = typer.Option(None, "--inject", case_sensitive=False,
                                                help="Plant a fault in the shadow to show the checker "
                                                     "catches it: drop-registration, delay-registration, "
                                                     "stale-bus."),

@@ -7,7 +7,6 @@ import json
 import os
 import platform as pyplatform
 import sys
-from typing import Optional
 
 import typer
 
@@ -42,15 +41,15 @@ def timing(
                                 help="Start each repetition at a random point within a jiffy, so the tick "
                                      "phase is sampled (the default); --no-jitter runs them back to back, "
                                      "which locks them to the tick and hides the distribution."),
-    hz: Optional[int] = typer.Option(None, "--hz", min=1, max=10000,
+    hz: int | None = typer.Option(None, "--hz", min=1, max=10000,
                                      help="CONFIG_HZ for the model (default: read from the kernel config)."),
-    platform: Optional[str] = typer.Option(None, "--platform", "-p",
+    platform: str | None = typer.Option(None, "--platform", "-p",
                                            help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)."),
     samples: int = typer.Option(2000, "--samples", "-n", min=10, max=1_000_000,
                                 help="Model samples per variant."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: verdict, samples, quantiles, "
                                                        "predictions, published figures, host facts."),
-    plot_path: Optional[str] = typer.Option(None, "--plot", help="Also draw measured vs predicted "
+    plot_path: str | None = typer.Option(None, "--plot", help="Also draw measured vs predicted "
                                             "distributions to this PNG (needs the plot extra: matplotlib)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the jitter and the model."),
     kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),

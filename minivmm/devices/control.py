@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from minivmm.devices.doorbell import DOORBELL_WRITE_LEN, EventCounter
 from minivmm.kvm.errors import KvmError
@@ -45,11 +45,11 @@ class DynamicDoorbells:
         self.reported = [0] * slots
         self.userspace_writes = [0] * slots
         self._lock = threading.Lock()
-        self.vm: Optional[Vm] = None
+        self.vm: Vm | None = None
         #: Called with (eventfd, writes) for each guest report; the shadow reconciles there.
-        self.on_report: Optional[Callable[[int, int], None]] = None
+        self.on_report: Callable[[int, int], None] | None = None
         #: Called with the eventfd when a write to a slot's address reached userspace.
-        self.on_userspace_write: Optional[Callable[[int], None]] = None
+        self.on_userspace_write: Callable[[int], None] | None = None
 
     def addr(self, slot: int) -> int:
         """The guest-physical address of ``slot``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from minivmm.kvm.uapi import ffi, lib
 
@@ -60,7 +60,7 @@ class Doorbell:
 
     name = "doorbell"
 
-    def __init__(self, on_userspace_write: Optional[UserspaceWriteHook] = None) -> None:
+    def __init__(self, on_userspace_write: UserspaceWriteHook | None = None) -> None:
         self.counter = EventCounter()
         self.on_userspace_write = on_userspace_write
         #: Writes that reached userspace (the kernel did not match them): none is expected at the base.

@@ -57,7 +57,7 @@ class GuestMemory:
             lib.munmap(self._ptr, self.size)
             self._ptr = None
 
-    def __enter__(self) -> "GuestMemory":
+    def __enter__(self) -> GuestMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:

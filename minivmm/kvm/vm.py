@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
@@ -46,12 +46,12 @@ class VmObserver(Protocol):
 class Vm:
     """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``."""
 
-    def __init__(self, fd: int, kvm: "Kvm", tracer: IoctlTracer | None = None) -> None:
+    def __init__(self, fd: int, kvm: Kvm, tracer: IoctlTracer | None = None) -> None:
         self.fd = fd
         self.kvm = kvm
         self.tracer = tracer
         #: Told about bus- and memslot-changing ioctls (see VmObserver); None: nobody is.
-        self.observer: Optional[VmObserver] = None
+        self.observer: VmObserver | None = None
         self.vcpus: list[Vcpu] = []
         self._vcpu_mmap_size = kvm.get_vcpu_mmap_size()
 
@@ -142,7 +142,7 @@ class Vm:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "Vm":
+    def __enter__(self) -> Vm:
         return self
 
     def __exit__(self, *exc: object) -> None:

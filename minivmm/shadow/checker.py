@@ -29,7 +29,8 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
 from kernel_model.kvm import KvmIoctlError, KvmModel
@@ -65,7 +66,7 @@ class ShadowViolation:
     """One broken rule, with what shows it."""
 
     rule: Rule
-    vcpu: Optional[int]
+    vcpu: int | None
     exit: str
     addr: int
     versions: tuple[int, int]
@@ -106,7 +107,7 @@ class ShadowChecker:
     """The kernel-model twin of one VM, and the checks. Implements ``VmObserver``."""
 
     def __init__(self, variant: str = "call_srcu", platform: str = "pvm", hz: int = 250,
-                 inject: Optional[Injection] = None) -> None:
+                 inject: Injection | None = None) -> None:
         self._lock = threading.Lock()  # taken by mirroring and reconciliation, never by the exit check
         self.model = KvmModel(Sim(hz, 0.0), get_variant(variant), get_platform(platform), InvariantChecker())
         self.inject = inject
@@ -238,12 +239,12 @@ class ShadowChecker:
                         f"(len {length}) exited to userspace although an in-kernel device claims it in every "
                         "shadow bus version between the KVM_RUN's entry and its exit")
 
-    def _violation(self, rule: Rule, vcpu: Optional[int], exit_: Any, addr: int, versions: tuple[int, int],
+    def _violation(self, rule: Rule, vcpu: int | None, exit_: Any, addr: int, versions: tuple[int, int],
                    message: str) -> None:
         with self._lock:
             self._violation_locked(rule, vcpu, exit_, addr, versions, message)
 
-    def _violation_locked(self, rule: Rule, vcpu: Optional[int], exit_: Any, addr: int,
+    def _violation_locked(self, rule: Rule, vcpu: int | None, exit_: Any, addr: int,
                           versions: tuple[int, int], message: str) -> None:
         """Count a violation and keep the first few; the caller holds ``_lock``."""
         self.violation_count += 1

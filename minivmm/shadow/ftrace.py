@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 EVENTS = ("kvm/kvm_mmio", "kvm/kvm_fast_mmio", "kvm/kvm_pio", "kvm/kvm_userspace_exit")
 BUFFER_KB_PER_CPU = 65536
@@ -35,7 +35,7 @@ class FtraceUnavailable(RuntimeError):
     """tracefs cannot be used here (not root, not mountable, no kvm events); the message says why."""
 
 
-def _find_tracefs() -> Optional[str]:
+def _find_tracefs() -> str | None:
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
@@ -55,12 +55,12 @@ class FtraceSession:
 
     root: str
     instance: str
-    mounted_here: Optional[str] = None
+    mounted_here: str | None = None
     lines: list[str] = field(default_factory=list)
     overruns: int = 0
 
     @classmethod
-    def start(cls, pid: int) -> "FtraceSession":
+    def start(cls, pid: int) -> FtraceSession:
         """Mount (if needed) and arm an instance for ``pid`` and its future threads."""
         root = _find_tracefs()
         mounted_here = None

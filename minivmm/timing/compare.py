@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from kernel_model.predict import PERCENTILES, Prediction, phase_deterministic, predict, quantiles
 from kernel_model.published import PublishedFigure, figures_for
@@ -43,7 +43,7 @@ class Fit:
 class Verdict:
     """Which variant the host behaves like, and how sure that is."""
 
-    variant: Optional[str]
+    variant: str | None
     matches_well: bool
     ties: list[str]
     fits: dict[str, float]
@@ -61,7 +61,7 @@ class Comparison:
     predictions: dict[str, Prediction]
     fits: list[Fit]
     verdict: Verdict
-    stalled_step: Optional[int]
+    stalled_step: int | None
     published: dict[int, list[PublishedFigure]] = field(default_factory=dict)
 
 

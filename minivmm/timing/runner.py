@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kernel_model.sequences import Sequence, Step
 from minivmm.kvm.memory import GuestMemory
@@ -42,7 +42,7 @@ class Repetition:
 
     durations_ns: list[int]
     gaps_ns: list[int]
-    records: list[Optional[IoctlRecord]]
+    records: list[IoctlRecord | None]
 
 
 class _RunningVcpu:
@@ -51,9 +51,9 @@ class _RunningVcpu:
     def __init__(self, vcpu: Vcpu) -> None:
         self.vcpu = vcpu
         self.stop = False
-        self.first_run_ns: Optional[int] = None
+        self.first_run_ns: int | None = None
         self.exits = 0
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"timing-vcpu{vcpu.id}", daemon=True)
 
@@ -149,8 +149,8 @@ class SequenceRunner:
         tracer.records.clear()
         durations: list[int] = []
         gaps: list[int] = []
-        records: list[Optional[IoctlRecord]] = []
-        vm: Optional[Vm] = None
+        records: list[IoctlRecord | None] = []
+        vm: Vm | None = None
         memories: list[GuestMemory] = []
         efds: list[int] = []
         events: dict[tuple, IoEvent] = {}
@@ -193,7 +193,7 @@ class SequenceRunner:
                 os.close(fd)
         return Repetition(durations, gaps, records)
 
-    def _prepare(self, step: Step, vm: Optional[Vm], memories: list[GuestMemory], efds: list[int],
+    def _prepare(self, step: Step, vm: Vm | None, memories: list[GuestMemory], efds: list[int],
                  events: dict[tuple, IoEvent], vcpus: dict[int, Vcpu]) -> Callable[[Vm], object]:
         """Everything a step needs before its ioctl; returns the ioctl to time."""
         a = step.args
@@ -231,7 +231,7 @@ class SequenceRunner:
 
 
 def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = "/dev/kvm",
-            on_progress: Optional[Callable[[int], None]] = None, seed: Optional[int] = None) -> tuple[list[Repetition], dict[str, float]]:
+            on_progress: Callable[[int], None] | None = None, seed: int | None = None) -> tuple[list[Repetition], dict[str, float]]:
     """Run ``seq`` ``repeat`` times; with ``jitter`` each repetition starts at a random point within a
     jiffy (a random sleep of up to 1/HZ first), so the tick phase is sampled rather than locked."""
     rng = random.Random(seed)

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Optional
+from functools import cache
+from typing import Any
 
 from minivmm.kvm.memory import GuestMemory
 from minivmm.vmm.boot import Mode, guest_mode
 
 
-@lru_cache(maxsize=None)
+@cache
 def _disassembler(mode: Mode) -> Any:
     import capstone  # deferred: see the module docstring
 
@@ -26,7 +26,7 @@ def disassemble_one(code: bytes, address: int, mode: Mode) -> str:
     return "(bad)"
 
 
-def instruction_at(mem: Optional[GuestMemory], regs: Any, sregs: Any) -> tuple[int, str]:
+def instruction_at(mem: GuestMemory | None, regs: Any, sregs: Any) -> tuple[int, str]:
     """The linear address of RIP (CS base + RIP) and the instruction there, disassembled in the vCPU's
     current mode; a note instead of an instruction when RIP is outside guest RAM."""
     linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
@@ -57,7 +56,7 @@ class MachineConfig:
     #: Shadow every ioctl and exit with the kernel model (``--no-check`` turns it off).
     check: bool = True
     #: Plant a fault in the shadow (``--inject``): drop-registration, delay-registration, stale-bus.
-    inject: Optional[str] = None
+    inject: str | None = None
     #: What the control device's ITERATIONS register tells guests (``--guest-iterations``).
     guest_iterations: int = 20000
     #: The kernel model's platform and HZ for the shadow (the host's, when known).
@@ -75,7 +74,7 @@ class Machine:
     """A VM ready to run an image. Use as a context manager so that every resource is released."""
 
     def __init__(self, config: MachineConfig, image: bytes, console: Console,
-                 tracer: Optional[IoctlTracer] = None) -> None:
+                 tracer: IoctlTracer | None = None) -> None:
         check_placement(len(image), config.load_addr, config.mem_size, config.mode)
         if config.vcpus < 1:
             raise ValueError("a machine needs at least one vCPU")
@@ -83,13 +82,13 @@ class Machine:
         self.console = console
         self.pio_bus = Bus("pio", 1 << 16)
         self.mmio_bus = Bus("mmio", 1 << 64)
-        self.kvm: Optional[Kvm] = None
-        self.vm: Optional[Vm] = None
-        self.memory: Optional[GuestMemory] = None
-        self.doorbell: Optional[Doorbell] = None
-        self.dynamic: Optional[DynamicDoorbells] = None
-        self.control: Optional[ControlDevice] = None
-        self.shadow: Optional[ShadowChecker] = None
+        self.kvm: Kvm | None = None
+        self.vm: Vm | None = None
+        self.memory: GuestMemory | None = None
+        self.doorbell: Doorbell | None = None
+        self.dynamic: DynamicDoorbells | None = None
+        self.control: ControlDevice | None = None
+        self.shadow: ShadowChecker | None = None
         self.scratch = Scratch()
         self.vcpus: list[Vcpu] = []
         self._t_start = time.monotonic_ns()
@@ -100,7 +99,7 @@ class Machine:
             self.close()
             raise
 
-    def _build(self, image: bytes, tracer: Optional[IoctlTracer]) -> None:
+    def _build(self, image: bytes, tracer: IoctlTracer | None) -> None:
         cfg = self.config
         self.kvm = Kvm(cfg.kvm_path, tracer)
         self.vm = vm = self.kvm.create_vm()
@@ -149,7 +148,7 @@ class Machine:
             self.vcpus.append(vcpu)
         self._t_ready = time.monotonic_ns()
 
-    def run(self, on_exit: Optional[ExitHook] = None) -> RunReport:
+    def run(self, on_exit: ExitHook | None = None) -> RunReport:
         """Run every vCPU on its own thread until all halt, one fails, the timeout passes or a signal stops it.
 
         Must be called from the main thread (it installs the kick and SIGTERM handlers).
@@ -266,7 +265,7 @@ class Machine:
             self.kvm.close()
             self.kvm = None
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.exits import describe_exit, exit_kind
@@ -40,10 +40,10 @@ class VcpuReport:
     state: str
     exits: dict[str, int]
     unclaimed: int
-    last_exit: Optional[str] = None
-    error: Optional[str] = None
-    rip: Optional[int] = None
-    instruction: Optional[str] = None
+    last_exit: str | None = None
+    error: str | None = None
+    rip: int | None = None
+    instruction: str | None = None
     registers: dict[str, int] = field(default_factory=dict)
     first_unclaimed: list[dict[str, Any]] = field(default_factory=list)
 
@@ -58,7 +58,7 @@ class RunReport:
     exits: dict[str, int]
     vcpus: list[VcpuReport]
     setup_ms: float
-    first_exit_ms: Optional[float]
+    first_exit_ms: float | None
     run_ms: float
     doorbell_kernel_writes: int
     doorbell_userspace_writes: int
@@ -82,7 +82,7 @@ _REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r1
          "r14", "r15", "rip", "rflags")
 
 
-def _where(machine: "Machine", index: int, report: VcpuReport) -> None:
+def _where(machine: Machine, index: int, report: VcpuReport) -> None:
     """Fill in the registers and the instruction at RIP of a vCPU that did not halt cleanly."""
     vcpu = machine.vcpus[index]
     try:
@@ -98,7 +98,7 @@ def _where(machine: "Machine", index: int, report: VcpuReport) -> None:
     _, report.instruction = instruction_at(machine.memory, regs, sregs)
 
 
-def build_report(machine: "Machine", records: list[VcpuRecord], outcome: RunOutcome, *,
+def build_report(machine: Machine, records: list[VcpuRecord], outcome: RunOutcome, *,
                  t_start: int, t_ready: int, t_run: int, t_end: int) -> RunReport:
     """Gather the per-vCPU records and the devices' counters into a RunReport."""
     totals: dict[str, int] = {}
@@ -131,7 +131,7 @@ def build_report(machine: "Machine", records: list[VcpuRecord], outcome: RunOutc
     )
 
 
-def _extra(machine: "Machine") -> dict[str, Any]:
+def _extra(machine: Machine) -> dict[str, Any]:
     out: dict[str, Any] = {}
     dyn = machine.dynamic
     if dyn is not None and (dyn.registrations or any(dyn.reported)):

@@ -15,7 +15,8 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.exits import VcpuExit
@@ -100,11 +101,11 @@ class VcpuRecord:
     state: VcpuState = VcpuState.CREATED
     exits: dict[type, int] = field(default_factory=dict)
     stats: DispatchStats = field(default_factory=DispatchStats)
-    last_exit: Optional[VcpuExit] = None
-    first_exit_ns: Optional[int] = None
-    entered_ns: Optional[int] = None
-    finished_ns: Optional[int] = None
-    error: Optional[str] = None
+    last_exit: VcpuExit | None = None
+    first_exit_ns: int | None = None
+    entered_ns: int | None = None
+    finished_ns: int | None = None
+    error: str | None = None
     #: Set by the vCPU's thread as its very last step; the supervisor waits on this (see
     #: stop_vcpu_threads for why not on Thread.join()).
     done: threading.Event = field(default_factory=threading.Event)
@@ -116,7 +117,7 @@ class VcpuRecord:
 
 
 def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control: RunControl,
-             on_exit: Optional[ExitHook] = None, checker: Optional[ExitChecker] = None) -> None:
+             on_exit: ExitHook | None = None, checker: ExitChecker | None = None) -> None:
     """Run ``vcpu`` until it halts, fails, errors, or is interrupted after ``control.stopping`` was set.
 
     With a ``checker``, the checker's version is read just before each KVM_RUN and just after it
