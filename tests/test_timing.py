@@ -42,12 +42,18 @@ def test_timing_bad_input_is_one_line(tmp_path):
                            (["--platform", "ppc"], "unknown platform"),
                            (["--plot", str(tmp_path)], "is a directory"),
                            (["--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
-                           (["--kvm", str(tmp_path / "kvm")], "does not exist")):
+                           (["--kvm", "/dev/null"], "not a KVM device")):
         pinned = [] if "--platform" in args else ["--platform", "pvm", "--hz", "250"]
         proc = run_cli("timing", "--repeat", "1", *pinned, *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_timing_without_kvm_is_cannot_run_here(tmp_path):
+    proc = run_cli("timing", "--repeat", "1", "--platform", "pvm", "--hz", "250", "--kvm", str(tmp_path / "kvm"))
+    assert proc.returncode == 4, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
 
 
 def test_unrunnable_sequence_is_refused_before_any_vm(tmp_path):
