@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform as pyplatform
 import sys
 
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
+from minivmm.cli.outfile import check_output_path, write_atomically
 from minivmm.cli.progress import ProgressBar
 
 
 def _check_plot_destination(path: str) -> None:
-    """Refuse, before measuring, a plot path that cannot be written."""
+    """Refuse, before measuring, a plot path that cannot or must not be written, or a missing matplotlib."""
     from minivmm.timing.plot import PlotUnavailable, check_available
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CliError(f"--plot {path!r} is a directory; give a file name such as timing.png")
-    if not os.path.isdir(directory):
-        raise CliError(f"--plot {path!r}: the directory {directory!r} does not exist")
-    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CliError(f"--plot {path!r} cannot be written (permission denied)")
+    check_output_path(path, "--plot", ".png")
     try:
         check_available()
     except PlotUnavailable as e:
@@ -104,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         check_runnable(seq)
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
-    if plot_path:
+    if plot_path is not None:
         _check_plot_destination(plot_path)
     if host.kvm_error:
         try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
@@ -127,9 +121,12 @@ def run(args: argparse.Namespace) -> int:
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
-    if plot_path:
+    if plot_path is not None:
         from minivmm.timing.plot import plot
-        plot(comparison, plot_path, host_hz, plat)
+        try:
+            write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
+        except OSError as e:
+            raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
     if as_json:
         data = to_json(comparison)
         data.update(host=facts, timer_overhead_ns=overhead,
