@@ -79,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
     """Predict and print."""
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
-    from kernel_model.sequences import load_sequence
     from kernel_model.variants import MAIN_VARIANTS, get_variant
+    from minivmm.cli import seqinput
 
+    seq = seqinput.load(args.sequence)
     try:
-        seq = load_sequence(args.sequence)
         get_platform(args.platform)
         names = list(MAIN_VARIANTS) if args.variant == "all" else [get_variant(args.variant).name]
     except ValueError as e:
         raise CliError(str(e)) from None
+    seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
     predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
                    for name in names]
     if args.as_json:

@@ -68,12 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
     from kernel_model.platforms import PLATFORMS
-    from kernel_model.sequences import SequenceError, load_sequence
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.kvm.system import Kvm
     from minivmm.timing.compare import compare, to_json
     from minivmm.timing.report import render
+    from minivmm.cli import seqinput
     from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
 
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
@@ -90,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if host_hz is None:
         raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
     name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
-    try:
-        seq = load_sequence(name)
-    except SequenceError as e:
-        raise CliError(str(e)) from None
+    seq = seqinput.load(name)
+    seqinput.refuse_what_the_kernel_refuses(seq, plat)
     try:
         check_runnable(seq)
     except SequenceUnrunnable as e:
