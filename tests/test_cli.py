@@ -215,3 +215,14 @@ def test_timeout_exit_code(tmp_path):
     proc = run_cli("boot", str(p), "--timeout", "0.2")
     assert proc.returncode == 1
     assert "timed out" in proc.stdout and "jmp 0x1000" in proc.stdout
+
+
+def test_a_huge_sparse_image_is_refused_by_its_size_before_it_is_read(tmp_path):
+    import resource
+    p = tmp_path / "sparse.bin"
+    with open(p, "wb") as f:
+        f.truncate(2 << 30)  # 2 GiB, no blocks on disk
+    proc = run_cli("boot", str(p))
+    assert_one_line_error(proc, 2, "2147483648 bytes", "does not fit", "--mem")
+    # had it been read, the child would have held 2 GiB; ru_maxrss is in KiB
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1 << 20

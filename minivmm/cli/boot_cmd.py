@@ -198,17 +198,25 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.devices.console import Console
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.vmm.boot import Mode
-    from minivmm.vmm.image import ImageError, read_image
+    from minivmm.vmm.image import ImageError, check_placement, read_image
+    from minivmm.vmm.layout import system_area_base
     from minivmm.vmm.machine import Machine, MachineConfig
 
+    mode = Mode(args.mode)
     try:
-        data = read_image(args.image)
+        # RAM size, load address and mode first: they bound the image, which is then refused by its
+        # size before it is read (a 2 GiB sparse file costs a stat, not 2 GiB of reading).
+        check_placement(0, args.load_addr, args.mem, mode)
+        top = system_area_base(args.mem)
+        data = read_image(args.image, top - args.load_addr,
+                          f"RAM from {args.load_addr:#x} to the VMM's system area at {top:#x} "
+                          f"({top - args.load_addr} bytes; use a larger --mem)")
     except ImageError as e:
         raise CliError(str(e)) from None
     if args.inject is not None and not args.check:
         raise CliError("--inject plants a fault in the shadow: it needs the check on (drop --no-check)")
     platform, hz = _model_host()
-    config = MachineConfig(mem_size=args.mem, vcpus=args.vcpus, mode=Mode(args.mode), load_addr=args.load_addr,
+    config = MachineConfig(mem_size=args.mem, vcpus=args.vcpus, mode=mode, load_addr=args.load_addr,
                            strict=args.strict, timeout=args.timeout, kvm_path=args.kvm_path, check=args.check,
                            inject=args.inject, guest_iterations=args.guest_iterations,
                            model_platform=platform, model_hz=hz, ftrace=args.ftrace)
