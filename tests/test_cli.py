@@ -226,3 +226,37 @@ def test_a_huge_sparse_image_is_refused_by_its_size_before_it_is_read(tmp_path):
     assert_one_line_error(proc, 2, "2147483648 bytes", "does not fit", "--mem")
     # had it been read, the child would have held 2 GiB; ru_maxrss is in KiB
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1 << 20
+
+
+def test_ctrl_c_while_importing_a_command_ends_quietly_with_130(monkeypatch, capsys):
+    import importlib
+
+    from minivmm.cli import app
+
+    def interrupted(name, package=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert app.main(["model"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_ctrl_c_during_start_up_never_shows_a_traceback_from_minivmm():
+    """SIGINT at moments spread over start-up. Before minivmm's first line runs (the interpreter's own
+    site and runpy imports) Python may still print its traceback; from then on, none: the process
+    ends with 130, or is killed by the signal before our handler exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    for i in range(24):
+        p = subprocess.Popen([sys.executable, "-m", "minivmm", "model", "-n", "20000"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.005 * i)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert "minivmm/" not in err and "minivmm\\" not in err, err
+        if "Traceback" not in err:
+            assert p.returncode in (130, -signal.SIGINT) and err == "", (p.returncode, err)
