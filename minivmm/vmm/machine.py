@@ -218,11 +218,11 @@ class Machine:
 
     def _ftrace_check(self, session, records: list[VcpuRecord]):
         """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""
-        from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite
+        from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS
         from minivmm.shadow.ftrace import analyse
         lines = session.stop()
-        io = sum(r.exits.get(IoIn, 0) + r.exits.get(IoOut, 0) for r in records)
-        mmio = sum(r.exits.get(MmioRead, 0) + r.exits.get(MmioWrite, 0) for r in records)
+        io = sum(r.exits.get(cls, 0) for r in records for cls in PIO_EXITS)
+        mmio = sum(r.exits.get(cls, 0) for r in records for cls in MMIO_EXITS)
         counts: dict[int, int] = {}
         if self.doorbell is not None:
             counts[DOORBELL_BASE] = self.doorbell.kernel_count()
