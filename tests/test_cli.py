@@ -59,18 +59,18 @@ def test_bad_options(args, fragment):
 
 
 def test_kvm_device_missing(tmp_path):
-    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(tmp_path / "kvm")), 2,
+    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(tmp_path / "kvm")), 4,
                           "does not exist")
 
 
 def test_kvm_device_not_kvm(tmp_path):
     p = tmp_path / "kvm"
     p.write_bytes(b"")
-    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(p)), 2, "not a character device")
+    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(p)), 4, "not a character device")
 
 
 def test_kvm_device_not_a_kvm_char_device():
-    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", "/dev/null"), 2, "not a KVM device")
+    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", "/dev/null"), 4, "not a KVM device")
 
 
 def test_help_teaches():

@@ -58,3 +58,14 @@ def test_fixed_verdicts_and_bus_routes_partition_the_kinds():
     routed = set(PIO_EXITS) | set(MMIO_EXITS)
     assert routed.isdisjoint(FIXED_VERDICTS)
     assert routed | set(FIXED_VERDICTS) == set(EXIT_TYPES)
+
+
+def test_every_run_outcome_maps_to_a_documented_exit_code():
+    from minivmm.cli.errors import ExitCode, outcome_exit_code
+    from minivmm.vmm.report import RunOutcome
+    codes = {outcome: outcome_exit_code(outcome) for outcome in RunOutcome}
+    assert all(isinstance(c, ExitCode) for c in codes.values())
+    assert codes[RunOutcome.HALTED] == 0 and codes[RunOutcome.VIOLATION] == 3
+    assert codes[RunOutcome.GUEST_ERROR] == 5 and codes[RunOutcome.TERMINATED] == 143
+    # Exit 3 means only "the kernel broke a rule": one outcome, the violation.
+    assert [o for o, c in codes.items() if c == ExitCode.VIOLATION] == [RunOutcome.VIOLATION]

@@ -45,7 +45,7 @@ def test_timing_bad_input_is_one_line(tmp_path):
                            (["--kvm", str(tmp_path / "kvm")], "does not exist")):
         pinned = [] if "--platform" in args else ["--platform", "pvm", "--hz", "250"]
         proc = run_cli("timing", "--repeat", "1", *pinned, *args)
-        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.returncode == (4 if "--kvm" in args else 2), (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
     assert not (tmp_path / "no").exists()
 

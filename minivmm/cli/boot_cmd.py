@@ -9,7 +9,7 @@ from typing import TextIO
 
 import typer
 
-from minivmm.cli.errors import CliError
+from minivmm.cli.errors import CliError, ExitCode, outcome_exit_code
 from minivmm.cli.options import parse_address, parse_size
 from minivmm.devices.console import Console
 from minivmm.kvm.errors import KvmError, KvmUnavailable
@@ -44,8 +44,10 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
 def render(report: RunReport, out) -> None:
     """Print the human summary of a run."""
     w = out.write
+    code = int(outcome_exit_code(report.outcome))
     headline = {
         "violation": "the shadow found a violation",
+        "guest_error": "the guest broke the VMM's protocol",
         "halted": "every vCPU halted",
         "failed": "the guest failed",
         "timeout": "timed out before every vCPU halted",
@@ -54,7 +56,7 @@ def render(report: RunReport, out) -> None:
     }[report.outcome.value]
     if report.console and not report.console.endswith("\n"):
         w("\n")
-    w(f"--- minivmm: {headline} (exit code {report.exit_code}) ---\n")
+    w(f"--- minivmm: {headline} (exit code {code}) ---\n")
     exits = " · ".join(f"{k} {v}" for k, v in sorted(report.exits.items(), key=lambda kv: -kv[1]))
     w(f"exits      {sum(report.exits.values())} ({exits or 'none'})\n")
     for v in report.vcpus:
@@ -168,8 +170,9 @@ def boot(
     """Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run.
 
     Exit codes: 0 every vCPU halted; 1 the guest failed (triple fault, entry failure, internal error)
-    or timed out; 2 bad usage or bad input (image, options, /dev/kvm); 3 the shadow found a
-    violation; 130 Ctrl-C; 143 SIGTERM.
+    or timed out; 2 bad usage or bad input (image, options); 3 the kernel broke a rule (the shadow
+    or --ftrace found a violation); 4 /dev/kvm missing or not accessible; 5 the guest broke the VMM's
+    protocol; 130 Ctrl-C; 143 SIGTERM.
     """
     mem_size = parse_size(mem)
     addr = parse_address(load_addr)
@@ -190,19 +193,22 @@ def boot(
     except ImageError as e:
         raise CliError(str(e)) from None
     except KvmUnavailable as e:
-        raise CliError(e.strerror) from None
+        raise CliError(e.strerror, ExitCode.KVM_UNAVAILABLE) from None
     except KvmError as e:
-        raise CliError(f"setting up the VM failed: {e.strerror}", code=1) from None
+        raise CliError(f"setting up the VM failed: {e.strerror}", ExitCode.GUEST_FAILED) from None
     with machine:
         hook = make_tracer(machine, sys.stderr) if trace else None
         report = machine.run(on_exit=hook)
     sys.stdout.flush()
+    code = outcome_exit_code(report.outcome)
     if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        doc = report.to_json()
+        doc["exit_code"] = int(code)
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render(report, sys.stdout)
-    return report.exit_code
+    return int(code)
 
 
 def _model_host() -> tuple[str, int]:

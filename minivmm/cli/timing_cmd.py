@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from minivmm.cli.errors import CliError
+from minivmm.cli.errors import CliError, ExitCode
 
 
 def _check_plot_destination(path: str) -> None:
@@ -91,7 +91,7 @@ def timing(
     if plot_path:
         _check_plot_destination(plot_path)
     if host.kvm_error:
-        raise CliError(host.kvm_error)
+        raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     progress = Progress(TextColumn("timing {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -105,9 +105,10 @@ def timing(
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
-        raise CliError(e.strerror) from None
+        raise CliError(e.strerror, ExitCode.KVM_UNAVAILABLE) from None
     except KvmError as e:
-        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", code=1) from None
+        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
+                       ExitCode.GUEST_FAILED) from None
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class RunOutcome(str, enum.Enum):
-    """How a run ended, and the process exit code each outcome maps to."""
+    """How a run ended (the CLI maps each outcome to a process exit code)."""
 
     HALTED = "halted"            # every vCPU executed HLT
     FAILED = "failed"            # a vCPU shut down, failed entry, hit an internal error, or errored
@@ -24,12 +24,7 @@ class RunOutcome(str, enum.Enum):
     INTERRUPTED = "interrupted"  # Ctrl-C
     TERMINATED = "terminated"    # SIGTERM
     VIOLATION = "violation"      # the shadow found an exit or a completion the kernel must not have made
-
-    @property
-    def exit_code(self) -> int:
-        """0 halted; 1 guest failure or timeout; 3 shadow violation; 130 Ctrl-C; 143 SIGTERM."""
-        return {"halted": 0, "failed": 1, "timeout": 1, "violation": 3, "interrupted": 130,
-                "terminated": 143}[self.value]
+    GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
 
 @dataclass
@@ -64,17 +59,11 @@ class RunReport:
     doorbell_userspace_writes: int
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def exit_code(self) -> int:
-        """The process exit code for this outcome."""
-        return self.outcome.exit_code
-
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``minivmm boot --json``)."""
         d = asdict(self)
         d["outcome"] = self.outcome.value
         d["halted"] = self.outcome is RunOutcome.HALTED
-        d["exit_code"] = self.exit_code
         return d
 
 
