@@ -14,6 +14,7 @@ from minivmm.cli.options import parse_address, parse_size
 from minivmm.devices.console import Console
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.exits import VcpuExit, describe_exit
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.shadow.checker import Injection
 from minivmm.vmm.boot import Mode
@@ -59,7 +60,7 @@ def boot(
                                                       "the instruction at RIP."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead; "
                                                        "the console output is inside it."),
-    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+    kvm_path: str = typer.Option(DEFAULT_DEVICE_PATH, "--kvm", help="The KVM device to open."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Shadow every ioctl and exit with the kernel model and flag any exit "
                                     "or in-kernel completion the kernel must not have made."),

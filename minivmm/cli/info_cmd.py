@@ -7,12 +7,13 @@ import sys
 
 import typer
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.host import read_host_info
 
 
 def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+    kvm_path: str = typer.Option(DEFAULT_DEVICE_PATH, "--kvm", help="The KVM device to open."),
 ) -> int:
     """Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...),
     CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies."""

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode
 
 
@@ -52,7 +53,7 @@ def timing(
     plot_path: str | None = typer.Option(None, "--plot", help="Also draw measured vs predicted "
                                             "distributions to this PNG (needs the plot extra: matplotlib)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the jitter and the model."),
-    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
+    kvm_path: str = typer.Option(DEFAULT_DEVICE_PATH, "--kvm", help="The KVM device to open."),
 ) -> int:
     """Time the VM set-up ioctls of a sequence on this host, side by side with the published report
     (seed 001) and the kernel model's variants, and name the variant the host behaves like.

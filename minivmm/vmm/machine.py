@@ -108,12 +108,11 @@ class Machine:
     def _build(self, image: bytes, tracer: IoctlTracer | None) -> None:
         cfg = self.config
         self.kvm = Kvm(cfg.kvm_path, tracer)
-        self.vm = vm = self.kvm.create_vm()
         if cfg.check:
-            # Attached before anything is registered, so the twin sees the VM from its first ioctl.
+            # Given to the VM when it is made, so the twin sees the VM from its first ioctl.
             self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
                                         inject=Injection(cfg.inject) if cfg.inject else None)
-            vm.observer = self.shadow
+        self.vm = vm = self.kvm.create_vm(observer=self.shadow)
         if self.kvm.check_extension(lib.KVM_CAP_SET_TSS_ADDR):
             vm.set_tss_addr(TSS_ADDR)
         self.memory = mem = GuestMemory(0, cfg.mem_size)
@@ -127,8 +126,9 @@ class Machine:
         shadow = self.shadow
         self.doorbell = Doorbell(shadow.note_userspace_doorbell_write if shadow else None)
         self.mmio_bus.insert(self.doorbell, DOORBELL_BASE, DOORBELL_SIZE)
-        self.dynamic = DynamicDoorbells(DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE)
-        self.dynamic.vm = vm
+        self.dynamic = DynamicDoorbells(vm, DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE,
+                                        on_report=shadow.guest_report if shadow else None,
+                                        on_userspace_write=shadow.note_userspace_doorbell_write if shadow else None)
         self.control = ControlDevice(self.dynamic, cfg.guest_iterations)
         self.mmio_bus.insert(self.control, CONTROL_BASE, CONTROL_SIZE)
         self.mmio_bus.insert(DynamicDoorbellRegion(self.dynamic), DYNAMIC_DOORBELL_BASE,
@@ -137,20 +137,12 @@ class Machine:
             shadow.attach_counter(self.doorbell.fd, self.doorbell.counter.total, DOORBELL_BASE)
             for slot, counter in enumerate(self.dynamic.counters):
                 shadow.attach_counter(counter.fd, counter.total, self.dynamic.addr(slot))
-            self.dynamic.on_report = shadow.guest_report
-            self.dynamic.on_userspace_write = shadow.note_userspace_doorbell_write
         vm.register_ioevent(IoEvent(DOORBELL_BASE, DOORBELL_WRITE_LEN, self.doorbell.fd))
 
         cpuid = self.kvm.get_supported_cpuid()
         for index in range(cfg.vcpus):
             vcpu = vm.create_vcpu(index)
-            vcpu.set_cpuid2(cpuid)
-            sregs = vcpu.get_sregs()
-            boot.setup_sregs(sregs, cfg.mem_size, cfg.mode)
-            vcpu.set_sregs(sregs)
-            regs = vcpu.get_regs()
-            boot.setup_regs(regs, cfg.load_addr, index)
-            vcpu.set_regs(regs)
+            boot.setup_vcpu(vcpu, cfg.mem_size, cfg.mode, cfg.load_addr, index, cpuid)
             self.vcpus.append(vcpu)
         self._t_ready = time.monotonic_ns()
 
