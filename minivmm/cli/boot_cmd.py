@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import threading
@@ -11,7 +12,7 @@ import typer
 
 from minivmm.cli.errors import CliError, ExitCode, outcome_exit_code
 from minivmm.cli.options import parse_address, parse_size
-from minivmm.devices.console import Console
+from minivmm.devices.console import Console, ConsoleWriter
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.exits import VcpuExit, describe_exit
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
@@ -21,9 +22,14 @@ from minivmm.vmm.boot import Mode
 from minivmm.vmm.disasm import instruction_at
 from minivmm.vmm.image import ImageError, read_image
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
+from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
 from minivmm.vmm.machine import Machine, MachineConfig
 from minivmm.vmm.vcpu_loop import ExitHook
 from minivmm.vmm.report import render
+
+
+#: Seconds the summary waits for a stalled stdout reader at the end of a run.
+SUMMARY_DRAIN_TIMEOUT = 2.0
 
 
 def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
@@ -83,6 +89,10 @@ def boot(
     or --ftrace found a violation); 4 /dev/kvm missing or not accessible; 5 the guest broke the VMM's
     protocol; 130 Ctrl-C; 143 SIGTERM.
     """
+    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
+    # restored: a second signal, however late, means "already stopping", never a traceback or a death).
+    stop = StopRequest()
+    install_stop_handlers(stop)
     mem_size = parse_size(mem)
     addr = parse_address(load_addr)
     try:
@@ -96,9 +106,11 @@ def boot(
                            timeout=timeout, kvm_path=kvm_path, check=check,
                            inject=inject.value if inject else None, guest_iterations=guest_iterations,
                            model_platform=platform, model_hz=hz, ftrace=ftrace)
-    console = Console(None if as_json else sys.stdout.buffer)
+    sys.stdout.flush()
+    out = ConsoleWriter(sys.stdout.fileno())  # guest output, then the summary: never blocks a vCPU
+    console = Console(None if as_json else out)
     try:
-        machine = Machine(config, data, console)
+        machine = Machine(config, data, console, stop=stop)
     except ImageError as e:
         raise CliError(str(e)) from None
     except KvmUnavailable as e:
@@ -108,15 +120,18 @@ def boot(
     with machine:
         hook = make_tracer(machine, sys.stderr) if trace else None
         report = machine.run(on_exit=hook)
-    sys.stdout.flush()
     code = outcome_exit_code(report.outcome)
+    text = io.StringIO()
     if as_json:
         doc = report.to_json()
         doc["exit_code"] = int(code)
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        json.dump(doc, text, indent=2)
+        text.write("\n")
     else:
-        render(report, sys.stdout, int(code))
+        render(report, text, int(code))
+    out.write(text.getvalue().encode(), keep=True)
+    # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
+    out.close(SUMMARY_DRAIN_TIMEOUT)
     return int(code)
 
 
