@@ -15,9 +15,23 @@ vCPUs interleave. Reading versions takes no lock: a version's buses never change
 
 Reconciliation: in-kernel completions are counted by the doorbells' eventfds. At each reconciliation
 point (a guest's report through the control device, and the end of the run) every eventfd count the
-kernel produced since the previous point must belong to a registration the shadow mirrored in that
-interval, and over the whole run each doorbell's guest-reported writes must equal its eventfd count
-plus the writes that exited to userspace.
+kernel produced since the previous point must belong to a registration the kernel *may* have had in
+that interval, and over the whole run each doorbell's guest-reported writes must equal its eventfd
+count plus the writes that exited to userspace. The second rule rests on the guest's word, so a
+mismatch there is the guest's error, never the kernel's (see ``Rule``).
+
+Two intervals per registration, because the exit check and the reconciliation need opposite bounds.
+The bus versions must never claim more than the kernel has (else a correct exit is flagged): a device
+is on them from "assign returned" to "deassign about to be issued". The reconciliation must never
+disown a completion the kernel may have made (else a correct completion is flagged): a registration
+is *open* from "assign about to be issued" to "deassign returned" (``VmObserver`` reports all four
+moments). A write from another vCPU can be completed in the kernel the moment the assign has
+published the new bus, before the ioctl returns, and until the deassign's synchronize_srcu_expedited()
+returns; marking the registration open before the ioctl, under the shadow's lock, closes both gaps.
+Why marking before rather than reconciling under the registration lock: the mark is made where every
+registration passes (the ``Vm`` wrapper), whoever issues it, and a guest's report never waits for a
+deregistration's grace period; the price is that an assign the kernel refuses leaves its doorbell open
+until the next reconciliation point, which can only hide a violation, never invent one.
 
 Fault injection (``--inject``) makes the shadow deliberately wrong, to prove the checker can fail:
 ``drop-registration`` ignores one registration, ``delay-registration`` mirrors one only after the next
@@ -99,8 +113,11 @@ class DoorbellAccount:
     kernel_total: int = 0
     guest_reported: int = 0
     userspace_writes: int = 0
-    mirrored_since_check: bool = False
-    currently_mirrored: bool = False
+    #: Registrations of this eventfd the kernel may have now: from "assign about to be issued" to
+    #: "deassign returned" (or "assign failed").
+    open_registrations: int = 0
+    #: Whether some registration was open at any moment since the last reconciliation point.
+    open_since_check: bool = False
 
 
 class ShadowChecker:
@@ -114,6 +131,7 @@ class ShadowChecker:
         self._injected = False
         self._running = False
         self._delayed: list[IoEvent] = []
+        self._unmarked: set[IoEvent] = set()  # registrations an injected fault keeps the shadow from seeing
         self._devices: dict[tuple, Ioeventfd] = {}
         self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
         self._checked: dict[int, int] = {}  # per vCPU: each thread updates only its own entry
@@ -151,48 +169,79 @@ class ShadowChecker:
         self._running = True
 
     # --- VmObserver --------------------------------------------------------------------------------
-    def ioeventfd_assigned(self, event: IoEvent) -> None:
-        """A registration returned: mirror it (unless a fault is injected)."""
-        with self._lock:
-            acct = self.doorbells.get(event.fd)
-            if acct is None:
-                acct = DoorbellAccount(event.addr, event.fd, lambda: 0)  # not ours to reconcile
-            armed = self._running and not self._injected  # faults target a registration made at run time
-            if self.inject is Injection.DROP_REGISTRATION and armed:
-                self._injected = True
-                return
-            if self.inject is Injection.DELAY_REGISTRATION and armed:
-                self._injected = True
-                self._delayed.append(event)
-                return
-            self._mirror_assign(event, acct)
+    def _account(self, event: IoEvent) -> DoorbellAccount:
+        acct = self.doorbells.get(event.fd)
+        if acct is None:
+            acct = DoorbellAccount(event.addr, event.fd, lambda: 0)  # not ours to reconcile
+        return acct
 
-    def _mirror_assign(self, event: IoEvent, acct: DoorbellAccount) -> None:
+    def ioeventfd_assigning(self, event: IoEvent) -> None:
+        """A registration is about to be issued: from now on the kernel may complete writes on it, so
+        its doorbell is open (unless a fault is injected: then the shadow does not see it)."""
+        with self._lock:
+            armed = self._running and not self._injected  # faults target a registration made at run time
+            if armed and self.inject in (Injection.DROP_REGISTRATION, Injection.DELAY_REGISTRATION):
+                self._injected = True
+                self._unmarked.add(event)
+                if self.inject is Injection.DELAY_REGISTRATION:
+                    self._delayed.append(event)
+                return
+            self._open(self._account(event))
+
+    @staticmethod
+    def _open(acct: DoorbellAccount) -> None:
+        acct.open_registrations += 1
+        acct.open_since_check = True
+
+    def ioeventfd_assigned(self, event: IoEvent, ok: bool = True) -> None:
+        """A registration returned: mirror it on the bus versions (``ok`` False: the kernel refused
+        it, so it is no longer open)."""
+        with self._lock:
+            if event in self._unmarked:
+                if not ok:
+                    self._unmarked.discard(event)
+                    self._delayed = [e for e in self._delayed if e != event]
+                return
+            acct = self._account(event)
+            if not ok:
+                acct.open_registrations -= 1
+                return
+            self._mirror_assign(event)
+
+    def _mirror_assign(self, event: IoEvent) -> None:
         try:
             dev = self.model.ioeventfd(event.addr, event.length, event.datamatch, event.pio)
         except KvmIoctlError:
             return  # the kernel accepted what the model refuses: not a bus-state question
         self._devices[(event.addr, event.length, event.datamatch, event.pio)] = dev
-        acct.mirrored_since_check = acct.currently_mirrored = True
         self.registrations_mirrored += 1
         self._publish()
 
     def ioeventfd_deassigning(self, event: IoEvent) -> None:
-        """A deregistration is about to be issued: remove the device first."""
+        """A deregistration is about to be issued: take the device off the bus versions first."""
         with self._lock:
-            acct = self.doorbells.get(event.fd)
             if self.inject is Injection.STALE_BUS:
                 return
             key = (event.addr, event.length, event.datamatch, event.pio)
             if key not in self._devices:
-                self._delayed = [e for e in self._delayed if e != event]
                 return
             self.model.ioeventfd_deassign(event.addr, event.length, event.datamatch, event.pio)
             del self._devices[key]
-            if acct is not None:
-                acct.currently_mirrored = False
             self.deregistrations_mirrored += 1
             self._publish()
+
+    def ioeventfd_deassigned(self, event: IoEvent, ok: bool = True) -> None:
+        """A deregistration returned: the kernel no longer completes writes on it (its
+        synchronize_srcu_expedited() waited for every reader), so it is closed. If the deassign
+        failed, the kernel may still have it: it stays open."""
+        with self._lock:
+            if event in self._unmarked:
+                if ok:
+                    self._unmarked.discard(event)
+                    self._delayed = [e for e in self._delayed if e != event]
+                return
+            if ok:
+                self._account(event).open_registrations -= 1
 
     def irqchip_created(self) -> None:
         """KVM_CREATE_IRQCHIP returned: the platform's devices are on the buses."""
@@ -275,18 +324,23 @@ class ShadowChecker:
                 total = acct.total()
                 delta = total - acct.kernel_total
                 acct.kernel_total = total
-                if delta and not (acct.mirrored_since_check or acct.currently_mirrored):
+                # Sound: every count in ``delta`` was made while the kernel had a registration of
+                # this eventfd, hence while one was open (open covers all the kernel may have), hence
+                # one was open at the previous point (open_since_check was set to True there) or
+                # opened since (which sets it).
+                if delta and not (acct.open_since_check or acct.open_registrations):
                     self._violation_locked(
                         Rule.UNACCOUNTED_COMPLETION, None, "-", acct.addr, (self.version, self.version),
                         f"the kernel completed {delta} write(s) at {acct.addr:#x} in the kernel (eventfd "
-                        f"{acct.fd}) while the shadow had no device registered there")
+                        f"{acct.fd}) while no registration of it was open")
                 elif delta:
                     self.completions_reconciled += delta
-                acct.mirrored_since_check = acct.currently_mirrored
+                acct.open_since_check = acct.open_registrations > 0
             delayed, self._delayed = self._delayed, []
-        for event in delayed:  # a delayed registration is mirrored only now (fault injection)
-            with self._lock:
-                self._mirror_assign(event, self.doorbells[event.fd])
+            for event in delayed:  # a delayed registration is seen only now (fault injection)
+                self._unmarked.discard(event)
+                self._open(self._account(event))
+                self._mirror_assign(event)
         if final:
             self._final_totals()
 
