@@ -211,3 +211,19 @@ def test_the_registration_race_guest_halts_clean_on_three_vcpus(boot, guest_imag
     assert dyn["guest_reported_writes"] == 3 * 600 * 3
     assert dyn["kernel_counted"] + dyn["userspace_writes"] == dyn["guest_reported_writes"]
     assert dyn["kernel_counted"] >= 3 * 600  # each vCPU's first write after its acknowledged registration
+
+
+# --- one claim rule: the model's kvm_io_bus lookup (issue 10, 2b) ----------------------------------
+
+def test_the_exit_check_uses_the_kernels_lookup_not_a_scan():
+    # Registered in this order, kvm_io_bus_cmp() is not monotonic over the sorted array and the
+    # kernel's bsearch misses the 4-byte ioeventfd at +4 (tests/test_kvm_io_bus_quirk.py): its write
+    # exits. In the sorted order the lookup finds it, and the same exit is a violation.
+    quirk = [(DOORBELL, 0), (DOORBELL + 8, 0), (DOORBELL + 4, 4)]
+    write = MmioWrite(DOORBELL + 4, b"\1\0\0\0")
+    for order, flagged in ((quirk, 0), ([quirk[2], quirk[0], quirk[1]], 1)):
+        shadow = ShadowChecker()
+        for fd, (addr, length) in enumerate(order, 10):
+            register(shadow, IoEvent(addr, length, fd))
+        shadow.check_exit(0, write, shadow.version, shadow.version)
+        assert shadow.violation_count == flagged, order

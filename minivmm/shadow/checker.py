@@ -48,7 +48,7 @@ from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
 from kernel_model.kvm import KvmIoctlError, KvmModel
-from kernel_model.kvm_io_bus import InKernelDevice, Ioeventfd, KvmBus, KvmIoBus, kvm_io_bus_cmp
+from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, first_taker, offered_devices
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
@@ -364,16 +364,11 @@ class ShadowChecker:
 
 
 def _claims(version: _Version, bus: KvmBus, addr: int, length: int, value: int, write: bool) -> bool:
-    """Whether some in-kernel device on this version's bus takes the access (cached per version)."""
+    """Whether some in-kernel device on this version's bus takes the access: the model's
+    kernel-faithful lookup (kvm_io_bus_get_first_dev()'s bsearch, then the walk), cached per version."""
     key = (bus, addr, length)
-    candidates = version.cache.get(key)
-    if candidates is None:
-        b = version.mmio if bus is MMIO else version.pio
-        candidates = tuple(r.dev for r in b.range if kvm_io_bus_cmp(addr, length, r.addr, r.len) == 0)
-        version.cache[key] = candidates  # a benign race: two threads compute the same tuple
-    for dev in candidates:
-        if isinstance(dev, InKernelDevice):
-            return True
-        if write and isinstance(dev, Ioeventfd) and dev.in_range(addr, length, value):
-            return True
-    return False
+    offered = version.cache.get(key)
+    if offered is None:
+        offered = offered_devices(version.mmio if bus is MMIO else version.pio, addr, length)
+        version.cache[key] = offered  # a benign race: two threads compute the same tuple
+    return first_taker(offered, addr, length, value, write) is not None
