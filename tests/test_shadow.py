@@ -90,7 +90,10 @@ def test_reconciliation_accounts_for_mirrored_registrations_only():
     shadow.guest_report(99, 1)
     counter.value = 5   # the kernel counted a write while nothing was registered
     shadow.reconcile(final=True)
-    assert {v.rule for v in shadow.violations} == {Rule.UNACCOUNTED_COMPLETION, Rule.WRITES_DO_NOT_ADD_UP}
+    assert [v.rule for v in shadow.violations] == [Rule.UNACCOUNTED_COMPLETION]
+    # 5 reported, 5 counted by the kernel + 1 exited: the counts do not add up, and only the guest's
+    # word says there were 5, so that is a guest error, not a second kernel violation.
+    assert [v.rule for v in shadow.guest_errors] == [Rule.GUEST_REPORT_DOES_NOT_ADD_UP]
 
 
 @pytest.mark.parametrize("inject,rule", [
@@ -227,3 +230,39 @@ def test_the_exit_check_uses_the_kernels_lookup_not_a_scan():
             register(shadow, IoEvent(addr, length, fd))
         shadow.check_exit(0, write, shadow.version, shadow.version)
         assert shadow.violation_count == flagged, order
+
+
+# --- a guest's false count about itself is its own error (issue 10, 2c) ------------------------------
+
+# movl $0x03000005, 0xd0002000 (CONTROL's CMD: "I wrote doorbell slot 0 five times"); hlt
+LYING_GUEST = bytes.fromhex("c705" "002000d0" "05000003" "f4")
+
+
+def test_a_false_report_is_a_guest_error_and_only_judged_when_the_guest_halted():
+    shadow, _, _ = shadow_with_doorbell()
+    shadow.guest_report(99, 5)
+    shadow.reconcile(final=True, judge_reports=False)   # stopped early: writes may be unreported
+    assert shadow.guest_error_count == 0
+    shadow.reconcile(final=True)
+    assert shadow.violation_count == 0 and shadow.guest_error_count == 1
+    assert shadow.guest_errors[0].rule is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
+    assert shadow.summary()["guest_errors"] == 1 and shadow.summary()["violations"] == 0
+
+
+@pytest.mark.kvm
+def test_a_lying_guest_ends_in_a_guest_error_not_a_kernel_violation(boot):
+    report, _ = boot(LYING_GUEST, mode=Mode.PROTECTED)
+    assert report.outcome is RunOutcome.GUEST_ERROR and report.exit_code == 5
+    sh = report.extra["shadow"]
+    assert sh["violations"] == 0 and sh["guest_errors"] == 1
+    assert sh["first_guest_errors"][0]["rule"] == "guest-report-does-not-add-up"
+
+
+@pytest.mark.kvm
+def test_a_lying_guest_exits_5_from_the_cli(tmp_path):
+    from conftest import run_cli
+    image = tmp_path / "liar.bin"
+    image.write_bytes(LYING_GUEST)
+    proc = run_cli("boot", str(image), "--mode", "protected")
+    assert proc.returncode == 5, proc.stderr
+    assert "guest-report-does-not-add-up" in proc.stdout and "Traceback" not in proc.stderr

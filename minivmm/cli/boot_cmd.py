@@ -44,6 +44,7 @@ def render(report: RunReport, out: TextIO) -> None:
     w = out.write
     headline = {
         "violation": "the shadow found a violation",
+        "guest-error": "the guest broke the VMM's protocol",
         "halted": "every vCPU halted",
         "failed": "the guest failed",
         "timeout": "timed out before every vCPU halted",
@@ -119,6 +120,10 @@ def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
     w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
       f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
       f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
+    if sh.get("guest_errors"):
+        w(f"           {sh['guest_errors']} GUEST ERROR(S) (the guest's word, not the kernel's fault); the first:\n")
+        for v in sh["first_guest_errors"]:
+            w(f"           - {v['rule']}: {v['message']}\n")
     if not sh["violations"]:
         w("           no violation\n")
         return

@@ -203,12 +203,15 @@ class Machine:
         if outcome is RunOutcome.HALTED and any(r.state is not VcpuState.HALTED for r in records):
             outcome = RunOutcome.FAILED
         if self.shadow is not None:
-            self.shadow.reconcile(final=True)
+            # Reported counts are judged only if the guest halted: one stopped early had writes to report.
+            self.shadow.reconcile(final=True, judge_reports=outcome is RunOutcome.HALTED)
         ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
         violated = (self.shadow is not None and self.shadow.violation_count) or (
             ftrace_result is not None and ftrace_result.mismatches)
         if violated and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
             outcome = RunOutcome.VIOLATION
+        elif self.shadow is not None and self.shadow.guest_error_count and outcome is RunOutcome.HALTED:
+            outcome = RunOutcome.GUEST_ERROR
         report = build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
                               t_run=t_run, t_end=t_end)
         if self.config.ftrace:

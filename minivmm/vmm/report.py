@@ -24,11 +24,12 @@ class RunOutcome(str, enum.Enum):
     INTERRUPTED = "interrupted"  # Ctrl-C
     TERMINATED = "terminated"    # SIGTERM
     VIOLATION = "violation"      # the shadow found an exit or a completion the kernel must not have made
+    GUEST_ERROR = "guest-error"  # the guest broke the VMM's protocol (its reported counts do not add up)
 
     @property
     def exit_code(self) -> int:
-        """0 halted; 1 guest failure or timeout; 3 shadow violation; 130 Ctrl-C; 143 SIGTERM."""
-        return {"halted": 0, "failed": 1, "timeout": 1, "violation": 3, "interrupted": 130,
+        """0 halted; 1 guest failure or timeout; 3 shadow violation; 5 guest error; 130 Ctrl-C; 143 SIGTERM."""
+        return {"halted": 0, "failed": 1, "timeout": 1, "violation": 3, "guest-error": 5, "interrupted": 130,
                 "terminated": 143}[self.value]
 
 
