@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import asdict, dataclass, field
+from bisect import bisect_right
+from dataclasses import asdict, dataclass
 from typing import Any
 from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
 from kernel_model.kvm import KvmIoctlError, KvmModel
-from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, first_taker, offered_devices
+from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, first_taker, offered_devices
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
@@ -57,6 +58,10 @@ from minivmm.kvm.vm import IoEvent
 
 MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
 MAX_KEPT_VIOLATIONS = 20
+#: Bus versions kept at most, whatever the vCPUs' windows (see ShadowChecker._publish).
+MAX_VERSIONS = 1024
+#: Accesses inside a bus's ranges whose lookup one bus view caches (see _BusView).
+MAX_CACHED_ACCESSES = 4096
 
 
 class Injection(str, enum.Enum):
@@ -105,14 +110,57 @@ class ShadowViolation:
         return d
 
 
-@dataclass
+class _BusView:
+    """One published bus of the twin as the exit check reads it: the model's immutable ``KvmIoBus``, the
+    address spans its ranges can match at all, and a bounded cache of the model's lookup.
+
+    Memory is bounded by the bus, not by the guest: an access outside every span is unclaimed (a range
+    matches an access only if the access starts inside it, or, for a zero-length range, at its
+    address), decided by one bisection and never cached; an access inside a span is looked up with
+    the model's kernel-faithful walk (``offered_devices``) and cached by (address, length), and at most
+    ``MAX_CACHED_ACCESSES`` of those are kept (past that the lookup is simply made again). Shared by
+    consecutive versions while the bus does not change.
+    """
+
+    __slots__ = ("bus", "starts", "ends", "cache")
+
+    def __init__(self, bus: KvmIoBus) -> None:
+        self.bus = bus
+        spans: list[list[int]] = []
+        for start, end in sorted((r.addr, r.addr + max(r.len, 1)) for r in bus.range):
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        self.starts = tuple(sp[0] for sp in spans)
+        self.ends = tuple(sp[1] for sp in spans)
+        #: (addr, length) -> the devices the kernel offers the access to; written by any vCPU thread
+        #: (a benign race: two threads that miss store the same tuple).
+        self.cache: dict[tuple[int, int], tuple[KvmIoDevice, ...]] = {}
+
+    def offered(self, addr: int, length: int) -> tuple[KvmIoDevice, ...]:
+        """The devices the kernel's lookup offers this access to, in order (empty: it exits)."""
+        i = bisect_right(self.starts, addr) - 1
+        if i < 0 or addr >= self.ends[i]:
+            return ()
+        key = (addr, length)
+        offered = self.cache.get(key)
+        if offered is None:
+            offered = offered_devices(self.bus, addr, length)
+            if len(self.cache) < MAX_CACHED_ACCESSES:
+                self.cache[key] = offered
+        return offered
+
+
 class _Version:
     """One published state of the shadow's buses (never modified after publication)."""
 
-    number: int
-    mmio: KvmIoBus
-    pio: KvmIoBus
-    cache: dict = field(default_factory=dict)  # (bus, addr, len) -> candidate devices; filled lazily
+    __slots__ = ("number", "mmio", "pio")
+
+    def __init__(self, number: int, mmio: _BusView, pio: _BusView) -> None:
+        self.number = number
+        self.mmio = mmio
+        self.pio = pio
 
 
 @dataclass
@@ -155,17 +203,66 @@ class ShadowChecker:
         self.violations: list[ShadowViolation] = []  # the kernel's (the first MAX_KEPT_VIOLATIONS)
         self.guest_error_count = 0
         self.guest_errors: list[ShadowViolation] = []  # the guest's (likewise)
-        self._versions: list[_Version] = []
+        self.exits_not_judged = 0
+        # Versions by number, from ``_oldest`` to ``version``; see _publish() for who owns what.
+        self._versions: dict[int, _Version] = {}
+        self._oldest = 0
+        #: Per vCPU in a run: the oldest version its current (or next) KVM_RUN window can start at.
+        self._entry: dict[int, int] = {}
+        self.versions_published = 0
         self.version = -1
         self._publish()
 
     # --- versions ----------------------------------------------------------------------------------
     def _publish(self) -> None:
-        # Appending (atomic in CPython) before raising ``version`` means a lock-free reader that sees
-        # a version number always finds that version in the list.
-        number = len(self._versions)
-        self._versions.append(_Version(number, self.model.buses[MMIO], self.model.buses[PIO]))
+        """Publish the model's buses as a new version, and prune the versions no window can reach.
+
+        Who owns what: versions are added and pruned only here, by the thread that mirrors an ioctl,
+        under ``_lock``; vCPU threads only read them, lock-free. Each vCPU thread owns its entry in
+        ``_entry`` and only ever raises it: after judging an exit it stores that exit's V_exit (its next
+        KVM_RUN's V_entry, read after, can only be newer), and it leaves with ``vcpu_done``. Entries are
+        created (``vcpu_created``) and removed (``vcpu_done``) under ``_lock``, so the dict changes size
+        only under the lock. Hence every version a window can still ask about is >= min(_entry): a
+        vCPU's entry is <= every version it will read, even between reading ``version`` and storing it.
+        Versions below that are dropped. A vCPU that stays in one KVM_RUN for long (a guest spinning
+        without exits) would pin versions without bound, so at most ``MAX_VERSIONS`` are kept: an exit
+        whose window starts at a dropped version is not judged (counted in ``exits_not_judged``), which
+        can hide a violation, never invent one.
+
+        The new version is stored before ``version`` is raised, so a reader that sees a number finds
+        its version (a dict store and an attribute store are each atomic under the GIL).
+        """
+        # The twin's SRCU keeps a record of every grace period, for the model's reports; the shadow
+        # never reads it and a guest can start grace periods without end (a register/unregister loop),
+        # so keep only the one in progress (srcu_gp_end() completes the last record).
+        grace_periods = self.model.srcu.grace_periods
+        if len(grace_periods) > 16:
+            del grace_periods[:-1]
+        number = self.versions_published
+        prev = self._versions.get(self.version)
+        mmio, pio = self.model.buses[MMIO], self.model.buses[PIO]
+        self._versions[number] = _Version(
+            number,
+            prev.mmio if prev is not None and prev.mmio.bus is mmio else _BusView(mmio),
+            prev.pio if prev is not None and prev.pio.bus is pio else _BusView(pio))
+        self.versions_published = number + 1
         self.version = number
+        low = min(min(self._entry.values(), default=number), number)
+        low = max(low, number - MAX_VERSIONS + 1)
+        versions = self._versions
+        while self._oldest < low:
+            versions.pop(self._oldest, None)
+            self._oldest += 1
+
+    @property
+    def versions_kept(self) -> int:
+        """Bus versions held now (the rest were pruned)."""
+        return len(self._versions)
+
+    def vcpu_done(self, vcpu_id: int) -> None:
+        """The vCPU's loop has ended: it judges no more exits, so it pins no version."""
+        with self._lock:
+            self._entry.pop(vcpu_id, None)
 
     @property
     def exits_checked(self) -> int:
@@ -272,9 +369,10 @@ class ShadowChecker:
                 pass
 
     def vcpu_created(self, vcpu_id: int) -> None:
-        """KVM_CREATE_VCPU returned."""
+        """KVM_CREATE_VCPU returned: its first KVM_RUN window starts at this version or later."""
         with self._lock:
             self.model.create_vcpu(vcpu_id)
+            self._entry[vcpu_id] = self.version
 
     # --- the per-exit check (lock-free) ------------------------------------------------------------
     def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
@@ -284,6 +382,7 @@ class ShadowChecker:
             bus, addr, length, value, write = MMIO, exit_.addr, len(exit_.data), int.from_bytes(exit_.data, "little"), True
         elif cls is IoOut:
             if exit_.count != 1:
+                self._entry[vcpu_id] = v_exit
                 return  # string I/O: each item was offered to the bus; judged as a whole it is not one access
             bus, addr, length, value, write = PIO, exit_.port, exit_.size, int.from_bytes(exit_.data, "little"), True
         elif cls is MmioRead:
@@ -291,12 +390,21 @@ class ShadowChecker:
         elif cls is IoIn:
             bus, addr, length, value, write = PIO, exit_.port, exit_.size, 0, False
         else:
+            self._entry[vcpu_id] = v_exit
             return
         self._checked[vcpu_id] = self._checked.get(vcpu_id, 0) + 1
         versions = self._versions
-        for number in range(v_entry, v_exit + 1):
-            if not _claims(versions[number], bus, addr, length, value, write):
-                return  # the kernel may have looked it up on a bus like this one: allowed
+        try:
+            for number in range(v_entry, v_exit + 1):
+                version = versions.get(number)
+                if version is None:  # dropped by the MAX_VERSIONS cap: not judged
+                    self.exits_not_judged += 1
+                    return
+                view = version.mmio if bus is MMIO else version.pio
+                if first_taker(view.offered(addr, length), addr, length, value, write) is None:
+                    return  # the kernel may have looked it up on a bus like this one: allowed
+        finally:
+            self._entry[vcpu_id] = v_exit
         self._violation(Rule.EXIT_CLAIMED, vcpu_id, exit_, addr, (v_entry, v_exit),
                         f"{'MMIO' if bus is MMIO else 'PIO'} {'write' if write else 'read'} at {addr:#x} "
                         f"(len {length}) exited to userspace although an in-kernel device claims it in every "
@@ -381,20 +489,10 @@ class ShadowChecker:
                 "exits_checked": self.exits_checked, "registrations_mirrored": self.registrations_mirrored,
                 "deregistrations_mirrored": self.deregistrations_mirrored,
                 "in_kernel_completions_reconciled": self.completions_reconciled,
-                "reconciliations": self.reconciliations, "bus_versions": self.version + 1,
+                "reconciliations": self.reconciliations, "bus_versions": self.versions_published,
+                "bus_versions_kept": self.versions_kept, "exits_not_judged": self.exits_not_judged,
                 "violations": self.violation_count,
                 "first_violations": [v.to_json() for v in self.violations[:5]],
                 "guest_errors": self.guest_error_count,
                 "first_guest_errors": [v.to_json() for v in self.guest_errors[:5]],
                 "model_invariant_violations": [v.to_json() for v in self.model.checker.violations[:5]]}
-
-
-def _claims(version: _Version, bus: KvmBus, addr: int, length: int, value: int, write: bool) -> bool:
-    """Whether some in-kernel device on this version's bus takes the access: the model's
-    kernel-faithful lookup (kvm_io_bus_get_first_dev()'s bsearch, then the walk), cached per version."""
-    key = (bus, addr, length)
-    offered = version.cache.get(key)
-    if offered is None:
-        offered = offered_devices(version.mmio if bus is MMIO else version.pio, addr, length)
-        version.cache[key] = offered  # a benign race: two threads compute the same tuple
-    return first_taker(offered, addr, length, value, write) is not None
