@@ -66,6 +66,30 @@ def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
         return None, None
 
 
+def config_values(names: tuple[str, ...], release: str | None = None) -> dict[str, str]:
+    """The values of some ``CONFIG_*`` options, reading the kernel config only as far as needed.
+
+    ``minivmm boot`` asks for CONFIG_HZ on every run: decompressing all of /proc/config.gz for it
+    costs milliseconds; CONFIG_HZ sits in its first eighth.
+    """
+    release = release or platform.release()
+    wanted = {f"{n}=": n for n in names}
+    found: dict[str, str] = {}
+    for opener, path in ((gzip.open, "/proc/config.gz"), (open, f"/boot/config-{release}")):
+        try:
+            with opener(path, "rt") as f:
+                for line in f:
+                    key = line[:line.find("=") + 1]
+                    if key in wanted:
+                        found[wanted[key]] = line[len(key):].rstrip("\n")
+                        if len(found) == len(wanted):
+                            break
+            return found
+        except OSError:
+            continue
+    return found
+
+
 def config_value(config: str, name: str) -> str | None:
     """The value of ``CONFIG_NAME`` in a kernel config, or None if unset."""
     m = re.search(rf"^{re.escape(name)}=(.*)$", config, re.M)

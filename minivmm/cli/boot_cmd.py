@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
-from typing import TYPE_CHECKING, Any, TextIO
 
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
+    from typing import Any, TextIO
+
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
     from minivmm.vmm.machine import Machine
@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command
 
 def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
+    import threading
+
     from minivmm.kvm.exits import describe_exit
     from minivmm.vmm.disasm import instruction_at
 
@@ -195,6 +197,8 @@ INJECTIONS = ("drop-registration", "delay-registration", "stale-bus")
 
 def run(args: argparse.Namespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
+    import json
+
     from minivmm.devices.console import Console
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.vmm.boot import Mode
@@ -243,10 +247,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_host() -> tuple[str, int]:
     """The shadow model's platform and HZ: the host's where they can be read, else PVM at HZ=250."""
-    from minivmm.host import BACKENDS, config_value, detect_backend, kernel_config
+    from minivmm.host import BACKENDS, config_values, detect_backend
     backend = detect_backend()
-    config, _ = kernel_config()
-    hz = config_value(config, "CONFIG_HZ") if config else None
+    hz = config_values(("CONFIG_HZ",)).get("CONFIG_HZ")
     return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any, TextIO
 
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import int_range
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 def _fmt_us(us: float) -> str:
@@ -81,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print."""
+    import json
+
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
     from kernel_model.variants import MAIN_VARIANTS, get_variant

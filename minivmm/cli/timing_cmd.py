@@ -4,19 +4,16 @@ the kernel model, and say which kernel variant the host behaves like."""
 from __future__ import annotations
 
 import argparse
-import json
-import platform as pyplatform
 import sys
 
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
-from minivmm.cli.outfile import check_output_path, write_atomically
-from minivmm.cli.progress import ProgressBar
 
 
 def _check_plot_destination(path: str) -> None:
     """Refuse, before measuring, a plot path that cannot or must not be written, or a missing matplotlib."""
     from minivmm.timing.plot import PlotUnavailable, check_available
+    from minivmm.cli.outfile import check_output_path
     check_output_path(path, "--plot", ".png")
     try:
         check_available()
@@ -67,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
+    import json
+    import platform as pyplatform
+
     from kernel_model.platforms import PLATFORMS
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.timing.compare import compare, to_json
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
+    from minivmm.cli.progress import ProgressBar
     from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
 
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
     if plot_path is not None:
+        from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
         try:
             write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))

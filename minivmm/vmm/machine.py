@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
@@ -31,10 +32,12 @@ from minivmm.vmm.dispatch import ExitDispatcher
 from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
-from minivmm.shadow.checker import Injection, ShadowChecker
 from minivmm.vmm.report import RunOutcome, RunReport, build_report
 from minivmm.vmm.vcpu_loop import (KICK_SIGNAL, ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu,
                                    stop_vcpu_threads)
+
+if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
+    from minivmm.shadow.checker import ShadowChecker
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
 TSS_ADDR = 0xFFFBD000
@@ -105,6 +108,7 @@ class Machine:
         self.vm = vm = self.kvm.create_vm()
         if cfg.check:
             # Attached before anything is registered, so the twin sees the VM from its first ioctl.
+            from minivmm.shadow.checker import Injection, ShadowChecker
             self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
                                         inject=Injection(cfg.inject) if cfg.inject else None)
             vm.observer = self.shadow
