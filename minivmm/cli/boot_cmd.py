@@ -21,11 +21,12 @@ if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command
 
 
 def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
-    """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
+    """An exit hook printing one line per exit: vCPU, exit number, the address and text of the instruction
+    that caused the exit (not the one RIP has moved on to), the exit."""
     import threading
 
     from minivmm.kvm.exits import describe_exit
-    from minivmm.vmm.disasm import instruction_at
+    from minivmm.vmm.disasm import exiting_instruction
 
     lock = threading.Lock()
     counters: dict[int, int] = {}
@@ -33,9 +34,9 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     def on_exit(vcpu: Vcpu, exit_: VcpuExit) -> None:
         n = counters.get(vcpu.id, 0) + 1
         counters[vcpu.id] = n
-        linear, insn = instruction_at(machine.memory, vcpu.get_regs(), vcpu.get_sregs())
+        linear, insn = exiting_instruction(machine.memory, vcpu.get_regs(), vcpu.get_sregs(), exit_)
         with lock:
-            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28} {describe_exit(exit_)}\n")
+            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28}  {describe_exit(exit_)}\n")
             out.flush()
 
     return on_exit

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from minivmm.kvm.errors import KvmError
-from minivmm.kvm.exits import describe_exit, exit_kind
-from minivmm.vmm.disasm import instruction_at
+from minivmm.kvm.exits import VcpuExit, describe_exit, exit_kind
+from minivmm.vmm.disasm import exiting_instruction
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
@@ -82,8 +82,9 @@ _REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r1
          "r14", "r15", "rip", "rflags")
 
 
-def _where(machine: Machine, index: int, report: VcpuReport) -> None:
-    """Fill in the registers and the instruction at RIP of a vCPU that did not halt cleanly."""
+def _where(machine: Machine, index: int, report: VcpuReport, last_exit: VcpuExit | None) -> None:
+    """Fill in the registers and the instruction of a vCPU that did not halt cleanly: the one that caused
+    its last exit (RIP may already be past it), else the one at RIP."""
     vcpu = machine.vcpus[index]
     try:
         regs = vcpu.get_regs()
@@ -95,7 +96,8 @@ def _where(machine: Machine, index: int, report: VcpuReport) -> None:
     report.registers.update(cr0=int(sregs.cr0), cr3=int(sregs.cr3), cr4=int(sregs.cr4),
                             efer=int(sregs.efer), cs_base=int(sregs.cs.base), cs=int(sregs.cs.selector))
     report.rip = int(regs.rip)
-    _, report.instruction = instruction_at(machine.memory, regs, sregs)
+    linear, report.instruction = exiting_instruction(machine.memory, regs, sregs, last_exit)
+    report.rip = linear - int(sregs.cs.base)  # the instruction's own RIP, as a disassembler shows it
 
 
 def build_report(machine: Machine, records: list[VcpuRecord], outcome: RunOutcome, *,
@@ -111,7 +113,7 @@ def build_report(machine: Machine, records: list[VcpuRecord], outcome: RunOutcom
                          describe_exit(rec.last_exit) if rec.last_exit is not None else None, rec.error,
                          first_unclaimed=[asdict(u) for u in rec.stats.first_unclaimed])
         if rec.state is not VcpuState.HALTED:
-            _where(machine, rec.index, rep)
+            _where(machine, rec.index, rep, rec.last_exit)
         vcpus.append(rep)
     firsts = [r.first_exit_ns - r.entered_ns for r in records
               if r.first_exit_ns is not None and r.entered_ns is not None]
