@@ -75,30 +75,39 @@ def _matches(exit_kind: str, exit_: Any, mnemonic: str, op_str: str) -> bool:
 
 
 def exiting_instruction(mem: GuestMemory | None, regs: Any, sregs: Any, exit_: Any) -> tuple[int, str]:
-    """The linear address and text of the instruction that CAUSED ``exit_`` (not the next one).
+    """The linear address and text of the instruction that CAUSED ``exit_`` (not the next one), read
+    from guest memory around RIP; see :func:`exiting_instruction_in`."""
+    linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
+    if mem is None or not mem.contains(linear, 1):
+        return linear, f"(rip {linear:#x} is outside guest RAM)"
+    start = max(mem.guest_phys_addr, linear - 15)
+    before = mem.read(start, linear - start)
+    at = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
+    return exiting_instruction_in(before, at, linear, guest_mode(sregs), exit_)
+
+
+def exiting_instruction_in(before: bytes, at: bytes, linear: int, mode: Mode, exit_: Any) -> tuple[int, str]:
+    """The linear address and text of the instruction that CAUSED ``exit_``, given the (up to 15) bytes
+    ``before`` RIP's linear address ``linear`` and the bytes ``at`` it.
 
     For an OUT, an MMIO write or a HLT, KVM has already moved RIP past the instruction, so it is found
-    by decoding backwards: the instruction ending exactly at RIP (at most 15 bytes back) whose kind and
-    access size match the exit, the shortest such. x86 cannot be decoded backwards in general, but
-    requiring an exact end at RIP, the exit's kind and its size leaves one candidate in practice; when
-    none matches, the instruction at RIP is shown marked "(after)" rather than a guess.
-    For other exits RIP still points at the instruction, and that is what is shown.
+    by decoding backwards: the instruction ending exactly at RIP whose kind and access size match the
+    exit, the shortest such. x86 cannot be decoded backwards in general, but requiring an exact end at
+    RIP, the exit's kind and its size leaves one candidate in practice; when none matches, the
+    instruction at RIP is shown marked "(after)" rather than a guess. For other exits, and for a string
+    instruction the emulator has not finished, RIP still points at the instruction: that is shown.
     """
+    text = disassemble_one(at, linear, mode) if at else f"(rip {linear:#x} is outside guest RAM)"
     kind = type(exit_).__name__
-    linear, text = instruction_at(mem, regs, sregs)
-    if kind not in _ADVANCED or mem is None or not mem.contains(linear, 1):
+    if kind not in _ADVANCED or not at:
         return linear, text
-    mode = guest_mode(sregs)
-    for insn in _disassembler(mode).disasm(mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear)),
-                                           linear, 1):
-        last = insn.mnemonic.split()[-1]
-        if last.startswith(_STRING) and _matches(kind, exit_, insn.mnemonic, insn.op_str):
+    cs = _disassembler(mode)
+    for insn in cs.disasm(at, linear, 1):
+        if insn.mnemonic.split()[-1].startswith(_STRING) and _matches(kind, exit_, insn.mnemonic, insn.op_str):
             return linear, text  # a string instruction: not yet completed, RIP is still on it
-    lowest = max(mem.guest_phys_addr, linear - 15)
-    for length in range(1, linear - lowest + 1):
+    for length in range(1, len(before) + 1):
         start = linear - length
-        code = mem.read(start, length)
-        for insn in _disassembler(mode).disasm(code, start, 1):
+        for insn in cs.disasm(before[-length:], start, 1):
             if insn.size == length and _matches(kind, exit_, insn.mnemonic, insn.op_str):
                 return start, f"{insn.mnemonic} {insn.op_str}".strip()
     return linear, f"{text} (after)"
