@@ -26,16 +26,6 @@ def disassemble_one(code: bytes, address: int, mode: Mode) -> str:
     return "(bad)"
 
 
-def instruction_at(mem: GuestMemory | None, regs: Any, sregs: Any) -> tuple[int, str]:
-    """The linear address of RIP (CS base + RIP) and the instruction there, disassembled in the vCPU's
-    current mode; a note instead of an instruction when RIP is outside guest RAM."""
-    linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
-    if mem is None or not mem.contains(linear, 1):
-        return linear, f"(rip {linear:#x} is outside guest RAM)"
-    code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
-    return linear, disassemble_one(code, linear, guest_mode(sregs))
-
-
 #: Exits KVM reports with RIP already past the instruction that caused them: it completes an OUT and
 #: an MMIO write before returning to userspace (the data is in kvm_run, nothing comes back), and skips
 #: HLT. An IN or an MMIO read is completed only on the next KVM_RUN, so RIP still points at it; so does
