@@ -11,7 +11,7 @@ from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
-    from typing import Any, TextIO
+    from typing import TextIO
 
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
