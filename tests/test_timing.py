@@ -159,3 +159,20 @@ def test_plot_is_written_atomically_and_only_where_named(tmp_path):
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
     write_atomically(str(out), lambda f: f.write(b"new"))
     assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+@pytest.mark.kvm
+def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "minivmm", "timing", "-s", "registrations-first", "-r", "100000",
+                          "-n", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    m = re.search(r"warning: partial results: interrupted \(Ctrl-C\) after (\d+) of 100000 repetitions", out)
+    assert m and int(m.group(1)) > 0, out[:500]
+    assert f"minivmm timing: sequence registrations-first, {m.group(1)} repetitions" in out
+    assert "verdict:" in out

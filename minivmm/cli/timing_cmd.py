@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
     from minivmm.cli.progress import ProgressBar
-    from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
+    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, check_runnable, measure
 
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
     samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
@@ -106,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
             raise kvm_unavailable(e) from None
         raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
 
+    partial = None
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
             reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
+    except MeasurementInterrupted as e:
+        if not e.reps:
+            raise KeyboardInterrupt from None  # nothing measured: nothing to report
+        reps, overhead, partial = e.reps, e.overhead, repeat
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
@@ -119,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
-             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
+             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
+             "host_hz": host.hz, "host_platform": host.platform, "partial": partial}
     if plot_path is not None:
         from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if as_json:
         data = to_json(comparison)
         data.update(host=facts, timer_overhead_ns=overhead,
+                    partial={"completed": len(reps), "requested": repeat} if partial else None,
                     strace_example=[r.strace_line() for r in comparison.repetitions[0].records if r is not None])
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -137,5 +144,5 @@ def run(args: argparse.Namespace) -> int:
         render(comparison, facts, overhead, sys.stdout)
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
-    return 0
+    return int(ExitCode.INTERRUPTED) if partial else 0
 
