@@ -99,3 +99,36 @@ def test_every_published_figure_cites_a_listed_source():
     cited = {int(x) for x in re.findall(r"\[(\d+)\]$", section, re.M)}
     listed = {int(x) for x in re.findall(r"^  \[(\d+)\] \S", section, re.M)}
     assert cited and cited == listed
+
+
+def test_the_plot_a_kernel_engineer_can_put_in_a_mail(monkeypatch):
+    """Distinct styles, identical predictions named as such, the legend outside the data, gridlines at 1
+    and 2 jiffies, the published stall marked, and a linear ms axis on the stalled step."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minivmm.timing.plot import STYLES, plot
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    seq = SEQUENCES["firecracker"]
+    c = compare(seq, reps(seq, 30, 9, stall_ns=14_000_000), 100, "vmx", 100)
+    buf = io.BytesIO()
+    plot(c, buf, 100, "vmx")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = kept[0]
+    linear, log = fig.axes
+    assert linear.get_xscale() == "linear" and log.get_xscale() == "log"
+    vlines = sorted(round(line.get_xdata()[0], 6) for line in linear.lines if line.get_linestyle() != "-"
+                    and len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2)
+    assert vlines[:2] == [10.0, 20.0]                       # 1 and 2 jiffies at HZ=100
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(label.startswith("published: KVM_CREATE_VCPU, 0 25.2 ms, HZ=100") for label in labels)
+    assert "model: created_vcpus (= sync at this step)" in labels
+    styles = {(s["linestyle"], s["linewidth"]) for s in STYLES.values()}
+    assert len(styles) == len(STYLES)
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert not legend_box.overlaps(ax.get_window_extent())
