@@ -176,3 +176,35 @@ def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
     assert m and int(m.group(1)) > 0, out[:500]
     assert f"minivmm timing: sequence registrations-first, {m.group(1)} repetitions" in out
     assert "verdict:" in out
+
+
+@pytest.mark.kvm
+def test_the_progress_bar_is_drawn_on_stderr_when_it_is_a_terminal_and_nowhere_else():
+    import os
+    import pty
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "minivmm", "timing", "-s", "registrations-first", "-r", "25",
+                               "-n", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "timing registrations-first [" in tty and "/25" in tty
+    assert "[" not in proc.stdout.split("\n", 1)[0] and "\r" not in proc.stdout
+    # and with stderr a pipe, nothing of it at all
+    piped = run_cli("timing", "-s", "registrations-first", "-r", "3", "-n", "20")
+    assert piped.stderr == ""
