@@ -40,6 +40,11 @@ class HelpFormatter(argparse.HelpFormatter):
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return f"{', '.join(action.option_strings)} {metavar}"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap option help without breaking words at hyphens (``--list-sequences`` stays whole)."""
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         """Wrap each paragraph of ``text`` on its own; lines starting with a space are kept as written."""
         import textwrap
@@ -50,7 +55,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 out.append("\n".join(indent + line for line in lines))
             else:
                 out.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
-                                         subsequent_indent=indent))
+                                         subsequent_indent=indent, break_on_hyphens=False))
         return "\n\n".join(out)
 
 

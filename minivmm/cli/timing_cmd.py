@@ -30,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "after commit 7d9a0273c459) and the kernel model's variants, and name the variant the "
                     "host behaves like. Prints one repetition strace -T style, then min/p10/p50/p90/max per "
                     "ioctl, the model's predictions at this host's HZ and platform, the fit of each variant, "
-                    "and a verdict.")
+                    "and a verdict.",
+        epilog="Exit codes: 0 measured and compared; 1 the host refused a step the model accepts; 2 bad "
+               "usage or input (sequence, --plot path, options); 4 /dev/kvm missing or not accessible; "
+               "130 Ctrl-C (what was measured so far is printed, marked partial).")
     p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
                    help="a named sequence (firecracker, registrations-first, arm64-order, late-registration), "
                         "a sequence file, or auto: firecracker on VMX (the stall lands in KVM_CREATE_VCPU 0), "
