@@ -132,7 +132,14 @@ def main() -> int:
                 missed.append(name)
         print(f"{name:<42}{quantile(xs, 0.1) * 1e3:>9.1f}{p50 * 1e3:>9.1f}{quantile(xs, 0.9) * 1e3:>9.1f}"
               f"{ratio:>9.2f}  {verdict}")
-    print(f"\nload average {os.getloadavg()[0]:.2f} at the end (figures on a loaded machine are noisy)")
+    end_load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if max(load[0], end_load) > cpus / 2:
+        print(f"\nthe machine was busy (load average {load[0]:.2f} at the start, {end_load:.2f} at the end, on "
+              f"{cpus} CPUs): every row is slowed, the floor too, and ratios are less reliable than on a quiet "
+              "machine")
+    else:
+        print(f"\nload average {end_load:.2f} at the end")
 
     for name in ("minivmm boot guest/hello.bin", "minivmm --help"):
         if name not in names:
