@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
     import json
-    import platform as pyplatform
+    import os
 
     from kernel_model.platforms import PLATFORMS
     from minivmm.host import read_host_info
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
                        ExitCode.GUEST_FAILED) from None
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
-    facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
+    facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
              "host_hz": host.hz, "host_platform": host.platform, "partial": partial}
