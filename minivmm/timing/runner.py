@@ -33,6 +33,15 @@ LOOP_GUEST = bytes.fromhex("ba8000" "ee" "ebfd")
 LOOP_ADDR = 0x1000
 
 
+class MeasurementInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`measure`: carries the repetitions finished so far, for a partial report."""
+
+    def __init__(self, reps: list[Repetition], overhead: dict[str, float]) -> None:
+        super().__init__()
+        self.reps = reps
+        self.overhead = overhead
+
+
 class SequenceUnrunnable(ValueError):
     """The sequence cannot be issued on real KVM as written (e.g. ``run`` with no memslot at 0)."""
 
@@ -231,13 +240,16 @@ def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = D
     old = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     try:
         overhead = runner.timer_overhead_ns()
-        reps = []
-        for i in range(repeat):
-            if jitter:
-                time.sleep(rng.random() / hz)
-            reps.append(runner.run_once())
-            if on_progress:
-                on_progress(i + 1)
+        reps: list[Repetition] = []
+        try:
+            for i in range(repeat):
+                if jitter:
+                    time.sleep(rng.random() / hz)
+                reps.append(runner.run_once())
+                if on_progress:
+                    on_progress(i + 1)
+        except KeyboardInterrupt:
+            raise MeasurementInterrupted(reps, overhead) from None
         return reps, overhead
     finally:
         signal.signal(KICK_SIGNAL, old)
