@@ -32,6 +32,8 @@ _kvm_io_bus_read = __kvm_io_bus_read
 #: arch/x86/include/asm/kvm_host.h: the private memslot of the APIC-access page, and its address.
 APIC_ACCESS_PAGE_PRIVATE_MEMSLOT = 0x10000 + 1
 APIC_DEFAULT_PHYS_BASE = 0xFEE00000
+#: The x86 and arm64 (4K) page size: memslot bases and sizes are multiples of it.
+PAGE_SIZE = 4096
 
 
 class KvmIoctlError(OSError):
@@ -186,6 +188,7 @@ class KvmModel:
         self.memslots: dict[int, Memslot] = {}
         self.ioeventfds: list[Ioeventfd] = []
         self.vcpu_readers: dict[int, VcpuReaders] = {}
+        self.vcpu_ids: set[int] = set()
         self.destroyed = False
         self.buses_freed = 0
         self.registrations = 0
@@ -297,11 +300,21 @@ class KvmModel:
         self._registrations_returned()
 
     def set_user_memory_region(self, slot: int, base: int, size: int) -> None:
-        """KVM_SET_USER_MEMORY_REGION, models kvm_set_memslot(): create = one memslot swap; delete and
-        move = two (invalidate, then commit); an unchanged region returns early with none."""
+        """KVM_SET_USER_MEMORY_REGION, models kvm_set_memory_region() and kvm_set_memslot(): create = one
+        memslot swap; delete and move = two (invalidate, then commit); an unchanged region returns early
+        with none. EINVAL for a base or size that is not a page multiple, a delete of nothing or a size
+        change; EEXIST for a range that overlaps another memslot."""
         self._alive()
+        if base % PAGE_SIZE or size % PAGE_SIZE:
+            raise KvmIoctlError(errno.EINVAL, "KVM_SET_USER_MEMORY_REGION: base and size must be multiples "
+                                f"of the page size ({PAGE_SIZE})")
         self.sim.spend(self.costs.set_user_memory_region)
         old = self.memslots.get(slot)
+        if size and (old is None or old.base != base):
+            for other_slot, other in self.memslots.items():
+                if other_slot != slot and base < other.base + other.size and other.base < base + size:
+                    raise KvmIoctlError(errno.EEXIST, f"KVM_SET_USER_MEMORY_REGION: slot {slot} at {base:#x} "
+                                        f"overlaps slot {other_slot} at {other.base:#x}")
         if size == 0:
             if old is None:
                 raise KvmIoctlError(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: slot {slot} does not exist")
@@ -322,8 +335,12 @@ class KvmModel:
 
     def create_vcpu(self, vcpu_id: int) -> None:
         """KVM_CREATE_VCPU: ``created_vcpus`` goes up first; on VMX with an in-kernel LAPIC the first
-        vCPU allocates the APIC-access page through a private memslot (one memslot swap)."""
+        vCPU allocates the APIC-access page through a private memslot (one memslot swap). EEXIST for an
+        id already in use."""
         self._alive()
+        if vcpu_id in self.vcpu_ids:
+            raise KvmIoctlError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
+        self.vcpu_ids.add(vcpu_id)
         self.created_vcpus += 1
         first = self.created_vcpus == 1
         self.sim.spend(self.costs.create_vcpu_first if first else self.costs.create_vcpu)
@@ -333,8 +350,14 @@ class KvmModel:
             self.apic_access_page_done = True
 
     def run_vcpu(self, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> VcpuReaders:
-        """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections."""
+        """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections. EBADF
+        for a vCPU that was never created (there is no fd to issue it on). A second first entry of the same
+        vCPU is not modelled (the kernel would block it on vcpu->mutex) and is refused."""
         self._alive()
+        if vcpu_id not in self.vcpu_ids:
+            raise KvmIoctlError(errno.EBADF, f"KVM_RUN: vCPU {vcpu_id} has not been created")
+        if vcpu_id in self.vcpu_readers:
+            raise ValueError(f"vCPU {vcpu_id} already runs: a sequence starts each vCPU once")
         self.sim.spend(self.costs.kvm_run_entry)
         readers = VcpuReaders(self, vcpu_id, section_ns, period_ns, offset_ns)
         self.vcpu_readers[vcpu_id] = readers
@@ -369,6 +392,10 @@ class KvmModel:
             raise KvmIoctlError(errno.EBADF, "the VM has been destroyed")
 
     # --- queries (for the VMM's shadow) ------------------------------------------------------------
+    def memory_covers(self, addr: int, length: int) -> bool:
+        """Whether one memslot holds the guest-physical range [addr, addr + length)."""
+        return any(m.base <= addr and addr + length <= m.base + m.size for m in self.memslots.values())
+
     def bus_version(self, bus_idx: KvmBus) -> int:
         """The version of the bus currently published."""
         return self.buses[bus_idx].version

@@ -18,67 +18,58 @@ Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/
 
 from __future__ import annotations
 
+import errno
+import random
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-DEFAULT_GAP_NS = 10_000
-DEFAULT_SECTION_NS = 3_000
-DEFAULT_PERIOD_NS = 10_000
+from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.ops import DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS, OpSpec, get_op
+from kernel_model.platforms import get_platform
+from kernel_model.sim import Sim
+from kernel_model.variants import get_variant
 
-OPS = ("create_vm", "memslot", "irqchip", "ioeventfd", "ioeventfd_deassign", "vcpu", "run")
+DEFAULT_GAP_NS = 10_000
+
+__all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
+           "SequenceError", "Step", "load_sequence", "parse_sequence", "parse_time", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step: ``op`` with its arguments, ``gap_ns`` after the previous step."""
+    """One step: ``op`` (a name in :data:`kernel_model.ops.OPS`) with its arguments, ``gap_ns`` after
+    the previous step."""
 
     op: str
     args: dict[str, Any] = field(default_factory=dict)
     gap_ns: int = DEFAULT_GAP_NS
 
     @property
+    def spec(self) -> OpSpec:
+        """The op's spec: everything that depends on which op this is."""
+        return get_op(self.op)
+
+    @cached_property
+    def full_args(self) -> dict[str, Any]:
+        """The arguments with every absent optional one at its default."""
+        return self.spec.complete(self.args)
+
+    @property
     def label(self) -> str:
         """How reports name the step, in the ioctl's terms: ``KVM_CREATE_VCPU, 0``."""
-        a = self.args
-        if self.op == "create_vm":
-            return "KVM_CREATE_VM"
-        if self.op == "memslot":
-            return f"KVM_SET_USER_MEMORY_REGION, slot {a['slot']}" + (" (delete)" if a["size"] == 0 else "")
-        if self.op == "irqchip":
-            return "KVM_CREATE_IRQCHIP"
-        if self.op in ("ioeventfd", "ioeventfd_deassign"):
-            kind = "pio" if a.get("pio") else "mmio"
-            verb = "" if self.op == "ioeventfd" else " deassign"
-            return f"KVM_IOEVENTFD{verb}, {kind} {a['addr']:#x}"
-        if self.op == "vcpu":
-            return f"KVM_CREATE_VCPU, {a['id']}"
-        if self.op == "run":
-            return f"KVM_RUN, vcpu {a['vcpu']} (first entry)"
-        return self.op
+        return self.spec.label(self.full_args)
 
+    @property
+    def modelled(self) -> bool:
+        """Whether the model models this step (else it is carried as a fixed cost)."""
+        return self.spec.modelled(self.full_args)
 
     def strace(self, seconds: float, fds: dict[str, int] | None = None) -> str:
         """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
-        a = self.args
-        fds = fds or {}
-        vm = str(fds.get("vm", "vm"))
-        if self.op == "create_vm":
-            fd, name, arg = fds.get("kvm", "kvm"), "KVM_CREATE_VM", "0"
-        elif self.op == "memslot":
-            fd, name = vm, "KVM_SET_USER_MEMORY_REGION"
-            arg = f"{{slot={a['slot']}, flags=0, guest_phys_addr={a['base']:#x}, memory_size={a['size']}, ...}}"
-        elif self.op == "irqchip":
-            fd, name, arg = vm, "KVM_CREATE_IRQCHIP", "0"
-        elif self.op in ("ioeventfd", "ioeventfd_deassign"):
-            fd, name = vm, "KVM_IOEVENTFD"
-            flags = [f for f, on in (("DATAMATCH", a.get("datamatch") is not None), ("PIO", a.get("pio")),
-                                     ("DEASSIGN", self.op == "ioeventfd_deassign")) if on]
-            arg = f"{{addr={a['addr']:#x}, len={a['len']}, flags={'|'.join(flags) or '0'}, ...}}"
-        elif self.op == "vcpu":
-            fd, name, arg = vm, "KVM_CREATE_VCPU", str(a["id"])
-        else:
-            fd, name, arg = fds.get(f"vcpu{a['vcpu']}", f"vcpu{a['vcpu']}"), "KVM_RUN", "0"
+        role, name, arg = self.spec.strace(self.full_args)
+        fd = (fds or {}).get(role, role)
         return f"ioctl({fd}, {name}, {arg}) = 0 <{seconds:.6f}>"
 
 
@@ -136,16 +127,7 @@ SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$", re.I)
 _TIME = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s)$")
 _TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_ARGS = {
-    "create_vm": {}, "irqchip": {},
-    "memslot": {"slot": "int", "base": "size", "size": "size"},
-    "ioeventfd": {"addr": "int", "len": "int", "datamatch": "int", "pio": "flag"},
-    "ioeventfd_deassign": {"addr": "int", "len": "int", "datamatch": "int", "pio": "flag"},
-    "vcpu": {"id": "int"},
-    "run": {"vcpu": "int", "section": "time", "period": "time"},
-}
-_REQUIRED = {"memslot": {"slot", "base", "size"}, "ioeventfd": {"addr", "len"},
-             "ioeventfd_deassign": {"addr", "len"}, "vcpu": {"id"}, "run": {"vcpu"}}
+_NAME = re.compile(r"^KVM_[A-Z0-9_]+$")
 
 
 def parse_time(text: str) -> int:
@@ -161,6 +143,44 @@ def _parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"{text!r} is not a size (examples: 128M, 0x100000)")
     return int(m.group(1), 0) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer (examples: 12, 0x1f)") from None
+
+
+def _parse_name(text: str) -> str:
+    if not _NAME.match(text):
+        raise ValueError(f"{text!r} is not an ioctl name (example: KVM_SET_TSS_ADDR)")
+    return text
+
+
+_PARSERS = {"int": _parse_int, "size": _parse_size, "time": parse_time, "name": _parse_name}
+
+
+def _parse_step(op: str, words: list[str]) -> dict[str, Any]:
+    """The arguments of one ``op`` line, checked by the op's spec."""
+    spec = get_op(op)
+    args: dict[str, Any] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        arg = spec.arg(key)
+        if arg is None:
+            raise ValueError(f"{op} takes no argument {key!r}")
+        if key in args:
+            raise ValueError(f"{key} given twice")
+        if arg.kind == "flag":
+            if sep:
+                raise ValueError(f"{key} is a flag: write it without a value")
+            args[key] = True
+        elif not sep:
+            raise ValueError(f"{key} needs a value ({key}=...)")
+        else:
+            args[key] = _PARSERS[arg.kind](value)
+    return spec.complete(args)
 
 
 def parse_sequence(text: str, name: str = "file") -> Sequence:
@@ -183,37 +203,7 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
                 else:
                     extra += parse_time(rest[0])
                 continue
-            if op not in _ARGS:
-                raise ValueError(f"unknown step {op!r} (known: {', '.join(list(_ARGS) + ['gap', 'sleep'])})")
-            args: dict[str, Any] = {}
-            for word in rest:
-                key, sep, value = word.partition("=")
-                kind = _ARGS[op].get(key)
-                if kind is None:
-                    raise ValueError(f"{op} takes no argument {key!r}")
-                if kind == "flag":
-                    if sep:
-                        raise ValueError(f"{key} is a flag: write it without a value")
-                    args[key] = True
-                elif not sep:
-                    raise ValueError(f"{key} needs a value ({key}=...)")
-                elif kind == "int":
-                    args[key] = int(value, 0)
-                elif kind == "size":
-                    args[key] = _parse_size(value)
-                else:
-                    args[key] = parse_time(value)
-            missing = _REQUIRED.get(op, set()) - args.keys()
-            if missing:
-                raise ValueError(f"{op} needs {', '.join(sorted(missing))}")
-            if op == "run":
-                args.setdefault("section", DEFAULT_SECTION_NS)
-                args.setdefault("period", DEFAULT_PERIOD_NS)
-                if not 0 < args["section"] < args["period"]:
-                    raise ValueError("run needs 0 < section < period")
-            if op.startswith("ioeventfd"):
-                args.setdefault("datamatch", None)
-                args.setdefault("pio", False)
+            args = _parse_step(op, rest)
         except ValueError as e:
             raise SequenceError(f"{name}:{lineno}: {e}") from None
         steps.append(Step(op, args, gap + extra))
@@ -225,6 +215,36 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
     if any(s.op == "create_vm" for s in steps[1:]):
         raise SequenceError(f"{name}: only one create_vm per sequence")
     return Sequence(name, f"from {name}", tuple(steps))
+
+
+#: The variant, HZ and tick phase of the dry run ``validate`` does: what the kernel refuses does not
+#: depend on them (only on the platform).
+_VALIDATE_VARIANT, _VALIDATE_HZ = "call_srcu", 250
+
+
+def validate(seq: Sequence, platform: str) -> None:
+    """The one check of a sequence, for ``minivmm model`` and ``minivmm timing`` alike: issue it once
+    against the model kernel on ``platform``; a step the kernel would refuse (its errno: EEXIST for a
+    duplicate ioeventfd or overlapping memslots, ENOENT for a deassign of nothing, EINVAL for a memslot
+    size that is not a page multiple, ...) or that cannot be issued as written (a ``run`` before its
+    vCPU, or with no memory where its guest runs) raises SequenceError naming the step."""
+    if not seq.steps or seq.steps[0].op != "create_vm":
+        raise SequenceError(f"{seq.name}: the first step must be create_vm")
+    sim = Sim(_VALIDATE_HZ, 0.0)
+    kvm = KvmModel(sim, get_variant(_VALIDATE_VARIANT), get_platform(platform))
+    rng = random.Random(0)
+    for i, step in enumerate(seq.steps):
+        sim.run_until(sim.now + step.gap_ns)
+        try:
+            step.spec.model(kvm, step.full_args, rng)
+        except KvmIoctlError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "an error"
+            raise SequenceError(f"{seq.name}: step {i + 1} ({step.label}): {e.strerror} "
+                                f"(the kernel returns {name})") from None
+        except ValueError as e:
+            raise SequenceError(f"{seq.name}: step {i + 1} ({step.label}): {e}") from None
+    if kvm.vcpu_readers:
+        kvm.stop_vcpus()
 
 
 def load_sequence(name_or_path: str) -> Sequence:

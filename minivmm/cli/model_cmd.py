@@ -75,12 +75,13 @@ def model(
     """
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
-    from kernel_model.sequences import load_sequence
+    from kernel_model.sequences import load_sequence, validate
     from kernel_model.variants import MAIN_VARIANTS, get_variant
 
     try:
         seq = load_sequence(sequence)
         get_platform(platform)
+        validate(seq, platform)
         names = list(MAIN_VARIANTS) if variant == "all" else [get_variant(variant).name]
     except ValueError as e:
         raise CliError(str(e)) from None

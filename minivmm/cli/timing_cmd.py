@@ -82,12 +82,9 @@ def timing(
     name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
     try:
         seq = load_sequence(name)
+        check_runnable(seq, plat)
     except SequenceError as e:
         raise CliError(str(e)) from None
-    try:
-        check_runnable(seq)
-    except SequenceUnrunnable as e:
-        raise CliError(f"sequence {seq.name}: {e}") from None
     if plot_path:
         _check_plot_destination(plot_path)
     if host.kvm_error:
