@@ -19,8 +19,10 @@ Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/
 from __future__ import annotations
 
 import errno
+import os
 import random
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -83,7 +85,8 @@ class Sequence:
 
 
 class SequenceError(ValueError):
-    """A sequence file could not be read; the message names the line."""
+    """A sequence cannot be used: unreadable or malformed (the message names the line) or refused by the
+    model kernel (the message names the step). One line, never quoting a file it could not parse."""
 
 
 def _virtio_mmio_notifies(n: int, gap_ns: int = DEFAULT_GAP_NS) -> list[Step]:
@@ -128,6 +131,8 @@ _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$", re.I)
 _TIME = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s)$")
 _TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _NAME = re.compile(r"^KVM_[A-Z0-9_]+$")
+#: What an op name looks like; any other first word is not quoted back in an error.
+_OP_WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def parse_time(text: str) -> int:
@@ -203,6 +208,10 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
                 else:
                     extra += parse_time(rest[0])
                 continue
+            if not _OP_WORD.match(op):
+                # Not an op name: say so without quoting the line (it may not be a sequence file at
+                # all, e.g. --sequence /etc/shadow).
+                raise ValueError("not a step: a line starts with an op name (create_vm, memslot, ...)")
             args = _parse_step(op, rest)
         except ValueError as e:
             raise SequenceError(f"{name}:{lineno}: {e}") from None
@@ -247,19 +256,55 @@ def validate(seq: Sequence, platform: str) -> None:
         kvm.stop_vcpus()
 
 
+#: The largest sequence file read (a real VMM's set-up is a few hundred lines; a trace of QEMU ~ 10 KB).
+MAX_SEQUENCE_FILE_BYTES = 1 << 20
+
+
+def read_sequence_file(path: str) -> str:
+    """The text of a sequence file, read with bounds: opened non-blocking (a FIFO cannot hang it),
+    regular files only (not /dev/zero, a directory or a socket), at most MAX_SEQUENCE_FILE_BYTES, UTF-8.
+    SequenceError says what is wrong in one line and never quotes the file's content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SequenceError(f"{path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
+                            "nor an existing file") from None
+    except OSError as e:
+        raise SequenceError(f"sequence file {path!r} cannot be opened: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SequenceError(f"sequence file {path!r} is not a regular file")
+        if st.st_size > MAX_SEQUENCE_FILE_BYTES:
+            raise SequenceError(f"sequence file {path!r} is {st.st_size} bytes; the limit is "
+                                f"{MAX_SEQUENCE_FILE_BYTES} (1 MiB)")
+        chunks = []
+        left = MAX_SEQUENCE_FILE_BYTES + 1  # the file may grow after fstat(): read no more than this
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise SequenceError(f"sequence file {path!r} is larger than {MAX_SEQUENCE_FILE_BYTES} bytes")
+        data = b"".join(chunks)
+    except OSError as e:
+        raise SequenceError(f"sequence file {path!r} cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SequenceError(f"sequence file {path!r} is not UTF-8 text (byte {e.start})") from None
+
+
 def load_sequence(name_or_path: str) -> Sequence:
-    """A named sequence, or a sequence file. ValueError (SequenceError) says what is wrong."""
+    """A named sequence, or a sequence file (read by :func:`read_sequence_file`). SequenceError says
+    what is wrong; :func:`validate` then checks the steps against the model kernel."""
     if name_or_path in SEQUENCES:
         return SEQUENCES[name_or_path]
-    try:
-        with open(name_or_path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise SequenceError(f"{name_or_path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
-                            "nor an existing file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SequenceError(f"sequence file {name_or_path!r} cannot be read: {e}") from None
-    return parse_sequence(text, name_or_path)
+    return parse_sequence(read_sequence_file(name_or_path), name_or_path)
 
 
 def with_gaps(seq: Sequence, gaps_ns: list[int] | None) -> Sequence:
