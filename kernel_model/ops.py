@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kernel_model.kvm import KvmModel
+from kernel_model.kvm import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmModel
 
 #: The arguments of one step, by name, after parsing (ints, bools, names).
 Args = Mapping[str, Any]
@@ -112,26 +112,46 @@ CREATE_VM = OpSpec(
     model=_create_vm_model)
 
 
-# --- memslot ----------------------------------------------------------------------------------------
+# --- memslot ---------------------------------------------------------------------------------------
+
+def _slot_name(slot: int) -> str:
+    """``3``, or ``1:3`` for slot 3 of address space 1 (the high 16 bits of KVM's slot number)."""
+    return f"{slot >> 16}:{slot & 0xFFFF}" if slot >> 16 else str(slot)
+
+
+def _memslot_flags(a: Args) -> int:
+    return (KVM_MEM_READONLY if a["readonly"] else 0) | (KVM_MEM_LOG_DIRTY_PAGES if a["log_dirty"] else 0)
+
 
 def _memslot_label(a: Args) -> str:
-    return f"KVM_SET_USER_MEMORY_REGION, slot {a['slot']}" + (" (delete)" if a["size"] == 0 else "")
+    return f"KVM_SET_USER_MEMORY_REGION, slot {_slot_name(a['slot'])}" + (" (delete)" if a["size"] == 0 else "")
 
 
 def _memslot_strace(a: Args) -> tuple[str, str, str]:
+    names = [n for n, on in (("KVM_MEM_LOG_DIRTY_PAGES", a["log_dirty"]), ("KVM_MEM_READONLY", a["readonly"]))
+             if on]
     return ("vm", "KVM_SET_USER_MEMORY_REGION",
-            f"{{slot={a['slot']}, flags=0, guest_phys_addr={a['base']:#x}, memory_size={a['size']}, ...}}")
+            f"{{slot={a['slot']}, flags={'|'.join(names) or '0'}, guest_phys_addr={a['base']:#x}, "
+            f"memory_size={a['size']}, ...}}")
+
+
+def _memslot_check(a: Args) -> None:
+    if not 0 <= a["slot"] < 1 << 32:
+        raise ValueError("slot is a 32-bit number (address space << 16 | slot id)")
 
 
 def _memslot_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
-    kvm.set_user_memory_region(a["slot"], a["base"], a["size"])
+    kvm.set_user_memory_region(a["slot"], a["base"], a["size"], _memslot_flags(a))
 
 
 MEMSLOT = OpSpec(
-    "memslot", "KVM_SET_USER_MEMORY_REGION: create (one memslot swap), move or delete (two), or leave "
-    "unchanged (none) a memslot; size=0 deletes.",
-    (Arg("slot", "int", True), Arg("base", "size", True), Arg("size", "size", True)),
-    label=_memslot_label, strace=_memslot_strace, model=_memslot_model)
+    "memslot", "KVM_SET_USER_MEMORY_REGION (or ..._REGION2): create (one memslot swap: "
+    "synchronize_srcu_expedited(&kvm->srcu)), move or delete (two), change log_dirty alone (one), or "
+    "leave unchanged (none) a memslot; size=0 deletes. slot carries the address space in its high 16 bits.",
+    (Arg("slot", "int", True, doc="KVM's slot number: address space << 16 | slot id"),
+     Arg("base", "size", True, doc="guest-physical address"), Arg("size", "size", True, doc="0 deletes"),
+     Arg("readonly", "flag", doc="KVM_MEM_READONLY"), Arg("log_dirty", "flag", doc="KVM_MEM_LOG_DIRTY_PAGES")),
+    label=_memslot_label, strace=_memslot_strace, model=_memslot_model, check=_memslot_check)
 
 
 # --- irqchip ----------------------------------------------------------------------------------------
@@ -225,9 +245,96 @@ RUN = OpSpec(
     model=_run_model, check=_run_check)
 
 
+# --- pit2 -------------------------------------------------------------------------------------------
+
+def _pit2_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.create_pit2(a["speaker_dummy"])
+
+
+PIT2 = OpSpec(
+    "pit2", "KVM_CREATE_PIT2 (x86, after KVM_CREATE_IRQCHIP): registers the PIT's ports 0x40-0x43 on the "
+    "PIO bus, and the speaker port 0x61 with speaker_dummy: kvm_io_bus_register_dev() each.",
+    (Arg("speaker_dummy", "flag", doc="KVM_PIT_SPEAKER_DUMMY"),),
+    label=lambda a: "KVM_CREATE_PIT2",
+    strace=lambda a: ("vm", "KVM_CREATE_PIT2",
+                      f"{{flags={'KVM_PIT_SPEAKER_DUMMY' if a['speaker_dummy'] else '0'}}}"),
+    model=_pit2_model)
+
+
+# --- irqfd ------------------------------------------------------------------------------------------
+
+def _irqfd_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.irqfd(a["gsi"], a["deassign"])
+
+
+IRQFD = OpSpec(
+    "irqfd", "KVM_IRQFD: attach (or with deassign detach) an eventfd that injects gsi. No grace period: "
+    "the assign reads the routing under kvm->irq_srcu; a deassign flushes the irqfd clean-up workqueue.",
+    (Arg("gsi", "int", True), Arg("deassign", "flag", doc="KVM_IRQFD_FLAG_DEASSIGN")),
+    label=lambda a: f"KVM_IRQFD{' deassign' if a['deassign'] else ''}, gsi {a['gsi']}",
+    strace=lambda a: ("vm", "KVM_IRQFD",
+                      f"{{fd=?, gsi={a['gsi']}, flags={'KVM_IRQFD_FLAG_DEASSIGN' if a['deassign'] else '0'}}}"),
+    model=_irqfd_model)
+
+
+# --- gsi_routing ------------------------------------------------------------------------------------
+
+def _gsi_routing_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.set_gsi_routing(a["entries"])
+
+
+def _gsi_routing_check(a: Args) -> None:
+    if a["entries"] < 0:
+        raise ValueError("entries must be 0 or more")
+
+
+GSI_ROUTING = OpSpec(
+    "gsi_routing", "KVM_SET_GSI_ROUTING with N routes: swaps the routing table and waits for an expedited "
+    "grace period of kvm->irq_srcu (not kvm->srcu: a pending kvm->srcu grace period does not delay it).",
+    (Arg("entries", "int", True, doc="the number of routes"),),
+    label=lambda a: f"KVM_SET_GSI_ROUTING, {a['entries']} routes",
+    strace=lambda a: ("vm", "KVM_SET_GSI_ROUTING", f"{{nr={a['entries']}, ...}}"),
+    model=_gsi_routing_model, check=_gsi_routing_check)
+
+
+# --- enable_cap -------------------------------------------------------------------------------------
+
+def _enable_cap_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.enable_cap(a["cap"], a["arg0"])
+
+
+ENABLE_CAP = OpSpec(
+    "enable_cap", "KVM_ENABLE_CAP on the VM fd. Modelled for KVM_CAP_SPLIT_IRQCHIP (121): an empty GSI "
+    "routing (one kvm->irq_srcu grace period) and local APICs in the kernel; any other capability is "
+    "carried as its fixed cost (not modelled).",
+    (Arg("cap", "int", True, doc="the KVM_CAP_* number"), Arg("arg0", "int", default=0, doc="args[0]")),
+    label=lambda a: f"KVM_ENABLE_CAP, cap {a['cap']}" + ("" if a["cap"] == KVM_CAP_SPLIT_IRQCHIP else
+                                                          " (not modelled)"),
+    strace=lambda a: ("vm", "KVM_ENABLE_CAP", f"{{cap={a['cap']}, args=[{a['arg0']:#x}, 0, 0, 0]}}"),
+    model=_enable_cap_model, modelled=lambda a: bool(a["cap"] == KVM_CAP_SPLIT_IRQCHIP))
+
+
+# --- ioctl (not modelled) ---------------------------------------------------------------------------
+
+def _ioctl_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.unmodelled_ioctl(a["cost"])
+
+
+IOCTL = OpSpec(
+    "ioctl", "Any ioctl the model does not model (e.g. KVM_SET_TSS_ADDR), carried as a fixed cost: its "
+    "measured duration. The host does not issue it: it pauses for that long, so later steps keep their "
+    "timing. Reports say \"not modelled\".",
+    (Arg("name", "name", True, doc="the request's name, KVM_..."),
+     Arg("cost", "time", True, doc="its duration (e.g. as traced)")),
+    label=lambda a: f"{a['name']} (not modelled)",
+    strace=lambda a: ("vm", a["name"], "..."),
+    model=_ioctl_model, modelled=lambda a: False)
+
+
 #: Every op, by name. A new op is one entry here (plus its host step in minivmm/timing/host_ops.py).
 OPS: dict[str, OpSpec] = {op.name: op for op in (
-    CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN,
+    CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, IRQFD, GSI_ROUTING,
+    ENABLE_CAP, IOCTL,
 )}
 
 

@@ -126,3 +126,115 @@ def test_model_and_timing_refuse_a_bad_sequence_file_with_one_line(tmp_path, cap
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err and str(path) in err, err
+
+
+# --- the set-up ops of a real VMM, in the model and on the host ---------------------------------------
+
+QEMU_LIKE = """
+create_vm
+ioctl name=KVM_SET_TSS_ADDR cost=20us
+memslot slot=0 base=0 size=16M
+memslot slot=1 base=0xfffc0000 size=256K readonly
+memslot slot=1 base=0xfffc0000 size=256K readonly log_dirty
+irqchip
+pit2 speaker_dummy
+gsi_routing entries=24
+irqfd gsi=5
+irqfd gsi=5 deassign
+irqfd gsi=9 deassign
+ioeventfd addr=0xcf8 len=4 pio
+vcpu id=0
+run vcpu=0
+"""
+
+
+def test_the_kernel_constants_the_model_types_match_the_uapi_header():
+    from kernel_model import kvm
+    from minivmm.kvm.uapi import lib
+    assert kvm.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
+    assert kvm.KVM_MEM_READONLY == lib.KVM_MEM_READONLY
+    assert kvm.KVM_MEM_LOG_DIRTY_PAGES == lib.KVM_MEM_LOG_DIRTY_PAGES
+
+
+def test_pit2_registers_its_ports_on_the_pio_bus():
+    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_io_bus import KvmBus
+    from kernel_model.platforms import get_platform
+    from kernel_model.sim import Sim
+    from kernel_model.variants import get_variant
+    kvm = KvmModel(Sim(250), get_variant("call_srcu"), get_platform("vmx"))
+    kvm.create_irqchip()
+    before = kvm.registrations
+    kvm.create_pit2(speaker_dummy=True)
+    assert kvm.registrations == before + 2
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x43, 1).name == "pit"
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x61, 1).name == "pit-speaker"
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x44, 1) is None
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("create_vm\npit2", "ENOENT"),                                          # no in-kernel PIC
+    ("create_vm\nirqchip\npit2\npit2", "EEXIST"),
+    ("create_vm\nirqfd gsi=1", "EINVAL"),                                   # no irqchip
+    ("create_vm\ngsi_routing entries=4", "EINVAL"),
+    ("create_vm\nirqchip\ngsi_routing entries=5000", "EINVAL"),
+    ("create_vm\nvcpu id=0\nenable_cap cap=121", "EEXIST"),                 # split irqchip after vCPUs
+    ("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=0 base=0 size=1M readonly", "READONLY"),
+    ("create_vm\nmemslot slot=0x10000 base=0 size=1M", "no address space 1"),  # pvm: one address space
+])
+def test_the_new_ops_are_refused_where_the_kernel_refuses_them(text, fragment):
+    with pytest.raises(SequenceError, match=fragment):
+        validate(parse_sequence(text, "f"), "pvm")
+
+
+def test_an_address_space_1_memslot_is_separate_on_vmx():
+    validate(parse_sequence("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=0x10000 base=0 size=1M", "f"),
+             "vmx")
+
+
+def test_split_irqchip_installs_the_apic_access_page_on_vmx_and_waits_on_irq_srcu_only():
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\nenable_cap cap=121 arg0=24\nioeventfd addr=0xd0000000 len=4\n"
+                         "gsi_routing entries=24\nvcpu id=0", "f")
+    p = predict(seq, "call_srcu", 250, "vmx", samples=20)
+    routing, vcpu = p.steps[3].stats(), p.steps[4].stats()
+    # The routing's grace period is kvm->irq_srcu's, expedited and idle: no jiffy-scale wait even
+    # though the ioeventfd left a normal grace period pending on kvm->srcu ...
+    assert routing["max"] < 1000
+    # ... which the first vCPU's APIC-access page memslot then waits for (a split irqchip puts the
+    # local APICs in the kernel).
+    assert vcpu["p50"] > 1000
+    assert seq.steps[1].modelled and not parse_sequence("create_vm\nenable_cap cap=7", "f").steps[1].modelled
+
+
+def test_an_unmodelled_ioctl_is_its_cost_and_says_so():
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\nioctl name=KVM_SET_TSS_ADDR cost=123us", "f")
+    p = predict(seq, "call_srcu", 250, "pvm", samples=5)
+    assert p.steps[1].durations == [123_000] * 5
+    assert not seq.steps[1].modelled and "not modelled" in seq.steps[1].label
+
+
+def test_the_qemu_like_sequence_validates_and_predicts():
+    from kernel_model.predict import predict
+    seq = parse_sequence(QEMU_LIKE, "qemu-like")
+    validate(seq, "pvm")
+    for variant in ("sync", "call_srcu"):
+        p = predict(seq, variant, 250, "pvm", samples=5)
+        assert not p.violations
+
+
+@pytest.mark.kvm
+def test_every_op_runs_on_the_host():
+    """Each op's host step issues its real ioctl (the sequence uses every op)."""
+    from minivmm.timing.runner import measure
+    seq = parse_sequence(QEMU_LIKE + "enable_cap cap=129\nioeventfd_deassign addr=0xcf8 len=4 pio\n", "all-ops")
+    assert {s.op for s in seq.steps} == set(OPS)
+    reps, _ = measure(seq, 2, jitter=False, hz=250, platform="pvm")
+    for rep in reps:
+        assert len(rep.durations_ns) == len(seq.steps) and min(rep.durations_ns) > 0
+        names = [r.name for r in rep.records if r is not None]
+        for name in ("KVM_CREATE_PIT2", "KVM_SET_GSI_ROUTING", "KVM_IRQFD", "KVM_ENABLE_CAP"):
+            assert name in names
+        # The un-modelled ioctl is not issued: the host pauses for its cost instead.
+        assert "KVM_SET_TSS_ADDR" not in names and rep.durations_ns[1] >= 20_000

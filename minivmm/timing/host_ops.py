@@ -88,6 +88,8 @@ class HostState:
     events: dict[tuple[int, int, int | None, bool], IoEvent] = field(default_factory=dict)
     vcpus: dict[int, Vcpu] = field(default_factory=dict)
     running: list[RunningVcpu] = field(default_factory=list)
+    #: The eventfds of the irqfds in place, per GSI (a deassign detaches the latest).
+    irqfds: dict[int, list[int]] = field(default_factory=dict)
 
     def the_vm(self) -> Vm:
         """The VM (every step after create_vm has one)."""
@@ -138,9 +140,10 @@ def _memslot(st: HostState, a: Args) -> Callable[[], int | None]:
         if mem.contains(LOOP_ADDR, len(LOOP_GUEST)):
             mem.write(LOOP_ADDR, LOOP_GUEST)
     host_addr = mem.host_addr
+    flags = (lib.KVM_MEM_READONLY if a["readonly"] else 0) | (lib.KVM_MEM_LOG_DIRTY_PAGES if a["log_dirty"] else 0)
 
     def issue() -> None:
-        st.the_vm().set_user_memory_region(slot, base, size, host_addr)
+        st.the_vm().set_user_memory_region(slot, base, size, host_addr, flags)
         st.slots[slot] = mem
     return issue
 
@@ -195,6 +198,61 @@ def _run(st: HostState, a: Args) -> Callable[[], int | None]:
     return issue
 
 
+def _pit2(st: HostState, a: Args) -> Callable[[], int | None]:
+    flags = lib.KVM_PIT_SPEAKER_DUMMY if a["speaker_dummy"] else 0
+
+    def issue() -> None:
+        st.the_vm().create_pit2(flags)
+    return issue
+
+
+def _irqfd(st: HostState, a: Args) -> Callable[[], int | None]:
+    gsi, attached = a["gsi"], st.irqfds.setdefault(a["gsi"], [])
+    if not a["deassign"]:
+        fd = st.eventfd()
+
+        def assign() -> None:
+            st.the_vm().irqfd(fd, gsi)
+            attached.append(fd)
+        return assign
+    # A deassign that matches nothing is legal (the kernel returns 0): it gets a fresh eventfd.
+    fd = attached[-1] if attached else st.eventfd()
+
+    def deassign() -> None:
+        st.the_vm().irqfd(fd, gsi, deassign=True)
+        if fd in attached:
+            attached.remove(fd)
+    return deassign
+
+
+def _gsi_routing(st: HostState, a: Args) -> Callable[[], int | None]:
+    gsis = list(range(a["entries"]))
+
+    def issue() -> None:
+        st.the_vm().set_gsi_routing_msi(gsis)
+    return issue
+
+
+def _enable_cap(st: HostState, a: Args) -> Callable[[], int | None]:
+    def issue() -> None:
+        st.the_vm().enable_cap(a["cap"], (a["arg0"],))
+    return issue
+
+
+def _ioctl(st: HostState, a: Args) -> Callable[[], int | None]:
+    # Not issued: an arbitrary ioctl's argument is unknown. The host pauses for its traced cost so the
+    # steps after it keep their timing; the duration reported is that pause, as measured.
+    cost = a["cost"]
+
+    def pause() -> int:
+        t0 = time.monotonic_ns()
+        end = t0 + cost
+        while time.monotonic_ns() < end:
+            pass
+        return time.monotonic_ns() - t0
+    return pause
+
+
 #: Every op's host step, by op name (the same names as kernel_model.ops.OPS).
 HOST_OPS: dict[str, HostStep] = {
     "create_vm": _create_vm,
@@ -204,4 +262,9 @@ HOST_OPS: dict[str, HostStep] = {
     "ioeventfd_deassign": _ioeventfd_deassign,
     "vcpu": _vcpu,
     "run": _run,
+    "pit2": _pit2,
+    "irqfd": _irqfd,
+    "gsi_routing": _gsi_routing,
+    "enable_cap": _enable_cap,
+    "ioctl": _ioctl,
 }
