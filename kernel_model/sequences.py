@@ -238,7 +238,7 @@ def validate(seq: Sequence, platform: str) -> None:
     size that is not a page multiple, ...) or that cannot be issued as written (a ``run`` before its
     vCPU, or with no memory where its guest runs) raises SequenceError naming the step."""
     if not seq.steps or seq.steps[0].op != "create_vm":
-        raise SequenceError(f"{seq.name}: the first step must be create_vm")
+        raise SequenceError(f"sequence {seq.name}: the first step must be create_vm")
     sim = Sim(_VALIDATE_HZ, 0.0)
     kvm = KvmModel(sim, get_variant(_VALIDATE_VARIANT), get_platform(platform))
     rng = random.Random(0)
@@ -248,10 +248,10 @@ def validate(seq: Sequence, platform: str) -> None:
             step.spec.model(kvm, step.full_args, rng)
         except KvmIoctlError as e:
             name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "an error"
-            raise SequenceError(f"{seq.name}: step {i + 1} ({step.label}): {e.strerror} "
-                                f"(the kernel returns {name})") from None
+            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) is refused by the kernel: "
+                                f"{e.strerror} ({name})") from None
         except ValueError as e:
-            raise SequenceError(f"{seq.name}: step {i + 1} ({step.label}): {e}") from None
+            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) cannot be issued: {e}") from None
     if kvm.vcpu_readers:
         kvm.stop_vcpus()
 

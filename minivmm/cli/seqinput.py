@@ -1,0 +1,40 @@
+"""The sequence a user names (``--sequence NAME|FILE``), for ``model`` and ``timing`` alike: loaded, and
+refused as one line before any work when the modelled kernel would refuse one of its steps.
+
+The kernel model answers an ioctl it must refuse the way the kernel does (``KvmIoctlError`` with the
+kernel's errno: an irqchip after vCPUs, an ioeventfd of length 3, a duplicate ioeventfd, a deassign of
+nothing). Both commands run the steps through the model once up front, so such a sequence is bad
+input (exit 2) named by its step, never a traceback half-way through a measurement.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from minivmm.cli.errors import CliError
+
+if TYPE_CHECKING:
+    from kernel_model.sequences import Sequence
+
+
+def load(name_or_path: str) -> Sequence:
+    """The named sequence or sequence file; ``CliError`` (exit 2) with the loader's one-line reason."""
+    from kernel_model.sequences import load_sequence
+
+    try:
+        return load_sequence(name_or_path)
+    except ValueError as e:  # SequenceError: the message names the file and line
+        raise CliError(str(e)) from None
+
+
+def refuse_what_the_kernel_refuses(seq: Sequence, platform: str = "vmx") -> None:
+    """The one validation of a sequence (``kernel_model.sequences.validate``: its steps run once through
+    the kernel model); a step the modelled kernel refuses, or one that cannot be issued as written, is
+    a ``CliError`` naming the step (1-based, as a sequence file counts its steps), the ioctl and the
+    errno."""
+    from kernel_model.sequences import SequenceError, validate
+
+    try:
+        validate(seq, platform)
+    except SequenceError as e:
+        raise CliError(str(e)) from None
