@@ -223,6 +223,12 @@ class KvmModel:
         self.buses_freed = 0
         self.registrations = 0
 
+    def issuing(self, caller: object) -> None:
+        """Tag the SRCU requests and waits that follow with ``caller`` (a sequence step's index), so
+        that each grace period can say which step asked for it and each wait which step blocked."""
+        self.srcu.caller = caller
+        self.irq_srcu.caller = caller
+
     # --- kernel internals ------------------------------------------------------------------------
     def kfree_bus(self, bus: KvmIoBus) -> None:
         """kfree() of a bus, checked: no reader that obtained it may still be in its read section."""

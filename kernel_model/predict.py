@@ -75,6 +75,15 @@ class Prediction:
     steps: list[StepPrediction]
     violations: list[Violation]
 
+    def setup_durations(self) -> list[int]:
+        """Per sample, the whole set-up (ns): every step's duration and every gap after the first step."""
+        gaps = sum(sp.step.gap_ns for sp in self.steps[1:])
+        return [sum(ds) + gaps for ds in zip(*(sp.durations for sp in self.steps))]
+
+    def setup_stats(self) -> dict[str, float]:
+        """min, p10, p50, p90, max of the whole set-up, in microseconds."""
+        return quantiles(self.setup_durations())
+
     def to_json(self) -> dict[str, Any]:
         """Per step: label and p10/p50/p90 (and min/max) in microseconds."""
         return {"sequence": self.sequence.name, "variant": self.variant, "hz": self.hz,
@@ -96,8 +105,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
     sim = Sim(hz, phase, costs)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
-    for step in sequence.steps:
+    for i, step in enumerate(sequence.steps):
         sim.run_until(sim.now + step.gap_ns)
+        kvm.issuing(i)
         t0 = sim.now
         run_step(kvm, step, rng)
         durations.append(sim.now - t0)
