@@ -1,19 +1,31 @@
 """Named VM set-up sequences (shared by ``minivmm model`` and ``minivmm timing``) and sequence files.
 
 A sequence is a list of :class:`Step` s, each an ioctl (or a vCPU starting to run) with the gap the VMM
-leaves before it. The same steps drive the kernel model and, in ``minivmm timing``, real ioctls.
+leaves before it. The same steps drive the kernel model and, in ``minivmm timing``, real ioctls. What
+each op does, in the model and on the host, is its :class:`kernel_model.ops.OpSpec` (and its host step
+in ``minivmm.timing.host_ops``); kernel_model/README.md, "Sequence files", documents them all.
 
-Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/G, times us/ms)::
+Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/G, times ns/us/ms/s;
+each argument at most once)::
 
     gap 10us                      # default gap before every following step (initially 10us)
-    create_vm
-    memslot slot=0 base=0 size=128M        # size=0 deletes the slot; another base moves it
+    create_vm                     # first, and only once
+    memslot slot=0 base=0 size=128M [readonly] [log_dirty]   # size=0 deletes; another base moves it;
+                                                             # slot = address space << 16 | slot id
     irqchip
+    pit2 [speaker_dummy]          # KVM_CREATE_PIT2: the PIT's ports on the PIO bus (after irqchip)
     ioeventfd addr=0xd0000050 len=4 [datamatch=0] [pio]
     ioeventfd_deassign addr=0xd0000050 len=4 [datamatch=0] [pio]
+    irqfd gsi=5 [deassign]        # KVM_IRQFD
+    gsi_routing entries=24        # KVM_SET_GSI_ROUTING: waits for a kvm->irq_srcu grace period
+    enable_cap cap=121 [arg0=24]  # KVM_ENABLE_CAP; modelled for KVM_CAP_SPLIT_IRQCHIP only
+    ioctl name=KVM_SET_TSS_ADDR cost=20us   # any other ioctl: a fixed cost, "not modelled"
     vcpu id=0
     run vcpu=0 [section=3us] [period=10us]  # the vCPU enters KVM_RUN and keeps handling exits
     sleep 1ms                     # an extra pause before the next step
+
+:func:`load_sequence` reads a file with bounds (:func:`read_sequence_file`); :func:`validate` is the one
+check of the steps, against the model kernel, for ``model`` and ``timing`` alike.
 """
 
 from __future__ import annotations

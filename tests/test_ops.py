@@ -238,3 +238,14 @@ def test_every_op_runs_on_the_host():
             assert name in names
         # The un-modelled ioctl is not issued: the host pauses for its cost instead.
         assert "KVM_SET_TSS_ADDR" not in names and rep.durations_ns[1] >= 20_000
+
+
+def test_the_readme_documents_every_op():
+    from conftest import ROOT
+    text = (ROOT / "kernel_model" / "README.md").read_text()
+    section = text[text.index("## Sequence files"):]
+    for name in list(OPS) + ["gap", "sleep"]:
+        assert f"| `{name}` |" in section, name
+    import kernel_model.sequences as sequences
+    for name in OPS:
+        assert f"    {name}" in (sequences.__doc__ or ""), name
