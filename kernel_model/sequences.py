@@ -48,7 +48,8 @@ from kernel_model.variants import get_variant
 DEFAULT_GAP_NS = 10_000
 
 __all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
-           "SequenceError", "Step", "load_sequence", "parse_sequence", "parse_time", "validate", "with_gaps"]
+           "SequenceError", "Step", "load_sequence", "format_sequence", "format_step", "format_time", "parse_sequence", "parse_time",
+           "read_sequence_file", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,55 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
     if any(s.op == "create_vm" for s in steps[1:]):
         raise SequenceError(f"{name}: only one create_vm per sequence")
     return Sequence(name, f"from {name}", tuple(steps))
+
+
+def format_time(ns: int) -> str:
+    """A duration as the file format writes it, exactly: ``10us``, ``1500ns``, ``2ms``."""
+    for unit, scale in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)):
+        if ns and ns % scale == 0:
+            return f"{ns // scale}{unit}"
+    return f"{ns}ns"
+
+
+def _format_value(kind: str, value: Any) -> str:
+    if kind == "time":
+        return format_time(value)
+    if kind == "size":
+        for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value and value % scale == 0:
+                return f"{value // scale}{suffix}"
+        return hex(value) if value >= 0x1000 else str(value)
+    if kind == "int":
+        return hex(value) if value >= 0x1000 else str(value)
+    return str(value)
+
+
+def format_step(step: Step) -> str:
+    """One step as a line of a sequence file (its gap is written by :func:`format_sequence`); optional
+    arguments at their defaults are left out."""
+    spec = step.spec
+    words = [step.op]
+    for arg in spec.args:
+        value = step.full_args[arg.name]
+        if arg.kind == "flag":
+            if value:
+                words.append(arg.name)
+        elif arg.required or (value is not None and value != arg.default):
+            words.append(f"{arg.name}={_format_value(arg.kind, value)}")
+    return " ".join(words)
+
+
+def format_sequence(seq: Sequence) -> str:
+    """The sequence in the file format: ``parse_sequence(format_sequence(seq))`` gives the same steps
+    and gaps. A ``gap`` line is written wherever the gap before a step changes."""
+    lines = [f"# {seq.name}: {seq.description}".replace("\n", " ").rstrip()]
+    gap = DEFAULT_GAP_NS
+    for step in seq.steps:
+        if step.gap_ns != gap:
+            gap = step.gap_ns
+            lines.append(f"gap {format_time(gap)}")
+        lines.append(format_step(step))
+    return "\n".join(lines) + "\n"
 
 
 #: The variant, HZ and tick phase of the dry run ``validate`` does: what the kernel refuses does not

@@ -249,3 +249,15 @@ def test_the_readme_documents_every_op():
     import kernel_model.sequences as sequences
     for name in OPS:
         assert f"    {name}" in (sequences.__doc__ or ""), name
+
+
+def test_format_sequence_round_trips_every_named_sequence_and_every_op():
+    from kernel_model.sequences import format_sequence
+    everything = parse_sequence(QEMU_LIKE + "enable_cap cap=121 arg0=24\nioeventfd_deassign addr=0xcf8 len=4 pio\n"
+                                "gap 1234ns\nirqfd gsi=3\nsleep 1.5ms\nmemslot slot=0x10002 base=0x100000 size=3K",
+                                "all")
+    for seq in [*SEQUENCES.values(), everything]:
+        text = format_sequence(seq)
+        again = parse_sequence(text, seq.name)
+        assert [(s.op, s.full_args, s.gap_ns) for s in again.steps] == \
+               [(s.op, s.full_args, s.gap_ns) for s in seq.steps], text
