@@ -48,8 +48,8 @@ from kernel_model.variants import get_variant
 DEFAULT_GAP_NS = 10_000
 
 __all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
-           "SequenceError", "Step", "load_sequence", "format_sequence", "format_step", "format_time", "parse_sequence", "parse_time",
-           "read_sequence_file", "validate", "with_gaps"]
+           "SequenceError", "Step", "format_sequence", "format_step", "format_time", "load_sequence",
+           "parse_sequence", "parse_time", "read_sequence_file", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
