@@ -52,3 +52,4 @@ class Costs:
     irqfd: int = 2 * US
     set_gsi_routing: int = 5 * US   # the table rebuild; plus its kvm->irq_srcu grace period
     enable_cap: int = 1 * US
+    set_tss_addr: int = 1 * US

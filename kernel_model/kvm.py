@@ -475,6 +475,14 @@ class KvmModel:
         self.kvm_set_irq_routing(0)
         self.irqchip_split = True
 
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR, models kvm_vm_ioctl_set_tss_addr() -> vmx_set_tss_addr() (v6.18), which
+        returns 0 at once when unrestricted guest is enabled (as on SVM and PVM). Simplified: VMX without
+        unrestricted guest, where it installs a private TSS memslot (one memslot swap), is not modelled."""
+        self._alive()
+        self._x86_only("KVM_SET_TSS_ADDR")
+        self.sim.spend(self.costs.set_tss_addr)
+
     def unmodelled_ioctl(self, cost_ns: int) -> None:
         """An ioctl the model does not model: its measured duration, as a fixed cost, and nothing else."""
         self._alive()

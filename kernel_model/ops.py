@@ -314,6 +314,21 @@ ENABLE_CAP = OpSpec(
     model=_enable_cap_model, modelled=lambda a: bool(a["cap"] == KVM_CAP_SPLIT_IRQCHIP))
 
 
+# --- tss_addr ---------------------------------------------------------------------------------------
+
+def _tss_addr_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.set_tss_addr(a["addr"])
+
+
+TSS_ADDR = OpSpec(
+    "tss_addr", "KVM_SET_TSS_ADDR (x86): with unrestricted guest (VMX's default where the CPU has it), SVM "
+    "and PVM it returns at once; no memslot, no grace period.",
+    (Arg("addr", "int", True, doc="guest-physical address of the three TSS pages"),),
+    label=lambda a: "KVM_SET_TSS_ADDR",
+    strace=lambda a: ("vm", "KVM_SET_TSS_ADDR", hex(a["addr"])),
+    model=_tss_addr_model)
+
+
 # --- ioctl (not modelled) ---------------------------------------------------------------------------
 
 def _ioctl_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
@@ -334,7 +349,7 @@ IOCTL = OpSpec(
 #: Every op, by name. A new op is one entry here (plus its host step in minivmm/timing/host_ops.py).
 OPS: dict[str, OpSpec] = {op.name: op for op in (
     CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, IRQFD, GSI_ROUTING,
-    ENABLE_CAP, IOCTL,
+    ENABLE_CAP, TSS_ADDR, IOCTL,
 )}
 
 

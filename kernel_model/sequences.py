@@ -19,7 +19,8 @@ each argument at most once)::
     irqfd gsi=5 [deassign]        # KVM_IRQFD
     gsi_routing entries=24        # KVM_SET_GSI_ROUTING: waits for a kvm->irq_srcu grace period
     enable_cap cap=121 [arg0=24]  # KVM_ENABLE_CAP; modelled for KVM_CAP_SPLIT_IRQCHIP only
-    ioctl name=KVM_SET_TSS_ADDR cost=20us   # any other ioctl: a fixed cost, "not modelled"
+    tss_addr addr=0xfffbd000      # KVM_SET_TSS_ADDR
+    ioctl name=KVM_SET_IDENTITY_MAP_ADDR cost=5us   # any other ioctl: a fixed cost, "not modelled"
     vcpu id=0
     run vcpu=0 [section=3us] [period=10us]  # the vCPU enters KVM_RUN and keeps handling exits
     sleep 1ms                     # an extra pause before the next step

@@ -132,7 +132,8 @@ def test_model_and_timing_refuse_a_bad_sequence_file_with_one_line(tmp_path, cap
 
 QEMU_LIKE = """
 create_vm
-ioctl name=KVM_SET_TSS_ADDR cost=20us
+tss_addr addr=0xfffbd000
+ioctl name=KVM_SET_IDENTITY_MAP_ADDR cost=20us
 memslot slot=0 base=0 size=16M
 memslot slot=1 base=0xfffc0000 size=256K readonly
 memslot slot=1 base=0xfffc0000 size=256K readonly log_dirty
@@ -237,7 +238,8 @@ def test_every_op_runs_on_the_host():
         for name in ("KVM_CREATE_PIT2", "KVM_SET_GSI_ROUTING", "KVM_IRQFD", "KVM_ENABLE_CAP"):
             assert name in names
         # The un-modelled ioctl is not issued: the host pauses for its cost instead.
-        assert "KVM_SET_TSS_ADDR" not in names and rep.durations_ns[1] >= 20_000
+        assert "KVM_SET_TSS_ADDR" in names
+        assert "KVM_SET_IDENTITY_MAP_ADDR" not in names and rep.durations_ns[2] >= 20_000
 
 
 def test_the_readme_documents_every_op():
@@ -261,3 +263,12 @@ def test_format_sequence_round_trips_every_named_sequence_and_every_op():
         again = parse_sequence(text, seq.name)
         assert [(s.op, s.full_args, s.gap_ns) for s in again.steps] == \
                [(s.op, s.full_args, s.gap_ns) for s in seq.steps], text
+
+
+def test_tss_addr_is_a_fixed_cost_on_x86_and_refused_on_arm64():
+    from kernel_model.costs import Costs
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\ntss_addr addr=0xfffbd000", "f")
+    assert predict(seq, "call_srcu", 250, "vmx", samples=3).steps[1].durations == [Costs().set_tss_addr] * 3
+    with pytest.raises(SequenceError, match="ENOTTY"):
+        validate(seq, "arm64")

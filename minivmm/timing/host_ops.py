@@ -239,6 +239,12 @@ def _enable_cap(st: HostState, a: Args) -> Callable[[], int | None]:
     return issue
 
 
+def _tss_addr(st: HostState, a: Args) -> Callable[[], int | None]:
+    def issue() -> None:
+        st.the_vm().set_tss_addr(a["addr"])
+    return issue
+
+
 def _ioctl(st: HostState, a: Args) -> Callable[[], int | None]:
     # Not issued: an arbitrary ioctl's argument is unknown. The host pauses for its traced cost so the
     # steps after it keep their timing; the duration reported is that pause, as measured.
@@ -266,5 +272,6 @@ HOST_OPS: dict[str, HostStep] = {
     "irqfd": _irqfd,
     "gsi_routing": _gsi_routing,
     "enable_cap": _enable_cap,
+    "tss_addr": _tss_addr,
     "ioctl": _ioctl,
 }
