@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from kernel_model.costs import Costs
 from kernel_model.kvm import KvmModel
 from kernel_model.predict import Prediction, phase_deterministic, predict, simulate_once
-from kernel_model.sequences import Sequence
+from kernel_model.sequences import Sequence, validate
 from kernel_model.srcutree import GracePeriod, SrcuStruct, SrcuWait
 
 #: Tick phases at which the attribution is taken.
@@ -158,7 +158,9 @@ def _key(g: GpWait) -> tuple[str, str, str, int, str, bool]:
 
 def explain_variant(sequence: Sequence, variant: str, hz: int, platform: str, samples: int = 1000,
                     seed: int = 0, costs: Costs | None = None) -> VariantExplanation:
-    """:func:`explain` plus the whole set-up time's quantiles and the prediction it used."""
+    """:func:`explain` plus the whole set-up time's quantiles and the prediction it used. A sequence the
+    model kernel refuses raises SequenceError naming the step (``sequences.validate``)."""
+    validate(sequence, platform)
     pred = predict(sequence, variant, hz, platform, samples=samples, seed=seed, costs=costs)
     out = []
     for i, (sp, found) in enumerate(zip(pred.steps, _attributions(sequence, variant, hz, platform, seed, costs))):

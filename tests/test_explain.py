@@ -91,3 +91,12 @@ def test_model_explain_prints_the_attribution_and_the_set_up(capsys):
     assert len(explanation) == len(SEQUENCES["registrations-first"].steps)
     assert {"started_by_step", "gp_kind", "waited_for_gp", "modelled", "text"} <= explanation[8].keys()
     assert data["variants"]["call_srcu"]["setup_us"]["p50"] > 0
+
+
+def test_explaining_a_sequence_the_kernel_refuses_names_the_step():
+    import pytest
+
+    from kernel_model.sequences import SequenceError
+    seq = parse_sequence("create_vm\nioeventfd_deassign addr=0x10 len=4", "f")
+    with pytest.raises(SequenceError, match="step 2"):
+        explain(seq, "call_srcu", 250, "pvm", samples=5)
