@@ -49,13 +49,7 @@ def kernel_handles(order: list[tuple[int, int]]) -> bool:
                 fds.append(lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK))
                 vm.register_ioevent(IoEvent(addr, length, fds[-1]))
             cpu = vm.create_vcpu(0)
-            cpu.set_cpuid2(kvm.get_supported_cpuid())
-            sregs = cpu.get_sregs()
-            boot.setup_sregs(sregs, MEM, Mode.PROTECTED)
-            cpu.set_sregs(sregs)
-            regs = cpu.get_regs()
-            boot.setup_regs(regs, 0x1000, 0)
-            cpu.set_regs(regs)
+            boot.setup_vcpu(cpu, MEM, Mode.PROTECTED, 0x1000, 0, kvm.get_supported_cpuid())
             first = cpu.run()
         finally:
             for fd in fds:

@@ -21,7 +21,7 @@ from minivmm.kvm.system import Kvm
 from minivmm.kvm.uapi import ffi, lib
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.kvm.vm import IoEvent, Vm
-from minivmm.vmm.boot import Mode, setup_regs, setup_sregs
+from minivmm.vmm.boot import Mode, setup_vcpu
 from minivmm.vmm.vcpu_loop import block_process_signals, stop_vcpu_threads
 
 #: mov dx, 0x80; out dx, al; jmp $-3: a guest that exits forever (real mode, at LOOP_ADDR).
@@ -184,12 +184,7 @@ def _vcpu(st: HostState, a: Args) -> Callable[[], int | None]:
 
 def _run(st: HostState, a: Args) -> Callable[[], int | None]:
     vcpu = st.vcpus[a["vcpu"]]
-    sregs = vcpu.get_sregs()
-    setup_sregs(sregs, 0, Mode.REAL)
-    vcpu.set_sregs(sregs)
-    regs = vcpu.get_regs()
-    setup_regs(regs, LOOP_ADDR, a["vcpu"])
-    vcpu.set_regs(regs)
+    setup_vcpu(vcpu, 0, Mode.REAL, LOOP_ADDR, a["vcpu"])
     r = RunningVcpu(vcpu)
 
     def issue() -> int:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from kernel_model.sequences import Sequence, validate
 from minivmm.kvm.system import Kvm
-from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, lib
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.timing.host_ops import HOST_OPS, HostState, SequenceUnrunnable
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
@@ -53,7 +54,7 @@ def check_runnable(seq: Sequence, platform: str) -> None:
 class SequenceRunner:
     """Issues a sequence on one ``/dev/kvm``; each :meth:`run_once` uses a fresh VM and frees it."""
 
-    def __init__(self, seq: Sequence, kvm_path: str = "/dev/kvm", platform: str | None = None) -> None:
+    def __init__(self, seq: Sequence, kvm_path: str = DEFAULT_DEVICE_PATH, platform: str | None = None) -> None:
         if platform is not None:
             check_runnable(seq, platform)
         self.seq = seq
@@ -67,13 +68,10 @@ class SequenceRunner:
     def timer_overhead_ns(self, n: int = 2000) -> dict[str, float]:
         """The timed wrapper around a trivial ioctl (KVM_CHECK_EXTENSION): what any timing includes."""
         tracer = IoctlTracer()
-        elapsed = tracer._elapsed
         fd, req = self.kvm.fd, lib.KVM_CHECK_EXTENSION
-        samples = []
         for _ in range(n):
-            lib.minivmm_timed_ioctl_val(fd, req, lib.KVM_CAP_USER_MEMORY, elapsed)
-            samples.append(elapsed[0])
-        samples.sort()
+            ioctl_val(fd, req, lib.KVM_CAP_USER_MEMORY, tracer)
+        samples = sorted(rec.elapsed_ns for rec in tracer.records)
         return {"min_ns": samples[0], "p50_ns": statistics.median(samples), "p90_ns": samples[int(n * 0.9)]}
 
     def run_once(self) -> Repetition:
@@ -103,7 +101,7 @@ class SequenceRunner:
         return Repetition(durations, gaps, records)
 
 
-def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = "/dev/kvm",
+def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = DEFAULT_DEVICE_PATH,
             on_progress: Callable[[int], None] | None = None, seed: int | None = None,
             platform: str | None = None) -> tuple[list[Repetition], dict[str, float]]:
     """Run ``seq`` ``repeat`` times; with ``jitter`` each repetition starts at a random point within a

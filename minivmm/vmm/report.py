@@ -34,6 +34,18 @@ class RunOutcome(str, enum.Enum):
     GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
 
+def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool) -> RunOutcome:
+    """How the run ended, all told: ``ended`` is why the supervisor stopped waiting, ``states`` where each
+    vCPU's loop ended, ``kernel_violation`` whether the shadow or --ftrace caught the kernel breaking a
+    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM)."""
+    outcome = ended
+    if outcome is RunOutcome.HALTED and any(s is not VcpuState.HALTED for s in states):
+        outcome = RunOutcome.FAILED
+    if kernel_violation and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
+        outcome = RunOutcome.VIOLATION
+    return outcome
+
+
 #: The registers a report shows, in this order.
 REGISTER_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
                   "r13", "r14", "r15", "rip", "rflags")
@@ -81,6 +93,8 @@ class MachineSnapshot:
     #: --ftrace: the cross-check's result, or why there is none (both None without --ftrace).
     ftrace: FtraceResult | None = None
     ftrace_unavailable: str | None = None
+    #: Console bytes not echoed because the reader of the output stalled.
+    console_echo_dropped: int = 0
 
 
 @dataclass
@@ -120,6 +134,8 @@ class RunReport:
     ftrace_unavailable: str | None = None
     #: Whether --ftrace was asked for.
     ftrace_requested: bool = False
+    #: Console bytes not echoed because the reader of the output stalled (captured all the same).
+    console_echo_dropped: int = 0
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -131,6 +147,8 @@ class RunReport:
         if self.ftrace_requested:
             out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
                              else {"unavailable": self.ftrace_unavailable})
+        if self.console_echo_dropped:
+            out["console_echo_dropped"] = self.console_echo_dropped
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -192,6 +210,7 @@ def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: Machi
         ftrace=snapshot.ftrace,
         ftrace_unavailable=snapshot.ftrace_unavailable,
         ftrace_requested=snapshot.ftrace is not None or snapshot.ftrace_unavailable is not None,
+        console_echo_dropped=snapshot.console_echo_dropped,
     )
 
 
@@ -241,6 +260,8 @@ def render(report: RunReport, out: TextIO, exit_code: int) -> None:
       f"run {report.run_ms:.2f} ms\n")
     if report.console_dropped:
         w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
+    if report.console_echo_dropped:
+        w(f"console    {report.console_echo_dropped} bytes not echoed: the reader of the output stalled\n")
     dyn = report.dynamic_doorbells
     if dyn is not None:
         w(f"control    {dyn.registrations} doorbell registrations, {dyn.unregistrations} deregistrations; "
