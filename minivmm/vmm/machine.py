@@ -175,11 +175,15 @@ class Machine:
                     threads.stop_and_join()
             t_end = time.monotonic_ns()
             if self.shadow is not None:
-                self.shadow.reconcile(final=True)
+                # Reported counts are judged only if the guest halted: one stopped early had writes to report.
+                halted = final_outcome(ended, [r.state for r in records], kernel_violation=False) is RunOutcome.HALTED
+                self.shadow.reconcile(final=True, judge_reports=halted)
             ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
             violated = bool((self.shadow is not None and self.shadow.violation_count)
                             or (ftrace_result is not None and ftrace_result.mismatches))
-            outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated)
+            guest_error = self.shadow is not None and bool(self.shadow.guest_error_count)
+            outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated,
+                                    guest_error=guest_error)
             snapshot = self.snapshot(records, ftrace_result, self._ftrace_error)
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 

@@ -34,15 +34,20 @@ class RunOutcome(str, enum.Enum):
     GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
 
-def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool) -> RunOutcome:
+def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool,
+                  guest_error: bool = False) -> RunOutcome:
     """How the run ended, all told: ``ended`` is why the supervisor stopped waiting, ``states`` where each
     vCPU's loop ended, ``kernel_violation`` whether the shadow or --ftrace caught the kernel breaking a
-    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM)."""
+    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM), and
+    ``guest_error`` whether the guest's own reports did not add up (it turns a clean halt into a guest
+    error, never into a kernel violation)."""
     outcome = ended
     if outcome is RunOutcome.HALTED and any(s is not VcpuState.HALTED for s in states):
         outcome = RunOutcome.FAILED
     if kernel_violation and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
         outcome = RunOutcome.VIOLATION
+    elif guest_error and outcome is RunOutcome.HALTED:
+        outcome = RunOutcome.GUEST_ERROR
     return outcome
 
 
@@ -299,6 +304,11 @@ def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
     w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
       f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
       f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
+    if sh.get("guest_errors"):
+        w(f"           {sh['guest_errors']} GUEST ERROR(S) (the guest's word, not the kernel's fault); "
+          "the first:\n")
+        for v in sh["first_guest_errors"]:
+            w(f"           - {v['rule']}: {v['message']}\n")
     if not sh["violations"]:
         w("           no violation\n")
         return
