@@ -34,11 +34,6 @@ class VcpuState(enum.Enum):
     INTERRUPTED = "interrupted"
     ERROR = "error"
 
-    @property
-    def finished(self) -> bool:
-        """Whether the loop has ended."""
-        return self not in (VcpuState.CREATED, VcpuState.RUNNING)
-
 
 #: Called after each exit is decoded and before it is dispatched: ``(vcpu, exit) -> None``.
 ExitHook = Callable[[Vcpu, VcpuExit], None]
@@ -109,11 +104,6 @@ class VcpuRecord:
     #: Set by the vCPU's thread as its very last step; the supervisor waits on this (see
     #: stop_vcpu_threads for why not on Thread.join()).
     done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def total_exits(self) -> int:
-        """All exits this vCPU took."""
-        return sum(self.exits.values())
 
 
 def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control: RunControl,
