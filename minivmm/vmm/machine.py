@@ -191,10 +191,11 @@ class Machine:
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
     def _vcpu_loop(self, on_exit: ExitHook | None) -> Callable[[Vcpu, VcpuRecord, RunControl], None]:
-        dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
         shadow = self.shadow
 
         def loop(vcpu: Vcpu, record: VcpuRecord, control: RunControl) -> None:
+            # One dispatcher per vCPU: its route tables are that vCPU's own (no lock on the exit path).
+            dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
             run_vcpu(vcpu, dispatcher, record, control, on_exit, shadow)
         return loop
 
