@@ -266,3 +266,53 @@ def test_a_lying_guest_exits_5_from_the_cli(tmp_path):
     proc = run_cli("boot", str(image), "--mode", "protected")
     assert proc.returncode == 5, proc.stderr
     assert "guest-report-does-not-add-up" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# --- the exit check's cache: per bus version, bounded by the bus (issue 10 point 3, issue 14) --------
+
+def test_a_datamatch_ioeventfd_claims_only_its_value_and_the_verdict_is_cached_per_version():
+    shadow = ShadowChecker()
+    shadow.vcpu_created(0)
+    register(shadow, IoEvent(DOORBELL, 4, 10, datamatch=7))
+    v = shadow.version
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\x08\0\0\0"), v, v)  # another value: the kernel passes it on
+    shadow.check_exit(0, MmioRead(DOORBELL, 4), v, v)
+    assert shadow.violation_count == 0
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\x07\0\0\0"), v, v)  # its value: the kernel takes it
+    assert shadow.violation_count == 1 and shadow.exits_checked == 3
+
+
+def test_accesses_outside_every_range_are_never_cached_and_inside_the_cache_is_bounded(monkeypatch):
+    import minivmm.shadow.checker as checker
+    monkeypatch.setattr(checker, "MAX_CACHED_ACCESSES", 8)
+    shadow = ShadowChecker(platform="pvm")
+    shadow.irqchip_created()  # the PIC, IOAPIC and PIT: ranges with many addresses inside
+    shadow.vcpu_created(0)
+    v = shadow.version
+    for addr in range(0x2000_0000, 0x2000_0000 + 8 * 10_000, 8):  # the MMIO walker
+        shadow.check_exit(0, MmioRead(addr, 4), v, v)
+    view = shadow._mmio_views[v]
+    assert shadow.violation_count == 0 and view.cache == {}
+    ioapic = next(addr for bus, addr, length, _ in shadow.model.platform.irqchip_devices
+                  if bus is checker.MMIO and length >= 0x40)
+    for offset in range(0, 0x40, 4):
+        shadow.check_exit(0, MmioRead(ioapic + offset, 4), v, v)  # an in-kernel device takes each
+    assert shadow.violation_count == 16 and len(view.cache) == 8
+
+
+def test_versions_no_window_can_reach_are_pruned_and_a_finished_vcpu_pins_none():
+    shadow, _, ev = shadow_with_doorbell()
+    shadow.vcpu_created(0)
+    shadow.vcpu_created(1)
+    pinned = shadow.version      # vCPU 1 entered KVM_RUN here and has not exited since
+    for _ in range(50):
+        register(shadow, ev)
+        v = shadow.version
+        shadow.check_exit(0, MmioRead(DOORBELL + 0x100, 4), v, v)  # vCPU 0 exits after each change
+        unregister(shadow, ev)
+    assert shadow.versions_kept == 101   # everything since vCPU 1's entry
+    shadow.check_exit(1, MmioWrite(DOORBELL, b"\1\0\0\0"), pinned, shadow.version)  # its long window
+    assert shadow.violation_count == 0   # registered and unregistered in the window: allowed
+    shadow.vcpu_done(1)
+    register(shadow, ev)
+    assert shadow.versions_kept <= 3     # now only vCPU 0's window counts

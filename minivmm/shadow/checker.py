@@ -43,8 +43,9 @@ from __future__ import annotations
 import enum
 import threading
 from bisect import bisect_right
+from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
@@ -116,10 +117,11 @@ class _BusView:
 
     Memory is bounded by the bus, not by the guest: an access outside every span is unclaimed (a range
     matches an access only if the access starts inside it, or, for a zero-length range, at its
-    address), decided by one bisection and never cached; an access inside a span is looked up with
-    the model's kernel-faithful walk (``offered_devices``) and cached by (address, length), and at most
-    ``MAX_CACHED_ACCESSES`` of those are kept (past that the lookup is simply made again). Shared by
-    consecutive versions while the bus does not change.
+    address, so the kernel's lookup finds none), decided by one bisection and never cached; an access
+    inside a span is looked up with the model's kernel-faithful walk (``offered_devices``, then
+    ``first_taker``) and its verdict cached by (address, length), at most ``MAX_CACHED_ACCESSES`` of
+    them (past that the lookup is simply made again). The bus never changes, so neither do the
+    verdicts: one view serves every version in which this bus is current.
     """
 
     __slots__ = ("bus", "starts", "ends", "cache")
@@ -134,33 +136,50 @@ class _BusView:
                 spans.append([start, end])
         self.starts = tuple(sp[0] for sp in spans)
         self.ends = tuple(sp[1] for sp in spans)
-        #: (addr, length) -> the devices the kernel offers the access to; written by any vCPU thread
-        #: (a benign race: two threads that miss store the same tuple).
-        self.cache: dict[tuple[int, int], tuple[KvmIoDevice, ...]] = {}
+        #: (addr, length) -> _Verdict; written by any vCPU thread (a benign race: two threads that
+        #: miss store equal verdicts).
+        self.cache: dict[tuple[int, int], _Verdict] = {}
 
-    def offered(self, addr: int, length: int) -> tuple[KvmIoDevice, ...]:
-        """The devices the kernel's lookup offers this access to, in order (empty: it exits)."""
+    def claims(self, addr: int, length: int, data: bytes | None) -> bool:
+        """Whether an in-kernel device on this bus takes the access: a read if ``data`` is None, else a
+        write of ``data``."""
         i = bisect_right(self.starts, addr) - 1
         if i < 0 or addr >= self.ends[i]:
-            return ()
+            return False
         key = (addr, length)
-        offered = self.cache.get(key)
-        if offered is None:
-            offered = offered_devices(self.bus, addr, length)
+        verdict = self.cache.get(key)
+        if verdict is None:
+            verdict = _Verdict.of(offered_devices(self.bus, addr, length), addr, length)
             if len(self.cache) < MAX_CACHED_ACCESSES:
-                self.cache[key] = offered
-        return offered
+                self.cache[key] = verdict
+        if data is None:
+            return verdict.read
+        if verdict.write is not None:
+            return verdict.write
+        return first_taker(verdict.offered, addr, length, int.from_bytes(data, "little")) is not None
 
 
-class _Version:
-    """One published state of the shadow's buses (never modified after publication)."""
+class _Verdict(NamedTuple):
+    """The model's answer for one (address, length) on one bus: whether a read is taken, whether a
+    write is taken (None: it depends on the value, a datamatch ioeventfd), and the devices offered."""
 
-    __slots__ = ("number", "mmio", "pio")
+    read: bool
+    write: bool | None
+    offered: tuple[KvmIoDevice, ...]
 
-    def __init__(self, number: int, mmio: _BusView, pio: _BusView) -> None:
-        self.number = number
-        self.mmio = mmio
-        self.pio = pio
+    @classmethod
+    def of(cls, offered: tuple[KvmIoDevice, ...], addr: int, length: int) -> _Verdict:
+        """The verdict for an access offered to ``offered`` (from ``offered_devices``)."""
+        read = first_taker(offered, addr, length, 0, is_write=False) is not None
+        write: bool | None = False
+        for dev in offered:
+            if not isinstance(dev, Ioeventfd) or dev.datamatch is None:
+                if first_taker((dev,), addr, length, 0) is not None:
+                    write = True  # takes a write whatever its value
+                    break
+            elif first_taker((dev,), addr, length, dev.datamatch) is not None:
+                write = None  # takes a write of one value only
+        return cls(read, write, offered)
 
 
 @dataclass
@@ -192,9 +211,9 @@ class ShadowChecker:
         self._running = False
         self._delayed: list[IoEvent] = []
         self._unmarked: set[IoEvent] = set()  # registrations an injected fault keeps the shadow from seeing
-        self._devices: dict[tuple, Ioeventfd] = {}
+        self._devices: dict[tuple[int, int, int | None, bool], Ioeventfd] = {}
         self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
-        self._checked: dict[int, int] = {}  # per vCPU: each thread updates only its own entry
+        self._checked: defaultdict[int, int] = defaultdict(int)  # per vCPU: each thread updates its own
         self.registrations_mirrored = 0
         self.deregistrations_mirrored = 0
         self.completions_reconciled = 0
@@ -204,8 +223,10 @@ class ShadowChecker:
         self.guest_error_count = 0
         self.guest_errors: list[ShadowViolation] = []  # the guest's (likewise)
         self.exits_not_judged = 0
-        # Versions by number, from ``_oldest`` to ``version``; see _publish() for who owns what.
-        self._versions: dict[int, _Version] = {}
+        # Each version's two buses by version number, from ``_oldest`` to ``version``; see _publish()
+        # for who owns what.
+        self._mmio_views: dict[int, _BusView] = {}
+        self._pio_views: dict[int, _BusView] = {}
         self._oldest = 0
         #: Per vCPU in a run: the oldest version its current (or next) KVM_RUN window can start at.
         self._entry: dict[int, int] = {}
@@ -239,25 +260,24 @@ class ShadowChecker:
         if len(grace_periods) > 16:
             del grace_periods[:-1]
         number = self.versions_published
-        prev = self._versions.get(self.version)
         mmio, pio = self.model.buses[MMIO], self.model.buses[PIO]
-        self._versions[number] = _Version(
-            number,
-            prev.mmio if prev is not None and prev.mmio.bus is mmio else _BusView(mmio),
-            prev.pio if prev is not None and prev.pio.bus is pio else _BusView(pio))
+        mmio_views, pio_views = self._mmio_views, self._pio_views
+        prev_mmio, prev_pio = mmio_views.get(self.version), pio_views.get(self.version)
+        mmio_views[number] = prev_mmio if prev_mmio is not None and prev_mmio.bus is mmio else _BusView(mmio)
+        pio_views[number] = prev_pio if prev_pio is not None and prev_pio.bus is pio else _BusView(pio)
         self.versions_published = number + 1
         self.version = number
         low = min(min(self._entry.values(), default=number), number)
         low = max(low, number - MAX_VERSIONS + 1)
-        versions = self._versions
         while self._oldest < low:
-            versions.pop(self._oldest, None)
+            mmio_views.pop(self._oldest, None)
+            pio_views.pop(self._oldest, None)
             self._oldest += 1
 
     @property
     def versions_kept(self) -> int:
         """Bus versions held now (the rest were pruned)."""
-        return len(self._versions)
+        return len(self._mmio_views)
 
     def vcpu_done(self, vcpu_id: int) -> None:
         """The vCPU's loop has ended: it judges no more exits, so it pins no version."""
@@ -373,40 +393,66 @@ class ShadowChecker:
         with self._lock:
             self.model.create_vcpu(vcpu_id)
             self._entry[vcpu_id] = self.version
+            self._checked[vcpu_id] += 0  # the entry exists before the vCPU's thread updates it
 
     # --- the per-exit check (lock-free) ------------------------------------------------------------
     def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
-        """Judge one exit that reached userspace, given the shadow versions around its KVM_RUN."""
+        """Judge one exit that reached userspace, given the shadow versions around its KVM_RUN.
+
+        The hot path: most exits come from a loop on one bus version (V_entry == V_exit) at an address
+        outside every range of that version's bus, which one bisection settles (see _BusView);
+        anything else (an access inside a range, a window over several versions) goes to
+        :meth:`_judge`.
+        """
         cls = type(exit_)
-        if cls is MmioWrite:
-            bus, addr, length, value, write = MMIO, exit_.addr, len(exit_.data), int.from_bytes(exit_.data, "little"), True
-        elif cls is IoOut:
-            if exit_.count != 1:
+        if cls is IoOut:
+            # (``cls is`` rather than isinstance() for speed, so mypy does not narrow: hence the ignores)
+            if exit_[2] != 1:  # type: ignore[misc]  # string I/O: not one access, each item was offered
                 self._entry[vcpu_id] = v_exit
-                return  # string I/O: each item was offered to the bus; judged as a whole it is not one access
-            bus, addr, length, value, write = PIO, exit_.port, exit_.size, int.from_bytes(exit_.data, "little"), True
-        elif cls is MmioRead:
-            bus, addr, length, value, write = MMIO, exit_.addr, exit_.length, 0, False
+                return
+            views = self._pio_views
+        elif cls is MmioWrite or cls is MmioRead:
+            views = self._mmio_views
         elif cls is IoIn:
-            bus, addr, length, value, write = PIO, exit_.port, exit_.size, 0, False
+            views = self._pio_views
         else:
             self._entry[vcpu_id] = v_exit
             return
-        self._checked[vcpu_id] = self._checked.get(vcpu_id, 0) + 1
-        versions = self._versions
-        try:
-            for number in range(v_entry, v_exit + 1):
-                version = versions.get(number)
-                if version is None:  # dropped by the MAX_VERSIONS cap: not judged
-                    self.exits_not_judged += 1
+        self._checked[vcpu_id] += 1
+        if v_entry == v_exit:
+            view = views.get(v_entry)
+            if view is not None:
+                addr = exit_[0]  # type: ignore[misc]  # the port or address, first in each of the four
+                i = bisect_right(view.starts, addr) - 1
+                if i < 0 or addr >= view.ends[i]:
+                    self._entry[vcpu_id] = v_exit
                     return
-                view = version.mmio if bus is MMIO else version.pio
-                if first_taker(view.offered(addr, length), addr, length, value, write) is None:
-                    return  # the kernel may have looked it up on a bus like this one: allowed
-        finally:
-            self._entry[vcpu_id] = v_exit
+        self._judge(vcpu_id, exit_, v_entry, v_exit)
+        self._entry[vcpu_id] = v_exit
+
+    def _judge(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
+        """The full rule: a violation iff the access is claimed in every version of the window."""
+        data: bytes | None
+        if isinstance(exit_, MmioWrite):
+            pio, addr, length, data = False, exit_.addr, len(exit_.data), exit_.data
+        elif isinstance(exit_, MmioRead):
+            pio, addr, length, data = False, exit_.addr, exit_.length, None
+        elif isinstance(exit_, IoOut):
+            pio, addr, length, data = True, exit_.port, exit_.size, exit_.data
+        elif isinstance(exit_, IoIn):
+            pio, addr, length, data = True, exit_.port, exit_.size, None
+        else:
+            return
+        views = self._pio_views if pio else self._mmio_views
+        for number in range(v_entry, v_exit + 1):
+            view = views.get(number)
+            if view is None:  # dropped by the MAX_VERSIONS cap: not judged
+                self.exits_not_judged += 1
+                return
+            if not view.claims(addr, length, data):
+                return  # the kernel may have looked it up on a bus like this one: allowed
         self._violation(Rule.EXIT_CLAIMED, vcpu_id, exit_, addr, (v_entry, v_exit),
-                        f"{'MMIO' if bus is MMIO else 'PIO'} {'write' if write else 'read'} at {addr:#x} "
+                        f"{'PIO' if pio else 'MMIO'} {'read' if data is None else 'write'} at {addr:#x} "
                         f"(len {length}) exited to userspace although an in-kernel device claims it in every "
                         "shadow bus version between the KVM_RUN's entry and its exit")
 
