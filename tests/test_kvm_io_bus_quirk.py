@@ -42,8 +42,7 @@ def model_handles(order: list[tuple[int, int]]) -> bool:
 def kernel_handles(order: list[tuple[int, int]], shadow: ShadowChecker | None = None) -> bool:
     """Run the guest's one write on the host kernel with the ioeventfds registered in ``order``; with a
     ``shadow``, the shadow mirrors the registrations and judges the exit, as in a minivmm run."""
-    with Kvm() as kvm, kvm.create_vm() as vm, GuestMemory(0, MEM) as mem:
-        vm.observer = shadow
+    with Kvm() as kvm, kvm.create_vm(observer=shadow) as vm, GuestMemory(0, MEM) as mem:
         vm.set_user_memory_region(0, 0, MEM, mem.host_addr)
         mem.write(0x1000, GUEST)
         boot.write_system_tables(mem, MEM, Mode.PROTECTED)
@@ -53,13 +52,7 @@ def kernel_handles(order: list[tuple[int, int]], shadow: ShadowChecker | None = 
                 fds.append(lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK))
                 vm.register_ioevent(IoEvent(addr, length, fds[-1]))
             cpu = vm.create_vcpu(0)
-            cpu.set_cpuid2(kvm.get_supported_cpuid())
-            sregs = cpu.get_sregs()
-            boot.setup_sregs(sregs, MEM, Mode.PROTECTED)
-            cpu.set_sregs(sregs)
-            regs = cpu.get_regs()
-            boot.setup_regs(regs, 0x1000, 0)
-            cpu.set_regs(regs)
+            boot.setup_vcpu(cpu, MEM, Mode.PROTECTED, 0x1000, 0, kvm.get_supported_cpuid())
             v_entry = shadow.version if shadow is not None else 0
             first = cpu.run()
             if shadow is not None:

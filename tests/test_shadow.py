@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from minivmm.cli.errors import outcome_exit_code
 from minivmm.kvm.exits import IoOut, MmioRead, MmioWrite
 from minivmm.kvm.vm import IoEvent
 from minivmm.shadow.checker import Injection, Rule, ShadowChecker
@@ -149,7 +150,7 @@ def test_regmulti_runs_clean_on_three_vcpus(boot, guest_image):
 @pytest.mark.parametrize("inject", list(Injection))
 def test_every_injected_fault_is_caught_on_real_kvm(boot, guest_image, inject):
     report, _ = boot(guest_image("regloop"), mode=Mode.PROTECTED, guest_iterations=32, inject=inject.value)
-    assert report.outcome is RunOutcome.VIOLATION and report.exit_code == 3
+    assert report.outcome is RunOutcome.VIOLATION and outcome_exit_code(report.outcome) == 3
     assert report.extra["shadow"]["violations"] >= 1
 
 
@@ -208,7 +209,7 @@ def test_the_registration_race_guest_halts_clean_on_three_vcpus(boot, guest_imag
     # ioctl, most runs ended in a false unaccounted-in-kernel-completion (exit 3).
     report, _ = boot(guest_image("regrace"), mode=Mode.PROTECTED, vcpus=3, guest_iterations=600, timeout=60)
     assert report.outcome is RunOutcome.HALTED, report.extra["shadow"]["first_violations"]
-    assert report.exit_code == 0 and report.console == "regrace: ok\n" * 3
+    assert outcome_exit_code(report.outcome) == 0 and report.console == "regrace: ok\n" * 3
     dyn = report.extra["dynamic_doorbells"]
     assert dyn["registrations"] == dyn["unregistrations"] == 3 * 600
     assert dyn["guest_reported_writes"] == 3 * 600 * 3
@@ -252,7 +253,7 @@ def test_a_false_report_is_a_guest_error_and_only_judged_when_the_guest_halted()
 @pytest.mark.kvm
 def test_a_lying_guest_ends_in_a_guest_error_not_a_kernel_violation(boot):
     report, _ = boot(LYING_GUEST, mode=Mode.PROTECTED)
-    assert report.outcome is RunOutcome.GUEST_ERROR and report.exit_code == 5
+    assert report.outcome is RunOutcome.GUEST_ERROR and outcome_exit_code(report.outcome) == 5
     sh = report.extra["shadow"]
     assert sh["violations"] == 0 and sh["guest_errors"] == 1
     assert sh["first_guest_errors"][0]["rule"] == "guest-report-does-not-add-up"

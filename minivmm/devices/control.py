@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from minivmm.devices.doorbell import DOORBELL_WRITE_LEN, EventCounter
 from minivmm.kvm.errors import KvmError
@@ -31,11 +32,28 @@ OP_REGISTER, OP_UNREGISTER, OP_REPORT = 1, 2, 3
 DYNAMIC_SLOTS = 16
 
 
+@dataclass(frozen=True)
+class DynamicDoorbellCounts:
+    """What the guest did with the run-time doorbells, for the run report."""
+
+    registrations: int
+    unregistrations: int
+    #: What the guest says it wrote (its OP_REPORT commands).
+    guest_reported_writes: int
+    #: What the kernel counted on the doorbells' eventfds.
+    kernel_counted: int
+    #: Writes that reached userspace instead.
+    userspace_writes: int
+
+
 class DynamicDoorbells:
     """The run-time doorbells: one eventfd per slot for the whole run, registered and unregistered on
     the guest's request. Thread-safe: vCPUs issue commands concurrently."""
 
-    def __init__(self, base: int, stride: int, slots: int = DYNAMIC_SLOTS) -> None:
+    def __init__(self, vm: Vm, base: int, stride: int, slots: int = DYNAMIC_SLOTS,
+                 on_report: Callable[[int, int], None] | None = None,
+                 on_userspace_write: Callable[[int], None] | None = None) -> None:
+        self.vm = vm
         self.base = base
         self.stride = stride
         self.counters = [EventCounter() for _ in range(slots)]
@@ -45,11 +63,10 @@ class DynamicDoorbells:
         self.reported = [0] * slots
         self.userspace_writes = [0] * slots
         self._lock = threading.Lock()
-        self.vm: Vm | None = None
         #: Called with (eventfd, writes) for each guest report; the shadow reconciles there.
-        self.on_report: Callable[[int, int], None] | None = None
+        self.on_report = on_report
         #: Called with the eventfd when a write to a slot's address reached userspace.
-        self.on_userspace_write: Callable[[int], None] | None = None
+        self.on_userspace_write = on_userspace_write
 
     def addr(self, slot: int) -> int:
         """The guest-physical address of ``slot``."""
@@ -69,7 +86,7 @@ class DynamicDoorbells:
             if self.on_report is not None:
                 self.on_report(self.counters[slot].fd, count)
             return 0
-        if op not in (OP_REGISTER, OP_UNREGISTER) or self.vm is None:
+        if op not in (OP_REGISTER, OP_UNREGISTER):
             return errno.EINVAL
         with self._lock:  # one registration change at a time (the kernel serialises on slots_lock too)
             want = op == OP_REGISTER
@@ -86,6 +103,13 @@ class DynamicDoorbells:
                 return e.errno or errno.EIO
             self.registered[slot] = want
         return 0
+
+    def counts(self) -> DynamicDoorbellCounts | None:
+        """The run's counts, or None when the guest never used the control device."""
+        if not (self.registrations or any(self.reported)):
+            return None
+        return DynamicDoorbellCounts(self.registrations, self.unregistrations, sum(self.reported),
+                                     sum(c.total() for c in self.counters), sum(self.userspace_writes))
 
     def userspace_write(self, slot: int) -> None:
         """A write at ``slot``'s address reached userspace."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
-from minivmm.kvm.vm import Vm
-
-DEFAULT_DEVICE_PATH = "/dev/kvm"
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.vm import Vm, VmObserver
 
 
 class Kvm:
@@ -38,7 +38,8 @@ class Kvm:
             version = self.get_api_version()
         except KvmError:
             os.close(self.fd)
-            raise KvmUnavailable(errno.ENODEV, f"{path} does not answer KVM_GET_API_VERSION: not a KVM device") from None
+            raise KvmUnavailable(errno.ENODEV,
+                                 f"{path} does not answer KVM_GET_API_VERSION: not a KVM device") from None
         except KvmUnavailable:
             os.close(self.fd)
             raise
@@ -58,7 +59,7 @@ class Kvm:
         """Wrapper over KVM_GET_VCPU_MMAP_SIZE: the size of each vCPU's ``kvm_run`` mapping."""
         return ioctl_val(self.fd, lib.KVM_GET_VCPU_MMAP_SIZE, 0)
 
-    def get_supported_cpuid(self, max_entries: int = 256):
+    def get_supported_cpuid(self, max_entries: int = 256) -> Any:
         """Wrapper over KVM_GET_SUPPORTED_CPUID: returns a ``struct kvm_cpuid2 *`` (cffi-owned).
 
         The kernel answers E2BIG when ``max_entries`` is too small; we double and retry.
@@ -73,10 +74,12 @@ class Kvm:
                     raise
                 max_entries *= 2
 
-    def create_vm(self, vm_type: int = 0) -> Vm:
-        """Wrapper over KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
+    def create_vm(self, vm_type: int = 0, observer: VmObserver | None = None) -> Vm:
+        """Wrapper over KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs); ``observer`` is told about
+        its bus- and memslot-changing ioctls from the first one on."""
+        mmap_size = self.get_vcpu_mmap_size()
         fd = ioctl_val(self.fd, lib.KVM_CREATE_VM, vm_type, self.tracer)
-        return Vm(fd, self, self.tracer)
+        return Vm(fd, mmap_size, self.tracer, observer)
 
     def close(self) -> None:
         """Close ``/dev/kvm``. VMs created from it stay valid (they hold their own reference)."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
-
-if TYPE_CHECKING:
-    from minivmm.kvm.system import Kvm
 
 
 @dataclass(frozen=True)
@@ -49,16 +46,20 @@ class VmObserver(Protocol):
 
 
 class Vm:
-    """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``."""
+    """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``.
 
-    def __init__(self, fd: int, kvm: Kvm, tracer: IoctlTracer | None = None) -> None:
+    ``vcpu_mmap_size`` is what KVM_GET_VCPU_MMAP_SIZE answered on the system fd (as kvm-ioctls passes
+    it in, rather than keeping a reference to the system fd just to ask).
+    """
+
+    def __init__(self, fd: int, vcpu_mmap_size: int, tracer: IoctlTracer | None = None,
+                 observer: VmObserver | None = None) -> None:
         self.fd = fd
-        self.kvm = kvm
         self.tracer = tracer
         #: Told about bus- and memslot-changing ioctls (see VmObserver); None: nobody is.
-        self.observer: VmObserver | None = None
+        self.observer = observer
         self.vcpus: list[Vcpu] = []
-        self._vcpu_mmap_size = kvm.get_vcpu_mmap_size()
+        self._vcpu_mmap_size = vcpu_mmap_size
 
     def check_extension(self, cap: int) -> int:
         """Wrapper over KVM_CHECK_EXTENSION on the VM fd (some capabilities are per VM)."""
