@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from minivmm.cli.errors import outcome_exit_code
-from minivmm.kvm.exits import IoOut, MmioRead, MmioWrite
+from minivmm.kvm.exits import EXIT_TYPES, MMIO_EXITS, PIO_EXITS, IoOut, MmioRead, MmioWrite
 from minivmm.kvm.vm import IoEvent
 from minivmm.shadow.checker import Injection, Rule, ShadowChecker
 from minivmm.vmm.boot import Mode
@@ -317,3 +317,19 @@ def test_versions_no_window_can_reach_are_pruned_and_a_finished_vcpu_pins_none()
     shadow.vcpu_done(1)
     register(shadow, ev)
     assert shadow.versions_kept <= 3     # now only vCPU 0's window counts
+
+
+# --- the exit registry decides what is judged (issue 9, point 1) -----------------------------------
+
+@pytest.mark.parametrize("cls", EXIT_TYPES, ids=lambda c: c.__name__)
+def test_the_shadow_judges_exactly_the_bus_exits_of_the_registry(cls):
+    from test_exit_registry import EXAMPLES
+    shadow = ShadowChecker()
+    shadow.vcpu_created(0)
+    exit_ = EXAMPLES[cls]
+    shadow.check_exit(0, exit_, shadow.version, shadow.version)
+    on_a_bus = cls in PIO_EXITS or cls in MMIO_EXITS
+    assert shadow.exits_checked == (1 if on_a_bus else 0)
+    if on_a_bus:
+        access = exit_.bus_access()
+        assert access is not None and access.pio is (cls in PIO_EXITS) and access.addr == exit_[0]

@@ -54,7 +54,7 @@ from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, fi
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
-from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VcpuExit
+from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS, VcpuExit
 from minivmm.kvm.vm import IoEvent
 
 MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
@@ -222,11 +222,14 @@ class ShadowChecker:
         self.violations: list[ShadowViolation] = []  # the kernel's (the first MAX_KEPT_VIOLATIONS)
         self.guest_error_count = 0
         self.guest_errors: list[ShadowViolation] = []  # the guest's (likewise)
-        self.exits_not_judged = 0
+        self._not_judged: defaultdict[int, int] = defaultdict(int)  # per vCPU, like _checked
         # Each version's two buses by version number, from ``_oldest`` to ``version``; see _publish()
         # for who owns what.
         self._mmio_views: dict[int, _BusView] = {}
         self._pio_views: dict[int, _BusView] = {}
+        #: The bus exits of the exit registry, each with the views of its bus.
+        self._views_of: dict[type, dict[int, _BusView]] = {
+            **{cls: self._pio_views for cls in PIO_EXITS}, **{cls: self._mmio_views for cls in MMIO_EXITS}}
         self._oldest = 0
         #: Per vCPU in a run: the oldest version its current (or next) KVM_RUN window can start at.
         self._entry: dict[int, int] = {}
@@ -285,8 +288,14 @@ class ShadowChecker:
             self._entry.pop(vcpu_id, None)
 
     @property
+    def exits_not_judged(self) -> int:
+        """Bus exits the rule could not judge: string I/O out inside a device's range, or a window
+        that starts at a version the MAX_VERSIONS cap dropped (allowed, as the rule must when unsure)."""
+        return sum(self._not_judged.values())
+
+    @property
     def exits_checked(self) -> int:
-        """Exits judged so far, over all vCPUs."""
+        """Bus exits (PIO and MMIO) the check saw, over all vCPUs."""
         return sum(self._checked.values())
 
     def attach_counter(self, fd: int, total: Callable[[], int], addr: int) -> None:
@@ -404,25 +413,16 @@ class ShadowChecker:
         anything else (an access inside a range, a window over several versions) goes to
         :meth:`_judge`.
         """
-        cls = type(exit_)
-        if cls is IoOut:
-            # (``cls is`` rather than isinstance() for speed, so mypy does not narrow: hence the ignores)
-            if exit_[2] != 1:  # type: ignore[misc]  # string I/O: not one access, each item was offered
-                self._entry[vcpu_id] = v_exit
-                return
-            views = self._pio_views
-        elif cls is MmioWrite or cls is MmioRead:
-            views = self._mmio_views
-        elif cls is IoIn:
-            views = self._pio_views
-        else:
+        views = self._views_of.get(type(exit_))
+        if views is None:  # not an exit of an access to a bus
             self._entry[vcpu_id] = v_exit
             return
         self._checked[vcpu_id] += 1
         if v_entry == v_exit:
             view = views.get(v_entry)
             if view is not None:
-                addr = exit_[0]  # type: ignore[misc]  # the port or address, first in each of the four
+                # The port or address, first in each bus exit (indexing: faster than bus_access()).
+                addr = exit_[0]  # type: ignore[misc]
                 i = bisect_right(view.starts, addr) - 1
                 if i < 0 or addr >= view.ends[i]:
                     self._entry[vcpu_id] = v_exit
@@ -432,22 +432,16 @@ class ShadowChecker:
 
     def _judge(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
         """The full rule: a violation iff the access is claimed in every version of the window."""
-        data: bytes | None
-        if isinstance(exit_, MmioWrite):
-            pio, addr, length, data = False, exit_.addr, len(exit_.data), exit_.data
-        elif isinstance(exit_, MmioRead):
-            pio, addr, length, data = False, exit_.addr, exit_.length, None
-        elif isinstance(exit_, IoOut):
-            pio, addr, length, data = True, exit_.port, exit_.size, exit_.data
-        elif isinstance(exit_, IoIn):
-            pio, addr, length, data = True, exit_.port, exit_.size, None
-        else:
+        access = exit_.bus_access()  # type: ignore[union-attr]  # only bus exits reach here
+        if access is None:  # string I/O out inside a range: not one access
+            self._not_judged[vcpu_id] += 1
             return
+        pio, addr, length, data = access
         views = self._pio_views if pio else self._mmio_views
         for number in range(v_entry, v_exit + 1):
             view = views.get(number)
             if view is None:  # dropped by the MAX_VERSIONS cap: not judged
-                self.exits_not_judged += 1
+                self._not_judged[vcpu_id] += 1
                 return
             if not view.claims(addr, length, data):
                 return  # the kernel may have looked it up on a bus like this one: allowed
