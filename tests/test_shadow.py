@@ -247,7 +247,33 @@ def test_a_false_report_is_a_guest_error_and_only_judged_when_the_guest_halted()
     shadow.reconcile(final=True)
     assert shadow.violation_count == 0 and shadow.guest_error_count == 1
     assert shadow.guest_errors[0].rule is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
-    assert shadow.summary()["guest_errors"] == 1 and shadow.summary()["violations"] == 0
+    summary = shadow.summary()
+    assert summary.guest_errors == 1 and summary.violations == 0
+    assert summary.first_guest_errors[0].rule is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
+
+
+def test_the_summary_is_typed_data_and_json_only_at_the_edge():
+    import io
+    import json
+
+    from minivmm.shadow.summary import ShadowSummary
+    from minivmm.vmm.report import render_shadow
+    shadow, _, ev = shadow_with_doorbell(Injection.STALE_BUS)
+    register(shadow, ev)
+    unregister(shadow, ev)
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\5\0\0\0"), shadow.version, shadow.version)
+    summary = shadow.summary()
+    assert isinstance(summary, ShadowSummary) and summary.inject == "stale-bus"
+    assert summary.violations == 1 and summary.first_violations[0].rule is Rule.EXIT_CLAIMED
+    as_json = json.loads(json.dumps(summary.to_json()))
+    assert as_json["enabled"] is True and as_json["first_violations"][0]["rule"] == "exit-of-a-claimed-access"
+    assert as_json["bus_versions"] == summary.bus_versions == 2  # the stale bus: no deregistration mirrored
+    out = io.StringIO()
+    render_shadow(summary, out)
+    assert "1 VIOLATION(S)" in out.getvalue() and "exit-of-a-claimed-access: vcpu0" in out.getvalue()
+    out = io.StringIO()
+    render_shadow(None, out)
+    assert out.getvalue() == "shadow     off (--no-check)\n"
 
 
 @pytest.mark.kvm

@@ -44,7 +44,7 @@ import enum
 import threading
 from bisect import bisect_right
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 from collections.abc import Callable
 
@@ -56,6 +56,7 @@ from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
 from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS, VcpuExit
 from minivmm.kvm.vm import IoEvent
+from minivmm.shadow.summary import FIRST_KEPT, Rule, ShadowSummary, ShadowViolation
 
 MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
 MAX_KEPT_VIOLATIONS = 20
@@ -71,44 +72,6 @@ class Injection(str, enum.Enum):
     DROP_REGISTRATION = "drop-registration"
     DELAY_REGISTRATION = "delay-registration"
     STALE_BUS = "stale-bus"
-
-
-class Rule(str, enum.Enum):
-    """The rules a finding can break: the kernel's (a violation, exit code 3) or the guest's (a guest
-    error, exit code 5)."""
-
-    #: The kernel's: an exit of an access some in-kernel device claims in every version of its window.
-    EXIT_CLAIMED = "exit-of-a-claimed-access"
-    #: The kernel's: an eventfd count no open registration accounts for.
-    UNACCOUNTED_COMPLETION = "unaccounted-in-kernel-completion"
-    #: The guest's: the writes a guest reported on a doorbell differ from what the kernel counted plus
-    #: what exited. Only the guest's word says how many it wrote, so a guest can break this rule at
-    #: will (``movl $0x03000005, 0xd0002000; hlt``: "I wrote 5 times"); it proves nothing about the
-    #: kernel, whose completions the two rules above already check against the VMM's own knowledge.
-    GUEST_REPORT_DOES_NOT_ADD_UP = "guest-report-does-not-add-up"
-
-    @property
-    def guest_error(self) -> bool:
-        """Whether breaking this rule is the guest's fault (not the kernel's)."""
-        return self is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
-
-
-@dataclass(frozen=True)
-class ShadowViolation:
-    """One broken rule, with what shows it."""
-
-    rule: Rule
-    vcpu: int | None
-    exit: str
-    addr: int
-    versions: tuple[int, int]
-    message: str
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        d = asdict(self)
-        d["rule"] = self.rule.value
-        return d
 
 
 class _BusView:
@@ -523,16 +486,14 @@ class ShadowChecker:
                                 f"doorbell {acct.addr:#x}: the guest reported {acct.guest_reported} writes, the "
                                 f"kernel counted {acct.kernel_total} and {acct.userspace_writes} exited")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ShadowSummary:
         """The shadow section of the run report."""
-        return {"enabled": True, "inject": self.inject.value if self.inject else None,
-                "exits_checked": self.exits_checked, "registrations_mirrored": self.registrations_mirrored,
-                "deregistrations_mirrored": self.deregistrations_mirrored,
-                "in_kernel_completions_reconciled": self.completions_reconciled,
-                "reconciliations": self.reconciliations, "bus_versions": self.versions_published,
-                "bus_versions_kept": self.versions_kept, "exits_not_judged": self.exits_not_judged,
-                "violations": self.violation_count,
-                "first_violations": [v.to_json() for v in self.violations[:5]],
-                "guest_errors": self.guest_error_count,
-                "first_guest_errors": [v.to_json() for v in self.guest_errors[:5]],
-                "model_invariant_violations": [v.to_json() for v in self.model.checker.violations[:5]]}
+        return ShadowSummary(
+            inject=self.inject.value if self.inject else None, exits_checked=self.exits_checked,
+            exits_not_judged=self.exits_not_judged, registrations_mirrored=self.registrations_mirrored,
+            deregistrations_mirrored=self.deregistrations_mirrored,
+            in_kernel_completions_reconciled=self.completions_reconciled, reconciliations=self.reconciliations,
+            bus_versions=self.versions_published, bus_versions_kept=self.versions_kept,
+            violations=self.violation_count, first_violations=tuple(self.violations[:FIRST_KEPT]),
+            guest_errors=self.guest_error_count, first_guest_errors=tuple(self.guest_errors[:FIRST_KEPT]),
+            model_invariant_violations=tuple(self.model.checker.violations[:FIRST_KEPT]))
