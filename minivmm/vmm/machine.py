@@ -222,7 +222,7 @@ class Machine:
             doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
             doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
             dynamic_doorbells=self.dynamic.counts() if self.dynamic is not None else None,
-            shadow=self.shadow.summary() if self.shadow is not None else {"enabled": False},
+            shadow=self.shadow.summary() if self.shadow is not None else None,
             vcpus=where, ftrace=ftrace,
             ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None,
             console_echo_dropped=self.console.echo_dropped)
