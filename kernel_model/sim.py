@@ -125,10 +125,6 @@ class Sim:
             if not self._step():
                 raise ModelError(f"waiting for {what} would never end: nothing left to happen")
 
-    def idle(self) -> bool:
-        """Whether no event is pending."""
-        return not any(not ev.cancelled for ev in self._queue)
-
 
 class Completion:
     """``struct completion``: ``complete()`` wakes the waiter after the wake-up cost."""
@@ -189,7 +185,7 @@ class Work:
 class Timer:
     """A ``timer_list`` whose expiry follows the wheel's rounding (see :func:`calc_index_expiry`)."""
 
-    def __init__(self, sim: Sim, fn: Callable[[], None]) -> None:
+    def __init__(self, sim: Sim, fn: Callable[[], object]) -> None:
         self.sim = sim
         self.fn = fn
         self.expires: int | None = None  # the jiffy it fires on, while pending

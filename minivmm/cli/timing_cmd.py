@@ -55,7 +55,7 @@ def timing(
     kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
 ) -> int:
     """Time the VM set-up ioctls of a sequence on this host, side by side with the published report
-    (seed 001) and the kernel model's variants, and name the variant the host behaves like.
+    (Nikita Kalyazin, Feb 13 2026) and the kernel model's variants, and name the variant the host behaves like.
 
     Prints one repetition strace -T style, then min/p10/p50/p90/max per ioctl, the model's predictions
     at this host's HZ and platform, the fit of each variant, and a verdict.
