@@ -9,8 +9,10 @@ Simplifications, said where they are made:
   ioctl caller or a work item) ``spend()`` s time, everything else that is due meanwhile runs as if on
   another CPU (vCPU readers leaving their sections, timers firing), except other work items, which
   wait for the worker.
-- Timers are exact to the tick they expire on (kernel/time/timer.c ``calc_index()``), plus a fixed
-  ``timer_latency`` for the softirq and the CPU wake-up; no timer slack, no NOHZ deferral.
+- Timers are exact to the tick they expire on (kernel/time/timer.c ``calc_index()``), plus a
+  ``timer_latency`` for the timer softirq and the kworker getting the CPU: fixed by default, or drawn
+  per firing from a host profile's measured distribution. (``timer_list`` timers have had no slack
+  since the 4.8 wheel, and ``process_srcu``'s delayed work is not deferrable: neither is a cause.)
 """
 
 from __future__ import annotations
