@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
@@ -66,7 +67,8 @@ class _Event:
 class Sim:
     """The clock and event queue of one model run."""
 
-    def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None) -> None:
+    def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None,
+                 rng: random.Random | None = None) -> None:
         if hz <= 0:
             raise ModelError(f"HZ must be positive, not {hz}")
         if not 0.0 <= phase < 1.0:
@@ -75,6 +77,8 @@ class Sim:
         self.tick_ns = NSEC_PER_SEC // hz
         self.phase_ns = int(phase * self.tick_ns)
         self.costs = costs or Costs()
+        #: Draws the per-firing timer latency when the costs carry a measured distribution.
+        self.rng = rng or random.Random(0)
         self.now = 0
         self._queue: list[_Event] = []
         self._seq = itertools.count()
@@ -95,6 +99,17 @@ class Sim:
         """The running context (caller or work item) takes ``ns`` of CPU time; events due meanwhile
         run concurrently (other CPUs), work items excepted (see ``Work``)."""
         self.run_until(self.now + ns)
+
+    def timer_latency(self) -> int:
+        """The latency of one timer firing: the fixed cost, or a draw from the measured distribution
+        (inverse-CDF sampling with linear interpolation between the sorted samples)."""
+        samples = self.costs.timer_latency_samples
+        if not samples:
+            return self.costs.timer_latency
+        u = self.rng.random() * (len(samples) - 1)
+        i = int(u)
+        j = min(i + 1, len(samples) - 1)
+        return int(samples[i] + (samples[j] - samples[i]) * (u - i))
 
     # --- events ------------------------------------------------------------------------------
     def at(self, time: int, fn: Callable[[], None]) -> _Event:
@@ -204,7 +219,7 @@ class Timer:
         if self._event is not None:
             self._event.cancelled = True
         self.expires = fire
-        self._event = sim.at(sim.tick_time(fire) + sim.costs.timer_latency, self._fire)
+        self._event = sim.at(sim.tick_time(fire) + sim.timer_latency(), self._fire)
 
     def add_timer(self, expires: int) -> None:
         """Models ``add_timer()`` / ``mod_timer()`` with an absolute expiry in jiffies."""

@@ -16,13 +16,15 @@ def _fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def render_predictions(predictions: list[Any], out: TextIO) -> None:
+def render_predictions(predictions: list[Any], out: TextIO, profile: str | None = None) -> None:
     """Human output: one strace-style block per variant (p50), then percentiles side by side."""
     first = predictions[0]
     w = out.write
-    how = ("phase-interpolated" if _deterministic(first.sequence) else "Monte Carlo")
+    how = ("phase-interpolated" if _deterministic(first.sequence) and profile is None else "Monte Carlo")
     w(f"sequence {first.sequence.name} at HZ={first.hz} on {first.platform}: {first.samples} samples "
       f"per variant ({how}), tick phase uniform\n")
+    if profile is not None:
+        w(f"host profile {profile}: timer wake-up latency drawn from its measured distribution\n")
     for pred in predictions:
         w(f"\n# variant {pred.variant}: p50 of each ioctl, strace -T style\n")
         for sp in pred.steps:
@@ -72,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="random seed: the same seed gives the same numbers (default: 0)")
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="one JSON object: per variant and step, p10/p50/p90 (and min/max) in microseconds")
+    p.add_argument("--profile", default=None, metavar="FILE.json",
+                   help="a host profile (minivmm timing --calibrate): each timer's wake-up latency is drawn "
+                        "from its measured distribution (Monte Carlo) instead of the fixed cost")
     p.set_defaults(handler=run)
 
 
@@ -89,13 +94,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
-    predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+    costs = None
+    if args.profile is not None:
+        from kernel_model.profile import ProfileError, load_profile
+        try:
+            costs = load_profile(args.profile).costs(hz=args.hz)
+        except ProfileError as e:
+            raise CliError(str(e)) from None
+    predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed, costs=costs)
                    for name in names]
     if args.as_json:
         json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
-                   "seed": args.seed, "variants": {p.variant: p.to_json() for p in predictions}},
+                   "seed": args.seed, "profile": args.profile,
+                   "variants": {p.variant: p.to_json() for p in predictions}},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render_predictions(predictions, sys.stdout)
+        render_predictions(predictions, sys.stdout, args.profile)
     return 0
