@@ -30,6 +30,11 @@ class Costs:
     #: between the tick and the SRCU worker running under the host's load (the timer softirq,
     #: the kworker waiting for a CPU) beyond the fixed steps the model already counts.
     timer_latency_samples: tuple[int, ...] = ()
+    #: Measured wake-up latencies (ns, sorted) of a wait that no timer ended (an expedited grace period
+    #: on an idle srcu_struct: the SRCU kworker and then the waiter getting a CPU, beyond the fixed
+    #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
+    #: does not, its draw from ``timer_latency_samples`` already covers the whole chain after the tick.
+    wakeup_latency_samples: tuple[int, ...] = ()
     #: One srcu_readers_active_idx_check() over every CPU (with its smp_mb()s).
     reader_scan: int = 1 * US
     #: srcu_gp_end()'s bookkeeping.

@@ -185,7 +185,8 @@ def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: i
     rng = random.Random(seed)
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
-    if phase_deterministic(sequence) and not (costs and costs.timer_latency_samples):
+    if phase_deterministic(sequence) and not (costs and (costs.timer_latency_samples
+                                                         or costs.wakeup_latency_samples)):
         interpolant = PhaseInterpolant(lambda phase: simulate_once(
             sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
         draw = interpolant

@@ -9,7 +9,8 @@ The file is JSON::
 
     {"format": "minivmm-host-profile", "version": 1, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
      "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
-     "timer_latency_ns": [41000, 43000, ...]}     # sorted quantiles of the latency, >= 2 values
+     "timer_latency_ns": [41000, 43000, ...],    # sorted quantiles of the latency, >= 2 values
+     "wakeup_latency_ns": [0, 0, ..., 3900000]}   # the same for a wait no timer ended (optional)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -66,6 +67,7 @@ class HostProfile:
     loadavg: tuple[float, float, float]
     calibration_runs: int
     timer_latency_ns: tuple[int, ...]
+    wakeup_latency_ns: tuple[int, ...] = ()
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -76,17 +78,20 @@ class HostProfile:
         task gets the CPU at the next tick), and that part follows HZ. This is an assumption, said
         wherever a profile is used at another HZ.
         """
-        samples = self.timer_latency_ns
-        if hz is not None and hz != self.hz:
+        def rescale(samples: tuple[int, ...]) -> tuple[int, ...]:
+            if hz is None or hz == self.hz:
+                return samples
             t_cal, t_new = 1_000_000_000 // self.hz, 1_000_000_000 // hz
-            samples = tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
-        return dataclasses.replace(base or Costs(), timer_latency_samples=samples)
+            return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
+        return dataclasses.replace(base or Costs(), timer_latency_samples=rescale(self.timer_latency_ns),
+                                   wakeup_latency_samples=rescale(self.wakeup_latency_ns))
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
         return {"format": FORMAT, "version": VERSION, "hz": self.hz, "platform": self.platform,
                 "kernel": self.kernel, "created": self.created, "loadavg": list(self.loadavg),
-                "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns)}
+                "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns),
+                "wakeup_latency_ns": list(self.wakeup_latency_ns)}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
@@ -95,12 +100,18 @@ class HostProfile:
             raise ProfileError(f"{where}: not a minivmm host profile (no \"format\": \"{FORMAT}\")")
         if data.get("version") != VERSION:
             raise ProfileError(f"{where}: profile version {data.get('version')!r} is not {VERSION}")
-        lat = data.get("timer_latency_ns")
-        if (not isinstance(lat, list) or len(lat) < 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10**10 for x in lat)
-                or lat != sorted(lat)):
-            raise ProfileError(f"{where}: timer_latency_ns must be a sorted list of at least 2 "
-                               "non-negative integers (ns)")
+        def latencies(key: str, required: bool) -> list[int]:
+            lat = data.get(key, None if required else [])
+            if lat == [] and not required:
+                return []
+            if (not isinstance(lat, list) or len(lat) < 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10**10 for x in lat)
+                    or lat != sorted(lat)):
+                raise ProfileError(f"{where}: {key} must be a sorted list of at least 2 non-negative "
+                                   "integers (ns)")
+            return lat
+        lat = latencies("timer_latency_ns", True)
+        wake = latencies("wakeup_latency_ns", False)
         hz, runs = data.get("hz"), data.get("calibration_runs")
         if not isinstance(hz, int) or not 0 < hz <= 10000 or not isinstance(runs, int):
             raise ProfileError(f"{where}: hz must be 1..10000 and calibration_runs an integer")
@@ -108,7 +119,7 @@ class HostProfile:
         if not isinstance(load, list) or len(load) != 3 or not all(isinstance(x, (int, float)) for x in load):
             raise ProfileError(f"{where}: loadavg must be three numbers")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
-                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat))
+                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake))
 
 
 def load_profile(path: str) -> HostProfile:

@@ -84,6 +84,8 @@ class Sim:
         self._seq = itertools.count()
         self._worker_busy = False
         self._deferred_work: list[Callable[[], None]] = []
+        #: Timer firings so far (a wait that saw one had its wake-up latency drawn at the timer).
+        self.timers_fired = 0
 
     # --- time --------------------------------------------------------------------------------
     @property
@@ -101,11 +103,14 @@ class Sim:
         self.run_until(self.now + ns)
 
     def timer_latency(self) -> int:
-        """The latency of one timer firing: the fixed cost, or a draw from the measured distribution
-        (inverse-CDF sampling with linear interpolation between the sorted samples)."""
-        samples = self.costs.timer_latency_samples
-        if not samples:
+        """The latency of one timer firing: the fixed cost, or a draw from the measured distribution."""
+        if not self.costs.timer_latency_samples:
             return self.costs.timer_latency
+        return self.draw(self.costs.timer_latency_samples)
+
+    def draw(self, samples: tuple[int, ...]) -> int:
+        """One draw from a measured distribution (inverse-CDF sampling with linear interpolation
+        between the sorted samples)."""
         u = self.rng.random() * (len(samples) - 1)
         i = int(u)
         j = min(i + 1, len(samples) - 1)
@@ -157,10 +162,16 @@ class Completion:
         self.completed_at = self.sim.now
 
     def wait(self, what: str) -> None:
-        """Models ``wait_for_completion()``: returns at completion time plus the wake-up."""
-        self.sim.wait_for(lambda: self.done, what)
+        """Models ``wait_for_completion()``: returns at completion time plus the wake-up, plus (with a
+        host profile) a measured wake-up latency when no timer fired during the wait."""
+        sim = self.sim
+        fired = sim.timers_fired
+        sim.wait_for(lambda: self.done, what)
         assert self.completed_at is not None
-        self.sim.now = max(self.sim.now, self.completed_at + self.sim.costs.wakeup)
+        extra = 0
+        if sim.costs.wakeup_latency_samples and sim.timers_fired == fired:
+            extra = sim.draw(sim.costs.wakeup_latency_samples)
+        sim.now = max(sim.now, self.completed_at + sim.costs.wakeup + extra)
 
 
 class Work:
@@ -241,6 +252,7 @@ class Timer:
     def _fire(self) -> None:
         self._event = None
         self.expires = None
+        self.sim.timers_fired += 1
         self.fn()
 
 

@@ -187,6 +187,9 @@ def main() -> int:
     ap.add_argument("--profile", default=None, help="a host profile (minivmm timing --calibrate)")
     ap.add_argument("--calibrate-first", type=int, default=0, metavar="RUNS",
                     help="calibrate this host with RUNS runs first and use that profile")
+    ap.add_argument("--calibrate-each", type=int, default=0, metavar="RUNS",
+                    help="calibrate with RUNS runs right before each case (the load of a shared host "
+                         "changes within minutes) and use that case's profile")
     ap.add_argument("--json", default=None, metavar="OUT.json")
     ap.add_argument("--show", action="store_true", help="print each case's sequence")
     args = ap.parse_args()
@@ -210,13 +213,18 @@ def main() -> int:
         text = generate(rng, name)
         if args.show:
             print(text)
+        if args.calibrate_each:
+            from minivmm.timing.calibrate import make_profile, run_calibration
+            costs = make_profile(run_calibration(args.calibrate_each, hz, seed=args.seed + c), hz, platform,
+                                 host.kernel or "").costs()
         res = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c)
         results += res
         ok = sum(r.ok for r in res)
         print(f"{name}: {ok}/{len(res)} grace-period steps agree", flush=True)
     s = summarize(results)
-    print(f"\nHZ={hz} {platform}, {args.cases} cases x {args.repeat} repetitions, profile: "
-          f"{'calibrated' if args.calibrate_first else args.profile or 'none (fixed wake-up cost)'}; "
+    how = ("calibrated before each case" if args.calibrate_each else "calibrated" if args.calibrate_first
+           else args.profile or "none (fixed wake-up cost)")
+    print(f"\nHZ={hz} {platform}, {args.cases} cases x {args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"{s['within']}/{s['steps']} steps within 10% or 0.3 ms at p10, p50 and p90: {s['share']:.1%}")
     for m in s["misses"]:

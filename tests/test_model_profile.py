@@ -119,3 +119,20 @@ def test_cli_model_with_a_profile_and_with_bad_profiles(tmp_path):
         proc = run_cli("model", "--profile", str(bad))
         assert proc.returncode == 2
         assert fragment in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_wakeup_latency_applies_only_to_waits_no_timer_ended():
+    from kernel_model.kvm import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    costs = Costs(wakeup_latency_samples=(4_000_000, 4_000_000), timer_latency_samples=(60_000, 60_000))
+    kvm = KvmModel(Sim(250, 0.5, costs), get_variant("call_srcu"), get_platform("pvm"))
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(0, 0, 1 << 20)       # idle srcu: expedited, no timer
+    idle = kvm.sim.now - t0
+    kvm.ioeventfd(0xD0000050, 4, 0)                 # call_srcu: a normal grace period, a timer
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(1, 1 << 32, 1 << 20)  # waits for that timer
+    timed = kvm.sim.now - t0
+    assert idle > 4_000_000
+    assert timed < 2 * TICK  # no extra 4 ms on top of the timer's own draw

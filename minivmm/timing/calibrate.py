@@ -10,6 +10,10 @@ after the tick: the timer softirq, the kworker getting a CPU, the grace-period s
 work, the wake-up. Subtracting the steps the model already counts (its chain with a zero timer latency)
 leaves the timer latency the profile records.
 
+Then, in the same VM, a second memslot: SRCU is idle, so its expedited grace period needs no timer;
+its duration beyond the model's (the kworker and the waiter getting a CPU) is the wake-up latency of a
+wait no timer ended, the profile's second distribution.
+
 The tick grid is not known to user space; it is found from the runs themselves: with the true grid,
 no run's memslot returns before its timer's tick, and a grid shifted either way puts the runs that
 registered next to a tick boundary a whole jiffy off (a negative latency). The grid offset is the
@@ -47,18 +51,35 @@ class CalibrationRun:
 
     t_reg_ns: int
     t_end_ns: int
+    #: The second memslot's duration (an expedited grace period on an idle srcu_struct); 0 if not taken.
+    idle_sync_ns: int = 0
+
+
+def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
+    base = costs or Costs()
+    sim = Sim(hz, 0.5, Costs(**{**base.__dict__, "timer_latency": 0, "timer_latency_samples": (),
+                                "wakeup_latency_samples": ()}))
+    return sim, KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
 
 
 def model_chain_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
     """What the model counts after the timer's tick with a zero timer latency: the grace-period steps,
     the callback work and the wake-up, from the tick to the memslot ioctl's return."""
-    base = costs or Costs()
-    sim = Sim(hz, 0.5, Costs(**{**base.__dict__, "timer_latency": 0, "timer_latency_samples": ()}))
-    kvm = KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
+    sim, kvm = _zero_latency_model(hz, platform, costs)
     j0 = sim.jiffies
     kvm.ioeventfd(0xD0000050, 4, 0)
     kvm.set_user_memory_region(0, 0, MEMSLOT_SIZE)
     return sim.now - sim.tick_time(j0 + 2)
+
+
+def model_idle_sync_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
+    """The model's duration of the second memslot (an expedited grace period on an idle srcu_struct)."""
+    sim, kvm = _zero_latency_model(hz, platform, costs)
+    kvm.ioeventfd(0xD0000050, 4, 0)
+    kvm.set_user_memory_region(0, 0, MEMSLOT_SIZE)
+    t0 = sim.now
+    kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
+    return sim.now - t0
 
 
 def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[int]:
@@ -114,6 +135,7 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
         for i in range(repeat):
             vm = kvm.create_vm()
             mem = GuestMemory(0, MEMSLOT_SIZE)
+            mem2 = GuestMemory(0x100000000, MEMSLOT_SIZE)
             efd = lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK)
             try:
                 ev = IoEvent(0xD0000050, 4, efd, 0, False)
@@ -121,10 +143,13 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 t_reg = time.monotonic_ns()
                 vm.register_ioevent(ev)
                 vm.set_user_memory_region(0, 0, MEMSLOT_SIZE, mem.host_addr)
-                runs.append(CalibrationRun(t_reg, time.monotonic_ns()))
+                t_end = time.monotonic_ns()
+                vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
+                runs.append(CalibrationRun(t_reg, t_end, time.monotonic_ns() - t_end))
             finally:
                 vm.close()
                 mem.close()
+                mem2.close()
                 os.close(efd)
             if on_progress:
                 on_progress(i + 1)
@@ -134,10 +159,12 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
 def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str) -> HostProfile:
     """The host profile of these runs."""
     lat = timer_latencies(runs, hz, model_chain_ns(hz, platform))
+    idle = model_idle_sync_ns(hz, platform)
+    wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
         load = os.getloadavg()
     except OSError:
         load = (0.0, 0.0, 0.0)
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
-                       tuple(quantile_points(lat)))
+                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else ())
