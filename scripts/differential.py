@@ -149,12 +149,41 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
     return out
 
 
+def measure_interleaved(seq: Sequence, repeat: int, hz: int, platform: str, seed: int,
+                        kvm_path: str = "/dev/kvm") -> tuple[list[Any], Costs]:
+    """``repeat`` repetitions of ``seq`` (jitter on), each followed by one calibration run, so the host
+    profile is taken under the same load as the repetitions; returns them and the profile's costs."""
+    import signal
+    import time
+
+    from minivmm.timing.calibrate import make_profile, run_calibration
+    from minivmm.timing.runner import SequenceRunner
+    from minivmm.vmm.vcpu_loop import KICK_SIGNAL
+    rng = random.Random(seed)
+    runner = SequenceRunner(seq, kvm_path)
+    old = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+    reps, cal = [], []
+    try:
+        for i in range(repeat):
+            time.sleep(rng.random() / hz)
+            reps.append(runner.run_once())
+            cal += run_calibration(1, hz, kvm_path, seed=seed * 100_003 + i)
+    finally:
+        signal.signal(KICK_SIGNAL, old)
+        runner.close()
+    return reps, make_profile(cal, hz, platform, "").costs()
+
+
 def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: Costs | None, per_rep: int,
-             seed: int, kvm_path: str = "/dev/kvm") -> list[StepResult]:
-    """Run one case on the host and in the model; compare its grace-period steps."""
+             seed: int, kvm_path: str = "/dev/kvm", interleave: bool = False) -> list[StepResult]:
+    """Run one case on the host and in the model; compare its grace-period steps. With ``interleave``
+    the host profile is calibrated between the repetitions (see :func:`measure_interleaved`)."""
     from minivmm.timing.runner import measure
     seq = parse_sequence(text, name)
-    reps, _ = measure(seq, repeat, True, hz, kvm_path, seed=seed)
+    if interleave:
+        reps, costs = measure_interleaved(seq, repeat, hz, platform, seed, kvm_path)
+    else:
+        reps, _ = measure(seq, repeat, True, hz, kvm_path, seed=seed)
     model = model_paired(seq, [r.gaps_ns for r in reps], hz, platform, costs, per_rep, seed)
     results = []
     for i in waits_for_gp(seq, platform):
@@ -187,6 +216,9 @@ def main() -> int:
     ap.add_argument("--profile", default=None, help="a host profile (minivmm timing --calibrate)")
     ap.add_argument("--calibrate-first", type=int, default=0, metavar="RUNS",
                     help="calibrate this host with RUNS runs first and use that profile")
+    ap.add_argument("--interleave", action="store_true",
+                    help="calibrate between the repetitions of each case (one calibration run after each "
+                         "repetition): the profile is taken under the same load as the case")
     ap.add_argument("--calibrate-each", type=int, default=0, metavar="RUNS",
                     help="calibrate with RUNS runs right before each case (the load of a shared host "
                          "changes within minutes) and use that case's profile")
@@ -217,12 +249,14 @@ def main() -> int:
             from minivmm.timing.calibrate import make_profile, run_calibration
             costs = make_profile(run_calibration(args.calibrate_each, hz, seed=args.seed + c), hz, platform,
                                  host.kernel or "").costs()
-        res = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c)
+        res = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c,
+                       interleave=args.interleave)
         results += res
         ok = sum(r.ok for r in res)
         print(f"{name}: {ok}/{len(res)} grace-period steps agree", flush=True)
     s = summarize(results)
-    how = ("calibrated before each case" if args.calibrate_each else "calibrated" if args.calibrate_first
+    how = ("calibrated between the repetitions" if args.interleave
+           else "calibrated before each case" if args.calibrate_each else "calibrated" if args.calibrate_first
            else args.profile or "none (fixed wake-up cost)")
     print(f"\nHZ={hz} {platform}, {args.cases} cases x {args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")

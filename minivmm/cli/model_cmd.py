@@ -42,6 +42,28 @@ def render_predictions(predictions: list[Any], out: TextIO, profile: str | None 
     for p in predictions:
         for v in p.violations[:3]:
             w(f"violation under {p.variant}: {v.kind.value}: {v.message}\n")
+    if profile is not None:
+        for line in published_odds(predictions):
+            w(line + "\n")
+
+
+def published_odds(predictions: list[Any]) -> list[str]:
+    """How often the model (with a host profile) reaches each published stall of the same step, HZ and
+    architecture: e.g. how likely a 25.2 ms first KVM_CREATE_VCPU is at HZ=100 on a host like this."""
+    from kernel_model.published import FIGURES
+    out = []
+    for pred in predictions:
+        arch = "arm64" if pred.platform == "arm64" else "x86"
+        for sp in pred.steps:
+            for f in FIGURES:
+                label = sp.step.label.split(", slot")[0]
+                if (f.kind == "stalled" and f.what == label and f.platform == arch and f.after_s
+                        and f.hz in (pred.hz, None) and pred.variant == "call_srcu"):
+                    hits = sum(d >= f.after_s * 1e9 for d in sp.durations)
+                    out.append(f"with this profile, {sp.step.label} >= the published {f.after_s:.6f} s "
+                               f"({f.hz and f'HZ={f.hz}' or 'HZ not stated'}): {hits}/{len(sp.durations)} "
+                               f"samples ({hits / len(sp.durations):.2%}) under call_srcu")
+    return out
 
 
 def _deterministic(sequence: Any) -> bool:
