@@ -118,6 +118,8 @@ class StepResult:
     host: dict[str, float]
     model: dict[str, float]
     agree: dict[str, bool] = field(default_factory=dict)
+    #: The host against itself: its odd repetitions' quantiles against its even ones' (the noise floor).
+    self_agree: bool = True
 
     @property
     def ok(self) -> bool:
@@ -189,7 +191,10 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
     for i in waits_for_gp(seq, platform):
         h = quantiles_ns([r.durations_ns[i] for r in reps])
         m = quantiles_ns(model[i])
-        results.append(StepResult(name, i, seq.steps[i].label, h, m, {k: agree(h[k], m[k]) for k in h}))
+        odd = quantiles_ns([r.durations_ns[i] for r in reps[1::2]])
+        even = quantiles_ns([r.durations_ns[i] for r in reps[0::2]])
+        results.append(StepResult(name, i, seq.steps[i].label, h, m, {k: agree(h[k], m[k]) for k in h},
+                                  all(agree(even[k], odd[k]) for k in h)))
     return results
 
 
@@ -197,7 +202,9 @@ def summarize(results: list[StepResult]) -> dict[str, Any]:
     """Steps compared, the share that agrees, and the misses."""
     n = len(results)
     ok = sum(r.ok for r in results)
+    selfok = sum(r.self_agree for r in results)
     return {"steps": n, "within": ok, "share": ok / n if n else 0.0,
+            "host_self_within": selfok, "host_self_share": selfok / n if n else 0.0,
             "misses": [{"case": r.case, "step": r.step, "label": r.label,
                         "host_ms": {k: round(v / 1e6, 3) for k, v in r.host.items()},
                         "model_ms": {k: round(v / 1e6, 3) for k, v in r.model.items()},
@@ -261,6 +268,8 @@ def main() -> int:
     print(f"\nHZ={hz} {platform}, {args.cases} cases x {args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"{s['within']}/{s['steps']} steps within 10% or 0.3 ms at p10, p50 and p90: {s['share']:.1%}")
+    print(f"noise floor: the host's odd repetitions against its even ones, same rule: "
+          f"{s['host_self_within']}/{s['steps']} ({s['host_self_share']:.1%})")
     for m in s["misses"]:
         print(f"  miss {m['case']} step {m['step']} {m['label']}: host {m['host_ms']} model {m['model_ms']} "
               f"(off at {', '.join(m['off'])})")
