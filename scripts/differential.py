@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from kernel_model.costs import Costs  # noqa: E402
 from kernel_model.platforms import get_platform  # noqa: E402
 from kernel_model.predict import percentile, simulate_once  # noqa: E402
+from kernel_model.profile import HostProfile  # noqa: E402
 from kernel_model.sequences import Sequence, parse_sequence, with_gaps  # noqa: E402
 
 REL_TOL = 0.10
@@ -152,9 +153,9 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
 
 
 def measure_interleaved(seq: Sequence, repeat: int, hz: int, platform: str, seed: int,
-                        kvm_path: str = "/dev/kvm") -> tuple[list[Any], Costs]:
+                        kvm_path: str = "/dev/kvm") -> tuple[list[Any], HostProfile]:
     """``repeat`` repetitions of ``seq`` (jitter on), each followed by one calibration run, so the host
-    profile is taken under the same load as the repetitions; returns them and the profile's costs."""
+    profile is taken under the same load as the repetitions; returns them and the profile."""
     import signal
     import time
 
@@ -173,7 +174,7 @@ def measure_interleaved(seq: Sequence, repeat: int, hz: int, platform: str, seed
     finally:
         signal.signal(KICK_SIGNAL, old)
         runner.close()
-    return reps, make_profile(cal, hz, platform, "").costs()
+    return reps, make_profile(cal, hz, platform, os.uname().release)
 
 
 def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: Costs | None, per_rep: int,
@@ -183,7 +184,8 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
     from minivmm.timing.runner import measure
     seq = parse_sequence(text, name)
     if interleave:
-        reps, costs = measure_interleaved(seq, repeat, hz, platform, seed, kvm_path)
+        reps, profile = measure_interleaved(seq, repeat, hz, platform, seed, kvm_path)
+        costs = profile.costs()
     else:
         reps, _ = measure(seq, repeat, True, hz, kvm_path, seed=seed)
     model = model_paired(seq, [r.gaps_ns for r in reps], hz, platform, costs, per_rep, seed)

@@ -33,8 +33,8 @@ from kernel_model.predict import percentile, simulate_once  # noqa: E402
 from kernel_model.sequences import SEQUENCES, Sequence, Step, with_gaps  # noqa: E402
 
 US = 1000
-SECTIONS_US = (1, 2, 3, 5, 8, 12, 20, 40)
-PERIODS_US = (10, 20, 40, 80, 160)
+SECTIONS_US = (2, 5, 10, 20, 40, 60, 100, 150)
+PERIODS_US = (20, 40, 80, 120, 200, 400)
 
 
 def with_readers(seq: Sequence, section_ns: int, period_ns: int) -> Sequence:

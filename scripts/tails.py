@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Tails: does a host profile let the model reproduce the host's slowest stalls?
 
-Calibrates this host (``minivmm timing --calibrate``'s runs), then at once, under the same load, times
-``registrations-first`` (jitter on) and predicts it with and without the profile, each model sample
-using one repetition's measured gaps. Prints p50/p90/p99/max of the stalled step (the first
+Times ``registrations-first`` (jitter on) with one calibration run (``minivmm timing --calibrate``'s)
+after each repetition, so the host profile is taken under the same load, and predicts it with and
+without the profile, each model sample using one repetition's measured gaps. Prints p50/p90/p99/max
+of the stalled step (the first
 KVM_SET_USER_MEMORY_REGION) for the host and both models, the share of stalls past the timer rule's
 2-jiffy maximum, and how likely a first KVM_CREATE_VCPU of 25.182 ms or more is at HZ=100 (Firecracker's
 order on VMX) with this profile.
@@ -27,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from kernel_model.costs import Costs  # noqa: E402
 from kernel_model.predict import percentile, simulate_once  # noqa: E402
 from kernel_model.sequences import SEQUENCES, Sequence, with_gaps  # noqa: E402
-from minivmm.timing.calibrate import make_profile, run_calibration  # noqa: E402
-from minivmm.timing.runner import measure  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from differential import measure_interleaved  # noqa: E402
 
 
 def tail_stats(ns: list[int], n_host: int | None = None) -> dict[str, float]:
@@ -62,14 +63,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
-    profile = make_profile(run_calibration(args.runs, args.hz, seed=args.seed), args.hz, args.platform,
-                           os.uname().release)
+    seq = SEQUENCES["registrations-first"]
+    step = next(i for i, s in enumerate(seq.steps) if s.op == "memslot")
+    reps, profile = measure_interleaved(seq, args.runs, args.hz, args.platform, args.seed)
     if args.profile_out:
         with open(args.profile_out, "w") as f:
             json.dump(profile.to_json(), f, indent=1)
-    seq = SEQUENCES["registrations-first"]
-    step = next(i for i, s in enumerate(seq.steps) if s.op == "memslot")
-    reps, _ = measure(seq, args.runs, True, args.hz, seed=args.seed)
     host = [r.durations_ns[step] for r in reps]
     gaps = [r.gaps_ns for r in reps]
     fixed = model_paired(seq, gaps, args.hz, args.platform, None, 5, step, args.seed)
@@ -77,8 +76,8 @@ def main() -> int:
     tick = 1e9 / args.hz
     rows = {"host": tail_stats(host), "model (fixed cost)": tail_stats(fixed, len(host)),
             "model (profile)": tail_stats(prof, len(host))}
-    print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; {args.runs} calibration runs, "
-          f"{args.runs} repetitions of registrations-first, HZ={args.hz}, {args.platform}")
+    print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; {args.runs} repetitions of "
+          f"registrations-first, each followed by a calibration run; HZ={args.hz}, {args.platform}")
     print(f"{'':20}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   past 2 jiffies")
     for name, st in rows.items():
         data = {"host": host, "model (fixed cost)": fixed, "model (profile)": prof}[name]
