@@ -280,6 +280,10 @@ def srcu_funnel_gp_start(ssp: SrcuStruct, s: int, do_norm: bool) -> None:
     ``do_norm``) and, if SRCU is idle, start it and queue ``process_srcu`` with a delay of
     ``!!srcu_get_delay()`` jiffies: 1 for a normal grace period, 0 for an expedited one.
 
+    6.18 calls queue_delayed_work() here directly. 7.0 defers it to an irq_work (Boqun Feng's fix of
+    the srcu_usage.lock -> pool->lock dependency, Mar 2026) that computes the same delay when it runs;
+    on x86 the irq_work runs at once through a self-IPI, so the timing is the same.
+
     BIG: first climb the funnel path; a node whose ``srcu_have_cbs`` already covers ``s`` ends the
     climb (a later grace period recorded at the leaf schedules this CPU's callbacks instead, and an
     expedited request is passed on to srcu_funnel_exp_start()).

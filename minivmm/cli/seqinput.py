@@ -10,9 +10,9 @@ input (exit 2) named by its step, never a traceback half-way through a measureme
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING
-
 from minivmm.cli.errors import CliError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 
 if TYPE_CHECKING:
     from kernel_model.sequences import Sequence
@@ -57,3 +57,55 @@ def refuse_what_the_kernel_refuses(seq: Sequence, platform: str = "vmx") -> None
     finally:
         if kvm.vcpu_readers:
             kvm.stop_vcpus()
+
+
+def _fmt_time(ns: int) -> str:
+    """A duration in the file format's units, exact: 10us, 1ms, 1500ns."""
+    for unit, scale in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)):
+        if ns and ns % scale == 0:
+            return f"{ns // scale}{unit}"
+    return f"{ns}ns"
+
+
+def _fmt_size(n: int) -> str:
+    """A size in the file format's units, exact: 128M, 4K, 0x1234."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n) if n < 4096 else f"{n:#x}"
+
+
+def to_file_text(seq: Sequence) -> str:
+    """``seq`` in the sequence file format, so that loading the text gives the same steps back
+    (``minivmm model --show-sequence NAME > mine.seq`` is a starting point for a sequence of one's own)."""
+    from kernel_model.sequences import DEFAULT_GAP_NS, DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS
+
+    import textwrap
+
+    lines = textwrap.wrap(f"{seq.name}: {seq.description}", 78, initial_indent="# ", subsequent_indent="# ")
+    gap = DEFAULT_GAP_NS
+    for step in seq.steps:
+        if step.gap_ns != gap:
+            gap = step.gap_ns
+            lines.append(f"gap {_fmt_time(gap)}")
+        a = step.args
+        words = [step.op]
+        if step.op == "memslot":
+            words += [f"slot={a['slot']}", f"base={a['base']:#x}" if a["base"] else "base=0",
+                      f"size={_fmt_size(a['size'])}"]
+        elif step.op in ("ioeventfd", "ioeventfd_deassign"):
+            words += [f"addr={a['addr']:#x}", f"len={a['len']}"]
+            if a.get("datamatch") is not None:
+                words.append(f"datamatch={a['datamatch']}")
+            if a.get("pio"):
+                words.append("pio")
+        elif step.op == "vcpu":
+            words.append(f"id={a['id']}")
+        elif step.op == "run":
+            words.append(f"vcpu={a['vcpu']}")
+            if a.get("section", DEFAULT_SECTION_NS) != DEFAULT_SECTION_NS:
+                words.append(f"section={_fmt_time(a['section'])}")
+            if a.get("period", DEFAULT_PERIOD_NS) != DEFAULT_PERIOD_NS:
+                words.append(f"period={_fmt_time(a['period'])}")
+        lines.append(" ".join(words))
+    return "\n".join(lines) + "\n"
