@@ -198,7 +198,8 @@ def boot(
         report = machine.run(on_exit=hook)
     sys.stdout.flush()
     if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        json.dump(stamp("boot", report.to_json()), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render(report, sys.stdout)

@@ -18,7 +18,8 @@ def info(
     CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies."""
     host = read_host_info(kvm_path)
     if as_json:
-        json.dump(host.to_json(), sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        json.dump(stamp("info", host.to_json()), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     w = sys.stdout.write

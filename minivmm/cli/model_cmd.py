@@ -86,8 +86,10 @@ def model(
         raise CliError(str(e)) from None
     predictions = [predict(seq, name, hz, platform, samples=samples, seed=seed) for name in names]
     if as_json:
-        json.dump({"sequence": seq.name, "hz": hz, "platform": platform, "samples": samples, "seed": seed,
-                   "variants": {p.variant: p.to_json() for p in predictions}}, sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        doc = stamp("model", {"sequence": seq.name, "hz": hz, "platform": platform, "samples": samples,
+                              "seed": seed, "variants": {p.variant: p.to_json() for p in predictions}})
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_predictions(predictions, sys.stdout)

@@ -116,10 +116,7 @@ def timing(
         from minivmm.timing.plot import plot
         plot(comparison, plot_path, host_hz, plat)
     if as_json:
-        data = to_json(comparison)
-        data.update(host=facts, timer_overhead_ns=overhead,
-                    strace_example=[r.strace_line() for r in comparison.repetitions[0].records if r is not None])
-        json.dump(data, sys.stdout, indent=2)
+        json.dump(to_json(comparison, facts, overhead), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render(comparison, facts, overhead, sys.stdout)
