@@ -198,7 +198,7 @@ def test_threshold_parses_percentages(text, value):
 
 @pytest.mark.parametrize("text", ["20", "0.2", "abc", "-5%", "0%", "%", "20%%", "nan%", "1e3%", ""])
 def test_threshold_refuses_what_is_not_a_percentage(text):
-    with pytest.raises(ValueError, match="--threshold"):
+    with pytest.raises(ValueError, match="percentage"):
         parse_threshold(text)
 
 

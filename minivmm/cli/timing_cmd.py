@@ -4,10 +4,10 @@ the kernel model, and say which kernel variant the host behaves like."""
 from __future__ import annotations
 
 import argparse
-import json
 import platform as pyplatform
 import sys
 
+from minivmm.cli import gate_opts
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
 from minivmm.cli.outfile import check_output_path, write_atomically
@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="seed for the jitter and the model (default: 0)")
     p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
+    gate_opts.add_options(p)
     p.set_defaults(handler=run)
 
 
@@ -76,14 +77,16 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.cli import seqinput
     from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
 
+    gate = gate_opts.prepare(args)  # --baseline, --threshold, --format: checked (and loaded) first
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
-    samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
+    samples, plot_path, seed, kvm_path = args.samples, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
-        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64")
+        raise gate_opts.unusable_without_kvm(gate, host.kvm_error, CliError(
+            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64"))
     if plat not in PLATFORMS:
         raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
     host_hz = hz or host.hz
@@ -102,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
             Kvm(kvm_path).close()
         except KvmUnavailable as e:
-            raise kvm_unavailable(e) from None
-        raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+            raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
+        raise gate_opts.unusable(gate, CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE))
 
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
@@ -111,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
-        raise kvm_unavailable(e) from None
+        raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
     except KvmError as e:
-        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
-                       ExitCode.GUEST_FAILED) from None
+        raise gate_opts.unusable(gate, CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
+                                                ExitCode.GUEST_FAILED)) from None
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
@@ -125,12 +128,10 @@ def run(args: argparse.Namespace) -> int:
             write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
         except OSError as e:
             raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
-    if as_json:
-        json.dump(to_json(comparison, facts, overhead), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
+
+    def text() -> None:
         render(comparison, facts, overhead, sys.stdout)
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
-    return 0
+    return gate_opts.emit(args, gate, to_json(comparison, facts, overhead), text)
 

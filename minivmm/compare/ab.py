@@ -104,8 +104,10 @@ class Comparison:
 
 
 def fmt_us(us: float) -> str:
-    """1.5 us, 5.71 ms: a duration for people."""
-    return f"{us / 1000:.2f} ms" if abs(us) >= 1000 else f"{us:.1f} us"
+    """0.05 us, 28.2 us, 5.71 ms: a duration for people (a sub-µs change of a 1 µs ioctl stays visible)."""
+    if abs(us) >= 1000:
+        return f"{us / 1000:.2f} ms"
+    return f"{us:.2f} us" if abs(us) < 10 else f"{us:.1f} us"
 
 
 def fmt_delta(us: float) -> str:

@@ -52,22 +52,27 @@ class GateResult:
     undecided: list[StepChange] = field(default_factory=list)
     comparison: Comparison | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """What differs between the baseline's host and this one (HZ, platform, kernel)."""
+        return self.comparison.warnings if self.comparison is not None else []
+
     def to_json(self) -> dict[str, Any]:
         """The ``gate`` object of the timing and compare documents."""
         return {"outcome": self.outcome.value, "baseline": self.baseline, "threshold_pct": self.threshold * 100,
                 "floor_us": self.floor_us, "alpha": self.alpha,
                 "regressed": [c.step.name for c in self.regressed],
-                "undecided": [c.step.name for c in self.undecided], "text": self.text}
+                "undecided": [c.step.name for c in self.undecided], "warnings": self.warnings, "text": self.text}
 
 
 def parse_threshold(text: str) -> float:
     """``"20%"`` -> 0.2. Only a percentage with its sign is accepted: ``0.2`` could mean 0.2% or 20%."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
     if not m:
-        raise ValueError(f"--threshold {text!r} is not a percentage; write it like 20%")
+        raise ValueError(f"{text!r} is not a percentage; write it like 20%")
     value = float(m.group(1)) / 100
     if not math.isfinite(value) or value <= 0 or value > 100:
-        raise ValueError(f"--threshold {text!r}: give a percentage above 0% and at most 10000%")
+        raise ValueError(f"{text!r} is out of range: give a percentage above 0% and at most 10000%")
     return value
 
 

@@ -103,7 +103,15 @@ def timing_families(doc: Mapping[str, Any]) -> list[Family]:
             fam.samples.append((labels, percentile(step["samples_ns"], q) / 1e9))
     reps = Family("minivmm_timing_repetitions", "Repetitions of the sequence behind the quantiles (minivmm timing)")
     reps.samples.append((common, float(doc["repetitions"])))
-    return [*quantile_families.values(), reps]
+    families = [*quantile_families.values(), reps]
+    gate = doc.get("gate")
+    if gate is not None:  # timing --baseline: 1 when a step regressed, labelled with the outcome
+        fam = Family("minivmm_timing_gate_regressed",
+                     "1 when a step regressed significantly against the baseline (minivmm timing --baseline)")
+        regressed = 1.0 if gate["outcome"] == "regressed" else 0.0
+        fam.samples.append(({**common, "outcome": str(gate["outcome"])}, regressed))
+        families.append(fam)
+    return families
 
 
 def timing_openmetrics(doc: Mapping[str, Any]) -> str:

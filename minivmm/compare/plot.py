@@ -4,6 +4,8 @@ read in a mail (900 px wide). Needs matplotlib (the ``plot`` extra)."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from minivmm.compare.ab import Comparison, StepChange, fmt_delta
 from minivmm.compare.stats import median, percentile
 
@@ -27,8 +29,8 @@ def chosen_steps(c: Comparison) -> tuple[list[StepChange], bool]:
     return [max(c.changes, key=lambda ch: (abs(ch.cliffs_delta), abs(ch.delta_p50_us)))], False
 
 
-def plot(c: Comparison, path: str) -> None:
-    """Write the PNG (see the module docstring)."""
+def plot(c: Comparison, target: str | BinaryIO) -> None:
+    """Write the PNG to a path or a binary file (see the module docstring)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,5 +82,5 @@ def plot(c: Comparison, path: str) -> None:
         head += f" ({len(steps)} of {len({ch.step.index for ch in c.changed})} shown)"
     fig.suptitle(head, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(target, dpi=100, format="png")
     plt.close(fig)
