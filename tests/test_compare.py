@@ -260,3 +260,16 @@ def test_plot_draws_the_changed_step(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     steps, changed = chosen_steps(compare_documents([load_timing(str(A)), load_timing(str(B))]))
     assert not changed and len(steps) == 1
+
+
+def test_the_default_floor_is_a_tenth_of_a_jiffy_and_sub_floor_changes_are_shown_not_counted():
+    import io
+    c = compare_documents([load_timing(str(A)), load_timing(str(B))])
+    assert c.settings.floor_us == pytest.approx(400.0) and c.default_floor  # HZ=250: a jiffy is 4 ms
+    irqchip = c.changes[1]
+    assert irqchip.p_adjusted < c.settings.alpha and not irqchip.significant
+    out = io.StringIO()
+    render(c, out)
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("#1 KVM_CREATE_IRQCHIP") and "d=" in x)
+    assert line.endswith("(p < alpha, below the minimum)")
+    assert "400 us (a tenth of a jiffy; --floor-us to change)" in out.getvalue()

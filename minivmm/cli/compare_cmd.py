@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="minimum change of the median that counts, relative to the baseline's "
                         "(default: 10%%; with --gate 20%%)")
     p.add_argument("--floor-us", type=float_range(0.0), default=None, metavar="US",
-                   help="minimum change of the median that counts, in microseconds (default: 20)")
+                   help="minimum change of the median that counts, in microseconds (default: a tenth of "
+                        "a jiffy at the baseline's HZ, 400 at HZ=250; on a quiet host 20 catches "
+                        "microsecond-scale changes)")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of the bootstrap (default: 0)")
     p.add_argument("--gate", action="store_true",
                    help="decide as `timing --baseline` does, on two recorded files BASELINE CURRENT: "
@@ -61,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Load, compare, print; with ``--gate``, map the decision to its exit code."""
-    from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_FLOOR_US, DEFAULT_THRESHOLD, NotComparable, Settings,
+    from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, NotComparable, Settings,
                                     compare_documents, render, to_json)
     from minivmm.compare.documents import DocumentError, load_timing
     from minivmm.compare.gate import DEFAULT_THRESHOLD as GATE_THRESHOLD
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except DocumentError as e:
         raise CliError(str(e)) from None
     alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
-    floor_us = DEFAULT_FLOOR_US if args.floor_us is None else args.floor_us
+    floor_us = args.floor_us  # None: a tenth of a jiffy at the baseline's HZ
     threshold = args.threshold if args.threshold is not None else GATE_THRESHOLD if args.gate else DEFAULT_THRESHOLD
     try:
         if args.gate:

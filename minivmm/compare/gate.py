@@ -7,11 +7,11 @@ it on a recorded current document. The CLI maps the outcome to an exit code (0 p
 
 A step *regressed* when it changed significantly (see :mod:`minivmm.compare.ab`: Mann-Whitney,
 Holm-adjusted over the steps, at ``alpha``) towards slower, by at least ``threshold`` of the
-baseline's median and at least ``floor_us``. The measurement is *unusable* when it cannot decide: fewer
-than :data:`~minivmm.compare.ab.MIN_SAMPLES` repetitions in either document, or a step whose median
-moved past the threshold without the test confirming it (too noisy: repeat with more repetitions, on
-a quieter host). A confirmed regression wins over an undecided step: one is enough to call the
-commit bad.
+baseline's median and at least ``floor_us`` (default: a tenth of a jiffy at the baseline's HZ). The
+measurement is *unusable* when it cannot decide: fewer than :data:`~minivmm.compare.ab.MIN_SAMPLES`
+repetitions in either document, or a step whose median moved past the threshold without the test
+confirming it (too noisy: repeat with more repetitions, on a quieter host). A confirmed regression
+wins over an undecided step: one is enough to call the commit bad.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_FLOOR_US, MIN_SAMPLES, Comparison, Settings, StepChange,
-                                compare_documents, fmt_delta)
+from minivmm.compare.ab import (DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange, compare_documents,
+                                fmt_delta)
 from minivmm.compare.documents import TimingDocument
 
 #: ``--threshold``'s default: a step must get 20% slower (and significantly so) to fail the gate.
@@ -77,21 +77,22 @@ def parse_threshold(text: str) -> float:
 
 
 def unusable(baseline: str, reason: str, threshold: float = DEFAULT_THRESHOLD,
-             floor_us: float = DEFAULT_FLOOR_US, alpha: float = DEFAULT_ALPHA) -> GateResult:
+             floor_us: float = 0.0, alpha: float = DEFAULT_ALPHA) -> GateResult:
     """The result when there is nothing to decide on (e.g. /dev/kvm missing: no measurement at all)."""
     return GateResult(GateOutcome.UNUSABLE, f"unusable: {reason}", baseline, threshold, floor_us, alpha)
 
 
 def decide(baseline: TimingDocument, current: TimingDocument, threshold: float = DEFAULT_THRESHOLD,
-           alpha: float = DEFAULT_ALPHA, floor_us: float = DEFAULT_FLOOR_US, seed: int = 0) -> GateResult:
+           alpha: float = DEFAULT_ALPHA, floor_us: float | None = None, seed: int = 0) -> GateResult:
     """Did ``current`` regress against ``baseline``? Raises :class:`~minivmm.compare.ab.NotComparable`
     when they time different sequences (bad input, not a measurement problem)."""
     settings = Settings(alpha=alpha, threshold=threshold, floor_us=floor_us, seed=seed)
     c = compare_documents([baseline, current], settings)
+    floor = c.settings.floor_us or 0.0
 
     def result(outcome: GateOutcome, text: str, regressed: list[StepChange] | None = None,
                undecided: list[StepChange] | None = None) -> GateResult:
-        return GateResult(outcome, text, baseline.path, threshold, floor_us, alpha, regressed or [],
+        return GateResult(outcome, text, baseline.path, threshold, floor, alpha, regressed or [],
                           undecided or [], c)
 
     few = [d for d in (baseline, current) if min(len(s.samples_ns) for s in d.steps) < MIN_SAMPLES]
@@ -111,5 +112,5 @@ def decide(baseline: TimingDocument, current: TimingDocument, threshold: float =
                           f"({(ch.change or 0) * 100:+.0f}%) but p={ch.p_adjusted:.2g}" for ch in undecided)
         return result(GateOutcome.UNUSABLE, f"unusable: too noisy to decide: {names}; repeat with more "
                       "repetitions on a quieter host", undecided=undecided)
-    return result(GateOutcome.PASS, f"pass: no step regressed by {threshold:.0%} (and {floor_us:g} us) "
+    return result(GateOutcome.PASS, f"pass: no step regressed by {threshold:.0%} (and {floor:g} us) "
                   f"or more at alpha {alpha:g} (Holm over {len(c.changes)} steps)")
