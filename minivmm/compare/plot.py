@@ -67,7 +67,7 @@ def plot(c: Comparison, target: str | BinaryIO) -> None:
         note = (f"dotted: jiffies ({jiffy_ms:g} ms at HZ={hz})" if ticks
                 else f"a jiffy ({jiffy_ms:g} ms at HZ={hz}) is wider than this range")
         if beyond:
-            note += f"; {beyond} samples above the 99th percentile not shown"
+            note += f"; {beyond} above the 99th percentile not shown"
         ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
         pct = f" ({ch.change * 100:+.0f}%)" if ch.change is not None else ""
         ax.set_title(f"{ch.step.name}: median {fmt_delta(ch.delta_p50_us)}{pct}, Cliff's d {ch.cliffs_delta:+.2f}, "
@@ -77,7 +77,8 @@ def plot(c: Comparison, target: str | BinaryIO) -> None:
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=8, loc="best", framealpha=0.8)
     head = f"{c.docs[0].sequence}: " + ("steps that changed significantly" if any_changed
-                                         else "no significant change (largest effect shown)")
+                                         else "no significant change; the largest effect, below the minimum "
+                                              f"change ({c.settings.threshold:.0%}, {c.settings.floor_us:g} us)")
     if len(c.changed) > len(steps) and any_changed:
         head += f" ({len(steps)} of {len({ch.step.index for ch in c.changed})} shown)"
     fig.suptitle(head, fontsize=11)
