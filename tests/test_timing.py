@@ -42,10 +42,12 @@ def test_timing_bad_input_is_one_line(tmp_path):
                            (["--platform", "ppc"], "unknown platform"),
                            (["--plot", str(tmp_path)], "is a directory"),
                            (["--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
-                           (["--kvm", "/dev/null"], "not a KVM device")):
+                           (["--kvm", "/dev/null"], "not a KVM device"),
+                           (["--kvm", str(tmp_path / "kvm")], "does not exist")):
         pinned = [] if "--platform" in args else ["--platform", "pvm", "--hz", "250"]
         proc = run_cli("timing", "--repeat", "1", *pinned, *args)
-        assert proc.returncode == 2, (args, proc.stderr)
+        # A device that is not there is "cannot run here" (4); a path that is not KVM is a usage mistake (2).
+        assert proc.returncode == (4 if "does not exist" in fragment and "--kvm" in args else 2), (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
     assert not (tmp_path / "no").exists()
 

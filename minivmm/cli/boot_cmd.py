@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
+from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
     from minivmm.vmm.machine import Machine
-    from minivmm.vmm.report import RunReport
     from minivmm.vmm.vcpu_loop import ExitHook
 
 
@@ -37,96 +36,6 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
             out.flush()
 
     return on_exit
-
-
-def render(report: RunReport, out: TextIO) -> None:
-    """Print the human summary of a run."""
-    w = out.write
-    headline = {
-        "violation": "the shadow found a violation",
-        "halted": "every vCPU halted",
-        "failed": "the guest failed",
-        "timeout": "timed out before every vCPU halted",
-        "interrupted": "interrupted (Ctrl-C)",
-        "terminated": "terminated (SIGTERM)",
-    }[report.outcome.value]
-    if report.console and not report.console.endswith("\n"):
-        w("\n")
-    w(f"--- minivmm: {headline} (exit code {report.exit_code}) ---\n")
-    exits = " · ".join(f"{k} {v}" for k, v in sorted(report.exits.items(), key=lambda kv: -kv[1]))
-    w(f"exits      {sum(report.exits.values())} ({exits or 'none'})\n")
-    for v in report.vcpus:
-        line = f"vcpu{v.index}      {v.state} after {sum(v.exits.values())} exits"
-        if v.unclaimed:
-            line += f", {v.unclaimed} unclaimed accesses"
-        w(line + "\n")
-        if v.state != "halted":
-            if v.last_exit:
-                w(f"           last exit: {v.last_exit}\n")
-            if v.error:
-                w(f"           error: {v.error}\n")
-            if v.rip is not None:
-                w(f"           at rip {v.rip:#x}: {v.instruction}\n")
-            if v.registers:
-                regs = v.registers
-                names = [n for n in regs if n not in ("rip",)]
-                for i in range(0, len(names), 4):
-                    w("          " + "  ".join(f"{n:>7}={regs[n]:#018x}" for n in names[i:i + 4]) + "\n")
-        for u in v.first_unclaimed[:3]:
-            w(f"           unclaimed {u['space']} {'write' if u['is_write'] else 'read'} "
-              f"at {u['addr']:#x} size {u['size']}\n")
-    w(f"doorbell   {report.doorbell_kernel_writes} writes handled in the kernel, "
-      f"{report.doorbell_userspace_writes} reached userspace\n")
-    first = f"{report.first_exit_ms:.3f} ms" if report.first_exit_ms is not None else "-"
-    w(f"timings    set-up {report.setup_ms:.2f} ms · first exit {first} after KVM_RUN · "
-      f"run {report.run_ms:.2f} ms\n")
-    if report.console_dropped:
-        w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
-    dyn = report.extra.get("dynamic_doorbells")
-    if dyn:
-        w(f"control    {dyn['registrations']} doorbell registrations, {dyn['unregistrations']} deregistrations; "
-          f"guest wrote {dyn['guest_reported_writes']}: {dyn['kernel_counted']} in the kernel, "
-          f"{dyn['userspace_writes']} in userspace\n")
-    render_shadow(report.extra.get("shadow", {}), out)
-    if "ftrace" in report.extra:
-        render_ftrace(report.extra["ftrace"], out)
-
-
-def render_ftrace(ft: dict[str, Any], out: TextIO) -> None:
-    """The ftrace cross-check section."""
-    w = out.write
-    if "unavailable" in ft:
-        w(f"ftrace     not available: {ft['unavailable']}\n")
-        return
-    k = ft["kernel_userspace_exits"]
-    w(f"ftrace     {ft['events']} kvm events: the kernel recorded {k.get('KVM_EXIT_IO', 0)} IO and "
-      f"{k.get('KVM_EXIT_MMIO', 0)} MMIO exits to userspace (the VMM saw {ft['vmm_exits']['io']} and "
-      f"{ft['vmm_exits']['mmio']}); {sum(ft['in_kernel_writes'].values())} in-kernel MMIO writes traced, "
-      f"{sum(ft['doorbell_counts'].values())} counted by the doorbells\n")
-    if not ft["mismatches"]:
-        w("           the kernel's record agrees\n")
-    for m in ft["mismatches"][:5]:
-        w(f"           MISMATCH: {m}\n")
-
-
-def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
-    """The shadow section: what was checked and every violation found (the first few in full)."""
-    w = out.write
-    if not sh.get("enabled"):
-        w("shadow     off (--no-check)\n")
-        return
-    inject = f" [fault injected: {sh['inject']}]" if sh.get("inject") else ""
-    w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
-      f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
-      f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
-    if not sh["violations"]:
-        w("           no violation\n")
-        return
-    w(f"           {sh['violations']} VIOLATION(S); the first:\n")
-    for v in sh["first_violations"]:
-        who = f"vcpu{v['vcpu']} " if v["vcpu"] is not None else ""
-        w(f"           - {v['rule']}: {who}{v['message']} (bus versions {v['versions'][0]}..{v['versions'][1]}; "
-          f"exit {v['exit']})\n")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -185,6 +94,7 @@ Exit codes:
   2    bad usage or bad input (image, options, a --kvm path that is not KVM)
   3    the shadow (or --ftrace) found an exit the kernel must not have made
   4    cannot run here: /dev/kvm missing or not accessible
+  5    the guest broke the VMM's protocol (its own reports do not add up)
   130  Ctrl-C; 143 SIGTERM"""
 
 #: The values of ``minivmm.vmm.boot.Mode`` and ``minivmm.shadow.checker.Injection``, spelled here so that
@@ -233,13 +143,17 @@ def run(args: argparse.Namespace) -> int:
         hook = make_tracer(machine, sys.stderr) if args.trace else None
         report = machine.run(on_exit=hook)
     sys.stdout.flush()
+    code = outcome_exit_code(report.outcome)
     if args.as_json:
         from minivmm.schemas import stamp
-        json.dump(stamp("boot", report.to_json()), sys.stdout, indent=2)
+        doc = stamp("boot", report.to_json())
+        doc["exit_code"] = int(code)
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render(report, sys.stdout)
-    return report.exit_code
+        from minivmm.vmm.report import render
+        render(report, sys.stdout, int(code))
+    return int(code)
 
 
 def _model_host() -> tuple[str, int]:
@@ -251,4 +165,4 @@ def _model_host() -> tuple[str, int]:
     return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 
-__all__: list[str] = ["register", "render", "run"]
+__all__: list[str] = ["register", "run"]

@@ -1,4 +1,5 @@
-"""Exit codes and the one error type the commands raise for bad input (printed as one line, no traceback).
+"""Exit codes, the mapping of run outcomes onto them, and the one error type the commands raise for bad
+input (printed as one line, no traceback). Nothing below the CLI knows process exit codes.
 
 This module is imported at start-up by every command: it imports nothing beyond the standard library.
 """
@@ -7,23 +8,42 @@ from __future__ import annotations
 
 import enum
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from minivmm.vmm.report import RunOutcome
 
 
 class ExitCode(enum.IntEnum):
     """Every exit code ``minivmm`` uses (the one table; README "Exit codes" repeats it for users).
-
-    Guest outcomes map onto these in ``RunOutcome.exit_code``; nothing below the CLI returns them.
-    """
+    Run outcomes map onto these in :func:`outcome_exit_code`."""
 
     OK = 0              # every vCPU halted / the command did what was asked
     GUEST_FAILED = 1    # shutdown, entry failure, internal error, timeout; timing --baseline: a step regressed
     BAD_INPUT = 2       # bad usage or bad input (options, files, a --kvm path that is not a KVM device)
     VIOLATION = 3       # the kernel broke a rule (the shadow or the --ftrace cross-check): only that
     KVM_UNAVAILABLE = 4  # cannot run here: /dev/kvm missing or not accessible (KVM selftests' "skip")
-    GUEST_PROTOCOL = 5  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
+    GUEST_ERROR = 5     # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
     UNUSABLE = 125      # timing --baseline only: the measurement was unusable (git bisect run's "skip")
     INTERRUPTED = 130   # Ctrl-C (SIGINT)
     TERMINATED = 143    # SIGTERM
+
+
+#: The exit code of each run outcome, by the outcome's value (so this module stays cheap to import).
+_OUTCOME_CODES: dict[str, ExitCode] = {
+    "halted": ExitCode.OK,
+    "failed": ExitCode.GUEST_FAILED,
+    "timeout": ExitCode.GUEST_FAILED,
+    "violation": ExitCode.VIOLATION,
+    "guest_error": ExitCode.GUEST_ERROR,
+    "interrupted": ExitCode.INTERRUPTED,
+    "terminated": ExitCode.TERMINATED,
+}
+
+
+def outcome_exit_code(outcome: RunOutcome) -> ExitCode:
+    """The process exit code for how a run ended."""
+    return _OUTCOME_CODES[outcome.value]
 
 
 class CliError(Exception):
