@@ -75,3 +75,13 @@ def test_timing_json_validates_with_raw_samples_in_ns():
     doc = json.loads(proc.stdout)
     validate(doc, "timing")
     assert all(len(s["samples_ns"]) == 3 and all(isinstance(x, int) for x in s["samples_ns"]) for s in doc["steps"])
+
+
+def test_the_boot_schema_knows_every_run_outcome():
+    from minivmm.vmm.report import RunOutcome
+    assert set(schema("boot")["properties"]["outcome"]["enum"]) == {o.value for o in RunOutcome}
+
+
+def test_the_timing_schema_knows_every_platform():
+    from kernel_model.platforms import PLATFORMS
+    assert set(schema("timing")["properties"]["host"]["properties"]["platform"]["enum"]) == set(PLATFORMS)
