@@ -273,3 +273,27 @@ def test_the_default_floor_is_a_tenth_of_a_jiffy_and_sub_floor_changes_are_shown
     line = next(x for x in out.getvalue().splitlines() if x.startswith("#1 KVM_CREATE_IRQCHIP") and "d=" in x)
     assert line.endswith("(< minimum)")
     assert "400 us (a tenth of a jiffy; --floor-us to change)" in out.getvalue()
+
+
+def test_trace_documents_export_to_openmetrics_too():
+    """The shape of ``minivmm trace --json`` (the trace helper's document): one value per step."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+
+    from minivmm.compare.openmetrics import trace_openmetrics
+
+    doc = {"schema_version": 1, "command": ["/usr/bin/firecracker", "--api-sock", "x"],
+           "host": {"kernel": "6.18.0", "hz": 250, "platform": "pvm"},
+           "ioctls": [{"index": i} for i in range(14)],
+           "explanation": {"hz": 250, "platform": "pvm",
+                           "steps": [{"step": 0, "op": "create_vm", "label": "KVM_CREATE_VM", "measured_us": 210.0},
+                                     {"step": 1, "op": "memslot", "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
+                                      "measured_us": 5880.0}],
+                           "setup": {"measured_us": 6400.0}, "verdict": {"variant": "call_srcu"}}}
+    families = {f.name: f for f in openmetrics(trace_openmetrics(doc))}
+    step = families["minivmm_trace_step_seconds"].samples[1]
+    assert step.value == pytest.approx(0.00588) and step.labels["program"] == "firecracker"
+    assert step.labels["verdict"] == "call_srcu" and step.labels["hz"] == "250"
+    assert families["minivmm_trace_setup_seconds"].samples[0].value == pytest.approx(0.0064)
+    assert families["minivmm_trace_ioctls"].samples[0].value == 14
+    doc["explanation"] = None
+    assert [f.name for f in openmetrics(trace_openmetrics(doc))] == ["minivmm_trace_ioctls"]

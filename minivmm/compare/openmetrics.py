@@ -9,8 +9,8 @@ per step (label ``step``), so one query covers every sequence and every host; th
 sequence, the step's index, op and ioctl, the kernel release, CONFIG_HZ, the platform and the
 verdict (the kernel variant the host behaves like, or ``none``).
 
-:func:`render` and :class:`Family` are generic: ``minivmm trace --format openmetrics`` builds its own
-families and calls :func:`render` (with :func:`host_labels` for the labels every family shares).
+:func:`render` and :class:`Family` are generic; :func:`trace_openmetrics` does the same for a
+``minivmm trace --json`` document (one traced run: one value per step, no quantiles).
 """
 
 from __future__ import annotations
@@ -117,3 +117,35 @@ def timing_families(doc: Mapping[str, Any]) -> list[Family]:
 def timing_openmetrics(doc: Mapping[str, Any]) -> str:
     """``minivmm timing --format openmetrics``: :func:`timing_families` rendered."""
     return render(timing_families(doc))
+
+
+def trace_families(doc: Mapping[str, Any]) -> list[Family]:
+    """The families of a ``minivmm trace --json`` document: the traced program's set-up ioctls, each
+    step's measured duration (one trace is one sample: no quantiles), the whole set-up, and the number
+    of KVM ioctls seen. Labels: the traced program, kernel, HZ, platform, verdict, and per step its
+    index, op and ioctl. Without an explanation (HZ or platform unknown) only the ioctl count is given."""
+    host = doc.get("host") or {}
+    ex = doc.get("explanation") or None
+    argv = doc.get("command") or ["unknown"]
+    program = str(argv[0]).rsplit("/", 1)[-1] or "unknown"
+    labels = host_labels({**host, **({"hz": ex.get("hz"), "platform": ex.get("platform")} if ex else {})})
+    verdict = ((ex or {}).get("verdict") or {}).get("variant") or "none"
+    common = {"program": program, **labels, "verdict": str(verdict)}
+    ioctls = Family("minivmm_trace_ioctls", "KVM ioctls the traced program issued (minivmm trace)")
+    ioctls.samples.append((common, float(len(doc.get("ioctls") or []))))
+    if ex is None:
+        return [ioctls]
+    steps = Family("minivmm_trace_step_seconds", "Duration of each set-up step's ioctl in one traced run "
+                   "(minivmm trace)", unit="seconds")
+    for st in ex.get("steps", []):
+        steps.samples.append(({**common, "step": str(st["step"]), "op": str(st["op"]), "ioctl": str(st["label"])},
+                              float(st["measured_us"]) / 1e6))
+    setup = Family("minivmm_trace_setup_seconds", "KVM_CREATE_VM to the end of the last set-up step, one traced "
+                   "run (minivmm trace)", unit="seconds")
+    setup.samples.append((common, float(ex["setup"]["measured_us"]) / 1e6))
+    return [steps, setup, ioctls]
+
+
+def trace_openmetrics(doc: Mapping[str, Any]) -> str:
+    """``minivmm trace --format openmetrics``: :func:`trace_families` rendered."""
+    return render(trace_families(doc))
