@@ -171,3 +171,23 @@ def test_compare_help_fits_80_columns():
                           cwd=ROOT, env={**os.environ, "COLUMNS": "80"})
     assert proc.returncode == 0 and "--gate" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+
+
+def test_timing_gate_on_a_kernel_without_kvm_or_config_is_unusable_not_bad(capsys, monkeypatch):
+    """A bisect step that boots a kernel without the KVM module, or without its config exposed, must be
+    skipped (125), not called bad; without a gate the same facts are the user's to supply (exit 2)."""
+    import minivmm.host
+    from minivmm.host import HostInfo
+
+    bare = HostInfo(kernel="6.17.0-test", machine="x86_64", kvm_path="/dev/kvm",
+                    kvm_error="/dev/kvm does not exist (is the kvm module loaded?)")
+    monkeypatch.setattr(minivmm.host, "read_host_info", lambda path="/dev/kvm": bare)
+    code, _, err = cli(capsys, "timing", "-r", "1", "--baseline", str(A))
+    assert code == 125
+    one_line_error(err, "/dev/kvm does not exist (is the kvm module loaded?) (the measurement is unusable")
+    code, _, err = cli(capsys, "timing", "-r", "1", "--platform", "pvm", "--baseline", str(A))
+    assert code == 125
+    one_line_error(err, "cannot read CONFIG_HZ")
+    code, _, err = cli(capsys, "timing", "-r", "1", "--platform", "pvm")
+    assert code == 2
+    one_line_error(err, "cannot read CONFIG_HZ")

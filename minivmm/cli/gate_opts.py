@@ -84,13 +84,14 @@ def unusable(gate: Gate | None, error: CliError) -> CliError:
     return CliError(f"{error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
 
 
-def unusable_without_kvm(gate: Gate | None, kvm_error: str | None, error: CliError) -> CliError:
-    """``error`` (a fact about the host that could not be read), unless under a gate on a host whose
-    /dev/kvm is missing: then the real reason, and exit 125 (e.g. a bisect step booted a kernel
-    without KVM)."""
-    if gate is None or not kvm_error:
+def host_unreadable(gate: Gate | None, error: CliError, kvm_error: str | None = None) -> CliError:
+    """A fact about the host that could not be read (its KVM platform, its CONFIG_HZ): bad input without
+    a gate (pass --platform or --hz), but under a gate the kernel being tested is the likely cause (no
+    KVM module loaded, no config exposed), so exit 125: a bisect skips that kernel rather than calling
+    it bad. ``kvm_error``, when /dev/kvm is missing too, is the reason given."""
+    if gate is None:
         return error
-    return CliError(f"{kvm_error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
+    return CliError(f"{kvm_error or error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
 
 
 def emit(args: argparse.Namespace, gate: Gate | None, doc: dict[str, Any], render_text: Callable[[], None]) -> int:

@@ -85,13 +85,14 @@ def run(args: argparse.Namespace) -> int:
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
-        raise gate_opts.unusable_without_kvm(gate, host.kvm_error, CliError(
-            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64"))
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64"), host.kvm_error)
     if plat not in PLATFORMS:
         raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
     host_hz = hz or host.hz
     if host_hz is None:
-        raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
     name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
