@@ -70,8 +70,9 @@ def plot(c: Comparison, target: str | BinaryIO) -> None:
             note += f"; {beyond} above the 99th percentile not shown"
         ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
         pct = f" ({ch.change * 100:+.0f}%)" if ch.change is not None else ""
-        ax.set_title(f"{ch.step.name}: median {fmt_delta(ch.delta_p50_us)}{pct}, Cliff's d {ch.cliffs_delta:+.2f}, "
-                     f"p={ch.p_adjusted:.2g}", fontsize=10)
+        pair = f" ({names[ch.file]} vs A)" if len(c.docs) > 2 else ""
+        ax.set_title(f"{ch.step.name}{pair}: median {fmt_delta(ch.delta_p50_us)}{pct}, "
+                     f"Cliff's d {ch.cliffs_delta:+.2f}, p={ch.p_adjusted:.2g}", fontsize=10)
         ax.set_xlabel(f"duration ({unit}); dashed: medians; {note}", fontsize=9)
         ax.set_ylabel("repetitions", fontsize=9)
         ax.tick_params(labelsize=8)
