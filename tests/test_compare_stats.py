@@ -85,3 +85,19 @@ def test_bootstrap_interval_agrees_with_scipy_and_covers_a_known_shift():
     lo, hi = bootstrap_median_diff(narrow, [x + 8000 for x in narrow])
     assert lo <= 8000 <= hi and hi - lo < 200
     assert bootstrap_median_diff(base, shifted, seed=1) == bootstrap_median_diff(base, shifted, seed=1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 101])
+def test_bootstrap_medians_have_the_distribution_of_resample_and_sort(n):
+    """The order-statistic shortcut against the definition: resample with replacement, take the median."""
+    import statistics
+
+    from minivmm.compare.stats import bootstrap_medians
+    rng = random.Random(n)
+    data = [rng.choice((4000, 8000)) + rng.randrange(500) for _ in range(n)]
+    fast = bootstrap_medians(data, 20000, random.Random(1))
+    r = random.Random(2)
+    slow = [statistics.median(r.choices(data, k=n)) for _ in range(20000)]
+    for q in (5, 25, 50, 75, 95):
+        assert percentile(fast, q) == pytest.approx(percentile(slow, q), rel=0.02), q
+    assert statistics.fmean(fast) == pytest.approx(statistics.fmean(slow), rel=0.01)

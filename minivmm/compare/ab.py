@@ -233,8 +233,9 @@ def render(c: Comparison, out: TextIO) -> None:
             ci = f"[{fmt_delta(ch.ci_low_us)}, {fmt_delta(ch.ci_high_us)}]"
             mark = ("  <- " + ch.direction if ch.significant
                     else "  (< minimum)" if ch.p_adjusted < s.alpha else "")
-            w(f"{ch.step.name.ljust(width)}{fmt_delta(ch.delta_p50_us):>11} {pct:>6}  {ci:<24}"
-              f" d={ch.cliffs_delta:+.2f} {effect_label(ch.cliffs_delta):<10} p={_fmt_p(ch.p_adjusted):<7}{mark}\n")
+            line = (f"{ch.step.name.ljust(width)}{fmt_delta(ch.delta_p50_us):>11} {pct:>6}  {ci:<24}"
+                    f" d={ch.cliffs_delta:+.2f} {effect_label(ch.cliffs_delta):<10} p={_fmt_p(ch.p_adjusted):<7}{mark}")
+            w(line.rstrip() + "\n")
     w(f"\nrule: a step changed significantly when p < {s.alpha:g} after Holm's adjustment over "
       f"{len(c.changes)} tests and its median moved by at least {s.threshold:.0%} and {s.floor_us:g} us"
       f"{' (a tenth of a jiffy; --floor-us to change)' if c.default_floor else ''}\n")

@@ -118,26 +118,44 @@ def effect_label(delta: float) -> str:
     return "large"
 
 
+def bootstrap_medians(values: Sequence[float], resamples: int, rng: random.Random) -> list[float]:
+    """The medians of ``resamples`` bootstrap resamples of ``values`` (each n draws with replacement),
+    drawn exactly but without building the resamples.
+
+    The k-th smallest of n draws from the empirical distribution is F^-1(U_(k)), where U_(k), the k-th
+    smallest of n uniforms, is Beta(k, n + 1 - k); for an even n the next one is U_(k) plus (1 - U_(k))
+    times the smallest of the n - k uniforms above it, Beta(1, n - k). So each resample costs two beta
+    draws instead of n draws and a sort: the same distribution, and 100 000 repetitions stay fast."""
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        raise ValueError("bootstrap of no values")
+    k = (n + 1) // 2  # the (lower) middle rank, 1-based
+    out = []
+    for _ in range(resamples):
+        u = rng.betavariate(k, n + 1 - k)
+        low = s[min(int(u * n), n - 1)]
+        if n % 2:
+            out.append(float(low))
+        else:
+            v = u + (1 - u) * rng.betavariate(1, n - k)
+            out.append((low + s[min(int(v * n), n - 1)]) / 2)
+    return out
+
+
 def bootstrap_median_diff(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
                           resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """A percentile-bootstrap interval for median(b) - median(a): resample each sample with replacement
-    ``resamples`` times and take the central ``confidence`` share of the medians' differences. Seeded,
-    so a comparison prints the same interval every time."""
+    ``resamples`` times (see :func:`bootstrap_medians`) and take the central ``confidence`` share of the
+    medians' differences. Seeded, so a comparison prints the same interval every time."""
     if not a or not b:
         raise ValueError("bootstrap needs two non-empty samples")
     if not 0 < confidence < 1:
         raise ValueError("confidence must be between 0 and 1")
     rng = random.Random(seed)
-    sa, sb = list(a), list(b)
-    na, nb = len(sa), len(sb)
-    ma, mb = na // 2, nb // 2
-    diffs = []
-    for _ in range(resamples):
-        xa = sorted(rng.choices(sa, k=na))
-        xb = sorted(rng.choices(sb, k=nb))
-        med_a = xa[ma] if na % 2 else (xa[ma - 1] + xa[ma]) / 2
-        med_b = xb[mb] if nb % 2 else (xb[mb - 1] + xb[mb]) / 2
-        diffs.append(med_b - med_a)
+    med_a = bootstrap_medians(a, resamples, rng)
+    med_b = bootstrap_medians(b, resamples, rng)
+    diffs = [y - x for x, y in zip(med_a, med_b)]
     tail = (1 - confidence) / 2 * 100
     return percentile(diffs, tail), percentile(diffs, 100 - tail)
 
