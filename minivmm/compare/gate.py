@@ -76,12 +76,6 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def unusable(baseline: str, reason: str, threshold: float = DEFAULT_THRESHOLD,
-             floor_us: float = 0.0, alpha: float = DEFAULT_ALPHA) -> GateResult:
-    """The result when there is nothing to decide on (e.g. /dev/kvm missing: no measurement at all)."""
-    return GateResult(GateOutcome.UNUSABLE, f"unusable: {reason}", baseline, threshold, floor_us, alpha)
-
-
 def decide(baseline: TimingDocument, current: TimingDocument, threshold: float = DEFAULT_THRESHOLD,
            alpha: float = DEFAULT_ALPHA, floor_us: float | None = None, seed: int = 0) -> GateResult:
     """Did ``current`` regress against ``baseline``? Raises :class:`~minivmm.compare.ab.NotComparable`
