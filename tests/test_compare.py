@@ -116,6 +116,8 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[str, str]]:
     del no_samples["steps"][4]["samples_ns"]
     floats = recorded()
     floats["steps"][0]["samples_ns"][0] = 1.5
+    zero_hz = recorded()
+    zero_hz["host"]["hz"] = 0
     cases = {
         "missing": (str(tmp_path / "nope.json"), "no such file"),
         "directory": (str(tmp_path), "is a directory"),
@@ -129,6 +131,7 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[str, str]]:
         "future": (write(tmp_path, "future.json", future), "newer than this minivmm reads"),
         "no-samples": (write(tmp_path, "nosamples.json", no_samples), "steps[4].samples_ns is missing"),
         "float-samples": (write(tmp_path, "floats.json", floats), "non-negative integers"),
+        "zero-hz": (write(tmp_path, "hz0.json", zero_hz), "host.hz is 0"),
         "fifo": (str(tmp_path / "fifo"), "not a regular file"),
     }
     (tmp_path / "empty.json").write_text("\n")

@@ -147,6 +147,8 @@ def parse_timing(data: Any, path: str, what: str = "file") -> TimingDocument:
     kernel = _field(host, "kernel", str, path, "host.", what)
     hz = _field(host, "hz", int, path, "host.", what)
     platform = _field(host, "platform", str, path, "host.", what)
+    if hz < 1:
+        raise DocumentError(f"{what} {path}: does not match the timing schema: host.hz is {hz}, not a tick rate")
     raw_steps = _field(doc, "steps", list, path, "", what)
     if not raw_steps:
         raise DocumentError(f"{what} {path}: does not match the timing schema: no steps")
