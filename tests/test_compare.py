@@ -300,3 +300,45 @@ def test_trace_documents_export_to_openmetrics_too():
     assert families["minivmm_trace_ioctls"].samples[0].value == 14
     doc["explanation"] = None
     assert [f.name for f in openmetrics(trace_openmetrics(doc))] == ["minivmm_trace_ioctls"]
+
+
+def test_a_busy_host_is_warned_about_and_makes_the_gate_unusable(tmp_path):
+    """CPU pressure over 20% while measuring: compare says so, the gate will not decide (not even on a
+    real-looking regression, which the load alone produces on the stall step)."""
+    busy = planted()
+    busy["host"]["cpu_pressure_pct"] = 64.3
+    doc = load_timing(write(tmp_path, "busy.json", busy))
+    assert doc.cpu_pressure_pct == 64.3
+    validate(busy, "timing")
+    c = compare_documents([load_timing(str(A)), doc])
+    assert any("busy host" in w and "64.3%" in w for w in c.warnings)
+    validate(to_json(c))
+    r = decide(load_timing(str(A)), doc)
+    assert r.outcome is GateOutcome.UNUSABLE and "busy host" in r.text and r.regressed
+    quiet = recorded(B)
+    quiet["host"]["cpu_pressure_pct"] = 3.0
+    assert decide(load_timing(str(A)), load_timing(write(tmp_path, "quiet.json", quiet))).outcome is GateOutcome.PASS
+    bad = recorded(B)
+    bad["host"]["cpu_pressure_pct"] = "high"
+    with pytest.raises(DocumentError, match="cpu_pressure_pct should be a percentage"):
+        load_timing(write(tmp_path, "bad.json", bad))
+
+
+def test_cpu_pressure_from_psi(tmp_path, monkeypatch):
+    from minivmm.timing.pressure import PressureWindow, read_some_total_us
+
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=1.00 avg60=0.50 avg300=0.10 total=1000000\nfull avg10=0.00 avg60=0.00 avg300=0.00 "
+                   "total=0\n")
+    assert read_some_total_us(str(psi)) == 1_000_000
+    assert read_some_total_us(str(tmp_path / "none")) is None
+    import itertools
+    import types
+
+    import minivmm.timing.pressure as pressure
+    clock = itertools.chain([0], itertools.repeat(2_000_000_000))  # 2 s of wall time
+    monkeypatch.setattr(pressure, "time", types.SimpleNamespace(monotonic_ns=lambda: next(clock)))
+    w = PressureWindow.start(str(psi))
+    psi.write_text("some avg10=50.0 avg60=20.0 avg300=5.0 total=1500000\n")  # 0.5 s of waiting
+    assert w.percent() == 25.0
+    assert PressureWindow(None, 0, str(psi)).percent() is None

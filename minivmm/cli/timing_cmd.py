@@ -109,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
             raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
         raise gate_opts.unusable(gate, CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE))
 
+    from minivmm.timing.pressure import PressureWindow
+    pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
             reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
+        cpu_pressure_pct = pressure.percent()
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
-             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
+             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
+             "cpu_pressure_pct": cpu_pressure_pct}
     if plot_path is not None:
         from minivmm.timing.plot import plot
         try:

@@ -30,6 +30,10 @@ from minivmm.compare.stats import (bootstrap_median_diff, cliffs_delta, effect_l
 #: Fewer repetitions than this per file and the rank test's normal approximation is not trusted: the
 #: comparison warns and the gate reports the measurement unusable.
 MIN_SAMPLES = 10
+#: CPU pressure (percent of the run's wall time some task waited for a CPU, see
+#: :mod:`minivmm.timing.pressure`) above which a run was made on a busy host: compare warns, and the gate
+#: calls the measurement unusable. Quiet hosts stay in single digits.
+BUSY_PRESSURE_PCT = 20.0
 #: Defaults of ``minivmm compare`` (the gate passes its own threshold).
 DEFAULT_ALPHA = 0.01
 DEFAULT_THRESHOLD = 0.10
@@ -154,6 +158,10 @@ def host_warnings(docs: list[TimingDocument]) -> list[str]:
             out.append(f"jitter differs: {base.path} jitter={jit_a}, {d.path} jitter={jit_b} (back-to-back runs "
                        "lock to the tick and hide the spread)")
     for d in docs:
+        if d.cpu_pressure_pct is not None and d.cpu_pressure_pct > BUSY_PRESSURE_PCT:
+            out.append(f"{d.path} was measured on a busy host: some task waited for a CPU {d.cpu_pressure_pct:g}% "
+                       f"of the time (over {BUSY_PRESSURE_PCT:g}%): grace periods end late there, so "
+                       "tick-bound steps stretch with the load")
         n = min(len(s.samples_ns) for s in d.steps)
         if n < MIN_SAMPLES:
             out.append(f"{d.path} has {n} repetitions: fewer than {MIN_SAMPLES}, the tests cannot be trusted")
@@ -213,7 +221,9 @@ def render(c: Comparison, out: TextIO) -> None:
     w(f"minivmm compare: sequence {docs[0].sequence}, {len(docs[0].steps)} steps\n")
     for name, d in zip(names, docs):
         role = "baseline" if d is docs[0] else "compared with A"
-        w(f"  {name} = {d.path}: {d.repetitions} repetitions, kernel {d.kernel}, HZ={d.hz}, {d.platform} ({role})\n")
+        busy = f", CPU pressure {d.cpu_pressure_pct:g}%" if d.cpu_pressure_pct is not None else ""
+        w(f"  {name} = {d.path}: {d.repetitions} repetitions, kernel {d.kernel}, HZ={d.hz}, {d.platform}{busy} "
+          f"({role})\n")
     for text in c.warnings:
         w(f"warning: {text}\n")
     labels = [st.name for st in docs[0].steps]
@@ -268,7 +278,7 @@ def to_json(c: Comparison, gate: dict[str, Any] | None = None) -> dict[str, Any]
     doc: dict[str, Any] = {
         "sequence": c.docs[0].sequence,
         "files": [{"path": d.path, "repetitions": d.repetitions, "kernel": d.kernel, "hz": d.hz,
-                   "platform": d.platform} for d in c.docs],
+                   "platform": d.platform, "cpu_pressure_pct": d.cpu_pressure_pct} for d in c.docs],
         "settings": {"alpha": s.alpha, "threshold_pct": s.threshold * 100, "floor_us": s.floor_us,
                      "confidence": s.confidence, "resamples": s.resamples, "seed": s.seed,
                      "test": "mann-whitney-u", "adjustment": "holm"},

@@ -54,6 +54,7 @@ class TimingDocument:
     platform: str
     steps: list[StepSamples]
     data: dict[str, Any]
+    cpu_pressure_pct: float | None = None
 
     @property
     def shape(self) -> list[tuple[str, str]]:
@@ -149,6 +150,11 @@ def parse_timing(data: Any, path: str, what: str = "file") -> TimingDocument:
     platform = _field(host, "platform", str, path, "host.", what)
     if hz < 1:
         raise DocumentError(f"{what} {path}: does not match the timing schema: host.hz is {hz}, not a tick rate")
+    pressure = host.get("cpu_pressure_pct")
+    if pressure is not None and (isinstance(pressure, bool) or not isinstance(pressure, (int, float))
+                                 or not 0 <= pressure <= 100):
+        raise DocumentError(f"{what} {path}: does not match the timing schema: host.cpu_pressure_pct should be "
+                            f"a percentage, is {json.dumps(pressure)[:40]}")
     raw_steps = _field(doc, "steps", list, path, "", what)
     if not raw_steps:
         raise DocumentError(f"{what} {path}: does not match the timing schema: no steps")
@@ -166,7 +172,8 @@ def parse_timing(data: Any, path: str, what: str = "file") -> TimingDocument:
             raise DocumentError(f"{what} {path}: does not match the timing schema: {where}samples_ns must "
                                 "hold non-negative integers (nanoseconds)")
         steps.append(StepSamples(i, op, label, samples))
-    return TimingDocument(path, sequence, repetitions, kernel, hz, platform, steps, doc)
+    return TimingDocument(path, sequence, repetitions, kernel, hz, platform, steps, doc,
+                          None if pressure is None else float(pressure))
 
 
 def load_timing(path: str, what: str = "file") -> TimingDocument:

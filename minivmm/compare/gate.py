@@ -10,8 +10,10 @@ Holm-adjusted over the steps, at ``alpha``) towards slower, by at least ``thresh
 baseline's median and at least ``floor_us`` (default: a tenth of a jiffy at the baseline's HZ). The
 measurement is *unusable* when it cannot decide: fewer than :data:`~minivmm.compare.ab.MIN_SAMPLES`
 repetitions in either document, or a step whose median moved past the threshold without the test
-confirming it (too noisy: repeat with more repetitions, on a quieter host). A confirmed regression
-wins over an undecided step: one is enough to call the commit bad.
+confirming it (too noisy: repeat with more repetitions, on a quieter host), or a run made on a busy
+host (CPU pressure over :data:`~minivmm.compare.ab.BUSY_PRESSURE_PCT`, where grace periods end late:
+that wins even over a regression, which the load alone can produce). A confirmed regression wins over
+an undecided step: one is enough to call the commit bad.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.compare.ab import (DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange, compare_documents,
-                                fmt_delta)
+from minivmm.compare.ab import (BUSY_PRESSURE_PCT, DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange,
+                                compare_documents, fmt_delta)
 from minivmm.compare.documents import TimingDocument
 
 #: ``--threshold``'s default: a step must get 20% slower (and significantly so) to fail the gate.
@@ -90,8 +92,14 @@ def decide(baseline: TimingDocument, current: TimingDocument, threshold: float =
                           undecided or [], c)
 
     few = [d for d in (baseline, current) if min(len(s.samples_ns) for s in d.steps) < MIN_SAMPLES]
+    busy = [d for d in (baseline, current) if d.cpu_pressure_pct is not None and d.cpu_pressure_pct > BUSY_PRESSURE_PCT]
     regressed = [ch for ch in c.changes if ch.significant and ch.delta_p50_us > 0]
     undecided = [ch for ch in c.changes if not ch.significant and ch.delta_p50_us >= ch.needed_us]
+    if busy:
+        reason = ", ".join(f"{d.path} at {d.cpu_pressure_pct:g}%" for d in busy)
+        return result(GateOutcome.UNUSABLE, f"unusable: measured on a busy host (CPU pressure {reason}, over "
+                      f"{BUSY_PRESSURE_PCT:g}%: grace periods end late under load, so a slower step says more "
+                      "about the load than the kernel); rerun on a quiet host", regressed, undecided)
     if regressed:
         names = "; ".join(f"{ch.step.name} {fmt_delta(ch.delta_p50_us)} "
                           f"({(ch.change or 0) * 100:+.0f}%, p={ch.p_adjusted:.2g})" for ch in regressed)
