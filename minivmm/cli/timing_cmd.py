@@ -12,6 +12,7 @@ from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
 from minivmm.cli.outfile import check_output_path, write_atomically
 from minivmm.cli.progress import ProgressBar
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 
 
 def _check_plot_destination(path: str) -> None:
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "matplotlib)")
     p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
                    help="seed for the jitter and the model (default: 0)")
-    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
     gate_opts.add_options(p)
     p.set_defaults(handler=run)
