@@ -1,0 +1,254 @@
+"""From a trace to an explanation: the VMM's set-up as a :mod:`kernel_model` sequence (gaps as measured),
+what each kernel variant predicts for each of its ioctls at this host's HZ and platform, the whole
+set-up measured and predicted, and the verdict as ``minivmm timing`` gives it
+(:func:`minivmm.timing.compare.compare`, reused as is).
+
+Which ioctls become steps: those of the first VM (and its system fd's ``KVM_CREATE_VM``), from
+``KVM_CREATE_VM`` on, in the order they entered the kernel, each vCPU's first ``KVM_RUN`` included.
+An ioctl the sequence format has an op for becomes that op; any other is carried as a fixed cost
+where the format can say so (``ioctl name=... cost=...``), and otherwise its time is folded into the
+gap before the next step. :attr:`Explanation.unmodelled` lists which, and the report says so.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_model import sequences as seqmod
+from kernel_model.predict import quantiles
+from kernel_model.sequences import Sequence, Step
+from minivmm.trace import decode
+from minivmm.trace.tracer import IoctlEvent, TraceResult
+
+#: A measured ioctl at least this long counts as stalled (a grace period is ~1 jiffy or more).
+STALL_NS = 1_000_000
+_OTHER_VM = re.compile(r"^vm(\d+|\?)")
+
+
+def known_ops() -> set[str]:
+    """The ops this checkout's sequence format has (the set grows as the model learns more ioctls)."""
+    return set(getattr(seqmod, "_ARGS", {}))
+
+
+@dataclass
+class Explanation:
+    """The model's view of one trace."""
+
+    sequence: Sequence
+    sequence_text: str
+    step_events: list[int]                   # step i -> index of its IoctlEvent
+    measured_ns: list[int]                   # per step
+    gaps_ns: list[int]                       # per step (measured)
+    unmodelled: Counter[str] = field(default_factory=Counter)   # name -> count, folded or fixed-cost
+    skipped: list[str] = field(default_factory=list)            # why some ioctls are not steps
+    comparison: Any = None                   # minivmm.timing.compare.Comparison
+    hz: int = 0
+    platform: str = ""
+    attributions: dict[int, list[str]] = field(default_factory=dict)   # step -> sentences
+    attribution_note: str = ""
+
+    def setup_measured_ns(self) -> int:
+        """From the start of KVM_CREATE_VM to the end of the last step, as measured."""
+        return sum(self.gaps_ns[1:]) + sum(self.measured_ns)
+
+    def setup_predicted(self) -> dict[str, dict[str, float]]:
+        """Per variant: quantiles (us) of the whole set-up's predicted duration, sample by sample."""
+        out: dict[str, dict[str, float]] = {}
+        if self.comparison is None:
+            return out
+        gaps = sum(self.comparison.gaps_ns[1:])
+        for variant, pred in self.comparison.predictions.items():
+            totals = [gaps + sum(d) for d in zip(*(sp.durations for sp in pred.steps))]
+            out[variant] = quantiles(totals)
+        return out
+
+
+def _fmt_time(ns: int) -> str:
+    return f"{ns}ns"
+
+
+def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] | None:
+    """The sequence op and arguments for one traced ioctl, or None if the format has no op for it."""
+    f = ev.decoded.fields
+    r = ev.request
+    if r == decode.KVM_CREATE_VM:
+        return "create_vm", {}
+    if r in (decode.KVM_SET_USER_MEMORY_REGION, decode.KVM_SET_USER_MEMORY_REGION2) and "slot" in f:
+        args: dict[str, Any] = {"slot": f["slot"], "base": f["guest_phys_addr"], "size": f["memory_size"]}
+        if "readonly" in seqmod_args("memslot"):
+            if f["readonly"]:
+                args["readonly"] = True
+            if f["log_dirty"]:
+                args["log_dirty"] = True
+        return "memslot", args
+    if r == decode.KVM_CREATE_IRQCHIP:
+        return "irqchip", {}
+    if r == decode.KVM_IOEVENTFD and "addr" in f:
+        args = {"addr": f["addr"], "len": f["len"]}
+        if f["datamatch"] is not None:
+            args["datamatch"] = f["datamatch"]
+        if f["pio"]:
+            args["pio"] = True
+        return ("ioeventfd_deassign" if f["deassign"] else "ioeventfd"), args
+    if r == decode.KVM_CREATE_VCPU:
+        return "vcpu", {"id": ev.arg}
+    if r == decode.KVM_RUN and ev.first_run and ev.role.startswith("vcpu"):
+        return "run", {"vcpu": int(ev.role[4:])}
+    if r == decode.KVM_CREATE_PIT2 and "pit2" in ops:
+        return "pit2", {}
+    if r == decode.KVM_IRQFD and "irqfd" in ops and "gsi" in f:
+        return "irqfd", {"gsi": f["gsi"], **({"deassign": True} if f["deassign"] else {})}
+    if r == decode.KVM_SET_GSI_ROUTING and "gsi_routing" in ops and "nr" in f:
+        return "gsi_routing", {"entries": f["nr"]}
+    if r == decode.KVM_ENABLE_CAP and "enable_cap" in ops and "cap" in f:
+        return "enable_cap", {"cap": f["cap"]}
+    return None
+
+
+def seqmod_args(op: str) -> dict[str, str]:
+    """The arguments the sequence format accepts for ``op`` (empty if it has no such op)."""
+    return dict(getattr(seqmod, "_ARGS", {}).get(op, {}))
+
+
+def _arg_text(op: str, args: dict[str, Any]) -> str:
+    words = []
+    for k, v in args.items():
+        if v is True:
+            words.append(k)
+        elif k in ("addr",) or (op == "memslot" and k == "base"):
+            words.append(f"{k}={v:#x}")
+        else:
+            words.append(f"{k}={v}")
+    return " ".join(words)
+
+
+def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
+    """The set-up as a sequence: steps, measured durations and gaps (see the module docstring)."""
+    ops = known_ops()
+    events = [e for e in result.events if e.duration_ns is not None and e.ret is not None]
+    creates = [e for e in events if e.request == decode.KVM_CREATE_VM and e.ret is not None and e.ret >= 0]
+    skipped: list[str] = []
+    if not creates:
+        raise ValueError("the trace has no successful KVM_CREATE_VM: there is no VM set-up to explain")
+    first = creates[0]
+    if len(creates) > 1:
+        skipped.append(f"{len(creates) - 1} further VM(s) created (only the first VM's set-up is modelled)")
+    # The first VM's process, from its KVM_CREATE_VM on; a further VM's fds (vm1, vm1.vcpu0) are not ours.
+    chosen = sorted((e for e in events if e.pid == first.pid and e.enter_ns >= first.enter_ns
+                     and not _OTHER_VM.match(e.role)), key=lambda e: e.enter_ns)
+    unmodelled: Counter[str] = Counter()
+    steps: list[Step] = []
+    lines = [f"# the KVM set-up of: {' '.join(result.argv)}",
+             "# recorded by minivmm trace; gaps as measured (clock: " + result.clock.value + ")"]
+    step_events: list[int] = []
+    measured: list[int] = []
+    gaps: list[int] = []
+    last_end = first.enter_ns
+    current_gap: int | None = None
+    fixed_cost = "ioctl" in ops
+    failed = Counter(e.name for e in chosen if e.ret is not None and e.ret < 0)
+    for ev in chosen:
+        if ev.ret is not None and ev.ret < 0:
+            continue  # a refused ioctl changed nothing in the kernel's state
+        conv = event_to_step(ev, ops)
+        dur = ev.duration_ns or 0
+        if conv is None:
+            if ev.request == decode.KVM_RUN:
+                continue  # a later KVM_RUN: not part of the set-up
+            unmodelled[ev.name] += 1
+            if not fixed_cost:
+                continue  # its time is folded into the next step's gap
+            conv = ("ioctl", {"name": ev.name, "cost": dur})
+        op, args = conv
+        gap = max(0, ev.enter_ns - last_end) if steps else 0
+        if op == "ioctl":
+            text = f"ioctl name={args['name']} cost={_fmt_time(args['cost'])}"
+        else:
+            text = f"{op} {_arg_text(op, args)}".rstrip()
+        if gap != current_gap:
+            lines.append(f"gap {_fmt_time(gap)}")
+            current_gap = gap
+        lines.append(f"{text}    # {ev.role} #{ev.index}")
+        step_events.append(ev.index)
+        measured.append(dur)
+        gaps.append(gap)
+        last_end = max(last_end, ev.enter_ns + dur)
+        steps.append(Step(op, args, gap))
+    for n, c in failed.items():
+        skipped.append(f"{c} x {n} failed (not a step)")
+    text = "\n".join(lines) + "\n"
+    seq = seqmod.parse_sequence(text, name)
+    return Explanation(seq, text, step_events, measured, gaps, unmodelled, skipped)
+
+
+def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, seed: int = 0) -> Explanation:
+    """Build the sequence and predict it under every main variant; the verdict as ``minivmm timing``."""
+    from minivmm.timing.compare import compare
+    from minivmm.timing.runner import Repetition
+
+    ex = build_sequence(result)
+    ex.hz, ex.platform = hz, platform
+    rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
+    ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
+    _attribute(ex, result)
+    return ex
+
+
+def _attribute(ex: Explanation, result: TraceResult) -> None:
+    """For each step that waited for a grace period, which earlier step started it, from the model's own
+    state (``kernel_model.predict.explain`` where the model provides it)."""
+    try:
+        from kernel_model import predict as pred
+    except ImportError:  # pragma: no cover - kernel_model is part of the package
+        return
+    explain_api = getattr(pred, "explain", None)
+    if explain_api is None:
+        ex.attribution_note = ("this kernel model has no grace-period attribution yet "
+                               "(kernel_model.predict.explain): stalls are named, not attributed")
+        return
+    try:
+        attributed = explain_api(ex.sequence, _best_variant(ex), ex.hz, ex.platform)
+    except (TypeError, ValueError) as e:
+        ex.attribution_note = f"grace-period attribution failed: {e}"
+        return
+    events = {e.index: e for e in result.events}
+    for step_i, waits in _normalise(attributed).items():
+        for starter_i, kind, waited_ns in waits:
+            ev_starter = events[ex.step_events[starter_i]]
+            ev = events[ex.step_events[step_i]]
+            earlier = (ev.enter_ns - ev_starter.enter_ns) / 1e6
+            ex.attributions.setdefault(step_i, []).append(
+                f"waited {waited_ns / 1e6:.2f} ms for the {kind} grace period started by {ev_starter.name} "
+                f"#{ev_starter.index} {earlier:.2f} ms earlier")
+
+
+def _best_variant(ex: Explanation) -> str:
+    v = ex.comparison.verdict.variant if ex.comparison is not None else None
+    return v or "call_srcu"
+
+
+def _normalise(attributed: Any) -> dict[int, list[tuple[int, str, int]]]:
+    """Accept the model's attribution as {step: [(starting step, kind, waited ns), ...]} or as objects
+    with those attributes (``step``, ``started_by``, ``kind``, ``waited_ns``)."""
+    out: dict[int, list[tuple[int, str, int]]] = {}
+    if isinstance(attributed, dict):
+        for k, v in attributed.items():
+            out[int(k)] = [(int(x[0]), str(x[1]), int(x[2])) for x in v]
+        return out
+    for a in attributed or []:
+        out.setdefault(int(a.step), []).append((int(a.started_by), str(a.kind), int(a.waited_ns)))
+    return out
+
+
+def stalled_steps(ex: Explanation) -> list[int]:
+    """Steps whose measured duration is at least STALL_NS."""
+    return [i for i, d in enumerate(ex.measured_ns) if d >= STALL_NS]
+
+
+def median_or_none(values: list[int]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
