@@ -12,6 +12,7 @@ gap before the next step. :attr:`Explanation.unmodelled` lists which, and the re
 
 from __future__ import annotations
 
+import importlib
 import re
 import statistics
 from collections import Counter
@@ -29,9 +30,20 @@ STALL_NS = 1_000_000
 _OTHER_VM = re.compile(r"^vm(\d+|\?)")
 
 
+def _op_args() -> dict[str, set[str]]:
+    """Op name -> its argument names, from whichever form this checkout's sequence format has: the op
+    specs (``kernel_model.ops.OPS``) or the older table in ``kernel_model.sequences``."""
+    try:
+        specs = importlib.import_module("kernel_model.ops").OPS
+        items = specs.values() if isinstance(specs, dict) else specs
+        return {spec.name: {a.name for a in spec.args} for spec in items}
+    except (ImportError, AttributeError):
+        return {op: set(args) for op, args in getattr(seqmod, "_ARGS", {}).items()}
+
+
 def known_ops() -> set[str]:
     """The ops this checkout's sequence format has (the set grows as the model learns more ioctls)."""
-    return set(getattr(seqmod, "_ARGS", {}))
+    return set(_op_args())
 
 
 @dataclass
@@ -109,9 +121,9 @@ def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] |
     return None
 
 
-def seqmod_args(op: str) -> dict[str, str]:
+def seqmod_args(op: str) -> set[str]:
     """The arguments the sequence format accepts for ``op`` (empty if it has no such op)."""
-    return dict(getattr(seqmod, "_ARGS", {}).get(op, {}))
+    return _op_args().get(op, set())
 
 
 def _arg_text(op: str, args: dict[str, Any]) -> str:

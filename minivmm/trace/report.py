@@ -41,7 +41,8 @@ def ioctl_line(ev: IoctlEvent, t0_ns: int) -> str:
         result = str(ev.ret)
     line = f"{head} = {result} <{(ev.duration_ns or 0) / 1e9:.6f}>"
     if ev.first_run:
-        line += f" (first KVM_RUN of {ev.role}: until its first exit)"
+        line += (f" (first KVM_RUN of {ev.role}: until its first exit)" if ev.ret >= 0 else
+                 f" ({ev.role} has not run yet: its first KVM_RUN is the next one)")
     return line
 
 

@@ -34,7 +34,7 @@ from minivmm.trace.syscalls import (SpawnError, TraceOSError, event_message, exe
                                     ptrace, spawn, waitpid)
 
 #: After every vCPU has entered KVM_RUN, how long to wait for the first exits before stopping anyway.
-FIRST_RUN_GRACE_NS = 1_000_000_000
+FIRST_RUN_GRACE_NS = 200_000_000
 #: After SIGTERM (ours), how long the VMM has before SIGKILL.
 TERM_GRACE_NS = 5_000_000_000
 #: After the user's Ctrl-C (which the tracee usually got from the terminal too), before our SIGTERM.
@@ -425,7 +425,9 @@ class Tracer:
         role = proc.fds.role(fd, tid)
         first_run = False
         if request == decode.KVM_RUN:
-            if role in proc.first_run_started:
+            # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
+            # it kicks its vCPUs while starting), each one is recorded as its first.
+            if role in proc.first_run_done:
                 self.result.later_kvm_runs += 1
                 self._resume(tid)
                 return
@@ -456,7 +458,7 @@ class Tracer:
             elif ev.ret >= 0 and ev.request == decode.KVM_CREATE_VCPU:
                 role = proc.fds.created_vcpu(ev.ret, ev.arg, ev.role)
                 proc.vcpus.append(role)
-            elif ev.first_run:
+            elif ev.first_run and ev.ret >= 0:
                 proc.first_run_done.add(ev.role)
                 if self.until_first_run and self._all_vcpus_started() and self._all_first_runs_done():
                     self._first_run_reached()
