@@ -209,7 +209,7 @@ def _hand_back(pipe: list[int], code: int) -> None:
 
 def _outcome_and_code(result: Any) -> tuple[str, int]:
     from minivmm.trace.tracer import StopReason
-    if not result.events:
+    if not result.events and result.stop_reason in (StopReason.EXITED, StopReason.FIRST_RUN):
         kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
         return "no_kvm_ioctls", int(ExitCode.BAD_INPUT) if kvm_ok else int(getattr(ExitCode, "KVM_UNAVAILABLE", 4))
     if result.detached:
@@ -257,15 +257,16 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
         else:
             out.flush()
     if outcome == "no_kvm_ioctls":
-        status = (f"killed by signal {result.exit_signal}" if result.exit_signal is not None
-                  else f"exit status {result.exit_code}")
+        status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
+                  else f"ended with exit status {result.exit_code}")
         why = "" if code == ExitCode.BAD_INPUT else " (/dev/kvm is not accessible here)"
-        _note(f"error: no KVM ioctls: {argv[0]!r} never issued one{why} (it ended with {status})")
+        _note(f"error: no KVM ioctls: {argv[0]!r} never issued one{why} (it {status})")
     elif outcome == "killed" and not result.ended_by_tracer:
         import signal as _signal
         _note(f"{argv[0]!r} was killed by {_signal.Signals(result.exit_signal).name}")
     elif outcome == "timeout":
-        _note(f"error: --timeout {args.timeout:g}s reached; {argv[0]!r} was ended")
+        _note(f"error: --timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
+              + ("" if result.events else " (it had issued no KVM ioctl)"))
     return code
 
 
