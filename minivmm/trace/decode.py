@@ -89,18 +89,53 @@ class Decoded:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def decode_arg(pid: int, request: int, arg: int) -> Decoded:
-    """Decode ``arg`` of ``request``, reading the pointed-to struct from ``pid``'s memory.
+#: The argument struct of each decoded request that takes a pointer.
+STRUCTS: dict[int, str] = {
+    KVM_SET_USER_MEMORY_REGION: "struct kvm_userspace_memory_region",
+    KVM_IOEVENTFD: "struct kvm_ioeventfd",
+    KVM_IRQFD: "struct kvm_irqfd",
+    KVM_SET_GSI_ROUTING: "struct kvm_irq_routing",
+    KVM_ENABLE_CAP: "struct kvm_enable_cap",
+    KVM_CREATE_PIT2: "struct kvm_pit_config",
+}
+if hasattr(lib, "KVM_MEM_GUEST_MEMFD"):
+    STRUCTS[KVM_SET_USER_MEMORY_REGION2] = "struct kvm_userspace_memory_region2"
 
-    A struct that cannot be read (a bad pointer: the kernel will answer EFAULT) is shown as the pointer.
-    """
+#: Marks an argument struct that could not be read (a bad pointer: the kernel will answer EFAULT).
+UNREADABLE = b""
+
+
+def capture(pid: int, request: int, arg: int) -> bytes | None:
+    """At the tracee's stop: copy the argument struct out of its memory (None if the request has none).
+
+    Only the bytes are taken here, while the tracee waits; :func:`decode_raw` formats them later, so
+    the stop is as short as it can be."""
+    ctype = STRUCTS.get(request)
+    if ctype is None:
+        return None
     try:
-        return _decode(pid, request, arg)
+        return read_memory(pid, arg, ctype)
     except TraceOSError:
+        return UNREADABLE
+
+
+def decode_arg(pid: int, request: int, arg: int) -> Decoded:
+    """Decode ``arg`` of ``request``, reading the pointed-to struct from ``pid``'s memory now."""
+    return decode_raw(request, arg, capture(pid, request, arg))
+
+
+def decode_raw(request: int, arg: int, raw: bytes | None) -> Decoded:
+    """Decode ``arg`` of ``request`` from the struct bytes :func:`capture` took."""
+    if raw == UNREADABLE:
         return Decoded(f"{arg:#x}", {"unreadable": True})
+    return _decode(raw or b"", request, arg)
 
 
-def _decode(pid: int, request: int, arg: int) -> Decoded:
+def _struct(raw: bytes, ctype: str) -> Any:
+    return ffi.cast(f"{ctype} *", ffi.from_buffer(raw))
+
+
+def _decode(raw: bytes, request: int, arg: int) -> Decoded:
     if request in (KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_CREATE_IRQCHIP, KVM_RUN):
         key = {KVM_CREATE_VM: "type", KVM_CREATE_VCPU: "id"}.get(request, "arg")
         return Decoded(str(arg), {key: arg})
@@ -108,8 +143,7 @@ def _decode(pid: int, request: int, arg: int) -> Decoded:
         return Decoded(cap_name(arg), {"cap": arg, "cap_name": cap_name(arg)})
     if request in (KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2):
         two = request == KVM_SET_USER_MEMORY_REGION2
-        m = read_memory(pid, arg, "struct kvm_userspace_memory_region2" if two else
-                        "struct kvm_userspace_memory_region")
+        m = _struct(raw, STRUCTS[request])
         f: dict[str, Any] = {"slot": int(m.slot), "flags": int(m.flags), "guest_phys_addr": int(m.guest_phys_addr),
              "memory_size": int(m.memory_size), "userspace_addr": int(m.userspace_addr),
              "readonly": bool(m.flags & lib.KVM_MEM_READONLY),
@@ -122,7 +156,7 @@ def _decode(pid: int, request: int, arg: int) -> Decoded:
             text += f", guest_memfd={f['guest_memfd']}, guest_memfd_offset={f['guest_memfd_offset']:#x}"
         return Decoded(text + "}", f)
     if request == KVM_IOEVENTFD:
-        e = read_memory(pid, arg, "struct kvm_ioeventfd")
+        e = _struct(raw, "struct kvm_ioeventfd")
         flags = int(e.flags)
         f = {"addr": int(e.addr), "len": int(e.len), "fd": int(e.fd), "flags": flags,
              "datamatch": int(e.datamatch) if flags & lib.KVM_IOEVENTFD_FLAG_DATAMATCH else None,
@@ -133,7 +167,7 @@ def _decode(pid: int, request: int, arg: int) -> Decoded:
             text += f", datamatch={f['datamatch']:#x}"
         return Decoded(text + "}", f)
     if request == KVM_IRQFD:
-        q = read_memory(pid, arg, "struct kvm_irqfd")
+        q = _struct(raw, "struct kvm_irqfd")
         flags = int(q.flags)
         f = {"fd": int(q.fd), "gsi": int(q.gsi), "flags": flags, "deassign": bool(flags & lib.KVM_IRQFD_FLAG_DEASSIGN),
              "resamplefd": int(q.resamplefd) if flags & lib.KVM_IRQFD_FLAG_RESAMPLE else None}
@@ -142,16 +176,16 @@ def _decode(pid: int, request: int, arg: int) -> Decoded:
             text += f", resamplefd={f['resamplefd']}"
         return Decoded(text + "}", f)
     if request == KVM_SET_GSI_ROUTING:
-        r = read_memory(pid, arg, "struct kvm_irq_routing")
+        r = _struct(raw, "struct kvm_irq_routing")
         return Decoded(f"{{nr={int(r.nr)}, flags={int(r.flags)}, entries=[...]}}", {"nr": int(r.nr)})
     if request == KVM_ENABLE_CAP:
-        c = read_memory(pid, arg, "struct kvm_enable_cap")
+        c = _struct(raw, "struct kvm_enable_cap")
         args = [int(a) for a in c.args]
         shown = ", ".join(hex(a) for a in args)
         return Decoded(f"{{cap={cap_name(int(c.cap))}, flags={int(c.flags)}, args=[{shown}]}}",
                        {"cap": int(c.cap), "cap_name": cap_name(int(c.cap)), "flags": int(c.flags), "args": args})
     if request == KVM_CREATE_PIT2:
-        p = read_memory(pid, arg, "struct kvm_pit_config")
+        p = _struct(raw, "struct kvm_pit_config")
         return Decoded(f"{{flags={int(p.flags):#x}}}", {"flags": int(p.flags)})
     # Everything else by name: an _IO request's argument is a value, the others' a pointer.
     return Decoded(f"{arg:#x}", {})

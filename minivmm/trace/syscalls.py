@@ -146,16 +146,20 @@ def waitpid(pid: int, options: int) -> tuple[int, int]:
 
     EINTR is raised as TraceOSError (errno EINTR) so that the caller can look at its signal flags.
     """
-    status = ffi.new("int *")
-    got = _check(lib.waitpid(pid, status, options), "waitpid")
-    return got, status[0]
+    got = _check(lib.waitpid(pid, _status, options), "waitpid")
+    return got, int(_status[0])
+
+
+_status = ffi.new("int *")
+
+
+_regs = ffi.new("struct user_regs_struct *")
 
 
 def getregs(tid: int) -> Any:
-    """The tracee's general registers (struct user_regs_struct)."""
-    regs = ffi.new("struct user_regs_struct *")
-    ptrace(lib.PTRACE_GETREGS, tid, 0, regs, "ptrace(PTRACE_GETREGS)")
-    return regs
+    """The tracee's general registers (struct user_regs_struct; one buffer, valid until the next call)."""
+    _check(lib.minivmm_ptrace(lib.PTRACE_GETREGS, tid, ffi.NULL, _regs), "ptrace(PTRACE_GETREGS)")
+    return _regs
 
 
 def event_message(tid: int) -> int:
@@ -177,18 +181,20 @@ def siginfo_signo(tid: int) -> int | None:
     return int(info.si_signo)
 
 
-def read_memory(pid: int, addr: int, ctype: str) -> Any:
-    """Read one ``ctype`` (a struct name) from the tracee's memory at ``addr`` with process_vm_readv."""
-    buf = ffi.new(f"{ctype} *")
+_iov_local = ffi.new("struct iovec *")
+_iov_remote = ffi.new("struct iovec *")
+_read_buf = ffi.new("char[]", 4096)
+
+
+def read_memory(pid: int, addr: int, ctype: str) -> bytes:
+    """The bytes of one ``ctype`` (a struct name) in the tracee's memory at ``addr`` (process_vm_readv)."""
     size = ffi.sizeof(ctype)
-    local = ffi.new("struct iovec *")
-    remote = ffi.new("struct iovec *")
-    local.iov_base, local.iov_len = buf, size
-    remote.iov_base, remote.iov_len = ffi.cast("void *", addr), size
-    got = _check(lib.process_vm_readv(pid, local, 1, remote, 1, 0), "process_vm_readv")
+    _iov_local.iov_base, _iov_local.iov_len = _read_buf, size
+    _iov_remote.iov_base, _iov_remote.iov_len = ffi.cast("void *", addr), size
+    got = _check(lib.process_vm_readv(pid, _iov_local, 1, _iov_remote, 1, 0), "process_vm_readv")
     if got != size:
         raise TraceOSError("process_vm_readv (short read)", _errno.EFAULT)
-    return buf
+    return bytes(ffi.buffer(_read_buf, size))
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:

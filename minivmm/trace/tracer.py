@@ -20,6 +20,7 @@ servicer; the timeout; SIGINT/SIGTERM to the tracer.
 from __future__ import annotations
 
 import enum
+import functools
 import errno as _errno
 import os
 import signal
@@ -78,13 +79,18 @@ class IoctlEvent:
     request: int
     name: str
     arg: int
-    decoded: Decoded
+    raw: bytes | None
     stop_enter_ns: int
     stop_exit_ns: int | None = None
     ret: int | None = None
     kernel_enter_ns: int | None = None
     kernel_exit_ns: int | None = None
     first_run: bool = False
+
+    @functools.cached_property
+    def decoded(self) -> Decoded:
+        """The argument, decoded from the bytes taken at the stop."""
+        return decode.decode_raw(self.request, self.arg, self.raw)
 
     @property
     def enter_ns(self) -> int:
@@ -436,7 +442,7 @@ class Tracer:
             if self.until_first_run and self._all_vcpus_started():
                 self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
         ev = IoctlEvent(len(self.events), tgid, tid, fd, role, request, decode.request_name(request), arg,
-                        decode.decode_arg(tid, request, arg), now, first_run=first_run)
+                        decode.capture(tid, request, arg), now, first_run=first_run)
         self.events.append(ev)
         # The syscall-exit stop costs a second round trip through the tracer, inside the call as the
         # tracee sees it. With the kernel clock the return value comes from sys_exit afterwards, so
