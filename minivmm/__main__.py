@@ -1,5 +1,10 @@
 """``python -m minivmm``: the same as the ``minivmm`` command."""
 
-from minivmm.cli.app import console_main
+import sys
+
+try:
+    from minivmm.cli.app import console_main
+except KeyboardInterrupt:  # Ctrl-C while the interpreter was still importing: end quietly, as SIGINT
+    sys.exit(130)
 
 console_main()

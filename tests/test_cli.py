@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -58,9 +59,20 @@ def test_bad_options(args, fragment):
     assert_one_line_error(run_cli("boot", "guest/hello.bin", *args), 2, fragment)
 
 
-def test_kvm_device_missing(tmp_path):
-    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(tmp_path / "kvm")), 2,
+def test_kvm_device_missing_is_cannot_run_here(tmp_path):
+    # exit 4, not 2: a wrapper (or a test runner) can tell "cannot run here" from "bad usage"
+    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(tmp_path / "kvm")), 4,
                           "does not exist")
+
+
+def test_kvm_device_not_accessible_is_cannot_run_here(tmp_path):
+    import os
+    if os.geteuid() == 0:
+        pytest.skip("root can open a mode-000 file")
+    p = tmp_path / "kvm"
+    p.write_bytes(b"")
+    p.chmod(0)
+    assert_one_line_error(run_cli("boot", "guest/hello.bin", "--kvm", str(p)), 4, "not readable")
 
 
 def test_kvm_device_not_kvm(tmp_path):
@@ -83,11 +95,81 @@ def test_help_teaches():
     assert top.returncode == 0 and "boot" in top.stdout and "info" in top.stdout
 
 
-def test_no_arguments_shows_help_and_is_a_usage_error():
+def test_no_arguments_is_a_one_line_usage_error():
     proc = run_cli()
-    assert proc.returncode in (0, 2)
-    assert "Usage" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(proc, 2, "Usage", "boot", "timing", "model", "info")
+    assert proc.stdout == ""
+
+
+def test_boot_without_image_is_one_line_on_stderr():
+    proc = run_cli("boot")
+    assert_one_line_error(proc, 2, "IMAGE", "guest/hello.bin")
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["bogus"], ["unknown command", "bogus"]),
+    (["boot", "guest/hello.bin", "--mem"], ["--mem needs a value"]),
+    (["boot", "guest/hello.bin", "--vcpus", "many"], ["--vcpus", "'many' is not a whole number"]),
+    (["boot", "guest/hello.bin", "--vcpus", "65"], ["--vcpus", "between 1 and 64"]),
+    (["boot", "guest/hello.bin", "--timeout", "nan"], ["--timeout"]),
+    (["boot", "guest/hello.bin", "--inject", "everything"], ["--inject", "drop-registration"]),
+    (["boot", "guest/hello.bin", "--json=yes"], ["--json takes no value"]),
+    (["boot", "guest/hello.bin", "extra.bin"], ["extra.bin"]),
+    (["boot", "guest/hello.bin", "--no-check", "--inject", "stale-bus"], ["needs the check on"]),
+    (["model", "--hz", "0x"], ["--hz"]),
+    (["model", "--samples", "0"], ["--samples", "between 1 and"]),
+    (["timing", "--repeat", "-1"], ["--repeat"]),
+    (["info", "--kvm"], ["--kvm needs a value"]),
+])
+def test_usage_errors_are_one_line_in_our_words(args, fragments):
+    proc = run_cli(*args)
+    assert_one_line_error(proc, 2, *fragments)
+    line = proc.stderr.strip()
+    assert line.startswith("minivmm: error: ")
+    # neither argparse's wording nor Python's leaks through
+    for foreign in ("argument ", "invalid int value", "invalid literal", "Value error", "invalid choice",
+                    "the following arguments are required"):
+        assert foreign not in line
+
+
+def test_version():
+    from minivmm import __version__
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"minivmm {__version__}"
+
+
+def test_mem_has_the_short_name_m_and_mode_only_its_long_name(tmp_path):
+    p = tmp_path / "big.bin"
+    p.write_bytes(b"\xf4" * (2 << 20))
+    assert_one_line_error(run_cli("boot", str(p), "-m", "1M"), 2, "does not fit")
+    help_text = run_cli("boot", "--help").stdout
+    assert "-m, --mem SIZE" in help_text and "  --mode MODE" in help_text
+
+
+def test_flags_show_no_value_placeholder_and_help_fits_80_columns():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    for command in ([], ["boot"], ["timing"], ["model"], ["info"]):
+        proc = subprocess.run([sys.executable, "-m", "minivmm", *command, "--help"], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "80"})
+        assert proc.returncode == 0, proc.stderr
+        assert "<bool>" not in proc.stdout and "BOOLEAN" not in proc.stdout
+        assert max(len(line) for line in proc.stdout.splitlines()) <= 80, command
+    boot_help = run_cli("boot", "--help").stdout
+    for flag in ("--strict", "--trace", "--json", "--check", "--no-check", "--ftrace"):
+        assert re.search(rf"^  {flag} ", boot_help, re.M), flag
+
+
+def test_the_parser_spells_the_enums_as_the_vmm_does():
+    from minivmm.cli.boot_cmd import INJECTIONS, MODES
+    from minivmm.shadow.checker import Injection
+    from minivmm.vmm.boot import Mode
+    assert MODES == tuple(m.value for m in Mode)
+    assert INJECTIONS == tuple(i.value for i in Injection)
 
 
 def test_info_json_always_works():
@@ -133,3 +215,48 @@ def test_timeout_exit_code(tmp_path):
     proc = run_cli("boot", str(p), "--timeout", "0.2")
     assert proc.returncode == 1
     assert "timed out" in proc.stdout and "jmp 0x1000" in proc.stdout
+
+
+def test_a_huge_sparse_image_is_refused_by_its_size_before_it_is_read(tmp_path):
+    import resource
+    p = tmp_path / "sparse.bin"
+    with open(p, "wb") as f:
+        f.truncate(2 << 30)  # 2 GiB, no blocks on disk
+    proc = run_cli("boot", str(p))
+    assert_one_line_error(proc, 2, "2147483648 bytes", "does not fit", "--mem")
+    # had it been read, the child would have held 2 GiB; ru_maxrss is in KiB
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1 << 20
+
+
+def test_ctrl_c_while_importing_a_command_ends_quietly_with_130(monkeypatch, capsys):
+    import importlib
+
+    from minivmm.cli import app
+
+    def interrupted(name, package=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert app.main(["model"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_ctrl_c_during_start_up_never_shows_a_traceback_from_minivmm():
+    """SIGINT at moments spread over start-up. Before minivmm's first line runs (the interpreter's own
+    site and runpy imports) Python may still print its traceback; from then on, none: the process
+    ends with 130, or is killed by the signal before our handler exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    for i in range(24):
+        p = subprocess.Popen([sys.executable, "-m", "minivmm", "model", "-n", "20000"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.005 * i)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert "minivmm/" not in err and "minivmm\\" not in err, err
+        if "Traceback" not in err:
+            assert p.returncode in (130, -signal.SIGINT) and err == "", (p.returncode, err)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from conftest import run_cli
 
 
@@ -50,3 +52,26 @@ def test_model_bad_sequence_file_names_the_line(tmp_path):
     f.write_text("create_vm\nvcpu\n")
     proc = run_cli("model", "-s", str(f))
     assert proc.returncode == 2 and "bad.seq:2: vcpu needs id" in proc.stderr
+
+
+REFUSED = [
+    ("create_vm\nvcpu id=0\nirqchip\n", "step 3", "vCPUs already exist", "EINVAL"),
+    ("create_vm\nioeventfd addr=0xd0000000 len=3\n", "step 2", "bad length 3", "EINVAL"),
+    ("create_vm\nioeventfd addr=0xd0000000 len=4\nioeventfd addr=0xd0000000 len=4\n", "step 3", "collides",
+     "EEXIST"),
+    ("create_vm\nioeventfd_deassign addr=0xd0000000 len=4\n", "step 2", "nothing at 0xd0000000", "ENOENT"),
+]
+
+
+@pytest.mark.parametrize("text,step,reason,errno_name", REFUSED)
+def test_a_step_the_kernel_refuses_is_one_line_naming_the_step(tmp_path, text, step, reason, errno_name):
+    f = tmp_path / "refused.seq"
+    f.write_text(text)
+    for command in (["model", "-n", "5"], ["timing", "-r", "1", "--platform", "pvm", "--hz", "250"]):
+        proc = run_cli(*command, "-s", str(f))
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("minivmm: error: sequence "), lines
+        for fragment in (step, reason, errno_name):
+            assert fragment in lines[0]

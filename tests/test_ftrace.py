@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from minivmm.cli.errors import outcome_exit_code
 from minivmm.shadow.ftrace import analyse
 
 L = "  vcpu0-{pid}  [001] ..... 12.000: {event}: {body}\n"
@@ -53,4 +54,4 @@ def test_ftrace_cross_check_on_the_host(boot, guest_image):
     assert ft["mismatches"] == [], ft["mismatches"]
     assert ft["kernel_userspace_exits"]["KVM_EXIT_MMIO"] == ft["vmm_exits"]["mmio"] > 0
     assert sum(ft["in_kernel_writes"].values()) == 4 * 64
-    assert report.exit_code == 0
+    assert outcome_exit_code(report.outcome) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from minivmm.cli.errors import outcome_exit_code
 from minivmm.kvm.exits import HLT, IoIn, IoOut, MmioRead, MmioWrite
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.report import RunOutcome
@@ -20,7 +21,7 @@ def string_out(port: int, text: str) -> list[object]:
 
 def test_hello(boot, guest_image):
     report, log = boot(guest_image("hello"))
-    assert report.outcome is RunOutcome.HALTED and report.exit_code == 0
+    assert report.outcome is RunOutcome.HALTED and outcome_exit_code(report.outcome) == 0
     assert report.console == GREETING
     expected = []
     for b in GREETING.encode():

@@ -42,12 +42,20 @@ def test_timing_bad_input_is_one_line(tmp_path):
                            (["--platform", "ppc"], "unknown platform"),
                            (["--plot", str(tmp_path)], "is a directory"),
                            (["--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
+                           (["--kvm", "/dev/null"], "not a KVM device"),
                            (["--kvm", str(tmp_path / "kvm")], "does not exist")):
         pinned = [] if "--platform" in args else ["--platform", "pvm", "--hz", "250"]
         proc = run_cli("timing", "--repeat", "1", *pinned, *args)
-        assert proc.returncode == 2, (args, proc.stderr)
+        # A device that is not there is "cannot run here" (4); a path that is not KVM is a usage mistake (2).
+        assert proc.returncode == (4 if "does not exist" in fragment and "--kvm" in args else 2), (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_timing_without_kvm_is_cannot_run_here(tmp_path):
+    proc = run_cli("timing", "--repeat", "1", "--platform", "pvm", "--hz", "250", "--kvm", str(tmp_path / "kvm"))
+    assert proc.returncode == 4, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
 
 
 def test_unrunnable_sequence_is_refused_before_any_vm(tmp_path):
@@ -102,3 +110,52 @@ def test_strace_agrees_with_minivmm_on_the_millisecond_stall(tmp_path):
         assert b <= a + 50, (ours, theirs)
     import statistics
     assert statistics.median(a - b for a, b in zip(ours, theirs)) <= 300, (ours, theirs)
+
+
+def _listing(*dirs):
+    import os
+    return {d: sorted(os.listdir(d)) for d in dirs}
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("", "needs a file name"),
+    ("out.txt", "must end in .png"),
+    ("noext", "must end in .png"),
+    ("/dev/full", "not a regular file"),
+    ("/proc/out.png", "cannot be written"),
+    ("dangling.png", "symbolic link"),
+    ("link.png", "symbolic link"),
+])
+def test_plot_destination_is_refused_before_measuring_and_nothing_is_written(tmp_path, name, fragment):
+    """Each bad --plot is one line, exit 2, before any measurement (the run would take minutes
+    otherwise), and no file is created or overwritten: not the name, not a symlink's target."""
+    import os
+    target = tmp_path / "precious.png"
+    target.write_bytes(b"keep me")
+    os.symlink(tmp_path / "missing-target.png", tmp_path / "dangling.png")
+    os.symlink(target, tmp_path / "link.png")
+    before = _listing(tmp_path, "/dev")
+    plot = name if name.startswith("/") or name == "" else str(tmp_path / name)
+    proc = run_cli("timing", "--repeat", "50", "--platform", "pvm", "--hz", "250", "--plot", plot)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minivmm: error: --plot") and fragment in lines[0], lines
+    assert proc.stdout == ""
+    assert _listing(tmp_path, "/dev") == before
+    assert target.read_bytes() == b"keep me"
+    assert not os.path.exists("/dev/full.png") and not os.path.exists(str(tmp_path / "noext.png"))
+
+
+def test_plot_is_written_atomically_and_only_where_named(tmp_path):
+    from minivmm.cli.outfile import write_atomically
+    out = tmp_path / "p.png"
+    out.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        def fail(f):
+            f.write(b"partial")
+            raise RuntimeError("drawing failed")
+        write_atomically(str(out), fail)
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+    write_atomically(str(out), lambda f: f.write(b"new"))
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]

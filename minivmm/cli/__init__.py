@@ -1,5 +1,4 @@
-"""The ``minivmm`` command: one module per subcommand, wired together in :mod:`minivmm.cli.app`."""
+"""The ``minivmm`` command: one module per subcommand (``*_cmd.py``), wired together in :mod:`minivmm.cli.app`.
 
-from minivmm.cli.app import app, main
-
-__all__ = ["app", "main"]
+Nothing is imported here: ``minivmm.cli.app`` is the console script's first import and must stay cheap.
+"""

@@ -1,60 +1,123 @@
-"""The ``minivmm`` application and its entry point, the one place where errors become exit codes.
+"""The ``minivmm`` command line and its entry point, the one place where errors become exit codes.
 
-Click's own handling is switched off (``standalone_mode=False``) so that every failure, a usage error
-included, ends as one line ``minivmm: error: ...`` on stderr and a documented exit code, never a
-traceback.
+Built on argparse (standard library) for start-up time and for full control of errors. Every failure,
+a usage error included, ends as one line ``minivmm: error: ...`` on stderr in our own wording and a
+documented exit code (:class:`minivmm.cli.errors.ExitCode`), never a traceback.
+
+A command is a module ``minivmm/cli/<name>_cmd.py`` with ``register(subparsers)`` (argparse only:
+importing it must stay cheap) and ``run(args) -> int`` (heavy imports inside). To add one, append its
+module name to :data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import typer
+if TYPE_CHECKING:  # argparse is imported inside main, under its Ctrl-C handler
+    import argparse
 
-from minivmm.cli import boot_cmd, info_cmd, model_cmd, timing_cmd
-from minivmm.cli.errors import CliError, ExitCode
+#: The command modules, in the order ``minivmm --help`` lists them. Extend here.
+COMMANDS = ("boot_cmd", "timing_cmd", "model_cmd", "info_cmd")
 
-app = typer.Typer(
-    name="minivmm",
-    help="A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU.",
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-boot_cmd.register(app)
-info_cmd.register(app)
-model_cmd.register(app)
-timing_cmd.register(app)
+DESCRIPTION = "A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."
+
+EPILOG = """\
+Exit codes (every command):
+  0    OK: every vCPU halted / the command did what was asked
+  1    the guest failed (shutdown, entry failure, internal error) or timed out
+  2    bad usage or bad input
+  3    the kernel broke a rule (the shadow or the --ftrace cross-check)
+  4    cannot run here: /dev/kvm missing or not accessible
+  5    the guest broke the VMM's protocol
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM)
+
+Run 'minivmm COMMAND --help' for a command's options."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return (and, as a console script, exit with) the exit code."""
+    """Run the command line; return the exit code (``console_main`` exits with it)."""
     try:
-        rv = app(args=argv, prog_name="minivmm", standalone_mode=False)
-    except typer.Exit as e:
-        code = e.exit_code
-    except typer.Abort:
-        code = ExitCode.INTERRUPTED
-    except typer.TyperException as e:  # usage errors: bad option, bad value, missing argument
-        ctx = getattr(e, "ctx", None)
-        where = f"minivmm {ctx.info_name}: " if ctx is not None and ctx.parent is not None else "minivmm: "
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        if message:  # empty when the command only showed its help (no arguments given)
-            print(f"{where}error: {message}", file=sys.stderr)
-        code = ExitCode.BAD_INPUT
-    except CliError as e:
-        print(f"minivmm: error: {e}", file=sys.stderr)
-        code = e.code
+        # Imports happen here, under the handler, so that a Ctrl-C during start-up ends quietly too.
+        import argparse
+
+        from minivmm.cli.errors import CliError, ExitCode
     except KeyboardInterrupt:
-        code = ExitCode.INTERRUPTED
+        return 130
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            commands = ", ".join(_command_names(parser))
+            raise CliError(f"no command given. Usage: minivmm COMMAND [OPTIONS] (commands: {commands}; "
+                           "see minivmm --help)")
+        rv = handler(args)
+    except SystemExit as e:  # --help and --version: argparse prints, then exits 0
+        return e.code if isinstance(e.code, int) else 0
+    except CliError as e:
+        _print_error(str(e))
+        return int(e.code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
-        code = ExitCode.OK  # the reader went away (e.g. `| head`): not our failure
-    else:
-        code = rv if isinstance(rv, int) else ExitCode.OK
-    return int(code)
+        _silence_stdout()
+        return int(ExitCode.OK)  # the reader went away (e.g. `| head`): not our failure
+    except argparse.ArgumentError as e:  # an argparse error the parser did not route through error()
+        _print_error(str(e))
+        return int(ExitCode.BAD_INPUT)
+    return int(rv) if isinstance(rv, int) else int(ExitCode.OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser: the top-level options and one subparser per module in :data:`COMMANDS`."""
+    import importlib
+
+    from minivmm import __version__
+    from minivmm.cli.parser import Parser
+
+    parser = Parser(prog="minivmm", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"minivmm {__version__}",
+                        help="print the version and exit")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for name in COMMANDS:
+        importlib.import_module(f"minivmm.cli.{name}").register(subparsers)
+    return parser
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The registered command names, in order."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def _print_error(message: str) -> None:
+    """The one error format: ``minivmm: error: MESSAGE`` on one line of stderr."""
+    line = " ".join(message.split())  # one line, whatever the message held
+    try:
+        sys.stderr.write(f"minivmm: error: {line}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """After EPIPE on stdout, point it at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def console_main() -> None:
-    """The console-script entry point."""
-    sys.exit(main())
+    """The console-script entry point (and ``python -m minivmm``)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a Ctrl-C that lands between main's handlers
+        code = 130
+    sys.exit(code)

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-import typer
 
-from minivmm.host import read_host_info
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``info`` command."""
+    p = subparsers.add_parser(
+        "info", help="what the host's KVM offers (API, capabilities, backend, CONFIG_HZ)",
+        description="Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, "
+                    "pvm ...), CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl "
+                    "latencies. Always exits 0: a missing /dev/kvm is reported, not an error.")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+                   help="the KVM device to open (default: /dev/kvm)")
+    p.set_defaults(handler=run)
 
 
-def info(
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
-) -> int:
-    """Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...),
-    CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies."""
-    host = read_host_info(kvm_path)
-    if as_json:
+def run(args: argparse.Namespace) -> int:
+    """Print the host's KVM facts."""
+    from minivmm.host import read_host_info
+
+    host = read_host_info(args.kvm_path)
+    if args.as_json:
         json.dump(host.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -39,11 +47,7 @@ def info(
             w(f"  {name:<32} {value}\n")
     if host.srcutree_params:
         w("srcutree parameters (/sys/module/srcutree/parameters)\n")
-        for name, value in host.srcutree_params.items():
-            w(f"  {name:<32} {value}\n")
+        for name, param in host.srcutree_params.items():
+            w(f"  {name:<32} {param}\n")
     return 0
 
-
-def register(app: typer.Typer) -> None:
-    """Add the ``info`` command to ``app``."""
-    app.command()(info)

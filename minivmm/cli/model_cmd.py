@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from typing import Any
-
-import typer
+from typing import Any, TextIO
 
 from minivmm.cli.errors import CliError
+from minivmm.cli.options import int_range
 
 
 def _fmt_us(us: float) -> str:
@@ -16,12 +16,7 @@ def _fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def _sequence_help() -> str:
-    from kernel_model.sequences import SEQUENCES
-    return "; ".join(f"{name}: {seq.description}" for name, seq in SEQUENCES.items())
-
-
-def render_predictions(predictions: list[Any], out) -> None:
+def render_predictions(predictions: list[Any], out: TextIO) -> None:
     """Human output: one strace-style block per variant (p50), then percentiles side by side."""
     first = predictions[0]
     w = out.write
@@ -52,48 +47,55 @@ def _deterministic(sequence: Any) -> bool:
     return phase_deterministic(sequence)
 
 
-def model(
-    sequence: str = typer.Option("firecracker", "--sequence", "-s",
-                                 help="A named sequence or a sequence file (see kernel_model/sequences.py "
-                                      "for the format). Named: firecracker, registrations-first, "
-                                      "arm64-order, late-registration."),
-    variant: str = typer.Option("all", "--variant", "-v",
-                                help="sync, call_srcu, created_vcpus, call_srcu_expedited, "
-                                     "call_srcu_no_barrier, or all (the first four side by side)."),
-    hz: int = typer.Option(100, "--hz", min=1, max=10000, help="CONFIG_HZ of the modelled kernel."),
-    platform: str = typer.Option("vmx", "--platform", "-p", help="vmx, svm, pvm or arm64."),
-    samples: int = typer.Option(1000, "--samples", "-n", min=1, max=1_000_000,
-                                help="Samples of the tick phase per variant."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same numbers."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: per variant and step, "
-                                                       "p10/p50/p90 (and min/max) in microseconds."),
-) -> int:
-    """Predict each ioctl's latency in a VM set-up sequence with the kernel model (no /dev/kvm needed).
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``model`` command."""
+    p = subparsers.add_parser(
+        "model", help="predict each set-up ioctl's latency with the kernel model (no /dev/kvm needed)",
+        description="Predict each ioctl's latency in a VM set-up sequence with the kernel model (no "
+                    "/dev/kvm needed). Shows, per kernel variant, the median duration of each ioctl as "
+                    "strace -T prints it, then the p10/p50/p90 side by side. The spread comes from where "
+                    "in a jiffy the sequence starts.")
+    p.add_argument("-s", "--sequence", default="firecracker", metavar="NAME|FILE",
+                   help="a named sequence (firecracker, registrations-first, arm64-order, "
+                        "late-registration; see --list-sequences) or a sequence file (format in README.md, "
+                        "'Sequence files') (default: firecracker)")
+    p.add_argument("-v", "--variant", default="all", metavar="VARIANT",
+                   help="sync, call_srcu, created_vcpus, call_srcu_expedited, call_srcu_no_barrier, or all "
+                        "(the first four side by side) (default: all)")
+    p.add_argument("--hz", type=int_range(1, 10000), default=100, metavar="HZ",
+                   help="CONFIG_HZ of the modelled kernel (default: 100)")
+    p.add_argument("-p", "--platform", default="vmx", metavar="PLATFORM",
+                   help="vmx, svm, pvm or arm64 (default: vmx)")
+    p.add_argument("-n", "--samples", type=int_range(1, 1_000_000), default=1000, metavar="N",
+                   help="samples of the tick phase per variant (default: 1000)")
+    p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
+                   help="random seed: the same seed gives the same numbers (default: 0)")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="one JSON object: per variant and step, p10/p50/p90 (and min/max) in microseconds")
+    p.set_defaults(handler=run)
 
-    Shows, per kernel variant, the median duration of each ioctl as strace -T prints it, then the
-    p10/p50/p90 side by side. The spread comes from where in a jiffy the sequence starts.
-    """
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and print."""
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
-    from kernel_model.sequences import load_sequence
     from kernel_model.variants import MAIN_VARIANTS, get_variant
+    from minivmm.cli import seqinput
 
+    seq = seqinput.load(args.sequence)
     try:
-        seq = load_sequence(sequence)
-        get_platform(platform)
-        names = list(MAIN_VARIANTS) if variant == "all" else [get_variant(variant).name]
+        get_platform(args.platform)
+        names = list(MAIN_VARIANTS) if args.variant == "all" else [get_variant(args.variant).name]
     except ValueError as e:
         raise CliError(str(e)) from None
-    predictions = [predict(seq, name, hz, platform, samples=samples, seed=seed) for name in names]
-    if as_json:
-        json.dump({"sequence": seq.name, "hz": hz, "platform": platform, "samples": samples, "seed": seed,
-                   "variants": {p.variant: p.to_json() for p in predictions}}, sys.stdout, indent=2)
+    seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
+    predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+                   for name in names]
+    if args.as_json:
+        json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
+                   "seed": args.seed, "variants": {p.variant: p.to_json() for p in predictions}},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_predictions(predictions, sys.stdout)
     return 0
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``model`` command to ``app``."""
-    app.command()(model)

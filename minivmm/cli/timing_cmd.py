@@ -3,71 +3,81 @@ the kernel model, and say which kernel variant the host behaves like."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import platform as pyplatform
 import sys
 
-import typer
-
-from minivmm.cli.errors import CliError
+from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
+from minivmm.cli.options import int_range
+from minivmm.cli.outfile import check_output_path, write_atomically
+from minivmm.cli.progress import ProgressBar
 
 
 def _check_plot_destination(path: str) -> None:
-    """Refuse, before measuring, a plot path that cannot be written."""
+    """Refuse, before measuring, a plot path that cannot or must not be written, or a missing matplotlib."""
     from minivmm.timing.plot import PlotUnavailable, check_available
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CliError(f"--plot {path!r} is a directory; give a file name such as timing.png")
-    if not os.path.isdir(directory):
-        raise CliError(f"--plot {path!r}: the directory {directory!r} does not exist")
-    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CliError(f"--plot {path!r} cannot be written (permission denied)")
+    check_output_path(path, "--plot", ".png")
     try:
         check_available()
     except PlotUnavailable as e:
         raise CliError(str(e)) from None
 
 
-def timing(
-    sequence: str = typer.Option("auto", "--sequence", "-s",
-                                 help="A named sequence (firecracker, registrations-first, arm64-order, "
-                                      "late-registration), a sequence file, or auto: firecracker on VMX "
-                                      "(the stall lands in KVM_CREATE_VCPU 0), registrations-first "
-                                      "elsewhere (it lands in the first memslot)."),
-    repeat: int = typer.Option(100, "--repeat", "-r", min=1, max=100_000,
-                               help="Repetitions, each in a fresh VM."),
-    jitter: bool = typer.Option(True, "--jitter/--no-jitter",
-                                help="Start each repetition at a random point within a jiffy, so the tick "
-                                     "phase is sampled (the default); --no-jitter runs them back to back, "
-                                     "which locks them to the tick and hides the distribution."),
-    hz: int | None = typer.Option(None, "--hz", min=1, max=10000,
-                                     help="CONFIG_HZ for the model (default: read from the kernel config)."),
-    platform: str | None = typer.Option(None, "--platform", "-p",
-                                           help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)."),
-    samples: int = typer.Option(2000, "--samples", "-n", min=10, max=1_000_000,
-                                help="Model samples per variant."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: verdict, samples, quantiles, "
-                                                       "predictions, published figures, host facts."),
-    plot_path: str | None = typer.Option(None, "--plot", help="Also draw measured vs predicted "
-                                            "distributions to this PNG (needs the plot extra: matplotlib)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the jitter and the model."),
-    kvm_path: str = typer.Option("/dev/kvm", "--kvm", help="The KVM device to open."),
-) -> int:
-    """Time the VM set-up ioctls of a sequence on this host, side by side with the published report
-    (seed 001) and the kernel model's variants, and name the variant the host behaves like.
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``timing`` command."""
+    p = subparsers.add_parser(
+        "timing", help="time the VM set-up ioctls on this host; name the kernel variant it behaves like",
+        description="Time the VM set-up ioctls of a sequence on this host, side by side with the published "
+                    "report (Nikita Kalyazin, Feb 13 2026: the first KVM_CREATE_VCPU took 25.2 ms at HZ=100 "
+                    "after commit 7d9a0273c459) and the kernel model's variants, and name the variant the "
+                    "host behaves like. Prints one repetition strace -T style, then min/p10/p50/p90/max per "
+                    "ioctl, the model's predictions at this host's HZ and platform, the fit of each variant, "
+                    "and a verdict.")
+    p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
+                   help="a named sequence (firecracker, registrations-first, arm64-order, late-registration), "
+                        "a sequence file, or auto: firecracker on VMX (the stall lands in KVM_CREATE_VCPU 0), "
+                        "registrations-first elsewhere (it lands in the first memslot) (default: auto)")
+    p.add_argument("-r", "--repeat", type=int_range(1, 100_000), default=100, metavar="N",
+                   help="repetitions, each in a fresh VM (default: 100)")
+    p.add_argument("--jitter", dest="jitter", action="store_true", default=True,
+                   help="start each repetition at a random point within a jiffy, so the tick phase is "
+                        "sampled (the default)")
+    p.add_argument("--no-jitter", dest="jitter", action="store_false",
+                   help="run the repetitions back to back, which locks them to the tick and hides the "
+                        "distribution")
+    p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
+                   help="CONFIG_HZ for the model (default: read from the kernel config)")
+    p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
+                   help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
+    p.add_argument("-n", "--samples", type=int_range(10, 1_000_000), default=2000, metavar="N",
+                   help="model samples per variant (default: 2000)")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="one JSON object: verdict, samples, quantiles, predictions, published figures, "
+                        "host facts")
+    p.add_argument("--plot", dest="plot_path", default=None, metavar="FILE.png",
+                   help="also draw measured vs predicted distributions to this PNG (needs the plot extra: "
+                        "matplotlib)")
+    p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
+                   help="seed for the jitter and the model (default: 0)")
+    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+                   help="the KVM device to open (default: /dev/kvm)")
+    p.set_defaults(handler=run)
 
-    Prints one repetition strace -T style, then min/p10/p50/p90/max per ioctl, the model's predictions
-    at this host's HZ and platform, the fit of each variant, and a verdict.
-    """
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, compare with the model and the published report, print the verdict."""
     from kernel_model.platforms import PLATFORMS
-    from kernel_model.sequences import SequenceError, load_sequence
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.kvm.system import Kvm
     from minivmm.timing.compare import compare, to_json
     from minivmm.timing.report import render
+    from minivmm.cli import seqinput
     from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
 
+    sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
+    samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
     plat = platform or host.platform
@@ -80,41 +90,41 @@ def timing(
     if host_hz is None:
         raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
     name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
-    try:
-        seq = load_sequence(name)
-    except SequenceError as e:
-        raise CliError(str(e)) from None
+    seq = seqinput.load(name)
+    seqinput.refuse_what_the_kernel_refuses(seq, plat)
     try:
         check_runnable(seq)
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
-    if plot_path:
+    if plot_path is not None:
         _check_plot_destination(plot_path)
     if host.kvm_error:
-        raise CliError(host.kvm_error)
+        try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
+            Kvm(kvm_path).close()
+        except KvmUnavailable as e:
+            raise kvm_unavailable(e) from None
+        raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    progress = Progress(TextColumn("timing {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),
-                        console=None)
     try:
-        with progress:
-            task = progress.add_task(seq.name, total=repeat)
-            reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path,
-                                     on_progress=lambda n: progress.update(task, completed=n), seed=seed)
+        with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
+            reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
-        raise CliError(e.strerror) from None
+        raise kvm_unavailable(e) from None
     except KvmError as e:
-        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", code=1) from None
+        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
+                       ExitCode.GUEST_FAILED) from None
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
     facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
-    if plot_path:
+    if plot_path is not None:
         from minivmm.timing.plot import plot
-        plot(comparison, plot_path, host_hz, plat)
+        try:
+            write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
+        except OSError as e:
+            raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
     if as_json:
         data = to_json(comparison)
         data.update(host=facts, timer_overhead_ns=overhead,
@@ -127,7 +137,3 @@ def timing(
             sys.stdout.write(f"plot: {plot_path}\n")
     return 0
 
-
-def register(app: typer.Typer) -> None:
-    """Add the ``timing`` command to ``app``."""
-    app.command()(timing)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from minivmm.devices.doorbell import DOORBELL_WRITE_LEN, EventCounter
 from minivmm.kvm.errors import KvmError
@@ -29,6 +30,20 @@ CONTROL_SIZE = 0x1000
 CMD, STATUS, ITERATIONS = 0x00, 0x04, 0x08
 OP_REGISTER, OP_UNREGISTER, OP_REPORT = 1, 2, 3
 DYNAMIC_SLOTS = 16
+
+
+@dataclass(frozen=True)
+class DynamicDoorbellCounts:
+    """What the guest did with the run-time doorbells, for the run report."""
+
+    registrations: int
+    unregistrations: int
+    #: What the guest says it wrote (its OP_REPORT commands).
+    guest_reported_writes: int
+    #: What the kernel counted on the doorbells' eventfds.
+    kernel_counted: int
+    #: Writes that reached userspace instead.
+    userspace_writes: int
 
 
 class DynamicDoorbells:
@@ -86,6 +101,13 @@ class DynamicDoorbells:
                 return e.errno or errno.EIO
             self.registered[slot] = want
         return 0
+
+    def counts(self) -> DynamicDoorbellCounts | None:
+        """The run's counts, or None when the guest never used the control device."""
+        if not (self.registrations or any(self.reported)):
+            return None
+        return DynamicDoorbellCounts(self.registrations, self.unregistrations, sum(self.reported),
+                                     sum(c.total() for c in self.counters), sum(self.userspace_writes))
 
     def userspace_write(self, slot: int) -> None:
         """A write at ``slot``'s address reached userspace."""

@@ -13,7 +13,8 @@ every exit, the program's hot path (scripts/bench_exits.py). Equality is by type
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, Union
+import re
+from typing import Any, NamedTuple, TypeAlias, get_args
 
 from minivmm.kvm.uapi import ffi, lib
 
@@ -38,8 +39,12 @@ class IoOut(NamedTuple):
 
     port: int
     size: int
-    count: int
+    count: int  # type: ignore[assignment]  # the kvm_run field's name; shadows tuple.count
     data: bytes
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"IO out  port {self.port:#06x} size {self.size} count {self.count} data {self.data.hex()}"
 
 
 class IoIn(NamedTuple):
@@ -50,7 +55,11 @@ class IoIn(NamedTuple):
 
     port: int
     size: int
-    count: int
+    count: int  # type: ignore[assignment]  # the kvm_run field's name; shadows tuple.count
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"IO in   port {self.port:#06x} size {self.size} count {self.count}"
 
 
 class MmioWrite(NamedTuple):
@@ -59,6 +68,10 @@ class MmioWrite(NamedTuple):
     addr: int
     data: bytes
 
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"MMIO write {self.addr:#x} len {len(self.data)} data {self.data.hex()}"
+
 
 class MmioRead(NamedTuple):
     """KVM_EXIT_MMIO, a read of ``length`` bytes at ``addr``; answered with ``Vcpu.complete_mmio_read``."""
@@ -66,13 +79,25 @@ class MmioRead(NamedTuple):
     addr: int
     length: int
 
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"MMIO read  {self.addr:#x} len {self.length}"
+
 
 class Hlt(NamedTuple):
     """KVM_EXIT_HLT: the guest executed HLT (only exits to userspace without an in-kernel irqchip)."""
 
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return "HLT"
+
 
 class Shutdown(NamedTuple):
     """KVM_EXIT_SHUTDOWN: the vCPU hit a triple fault (or an equivalent shutdown condition)."""
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return "SHUTDOWN"
 
 
 class FailEntry(NamedTuple):
@@ -80,6 +105,10 @@ class FailEntry(NamedTuple):
 
     hardware_entry_failure_reason: int
     cpu: int
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"FAIL_ENTRY hardware reason {self.hardware_entry_failure_reason:#x} on cpu {self.cpu}"
 
 
 class InternalError(NamedTuple):
@@ -91,7 +120,12 @@ class InternalError(NamedTuple):
     @property
     def is_emulation_failure(self) -> bool:
         """Whether KVM's instruction emulator gave up (KVM_INTERNAL_ERROR_EMULATION)."""
-        return self.suberror == lib.KVM_INTERNAL_ERROR_EMULATION
+        return bool(self.suberror == lib.KVM_INTERNAL_ERROR_EMULATION)
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        kind = " (emulation failure)" if self.is_emulation_failure else ""
+        return f"INTERNAL_ERROR suberror {self.suberror}{kind} data {[hex(d) for d in self.data]}"
 
 
 class SystemEvent(NamedTuple):
@@ -100,9 +134,17 @@ class SystemEvent(NamedTuple):
     type: int
     data: tuple[int, ...]
 
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"SYSTEM_EVENT type {self.type} data {[hex(d) for d in self.data]}"
+
 
 class Interrupted(NamedTuple):
     """KVM_RUN returned EINTR: a signal (or ``immediate_exit``) took the vCPU out before or while running."""
+
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return "INTERRUPTED"
 
 
 class Unsupported(NamedTuple):
@@ -115,25 +157,45 @@ class Unsupported(NamedTuple):
         """The reason's KVM_EXIT_* name."""
         return exit_reason_name(self.reason)
 
+    def describe(self) -> str:
+        """One line, as ``--trace`` and reports print it."""
+        return f"unsupported exit {self.name}"
 
-def _typed_eq(a: tuple, b: object) -> bool:
+
+def _typed_eq(a: tuple[Any, ...], b: object) -> bool:
     return type(a) is type(b) and tuple.__eq__(a, b)
 
 
-def _typed_ne(a: tuple, b: object) -> bool:
+def _typed_ne(a: tuple[Any, ...], b: object) -> bool:
     return not _typed_eq(a, b)
 
 
-def _typed_hash(a: tuple) -> int:
+def _typed_hash(a: tuple[Any, ...]) -> int:
     return hash((type(a).__name__, tuple(a)))
 
 
-VcpuExit = Union[IoOut, IoIn, MmioWrite, MmioRead, Hlt, Shutdown, FailEntry, InternalError, SystemEvent,
-                 Interrupted, Unsupported]
+#: Every exit value type: the one list of exit kinds. Everything else (EXIT_TYPES, EXIT_KINDS, the
+#: dispatch table, reports) is derived from it, so a new kind is one class added here.
+VcpuExit: TypeAlias = (IoOut | IoIn | MmioWrite | MmioRead | Hlt | Shutdown | FailEntry | InternalError
+                       | SystemEvent | Interrupted | Unsupported)
 
-for _cls in (IoOut, IoIn, MmioWrite, MmioRead, Hlt, Shutdown, FailEntry, InternalError, SystemEvent,
-             Interrupted, Unsupported):
-    _cls.__eq__ = _typed_eq  # type: ignore[method-assign,assignment]
+#: The exit value types, in the order of ``VcpuExit``.
+EXIT_TYPES: tuple[type[VcpuExit], ...] = get_args(VcpuExit)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+#: The summary name of each exit type (``io_out``, ``mmio_read``, ``hlt``, ...), as reports and JSON
+#: count them: the class name in snake case.
+EXIT_KINDS: dict[type[VcpuExit], str] = {cls: _snake(cls.__name__) for cls in EXIT_TYPES}
+#: The exits of KVM_EXIT_IO and of KVM_EXIT_MMIO (what --ftrace compares with the kernel's record).
+PIO_EXITS: tuple[type[VcpuExit], ...] = (IoOut, IoIn)
+MMIO_EXITS: tuple[type[VcpuExit], ...] = (MmioWrite, MmioRead)
+
+for _cls in EXIT_TYPES:
+    _cls.__eq__ = _typed_eq  # type: ignore[method-assign]
     _cls.__ne__ = _typed_ne  # type: ignore[method-assign,assignment]
     _cls.__hash__ = _typed_hash  # type: ignore[method-assign,assignment]
 
@@ -210,32 +272,9 @@ def decode_exit(run: Any, size: int) -> VcpuExit:
 
 def describe_exit(exit_: VcpuExit) -> str:
     """A one-line, human description of an exit, as ``--trace`` and reports print it."""
-    if isinstance(exit_, IoOut):
-        return f"IO out  port {exit_.port:#06x} size {exit_.size} count {exit_.count} data {exit_.data.hex()}"
-    if isinstance(exit_, IoIn):
-        return f"IO in   port {exit_.port:#06x} size {exit_.size} count {exit_.count}"
-    if isinstance(exit_, MmioWrite):
-        return f"MMIO write {exit_.addr:#x} len {len(exit_.data)} data {exit_.data.hex()}"
-    if isinstance(exit_, MmioRead):
-        return f"MMIO read  {exit_.addr:#x} len {exit_.length}"
-    if isinstance(exit_, FailEntry):
-        return f"FAIL_ENTRY hardware reason {exit_.hardware_entry_failure_reason:#x} on cpu {exit_.cpu}"
-    if isinstance(exit_, InternalError):
-        kind = " (emulation failure)" if exit_.is_emulation_failure else ""
-        return f"INTERNAL_ERROR suberror {exit_.suberror}{kind} data {[hex(d) for d in exit_.data]}"
-    if isinstance(exit_, SystemEvent):
-        return f"SYSTEM_EVENT type {exit_.type} data {[hex(d) for d in exit_.data]}"
-    if isinstance(exit_, Unsupported):
-        return f"unsupported exit {exit_.name}"
-    return type(exit_).__name__.upper()
+    return exit_.describe()
 
 
-def exit_kind(exit_type: type) -> str:
+def exit_kind(exit_type: type[VcpuExit]) -> str:
     """The summary name of an exit type: ``io_out``, ``mmio_read``, ``hlt``, ... (one per value type)."""
     return EXIT_KINDS[exit_type]
-
-
-#: The summary name of each exit type, as reports and JSON count them.
-EXIT_KINDS: dict[type, str] = {IoOut: "io_out", IoIn: "io_in", MmioWrite: "mmio_write", MmioRead: "mmio_read", Hlt: "hlt",
-         Shutdown: "shutdown", FailEntry: "fail_entry", InternalError: "internal_error",
-         SystemEvent: "system_event", Interrupted: "interrupted", Unsupported: "unsupported"}

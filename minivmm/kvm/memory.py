@@ -48,7 +48,7 @@ class GuestMemory:
         if not self.contains(gpa, length):
             raise ValueError(f"read of {length} bytes at {gpa:#x} is outside guest memory")
         off = gpa - self.guest_phys_addr
-        return self._buf[off:off + length]
+        return bytes(self._buf[off:off + length])
 
     def close(self) -> None:
         """Unmap the memory. KVM must no longer have it in a memslot (close the VM first)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
@@ -38,7 +39,8 @@ class Kvm:
             version = self.get_api_version()
         except KvmError:
             os.close(self.fd)
-            raise KvmUnavailable(errno.ENODEV, f"{path} does not answer KVM_GET_API_VERSION: not a KVM device") from None
+            raise KvmUnavailable(errno.ENODEV,
+                                 f"{path} does not answer KVM_GET_API_VERSION: not a KVM device") from None
         except KvmUnavailable:
             os.close(self.fd)
             raise
@@ -58,7 +60,7 @@ class Kvm:
         """Wrapper over KVM_GET_VCPU_MMAP_SIZE: the size of each vCPU's ``kvm_run`` mapping."""
         return ioctl_val(self.fd, lib.KVM_GET_VCPU_MMAP_SIZE, 0)
 
-    def get_supported_cpuid(self, max_entries: int = 256):
+    def get_supported_cpuid(self, max_entries: int = 256) -> Any:
         """Wrapper over KVM_GET_SUPPORTED_CPUID: returns a ``struct kvm_cpuid2 *`` (cffi-owned).
 
         The kernel answers E2BIG when ``max_entries`` is too small; we double and retry.

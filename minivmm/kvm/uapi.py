@@ -83,12 +83,12 @@ def ioctl_ptr(fd: int, request: int, arg: Any, tracer: IoctlTracer | None = None
         ret = lib.minivmm_ioctl_ptr(fd, request, arg)
         if ret < 0:
             raise_for(request, ffi.errno)
-        return ret
+        return int(ret)
     ret = lib.minivmm_timed_ioctl_ptr(fd, request, arg, tracer._elapsed)
     rec = tracer._record(fd, request, shown, ret)
     if ret < 0:
         raise_for(request, rec.errno)
-    return ret
+    return int(ret)
 
 
 def ioctl_val(fd: int, request: int, arg: int = 0, tracer: IoctlTracer | None = None) -> int:
@@ -97,9 +97,9 @@ def ioctl_val(fd: int, request: int, arg: int = 0, tracer: IoctlTracer | None = 
         ret = lib.minivmm_ioctl_val(fd, request, arg)
         if ret < 0:
             raise_for(request, ffi.errno)
-        return ret
+        return int(ret)
     ret = lib.minivmm_timed_ioctl_val(fd, request, arg, tracer._elapsed)
     rec = tracer._record(fd, request, str(arg), ret)
     if ret < 0:
         raise_for(request, rec.errno)
-    return ret
+    return int(ret)

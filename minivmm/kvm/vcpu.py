@@ -13,6 +13,10 @@ _ioctl_val = lib.minivmm_ioctl_val
 _EINTR = 4
 
 
+def _closed() -> VcpuExit:
+    raise RuntimeError("the vCPU is closed: its kvm_run is unmapped")
+
+
 class Vcpu:
     """One vCPU. Created by :meth:`Vm.create_vcpu`; unmaps ``kvm_run`` and closes its fd on ``close()``."""
 
@@ -96,7 +100,7 @@ class Vcpu:
             self._map = None
             self.run_struct = None
             self._run_bytes = None
-            self._decode = None
+            self._decode = _closed
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from minivmm.timing.compare import Comparison
 
 
@@ -17,7 +19,7 @@ def check_available() -> None:
         raise PlotUnavailable("--plot needs matplotlib: pip install 'minivmm[plot]'") from None
 
 
-def plot(c: Comparison, path: str, hz: int, platform: str) -> None:
+def plot(c: Comparison, out: BinaryIO, hz: int, platform: str) -> None:
     """One panel per interesting step (the stalled one, or the slowest two): the cumulative
     distribution measured on the host (thick) and predicted by each variant (thin)."""
     import matplotlib
@@ -47,5 +49,5 @@ def plot(c: Comparison, path: str, hz: int, platform: str) -> None:
     fig.suptitle(f"{c.sequence.name} at HZ={hz} on {platform}: {c.verdict.variant or 'no variant'} fits best",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out, format="png", dpi=110)
     plt.close(fig)

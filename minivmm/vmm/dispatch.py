@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from minivmm.devices.bus import Bus
-from minivmm.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
+from minivmm.kvm.exits import (EXIT_TYPES, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
                                MmioWrite, Shutdown, SystemEvent, Unsupported, VcpuExit)
 
 
@@ -63,7 +64,18 @@ class DispatchStats:
             self.first_unclaimed.append(UnclaimedAccess(space, addr, size, is_write))
 
 
-def _verdict(v: Verdict):
+#: How an exit is handled: ``(exit, completer, stats) -> Verdict``.
+Handler = Callable[[Any, Completer, DispatchStats], Verdict]
+
+#: The exits whose handling does not depend on their data: what the vCPU loop does after each. The
+#: exits with data (port I/O, MMIO) are routed to the buses by ExitDispatcher's methods.
+FIXED_VERDICTS: dict[type[VcpuExit], Verdict] = {
+    Hlt: Verdict.HALTED, Interrupted: Verdict.INTERRUPTED, Shutdown: Verdict.FAILED, FailEntry: Verdict.FAILED,
+    InternalError: Verdict.FAILED, SystemEvent: Verdict.FAILED, Unsupported: Verdict.FAILED,
+}
+
+
+def _verdict(v: Verdict) -> Handler:
     def handler(exit_: VcpuExit, completer: Completer, stats: DispatchStats) -> Verdict:
         return v
     return handler
@@ -76,14 +88,17 @@ class ExitDispatcher:
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.strict = strict
-        # One dict lookup per exit, on the exit's type: the dispatch table is the whole "match".
-        self._handlers = {
-            IoOut: self._io_out, IoIn: self._io_in, MmioWrite: self._mmio_write, MmioRead: self._mmio_read,
-            Hlt: _verdict(Verdict.HALTED), Interrupted: _verdict(Verdict.INTERRUPTED),
-            Shutdown: _verdict(Verdict.FAILED), FailEntry: _verdict(Verdict.FAILED),
-            InternalError: _verdict(Verdict.FAILED), SystemEvent: _verdict(Verdict.FAILED),
-            Unsupported: _verdict(Verdict.FAILED),
-        }
+        # One dict lookup per exit, on the exit's type: the dispatch table is the whole "match". It is
+        # built from the exit registry, so a kind with neither a route nor a verdict fails here, at
+        # construction, not at its first exit.
+        routes: dict[type[VcpuExit], Handler] = {
+            IoOut: self._io_out, IoIn: self._io_in, MmioWrite: self._mmio_write, MmioRead: self._mmio_read}
+        self._handlers: dict[type[VcpuExit], Handler] = {
+            cls: routes[cls] if cls in routes else _verdict(FIXED_VERDICTS[cls]) for cls in EXIT_TYPES}
+
+    def handled_types(self) -> frozenset[type[VcpuExit]]:
+        """The exit types this dispatcher has a handler for (every one of EXIT_TYPES)."""
+        return frozenset(self._handlers)
 
     def handle(self, exit_: VcpuExit, completer: Completer, stats: DispatchStats) -> Verdict:
         """Handle one exit; return what the vCPU loop should do next."""
@@ -109,6 +124,7 @@ class ExitDispatcher:
             for i in range(0, size * count, size):
                 device.write(offset, data[i:i + size])
         return _CONTINUE
+
     def _io_in(self, e: IoIn, completer: Completer, stats: DispatchStats) -> Verdict:
         hit = self.pio_bus.resolve(e.port, e.size)
         if hit is None:

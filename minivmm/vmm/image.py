@@ -17,8 +17,13 @@ class ImageError(ValueError):
     """The image or its placement is unusable; the message says why in one line."""
 
 
-def read_image(path: str) -> bytes:
-    """Read a flat image, refusing a missing, unreadable, non-regular or empty file with a clear message."""
+def read_image(path: str, max_size: int = MAX_MEM_SIZE,
+               where: str = f"the largest guest RAM ({MAX_MEM_SIZE} bytes)") -> bytes:
+    """Read a flat image, refusing a missing, unreadable, non-regular or empty file with a clear message.
+
+    A file larger than ``max_size`` (the room the caller has for it, described by ``where``) is refused
+    by its size, before a byte is read: a sparse 2 GiB file must not cost 2 GiB of reading first.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -29,15 +34,17 @@ def read_image(path: str) -> bytes:
         raise ImageError(f"image {path!r} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"image {path!r} is not a regular file")
-    if st.st_size > MAX_MEM_SIZE:
-        raise ImageError(f"image {path!r} is {st.st_size} bytes: larger than the largest guest RAM")
+    if st.st_size > max_size:
+        raise ImageError(f"image {path!r} is {st.st_size} bytes: it does not fit in {where}")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(max_size + 1)  # bounded even if the file grew after the stat
     except OSError as e:
         raise ImageError(f"image {path!r} cannot be read: {e.strerror}") from None
     if not data:
         raise ImageError(f"image {path!r} is empty")
+    if len(data) > max_size:
+        raise ImageError(f"image {path!r} grew while being read: it does not fit in {where}")
     return data
 
 

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
@@ -20,6 +21,7 @@ from minivmm.devices.control import CONTROL_SIZE, ControlDevice, DynamicDoorbell
 from minivmm.devices.doorbell import DOORBELL_SIZE, DOORBELL_WRITE_LEN, Doorbell
 from minivmm.devices.scratch import SCRATCH_SIZE, Scratch
 from minivmm.devices.serial import COM1_PORT, UART_REGISTERS, Serial16550
+from minivmm.kvm.errors import KvmError
 from minivmm.kvm.memory import GuestMemory
 from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
 from minivmm.kvm.uapi import IoctlTracer, lib
@@ -32,9 +34,13 @@ from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
 from minivmm.shadow.checker import Injection, ShadowChecker
-from minivmm.vmm.report import RunOutcome, RunReport, build_report
+from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunReport, RunTimes, VcpuSnapshot,
+                                 build_report)
 from minivmm.vmm.vcpu_loop import (KICK_SIGNAL, ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu,
                                    stop_vcpu_threads)
+
+if TYPE_CHECKING:
+    from minivmm.shadow.ftrace import FtraceResult, FtraceSession
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
 TSS_ADDR = 0xFFFBD000
@@ -209,20 +215,48 @@ class Machine:
             ftrace_result is not None and ftrace_result.mismatches)
         if violated and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
             outcome = RunOutcome.VIOLATION
-        report = build_report(self, records, outcome, t_start=self._t_start, t_ready=self._t_ready,
-                              t_run=t_run, t_end=t_end)
-        if self.config.ftrace:
-            report.extra["ftrace"] = (ftrace_result.to_json() if ftrace_result is not None
-                                      else {"unavailable": ftrace_error})
-        return report
+        snapshot = self.snapshot(records, ftrace_result, ftrace_error)
+        return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
-    def _ftrace_check(self, session, records: list[VcpuRecord]):
+    def snapshot(self, records: list[VcpuRecord], ftrace: FtraceResult | None = None,
+                 ftrace_error: str | None = None) -> MachineSnapshot:
+        """What the report shows, read once every vCPU thread has ended: the devices' counters, the
+        shadow's summary, and where each vCPU that did not halt cleanly was."""
+        where = {r.index: self._vcpu_snapshot(self.vcpus[r.index]) for r in records
+                 if r.state is not VcpuState.HALTED}
+        doorbell = self.doorbell
+        return MachineSnapshot(
+            console=self.console.text(), console_dropped=self.console.dropped,
+            doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
+            doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
+            dynamic_doorbells=self.dynamic.counts() if self.dynamic is not None else None,
+            shadow=self.shadow.summary() if self.shadow is not None else {"enabled": False},
+            vcpus=where, ftrace=ftrace,
+            ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None)
+
+    def _vcpu_snapshot(self, vcpu: Vcpu) -> VcpuSnapshot:
+        try:
+            regs = vcpu.get_regs()
+            sregs = vcpu.get_sregs()
+        except KvmError as e:
+            return VcpuSnapshot(error=str(e))
+        registers = {name: int(getattr(regs, name)) for name in REGISTER_NAMES}
+        registers.update(cr0=int(sregs.cr0), cr3=int(sregs.cr3), cr4=int(sregs.cr4), efer=int(sregs.efer),
+                         cs_base=int(sregs.cs.base), cs=int(sregs.cs.selector))
+        linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
+        mem = self.memory
+        code = None
+        if mem is not None and mem.contains(linear, 1):
+            code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
+        return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code)
+
+    def _ftrace_check(self, session: FtraceSession, records: list[VcpuRecord]) -> FtraceResult:
         """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""
-        from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite
+        from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS
         from minivmm.shadow.ftrace import analyse
         lines = session.stop()
-        io = sum(r.exits.get(IoIn, 0) + r.exits.get(IoOut, 0) for r in records)
-        mmio = sum(r.exits.get(MmioRead, 0) + r.exits.get(MmioWrite, 0) for r in records)
+        io = sum(r.exits.get(cls, 0) for r in records for cls in PIO_EXITS)
+        mmio = sum(r.exits.get(cls, 0) for r in records for cls in MMIO_EXITS)
         counts: dict[int, int] = {}
         if self.doorbell is not None:
             counts[DOORBELL_BASE] = self.doorbell.kernel_count()

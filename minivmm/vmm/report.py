@@ -1,22 +1,29 @@
-"""The result of a run: plain data the CLI prints for people (``render``) or as JSON (``to_json``)."""
+"""The result of a run as plain data, and the pure functions that build and render it.
+
+:class:`~minivmm.vmm.machine.Machine` takes a :class:`MachineSnapshot` when the run is over (the
+devices' counters, the shadow's summary, and for each vCPU that did not halt cleanly its registers and
+the code bytes at RIP); :func:`build_report` turns that and the vCPU loops' records into a
+:class:`RunReport`, and :func:`render` prints it for people. None of the three touches KVM, so tests
+drive them with hand-built snapshots. JSON is made only at the edge, by :meth:`RunReport.to_json`.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from minivmm.kvm.errors import KvmError
-from minivmm.kvm.exits import describe_exit, exit_kind
-from minivmm.vmm.disasm import instruction_at
+from minivmm.devices.control import DynamicDoorbellCounts
+from minivmm.kvm.exits import exit_kind
+from minivmm.vmm.boot import Mode
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
-    from minivmm.vmm.machine import Machine
+    from minivmm.shadow.ftrace import FtraceResult
 
 
 class RunOutcome(str, enum.Enum):
-    """How a run ended, and the process exit code each outcome maps to."""
+    """How a run ended (the CLI maps each outcome to a process exit code)."""
 
     HALTED = "halted"            # every vCPU executed HLT
     FAILED = "failed"            # a vCPU shut down, failed entry, hit an internal error, or errored
@@ -24,12 +31,56 @@ class RunOutcome(str, enum.Enum):
     INTERRUPTED = "interrupted"  # Ctrl-C
     TERMINATED = "terminated"    # SIGTERM
     VIOLATION = "violation"      # the shadow found an exit or a completion the kernel must not have made
+    GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
-    @property
-    def exit_code(self) -> int:
-        """0 halted; 1 guest failure or timeout; 3 shadow violation; 130 Ctrl-C; 143 SIGTERM."""
-        return {"halted": 0, "failed": 1, "timeout": 1, "violation": 3, "interrupted": 130,
-                "terminated": 143}[self.value]
+
+#: The registers a report shows, in this order.
+REGISTER_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
+                  "r13", "r14", "r15", "rip", "rflags")
+
+
+@dataclass(frozen=True)
+class VcpuSnapshot:
+    """Where a vCPU was when the run ended: its registers and the code at its RIP (plain values).
+
+    ``code`` holds up to 15 bytes at ``linear`` (CS base + RIP), or None when RIP is outside guest RAM;
+    ``error`` says why there are no registers (KVM_GET_REGS failed).
+    """
+
+    registers: dict[str, int] = field(default_factory=dict)
+    linear: int = 0
+    mode: Mode = Mode.REAL
+    code: bytes | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    """CLOCK_MONOTONIC (ns) at the start of set-up, when the vCPUs were ready, when they started, at the end."""
+
+    start: int
+    ready: int
+    run: int
+    end: int
+
+
+@dataclass(frozen=True)
+class MachineSnapshot:
+    """Everything of the machine the report shows, taken after every vCPU thread ended."""
+
+    console: str
+    console_dropped: int
+    doorbell_kernel_writes: int
+    doorbell_userspace_writes: int
+    #: None when the guest never used the control device.
+    dynamic_doorbells: DynamicDoorbellCounts | None
+    #: The shadow's summary (``{"enabled": False}`` with ``--no-check``).
+    shadow: dict[str, Any]
+    #: By vCPU index: only the vCPUs that did not halt cleanly.
+    vcpus: dict[int, VcpuSnapshot] = field(default_factory=dict)
+    #: --ftrace: the cross-check's result, or why there is none (both None without --ftrace).
+    ftrace: FtraceResult | None = None
+    ftrace_unavailable: str | None = None
 
 
 @dataclass
@@ -62,45 +113,49 @@ class RunReport:
     run_ms: float
     doorbell_kernel_writes: int
     doorbell_userspace_writes: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    dynamic_doorbells: DynamicDoorbellCounts | None = None
+    shadow: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    ftrace: FtraceResult | None = None
+    #: Why --ftrace could not record (None when it did, or was not asked for).
+    ftrace_unavailable: str | None = None
+    #: Whether --ftrace was asked for.
+    ftrace_requested: bool = False
 
     @property
-    def exit_code(self) -> int:
-        """The process exit code for this outcome."""
-        return self.outcome.exit_code
+    def extra(self) -> dict[str, Any]:
+        """The optional sections in their JSON form: ``dynamic_doorbells``, ``shadow``, ``ftrace``."""
+        out: dict[str, Any] = {}
+        if self.dynamic_doorbells is not None:
+            out["dynamic_doorbells"] = asdict(self.dynamic_doorbells)
+        out["shadow"] = self.shadow
+        if self.ftrace_requested:
+            out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
+                             else {"unavailable": self.ftrace_unavailable})
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``minivmm boot --json``)."""
-        d = asdict(self)
-        d["outcome"] = self.outcome.value
+        d: dict[str, Any] = {
+            "outcome": self.outcome.value, "console": self.console, "console_dropped": self.console_dropped,
+            "exits": self.exits, "vcpus": [asdict(v) for v in self.vcpus], "setup_ms": self.setup_ms,
+            "first_exit_ms": self.first_exit_ms, "run_ms": self.run_ms,
+            "doorbell_kernel_writes": self.doorbell_kernel_writes,
+            "doorbell_userspace_writes": self.doorbell_userspace_writes, "extra": self.extra,
+        }
         d["halted"] = self.outcome is RunOutcome.HALTED
-        d["exit_code"] = self.exit_code
         return d
 
 
-_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
-         "r14", "r15", "rip", "rflags")
+def _instruction(snap: VcpuSnapshot) -> str:
+    if snap.code is None:
+        return f"(rip {snap.linear:#x} is outside guest RAM)"
+    from minivmm.vmm.disasm import disassemble_one  # capstone costs ~45 ms to import: only when shown
+    return disassemble_one(snap.code, snap.linear, snap.mode)
 
 
-def _where(machine: Machine, index: int, report: VcpuReport) -> None:
-    """Fill in the registers and the instruction at RIP of a vCPU that did not halt cleanly."""
-    vcpu = machine.vcpus[index]
-    try:
-        regs = vcpu.get_regs()
-        sregs = vcpu.get_sregs()
-    except KvmError as e:
-        report.error = report.error or f"registers unavailable: {e}"
-        return
-    report.registers = {name: int(getattr(regs, name)) for name in _REGS}
-    report.registers.update(cr0=int(sregs.cr0), cr3=int(sregs.cr3), cr4=int(sregs.cr4),
-                            efer=int(sregs.efer), cs_base=int(sregs.cs.base), cs=int(sregs.cs.selector))
-    report.rip = int(regs.rip)
-    _, report.instruction = instruction_at(machine.memory, regs, sregs)
-
-
-def build_report(machine: Machine, records: list[VcpuRecord], outcome: RunOutcome, *,
-                 t_start: int, t_ready: int, t_run: int, t_end: int) -> RunReport:
-    """Gather the per-vCPU records and the devices' counters into a RunReport."""
+def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: MachineSnapshot,
+                 times: RunTimes) -> RunReport:
+    """Gather the per-vCPU records and the machine's snapshot into a RunReport (pure: no KVM)."""
     totals: dict[str, int] = {}
     vcpus = []
     for rec in records:
@@ -108,37 +163,126 @@ def build_report(machine: Machine, records: list[VcpuRecord], outcome: RunOutcom
         for k, n in exits.items():
             totals[k] = totals.get(k, 0) + n
         rep = VcpuReport(rec.index, rec.state.value, exits, rec.stats.unclaimed,
-                         describe_exit(rec.last_exit) if rec.last_exit is not None else None, rec.error,
+                         rec.last_exit.describe() if rec.last_exit is not None else None, rec.error,
                          first_unclaimed=[asdict(u) for u in rec.stats.first_unclaimed])
-        if rec.state is not VcpuState.HALTED:
-            _where(machine, rec.index, rep)
+        where = snapshot.vcpus.get(rec.index)
+        if rec.state is not VcpuState.HALTED and where is not None:
+            if where.error is not None:
+                rep.error = rep.error or f"registers unavailable: {where.error}"
+            else:
+                rep.registers = dict(where.registers)
+                rep.rip = where.registers["rip"]
+                rep.instruction = _instruction(where)
         vcpus.append(rep)
     firsts = [r.first_exit_ns - r.entered_ns for r in records
               if r.first_exit_ns is not None and r.entered_ns is not None]
-    doorbell = machine.doorbell
     return RunReport(
         outcome=outcome,
-        console=machine.console.text(),
-        console_dropped=machine.console.dropped,
+        console=snapshot.console,
+        console_dropped=snapshot.console_dropped,
         exits=totals,
         vcpus=vcpus,
-        setup_ms=(t_ready - t_start) / 1e6,
+        setup_ms=(times.ready - times.start) / 1e6,
         first_exit_ms=min(firsts) / 1e6 if firsts else None,
-        run_ms=(t_end - t_run) / 1e6,
-        doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
-        doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
-        extra=_extra(machine),
+        run_ms=(times.end - times.run) / 1e6,
+        doorbell_kernel_writes=snapshot.doorbell_kernel_writes,
+        doorbell_userspace_writes=snapshot.doorbell_userspace_writes,
+        dynamic_doorbells=snapshot.dynamic_doorbells,
+        shadow=snapshot.shadow,
+        ftrace=snapshot.ftrace,
+        ftrace_unavailable=snapshot.ftrace_unavailable,
+        ftrace_requested=snapshot.ftrace is not None or snapshot.ftrace_unavailable is not None,
     )
 
 
-def _extra(machine: Machine) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    dyn = machine.dynamic
-    if dyn is not None and (dyn.registrations or any(dyn.reported)):
-        out["dynamic_doorbells"] = {"registrations": dyn.registrations, "unregistrations": dyn.unregistrations,
-                                    "guest_reported_writes": sum(dyn.reported),
-                                    "kernel_counted": sum(c.total() for c in dyn.counters),
-                                    "userspace_writes": sum(dyn.userspace_writes)}
-    out["shadow"] = machine.shadow.summary() if machine.shadow is not None else {"enabled": False}
-    return out
+_HEADLINES = {
+    "violation": "the shadow found a violation",
+    "guest_error": "the guest broke the VMM's protocol",
+    "halted": "every vCPU halted",
+    "failed": "the guest failed",
+    "timeout": "timed out before every vCPU halted",
+    "interrupted": "interrupted (Ctrl-C)",
+    "terminated": "terminated (SIGTERM)",
+}
 
+
+def render(report: RunReport, out: TextIO, exit_code: int) -> None:
+    """Print the human summary of a run; ``exit_code`` is the process's (the CLI maps outcomes)."""
+    w = out.write
+    if report.console and not report.console.endswith("\n"):
+        w("\n")
+    w(f"--- minivmm: {_HEADLINES[report.outcome.value]} (exit code {exit_code}) ---\n")
+    exits = " · ".join(f"{k} {v}" for k, v in sorted(report.exits.items(), key=lambda kv: -kv[1]))
+    w(f"exits      {sum(report.exits.values())} ({exits or 'none'})\n")
+    for v in report.vcpus:
+        line = f"vcpu{v.index}      {v.state} after {sum(v.exits.values())} exits"
+        if v.unclaimed:
+            line += f", {v.unclaimed} unclaimed accesses"
+        w(line + "\n")
+        if v.state != "halted":
+            if v.last_exit:
+                w(f"           last exit: {v.last_exit}\n")
+            if v.error:
+                w(f"           error: {v.error}\n")
+            if v.rip is not None:
+                w(f"           at rip {v.rip:#x}: {v.instruction}\n")
+            if v.registers:
+                regs = v.registers
+                names = [n for n in regs if n not in ("rip",)]
+                for i in range(0, len(names), 4):
+                    w("          " + "  ".join(f"{n:>7}={regs[n]:#018x}" for n in names[i:i + 4]) + "\n")
+        for u in v.first_unclaimed[:3]:
+            w(f"           unclaimed {u['space']} {'write' if u['is_write'] else 'read'} "
+              f"at {u['addr']:#x} size {u['size']}\n")
+    w(f"doorbell   {report.doorbell_kernel_writes} writes handled in the kernel, "
+      f"{report.doorbell_userspace_writes} reached userspace\n")
+    first = f"{report.first_exit_ms:.3f} ms" if report.first_exit_ms is not None else "-"
+    w(f"timings    set-up {report.setup_ms:.2f} ms · first exit {first} after KVM_RUN · "
+      f"run {report.run_ms:.2f} ms\n")
+    if report.console_dropped:
+        w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
+    dyn = report.dynamic_doorbells
+    if dyn is not None:
+        w(f"control    {dyn.registrations} doorbell registrations, {dyn.unregistrations} deregistrations; "
+          f"guest wrote {dyn.guest_reported_writes}: {dyn.kernel_counted} in the kernel, "
+          f"{dyn.userspace_writes} in userspace\n")
+    render_shadow(report.shadow, out)
+    if report.ftrace_requested:
+        render_ftrace(report.ftrace, report.ftrace_unavailable, out)
+
+
+def render_ftrace(ft: FtraceResult | None, unavailable: str | None, out: TextIO) -> None:
+    """The ftrace cross-check section."""
+    w = out.write
+    if ft is None:
+        w(f"ftrace     not available: {unavailable}\n")
+        return
+    k = ft.kernel_userspace_exits
+    w(f"ftrace     {ft.events} kvm events: the kernel recorded {k.get('KVM_EXIT_IO', 0)} IO and "
+      f"{k.get('KVM_EXIT_MMIO', 0)} MMIO exits to userspace (the VMM saw {ft.vmm_exits['io']} and "
+      f"{ft.vmm_exits['mmio']}); {sum(ft.in_kernel_writes.values())} in-kernel MMIO writes traced, "
+      f"{sum(ft.doorbell_counts.values())} counted by the doorbells\n")
+    if not ft.mismatches:
+        w("           the kernel's record agrees\n")
+    for m in ft.mismatches[:5]:
+        w(f"           MISMATCH: {m}\n")
+
+
+def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
+    """The shadow section: what was checked and every violation found (the first few in full)."""
+    w = out.write
+    if not sh.get("enabled"):
+        w("shadow     off (--no-check)\n")
+        return
+    inject = f" [fault injected: {sh['inject']}]" if sh.get("inject") else ""
+    w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
+      f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
+      f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
+    if not sh["violations"]:
+        w("           no violation\n")
+        return
+    w(f"           {sh['violations']} VIOLATION(S); the first:\n")
+    for v in sh["first_violations"]:
+        who = f"vcpu{v['vcpu']} " if v["vcpu"] is not None else ""
+        w(f"           - {v['rule']}: {who}{v['message']} (bus versions {v['versions'][0]}..{v['versions'][1]}; "
+          f"exit {v['exit']})\n")
