@@ -90,7 +90,7 @@ def main() -> int:
 
         out = os.path.join(tmp, "t.json")
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-c", DRIVER, "trace", "--json", "--no-explain", "-o", out, "--",
+        p = subprocess.run([sys.executable, "-m", "minivmm", "trace", "--json", "--no-explain", "-o", out, "--",
                             prog, n, "0"], capture_output=True, text=True, cwd=ROOT)
         wall["minivmm trace"].append(time.monotonic() - t0)
         if p.returncode != 0:
@@ -163,21 +163,6 @@ def main() -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
-
-#: Drives the command module as the CLI does (works before and after `trace` is listed in app.py).
-DRIVER = """
-import argparse, sys
-from minivmm.cli import trace_cmd
-from minivmm.cli.errors import CliError
-p = argparse.ArgumentParser(prog="minivmm")
-trace_cmd.register(p.add_subparsers())
-a = p.parse_args(sys.argv[1:])
-try:
-    sys.exit(a.handler(a))
-except CliError as e:
-    print(f"minivmm: error: {e}", file=sys.stderr)
-    sys.exit(int(e.code))
-"""
 
 if __name__ == "__main__":
     sys.exit(main())

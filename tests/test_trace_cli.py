@@ -20,27 +20,8 @@ from tests.test_trace import SRC, self_timings
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.kvm
 
-#: Until ``trace`` is listed in the argparse app, the command module is driven the way app.py drives it.
-_DRIVER = """
-import argparse, sys
-from minivmm.cli import trace_cmd
-from minivmm.cli.errors import CliError
-p = argparse.ArgumentParser(prog="minivmm")
-trace_cmd.register(p.add_subparsers())
-a = p.parse_args(sys.argv[1:])
-try:
-    sys.exit(a.handler(a))
-except CliError as e:
-    print(f"minivmm: error: {e}", file=sys.stderr)
-    sys.exit(int(e.code))
-"""
-
-
 def _argv(*args: str) -> list[str]:
-    from minivmm.cli import app
-    if "trace_cmd" in getattr(app, "COMMANDS", ()):
-        return [sys.executable, "-m", "minivmm", "trace", *args]
-    return [sys.executable, "-c", _DRIVER, "trace", *args]
+    return [sys.executable, "-m", "minivmm", "trace", *args]
 
 
 def run_trace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

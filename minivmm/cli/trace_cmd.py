@@ -211,7 +211,7 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
     from minivmm.trace.tracer import StopReason
     if not result.events and result.stop_reason in (StopReason.EXITED, StopReason.FIRST_RUN):
         kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
-        return "no_kvm_ioctls", int(ExitCode.BAD_INPUT) if kvm_ok else int(getattr(ExitCode, "KVM_UNAVAILABLE", 4))
+        return "no_kvm_ioctls", int(ExitCode.BAD_INPUT if kvm_ok else ExitCode.KVM_UNAVAILABLE)
     if result.detached:
         return "detached", int(ExitCode.OK)
     if result.stop_reason is StopReason.FIRST_RUN:
@@ -260,14 +260,22 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
         status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
                   else f"ended with exit status {result.exit_code}")
         why = "" if code == ExitCode.BAD_INPUT else " (/dev/kvm is not accessible here)"
-        _note(f"error: no KVM ioctls: {argv[0]!r} never issued one{why} (it {status})")
+        _error_line(f"no KVM ioctls: {argv[0]!r} never issued one{why} (it {status})")
     elif outcome == "killed" and not result.ended_by_tracer:
         import signal as _signal
         _note(f"{argv[0]!r} was killed by {_signal.Signals(result.exit_signal).name}")
     elif outcome == "timeout":
-        _note(f"error: --timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
+        _error_line(f"--timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
               + ("" if result.events else " (it had issued no KVM ioctl)"))
     return code
+
+
+def _error_line(line: str) -> None:
+    """An error that comes after the report (the report is still the answer): the CLI's one-line form."""
+    try:
+        sys.stderr.write(f"minivmm: error: {line}\n")
+    except OSError:
+        pass
 
 
 def _note(line: str) -> None:
