@@ -63,6 +63,7 @@ KVM_IRQFD = _req("KVM_IRQFD")
 KVM_SET_GSI_ROUTING = _req("KVM_SET_GSI_ROUTING")
 KVM_ENABLE_CAP = _req("KVM_ENABLE_CAP")
 KVM_CHECK_EXTENSION = _req("KVM_CHECK_EXTENSION")
+KVM_SET_TSS_ADDR = _req("KVM_SET_TSS_ADDR")
 
 
 def _flags(value: int, names: list[tuple[int, str]]) -> str:

@@ -23,6 +23,7 @@ from kernel_model import sequences as seqmod
 from kernel_model.predict import quantiles
 from kernel_model.sequences import Sequence, Step
 from minivmm.trace import decode
+from minivmm.trace.syscalls import lib
 from minivmm.trace.tracer import IoctlEvent, TraceResult
 
 #: A measured ioctl at least this long counts as stalled (a grace period is ~1 jiffy or more).
@@ -62,6 +63,8 @@ class Explanation:
     platform: str = ""
     attributions: dict[int, list[str]] = field(default_factory=dict)   # step -> sentences
     attribution_note: str = ""
+    attribution_variant: str = ""
+    attribution_detail: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def setup_measured_ns(self) -> int:
         """From the start of KVM_CREATE_VM to the end of the last step, as measured."""
@@ -110,14 +113,18 @@ def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] |
         return "vcpu", {"id": ev.arg}
     if r == decode.KVM_RUN and ev.first_run and ev.role.startswith("vcpu"):
         return "run", {"vcpu": int(ev.role[4:])}
-    if r == decode.KVM_CREATE_PIT2 and "pit2" in ops:
-        return "pit2", {}
+    if r == decode.KVM_CREATE_PIT2 and "pit2" in ops and "flags" in f:
+        dummy = "speaker_dummy" in seqmod_args("pit2") and bool(f["flags"] & lib.KVM_PIT_SPEAKER_DUMMY)
+        return "pit2", ({"speaker_dummy": True} if dummy else {})
     if r == decode.KVM_IRQFD and "irqfd" in ops and "gsi" in f:
         return "irqfd", {"gsi": f["gsi"], **({"deassign": True} if f["deassign"] else {})}
     if r == decode.KVM_SET_GSI_ROUTING and "gsi_routing" in ops and "nr" in f:
         return "gsi_routing", {"entries": f["nr"]}
     if r == decode.KVM_ENABLE_CAP and "enable_cap" in ops and "cap" in f:
-        return "enable_cap", {"cap": f["cap"]}
+        extra = {"arg0": f["args"][0]} if "arg0" in seqmod_args("enable_cap") and f["args"][0] else {}
+        return "enable_cap", {"cap": f["cap"], **extra}
+    if r == decode.KVM_SET_TSS_ADDR and "tss_addr" in ops:
+        return "tss_addr", {"addr": ev.arg}
     return None
 
 
@@ -206,54 +213,50 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
     ex.hz, ex.platform = hz, platform
     rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
     ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
-    _attribute(ex, result)
+    _attribute(ex, result, min(samples, 200), seed)
     return ex
 
 
-def _attribute(ex: Explanation, result: TraceResult) -> None:
-    """For each step that waited for a grace period, which earlier step started it, from the model's own
-    state (``kernel_model.predict.explain`` where the model provides it)."""
+def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) -> None:
+    """For each step that waited for a grace period, which earlier ioctl started it: from the kernel
+    model's own state (``kernel_model.explain``: every grace-period request and wait is tagged with the
+    step that issued it), under the variant that fits this host best. The time between the two ioctls is
+    the measured one."""
     try:
-        from kernel_model import predict as pred
-    except ImportError:  # pragma: no cover - kernel_model is part of the package
+        kexplain = importlib.import_module("kernel_model.explain")
+    except ImportError:
+        ex.attribution_note = ("this checkout's kernel model has no grace-period attribution "
+                               "(kernel_model.explain): stalls are named, not attributed")
         return
-    explain_api = getattr(pred, "explain", None)
-    if explain_api is None:
-        ex.attribution_note = ("this kernel model has no grace-period attribution yet "
-                               "(kernel_model.predict.explain): stalls are named, not attributed")
-        return
+    c = ex.comparison
+    variant = c.verdict.variant or min(c.fits, key=lambda f: f.score).variant
+    ex.attribution_variant = variant
     try:
-        attributed = explain_api(ex.sequence, _best_variant(ex), ex.hz, ex.platform)
-    except (TypeError, ValueError) as e:
+        steps = kexplain.explain(ex.sequence, variant, ex.hz, ex.platform, samples=samples, seed=seed)
+    except ValueError as e:
         ex.attribution_note = f"grace-period attribution failed: {e}"
         return
     events = {e.index: e for e in result.events}
-    for step_i, waits in _normalise(attributed).items():
-        for starter_i, kind, waited_ns in waits:
-            ev_starter = events[ex.step_events[starter_i]]
-            ev = events[ex.step_events[step_i]]
-            earlier = (ev.enter_ns - ev_starter.enter_ns) / 1e6
-            ex.attributions.setdefault(step_i, []).append(
-                f"waited {waited_ns / 1e6:.2f} ms for the {kind} grace period started by {ev_starter.name} "
-                f"#{ev_starter.index} {earlier:.2f} ms earlier")
-
-
-def _best_variant(ex: Explanation) -> str:
-    v = ex.comparison.verdict.variant if ex.comparison is not None else None
-    return v or "call_srcu"
-
-
-def _normalise(attributed: Any) -> dict[int, list[tuple[int, str, int]]]:
-    """Accept the model's attribution as {step: [(starting step, kind, waited ns), ...]} or as objects
-    with those attributes (``step``, ``started_by``, ``kind``, ``waited_ns``)."""
-    out: dict[int, list[tuple[int, str, int]]] = {}
-    if isinstance(attributed, dict):
-        for k, v in attributed.items():
-            out[int(k)] = [(int(x[0]), str(x[1]), int(x[2])) for x in v]
-        return out
-    for a in attributed or []:
-        out.setdefault(int(a.step), []).append((int(a.started_by), str(a.kind), int(a.waited_ns)))
-    return out
+    for st in steps:
+        if not st.waited_for_gp:
+            continue
+        ev = events[ex.step_events[st.index]]
+        waited = f"{st.waited_ns / 1e6:.2f} ms" if st.waited_ns is not None else "?"
+        share = f" (in {st.share:.0%} of tick phases)" if st.share < 0.995 else ""
+        if st.transferred and st.started_by_step is not None:
+            starter = events[ex.step_events[st.started_by_step]]
+            earlier = (ev.enter_ns - starter.enter_ns) / 1e6
+            sentence = (f"model ({variant}): waited {waited} in {st.call} for the {st.gp_kind} grace period "
+                        f"started by {starter.name} #{starter.index} ({st.started_by_call}) {earlier:.2f} ms "
+                        f"earlier{share}")
+        else:
+            sentence = f"model ({variant}): waited {waited} for its own {st.gp_kind} grace period ({st.call}){share}"
+        ex.attributions.setdefault(st.index, []).append(sentence)
+        ex.attribution_detail[st.index] = {
+            "variant": variant, "call": st.call, "gp_kind": st.gp_kind, "srcu": st.srcu, "waited_us":
+            None if st.waited_ns is None else st.waited_ns / 1000, "transferred": st.transferred,
+            "started_by_ioctl": (ex.step_events[st.started_by_step] if st.started_by_step is not None else None),
+            "started_by_call": st.started_by_call, "share": st.share}
 
 
 def stalled_steps(ex: Explanation) -> list[int]:

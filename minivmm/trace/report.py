@@ -181,7 +181,8 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
         steps.append({"step": i, "ioctl": ex.step_events[i], "op": s.op, "label": s.label,
                       "gap_us": ex.gaps_ns[i] / 1000, "measured_us": ex.measured_ns[i] / 1000,
                       "predicted_us": {v: _us_keys(p.steps[i].stats()) for v, p in c.predictions.items()},
-                      "stalled": i in stalls, "attribution": ex.attributions.get(i, [])})
+                      "stalled": i in stalls, "attribution": ex.attributions.get(i, []),
+                      "grace_period": ex.attribution_detail.get(i)})
     v = c.verdict
     return {"hz": ex.hz, "platform": ex.platform, "sequence_text": ex.sequence_text, "steps": steps,
             "setup": {"measured_us": ex.setup_measured_ns() / 1000,
