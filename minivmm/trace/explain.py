@@ -159,6 +159,16 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
     # The first VM's process, from its KVM_CREATE_VM on; a further VM's fds (vm1, vm1.vcpu0) are not ours.
     chosen = sorted((e for e in events if e.pid == first.pid and e.enter_ns >= first.enter_ns
                      and not _OTHER_VM.match(e.role)), key=lambda e: e.enter_ns)
+    # The set-up ends with the last vCPU's first KVM_RUN that returned: what follows is the guest running
+    # (firmware toggling memslots, say), not the VMM setting up, and is left out.
+    runs = [e for e in chosen if e.first_run and e.ret is not None and e.ret >= 0]
+    if runs:
+        end = max(e.enter_ns for e in runs)
+        later = [e for e in chosen if e.enter_ns > end]
+        if later:
+            skipped.append(f"{len(later)} ioctls after the last vCPU's first KVM_RUN (the guest running, not the "
+                           "set-up)")
+        chosen = [e for e in chosen if e.enter_ns <= end]
     unmodelled: Counter[str] = Counter()
     steps: list[Step] = []
     lines = [f"# the KVM set-up of: {' '.join(result.argv)}",
