@@ -9,11 +9,13 @@ import sys
 
 import pytest
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guest"
 
 
-def _kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
+def _kvm_unusable_reason(path: str = DEFAULT_DEVICE_PATH) -> str | None:
     if not os.path.exists(path):
         return f"{path} does not exist"
     if not os.access(path, os.R_OK | os.W_OK):

@@ -55,3 +55,77 @@ def test_ftrace_cross_check_on_the_host(boot, guest_image):
     assert ft["kernel_userspace_exits"]["KVM_EXIT_MMIO"] == ft["vmm_exits"]["mmio"] > 0
     assert sum(ft["in_kernel_writes"].values()) == 4 * 64
     assert outcome_exit_code(report.outcome) == 0
+
+
+def _leftovers(pid: int) -> list[str]:
+    """Trace instances of ``pid`` still in the kernel, and tracefs mounts of ours still mounted."""
+    import os
+    import subprocess
+    import tempfile
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
+    left = [m for m in mounts if "minivmm-tracefs-" in m]
+    root, ours = (mounts[0], None) if mounts else (tempfile.mkdtemp(), True)
+    try:
+        if ours and subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True).returncode:
+            pytest.skip("cannot mount tracefs here")
+        left += [i for i in os.listdir(os.path.join(root, "instances")) if i.startswith(f"minivmm-{pid}-")]
+    finally:
+        if ours:
+            subprocess.run(["umount", root], capture_output=True)
+            os.rmdir(root)
+    return left
+
+
+def test_an_interrupt_during_ftrace_start_up_leaves_nothing_behind(monkeypatch):
+    import os
+
+    from minivmm.shadow import ftrace
+    try:
+        ftrace.FtraceSession.start(os.getpid()).teardown()
+    except ftrace.FtraceUnavailable as e:
+        pytest.skip(f"tracefs not usable here: {e}")
+    real_write = ftrace._write
+
+    def interrupted(path: str, value: str) -> None:
+        if path.endswith("set_event_pid"):
+            raise KeyboardInterrupt  # as a Ctrl-C in the middle of arming the instance
+        real_write(path, value)
+    monkeypatch.setattr(ftrace, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ftrace.FtraceSession.start(os.getpid())
+    assert _leftovers(os.getpid()) == []
+
+
+@pytest.mark.kvm
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(6))
+def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_path, run):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from test_lifecycle import OUT_LOOP, _handles_sigterm
+    image = tmp_path / "outloop.bin"
+    image.write_bytes(OUT_LOOP)
+    proc = subprocess.Popen([sys.executable, "-m", "minivmm", "boot", str(image), "--vcpus", "32", "--ftrace",
+                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while not _handles_sigterm(proc.pid):
+            assert proc.poll() is None
+            time.sleep(0.005)
+        time.sleep(random.Random(run).uniform(0, 0.6))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if "ftrace     not available" in out:
+        pytest.skip(out.split("ftrace     not available: ", 1)[1].splitlines()[0])
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert _leftovers(proc.pid) == []

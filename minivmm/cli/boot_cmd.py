@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import threading
 from typing import TYPE_CHECKING, TextIO
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
@@ -66,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="print every exit to stderr as it happens, with the instruction that caused it")
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="print the summary as one JSON object instead; the console output is inside it")
-    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
     p.add_argument("--check", dest="check", action="store_true", default=True,
                    help="shadow every ioctl and exit with the kernel model and flag any exit or in-kernel "
@@ -103,9 +105,19 @@ MODES = ("real", "protected", "long")
 INJECTIONS = ("drop-registration", "delay-registration", "stale-bus")
 
 
+#: Seconds the summary waits for a stalled stdout reader at the end of a run.
+SUMMARY_DRAIN_TIMEOUT = 2.0
+
+
 def run(args: argparse.Namespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
-    from minivmm.devices.console import Console
+    from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
+
+    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
+    # restored: a second signal, however late, means "already stopping", never a traceback or a death).
+    stop = StopRequest()
+    install_stop_handlers(stop)
+    from minivmm.devices.console import Console, ConsoleWriter
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.vmm.boot import Mode
     from minivmm.vmm.image import ImageError, check_placement, read_image
@@ -130,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
                            strict=args.strict, timeout=args.timeout, kvm_path=args.kvm_path, check=args.check,
                            inject=args.inject, guest_iterations=args.guest_iterations,
                            model_platform=platform, model_hz=hz, ftrace=args.ftrace)
-    console = Console(None if args.as_json else sys.stdout.buffer)
+    sys.stdout.flush()
+    out = ConsoleWriter(sys.stdout.fileno())  # guest output, then the summary: never blocks a vCPU
+    console = Console(None if args.as_json else out)
     try:
-        machine = Machine(config, data, console)
+        machine = Machine(config, data, console, stop=stop)
     except ImageError as e:
         raise CliError(str(e)) from None
     except KvmUnavailable as e:
@@ -142,16 +156,19 @@ def run(args: argparse.Namespace) -> int:
     with machine:
         hook = make_tracer(machine, sys.stderr) if args.trace else None
         report = machine.run(on_exit=hook)
-    sys.stdout.flush()
     code = outcome_exit_code(report.outcome)
+    text = io.StringIO()
     if args.as_json:
         doc = report.to_json()
         doc["exit_code"] = int(code)
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        json.dump(doc, text, indent=2)
+        text.write("\n")
     else:
         from minivmm.vmm.report import render
-        render(report, sys.stdout, int(code))
+        render(report, text, int(code))
+    out.write(text.getvalue().encode(), keep=True)
+    # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
+    out.close(SUMMARY_DRAIN_TIMEOUT)
     return int(code)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``info`` command."""
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "pvm ...), CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl "
                     "latencies. Always exits 0: a missing /dev/kvm is reported, not an error.")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
-    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
     p.set_defaults(handler=run)
 

@@ -8,6 +8,7 @@ import json
 import platform as pyplatform
 import sys
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
 from minivmm.cli.outfile import check_output_path, write_atomically
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "matplotlib)")
     p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
                    help="seed for the jitter and the model (default: 0)")
-    p.add_argument("--kvm", dest="kvm_path", default="/dev/kvm", metavar="PATH",
+    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
     p.set_defaults(handler=run)
 

@@ -50,7 +50,10 @@ class DynamicDoorbells:
     """The run-time doorbells: one eventfd per slot for the whole run, registered and unregistered on
     the guest's request. Thread-safe: vCPUs issue commands concurrently."""
 
-    def __init__(self, base: int, stride: int, slots: int = DYNAMIC_SLOTS) -> None:
+    def __init__(self, vm: Vm, base: int, stride: int, slots: int = DYNAMIC_SLOTS,
+                 on_report: Callable[[int, int], None] | None = None,
+                 on_userspace_write: Callable[[int], None] | None = None) -> None:
+        self.vm = vm
         self.base = base
         self.stride = stride
         self.counters = [EventCounter() for _ in range(slots)]
@@ -60,11 +63,10 @@ class DynamicDoorbells:
         self.reported = [0] * slots
         self.userspace_writes = [0] * slots
         self._lock = threading.Lock()
-        self.vm: Vm | None = None
         #: Called with (eventfd, writes) for each guest report; the shadow reconciles there.
-        self.on_report: Callable[[int, int], None] | None = None
+        self.on_report = on_report
         #: Called with the eventfd when a write to a slot's address reached userspace.
-        self.on_userspace_write: Callable[[int], None] | None = None
+        self.on_userspace_write = on_userspace_write
 
     def addr(self, slot: int) -> int:
         """The guest-physical address of ``slot``."""
@@ -84,7 +86,7 @@ class DynamicDoorbells:
             if self.on_report is not None:
                 self.on_report(self.counters[slot].fd, count)
             return 0
-        if op not in (OP_REGISTER, OP_UNREGISTER) or self.vm is None:
+        if op not in (OP_REGISTER, OP_UNREGISTER):
             return errno.EINVAL
         with self._lock:  # one registration change at a time (the kernel serialises on slots_lock too)
             want = op == OP_REGISTER

@@ -26,7 +26,7 @@ class EventCounter:
     """An eventfd (non-blocking) and the total of every count read from it so far."""
 
     def __init__(self) -> None:
-        fd = lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK)
+        fd: int = lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK)
         if fd < 0:
             raise OSError(ffi.errno, "eventfd() failed")
         self.fd = fd

@@ -9,9 +9,8 @@ from typing import Any
 
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
-from minivmm.kvm.vm import Vm
-
-DEFAULT_DEVICE_PATH = "/dev/kvm"
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.vm import Vm, VmObserver
 
 
 class Kvm:
@@ -75,10 +74,12 @@ class Kvm:
                     raise
                 max_entries *= 2
 
-    def create_vm(self, vm_type: int = 0) -> Vm:
-        """Wrapper over KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
+    def create_vm(self, vm_type: int = 0, observer: VmObserver | None = None) -> Vm:
+        """Wrapper over KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs); ``observer`` is told about
+        its bus- and memslot-changing ioctls from the first one on."""
+        mmap_size = self.get_vcpu_mmap_size()
         fd = ioctl_val(self.fd, lib.KVM_CREATE_VM, vm_type, self.tracer)
-        return Vm(fd, self, self.tracer)
+        return Vm(fd, mmap_size, self.tracer, observer)
 
     def close(self) -> None:
         """Close ``/dev/kvm``. VMs created from it stay valid (they hold their own reference)."""

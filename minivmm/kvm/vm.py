@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
-
-if TYPE_CHECKING:
-    from minivmm.kvm.system import Kvm
 
 
 @dataclass(frozen=True)
@@ -32,28 +29,37 @@ class IoEvent:
 class VmObserver(Protocol):
     """Told about every bus- or memslot-changing ioctl (the kernel-model shadow implements it).
 
-    Registrations are reported after the ioctl succeeded, deregistrations before it is issued: an
-    observer that mirrors them never believes in a device the kernel does not have.
+    An ioeventfd change is reported on both sides of its ioctl: ``ioeventfd_assigning`` before the
+    assign is issued and ``ioeventfd_assigned`` after it returned (``ok`` False: it failed);
+    ``ioeventfd_deassigning`` before the deassign is issued and ``ioeventfd_deassigned`` after it
+    returned. So an observer can keep both "what the kernel surely has" (from assigned to
+    deassigning) and "what the kernel may have" (from assigning to deassigned).
     """
 
-    def ioeventfd_assigned(self, event: IoEvent) -> None: ...
+    def ioeventfd_assigning(self, event: IoEvent) -> None: ...
+    def ioeventfd_assigned(self, event: IoEvent, ok: bool = True) -> None: ...
     def ioeventfd_deassigning(self, event: IoEvent) -> None: ...
+    def ioeventfd_deassigned(self, event: IoEvent, ok: bool = True) -> None: ...
     def irqchip_created(self) -> None: ...
     def memory_region_set(self, slot: int, guest_phys_addr: int, memory_size: int) -> None: ...
     def vcpu_created(self, vcpu_id: int) -> None: ...
 
 
 class Vm:
-    """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``."""
+    """A VM. Created by :meth:`Kvm.create_vm`; closes its vCPUs and itself on ``close()``.
 
-    def __init__(self, fd: int, kvm: Kvm, tracer: IoctlTracer | None = None) -> None:
+    ``vcpu_mmap_size`` is what KVM_GET_VCPU_MMAP_SIZE answered on the system fd (as kvm-ioctls passes
+    it in, rather than keeping a reference to the system fd just to ask).
+    """
+
+    def __init__(self, fd: int, vcpu_mmap_size: int, tracer: IoctlTracer | None = None,
+                 observer: VmObserver | None = None) -> None:
         self.fd = fd
-        self.kvm = kvm
         self.tracer = tracer
         #: Told about bus- and memslot-changing ioctls (see VmObserver); None: nobody is.
-        self.observer: VmObserver | None = None
+        self.observer = observer
         self.vcpus: list[Vcpu] = []
-        self._vcpu_mmap_size = kvm.get_vcpu_mmap_size()
+        self._vcpu_mmap_size = vcpu_mmap_size
 
     def check_extension(self, cap: int) -> int:
         """Wrapper over KVM_CHECK_EXTENSION on the VM fd (some capabilities are per VM)."""
@@ -100,15 +106,31 @@ class Vm:
         ``event.fd`` later does not leave KVM with a dangling file; the argument struct is only read
         during the call.
         """
-        self._ioeventfd(event, deassign=False)
-        if self.observer is not None:
-            self.observer.ioeventfd_assigned(event)
+        observer = self.observer
+        if observer is None:
+            self._ioeventfd(event, deassign=False)
+            return
+        observer.ioeventfd_assigning(event)
+        try:
+            self._ioeventfd(event, deassign=False)
+        except BaseException:
+            observer.ioeventfd_assigned(event, ok=False)
+            raise
+        observer.ioeventfd_assigned(event)
 
     def unregister_ioevent(self, event: IoEvent) -> None:
         """Wrapper over KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN (``kvm_io_bus_unregister_dev``)."""
-        if self.observer is not None:
-            self.observer.ioeventfd_deassigning(event)
-        self._ioeventfd(event, deassign=True)
+        observer = self.observer
+        if observer is None:
+            self._ioeventfd(event, deassign=True)
+            return
+        observer.ioeventfd_deassigning(event)
+        try:
+            self._ioeventfd(event, deassign=True)
+        except BaseException:
+            observer.ioeventfd_deassigned(event, ok=False)
+            raise
+        observer.ioeventfd_deassigned(event)
 
     def create_irqchip(self) -> None:
         """Wrapper over KVM_CREATE_IRQCHIP: on x86 this registers the PIC, IOAPIC (and PIT) bus devices."""

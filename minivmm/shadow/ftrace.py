@@ -55,6 +55,7 @@ class FtraceSession:
 
     root: str
     instance: str
+    #: A temporary directory made for our own tracefs mount (unmounted and removed by teardown).
     mounted_here: str | None = None
     lines: list[str] = field(default_factory=list)
     overruns: int = 0
@@ -62,34 +63,37 @@ class FtraceSession:
     @classmethod
     def start(cls, pid: int) -> FtraceSession:
         """Mount (if needed) and arm an instance for ``pid`` and its future threads."""
-        root = _find_tracefs()
-        mounted_here = None
-        if root is None:
-            mounted_here = tempfile.mkdtemp(prefix="minivmm-tracefs-")
-            proc = subprocess.run(["mount", "-t", "tracefs", "nodev", mounted_here], capture_output=True, text=True)
-            if proc.returncode != 0:
-                os.rmdir(mounted_here)
-                raise FtraceUnavailable(f"cannot mount tracefs: {proc.stderr.strip() or 'permission denied'}")
-            root = mounted_here
-        instance = os.path.join(root, "instances", f"minivmm-{pid}-{os.urandom(3).hex()}")
-        session = cls(root, instance, mounted_here)
+        session = cls("", "")
+        # Any exception (a KeyboardInterrupt included) between here and the return removes what was
+        # made: an instance left behind keeps its buffers (BUFFER_KB_PER_CPU per CPU) and tracing_on
+        # forever, and a mount of ours stays mounted.
         try:
-            os.mkdir(instance)
+            root = _find_tracefs()
+            if root is None:
+                session.mounted_here = tempfile.mkdtemp(prefix="minivmm-tracefs-")
+                proc = subprocess.run(["mount", "-t", "tracefs", "nodev", session.mounted_here],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise FtraceUnavailable(f"cannot mount tracefs: {proc.stderr.strip() or 'permission denied'}")
+                root = session.mounted_here
+            session.root = root
+            session.instance = os.path.join(root, "instances", f"minivmm-{pid}-{os.urandom(3).hex()}")
+            os.mkdir(session.instance)
             for event in EVENTS:
-                if not os.path.exists(os.path.join(instance, "events", event)):
+                if not os.path.exists(os.path.join(session.instance, "events", event)):
                     raise FtraceUnavailable(f"the kernel has no {event} tracepoint")
-            _write(os.path.join(instance, "buffer_size_kb"), str(BUFFER_KB_PER_CPU))
-            _write(os.path.join(instance, "options", "event-fork"), "1")
-            _write(os.path.join(instance, "set_event_pid"), str(pid))
+            _write(os.path.join(session.instance, "buffer_size_kb"), str(BUFFER_KB_PER_CPU))
+            _write(os.path.join(session.instance, "options", "event-fork"), "1")
+            _write(os.path.join(session.instance, "set_event_pid"), str(pid))
             for event in EVENTS:
-                _write(os.path.join(instance, "events", event, "enable"), "1")
-            _write(os.path.join(instance, "tracing_on"), "1")
-        except FtraceUnavailable:
-            session._teardown()
-            raise
+                _write(os.path.join(session.instance, "events", event, "enable"), "1")
+            _write(os.path.join(session.instance, "tracing_on"), "1")
         except OSError as e:
-            session._teardown()
+            session.teardown()
             raise FtraceUnavailable(f"cannot set up a trace instance: {e.strerror}") from None
+        except BaseException:
+            session.teardown()
+            raise
         return session
 
     def stop(self) -> list[str]:
@@ -105,11 +109,19 @@ class FtraceSession:
                         if line.startswith("overrun:"):
                             self.overruns += int(line.split()[1])
         finally:
-            self._teardown()
+            self.teardown()
         return self.lines
 
-    def _teardown(self) -> None:
-        if os.path.isdir(self.instance):
+    def teardown(self) -> None:
+        """Remove the instance (tracing off, events off, its buffers freed) and our tracefs mount, if any.
+
+        Idempotent, and safe after a partial start: each step is tried whatever the previous did.
+        """
+        if self.instance and os.path.isdir(self.instance):
+            try:
+                _write(os.path.join(self.instance, "tracing_on"), "0")
+            except OSError:
+                pass
             for event in EVENTS:
                 try:
                     _write(os.path.join(self.instance, "events", event, "enable"), "0")
@@ -120,6 +132,8 @@ class FtraceSession:
             except OSError:
                 pass
         if self.mounted_here:
+            # Unmounted whether or not the mount was known to succeed (an interrupt may have come
+            # between mount's success and our noting it); umount of a plain directory just fails.
             subprocess.run(["umount", self.mounted_here], capture_output=True)
             try:
                 os.rmdir(self.mounted_here)

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from kernel_model.sequences import Sequence, Step
 from minivmm.kvm.memory import GuestMemory
 from minivmm.kvm.system import Kvm
-from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, lib
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.kvm.vm import IoEvent, Vm
-from minivmm.vmm.boot import Mode, setup_regs, setup_sregs
+from minivmm.vmm.boot import Mode, setup_vcpu
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL, block_process_signals, stop_vcpu_threads
 
 #: mov dx, 0x80; out dx, al; jmp $-3: a guest that exits forever (real mode, at LOOP_ADDR).
@@ -120,7 +121,7 @@ def check_runnable(seq: Sequence) -> None:
 class SequenceRunner:
     """Issues a sequence on one ``/dev/kvm``; each :meth:`run_once` uses a fresh VM and frees it."""
 
-    def __init__(self, seq: Sequence, kvm_path: str = "/dev/kvm") -> None:
+    def __init__(self, seq: Sequence, kvm_path: str = DEFAULT_DEVICE_PATH) -> None:
         check_runnable(seq)
         self.seq = seq
         self.tracer = IoctlTracer()
@@ -134,13 +135,10 @@ class SequenceRunner:
     def timer_overhead_ns(self, n: int = 2000) -> dict[str, float]:
         """The timed wrapper around a trivial ioctl (KVM_CHECK_EXTENSION): what any timing includes."""
         tracer = IoctlTracer()
-        elapsed = tracer._elapsed
         fd, req = self.kvm.fd, lib.KVM_CHECK_EXTENSION
-        samples = []
         for _ in range(n):
-            lib.minivmm_timed_ioctl_val(fd, req, lib.KVM_CAP_USER_MEMORY, elapsed)
-            samples.append(elapsed[0])
-        samples.sort()
+            ioctl_val(fd, req, lib.KVM_CAP_USER_MEMORY, tracer)
+        samples = sorted(rec.elapsed_ns for rec in tracer.records)
         return {"min_ns": samples[0], "p50_ns": statistics.median(samples), "p90_ns": samples[int(n * 0.9)]}
 
     def run_once(self) -> Repetition:
@@ -219,18 +217,12 @@ class SequenceRunner:
         if step.op == "vcpu":
             return lambda vm: vm.create_vcpu(a["id"])
         if step.op == "run":
-            vcpu = vcpus[a["vcpu"]]
-            sregs = vcpu.get_sregs()
-            setup_sregs(sregs, 0, Mode.REAL)
-            vcpu.set_sregs(sregs)
-            regs = vcpu.get_regs()
-            setup_regs(regs, LOOP_ADDR, a["vcpu"])
-            vcpu.set_regs(regs)
+            setup_vcpu(vcpus[a["vcpu"]], 0, Mode.REAL, LOOP_ADDR, a["vcpu"])
             return lambda vm: None
         return lambda vm: None
 
 
-def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = "/dev/kvm",
+def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = DEFAULT_DEVICE_PATH,
             on_progress: Callable[[int], None] | None = None, seed: int | None = None) -> tuple[list[Repetition], dict[str, float]]:
     """Run ``seq`` ``repeat`` times; with ``jitter`` each repetition starts at a random point within a
     jiffy (a random sleep of up to 1/HZ first), so the tick phase is sampled rather than locked."""

@@ -120,6 +120,23 @@ def setup_regs(regs: Any, load_addr: int, vcpu_index: int) -> None:
     regs.rflags = 0x2  # bit 1 is reserved and must be set
 
 
+def setup_vcpu(vcpu: Any, mem_size: int, mode: Mode, load_addr: int, index: int, cpuid: Any = None) -> None:
+    """Put a new vCPU in its boot state: CPUID (when given: what KVM_GET_SUPPORTED_CPUID returned), the
+    segment and control registers of ``mode``, entry at ``load_addr`` with ``index`` in RSI.
+
+    The one vCPU set-up sequence, for the machine, the timing runner and tests. ``vcpu`` is a
+    :class:`~minivmm.kvm.vcpu.Vcpu`.
+    """
+    if cpuid is not None:
+        vcpu.set_cpuid2(cpuid)
+    sregs = vcpu.get_sregs()
+    setup_sregs(sregs, mem_size, mode)
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    setup_regs(regs, load_addr, index)
+    vcpu.set_regs(regs)
+
+
 def guest_mode(sregs: Any) -> Mode:
     """The mode a vCPU is in now, from its control registers and CS (for disassembly and reports)."""
     if not sregs.cr0 & CR0_PE:

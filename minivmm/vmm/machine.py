@@ -8,9 +8,10 @@ happened during the run.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,8 @@ from minivmm.devices.scratch import SCRATCH_SIZE, Scratch
 from minivmm.devices.serial import COM1_PORT, UART_REGISTERS, Serial16550
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.memory import GuestMemory
-from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.system import Kvm
 from minivmm.kvm.uapi import IoctlTracer, lib
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.kvm.vm import IoEvent, Vm
@@ -34,10 +36,10 @@ from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
 from minivmm.shadow.checker import Injection, ShadowChecker
+from minivmm.vmm.lifecycle import StopRequest, VcpuThreads, kick_handler, stop_signals
 from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunReport, RunTimes, VcpuSnapshot,
-                                 build_report)
-from minivmm.vmm.vcpu_loop import (KICK_SIGNAL, ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu,
-                                   stop_vcpu_threads)
+                                 build_report, final_outcome)
+from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
 
 if TYPE_CHECKING:
     from minivmm.shadow.ftrace import FtraceResult, FtraceSession
@@ -72,15 +74,13 @@ class MachineConfig:
     ftrace: bool = False
 
 
-class Terminated(Exception):
-    """SIGTERM arrived while the machine ran."""
-
-
 class Machine:
     """A VM ready to run an image. Use as a context manager so that every resource is released."""
 
     def __init__(self, config: MachineConfig, image: bytes, console: Console,
-                 tracer: IoctlTracer | None = None) -> None:
+                 tracer: IoctlTracer | None = None, stop: StopRequest | None = None) -> None:
+        """Build the VM. ``stop``: the caller's stop request, set by signal handlers it installed (the
+        CLI installs them before anything is built); without one, run() installs its own for the run."""
         check_placement(len(image), config.load_addr, config.mem_size, config.mode)
         if config.vcpus < 1:
             raise ValueError("a machine needs at least one vCPU")
@@ -97,6 +97,10 @@ class Machine:
         self.shadow: ShadowChecker | None = None
         self.scratch = Scratch()
         self.vcpus: list[Vcpu] = []
+        self.stop = stop
+        self._threads: VcpuThreads | None = None
+        self._ftrace: FtraceSession | None = None
+        self._ftrace_error: str | None = None
         self._t_start = time.monotonic_ns()
         self._t_ready = 0
         try:
@@ -108,12 +112,11 @@ class Machine:
     def _build(self, image: bytes, tracer: IoctlTracer | None) -> None:
         cfg = self.config
         self.kvm = Kvm(cfg.kvm_path, tracer)
-        self.vm = vm = self.kvm.create_vm()
         if cfg.check:
-            # Attached before anything is registered, so the twin sees the VM from its first ioctl.
+            # Given to the VM when it is made, so the twin sees the VM from its first ioctl.
             self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
                                         inject=Injection(cfg.inject) if cfg.inject else None)
-            vm.observer = self.shadow
+        self.vm = vm = self.kvm.create_vm(observer=self.shadow)
         if self.kvm.check_extension(lib.KVM_CAP_SET_TSS_ADDR):
             vm.set_tss_addr(TSS_ADDR)
         self.memory = mem = GuestMemory(0, cfg.mem_size)
@@ -127,8 +130,9 @@ class Machine:
         shadow = self.shadow
         self.doorbell = Doorbell(shadow.note_userspace_doorbell_write if shadow else None)
         self.mmio_bus.insert(self.doorbell, DOORBELL_BASE, DOORBELL_SIZE)
-        self.dynamic = DynamicDoorbells(DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE)
-        self.dynamic.vm = vm
+        self.dynamic = DynamicDoorbells(vm, DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE,
+                                        on_report=shadow.guest_report if shadow else None,
+                                        on_userspace_write=shadow.note_userspace_doorbell_write if shadow else None)
         self.control = ControlDevice(self.dynamic, cfg.guest_iterations)
         self.mmio_bus.insert(self.control, CONTROL_BASE, CONTROL_SIZE)
         self.mmio_bus.insert(DynamicDoorbellRegion(self.dynamic), DYNAMIC_DOORBELL_BASE,
@@ -137,86 +141,70 @@ class Machine:
             shadow.attach_counter(self.doorbell.fd, self.doorbell.counter.total, DOORBELL_BASE)
             for slot, counter in enumerate(self.dynamic.counters):
                 shadow.attach_counter(counter.fd, counter.total, self.dynamic.addr(slot))
-            self.dynamic.on_report = shadow.guest_report
-            self.dynamic.on_userspace_write = shadow.note_userspace_doorbell_write
         vm.register_ioevent(IoEvent(DOORBELL_BASE, DOORBELL_WRITE_LEN, self.doorbell.fd))
 
         cpuid = self.kvm.get_supported_cpuid()
         for index in range(cfg.vcpus):
             vcpu = vm.create_vcpu(index)
-            vcpu.set_cpuid2(cpuid)
-            sregs = vcpu.get_sregs()
-            boot.setup_sregs(sregs, cfg.mem_size, cfg.mode)
-            vcpu.set_sregs(sregs)
-            regs = vcpu.get_regs()
-            boot.setup_regs(regs, cfg.load_addr, index)
-            vcpu.set_regs(regs)
+            boot.setup_vcpu(vcpu, cfg.mem_size, cfg.mode, cfg.load_addr, index, cpuid)
             self.vcpus.append(vcpu)
         self._t_ready = time.monotonic_ns()
 
     def run(self, on_exit: ExitHook | None = None) -> RunReport:
         """Run every vCPU on its own thread until all halt, one fails, the timeout passes or a signal stops it.
 
-        Must be called from the main thread (it installs the kick and SIGTERM handlers).
+        Must be called from the main thread (it handles signals). Whatever happens, every vCPU thread
+        has ended when this returns or raises (see :mod:`minivmm.vmm.lifecycle`).
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("Machine.run() must be called from the main thread (it handles signals)")
-        assert self.vm is not None
+        with ExitStack() as scope:
+            stop = self.stop if self.stop is not None else scope.enter_context(stop_signals(StopRequest()))
+            records = [VcpuRecord(i) for i in range(len(self.vcpus))]
+            threads = self._threads = VcpuThreads(self.vcpus, records, RunControl(), self._vcpu_loop(on_exit))
+            ftrace = self._start_ftrace()
+            t_run = time.monotonic_ns()
+            with kick_handler():  # restored only once every thread is joined
+                try:
+                    if self.shadow is not None:
+                        self.shadow.vm_running()
+                    if stop.outcome is None:
+                        threads.start()
+                    ended = self._supervise(records, time.monotonic() + self.config.timeout, stop)
+                finally:
+                    threads.stop_and_join()
+            t_end = time.monotonic_ns()
+            if self.shadow is not None:
+                # Reported counts are judged only if the guest halted: one stopped early had writes to report.
+                halted = final_outcome(ended, [r.state for r in records], kernel_violation=False) is RunOutcome.HALTED
+                self.shadow.reconcile(final=True, judge_reports=halted)
+            ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
+            violated = bool((self.shadow is not None and self.shadow.violation_count)
+                            or (ftrace_result is not None and ftrace_result.mismatches))
+            guest_error = self.shadow is not None and bool(self.shadow.guest_error_count)
+            outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated,
+                                    guest_error=guest_error)
+            snapshot = self.snapshot(records, ftrace_result, self._ftrace_error)
+            return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
+
+    def _vcpu_loop(self, on_exit: ExitHook | None) -> Callable[[Vcpu, VcpuRecord, RunControl], None]:
         dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
-        control = RunControl()
-        records = [VcpuRecord(i) for i in range(len(self.vcpus))]
-        threads = [threading.Thread(target=run_vcpu, name=f"vcpu{i}", daemon=True,
-                                    args=(vcpu, dispatcher, records[i], control, on_exit, self.shadow))
-                   for i, vcpu in enumerate(self.vcpus)]
+        shadow = self.shadow
 
-        def on_term(signum: int, frame: object) -> None:
-            raise Terminated()
+        def loop(vcpu: Vcpu, record: VcpuRecord, control: RunControl) -> None:
+            run_vcpu(vcpu, dispatcher, record, control, on_exit, shadow)
+        return loop
 
-        ftrace, ftrace_error = None, None
-        if self.config.ftrace:
-            from minivmm.shadow.ftrace import FtraceSession, FtraceUnavailable
-            try:
-                ftrace = FtraceSession.start(os.getpid())
-            except FtraceUnavailable as e:
-                ftrace_error = str(e)
-        old_kick = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
-        old_term = signal.signal(signal.SIGTERM, on_term)
-        outcome = RunOutcome.HALTED
-        if self.shadow is not None:
-            self.shadow.vm_running()
-        t_run = time.monotonic_ns()
+    def _start_ftrace(self) -> FtraceSession | None:
+        """Arm --ftrace's trace instance (kept in ``self._ftrace`` so that close() tears it down on any path)."""
+        if not self.config.ftrace:
+            return None
+        from minivmm.shadow.ftrace import FtraceSession, FtraceUnavailable
         try:
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + self.config.timeout
-            try:
-                outcome = self._supervise(records, deadline)
-            except KeyboardInterrupt:
-                outcome = RunOutcome.INTERRUPTED
-            except Terminated:
-                outcome = RunOutcome.TERMINATED
-            if outcome is not RunOutcome.HALTED:
-                control.stopping = True
-                stop_vcpu_threads(self.vcpus, threads, [r.done for r in records])
-            else:
-                for t in threads:
-                    t.join()
-        finally:
-            signal.signal(KICK_SIGNAL, old_kick)
-            signal.signal(signal.SIGTERM, old_term)
-        t_end = time.monotonic_ns()
-        self.console.flush()
-        if outcome is RunOutcome.HALTED and any(r.state is not VcpuState.HALTED for r in records):
-            outcome = RunOutcome.FAILED
-        if self.shadow is not None:
-            self.shadow.reconcile(final=True)
-        ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
-        violated = (self.shadow is not None and self.shadow.violation_count) or (
-            ftrace_result is not None and ftrace_result.mismatches)
-        if violated and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
-            outcome = RunOutcome.VIOLATION
-        snapshot = self.snapshot(records, ftrace_result, ftrace_error)
-        return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
+            self._ftrace = FtraceSession.start(os.getpid())
+        except FtraceUnavailable as e:
+            self._ftrace_error = str(e)
+        return self._ftrace
 
     def snapshot(self, records: list[VcpuRecord], ftrace: FtraceResult | None = None,
                  ftrace_error: str | None = None) -> MachineSnapshot:
@@ -232,7 +220,8 @@ class Machine:
             dynamic_doorbells=self.dynamic.counts() if self.dynamic is not None else None,
             shadow=self.shadow.summary() if self.shadow is not None else {"enabled": False},
             vcpus=where, ftrace=ftrace,
-            ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None)
+            ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None,
+            console_echo_dropped=self.console.echo_dropped)
 
     def _vcpu_snapshot(self, vcpu: Vcpu) -> VcpuSnapshot:
         try:
@@ -255,6 +244,7 @@ class Machine:
         from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS
         from minivmm.shadow.ftrace import analyse
         lines = session.stop()
+        self._ftrace = None
         io = sum(r.exits.get(cls, 0) for r in records for cls in PIO_EXITS)
         mmio = sum(r.exits.get(cls, 0) for r in records for cls in MMIO_EXITS)
         counts: dict[int, int] = {}
@@ -268,8 +258,11 @@ class Machine:
         known = {acct.addr for acct in self.shadow.doorbells.values()} if self.shadow is not None else set(counts)
         return analyse(lines, session.overruns, {"io": io, "mmio": mmio}, counts, known)
 
-    def _supervise(self, records: list[VcpuRecord], deadline: float) -> RunOutcome:
+    def _supervise(self, records: list[VcpuRecord], deadline: float, stop: StopRequest) -> RunOutcome:
+        """Wait until every vCPU halted, one failed, the deadline passed or a stop was requested."""
         while True:
+            if stop.outcome is not None:
+                return stop.outcome
             if all(r.done.is_set() for r in records):
                 return RunOutcome.HALTED
             if any(r.state in (VcpuState.FAILED, VcpuState.ERROR) for r in records):
@@ -278,10 +271,20 @@ class Machine:
             if remaining <= 0:
                 return RunOutcome.TIMEOUT
             waiting = next(r for r in records if not r.done.is_set())
+            # A stop signal's handler only sets a flag: it is seen here within one interval.
             waiting.done.wait(min(POLL_INTERVAL, remaining))
 
     def close(self) -> None:
-        """Release everything: vCPUs and VM first (so KVM drops its references), then RAM and eventfds."""
+        """Release everything: vCPU threads stopped and joined first (never unmap a ``kvm_run`` under a
+        live thread), the ftrace instance removed, vCPUs and VM (so KVM drops its references), then RAM
+        and eventfds."""
+        if self._threads is not None:
+            with kick_handler():
+                self._threads.stop_and_join()
+            self._threads = None
+        if self._ftrace is not None:
+            self._ftrace.teardown()
+            self._ftrace = None
         if self.vm is not None:
             self.vm.close()
             self.vm = None

@@ -34,6 +34,23 @@ class RunOutcome(str, enum.Enum):
     GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
 
+def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool,
+                  guest_error: bool = False) -> RunOutcome:
+    """How the run ended, all told: ``ended`` is why the supervisor stopped waiting, ``states`` where each
+    vCPU's loop ended, ``kernel_violation`` whether the shadow or --ftrace caught the kernel breaking a
+    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM), and
+    ``guest_error`` whether the guest's own reports did not add up (it turns a clean halt into a guest
+    error, never into a kernel violation)."""
+    outcome = ended
+    if outcome is RunOutcome.HALTED and any(s is not VcpuState.HALTED for s in states):
+        outcome = RunOutcome.FAILED
+    if kernel_violation and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
+        outcome = RunOutcome.VIOLATION
+    elif guest_error and outcome is RunOutcome.HALTED:
+        outcome = RunOutcome.GUEST_ERROR
+    return outcome
+
+
 #: The registers a report shows, in this order.
 REGISTER_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
                   "r13", "r14", "r15", "rip", "rflags")
@@ -81,6 +98,8 @@ class MachineSnapshot:
     #: --ftrace: the cross-check's result, or why there is none (both None without --ftrace).
     ftrace: FtraceResult | None = None
     ftrace_unavailable: str | None = None
+    #: Console bytes not echoed because the reader of the output stalled.
+    console_echo_dropped: int = 0
 
 
 @dataclass
@@ -120,6 +139,8 @@ class RunReport:
     ftrace_unavailable: str | None = None
     #: Whether --ftrace was asked for.
     ftrace_requested: bool = False
+    #: Console bytes not echoed because the reader of the output stalled (captured all the same).
+    console_echo_dropped: int = 0
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -131,6 +152,8 @@ class RunReport:
         if self.ftrace_requested:
             out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
                              else {"unavailable": self.ftrace_unavailable})
+        if self.console_echo_dropped:
+            out["console_echo_dropped"] = self.console_echo_dropped
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -192,6 +215,7 @@ def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: Machi
         ftrace=snapshot.ftrace,
         ftrace_unavailable=snapshot.ftrace_unavailable,
         ftrace_requested=snapshot.ftrace is not None or snapshot.ftrace_unavailable is not None,
+        console_echo_dropped=snapshot.console_echo_dropped,
     )
 
 
@@ -241,6 +265,8 @@ def render(report: RunReport, out: TextIO, exit_code: int) -> None:
       f"run {report.run_ms:.2f} ms\n")
     if report.console_dropped:
         w(f"console    {report.console_dropped} bytes dropped past the capture limit\n")
+    if report.console_echo_dropped:
+        w(f"console    {report.console_echo_dropped} bytes not echoed: the reader of the output stalled\n")
     dyn = report.dynamic_doorbells
     if dyn is not None:
         w(f"control    {dyn.registrations} doorbell registrations, {dyn.unregistrations} deregistrations; "
@@ -278,6 +304,11 @@ def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
     w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
       f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
       f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
+    if sh.get("guest_errors"):
+        w(f"           {sh['guest_errors']} GUEST ERROR(S) (the guest's word, not the kernel's fault); "
+          "the first:\n")
+        for v in sh["first_guest_errors"]:
+            w(f"           - {v['rule']}: {v['message']}\n")
     if not sh["violations"]:
         w("           no violation\n")
         return
