@@ -13,6 +13,7 @@ gap before the next step. :attr:`Explanation.unmodelled` lists which, and the re
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import statistics
 from collections import Counter
@@ -63,7 +64,6 @@ class Explanation:
     platform: str = ""
     attributions: dict[int, list[str]] = field(default_factory=dict)   # step -> sentences
     attribution_note: str = ""
-    attribution_variant: str = ""
     attribution_detail: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def setup_measured_ns(self) -> int:
@@ -228,10 +228,11 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
 
 
 def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) -> None:
-    """For each step that waited for a grace period, which earlier ioctl started it: from the kernel
-    model's own state (``kernel_model.explain``: every grace-period request and wait is tagged with the
-    step that issued it), under the variant that fits this host best. The time between the two ioctls is
-    the measured one."""
+    """For each stalled step: which kernel variant's prediction comes closest to what was measured, and,
+    under that variant, which grace period the step waited for and which earlier ioctl started it. The
+    attribution is the kernel model's own (``kernel_model.explain``: every grace-period request and
+    wait is tagged with the step that issued it); the time between the two ioctls is the measured one.
+    A stall that no variant predicts is said to be unexplained, rather than pinned on anything."""
     try:
         kexplain = importlib.import_module("kernel_model.explain")
     except ImportError:
@@ -239,32 +240,48 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
                                "(kernel_model.explain): stalls are named, not attributed")
         return
     c = ex.comparison
-    variant = c.verdict.variant or min(c.fits, key=lambda f: f.score).variant
-    ex.attribution_variant = variant
+    stalls = stalled_steps(ex)
+    if not stalls:
+        return
+    per_variant: dict[str, Any] = {}
     try:
-        steps = kexplain.explain(ex.sequence, variant, ex.hz, ex.platform, samples=samples, seed=seed)
+        for v in c.predictions:
+            per_variant[v] = kexplain.explain(ex.sequence, v, ex.hz, ex.platform, samples=samples, seed=seed)
     except ValueError as e:
         ex.attribution_note = f"grace-period attribution failed: {e}"
         return
     events = {e.index: e for e in result.events}
-    for st in steps:
-        if not st.waited_for_gp:
+    for i in stalls:
+        ev = events[ex.step_events[i]]
+        if ex.sequence.steps[i].op == "ioctl":
+            ex.attributions[i] = ["not modelled: carried at its measured cost, so the model cannot say what "
+                                  "it waited for"]
             continue
-        ev = events[ex.step_events[st.index]]
+        p50 = {v: max(p.steps[i].stats()["p50"], 0.01) for v, p in c.predictions.items()}
+        measured_us = max(ex.measured_ns[i] / 1000, 0.01)
+        best = min(p50, key=lambda v: abs(math.log(measured_us / p50[v])))
+        if p50[best] * 1000 < STALL_NS:
+            ex.attributions[i] = [f"no kernel variant of the model predicts a stall here (the closest, {best}, "
+                                  f"predicts {p50[best]:.0f} us): not explained by the model"]
+            continue
+        st = per_variant[best][i]
+        if not st.waited_for_gp:
+            ex.attributions[i] = [f"model ({best}, predicts {p50[best] / 1000:.2f} ms): no grace-period wait"]
+            continue
         waited = f"{st.waited_ns / 1e6:.2f} ms" if st.waited_ns is not None else "?"
         share = f" (in {st.share:.0%} of tick phases)" if st.share < 0.995 else ""
         if st.transferred and st.started_by_step is not None:
             starter = events[ex.step_events[st.started_by_step]]
             earlier = (ev.enter_ns - starter.enter_ns) / 1e6
-            sentence = (f"model ({variant}): waited {waited} in {st.call} for the {st.gp_kind} grace period "
+            sentence = (f"model ({best}): waited {waited} in {st.call} for the {st.gp_kind} grace period "
                         f"started by {starter.name} #{starter.index} ({st.started_by_call}) {earlier:.2f} ms "
                         f"earlier{share}")
         else:
-            sentence = f"model ({variant}): waited {waited} for its own {st.gp_kind} grace period ({st.call}){share}"
-        ex.attributions.setdefault(st.index, []).append(sentence)
-        ex.attribution_detail[st.index] = {
-            "variant": variant, "call": st.call, "gp_kind": st.gp_kind, "srcu": st.srcu, "waited_us":
-            None if st.waited_ns is None else st.waited_ns / 1000, "transferred": st.transferred,
+            sentence = f"model ({best}): waited {waited} for its own {st.gp_kind} grace period ({st.call}){share}"
+        ex.attributions[i] = [sentence]
+        ex.attribution_detail[i] = {
+            "variant": best, "call": st.call, "gp_kind": st.gp_kind, "srcu": st.srcu,
+            "waited_us": None if st.waited_ns is None else st.waited_ns / 1000, "transferred": st.transferred,
             "started_by_ioctl": (ex.step_events[st.started_by_step] if st.started_by_step is not None else None),
             "started_by_call": st.started_by_call, "share": st.share}
 

@@ -8,7 +8,7 @@ import os
 import signal
 from typing import Any, TextIO
 
-from minivmm.trace.explain import STALL_NS, Explanation, stalled_steps
+from minivmm.trace.explain import Explanation, stalled_steps
 from minivmm.trace.tracer import IoctlEvent, StopReason, TraceResult
 
 SCHEMA_VERSION = 1
@@ -123,13 +123,6 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
         w(f"  #{ev.index} {ex.sequence.steps[i].label}: {_fmt_us(ex.measured_ns[i] / 1000)}\n")
         for sentence in ex.attributions.get(i, []):
             w(f"      {sentence}\n")
-        v = ex.attribution_variant
-        if ex.sequence.steps[i].op == "ioctl":
-            w("      not modelled: carried at its measured cost, so the model cannot say what it waited for\n")
-        elif v and v in c.predictions:
-            p50 = c.predictions[v].steps[i].stats()["p50"]
-            if p50 * 1000 < STALL_NS:
-                w(f"      the model ({v}) predicts {_fmt_us(p50)} here: it does not explain this stall\n")
     if stalls and ex.attribution_note:
         w(f"  ({ex.attribution_note})\n")
     w(f"\nwhole set-up (KVM_CREATE_VM to the end of the last step): measured "
