@@ -303,3 +303,41 @@ def test_qemu_stalls_agree_with_strace(tmp_path: pathlib.Path) -> None:
     assert any(name == "KVM_IOEVENTFD" for name, _ in common), (a, b)
     for key in common:
         assert 1 / 4 <= a[key] / b[key] <= 4, (key, a[key], b[key])
+
+
+def test_ctrl_c_ends_the_program_and_exits_130() -> None:
+    """SIGINT to minivmm trace (as a terminal's Ctrl-C would also send to the program, which here
+    ignores it): after a grace period the program is ended, nothing is left behind, exit 130."""
+    p = subprocess.Popen(_argv("--no-explain", "--", "/bin/sh", "-c", "trap '' INT; sleep 30"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert time.monotonic() - t0 < 15  # ended after the grace period, not when `sleep 30` finished
+    assert "interrupted (Ctrl-C)" in out and "Traceback" not in err
+
+
+def test_ptrace_denied_messages_say_how_to_allow_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import io
+
+    from minivmm.trace import tracer
+    real_open = builtins.open
+
+    def fake(scope: str | None):  # type: ignore[no-untyped-def]
+        def opener(path, *a, **k):  # type: ignore[no-untyped-def]
+            if str(path) == "/proc/sys/kernel/yama/ptrace_scope":
+                if scope is None:
+                    raise FileNotFoundError(path)
+                return io.StringIO(scope + "\n")
+            return real_open(path, *a, **k)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", fake("1"))
+    assert "ptrace_scope=1" in tracer._denied_hint() and "sysctl kernel.yama.ptrace_scope=0" in tracer._denied_hint()
+    monkeypatch.setattr(builtins, "open", fake("3"))
+    assert "reboot" in tracer._denied_hint()
+    monkeypatch.setattr(builtins, "open", fake(None))
+    assert "CAP_SYS_PTRACE" in tracer._denied_hint()

@@ -294,10 +294,10 @@ class Tracer:
     def _loop(self) -> None:
         assert self.result is not None
         while self.alive:
-            self._arm_timer()
             self._check_flags_and_deadlines()
             if not self.alive or self.result.detached:
                 break
+            self._arm_timer()  # after the check: a deadline it has just set must wake the wait below
             try:
                 tid, status = waitpid(-1, WALL)
             except TraceOSError as e:
