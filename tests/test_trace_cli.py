@@ -103,6 +103,17 @@ def test_saved_sequence_replays_under_model(prog: str, tmp_path: pathlib.Path) -
                        text=True, cwd=ROOT, timeout=120)
     assert m.returncode == 0, m.stderr
     assert "KVM_SET_USER_MEMORY_REGION" in m.stdout
+    t = subprocess.run([sys.executable, "-m", "minivmm", "timing", "--sequence", str(seq), "--repeat", "2",
+                        "--samples", "50"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert t.returncode == 0, t.stderr
+    assert "verdict:" in t.stdout
+
+
+def test_save_sequence_without_the_explanation(prog: str, tmp_path: pathlib.Path) -> None:
+    seq = tmp_path / "s.seq"
+    p = run_trace("--no-explain", "--save-sequence", str(seq), "--", prog, "1", "0")
+    assert p.returncode == 0, p.stderr
+    assert "--- explanation" not in p.stdout and "create_vm" in seq.read_text()
 
 
 def test_no_command() -> None:

@@ -240,10 +240,17 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
     elif not result.events:
         note = "no KVM ioctls"
     if args.save_sequence:
-        if ex is None:
-            _note(f"--save-sequence: nothing written ({note or 'no explanation'})")
+        text = ex.sequence_text if ex is not None else None
+        if text is None and result.events:
+            from minivmm.trace.explain import build_sequence
+            try:
+                text = build_sequence(result).sequence_text  # --no-explain, or no HZ/platform: no model needed
+            except ValueError as e:
+                note = note or str(e)
+        if text is None:
+            _note(f"--save-sequence: nothing written ({note or 'no VM set-up traced'})")
         else:
-            write_atomically(args.save_sequence, ex.sequence_text)
+            write_atomically(args.save_sequence, text)
     out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 - closed below
     try:
         if args.json:
