@@ -40,6 +40,13 @@ def prog(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
+def validate_trace(doc: dict) -> None:  # type: ignore[type-arg]
+    """Check a --json document against minivmm/schemas/trace.schema.json (needs the jsonschema library)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "minivmm" / "schemas" / "trace.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+
+
 def one_error_line(p: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("minivmm")]
     assert len(lines) == 1, p.stderr
@@ -66,6 +73,7 @@ def test_json_document(prog: str, tmp_path: pathlib.Path) -> None:
     p = run_trace("--json", "-o", str(out), "--", prog, "2", "0")
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
+    validate_trace(doc)
     assert doc["schema_version"] == 1 and doc["outcome"] == "exited" and doc["exit_code"] == 0
     assert doc["tracee"]["exit_code"] == 0 and doc["clock"]["source"] in ("kernel", "ptrace")
     names = [i["request"] for i in doc["ioctls"]]
@@ -137,6 +145,7 @@ def test_command_without_kvm_ioctls() -> None:
     assert p.returncode == 2
     assert "no KVM ioctls" in one_error_line(p) and "ended with exit status 3" in p.stderr
     doc = json.loads(p.stdout)
+    validate_trace(doc)
     assert doc["outcome"] == "no_kvm_ioctls" and doc["exit_code"] == 2 and doc["tracee"]["exit_code"] == 3
 
 
@@ -245,6 +254,7 @@ def test_qemu_until_first_run(tmp_path: pathlib.Path) -> None:
                   "-nographic", timeout=180)
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
+    validate_trace(doc)
     assert doc["outcome"] == "first-run" and doc["tracee"]["ended_by_tracer"]
     ioctls = doc["ioctls"]
     assert all(not i["request"].startswith("KVM_IOCTL_0x") for i in ioctls)

@@ -151,6 +151,7 @@ def to_json(r: TraceResult, ex: Explanation | None, note: str, outcome: str, exi
             "clock": ev.clock.value, "first_run": ev.first_run, "step": step_of.get(ev.index)})
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "kind": "trace",
         "command": r.argv,
         "outcome": outcome,
         "exit_code": exit_code,
