@@ -159,6 +159,8 @@ def test_forks_and_execs_are_followed(prog: str) -> None:
     p = run_trace("--", prog, "1", "4", "fork")
     assert p.returncode == 4
     assert re.search(r"forked pid \d+; followed", p.stdout) and "executed" in p.stdout
+    assert re.search(r"started 1 child process\(es\) and 1 exec\(s\); all were followed, and the KVM ioctls "
+                     r"of pid \d+ are in the trace", p.stderr)
     assert "ioctl(vm, KVM_IOEVENTFD" in p.stdout
 
 

@@ -271,7 +271,12 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
     elif outcome == "killed" and not result.ended_by_tracer:
         import signal as _signal
         _note(f"{argv[0]!r} was killed by {_signal.Signals(result.exit_signal).name}")
-    elif outcome == "timeout":
+    if result.forks or result.execs:
+        kvm_pids = sorted({e.pid for e in result.events} - {result.pid})
+        _note(f"{argv[0]!r} started {len(result.forks)} child process(es) and {len(result.execs)} exec(s); all were "
+              "followed" + (f", and the KVM ioctls of pid {', '.join(map(str, kvm_pids))} are in the trace"
+                            if kvm_pids else ""))
+    if outcome == "timeout":
         _error_line(f"--timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
               + ("" if result.events else " (it had issued no KVM ioctl)"))
     return code
