@@ -82,10 +82,6 @@ class Explanation:
         return out
 
 
-def _fmt_time(ns: int) -> str:
-    return f"{ns}ns"
-
-
 def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] | None:
     """The sequence op and arguments for one traced ioctl, or None if the format has no op for it."""
     f = ev.decoded.fields
@@ -131,18 +127,6 @@ def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] |
 def seqmod_args(op: str) -> set[str]:
     """The arguments the sequence format accepts for ``op`` (empty if it has no such op)."""
     return _op_args().get(op, set())
-
-
-def _arg_text(op: str, args: dict[str, Any]) -> str:
-    words = []
-    for k, v in args.items():
-        if v is True:
-            words.append(k)
-        elif k in ("addr",) or (op == "memslot" and k == "base"):
-            words.append(f"{k}={v:#x}")
-        else:
-            words.append(f"{k}={v}")
-    return " ".join(words)
 
 
 def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
@@ -194,12 +178,9 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
             conv = ("ioctl", {"name": ev.name, "cost": dur})
         op, args = conv
         gap = max(0, ev.enter_ns - last_end) if steps else 0
-        if op == "ioctl":
-            text = f"ioctl name={args['name']} cost={_fmt_time(args['cost'])}"
-        else:
-            text = f"{op} {_arg_text(op, args)}".rstrip()
+        text = seqmod.format_step(Step(op, args, gap))  # the one sequence formatter
         if gap != current_gap:
-            lines.append(f"gap {_fmt_time(gap)}")
+            lines.append(f"gap {seqmod.format_time(gap)}")
             current_gap = gap
         lines.append(f"{text}    # {ev.role} #{ev.index}")
         step_events.append(ev.index)
