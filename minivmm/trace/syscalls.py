@@ -38,8 +38,14 @@ class SpawnError(OSError):
 def _check(ret: int, call: str) -> int:
     """The errno choke point: a negative return becomes TraceOSError naming ``call``."""
     if ret < 0:
-        raise TraceOSError(call, ffi.errno)
+        check_errno(call)
     return ret
+
+
+def check_errno(call: str) -> None:
+    """Raise TraceOSError for the errno of the call that just failed (the hot path tests the return
+    value itself and comes here only on failure)."""
+    raise TraceOSError(call, ffi.errno)
 
 
 def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:

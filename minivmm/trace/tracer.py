@@ -31,8 +31,8 @@ from typing import Any
 from minivmm.trace import decode
 from minivmm.trace.decode import Decoded, FdRoles
 from minivmm.trace.kclock import KernelClock, KernelClockUnavailable, SyscallSpan
-from minivmm.trace.syscalls import (SpawnError, TraceOSError, event_message, exec_failure, getregs, kill, lib,
-                                    ptrace, spawn, waitpid)
+from minivmm.trace.syscalls import (SpawnError, TraceOSError, check_errno, event_message, exec_failure, ffi,
+                                    getregs, kill, lib, ptrace, spawn, waitpid)
 
 #: After every vCPU has entered KVM_RUN, how long to wait for the first exits before stopping anyway.
 FIRST_RUN_GRACE_NS = 200_000_000
@@ -42,6 +42,8 @@ TERM_GRACE_NS = 5_000_000_000
 INTERRUPT_GRACE_NS = 1_000_000_000
 _TIMER_TICK_S = 0.1
 WALL: int = getattr(lib, "__WALL")  # a dunder name: not written as lib.__WALL inside a class (name mangling)
+#: ptrace's data argument for each signal number (0: none), made once.
+_SIGNALS = [ffi.cast("void *", n) for n in range(65)]
 
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
@@ -197,6 +199,7 @@ class Tracer:
         self._deadlines: dict[str, int] = {}
         self._exec_seen = False
         self.kernel_clock = False
+        self._timer_armed = False
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -286,10 +289,12 @@ class Tracer:
             self._reap_all()
 
     def _arm_timer(self) -> None:
-        if self._deadlines:
-            signal.setitimer(signal.ITIMER_REAL, _TIMER_TICK_S, _TIMER_TICK_S)
-        else:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        """A periodic SIGALRM while a deadline is pending (it interrupts waitpid, so the deadline is
+        checked even when the tracee stays quiet); changed only when that state changes."""
+        armed = bool(self._deadlines)
+        if armed != self._timer_armed:
+            signal.setitimer(signal.ITIMER_REAL, *((_TIMER_TICK_S, _TIMER_TICK_S) if armed else (0, 0)))
+            self._timer_armed = armed
 
     def _loop(self) -> None:
         assert self.result is not None
@@ -359,11 +364,13 @@ class Tracer:
     # --- stops ---------------------------------------------------------------------------------------
 
     def _resume(self, tid: int, request: int = lib.PTRACE_CONT, sig: int = 0) -> None:
-        try:
-            ptrace(request, tid, 0, sig)
-        except TraceOSError as e:
-            if e.errno != _errno.ESRCH:  # killed meanwhile (SIGKILL, exit_group): its exit is reported
-                raise
+        # The hot path (every stop ends here): the compiled call directly, errors through the choke point.
+        if lib.minivmm_ptrace(request, tid, ffi.NULL, _SIGNALS[sig]) < 0:
+            try:
+                check_errno("ptrace(resume)")
+            except TraceOSError as e:
+                if e.errno != _errno.ESRCH:  # killed meanwhile (SIGKILL, exit_group): its exit is reported
+                    raise
 
     def _handle(self, tid: int, status: int, now: int) -> None:
         assert self.result is not None
