@@ -43,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--until", choices=["exit", "first-run"], default="exit",
                    help="stop when the program exits (default), or once every vCPU it created has entered "
                         "KVM_RUN (first-run): then the program is ended with SIGTERM, or left running with "
-                        "--detach")
+                        "--detach. A VMM started paused (QEMU -S) never enters KVM_RUN: add --timeout")
     p.add_argument("--detach", action="store_true",
-                   help="with --until first-run: report and leave the program running (a background minivmm "
-                        "process keeps serving its KVM ioctls, since a seccomp filter cannot be removed)")
+                   help="with --until first-run: report and leave the program running, in a session of its "
+                        "own (a background minivmm process keeps serving its KVM ioctls, since a seccomp filter "
+                        "cannot be removed)")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="end the program (SIGTERM, then SIGKILL) after this long; exit status 1")
     p.add_argument("--clock", choices=["auto", "kernel", "ptrace"], default="auto",
