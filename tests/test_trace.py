@@ -150,3 +150,12 @@ def test_parse_pairs_the_two_views() -> None:
     spans = parse(text, raw)
     (s,) = spans[42]
     assert (s.fd, s.request, s.enter_ns, s.exit_ns, s.ret) == (5, 0xAE03, 10000001234, 10000009876, 7)
+
+
+def test_parse_falls_back_to_microseconds_when_the_views_disagree() -> None:
+    text = ["CPU:1 [LOST 3 EVENTS]\n",
+            "  prog-42  [001] .....  10.000001: sys_enter: NR 16 (5, ae03, 0, 0, 0, 0)\n",
+            "  prog-42  [001] .....  10.000009: sys_exit: NR 16 = 7\n"]
+    raw = ["42 1 10000009876 type: 442\n"]  # one event short: not the same events
+    (s,) = parse(text, raw)[42]
+    assert (s.enter_ns, s.exit_ns) == (10_000_001_000, 10_000_009_000)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from minivmm.trace.syscalls import lib
 
 BUFFER_KB_PER_CPU = 16384
-_TEXT = re.compile(r"^\s*.*?-(\d+)\s+\[\d+\].*?:\s+(sys_enter|sys_exit):\s+NR (\d+) (.*)$")
+_TEXT = re.compile(r"^\s*.*?-(\d+)\s+\[\d+\].*?(\d+)\.(\d{6}):\s+(sys_enter|sys_exit):\s+NR (\d+) (.*)$")
 _RAW = re.compile(r"^(\d+) (\d+) (\d+) type: (\d+)")
 _ENTER_ARGS = re.compile(r"^\(([0-9a-f]+), ([0-9a-f]+), ([0-9a-f]+)")
 _EXIT_RET = re.compile(r"^= (-?\d+)")
@@ -164,15 +164,19 @@ class KernelClock:
 
 
 def parse(text: list[str], raw: list[str]) -> dict[int, list[SyscallSpan]]:
-    """Pair the two views of the record into per-thread enter/exit spans (see the module docstring)."""
+    """Pair the two views of the record into per-thread enter/exit spans (see the module docstring).
+
+    Only event lines are paired (a view may hold other lines, such as a lost-events marker). If the two
+    views do not list the same events, the nanoseconds cannot be trusted to belong to the right line,
+    and the text view's microsecond timestamps are used instead."""
+    events = [m for line in text if (m := _TEXT.match(line))]
+    stamps = [m for line in raw if (m := _RAW.match(line))]
+    paired = len(events) == len(stamps) and all(t.group(1) == r.group(1) for t, r in zip(events, stamps))
     spans: dict[int, list[SyscallSpan]] = {}
     open_span: dict[int, SyscallSpan] = {}
-    for t_line, r_line in zip(text, raw):
-        t, r = _TEXT.match(t_line), _RAW.match(r_line)
-        if not t or not r or t.group(1) != r.group(1):
-            continue  # a line that is not one of ours, or the views disagree: not used
-        tid, kind, body = int(t.group(1)), t.group(2), t.group(4)
-        ts = int(r.group(3))
+    for k, t in enumerate(events):
+        tid, kind, body = int(t.group(1)), t.group(4), t.group(6)
+        ts = int(stamps[k].group(3)) if paired else int(t.group(2)) * 1_000_000_000 + int(t.group(3)) * 1000
         if kind == "sys_enter":
             a = _ENTER_ARGS.match(body)
             if not a:
