@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any, TextIO
 
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import int_range
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 def _fmt_us(us: float) -> str:
@@ -91,16 +93,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="also say, per variant, which grace period each step waited for and which earlier "
                         "step started it (from the model's own state), which steps are not modelled, and "
                         "the whole set-up time")
+    p.add_argument("--list-sequences", action="store_true",
+                   help="list the named sequences with what each shows, and exit")
+    p.add_argument("--show-sequence", metavar="NAME|FILE", default=None,
+                   help="print a sequence in the sequence file format (a start for one of your own), and exit")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print."""
+    import json
+
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
     from kernel_model.variants import MAIN_VARIANTS, get_variant
     from minivmm.cli import seqinput
 
+    if args.list_sequences:
+        import textwrap
+
+        from kernel_model.sequences import SEQUENCES
+        for name, named in SEQUENCES.items():
+            sys.stdout.write(f"{name}\n" + textwrap.fill(named.description, 78, initial_indent="    ",
+                                                         subsequent_indent="    ") + "\n")
+        return 0
+    if args.show_sequence is not None:
+        sys.stdout.write(seqinput.to_file_text(seqinput.load(args.show_sequence)))
+        return 0
     seq = seqinput.load(args.sequence)
     try:
         get_platform(args.platform)

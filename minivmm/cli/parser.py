@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import textwrap
-from typing import NoReturn
 
 from minivmm.cli.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 #: Help never grows wider than this, however wide the terminal: long lines are hard to read.
 MAX_HELP_WIDTH = 100
@@ -24,6 +25,7 @@ class HelpFormatter(argparse.HelpFormatter):
     their paragraphs and their indented (preformatted) lines."""
 
     def __init__(self, prog: str) -> None:
+        import shutil  # here, not at the top: only help output needs it (start-up time)
         width = min(shutil.get_terminal_size().columns, MAX_HELP_WIDTH) - 2
         super().__init__(prog, width=max(width, 40), max_help_position=26)
 
@@ -38,8 +40,14 @@ class HelpFormatter(argparse.HelpFormatter):
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return f"{', '.join(action.option_strings)} {metavar}"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap option help without breaking words at hyphens (``--list-sequences`` stays whole)."""
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         """Wrap each paragraph of ``text`` on its own; lines starting with a space are kept as written."""
+        import textwrap
         out: list[str] = []
         for block in text.split("\n\n"):
             lines = block.splitlines()
@@ -47,7 +55,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 out.append("\n".join(indent + line for line in lines))
             else:
                 out.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
-                                         subsequent_indent=indent))
+                                         subsequent_indent=indent, break_on_hyphens=False))
         return "\n\n".join(out)
 
 

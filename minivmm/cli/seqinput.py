@@ -9,9 +9,9 @@ input (exit 2) named by its step, never a traceback half-way through a measureme
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from minivmm.cli.errors import CliError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 
 if TYPE_CHECKING:
     from kernel_model.sequences import Sequence
@@ -38,3 +38,12 @@ def refuse_what_the_kernel_refuses(seq: Sequence, platform: str = "vmx") -> None
         validate(seq, platform)
     except SequenceError as e:
         raise CliError(str(e)) from None
+
+
+def to_file_text(seq: Sequence) -> str:
+    """``seq`` in the sequence file format, so that loading the text gives the same steps back
+    (``minivmm model --show-sequence NAME > mine.seq`` is a starting point for a sequence of one's own):
+    ``kernel_model.sequences.format_sequence``, which every op's spec drives."""
+    from kernel_model.sequences import format_sequence
+
+    return format_sequence(seq)

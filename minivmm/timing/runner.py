@@ -24,7 +24,8 @@ from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.timing.host_ops import HOST_OPS, HostState, SequenceUnrunnable
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
-__all__ = ["Repetition", "SequenceRunner", "SequenceUnrunnable", "check_runnable", "measure"]
+__all__ = ["MeasurementInterrupted", "Repetition", "SequenceRunner", "SequenceUnrunnable", "check_runnable",
+           "measure"]
 
 
 @dataclass
@@ -34,6 +35,15 @@ class Repetition:
     durations_ns: list[int]
     gaps_ns: list[int]
     records: list[IoctlRecord | None]
+
+
+class MeasurementInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`measure`: carries the repetitions finished so far, for a partial report."""
+
+    def __init__(self, reps: list[Repetition], overhead: dict[str, float]) -> None:
+        super().__init__()
+        self.reps = reps
+        self.overhead = overhead
 
 
 def _wait_until(t_ns: int) -> None:
@@ -112,13 +122,16 @@ def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = D
     old = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     try:
         overhead = runner.timer_overhead_ns()
-        reps = []
-        for i in range(repeat):
-            if jitter:
-                time.sleep(rng.random() / hz)
-            reps.append(runner.run_once())
-            if on_progress:
-                on_progress(i + 1)
+        reps: list[Repetition] = []
+        try:
+            for i in range(repeat):
+                if jitter:
+                    time.sleep(rng.random() / hz)
+                reps.append(runner.run_once())
+                if on_progress:
+                    on_progress(i + 1)
+        except KeyboardInterrupt:
+            raise MeasurementInterrupted(reps, overhead) from None
         return reps, overhead
     finally:
         signal.signal(KICK_SIGNAL, old)
