@@ -102,7 +102,7 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                   rng: random.Random, costs: Costs | None = None,
                   checker: InvariantChecker | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns)."""
-    sim = Sim(hz, phase, costs)
+    sim = Sim(hz, phase, costs, rng)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     for i, step in enumerate(sequence.steps):
@@ -181,7 +181,8 @@ def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: i
     rng = random.Random(seed)
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
-    if phase_deterministic(sequence):
+    if phase_deterministic(sequence) and not (costs and (costs.timer_latency_samples
+                                                         or costs.wakeup_latency_samples)):
         draw: Callable[[float], list[int]] = PhaseInterpolant(lambda phase: simulate_once(
             sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
     else:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
+
+if TYPE_CHECKING:
+    from kernel_model.costs import Costs
 
 
 def _check_plot_destination(path: str) -> None:
@@ -50,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
                    help="CONFIG_HZ for the model (default: read from the kernel config)")
     p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
-                   help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
+                   help="vmx, svm, svm-noavic, pvm or arm64 (default: from the loaded KVM module and its "
+                        "avic parameter)")
     p.add_argument("-n", "--samples", type=int_range(10, 1_000_000), default=2000, metavar="N",
                    help="model samples per variant (default: 2000)")
     p.add_argument("--json", dest="as_json", action="store_true",
@@ -63,7 +68,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="seed for the jitter and the model (default: 0)")
     p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="instead of timing a sequence, measure this host's latency from a timer firing to "
+                        "the waiter running (--repeat runs, 300 or more recommended) and save it as a host "
+                        "profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
+    p.add_argument("--profile", default=None, metavar="FILE.json",
+                   help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
+                        "from it instead of the fixed cost; with --calibrate, where to write it")
     p.set_defaults(handler=run)
+
+
+def _profile_costs(path: str | None, hz: int) -> Costs | None:
+    """The Costs of ``--profile FILE`` at ``hz`` (None without one); a bad file is one line, exit 2."""
+    if path is None:
+        return None
+    from kernel_model.profile import ProfileError, load_profile
+    try:
+        return load_profile(path).costs(hz=hz)
+    except ProfileError as e:
+        raise CliError(str(e)) from None
+
+
+def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int:
+    """``--calibrate``: measure, make the profile, write it (only over a profile we wrote before)."""
+    import json
+    import os
+
+    from kernel_model.profile import ProfileError, default_path, load_profile
+    from minivmm.cli.outfile import check_output_path, write_atomically
+    from minivmm.cli.progress import ProgressBar
+    from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.timing.calibrate import CalibrationError, make_profile, run_calibration
+
+    path = args.profile or default_path()
+    if args.profile is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    check_output_path(path, "--profile", ".json")
+    if os.path.exists(path):
+        try:
+            load_profile(path)
+        except ProfileError:
+            raise CliError(f"--profile {path!r} exists and is not a minivmm host profile: not overwritten") from None
+    try:
+        with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
+            runs = run_calibration(args.repeat, hz, args.kvm_path, seed=args.seed, on_progress=bar.update)
+        profile = make_profile(runs, hz, plat, kernel)
+    except KvmUnavailable as e:
+        raise kvm_unavailable(e) from None
+    except KvmError as e:
+        raise CliError(f"calibration: {e.strerror} (the host refused a step)", ExitCode.GUEST_FAILED) from None
+    except CalibrationError as e:
+        raise CliError(f"calibration: {e}", ExitCode.GUEST_FAILED) from None
+    data = (json.dumps(profile.to_json(), indent=1) + "\n").encode()
+    try:
+        write_atomically(path, lambda f: None if f.write(data) else None)
+    except OSError as e:
+        raise CliError(f"--profile {path!r} could not be written: {e.strerror or e}") from None
+    q = profile.timer_latency_ns
+    n = len(q) - 1
+    sys.stdout.write(f"host profile: {path}\n{len(runs)} runs at HZ={hz} on {plat}, load average "
+                     f"{profile.loadavg[0]:.2f}; timer-to-waiter latency beyond the model's fixed steps: "
+                     f"p50 {q[n // 2] / 1000:.0f} us, p90 {q[n * 9 // 10] / 1000:.0f} us, "
+                     f"p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us\n"
+                     f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,13 +156,22 @@ def run(args: argparse.Namespace) -> int:
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
-        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64")
+        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64")
     if plat not in PLATFORMS:
         raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
     host_hz = hz or host.hz
     if host_hz is None:
         raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
-    name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
+    if args.calibrate:
+        if host.kvm_error:
+            try:
+                Kvm(kvm_path).close()
+            except KvmUnavailable as e:
+                raise kvm_unavailable(e) from None
+            raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+        return _calibrate(args, host_hz, plat, host.kernel or "")
+    costs = _profile_costs(args.profile, host_hz)
+    name = sequence if sequence != "auto" else ("firecracker" if plat in ("vmx", "svm") else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
     if plot_path is not None:
@@ -121,11 +198,11 @@ def run(args: argparse.Namespace) -> int:
     except KvmError as e:
         raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
                        ExitCode.GUEST_FAILED) from None
-    comparison = compare(seq, reps, host_hz, plat, samples, seed)
+    comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
     facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
-             "host_hz": host.hz, "host_platform": host.platform, "partial": partial}
+             "host_hz": host.hz, "host_platform": host.platform, "partial": partial, "profile": args.profile}
     if plot_path is not None:
         from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_model.costs import Costs
 from kernel_model.predict import PERCENTILES, Prediction, phase_deterministic, predict, quantiles
 from kernel_model.published import PublishedFigure, figures_for
 from kernel_model.sequences import Sequence, with_gaps
@@ -102,15 +103,17 @@ def decide(fits: list[Fit]) -> Verdict:
 
 
 def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, samples: int,
-            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS) -> Comparison:
-    """Predict the sequence for this host with the gaps actually measured, and fit each variant."""
+            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS, costs: Costs | None = None) -> Comparison:
+    """Predict the sequence for this host with the gaps actually measured, and fit each variant.
+    ``costs`` (e.g. a host profile's) replaces the model's defaults."""
     n = len(seq.steps)
     measured = [[r.durations_ns[i] for r in reps] for i in range(n)]
     gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(n)]
     host_seq = with_gaps(seq, gaps)
     if not phase_deterministic(host_seq):
         samples = min(samples, 200)  # Monte Carlo with running vCPUs: ~10 ms per sample
-    predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed) for v in variants}
+    predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed, costs=costs)
+                   for v in variants}
     fits = [fit(measured, predictions[v]) for v in variants]
     stalled = None
     if "call_srcu" in predictions:
