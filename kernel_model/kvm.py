@@ -435,7 +435,9 @@ class KvmModel:
         """KVM_CREATE_PIT2, models kvm_arch_vm_ioctl()'s create_pit and kvm_create_pit()
         (arch/x86/kvm/i8254.c, v6.18): EEXIST for a second PIT, ENOENT without the in-kernel PIC; then
         the PIT's ports 0x40-0x43 are registered on KVM_PIO_BUS, and with KVM_PIT_SPEAKER_DUMMY the
-        speaker port 0x61 too: each a kvm_io_bus_register_dev(), freed by the variant's rule.
+        speaker port 0x61 too: each a kvm_io_bus_register_dev(), freed by the variant's rule. The PIT
+        starts in reinject mode: kvm_pit_set_reinject() sets the APICV_INHIBIT_REASON_PIT_REINJ inhibit
+        (which on SVM with AVIC keeps the first vCPU from installing the APIC-access page).
         Simplified: the PIT's kthread worker, irq source id and ack/mask notifiers are in the fixed cost."""
         self._alive()
         self._x86_only("KVM_CREATE_PIT2")
@@ -444,6 +446,7 @@ class KvmModel:
         if not self.irqchip:
             raise KvmIoctlError(errno.ENOENT, "KVM_CREATE_PIT2: needs the in-kernel PIC (KVM_CREATE_IRQCHIP)")
         self.sim.spend(self.costs.create_pit2)
+        self.kvm_set_apicv_inhibit("pit-reinject")
         self.kvm_io_bus_register_dev(KvmBus.KVM_PIO_BUS, KVM_PIT_BASE_ADDRESS, KVM_PIT_MEM_LENGTH,
                                      InKernelDevice("pit"))
         if speaker_dummy:

@@ -272,3 +272,20 @@ def test_tss_addr_is_a_fixed_cost_on_x86_and_refused_on_arm64():
     assert predict(seq, "call_srcu", 250, "vmx", samples=3).steps[1].durations == [Costs().set_tss_addr] * 3
     with pytest.raises(SequenceError, match="ENOTTY"):
         validate(seq, "arm64")
+
+
+def test_pit2_inhibits_the_apic_access_page_on_svm_with_avic_but_not_on_vmx():
+    """kvm_create_pit() starts the PIT in reinject mode, which sets APICV_INHIBIT_REASON_PIT_REINJ."""
+    from kernel_model.kvm import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.sim import Sim
+    from kernel_model.variants import get_variant
+    swaps = {}
+    for platform in ("svm", "vmx"):
+        kvm = KvmModel(Sim(250), get_variant("sync"), get_platform(platform))
+        kvm.create_irqchip()
+        kvm.create_pit2()
+        before = kvm.memslot_swaps
+        kvm.create_vcpu(0)
+        swaps[platform] = kvm.memslot_swaps - before
+    assert swaps["svm"] == 0 and swaps["vmx"] == get_platform("vmx").memslot_address_spaces
