@@ -85,10 +85,11 @@ class Prediction:
         return quantiles(self.setup_durations())
 
     def to_json(self) -> dict[str, Any]:
-        """Per step: label and p10/p50/p90 (and min/max) in microseconds."""
+        """Per step: label and min/p10/p50/p90/max in microseconds (``p50_us``: the unit in the name)."""
         return {"sequence": self.sequence.name, "variant": self.variant, "hz": self.hz,
                 "platform": self.platform, "samples": self.samples,
-                "steps": [{"step": i, "op": sp.step.op, "label": sp.step.label, **sp.stats()}
+                "steps": [{"step": i, "op": sp.step.op, "label": sp.step.label,
+                           **{f"{k}_us": v for k, v in sp.stats().items()}}
                           for i, sp in enumerate(self.steps)],
                 "violations": [v.to_json() for v in self.violations]}
 

@@ -176,8 +176,11 @@ def run(args: argparse.Namespace) -> int:
         variants = {p.variant: p.to_json() for p in predictions}
         for ex in explanations:
             variants[ex.variant].update(setup_us=ex.setup, explanation=[s.to_json() for s in ex.steps])
-        json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
-                   "seed": args.seed, "profile": args.profile, "variants": variants}, sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        doc = stamp("model", {"sequence": seq.name, "hz": args.hz, "platform": args.platform,
+                              "samples": args.samples, "seed": args.seed, "profile": args.profile,
+                              "variants": variants})
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_predictions(predictions, sys.stdout, args.profile)
