@@ -159,3 +159,34 @@ def test_parse_falls_back_to_microseconds_when_the_views_disagree() -> None:
     raw = ["42 1 10000009876 type: 442\n"]  # one event short: not the same events
     (s,) = parse(text, raw)[42]
     assert (s.enter_ns, s.exit_ns) == (10_000_001_000, 10_000_009_000)
+
+
+def test_a_killed_run_s_instance_is_removed_by_the_next(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """What a SIGKILLed minivmm trace leaves (its trace instance) is recognised by the dead pid in its name
+    and removed when the next one opens its clock; a whole run leaves nothing of its own behind."""
+    from minivmm.trace import kclock
+    dead = _dead_pid()
+    clock = kclock.KernelClock.open(os.getpid())
+    stale_name = f"{kclock.INSTANCE_PREFIX}{dead}-abcdef"
+    try:
+        os.mkdir(os.path.join(clock.root, "instances", stale_name))
+    finally:
+        clock.close()
+    again = kclock.KernelClock.open(os.getpid())
+    try:
+        names = os.listdir(os.path.join(again.root, "instances"))
+        assert stale_name not in names
+        assert [n for n in names if n.startswith(f"{kclock.INSTANCE_PREFIX}{os.getpid()}-")] == [
+            os.path.basename(again.instance)]
+    finally:
+        again.close()
+    r = trace(trace_prog, "1", "0").result
+    assert r is not None and r.clock is Clock.KERNEL
+    with open("/proc/mounts") as f:
+        assert f"{kclock.MOUNT_PREFIX}{os.getpid()}-" not in f.read()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
