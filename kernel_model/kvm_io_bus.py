@@ -203,23 +203,43 @@ def __kvm_io_bus_read(bus: KvmIoBus, addr: int, length: int) -> tuple[int, KvmIo
     return -errno.EOPNOTSUPP, None
 
 
-def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bool = True) -> KvmIoDevice | None:
-    """Which device would take this access on ``bus``, without side effects (no eventfd is signalled).
-
-    This is the query the VMM's shadow asks for every exit.
-    """
+def offered_devices(bus: KvmIoBus, addr: int, length: int) -> tuple[KvmIoDevice, ...]:
+    """The devices __kvm_io_bus_write() / __kvm_io_bus_read() offer an access of ``length`` bytes at
+    ``addr`` to, in the order they offer it: from kvm_io_bus_get_first_dev() on, while the range still
+    matches (empty if the lookup finds none, which with the bsearch quirk can happen although a range
+    matches). Not a kernel function: the walk the kernel's two functions share, without the offers,
+    so that a caller can ask which device takes an access without side effects."""
     idx = kvm_io_bus_get_first_dev(bus, addr, length)
     if idx < 0:
-        return None
+        return ()
+    devs = []
     while idx < bus.dev_count and kvm_io_bus_cmp(addr, length, bus.range[idx].addr, bus.range[idx].len) == 0:
-        dev = bus.range[idx].dev
+        devs.append(bus.range[idx].dev)
+        idx += 1
+    return tuple(devs)
+
+
+def first_taker(devices: tuple[KvmIoDevice, ...], addr: int, length: int, value: int = 0,
+                is_write: bool = True) -> KvmIoDevice | None:
+    """Of the ``devices`` an access is offered to (see :func:`offered_devices`), the one that takes it,
+    without side effects: an in-kernel device takes any access, an ioeventfd only a write that
+    ioeventfd_in_range() matches (it has no read op)."""
+    for dev in devices:
         if isinstance(dev, Ioeventfd):
             if is_write and dev.in_range(addr, length, value):
                 return dev
         elif isinstance(dev, InKernelDevice):
             return dev
-        idx += 1
     return None
+
+
+def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bool = True) -> KvmIoDevice | None:
+    """Which device would take this access on ``bus``, without side effects (no eventfd is signalled).
+
+    This is the query the VMM's shadow asks for every exit (through a per-version cache of
+    :func:`offered_devices`).
+    """
+    return first_taker(offered_devices(bus, addr, length), addr, length, value, is_write)
 
 
 def insert_range(bus: KvmIoBus, new: KvmIoRange, version: int) -> KvmIoBus:

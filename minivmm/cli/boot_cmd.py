@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-import threading
-from typing import TYPE_CHECKING, TextIO
 
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
+    from typing import TextIO
+
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
     from minivmm.vmm.machine import Machine
@@ -22,9 +21,12 @@ if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command
 
 
 def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
-    """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
+    """An exit hook printing one line per exit: vCPU, exit number, the address and text of the instruction
+    that caused the exit (not the one RIP has moved on to), the exit."""
+    import threading
+
     from minivmm.kvm.exits import describe_exit
-    from minivmm.vmm.disasm import instruction_at
+    from minivmm.vmm.disasm import exiting_instruction
 
     lock = threading.Lock()
     counters: dict[int, int] = {}
@@ -32,9 +34,9 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     def on_exit(vcpu: Vcpu, exit_: VcpuExit) -> None:
         n = counters.get(vcpu.id, 0) + 1
         counters[vcpu.id] = n
-        linear, insn = instruction_at(machine.memory, vcpu.get_regs(), vcpu.get_sregs())
+        linear, insn = exiting_instruction(machine.memory, vcpu.get_regs(), vcpu.get_sregs(), exit_)
         with lock:
-            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28} {describe_exit(exit_)}\n")
+            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28}  {describe_exit(exit_)}\n")
             out.flush()
 
     return on_exit
@@ -69,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="print the summary as one JSON object instead; the console output is inside it")
     p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
-                   help=f"the KVM device to open (default: {DEFAULT_DEVICE_PATH})")
+                   help="the KVM device to open (default: /dev/kvm)")
     p.add_argument("--check", dest="check", action="store_true", default=True,
                    help="shadow every ioctl and exit with the kernel model and flag any exit or in-kernel "
                         "completion the kernel must not have made (the default)")
@@ -88,9 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(handler=run)
 
 
-#: Seconds the summary waits for a stalled stdout reader at the end of a run.
-SUMMARY_DRAIN_TIMEOUT = 2.0
-
 EPILOG = """\
 Exit codes:
   0    every vCPU halted
@@ -108,21 +107,28 @@ MODES = ("real", "protected", "long")
 INJECTIONS = ("drop-registration", "delay-registration", "stale-bus")
 
 
+#: Seconds the summary waits for a stalled stdout reader at the end of a run.
+SUMMARY_DRAIN_TIMEOUT = 2.0
+
+
 def run(args: argparse.Namespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
+    import io
+    import json
+
+    from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
+
+    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
+    # restored: a second signal, however late, means "already stopping", never a traceback or a death).
+    stop = StopRequest()
+    install_stop_handlers(stop)
     from minivmm.devices.console import Console, ConsoleWriter
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.vmm.boot import Mode
     from minivmm.vmm.image import ImageError, check_placement, read_image
     from minivmm.vmm.layout import system_area_base
-    from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
     from minivmm.vmm.machine import Machine, MachineConfig
-    from minivmm.vmm.report import render
 
-    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (never restored: a
-    # second signal, however late, means "already stopping", never a traceback or a death).
-    stop = StopRequest()
-    install_stop_handlers(stop)
     mode = Mode(args.mode)
     try:
         # RAM size, load address and mode first: they bound the image, which is then refused by its
@@ -163,20 +169,19 @@ def run(args: argparse.Namespace) -> int:
         json.dump(doc, text, indent=2)
         text.write("\n")
     else:
+        from minivmm.vmm.report import render
         render(report, text, int(code))
     out.write(text.getvalue().encode(), keep=True)
-    # A reader that has not taken the summary by then is left behind (one that left already: EPIPE,
-    # quietly; the exit code is still the run's).
+    # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
     out.close(SUMMARY_DRAIN_TIMEOUT)
     return int(code)
 
 
 def _model_host() -> tuple[str, int]:
     """The shadow model's platform and HZ: the host's where they can be read, else PVM at HZ=250."""
-    from minivmm.host import BACKENDS, config_value, detect_backend, kernel_config
+    from minivmm.host import BACKENDS, config_values, detect_backend
     backend = detect_backend()
-    config, _ = kernel_config()
-    hz = config_value(config, "CONFIG_HZ") if config else None
+    hz = config_values(("CONFIG_HZ",)).get("CONFIG_HZ")
     return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 

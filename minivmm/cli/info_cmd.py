@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
@@ -18,12 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "latencies. Always exits 0: a missing /dev/kvm is reported, not an error.")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
-                   help=f"the KVM device to open (default: {DEFAULT_DEVICE_PATH})")
+                   help="the KVM device to open (default: /dev/kvm)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the host's KVM facts."""
+    import json
+
     from minivmm.host import read_host_info
 
     host = read_host_info(args.kvm_path)

@@ -36,6 +36,16 @@ def exit_reason_name(reason: int) -> str:
         return f"KVM_EXIT_{reason}"
 
 
+class BusAccess(NamedTuple):
+    """The one access an exit's guest instruction offered to KVM's PIO or MMIO bus before it exited:
+    ``data`` is None for a read. The shadow judges exits by it."""
+
+    pio: bool
+    addr: int
+    length: int
+    data: bytes | None
+
+
 class IoOut(NamedTuple):
     """KVM_EXIT_IO, direction out: the guest wrote ``data`` (``count`` items of ``size`` bytes) to ``port``."""
 
@@ -47,6 +57,11 @@ class IoOut(NamedTuple):
     def describe(self) -> str:
         """One line, as ``--trace`` and reports print it."""
         return f"IO out  port {self.port:#06x} size {self.size} count {self.count} data {self.data.hex()}"
+
+    def bus_access(self) -> BusAccess | None:
+        """The access offered to the PIO bus; None for string I/O (``count`` > 1: each item was offered
+        with its own value, so the exit as a whole is not one access)."""
+        return BusAccess(True, self.port, self.size, self.data) if self.count == 1 else None
 
 
 class IoIn(NamedTuple):
@@ -63,6 +78,10 @@ class IoIn(NamedTuple):
         """One line, as ``--trace`` and reports print it."""
         return f"IO in   port {self.port:#06x} size {self.size} count {self.count}"
 
+    def bus_access(self) -> BusAccess | None:
+        """The read offered to the PIO bus (every item of string I/O reads the same port)."""
+        return BusAccess(True, self.port, self.size, None)
+
 
 class MmioWrite(NamedTuple):
     """KVM_EXIT_MMIO, a write of ``data`` at guest-physical ``addr`` that no memslot or in-kernel device took."""
@@ -74,6 +93,10 @@ class MmioWrite(NamedTuple):
         """One line, as ``--trace`` and reports print it."""
         return f"MMIO write {self.addr:#x} len {len(self.data)} data {self.data.hex()}"
 
+    def bus_access(self) -> BusAccess | None:
+        """The write offered to the MMIO bus."""
+        return BusAccess(False, self.addr, len(self.data), self.data)
+
 
 class MmioRead(NamedTuple):
     """KVM_EXIT_MMIO, a read of ``length`` bytes at ``addr``; answered with ``Vcpu.complete_mmio_read``."""
@@ -84,6 +107,10 @@ class MmioRead(NamedTuple):
     def describe(self) -> str:
         """One line, as ``--trace`` and reports print it."""
         return f"MMIO read  {self.addr:#x} len {self.length}"
+
+    def bus_access(self) -> BusAccess | None:
+        """The read offered to the MMIO bus."""
+        return BusAccess(False, self.addr, self.length, None)
 
 
 class Hlt(NamedTuple):
@@ -192,7 +219,8 @@ def _snake(name: str) -> str:
 #: The summary name of each exit type (``io_out``, ``mmio_read``, ``hlt``, ...), as reports and JSON
 #: count them: the class name in snake case.
 EXIT_KINDS: dict[type[VcpuExit], str] = {cls: _snake(cls.__name__) for cls in EXIT_TYPES}
-#: The exits of KVM_EXIT_IO and of KVM_EXIT_MMIO (what --ftrace compares with the kernel's record).
+#: The exits of KVM_EXIT_IO and of KVM_EXIT_MMIO (what --ftrace compares with the kernel's record); each
+#: has ``bus_access()``, the access its instruction offered to the bus (what the shadow judges).
 PIO_EXITS: tuple[type[VcpuExit], ...] = (IoOut, IoIn)
 MMIO_EXITS: tuple[type[VcpuExit], ...] = (MmioWrite, MmioRead)
 

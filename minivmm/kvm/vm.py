@@ -29,12 +29,17 @@ class IoEvent:
 class VmObserver(Protocol):
     """Told about every bus- or memslot-changing ioctl (the kernel-model shadow implements it).
 
-    Registrations are reported after the ioctl succeeded, deregistrations before it is issued: an
-    observer that mirrors them never believes in a device the kernel does not have.
+    An ioeventfd change is reported on both sides of its ioctl: ``ioeventfd_assigning`` before the
+    assign is issued and ``ioeventfd_assigned`` after it returned (``ok`` False: it failed);
+    ``ioeventfd_deassigning`` before the deassign is issued and ``ioeventfd_deassigned`` after it
+    returned. So an observer can keep both "what the kernel surely has" (from assigned to
+    deassigning) and "what the kernel may have" (from assigning to deassigned).
     """
 
-    def ioeventfd_assigned(self, event: IoEvent) -> None: ...
+    def ioeventfd_assigning(self, event: IoEvent) -> None: ...
+    def ioeventfd_assigned(self, event: IoEvent, ok: bool = True) -> None: ...
     def ioeventfd_deassigning(self, event: IoEvent) -> None: ...
+    def ioeventfd_deassigned(self, event: IoEvent, ok: bool = True) -> None: ...
     def irqchip_created(self) -> None: ...
     def memory_region_set(self, slot: int, guest_phys_addr: int, memory_size: int) -> None: ...
     def vcpu_created(self, vcpu_id: int) -> None: ...
@@ -101,21 +106,74 @@ class Vm:
         ``event.fd`` later does not leave KVM with a dangling file; the argument struct is only read
         during the call.
         """
-        self._ioeventfd(event, deassign=False)
-        if self.observer is not None:
-            self.observer.ioeventfd_assigned(event)
+        observer = self.observer
+        if observer is None:
+            self._ioeventfd(event, deassign=False)
+            return
+        observer.ioeventfd_assigning(event)
+        try:
+            self._ioeventfd(event, deassign=False)
+        except BaseException:
+            observer.ioeventfd_assigned(event, ok=False)
+            raise
+        observer.ioeventfd_assigned(event)
 
     def unregister_ioevent(self, event: IoEvent) -> None:
         """Wrapper over KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN (``kvm_io_bus_unregister_dev``)."""
-        if self.observer is not None:
-            self.observer.ioeventfd_deassigning(event)
-        self._ioeventfd(event, deassign=True)
+        observer = self.observer
+        if observer is None:
+            self._ioeventfd(event, deassign=True)
+            return
+        observer.ioeventfd_deassigning(event)
+        try:
+            self._ioeventfd(event, deassign=True)
+        except BaseException:
+            observer.ioeventfd_deassigned(event, ok=False)
+            raise
+        observer.ioeventfd_deassigned(event)
 
     def create_irqchip(self) -> None:
         """Wrapper over KVM_CREATE_IRQCHIP: on x86 this registers the PIC, IOAPIC (and PIT) bus devices."""
         ioctl_val(self.fd, lib.KVM_CREATE_IRQCHIP, 0, self.tracer)
         if self.observer is not None:
             self.observer.irqchip_created()
+
+    def create_pit2(self, flags: int = 0) -> None:
+        """Wrapper over KVM_CREATE_PIT2: the in-kernel i8254 PIT (needs the in-kernel PIC: KVM_CREATE_IRQCHIP
+        first). Its ports 0x40-0x43 (and, with KVM_PIT_SPEAKER_DUMMY in ``flags``, the speaker port 0x61)
+        become devices on the PIO bus."""
+        config = ffi.new("struct kvm_pit_config *", {"flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, f"{{flags={flags:#x}}}")
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """Wrapper over KVM_IRQFD: signalling eventfd ``fd`` injects ``gsi`` (or, with ``deassign``, stops).
+
+        Safety: the kernel takes its own reference on the eventfd; the argument is only read during the call.
+        """
+        flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        arg = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer,
+                  f"{{fd={fd}, gsi={gsi}, flags={'DEASSIGN' if deassign else '0'}}}")
+
+    def set_gsi_routing_msi(self, gsis: list[int]) -> None:
+        """Wrapper over KVM_SET_GSI_ROUTING with one MSI route per GSI in ``gsis`` (to the local APIC's
+        default address, vector 0): replaces the whole routing table. The kernel swaps its table and waits
+        for an expedited grace period of ``kvm->irq_srcu`` before freeing the old one."""
+        routing = ffi.new("struct kvm_irq_routing *", {"nr": len(gsis), "entries": max(len(gsis), 1)})
+        routing.nr = len(gsis)
+        for i, gsi in enumerate(gsis):
+            entry = routing.entries[i]
+            entry.gsi = gsi
+            entry.type = lib.KVM_IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = 0xFEE00000
+        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, routing, self.tracer, f"{{nr={len(gsis)}, ...}}")
+
+    def enable_cap(self, cap: int, args: tuple[int, ...] = ()) -> None:
+        """Wrapper over KVM_ENABLE_CAP on the VM fd: enable capability ``cap`` with up to four ``args``."""
+        if len(args) > 4:
+            raise ValueError("KVM_ENABLE_CAP takes at most four arguments")
+        arg = ffi.new("struct kvm_enable_cap *", {"cap": cap, "args": list(args) + [0] * (4 - len(args))})
+        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, f"{{cap={cap}, args={list(args)}}}")
 
     def set_tss_addr(self, addr: int) -> None:
         """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""

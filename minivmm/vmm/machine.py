@@ -35,13 +35,13 @@ from minivmm.vmm.dispatch import ExitDispatcher
 from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
-from minivmm.shadow.checker import Injection, ShadowChecker
 from minivmm.vmm.lifecycle import StopRequest, VcpuThreads, kick_handler, stop_signals
 from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunReport, RunTimes, VcpuSnapshot,
                                  build_report, final_outcome)
 from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
+    from minivmm.shadow.checker import ShadowChecker
     from minivmm.shadow.ftrace import FtraceResult, FtraceSession
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
@@ -101,6 +101,8 @@ class Machine:
         self._threads: VcpuThreads | None = None
         self._ftrace: FtraceSession | None = None
         self._ftrace_error: str | None = None
+        if config.check:  # imported here, lazily, but before the clock starts: set-up times KVM, not imports
+            import minivmm.shadow.checker  # noqa: F401
         self._t_start = time.monotonic_ns()
         self._t_ready = 0
         try:
@@ -114,6 +116,7 @@ class Machine:
         self.kvm = Kvm(cfg.kvm_path, tracer)
         if cfg.check:
             # Given to the VM when it is made, so the twin sees the VM from its first ioctl.
+            from minivmm.shadow.checker import Injection, ShadowChecker
             self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
                                         inject=Injection(cfg.inject) if cfg.inject else None)
         self.vm = vm = self.kvm.create_vm(observer=self.shadow)
@@ -175,11 +178,15 @@ class Machine:
                     threads.stop_and_join()
             t_end = time.monotonic_ns()
             if self.shadow is not None:
-                self.shadow.reconcile(final=True)
+                # Reported counts are judged only if the guest halted: one stopped early had writes to report.
+                halted = final_outcome(ended, [r.state for r in records], kernel_violation=False) is RunOutcome.HALTED
+                self.shadow.reconcile(final=True, judge_reports=halted)
             ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
             violated = bool((self.shadow is not None and self.shadow.violation_count)
                             or (ftrace_result is not None and ftrace_result.mismatches))
-            outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated)
+            guest_error = self.shadow is not None and bool(self.shadow.guest_error_count)
+            outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated,
+                                    guest_error=guest_error)
             snapshot = self.snapshot(records, ftrace_result, self._ftrace_error)
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
@@ -215,7 +222,7 @@ class Machine:
             doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
             doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
             dynamic_doorbells=self.dynamic.counts() if self.dynamic is not None else None,
-            shadow=self.shadow.summary() if self.shadow is not None else {"enabled": False},
+            shadow=self.shadow.summary() if self.shadow is not None else None,
             vcpus=where, ftrace=ftrace,
             ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None,
             console_echo_dropped=self.console.echo_dropped)
@@ -232,9 +239,12 @@ class Machine:
         linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
         mem = self.memory
         code = None
+        before = b""
         if mem is not None and mem.contains(linear, 1):
             code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
-        return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code)
+            start = max(mem.guest_phys_addr, linear - 15)
+            before = mem.read(start, linear - start)
+        return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code, code_before=before)
 
     def _ftrace_check(self, session: FtraceSession, records: list[VcpuRecord]) -> FtraceResult:
         """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""

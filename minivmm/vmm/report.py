@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from minivmm.devices.control import DynamicDoorbellCounts
-from minivmm.kvm.exits import exit_kind
+from minivmm.kvm.exits import VcpuExit, exit_kind
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
     from minivmm.shadow.ftrace import FtraceResult
+    from minivmm.shadow.summary import ShadowSummary
 
 
 class RunOutcome(str, enum.Enum):
@@ -34,15 +35,20 @@ class RunOutcome(str, enum.Enum):
     GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
 
 
-def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool) -> RunOutcome:
+def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool,
+                  guest_error: bool = False) -> RunOutcome:
     """How the run ended, all told: ``ended`` is why the supervisor stopped waiting, ``states`` where each
     vCPU's loop ended, ``kernel_violation`` whether the shadow or --ftrace caught the kernel breaking a
-    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM)."""
+    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM), and
+    ``guest_error`` whether the guest's own reports did not add up (it turns a clean halt into a guest
+    error, never into a kernel violation)."""
     outcome = ended
     if outcome is RunOutcome.HALTED and any(s is not VcpuState.HALTED for s in states):
         outcome = RunOutcome.FAILED
     if kernel_violation and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
         outcome = RunOutcome.VIOLATION
+    elif guest_error and outcome is RunOutcome.HALTED:
+        outcome = RunOutcome.GUEST_ERROR
     return outcome
 
 
@@ -56,6 +62,8 @@ class VcpuSnapshot:
     """Where a vCPU was when the run ended: its registers and the code at its RIP (plain values).
 
     ``code`` holds up to 15 bytes at ``linear`` (CS base + RIP), or None when RIP is outside guest RAM;
+    ``code_before`` the up to 15 bytes before it (KVM moves RIP past an OUT, an MMIO write and a HLT
+    before it exits: the report decodes backwards to show the instruction that exited);
     ``error`` says why there are no registers (KVM_GET_REGS failed).
     """
 
@@ -64,6 +72,7 @@ class VcpuSnapshot:
     mode: Mode = Mode.REAL
     code: bytes | None = None
     error: str | None = None
+    code_before: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ class MachineSnapshot:
     doorbell_userspace_writes: int
     #: None when the guest never used the control device.
     dynamic_doorbells: DynamicDoorbellCounts | None
-    #: The shadow's summary (``{"enabled": False}`` with ``--no-check``).
-    shadow: dict[str, Any]
+    #: The shadow's summary (None with ``--no-check``).
+    shadow: ShadowSummary | None
     #: By vCPU index: only the vCPUs that did not halt cleanly.
     vcpus: dict[int, VcpuSnapshot] = field(default_factory=dict)
     #: --ftrace: the cross-check's result, or why there is none (both None without --ftrace).
@@ -128,7 +137,8 @@ class RunReport:
     doorbell_kernel_writes: int
     doorbell_userspace_writes: int
     dynamic_doorbells: DynamicDoorbellCounts | None = None
-    shadow: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    #: The shadow's summary (None with ``--no-check``).
+    shadow: ShadowSummary | None = None
     ftrace: FtraceResult | None = None
     #: Why --ftrace could not record (None when it did, or was not asked for).
     ftrace_unavailable: str | None = None
@@ -143,7 +153,7 @@ class RunReport:
         out: dict[str, Any] = {}
         if self.dynamic_doorbells is not None:
             out["dynamic_doorbells"] = asdict(self.dynamic_doorbells)
-        out["shadow"] = self.shadow
+        out["shadow"] = self.shadow.to_json() if self.shadow is not None else {"enabled": False}
         if self.ftrace_requested:
             out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
                              else {"unavailable": self.ftrace_unavailable})
@@ -164,11 +174,15 @@ class RunReport:
         return d
 
 
-def _instruction(snap: VcpuSnapshot) -> str:
+def _instruction(snap: VcpuSnapshot, last_exit: VcpuExit | None) -> tuple[int, str]:
+    """The RIP and text of the instruction that caused the vCPU's last exit (KVM may have moved RIP
+    past it: see disasm.exiting_instruction_in), else of the one at RIP."""
+    rip = snap.registers["rip"]
     if snap.code is None:
-        return f"(rip {snap.linear:#x} is outside guest RAM)"
-    from minivmm.vmm.disasm import disassemble_one  # capstone costs ~45 ms to import: only when shown
-    return disassemble_one(snap.code, snap.linear, snap.mode)
+        return rip, f"(rip {snap.linear:#x} is outside guest RAM)"
+    from minivmm.vmm.disasm import exiting_instruction_in  # capstone costs ~45 ms to import: only when shown
+    linear, text = exiting_instruction_in(snap.code_before, snap.code, snap.linear, snap.mode, last_exit)
+    return rip - (snap.linear - linear), text
 
 
 def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: MachineSnapshot,
@@ -189,8 +203,7 @@ def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: Machi
                 rep.error = rep.error or f"registers unavailable: {where.error}"
             else:
                 rep.registers = dict(where.registers)
-                rep.rip = where.registers["rip"]
-                rep.instruction = _instruction(where)
+                rep.rip, rep.instruction = _instruction(where, rec.last_exit)
         vcpus.append(rep)
     firsts = [r.first_exit_ns - r.entered_ns for r in records
               if r.first_exit_ns is not None and r.entered_ns is not None]
@@ -289,21 +302,26 @@ def render_ftrace(ft: FtraceResult | None, unavailable: str | None, out: TextIO)
         w(f"           MISMATCH: {m}\n")
 
 
-def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
+def render_shadow(sh: ShadowSummary | None, out: TextIO) -> None:
     """The shadow section: what was checked and every violation found (the first few in full)."""
     w = out.write
-    if not sh.get("enabled"):
+    if sh is None:
         w("shadow     off (--no-check)\n")
         return
-    inject = f" [fault injected: {sh['inject']}]" if sh.get("inject") else ""
-    w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
-      f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
-      f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
-    if not sh["violations"]:
+    inject = f" [fault injected: {sh.inject}]" if sh.inject else ""
+    w(f"shadow     {sh.exits_checked} exits checked against {sh.bus_versions} bus versions; "
+      f"{sh.registrations_mirrored} registrations and {sh.deregistrations_mirrored} deregistrations "
+      f"mirrored; {sh.in_kernel_completions_reconciled} in-kernel completions reconciled{inject}\n")
+    if sh.guest_errors:
+        w(f"           {sh.guest_errors} GUEST ERROR(S) (the guest's word, not the kernel's fault); "
+          "the first:\n")
+        for g in sh.first_guest_errors:
+            w(f"           - {g.rule.value}: {g.message}\n")
+    if not sh.violations:
         w("           no violation\n")
         return
-    w(f"           {sh['violations']} VIOLATION(S); the first:\n")
-    for v in sh["first_violations"]:
-        who = f"vcpu{v['vcpu']} " if v["vcpu"] is not None else ""
-        w(f"           - {v['rule']}: {who}{v['message']} (bus versions {v['versions'][0]}..{v['versions'][1]}; "
-          f"exit {v['exit']})\n")
+    w(f"           {sh.violations} VIOLATION(S); the first:\n")
+    for v in sh.first_violations:
+        who = f"vcpu{v.vcpu} " if v.vcpu is not None else ""
+        w(f"           - {v.rule.value}: {who}{v.message} (bus versions {v.versions[0]}..{v.versions[1]}; "
+          f"exit {v.exit})\n")

@@ -46,6 +46,10 @@ class ExitChecker(Protocol):
 
     def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None: ...
 
+    def vcpu_done(self, vcpu_id: int) -> None:
+        """The vCPU's loop has ended (it reads no more versions)."""
+        ...
+
 
 #: The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the EINTR is the point.
 KICK_SIGNAL = signal.SIGUSR1
@@ -161,6 +165,8 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
         record.state = VcpuState.ERROR
         record.error = f"{type(e).__name__}: {e}"
     finally:
+        if checker is not None:
+            checker.vcpu_done(vcpu_id)
         record.last_exit = exit_
         record.finished_ns = time.monotonic_ns()
         record.done.set()
