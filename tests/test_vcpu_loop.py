@@ -146,12 +146,16 @@ def test_a_stop_requested_between_two_exits_is_seen_before_the_next_kvm_run():
 
 def test_the_checker_sees_each_exit_with_the_versions_around_its_kvm_run():
     seen: list[tuple[int, VcpuExit, int, int]] = []
+    done: list[int] = []
 
     class Checker:
         version = 0
 
         def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
             seen.append((vcpu_id, exit_, v_entry, v_exit))
+
+        def vcpu_done(self, vcpu_id: int) -> None:
+            done.append(vcpu_id)
 
     checker = Checker()
 
@@ -162,7 +166,7 @@ def test_the_checker_sees_each_exit_with_the_versions_around_its_kvm_run():
     record, _ = drive([OUT, bump, HLT], checker=checker, on_exit=lambda vcpu, e: hooked.append(e))
     assert record.state is VcpuState.HALTED
     assert seen == [(0, OUT, 0, 0), (0, OUT, 0, 1), (0, HLT, 1, 1)]
-    assert hooked == [OUT, OUT, HLT]
+    assert hooked == [OUT, OUT, HLT] and done == [0]
 
 
 class BlockingVcpu(FakeVcpu):
