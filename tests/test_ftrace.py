@@ -57,14 +57,20 @@ def test_ftrace_cross_check_on_the_host(boot, guest_image):
     assert outcome_exit_code(report.outcome) == 0
 
 
-def _leftovers(pid: int) -> list[str]:
-    """Trace instances of ``pid`` still in the kernel, and tracefs mounts of ours still mounted."""
+def _our_mounts() -> set[str]:
+    with open("/proc/mounts") as f:
+        return {line.split()[1] for line in f if line.split()[2:3] == ["tracefs"] and "minivmm-tracefs-" in line}
+
+
+def _leftovers(pid: int, mounts_before: set[str]) -> list[str]:
+    """Trace instances of ``pid`` still in the kernel, and minivmm tracefs mounts made since
+    ``mounts_before`` still mounted (a machine may keep older ones: only new ones are ours)."""
     import os
     import subprocess
     import tempfile
     with open("/proc/mounts") as f:
         mounts = [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
-    left = [m for m in mounts if "minivmm-tracefs-" in m]
+    left = sorted(_our_mounts() - mounts_before)
     root, ours = (mounts[0], None) if mounts else (tempfile.mkdtemp(), True)
     try:
         if ours and subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True).returncode:
@@ -92,9 +98,10 @@ def test_an_interrupt_during_ftrace_start_up_leaves_nothing_behind(monkeypatch):
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of arming the instance
         real_write(path, value)
     monkeypatch.setattr(ftrace, "_write", interrupted)
+    before = _our_mounts()
     with pytest.raises(KeyboardInterrupt):
         ftrace.FtraceSession.start(os.getpid())
-    assert _leftovers(os.getpid()) == []
+    assert _leftovers(os.getpid(), before) == []
 
 
 @pytest.mark.kvm
@@ -111,6 +118,7 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
     from test_lifecycle import OUT_LOOP, _handles_sigterm
     image = tmp_path / "outloop.bin"
     image.write_bytes(OUT_LOOP)
+    before = _our_mounts()
     proc = subprocess.Popen([sys.executable, "-m", "minivmm", "boot", str(image), "--vcpus", "32", "--ftrace",
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -128,4 +136,4 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
     if "ftrace     not available" in out:
         pytest.skip(out.split("ftrace     not available: ", 1)[1].splitlines()[0])
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert _leftovers(proc.pid) == []
+    assert _leftovers(proc.pid, before) == []
