@@ -119,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
 
-    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
-    # restored: a second signal, however late, means "already stopping", never a traceback or a death).
+    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (a watcher thread takes
+    # them and is never removed: a second signal, however late, means "already stopping", never a
+    # traceback or a death).
     stop = StopRequest()
     install_stop_handlers(stop)
     from minivmm.devices.console import Console
