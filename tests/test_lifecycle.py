@@ -99,3 +99,23 @@ def test_sigint_before_the_vcpus_start_still_reports_and_releases(tmp_path):
         report = m.run()
     assert report.outcome is RunOutcome.TERMINATED and time.monotonic() - t0 < 5
     assert [v.state for v in report.vcpus] == ["created"] * 4
+
+
+def test_stop_signals_record_the_first_and_put_everything_back():
+    import os
+
+    from minivmm.vmm.lifecycle import StopRequest, stop_signals
+    from minivmm.vmm.report import RunOutcome
+    handler_before = signal.getsignal(signal.SIGINT)
+    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with stop_signals(StopRequest()) as stop:
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal: already stopping
+        time.sleep(0.05)
+        assert stop.signum == signal.SIGTERM and stop.outcome is RunOutcome.TERMINATED
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask_before
