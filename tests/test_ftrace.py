@@ -57,20 +57,16 @@ def test_ftrace_cross_check_on_the_host(boot, guest_image):
     assert outcome_exit_code(report.outcome) == 0
 
 
-def _our_mounts() -> set[str]:
-    with open("/proc/mounts") as f:
-        return {line.split()[1] for line in f if line.split()[2:3] == ["tracefs"] and "minivmm-tracefs-" in line}
-
-
-def _leftovers(pid: int, mounts_before: set[str]) -> list[str]:
-    """Trace instances of ``pid`` still in the kernel, and minivmm tracefs mounts made since
-    ``mounts_before`` still mounted (a machine may keep older ones: only new ones are ours)."""
+def _leftovers(pid: int) -> list[str]:
+    """Trace instances of ``pid`` still in the kernel, and tracefs mounts of ours still mounted."""
     import os
     import subprocess
     import tempfile
     with open("/proc/mounts") as f:
         mounts = [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
-    left = sorted(_our_mounts() - mounts_before)
+    # Only this process's own: the mount is named after the pid that made it, so that other minivmm
+    # processes tracing at the same time (another test run, a `minivmm trace`) are not counted.
+    left = [m for m in mounts if f"minivmm-tracefs-{pid}-" in m]
     shared = [m for m in mounts if "minivmm-tracefs-" not in m]  # not another run's private mount
     root, ours = (shared[0], None) if shared else (tempfile.mkdtemp(), True)
     try:
@@ -99,10 +95,9 @@ def test_an_interrupt_during_ftrace_start_up_leaves_nothing_behind(monkeypatch):
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of arming the instance
         real_write(path, value)
     monkeypatch.setattr(ftrace, "_write", interrupted)
-    before = _our_mounts()
     with pytest.raises(KeyboardInterrupt):
         ftrace.FtraceSession.start(os.getpid())
-    assert _leftovers(os.getpid(), before) == []
+    assert _leftovers(os.getpid()) == []
 
 
 @pytest.mark.kvm
@@ -119,7 +114,6 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
     from test_lifecycle import OUT_LOOP, _handles_sigterm
     image = tmp_path / "outloop.bin"
     image.write_bytes(OUT_LOOP)
-    before = _our_mounts()
     proc = subprocess.Popen([sys.executable, "-m", "minivmm", "boot", str(image), "--vcpus", "32", "--ftrace",
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -137,7 +131,7 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
     if "ftrace     not available" in out:
         pytest.skip(out.split("ftrace     not available: ", 1)[1].splitlines()[0])
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert _leftovers(proc.pid, before) == []
+    assert _leftovers(proc.pid) == []
 
 
 def test_an_instance_removed_under_the_run_is_reported_not_raised(tmp_path):

@@ -75,7 +75,7 @@ class FtraceSession:
         try:
             root = _find_tracefs()
             if root is None:
-                session.mounted_here = tempfile.mkdtemp(prefix=_PRIVATE_MOUNT_PREFIX)
+                session.mounted_here = tempfile.mkdtemp(prefix=f"{_PRIVATE_MOUNT_PREFIX}{os.getpid()}-")
                 proc = subprocess.run(["mount", "-t", "tracefs", "nodev", session.mounted_here],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
