@@ -11,13 +11,17 @@ data or answer the read, repeat). Each round runs, one after the other: C; the t
 minivmm's own cffi KVM_RUN wrapper (no decode, no dispatch: the floor for any Python VMM); minivmm with
 the shadow check off; and with it on (the default of `minivmm boot`). The report gives the per-exit
 cost of each side (median over rounds) and the ratio to C. The kernel's emulation of each access is
-most of the cost on every side, so the ratio shows what Python adds.
+most of the cost on every side, so the ratio shows what Python adds. The last column is the user-mode
+CPU time per exit (getrusage): mostly what the VMM itself spends, which other load on the machine
+changes much less than the wall-clock figures (the kernel's time is system time; on a PVM host the
+guest runs in user mode, so its own time is counted here too, on every side alike).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -117,17 +121,20 @@ def build_c(tmp: pathlib.Path) -> pathlib.Path:
     return exe
 
 
-def run_c(exe: pathlib.Path, guest: str) -> float:
-    """One C run: ns per exit."""
+def run_c(exe: pathlib.Path, guest: str) -> tuple[float, float]:
+    """One C run: ns per exit, wall clock and user-mode CPU (the whole process, set-up included)."""
     image, mode, expected = GUESTS[guest]
+    u0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     out = subprocess.run([str(exe), str(image), mode], check=True, capture_output=True, text=True).stdout.split()
+    user = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - u0
     exits, ns = int(out[0]), int(out[1])
     assert exits == expected + 1, exits
-    return ns / exits
+    return ns / exits, user * 1e9 / exits
 
 
-def run_python_floor(guest: str) -> float:
-    """The tightest Python loop over minivmm's cffi KVM_RUN wrapper: ns per exit, no decode, no dispatch.
+def run_python_floor(guest: str) -> tuple[float, float]:
+    """The tightest Python loop over minivmm's cffi KVM_RUN wrapper: ns per exit (wall clock, user-mode
+    CPU), no decode, no dispatch.
 
     The VM is set up with minivmm's own KVM layer; the loop only calls the wrapper and looks at
     ``exit_reason`` for the HLT. MMIO reads go unanswered (the guest reads whatever is there).
@@ -151,6 +158,7 @@ def run_python_floor(guest: str) -> float:
         boot.setup_vcpu(vcpu, DEFAULT_MEM_SIZE, Mode(mode), DEFAULT_LOAD_ADDR, 0, kvm.get_supported_cpuid())
         fd, run, ioctl, kvm_run, hlt = vcpu.fd, vcpu.run_struct, lib.minivmm_ioctl_val, lib.KVM_RUN, lib.KVM_EXIT_HLT
         exits = 0
+        u0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
         t0 = time.monotonic_ns()
         while True:
             if ioctl(fd, kvm_run, 0) < 0:
@@ -159,22 +167,26 @@ def run_python_floor(guest: str) -> float:
             if run.exit_reason == hlt:
                 break
         ns = time.monotonic_ns() - t0
+        user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - u0
     assert exits == expected + 1, exits
-    return ns / exits
+    return ns / exits, user * 1e9 / exits
 
 
-def run_minivmm(guest: str, check: bool) -> float:
-    """One minivmm run in this process: ns per exit, timed from the first KVM_RUN to the last exit."""
+def run_minivmm(guest: str, check: bool) -> tuple[float, float]:
+    """One minivmm run in this process: ns per exit, wall clock from the first KVM_RUN to the last exit,
+    and user-mode CPU of the run (every thread)."""
     from minivmm.devices.console import Console
     from minivmm.vmm.boot import Mode
     from minivmm.vmm.machine import Machine, MachineConfig
 
     image, mode, expected = GUESTS[guest]
     with Machine(MachineConfig(timeout=120, check=check, mode=Mode(mode)), image.read_bytes(), Console()) as machine:
+        u0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
         report = machine.run()
+        user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - u0
     exits = sum(report.exits.values())
     assert exits == expected + 1 and report.outcome.value == "halted", (exits, report.outcome)
-    return report.run_ms * 1e6 / exits
+    return report.run_ms * 1e6 / exits, user * 1e9 / exits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,21 +203,23 @@ def main(argv: list[str] | None = None) -> int:
             sides: dict[str, list[float]] = {"C reference": [], "tightest Python loop": [], "minivmm --no-check": []}
             if args.check:
                 sides["minivmm (checked)"] = []
+            user: dict[str, list[float]] = {name: [] for name in sides}
             for r in range(args.rounds):
-                sides["C reference"].append(run_c(exe, guest))
-                sides["tightest Python loop"].append(run_python_floor(guest))
-                sides["minivmm --no-check"].append(run_minivmm(guest, check=False))
-                if args.check:
-                    sides["minivmm (checked)"].append(run_minivmm(guest, check=True))
+                for name in sides:
+                    wall, cpu = (run_c(exe, guest) if name == "C reference"
+                                 else run_python_floor(guest) if name == "tightest Python loop"
+                                 else run_minivmm(guest, check=name == "minivmm (checked)"))
+                    sides[name].append(wall)
+                    user[name].append(cpu)
                 print(f"{guest} round {r + 1}: " + "  ".join(f"{k} {v[-1] / 1000:.2f} us" for k, v in sides.items()),
                       file=sys.stderr)
             c = statistics.median(sides["C reference"])
             print(f"\n{guest}")
-            print(f"{'side':<22} {'median us/exit':>15} {'min':>8} {'max':>8} {'ratio to C':>11}")
+            print(f"{'side':<22} {'median us/exit':>15} {'min':>8} {'max':>8} {'ratio to C':>11} {'user us/exit':>13}")
             for name, values in sides.items():
                 med = statistics.median(values)
                 print(f"{name:<22} {med / 1000:>15.2f} {min(values) / 1000:>8.2f} {max(values) / 1000:>8.2f} "
-                      f"{med / c:>11.2f}")
+                      f"{med / c:>11.2f} {statistics.median(user[name]) / 1000:>13.2f}")
     return 0
 
 

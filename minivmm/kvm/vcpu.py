@@ -11,6 +11,7 @@ from minivmm.kvm.uapi import MAP_FAILED, IoctlTracer, ffi, ioctl_ptr, lib, raise
 _KVM_RUN = lib.KVM_RUN
 _ioctl_val = lib.minivmm_ioctl_val
 _EINTR = 4
+_MMIO_DATA = ffi.offsetof("struct kvm_run", "mmio") + ffi.offsetof("kvm_run_mmio_t", "data")
 
 
 def _closed() -> VcpuExit:
@@ -35,6 +36,8 @@ class Vcpu:
         #: The shared ``struct kvm_run``; valid until close().
         self.run_struct: Any = ffi.cast("struct kvm_run *", ptr)
         self._run_bytes = ffi.cast("char *", ptr)
+        #: The mapping as a buffer: reads are answered by one slice store (no cffi attribute walk).
+        self._buffer = ffi.buffer(ptr, mmap_size)
         self._decode = ExitDecoder(self.run_struct, mmap_size).decode
 
     def run(self) -> VcpuExit:
@@ -67,7 +70,8 @@ class Vcpu:
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Answer a KVM_EXIT_MMIO read: ``data`` (``len`` bytes) is what the guest's load receives."""
-        ffi.memmove(self.run_struct.mmio.data, data, min(len(data), 8))
+        n = min(len(data), 8)
+        self._buffer[_MMIO_DATA:_MMIO_DATA + n] = data[:n]
 
     def get_regs(self) -> Any:
         """Wrapper over KVM_GET_REGS: a cffi-owned ``struct kvm_regs``."""
@@ -100,6 +104,7 @@ class Vcpu:
             self._map = None
             self.run_struct = None
             self._run_bytes = None
+            self._buffer = None
             self._decode = _closed
         if self.fd >= 0:
             os.close(self.fd)

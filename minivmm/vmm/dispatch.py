@@ -110,12 +110,14 @@ class RouteTable:
         """The route of an access of ``size`` bytes at ``addr`` on the bus as it is now, or None if unclaimed."""
         table = self.bus.table
         routes = self._routes
-        if table is not self._table or len(routes) >= ROUTE_LIMIT:
+        if table is not self._table:
             routes = self._routes = {}
             self._table = table
         key = addr << 4 | size  # size <= 8
         route = routes.get(key, _MISS)
         if route is _MISS:
+            if len(routes) >= ROUTE_LIMIT:  # checked on a miss only: the hit path stays short
+                routes.clear()
             hit = resolve_in(table, addr, size)
             route = routes[key] = (hit[0].read, hit[0].write, hit[1]) if hit is not None else None
         return route  # type: ignore[return-value]
