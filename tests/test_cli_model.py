@@ -110,3 +110,33 @@ def test_show_sequence_of_an_unknown_name_is_one_line():
     proc = run_cli("model", "--show-sequence", "nope")
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "neither a named sequence" in proc.stderr
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("/dev/zero", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("big", "the limit is"),
+    ("secret", ":1: not a step"),
+])
+def test_sequence_files_that_cannot_be_read_are_one_line_at_the_cli(tmp_path, case, fragment):
+    """The loader's refusals (the ops helper's bounded read) reach the user as one line and exit 2, from
+    both commands, without hanging on a FIFO, reading /dev/zero forever or quoting a file's content."""
+    import os
+    if case == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif case == "big":
+        path = tmp_path / "big.seq"
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+    elif case == "secret":
+        path = tmp_path / "shadow"
+        path.write_text("root:$6$SECRETHASH:19000:0:99999:7:::\n")
+    else:
+        path = case
+    for command in (["model"], ["timing", "-r", "1", "--platform", "pvm", "--hz", "250"]):
+        proc = run_cli(*command, "-s", str(path), timeout=30)
+        assert proc.returncode == 2, (command, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("minivmm: error: ") and fragment in lines[0], lines
+        assert "Traceback" not in proc.stderr and "SECRETHASH" not in proc.stderr and proc.stdout == ""
