@@ -153,6 +153,10 @@ def test_the_checker_sees_each_exit_with_the_versions_around_its_kvm_run():
         def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
             seen.append((vcpu_id, exit_, v_entry, v_exit))
 
+        def vcpu_done(self, vcpu_id: int) -> None:
+            done.append(vcpu_id)
+
+    done: list[int] = []
     checker = Checker()
 
     def bump() -> VcpuExit:
@@ -163,6 +167,7 @@ def test_the_checker_sees_each_exit_with_the_versions_around_its_kvm_run():
     assert record.state is VcpuState.HALTED
     assert seen == [(0, OUT, 0, 0), (0, OUT, 0, 1), (0, HLT, 1, 1)]
     assert hooked == [OUT, OUT, HLT]
+    assert done == [0]  # told once, when the loop ended, so the shadow can prune versions it no longer needs
 
 
 class BlockingVcpu(FakeVcpu):
