@@ -79,7 +79,7 @@ class KernelClock:
         root = _find_tracefs()
         clock = cls()
         if root is None:
-            clock.mounted_here = tempfile.mkdtemp(prefix="minivmm-tracefs-")
+            clock.mounted_here = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{os.getpid()}-")
             proc = subprocess.run(["mount", "-t", "tracefs", "nodev", clock.mounted_here],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
