@@ -15,7 +15,8 @@ from kernel_model.variants import MAIN_VARIANTS, Variant, get_variant
 MMIO = KvmBus.KVM_MMIO_BUS
 
 #: A deliberately broken variant: frees the old bus at once, without waiting for readers.
-KFREE_NOW = Variant("kfree_now", "kfree(old) with no grace period (broken)", "test", lambda kvm, old: kvm.kfree_bus(old))
+KFREE_NOW = Variant("kfree_now", "kfree(old) with no grace period (broken)", "test",
+                    lambda kvm, old: kvm.kfree_bus(old))
 
 
 def model(variant) -> KvmModel:

@@ -102,7 +102,8 @@ def test_irqchip_registers_the_platform_devices():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 2, 4, 8]), st.one_of(st.none(), st.integers(0, 3))),
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 2, 4, 8]),
+                          st.one_of(st.none(), st.integers(0, 3))),
                 max_size=12, unique_by=lambda t: t[0]),
        st.lists(st.tuples(st.integers(0, 330), st.sampled_from([1, 2, 4, 8]), st.integers(0, 3)), max_size=20))
 def test_lookup_agrees_with_a_brute_force_oracle(slots, accesses):
