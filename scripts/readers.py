@@ -99,10 +99,11 @@ def boot_registrations(n: int, section_us: int, period_us: int, vcpus: int) -> S
     return Sequence(f"boot-{n}", "N registrations while vCPUs run", tuple(steps))
 
 
-def keir(hz: int, platform: str, loads: list[tuple[str, int, int, int]], n: int = 32) -> list[dict[str, Any]]:
+def keir(hz: int, platform: str, loads: list[tuple[str, int, int, int, Costs | None]],
+         n: int = 32) -> list[dict[str, Any]]:
     """Per variant and reader load: total time in the N registration ioctls and the final memslot."""
     out = []
-    for name, sec, per, vcpus in loads:
+    for name, sec, per, vcpus, costs in loads:
         seq = boot_registrations(n, sec, per, vcpus)
         regs = [i for i, s in enumerate(seq.steps) if s.op == "ioeventfd"]
         mem = len(seq.steps) - 1
@@ -111,7 +112,7 @@ def keir(hz: int, platform: str, loads: list[tuple[str, int, int, int]], n: int 
             rng = random.Random(2)
             tot, last = [], []
             for _ in range(30):
-                d = simulate_once(seq, variant, hz, platform, rng.random(), rng)[0]
+                d = simulate_once(seq, variant, hz, platform, rng.random(), rng, costs)[0]
                 tot.append(sum(d[i] for i in regs))
                 last.append(d[mem])
             row[variant] = {"registrations_ms": statistics.median(tot) / 1e6,
@@ -133,7 +134,8 @@ def main() -> int:
     seq = SEQUENCES["deregistrations-running"]
     dereg = [i for i, s in enumerate(seq.steps) if s.op == "ioeventfd_deassign"]
     result: dict[str, Any] = {"hz": args.hz, "platform": args.platform}
-    best = (None, 3, 10, None)
+    best: Any = (None, 3, 10, None)
+    host_costs: Costs | None = None
     if not args.model_only:
         load0 = os.getloadavg()[0]
         reps, profile = measure_interleaved(seq, args.repeat, args.hz, args.platform, 1)
@@ -147,7 +149,8 @@ def main() -> int:
         idle_model = q(model_steps(with_gaps(idle_seq, [int(statistics.median(r.gaps_ns[i] for r in idle_reps))
                                                        for i in range(len(idle_seq.steps))]),
                                    "call_srcu", args.hz, args.platform, 60, 3, idle_dereg, profile.costs()))
-        rows = fit(host, seq_h, args.hz, args.platform, dereg, profile.costs())
+        host_costs = profile.costs()
+        rows = fit(host, seq_h, args.hz, args.platform, dereg, host_costs)
         best = rows[0]
         print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; {args.repeat} repetitions x 6 deassigns")
         print(f"host deassign, vCPU running:   p10 {host['p10']:.0f}  p50 {host['p50']:.0f}  p90 {host['p90']:.0f} us")
@@ -159,17 +162,20 @@ def main() -> int:
         result.update(load=load0, host_running=host, host_idle=host_idle, model_idle=idle_model,
                       fit_section_us=best[1],
                       fit_period_us=best[2], fit_error=best[0], fit_model=best[3])
-    loads = [("fitted (this host's loop guest)", best[1], best[2], 1),
-             ("4 vCPUs, 20 us sections every 100 us", 20, 100, 4),
-             ("4 vCPUs, 200 us sections every 400 us", 200, 400, 4),
-             ("4 vCPUs, 2 ms sections every 4 ms", 2000, 4000, 4)]
+    loads: list[tuple[str, int, int, int, Costs | None]] = [
+        ("fitted (this host's loop guest)", best[1], best[2], 1, None)]
+    if host_costs is not None:
+        loads.append(("fitted, with this host's wake-ups (profile)", best[1], best[2], 1, host_costs))
+    loads += [("4 vCPUs, 20 us sections every 100 us", 20, 100, 4, None),
+              ("4 vCPUs, 200 us sections every 400 us", 200, 400, 4, None),
+              ("4 vCPUs, 2 ms sections every 4 ms", 2000, 4000, 4, None)]
     table = keir(args.hz, args.platform, loads)
     print(f"\n32 registrations 200 us apart while vCPUs run (HZ={args.hz}, {args.platform}); medians of 30 runs")
-    print(f"{'reader load':42}{'sync':>16}{'call_srcu':>16}{'created_vcpus':>16}{'call_srcu_exp':>16}")
+    print(f"{'reader load':46}{'sync':>16}{'call_srcu':>16}{'created_vcpus':>16}{'call_srcu_exp':>16}")
     for row in table:
         cells = [f"{row[v]['per_registration_us']:7.0f}us/{row[v]['next_memslot_ms']:5.2f}ms"
                  for v in ("sync", "call_srcu", "created_vcpus", "call_srcu_expedited")]
-        print(f"{row['load']:42}" + "".join(c.rjust(16) for c in cells))
+        print(f"{row['load']:46}" + "".join(c.rjust(16) for c in cells))
     print("(cell: cost per registration / the next memslot's wait)")
     result["keir"] = table
     if args.json:
