@@ -180,6 +180,9 @@ class KvmModel:
         self.platform = platform
         self.checker = checker or InvariantChecker()
         self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
+        #: kvm->irq_srcu: only kvm_set_irq_routing()'s synchronize is modelled on it (its readers, irqfd
+        #: injection and the routing lookups, are left out: it is idle whenever it is synchronized here).
+        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu", nr_cpu_ids=nr_cpu_ids)
         self.memslot_swaps = 0
         self.apicv_inhibits: set[str] = set()
         self.vgic_initialized = False
@@ -271,6 +274,7 @@ class KvmModel:
         for i in range(self.created_vcpus):
             self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, redist_base + i * ARM64_VGIC_REDIST_SIZE,
                                          ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{i}"))
+        self.kvm_set_irq_routing()  # vgic_init() -> kvm_vgic_setup_default_irq_routing()
         self.vgic_initialized = True
         self._registrations_returned()
 
@@ -292,8 +296,18 @@ class KvmModel:
         self.sim.spend(self.costs.create_irqchip)
         for bus_idx, addr, length, name in self.platform.irqchip_devices:
             self.kvm_io_bus_register_dev(bus_idx, addr, length, InKernelDevice(name))
+        if self.platform.irqchip_before_vcpus:
+            # x86 kvm_arch_vm_ioctl(KVM_CREATE_IRQCHIP) ends with kvm_setup_default_irq_routing().
+            self.kvm_set_irq_routing()
         self.irqchip = True
         self._registrations_returned()
+
+    def kvm_set_irq_routing(self) -> None:
+        """Models kvm_set_irq_routing() (virt/kvm/irqchip.c): publish the new routing table, then
+        ``synchronize_srcu_expedited(&kvm->irq_srcu)`` before freeing the old one. irq_srcu is a
+        separate srcu_struct: kvm->srcu's pending grace periods do not delay it, but on a busy host its
+        expedited grace period still waits for the SRCU kworker and the caller to get a CPU."""
+        srcutree.synchronize_srcu_expedited(self.irq_srcu)
 
     def ioeventfd(self, addr: int, length: int, datamatch: int | None = None, pio: bool = False) -> Ioeventfd:
         """KVM_IOEVENTFD (assign), models kvm_assign_ioeventfd() / kvm_assign_ioeventfd_idx(): EINVAL for
