@@ -223,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         render(comparison, facts, overhead, sys.stdout)
+        if args.profile:
+            sys.stdout.write(f"model: timer and wake-up latencies drawn from the host profile {args.profile}\n")
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
     return int(ExitCode.INTERRUPTED) if partial else 0
