@@ -267,8 +267,13 @@ def main() -> int:
             from minivmm.timing.calibrate import make_profile, run_calibration
             costs = make_profile(run_calibration(args.calibrate_each, hz, seed=args.seed + c), hz, platform,
                                  host.kernel or "").costs()
-        res = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c,
-                       interleave=args.interleave)
+        from minivmm.timing.calibrate import CalibrationError
+        try:
+            res = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c,
+                           interleave=args.interleave)
+        except CalibrationError as e:
+            print(f"{name}: skipped, its calibration failed: {e}", flush=True)
+            continue
         results += res
         ok = sum(r.ok for r in res)
         print(f"{name}: {ok}/{len(res)} grace-period steps agree", flush=True)
