@@ -152,3 +152,19 @@ def test_a_run_whose_jiffies_lagged_does_not_break_the_grid():
     est = estimate_tick_offset(runs, 250)
     assert min(abs(est - 1_000_000), TICK - abs(est - 1_000_000)) < 60_000
     assert len(timer_latencies(runs, 250, 0)) == 300
+
+
+@pytest.mark.kvm
+def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
+    from conftest import run_cli
+    out = tmp_path / "p.json"
+    proc = run_cli("timing", "--calibrate", "--repeat", "80", "--profile", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prof = load_profile(str(out))
+    assert prof.calibration_runs == 80 and len(prof.timer_latency_ns) > 2 and prof.wakeup_latency_ns
+    assert "host profile:" in proc.stdout
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"mine": true}')
+    proc = run_cli("timing", "--calibrate", "--repeat", "5", "--profile", str(foreign))
+    assert proc.returncode == 2 and "not a minivmm host profile" in proc.stderr
+    assert foreign.read_text() == '{"mine": true}'
