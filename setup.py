@@ -6,4 +6,4 @@ against this machine's ``<linux/kvm.h>`` (see minivmm/_cffi_build/kvm_build.py).
 
 from setuptools import setup
 
-setup(cffi_modules=["minivmm/_cffi_build/kvm_build.py:ffi"])
+setup(cffi_modules=["minivmm/_cffi_build/kvm_build.py:ffi", "minivmm/_cffi_build/trace_build.py:ffi"])

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from minivmm.kvm.errors import KvmUnavailable
-from minivmm.kvm.system import DEFAULT_DEVICE_PATH, Kvm
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.system import Kvm
 from minivmm.kvm.uapi import lib
 
 #: The capabilities minivmm relies on, by the name the header gives them.

@@ -33,7 +33,8 @@ def main() -> int:
     reps, overhead = measure(seq, args.repeat, jitter=True, hz=host.hz)
     c = compare(seq, reps, host.hz, host.platform, samples=5000)
     print(f"host HZ={host.hz} platform={host.platform}; {args.repeat} repetitions of {seq.name} with jitter")
-    print(f"timer overhead per timed ioctl: median {overhead['p50_ns'] / 1000:.2f} us, min {overhead['min_ns'] / 1000:.2f} us")
+    print(f"timer overhead per timed ioctl: median {overhead['p50_ns'] / 1000:.2f} us, "
+          f"min {overhead['min_ns'] / 1000:.2f} us")
     print(f"verdict: {c.verdict.text}")
     if c.stalled_step is None or c.verdict.variant is None:
         print("no stalled step to compare")

@@ -28,8 +28,8 @@ def build(source: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
         obj = pathlib.Path(tmp) / "guest.o"
         elf = pathlib.Path(tmp) / "guest.elf"
         subprocess.run(["as", "--64", "-o", str(obj), str(source)], check=True)
-        subprocess.run(["ld", "-m", "elf_x86_64", "-nostdlib", "-N", "--no-warn-rwx-segments", "-Ttext", hex(LOAD_ADDR), "-e", "_start",
-                        "-o", str(elf), str(obj)], check=True)
+        subprocess.run(["ld", "-m", "elf_x86_64", "-nostdlib", "-N", "--no-warn-rwx-segments",
+                        "-Ttext", hex(LOAD_ADDR), "-e", "_start", "-o", str(elf), str(obj)], check=True)
         subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(elf), str(out)], check=True)
     return out
 

@@ -24,7 +24,7 @@ def test_generated_sequences_are_reproducible_and_runnable():
     ops = set()
     for i, text in enumerate(a):
         seq = parse_sequence(text, f"c{i}")
-        check_runnable(seq)
+        check_runnable(seq, "pvm")
         ops |= {s.op for s in seq.steps}
     assert {"ioeventfd", "memslot", "vcpu"} <= ops
 

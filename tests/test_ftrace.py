@@ -64,7 +64,9 @@ def _leftovers(pid: int) -> list[str]:
     import tempfile
     with open("/proc/mounts") as f:
         mounts = [line.split()[1] for line in f if line.split()[2:3] == ["tracefs"]]
-    left = [m for m in mounts if "minivmm-tracefs-" in m]
+    # Only this process's own: the mount is named after the pid that made it, so that other minivmm
+    # processes tracing at the same time (another test run, a `minivmm trace`) are not counted.
+    left = [m for m in mounts if f"minivmm-tracefs-{pid}-" in m]
     root, ours = (mounts[0], None) if mounts else (tempfile.mkdtemp(), True)
     try:
         if ours and subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True).returncode:

@@ -28,7 +28,7 @@ def snapshot(**kw) -> MachineSnapshot:
     regs = {name: i for i, name in enumerate(REGISTER_NAMES)} | {"rip": 0x1000}
     where = VcpuSnapshot(regs, 0x1000, Mode.REAL, bytes.fromhex("f4"))
     base = dict(console="hi\n", console_dropped=0, doorbell_kernel_writes=4, doorbell_userspace_writes=0,
-                dynamic_doorbells=None, shadow={"enabled": False}, vcpus={1: where})
+                dynamic_doorbells=None, shadow=None, vcpus={1: where})
     return MachineSnapshot(**(base | kw))
 
 

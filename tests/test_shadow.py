@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from minivmm.cli.errors import outcome_exit_code
-from minivmm.kvm.exits import IoOut, MmioRead, MmioWrite
+from minivmm.kvm.exits import EXIT_TYPES, MMIO_EXITS, PIO_EXITS, IoOut, MmioRead, MmioWrite
 from minivmm.kvm.vm import IoEvent
 from minivmm.shadow.checker import Injection, Rule, ShadowChecker
 from minivmm.vmm.boot import Mode
@@ -247,7 +247,33 @@ def test_a_false_report_is_a_guest_error_and_only_judged_when_the_guest_halted()
     shadow.reconcile(final=True)
     assert shadow.violation_count == 0 and shadow.guest_error_count == 1
     assert shadow.guest_errors[0].rule is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
-    assert shadow.summary()["guest_errors"] == 1 and shadow.summary()["violations"] == 0
+    summary = shadow.summary()
+    assert summary.guest_errors == 1 and summary.violations == 0
+    assert summary.first_guest_errors[0].rule is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
+
+
+def test_the_summary_is_typed_data_and_json_only_at_the_edge():
+    import io
+    import json
+
+    from minivmm.shadow.summary import ShadowSummary
+    from minivmm.vmm.report import render_shadow
+    shadow, _, ev = shadow_with_doorbell(Injection.STALE_BUS)
+    register(shadow, ev)
+    unregister(shadow, ev)
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\5\0\0\0"), shadow.version, shadow.version)
+    summary = shadow.summary()
+    assert isinstance(summary, ShadowSummary) and summary.inject == "stale-bus"
+    assert summary.violations == 1 and summary.first_violations[0].rule is Rule.EXIT_CLAIMED
+    as_json = json.loads(json.dumps(summary.to_json()))
+    assert as_json["enabled"] is True and as_json["first_violations"][0]["rule"] == "exit-of-a-claimed-access"
+    assert as_json["bus_versions"] == summary.bus_versions == 2  # the stale bus: no deregistration mirrored
+    out = io.StringIO()
+    render_shadow(summary, out)
+    assert "1 VIOLATION(S)" in out.getvalue() and "exit-of-a-claimed-access: vcpu0" in out.getvalue()
+    out = io.StringIO()
+    render_shadow(None, out)
+    assert out.getvalue() == "shadow     off (--no-check)\n"
 
 
 @pytest.mark.kvm
@@ -267,3 +293,69 @@ def test_a_lying_guest_exits_5_from_the_cli(tmp_path):
     proc = run_cli("boot", str(image), "--mode", "protected")
     assert proc.returncode == 5, proc.stderr
     assert "guest-report-does-not-add-up" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# --- the exit check's cache: per bus version, bounded by the bus (issue 10 point 3, issue 14) --------
+
+def test_a_datamatch_ioeventfd_claims_only_its_value_and_the_verdict_is_cached_per_version():
+    shadow = ShadowChecker()
+    shadow.vcpu_created(0)
+    register(shadow, IoEvent(DOORBELL, 4, 10, datamatch=7))
+    v = shadow.version
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\x08\0\0\0"), v, v)  # another value: the kernel passes it on
+    shadow.check_exit(0, MmioRead(DOORBELL, 4), v, v)
+    assert shadow.violation_count == 0
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\x07\0\0\0"), v, v)  # its value: the kernel takes it
+    assert shadow.violation_count == 1 and shadow.exits_checked == 3
+
+
+def test_accesses_outside_every_range_are_never_cached_and_inside_the_cache_is_bounded(monkeypatch):
+    import minivmm.shadow.checker as checker
+    monkeypatch.setattr(checker, "MAX_CACHED_ACCESSES", 8)
+    shadow = ShadowChecker(platform="pvm")
+    shadow.irqchip_created()  # the PIC, IOAPIC and PIT: ranges with many addresses inside
+    shadow.vcpu_created(0)
+    v = shadow.version
+    for addr in range(0x2000_0000, 0x2000_0000 + 8 * 10_000, 8):  # the MMIO walker
+        shadow.check_exit(0, MmioRead(addr, 4), v, v)
+    view = shadow._mmio_views[v]
+    assert shadow.violation_count == 0 and view.cache == {}
+    ioapic = next(addr for bus, addr, length, _ in shadow.model.platform.irqchip_devices
+                  if bus is checker.MMIO and length >= 0x40)
+    for offset in range(0, 0x40, 4):
+        shadow.check_exit(0, MmioRead(ioapic + offset, 4), v, v)  # an in-kernel device takes each
+    assert shadow.violation_count == 16 and len(view.cache) == 8
+
+
+def test_versions_no_window_can_reach_are_pruned_and_a_finished_vcpu_pins_none():
+    shadow, _, ev = shadow_with_doorbell()
+    shadow.vcpu_created(0)
+    shadow.vcpu_created(1)
+    pinned = shadow.version      # vCPU 1 entered KVM_RUN here and has not exited since
+    for _ in range(50):
+        register(shadow, ev)
+        v = shadow.version
+        shadow.check_exit(0, MmioRead(DOORBELL + 0x100, 4), v, v)  # vCPU 0 exits after each change
+        unregister(shadow, ev)
+    assert shadow.versions_kept == 101   # everything since vCPU 1's entry
+    shadow.check_exit(1, MmioWrite(DOORBELL, b"\1\0\0\0"), pinned, shadow.version)  # its long window
+    assert shadow.violation_count == 0   # registered and unregistered in the window: allowed
+    shadow.vcpu_done(1)
+    register(shadow, ev)
+    assert shadow.versions_kept <= 3     # now only vCPU 0's window counts
+
+
+# --- the exit registry decides what is judged (issue 9, point 1) -----------------------------------
+
+@pytest.mark.parametrize("cls", EXIT_TYPES, ids=lambda c: c.__name__)
+def test_the_shadow_judges_exactly_the_bus_exits_of_the_registry(cls):
+    from test_exit_registry import EXAMPLES
+    shadow = ShadowChecker()
+    shadow.vcpu_created(0)
+    exit_ = EXAMPLES[cls]
+    shadow.check_exit(0, exit_, shadow.version, shadow.version)
+    on_a_bus = cls in PIO_EXITS or cls in MMIO_EXITS
+    assert shadow.exits_checked == (1 if on_a_bus else 0)
+    if on_a_bus:
+        access = exit_.bus_access()
+        assert access is not None and access.pio is (cls in PIO_EXITS) and access.addr == exit_[0]

@@ -68,6 +68,21 @@ def published_odds(predictions: list[Any]) -> list[str]:
     return out
 
 
+def render_explanations(explanations: list[Any], out: TextIO) -> None:
+    """Per variant: each step that waited for a grace period (which one, started by which step), each
+    step the model does not model, and the whole set-up time."""
+    w = out.write
+    for ex in explanations:
+        st = ex.setup
+        w(f"\n# variant {ex.variant}: why each step took its time; whole set-up {_fmt_us(st['p50'])} "
+          f"[{_fmt_us(st['p10'])} - {_fmt_us(st['p90'])}] (p50 [p10 - p90])\n")
+        shown = [s for s in ex.steps if s.waited_for_gp or not s.modelled]
+        for s in shown:
+            w(f"#{s.index + 1} {s.label}: p50 {_fmt_us(s.p50_us)}: {s.describe()}\n")
+        if not shown:
+            w("no step waited for a grace period\n")
+
+
 def _deterministic(sequence: Any) -> bool:
     from kernel_model.predict import phase_deterministic
     return phase_deterministic(sequence)
@@ -105,6 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="list the named sequences with what each shows, and exit")
     p.add_argument("--show-sequence", metavar="NAME|FILE", default=None,
                    help="print a sequence in the sequence file format (a start for one of your own), and exit")
+    p.add_argument("--explain", action="store_true",
+                   help="also say, per variant, which grace period each step waited for and which earlier "
+                        "step started it (from the model's own state), which steps are not modelled, and "
+                        "the whole set-up time")
     p.set_defaults(handler=run)
 
 
@@ -126,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                                                          subsequent_indent="    ") + "\n")
         return 0
     if args.show_sequence is not None:
-        sys.stdout.write(seqinput.to_file_text(seqinput.load(args.show_sequence)))
+        from kernel_model.sequences import format_sequence
+        sys.stdout.write(format_sequence(seqinput.load(args.show_sequence)))
         return 0
     seq = seqinput.load(args.sequence)
     try:
@@ -142,14 +162,28 @@ def run(args: argparse.Namespace) -> int:
             costs = load_profile(args.profile).costs(hz=args.hz)
         except ProfileError as e:
             raise CliError(str(e)) from None
-    predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed, costs=costs)
-                   for name in names]
+    explanations: list[Any] = []
+    if args.explain:
+        from kernel_model.explain import explain_variant
+        explanations = [explain_variant(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed,
+                                        costs=costs)
+                        for name in names]
+        predictions = [ex.prediction for ex in explanations]
+    else:
+        predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed,
+                               costs=costs)
+                       for name in names]
     if args.as_json:
-        json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
-                   "seed": args.seed, "profile": args.profile,
-                   "variants": {p.variant: p.to_json() for p in predictions}},
-                  sys.stdout, indent=2)
+        variants = {p.variant: p.to_json() for p in predictions}
+        for ex in explanations:
+            variants[ex.variant].update(setup_us=ex.setup, explanation=[s.to_json() for s in ex.steps])
+        from minivmm.schemas import stamp
+        doc = stamp("model", {"sequence": seq.name, "hz": args.hz, "platform": args.platform,
+                              "samples": args.samples, "seed": args.seed, "profile": args.profile,
+                              "variants": variants})
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_predictions(predictions, sys.stdout, args.profile)
+        render_explanations(explanations, sys.stdout)
     return 0

@@ -20,13 +20,27 @@ if TYPE_CHECKING:
 MAX_HELP_WIDTH = 100
 
 
+def _terminal_columns() -> int:
+    """$COLUMNS, else the terminal's width, else 80: what shutil.get_terminal_size() answers, without
+    importing shutil (and bz2, lzma...) on every start-up: argparse builds a formatter for every
+    subparser, not only for help."""
+    import os
+    import sys
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter with a "Usage:" heading, width capped, and descriptions/epilogs that keep
     their paragraphs and their indented (preformatted) lines."""
 
     def __init__(self, prog: str) -> None:
-        import shutil  # here, not at the top: only help output needs it (start-up time)
-        width = min(shutil.get_terminal_size().columns, MAX_HELP_WIDTH) - 2
+        width = min(_terminal_columns(), MAX_HELP_WIDTH) - 2
         super().__init__(prog, width=max(width, 40), max_help_position=26)
 
     def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]

@@ -7,9 +7,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.cli import gate_opts
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 
 if TYPE_CHECKING:
     from kernel_model.costs import Costs
@@ -75,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--profile", default=None, metavar="FILE.json",
                    help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
                         "from it instead of the fixed cost; with --calibrate, where to write it")
+    gate_opts.add_options(p)
     p.set_defaults(handler=run)
 
 
@@ -136,7 +138,6 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
 
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
-    import json
     import os
 
     from kernel_model.platforms import PLATFORMS
@@ -147,21 +148,25 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
     from minivmm.cli.progress import ProgressBar
-    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, check_runnable, measure
+    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
 
+    gate = gate_opts.prepare(args)  # --baseline, --threshold, --format: checked (and loaded) first
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
-    samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
+    samples, plot_path, seed, kvm_path = args.samples, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
-        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64")
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64"),
+            host.kvm_error)
     if plat not in PLATFORMS:
         raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
     host_hz = hz or host.hz
     if host_hz is None:
-        raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
     if args.calibrate:
         if host.kvm_error:
             try:
@@ -174,19 +179,17 @@ def run(args: argparse.Namespace) -> int:
     name = sequence if sequence != "auto" else ("firecracker" if plat in ("vmx", "svm") else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
-    try:
-        check_runnable(seq)
-    except SequenceUnrunnable as e:
-        raise CliError(f"sequence {seq.name}: {e}") from None
     if plot_path is not None:
         _check_plot_destination(plot_path)
     if host.kvm_error:
         try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
             Kvm(kvm_path).close()
         except KvmUnavailable as e:
-            raise kvm_unavailable(e) from None
-        raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+            raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
+        raise gate_opts.unusable(gate, CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE))
 
+    from minivmm.timing.pressure import PressureWindow
+    pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
     partial = None
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
@@ -198,15 +201,17 @@ def run(args: argparse.Namespace) -> int:
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
-        raise kvm_unavailable(e) from None
+        raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
     except KvmError as e:
-        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
-                       ExitCode.GUEST_FAILED) from None
+        raise gate_opts.unusable(gate, CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
+                                                ExitCode.GUEST_FAILED)) from None
+    cpu_pressure_pct = pressure.percent()
     comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
     facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
-             "host_hz": host.hz, "host_platform": host.platform, "partial": partial, "profile": args.profile}
+             "host_hz": host.hz, "host_platform": host.platform, "partial": partial, "profile": args.profile,
+             "cpu_pressure_pct": cpu_pressure_pct}
     if plot_path is not None:
         from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
@@ -214,18 +219,17 @@ def run(args: argparse.Namespace) -> int:
             write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
         except OSError as e:
             raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
-    if as_json:
-        data = to_json(comparison)
-        data.update(host=facts, timer_overhead_ns=overhead,
-                    partial={"completed": len(reps), "requested": repeat} if partial else None,
-                    strace_example=[r.strace_line() for r in comparison.repetitions[0].records if r is not None])
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
+    doc = to_json(comparison, facts, overhead)
+    doc["partial"] = {"completed": len(reps), "requested": repeat} if partial else None
+
+    def text() -> None:
         render(comparison, facts, overhead, sys.stdout)
         if args.profile:
             sys.stdout.write(f"model: timer and wake-up latencies drawn from the host profile {args.profile}\n")
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
-    return int(ExitCode.INTERRUPTED) if partial else 0
+    if partial:  # an interrupted measurement is reported, but it decides no gate
+        gate = None
+    code = gate_opts.emit(args, gate, doc, text)
+    return int(ExitCode.INTERRUPTED) if partial else code
 

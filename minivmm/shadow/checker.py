@@ -43,8 +43,9 @@ from __future__ import annotations
 import enum
 import threading
 from bisect import bisect_right
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
@@ -53,8 +54,9 @@ from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, fi
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
-from minivmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VcpuExit
+from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS, VcpuExit
 from minivmm.kvm.vm import IoEvent
+from minivmm.shadow.summary import FIRST_KEPT, Rule, ShadowSummary, ShadowViolation
 
 MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
 MAX_KEPT_VIOLATIONS = 20
@@ -72,54 +74,17 @@ class Injection(str, enum.Enum):
     STALE_BUS = "stale-bus"
 
 
-class Rule(str, enum.Enum):
-    """The rules a finding can break: the kernel's (a violation, exit code 3) or the guest's (a guest
-    error, exit code 5)."""
-
-    #: The kernel's: an exit of an access some in-kernel device claims in every version of its window.
-    EXIT_CLAIMED = "exit-of-a-claimed-access"
-    #: The kernel's: an eventfd count no open registration accounts for.
-    UNACCOUNTED_COMPLETION = "unaccounted-in-kernel-completion"
-    #: The guest's: the writes a guest reported on a doorbell differ from what the kernel counted plus
-    #: what exited. Only the guest's word says how many it wrote, so a guest can break this rule at
-    #: will (``movl $0x03000005, 0xd0002000; hlt``: "I wrote 5 times"); it proves nothing about the
-    #: kernel, whose completions the two rules above already check against the VMM's own knowledge.
-    GUEST_REPORT_DOES_NOT_ADD_UP = "guest-report-does-not-add-up"
-
-    @property
-    def guest_error(self) -> bool:
-        """Whether breaking this rule is the guest's fault (not the kernel's)."""
-        return self is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
-
-
-@dataclass(frozen=True)
-class ShadowViolation:
-    """One broken rule, with what shows it."""
-
-    rule: Rule
-    vcpu: int | None
-    exit: str
-    addr: int
-    versions: tuple[int, int]
-    message: str
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        d = asdict(self)
-        d["rule"] = self.rule.value
-        return d
-
-
 class _BusView:
     """One published bus of the twin as the exit check reads it: the model's immutable ``KvmIoBus``, the
     address spans its ranges can match at all, and a bounded cache of the model's lookup.
 
     Memory is bounded by the bus, not by the guest: an access outside every span is unclaimed (a range
     matches an access only if the access starts inside it, or, for a zero-length range, at its
-    address), decided by one bisection and never cached; an access inside a span is looked up with
-    the model's kernel-faithful walk (``offered_devices``) and cached by (address, length), and at most
-    ``MAX_CACHED_ACCESSES`` of those are kept (past that the lookup is simply made again). Shared by
-    consecutive versions while the bus does not change.
+    address, so the kernel's lookup finds none), decided by one bisection and never cached; an access
+    inside a span is looked up with the model's kernel-faithful walk (``offered_devices``, then
+    ``first_taker``) and its verdict cached by (address, length), at most ``MAX_CACHED_ACCESSES`` of
+    them (past that the lookup is simply made again). The bus never changes, so neither do the
+    verdicts: one view serves every version in which this bus is current.
     """
 
     __slots__ = ("bus", "starts", "ends", "cache")
@@ -134,33 +99,50 @@ class _BusView:
                 spans.append([start, end])
         self.starts = tuple(sp[0] for sp in spans)
         self.ends = tuple(sp[1] for sp in spans)
-        #: (addr, length) -> the devices the kernel offers the access to; written by any vCPU thread
-        #: (a benign race: two threads that miss store the same tuple).
-        self.cache: dict[tuple[int, int], tuple[KvmIoDevice, ...]] = {}
+        #: (addr, length) -> _Verdict; written by any vCPU thread (a benign race: two threads that
+        #: miss store equal verdicts).
+        self.cache: dict[tuple[int, int], _Verdict] = {}
 
-    def offered(self, addr: int, length: int) -> tuple[KvmIoDevice, ...]:
-        """The devices the kernel's lookup offers this access to, in order (empty: it exits)."""
+    def claims(self, addr: int, length: int, data: bytes | None) -> bool:
+        """Whether an in-kernel device on this bus takes the access: a read if ``data`` is None, else a
+        write of ``data``."""
         i = bisect_right(self.starts, addr) - 1
         if i < 0 or addr >= self.ends[i]:
-            return ()
+            return False
         key = (addr, length)
-        offered = self.cache.get(key)
-        if offered is None:
-            offered = offered_devices(self.bus, addr, length)
+        verdict = self.cache.get(key)
+        if verdict is None:
+            verdict = _Verdict.of(offered_devices(self.bus, addr, length), addr, length)
             if len(self.cache) < MAX_CACHED_ACCESSES:
-                self.cache[key] = offered
-        return offered
+                self.cache[key] = verdict
+        if data is None:
+            return verdict.read
+        if verdict.write is not None:
+            return verdict.write
+        return first_taker(verdict.offered, addr, length, int.from_bytes(data, "little")) is not None
 
 
-class _Version:
-    """One published state of the shadow's buses (never modified after publication)."""
+class _Verdict(NamedTuple):
+    """The model's answer for one (address, length) on one bus: whether a read is taken, whether a
+    write is taken (None: it depends on the value, a datamatch ioeventfd), and the devices offered."""
 
-    __slots__ = ("number", "mmio", "pio")
+    read: bool
+    write: bool | None
+    offered: tuple[KvmIoDevice, ...]
 
-    def __init__(self, number: int, mmio: _BusView, pio: _BusView) -> None:
-        self.number = number
-        self.mmio = mmio
-        self.pio = pio
+    @classmethod
+    def of(cls, offered: tuple[KvmIoDevice, ...], addr: int, length: int) -> _Verdict:
+        """The verdict for an access offered to ``offered`` (from ``offered_devices``)."""
+        read = first_taker(offered, addr, length, 0, is_write=False) is not None
+        write: bool | None = False
+        for dev in offered:
+            if not isinstance(dev, Ioeventfd) or dev.datamatch is None:
+                if first_taker((dev,), addr, length, 0) is not None:
+                    write = True  # takes a write whatever its value
+                    break
+            elif first_taker((dev,), addr, length, dev.datamatch) is not None:
+                write = None  # takes a write of one value only
+        return cls(read, write, offered)
 
 
 @dataclass
@@ -192,9 +174,9 @@ class ShadowChecker:
         self._running = False
         self._delayed: list[IoEvent] = []
         self._unmarked: set[IoEvent] = set()  # registrations an injected fault keeps the shadow from seeing
-        self._devices: dict[tuple, Ioeventfd] = {}
+        self._devices: dict[tuple[int, int, int | None, bool], Ioeventfd] = {}
         self.doorbells: dict[int, DoorbellAccount] = {}  # by eventfd
-        self._checked: dict[int, int] = {}  # per vCPU: each thread updates only its own entry
+        self._checked: defaultdict[int, int] = defaultdict(int)  # per vCPU: each thread updates its own
         self.registrations_mirrored = 0
         self.deregistrations_mirrored = 0
         self.completions_reconciled = 0
@@ -203,9 +185,14 @@ class ShadowChecker:
         self.violations: list[ShadowViolation] = []  # the kernel's (the first MAX_KEPT_VIOLATIONS)
         self.guest_error_count = 0
         self.guest_errors: list[ShadowViolation] = []  # the guest's (likewise)
-        self.exits_not_judged = 0
-        # Versions by number, from ``_oldest`` to ``version``; see _publish() for who owns what.
-        self._versions: dict[int, _Version] = {}
+        self._not_judged: defaultdict[int, int] = defaultdict(int)  # per vCPU, like _checked
+        # Each version's two buses by version number, from ``_oldest`` to ``version``; see _publish()
+        # for who owns what.
+        self._mmio_views: dict[int, _BusView] = {}
+        self._pio_views: dict[int, _BusView] = {}
+        #: The bus exits of the exit registry, each with the views of its bus.
+        self._views_of: dict[type, dict[int, _BusView]] = {
+            **{cls: self._pio_views for cls in PIO_EXITS}, **{cls: self._mmio_views for cls in MMIO_EXITS}}
         self._oldest = 0
         #: Per vCPU in a run: the oldest version its current (or next) KVM_RUN window can start at.
         self._entry: dict[int, int] = {}
@@ -239,25 +226,24 @@ class ShadowChecker:
         if len(grace_periods) > 16:
             del grace_periods[:-1]
         number = self.versions_published
-        prev = self._versions.get(self.version)
         mmio, pio = self.model.buses[MMIO], self.model.buses[PIO]
-        self._versions[number] = _Version(
-            number,
-            prev.mmio if prev is not None and prev.mmio.bus is mmio else _BusView(mmio),
-            prev.pio if prev is not None and prev.pio.bus is pio else _BusView(pio))
+        mmio_views, pio_views = self._mmio_views, self._pio_views
+        prev_mmio, prev_pio = mmio_views.get(self.version), pio_views.get(self.version)
+        mmio_views[number] = prev_mmio if prev_mmio is not None and prev_mmio.bus is mmio else _BusView(mmio)
+        pio_views[number] = prev_pio if prev_pio is not None and prev_pio.bus is pio else _BusView(pio)
         self.versions_published = number + 1
         self.version = number
         low = min(min(self._entry.values(), default=number), number)
         low = max(low, number - MAX_VERSIONS + 1)
-        versions = self._versions
         while self._oldest < low:
-            versions.pop(self._oldest, None)
+            mmio_views.pop(self._oldest, None)
+            pio_views.pop(self._oldest, None)
             self._oldest += 1
 
     @property
     def versions_kept(self) -> int:
         """Bus versions held now (the rest were pruned)."""
-        return len(self._versions)
+        return len(self._mmio_views)
 
     def vcpu_done(self, vcpu_id: int) -> None:
         """The vCPU's loop has ended: it judges no more exits, so it pins no version."""
@@ -265,8 +251,14 @@ class ShadowChecker:
             self._entry.pop(vcpu_id, None)
 
     @property
+    def exits_not_judged(self) -> int:
+        """Bus exits the rule could not judge: string I/O out inside a device's range, or a window
+        that starts at a version the MAX_VERSIONS cap dropped (allowed, as the rule must when unsure)."""
+        return sum(self._not_judged.values())
+
+    @property
     def exits_checked(self) -> int:
-        """Exits judged so far, over all vCPUs."""
+        """Bus exits (PIO and MMIO) the check saw, over all vCPUs."""
         return sum(self._checked.values())
 
     def attach_counter(self, fd: int, total: Callable[[], int], addr: int) -> None:
@@ -373,40 +365,51 @@ class ShadowChecker:
         with self._lock:
             self.model.create_vcpu(vcpu_id)
             self._entry[vcpu_id] = self.version
+            self._checked[vcpu_id] += 0  # the entry exists before the vCPU's thread updates it
 
     # --- the per-exit check (lock-free) ------------------------------------------------------------
     def check_exit(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
-        """Judge one exit that reached userspace, given the shadow versions around its KVM_RUN."""
-        cls = type(exit_)
-        if cls is MmioWrite:
-            bus, addr, length, value, write = MMIO, exit_.addr, len(exit_.data), int.from_bytes(exit_.data, "little"), True
-        elif cls is IoOut:
-            if exit_.count != 1:
-                self._entry[vcpu_id] = v_exit
-                return  # string I/O: each item was offered to the bus; judged as a whole it is not one access
-            bus, addr, length, value, write = PIO, exit_.port, exit_.size, int.from_bytes(exit_.data, "little"), True
-        elif cls is MmioRead:
-            bus, addr, length, value, write = MMIO, exit_.addr, exit_.length, 0, False
-        elif cls is IoIn:
-            bus, addr, length, value, write = PIO, exit_.port, exit_.size, 0, False
-        else:
+        """Judge one exit that reached userspace, given the shadow versions around its KVM_RUN.
+
+        The hot path: most exits come from a loop on one bus version (V_entry == V_exit) at an address
+        outside every range of that version's bus, which one bisection settles (see _BusView);
+        anything else (an access inside a range, a window over several versions) goes to
+        :meth:`_judge`.
+        """
+        views = self._views_of.get(type(exit_))
+        if views is None:  # not an exit of an access to a bus
             self._entry[vcpu_id] = v_exit
             return
-        self._checked[vcpu_id] = self._checked.get(vcpu_id, 0) + 1
-        versions = self._versions
-        try:
-            for number in range(v_entry, v_exit + 1):
-                version = versions.get(number)
-                if version is None:  # dropped by the MAX_VERSIONS cap: not judged
-                    self.exits_not_judged += 1
+        self._checked[vcpu_id] += 1
+        if v_entry == v_exit:
+            view = views.get(v_entry)
+            if view is not None:
+                # The port or address, first in each bus exit (indexing: faster than bus_access()).
+                addr = exit_[0]  # type: ignore[misc]
+                i = bisect_right(view.starts, addr) - 1
+                if i < 0 or addr >= view.ends[i]:
+                    self._entry[vcpu_id] = v_exit
                     return
-                view = version.mmio if bus is MMIO else version.pio
-                if first_taker(view.offered(addr, length), addr, length, value, write) is None:
-                    return  # the kernel may have looked it up on a bus like this one: allowed
-        finally:
-            self._entry[vcpu_id] = v_exit
+        self._judge(vcpu_id, exit_, v_entry, v_exit)
+        self._entry[vcpu_id] = v_exit
+
+    def _judge(self, vcpu_id: int, exit_: VcpuExit, v_entry: int, v_exit: int) -> None:
+        """The full rule: a violation iff the access is claimed in every version of the window."""
+        access = exit_.bus_access()  # type: ignore[union-attr]  # only bus exits reach here
+        if access is None:  # string I/O out inside a range: not one access
+            self._not_judged[vcpu_id] += 1
+            return
+        pio, addr, length, data = access
+        views = self._pio_views if pio else self._mmio_views
+        for number in range(v_entry, v_exit + 1):
+            view = views.get(number)
+            if view is None:  # dropped by the MAX_VERSIONS cap: not judged
+                self._not_judged[vcpu_id] += 1
+                return
+            if not view.claims(addr, length, data):
+                return  # the kernel may have looked it up on a bus like this one: allowed
         self._violation(Rule.EXIT_CLAIMED, vcpu_id, exit_, addr, (v_entry, v_exit),
-                        f"{'MMIO' if bus is MMIO else 'PIO'} {'write' if write else 'read'} at {addr:#x} "
+                        f"{'PIO' if pio else 'MMIO'} {'read' if data is None else 'write'} at {addr:#x} "
                         f"(len {length}) exited to userspace although an in-kernel device claims it in every "
                         "shadow bus version between the KVM_RUN's entry and its exit")
 
@@ -483,16 +486,14 @@ class ShadowChecker:
                                 f"doorbell {acct.addr:#x}: the guest reported {acct.guest_reported} writes, the "
                                 f"kernel counted {acct.kernel_total} and {acct.userspace_writes} exited")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ShadowSummary:
         """The shadow section of the run report."""
-        return {"enabled": True, "inject": self.inject.value if self.inject else None,
-                "exits_checked": self.exits_checked, "registrations_mirrored": self.registrations_mirrored,
-                "deregistrations_mirrored": self.deregistrations_mirrored,
-                "in_kernel_completions_reconciled": self.completions_reconciled,
-                "reconciliations": self.reconciliations, "bus_versions": self.versions_published,
-                "bus_versions_kept": self.versions_kept, "exits_not_judged": self.exits_not_judged,
-                "violations": self.violation_count,
-                "first_violations": [v.to_json() for v in self.violations[:5]],
-                "guest_errors": self.guest_error_count,
-                "first_guest_errors": [v.to_json() for v in self.guest_errors[:5]],
-                "model_invariant_violations": [v.to_json() for v in self.model.checker.violations[:5]]}
+        return ShadowSummary(
+            inject=self.inject.value if self.inject else None, exits_checked=self.exits_checked,
+            exits_not_judged=self.exits_not_judged, registrations_mirrored=self.registrations_mirrored,
+            deregistrations_mirrored=self.deregistrations_mirrored,
+            in_kernel_completions_reconciled=self.completions_reconciled, reconciliations=self.reconciliations,
+            bus_versions=self.versions_published, bus_versions_kept=self.versions_kept,
+            violations=self.violation_count, first_violations=tuple(self.violations[:FIRST_KEPT]),
+            guest_errors=self.guest_error_count, first_guest_errors=tuple(self.guest_errors[:FIRST_KEPT]),
+            model_invariant_violations=tuple(self.model.checker.violations[:FIRST_KEPT]))

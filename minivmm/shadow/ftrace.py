@@ -70,7 +70,7 @@ class FtraceSession:
         try:
             root = _find_tracefs()
             if root is None:
-                session.mounted_here = tempfile.mkdtemp(prefix="minivmm-tracefs-")
+                session.mounted_here = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{os.getpid()}-")
                 proc = subprocess.run(["mount", "-t", "tracefs", "nodev", session.mounted_here],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:

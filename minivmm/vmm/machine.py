@@ -191,10 +191,11 @@ class Machine:
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
     def _vcpu_loop(self, on_exit: ExitHook | None) -> Callable[[Vcpu, VcpuRecord, RunControl], None]:
-        dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
         shadow = self.shadow
 
         def loop(vcpu: Vcpu, record: VcpuRecord, control: RunControl) -> None:
+            # One dispatcher per vCPU: its route tables are that vCPU's own (no lock on the exit path).
+            dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
             run_vcpu(vcpu, dispatcher, record, control, on_exit, shadow)
         return loop
 
@@ -221,7 +222,7 @@ class Machine:
             doorbell_kernel_writes=doorbell.kernel_count() if doorbell else 0,
             doorbell_userspace_writes=doorbell.userspace_writes if doorbell else 0,
             dynamic_doorbells=self.dynamic.counts() if self.dynamic is not None else None,
-            shadow=self.shadow.summary() if self.shadow is not None else {"enabled": False},
+            shadow=self.shadow.summary() if self.shadow is not None else None,
             vcpus=where, ftrace=ftrace,
             ftrace_unavailable=ftrace_error if self.config.ftrace and ftrace is None else None,
             console_echo_dropped=self.console.echo_dropped)

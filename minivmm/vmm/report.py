@@ -20,6 +20,7 @@ from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
     from minivmm.shadow.ftrace import FtraceResult
+    from minivmm.shadow.summary import ShadowSummary
 
 
 class RunOutcome(str, enum.Enum):
@@ -94,8 +95,8 @@ class MachineSnapshot:
     doorbell_userspace_writes: int
     #: None when the guest never used the control device.
     dynamic_doorbells: DynamicDoorbellCounts | None
-    #: The shadow's summary (``{"enabled": False}`` with ``--no-check``).
-    shadow: dict[str, Any]
+    #: The shadow's summary (None with ``--no-check``).
+    shadow: ShadowSummary | None
     #: By vCPU index: only the vCPUs that did not halt cleanly.
     vcpus: dict[int, VcpuSnapshot] = field(default_factory=dict)
     #: --ftrace: the cross-check's result, or why there is none (both None without --ftrace).
@@ -136,7 +137,8 @@ class RunReport:
     doorbell_kernel_writes: int
     doorbell_userspace_writes: int
     dynamic_doorbells: DynamicDoorbellCounts | None = None
-    shadow: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    #: The shadow's summary (None with ``--no-check``).
+    shadow: ShadowSummary | None = None
     ftrace: FtraceResult | None = None
     #: Why --ftrace could not record (None when it did, or was not asked for).
     ftrace_unavailable: str | None = None
@@ -151,7 +153,7 @@ class RunReport:
         out: dict[str, Any] = {}
         if self.dynamic_doorbells is not None:
             out["dynamic_doorbells"] = asdict(self.dynamic_doorbells)
-        out["shadow"] = self.shadow
+        out["shadow"] = self.shadow.to_json() if self.shadow is not None else {"enabled": False}
         if self.ftrace_requested:
             out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
                              else {"unavailable": self.ftrace_unavailable})
@@ -300,26 +302,26 @@ def render_ftrace(ft: FtraceResult | None, unavailable: str | None, out: TextIO)
         w(f"           MISMATCH: {m}\n")
 
 
-def render_shadow(sh: dict[str, Any], out: TextIO) -> None:
+def render_shadow(sh: ShadowSummary | None, out: TextIO) -> None:
     """The shadow section: what was checked and every violation found (the first few in full)."""
     w = out.write
-    if not sh.get("enabled"):
+    if sh is None:
         w("shadow     off (--no-check)\n")
         return
-    inject = f" [fault injected: {sh['inject']}]" if sh.get("inject") else ""
-    w(f"shadow     {sh['exits_checked']} exits checked against {sh['bus_versions']} bus versions; "
-      f"{sh['registrations_mirrored']} registrations and {sh['deregistrations_mirrored']} deregistrations "
-      f"mirrored; {sh['in_kernel_completions_reconciled']} in-kernel completions reconciled{inject}\n")
-    if sh.get("guest_errors"):
-        w(f"           {sh['guest_errors']} GUEST ERROR(S) (the guest's word, not the kernel's fault); "
+    inject = f" [fault injected: {sh.inject}]" if sh.inject else ""
+    w(f"shadow     {sh.exits_checked} exits checked against {sh.bus_versions} bus versions; "
+      f"{sh.registrations_mirrored} registrations and {sh.deregistrations_mirrored} deregistrations "
+      f"mirrored; {sh.in_kernel_completions_reconciled} in-kernel completions reconciled{inject}\n")
+    if sh.guest_errors:
+        w(f"           {sh.guest_errors} GUEST ERROR(S) (the guest's word, not the kernel's fault); "
           "the first:\n")
-        for v in sh["first_guest_errors"]:
-            w(f"           - {v['rule']}: {v['message']}\n")
-    if not sh["violations"]:
+        for g in sh.first_guest_errors:
+            w(f"           - {g.rule.value}: {g.message}\n")
+    if not sh.violations:
         w("           no violation\n")
         return
-    w(f"           {sh['violations']} VIOLATION(S); the first:\n")
-    for v in sh["first_violations"]:
-        who = f"vcpu{v['vcpu']} " if v["vcpu"] is not None else ""
-        w(f"           - {v['rule']}: {who}{v['message']} (bus versions {v['versions'][0]}..{v['versions'][1]}; "
-          f"exit {v['exit']})\n")
+    w(f"           {sh.violations} VIOLATION(S); the first:\n")
+    for v in sh.first_violations:
+        who = f"vcpu{v.vcpu} " if v.vcpu is not None else ""
+        w(f"           - {v.rule.value}: {who}{v.message} (bus versions {v.versions[0]}..{v.versions[1]}; "
+          f"exit {v.exit})\n")

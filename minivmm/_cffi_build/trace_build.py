@@ -1,0 +1,267 @@
+"""Build-time only: the cffi (API mode) description of what ``minivmm trace`` needs from the system.
+
+ptrace, waitpid, process_vm_readv, seccomp and prctl, with every constant and struct layout *declared*
+(``...``) so that the C compiler supplies the values from the system headers (``<sys/ptrace.h>``,
+``<sys/user.h>``, ``<linux/seccomp.h>``, ``<linux/filter.h>``, ``<linux/audit.h>``, ``<linux/kvm.h>``).
+
+Two tables are generated from the preprocessor's view of ``<linux/kvm.h>`` at build time, so the
+compiled module knows exactly the names this host's header has:
+
+* every ``KVM_*`` macro defined with ``_IO``/``_IOR``/``_IOW``/``_IOWR`` (the ioctl requests), and
+* every ``KVM_CAP_*`` (to name ``KVM_ENABLE_CAP``'s and ``KVM_CHECK_EXTENSION``'s capability).
+
+Some request macros name structs another architecture defines; they are found by compiling the table
+once and dropping the names the compiler rejects.
+
+The one piece of C that is not a declaration is ``minivmm_trace_spawn``: between ``fork()`` and
+``execve()`` the child may only make async-signal-safe calls, so the child's set-up (seccomp filter,
+stop for the tracer, exec) is written in C and never returns to Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import cffi
+
+_REQUEST = re.compile(r"^#define (KVM_[A-Z0-9_]+)\s+_IO(?:R|W|WR)?\(")
+_CAP = re.compile(r"^#define (KVM_CAP_[A-Z0-9_]+)\s+\S")
+
+PRELUDE = """
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/kvm.h>
+"""
+
+SPAWN = r"""
+/* Stages reported through the error pipe when the child cannot reach execve. */
+#define MINIVMM_STAGE_SECCOMP 1
+#define MINIVMM_STAGE_NO_NEW_PRIVS 2
+#define MINIVMM_STAGE_EXEC 3
+
+static void minivmm_child_fail(int err_fd, int stage)
+{
+    int report[2] = {stage, errno};
+    ssize_t n = write(err_fd, report, sizeof(report));
+    (void)n;
+    _exit(127);
+}
+
+/*
+ * fork(); in the child: default SIGPIPE/SIGXFSZ (Python ignores them and execve would keep that),
+ * an empty signal mask, the seccomp filter (without no_new_privs where the caller may install filters
+ * anyway, e.g. root, so set-uid helpers keep working), then stop until the tracer has seized us, then
+ * execve. Returns the child's pid (or -1) in the parent. A failure in the child is written to err_fd
+ * as {stage, errno} and the child exits 127.
+ */
+static int minivmm_trace_spawn(const char *path, char *const argv[], char *const envp[],
+                               const struct sock_fprog *prog, int err_fd)
+{
+    sigset_t none;
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, prog) != 0) {
+        if (errno != EACCES)
+            minivmm_child_fail(err_fd, MINIVMM_STAGE_SECCOMP);
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            minivmm_child_fail(err_fd, MINIVMM_STAGE_NO_NEW_PRIVS);
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, prog) != 0)
+            minivmm_child_fail(err_fd, MINIVMM_STAGE_SECCOMP);
+    }
+    kill(getpid(), SIGSTOP);
+    execve(path, argv, envp);
+    minivmm_child_fail(err_fd, MINIVMM_STAGE_EXEC);
+    return -1;
+}
+
+/* glibc's ptrace() is variadic; a fixed signature lets cffi call it without a cast per call. */
+static long minivmm_ptrace(long request, int pid, void *addr, void *data)
+{
+    return ptrace((enum __ptrace_request)request, pid, addr, data);
+}
+
+static int minivmm_tgkill(int tgid, int tid, int sig)
+{
+    return (int)syscall(SYS_tgkill, tgid, tid, sig);
+}
+
+struct minivmm_named { const char *name; unsigned long value; };
+"""
+
+CDEF = """
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+typedef int32_t __s32;
+
+/* --- ptrace (values from <sys/ptrace.h>) --- */
+#define PTRACE_CONT ...
+#define PTRACE_SYSCALL ...
+#define PTRACE_GETREGS ...
+#define PTRACE_GETSIGINFO ...
+#define PTRACE_GETEVENTMSG ...
+#define PTRACE_SETOPTIONS ...
+#define PTRACE_DETACH ...
+#define PTRACE_SEIZE ...
+#define PTRACE_INTERRUPT ...
+#define PTRACE_LISTEN ...
+#define PTRACE_O_TRACESYSGOOD ...
+#define PTRACE_O_TRACEFORK ...
+#define PTRACE_O_TRACEVFORK ...
+#define PTRACE_O_TRACECLONE ...
+#define PTRACE_O_TRACEEXEC ...
+#define PTRACE_O_TRACESECCOMP ...
+#define PTRACE_O_EXITKILL ...
+#define PTRACE_EVENT_FORK ...
+#define PTRACE_EVENT_VFORK ...
+#define PTRACE_EVENT_CLONE ...
+#define PTRACE_EVENT_EXEC ...
+#define PTRACE_EVENT_EXIT ...
+#define PTRACE_EVENT_SECCOMP ...
+#define PTRACE_EVENT_STOP ...
+#define __WALL ...
+#define WNOHANG ...
+#define WUNTRACED ...
+
+/* --- seccomp / classic BPF (values from <linux/seccomp.h>, <linux/filter.h>, <linux/audit.h>) --- */
+#define SECCOMP_RET_ALLOW ...
+#define SECCOMP_RET_TRACE ...
+#define BPF_LD ...
+#define BPF_W ...
+#define BPF_ABS ...
+#define BPF_ALU ...
+#define BPF_AND ...
+#define BPF_JMP ...
+#define BPF_JEQ ...
+#define BPF_K ...
+#define BPF_RET ...
+#define AUDIT_ARCH_X86_64 ...
+#define SYS_ioctl ...
+#define MINIVMM_STAGE_SECCOMP ...
+#define MINIVMM_STAGE_NO_NEW_PRIVS ...
+#define MINIVMM_STAGE_EXEC ...
+
+struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; ...; };
+struct sock_fprog { unsigned short len; struct sock_filter *filter; ...; };
+struct seccomp_data { int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]; ...; };
+
+/* --- registers and memory of the tracee --- */
+struct user_regs_struct {
+    unsigned long long orig_rax, rax, rdi, rsi, rdx, r10, r8, r9, rip;
+    ...;
+};
+struct iovec { void *iov_base; size_t iov_len; ...; };
+typedef struct { int si_signo; int si_errno; int si_code; ...; } siginfo_t;
+
+int minivmm_trace_spawn(const char *path, char *const argv[], char *const envp[],
+                        const struct sock_fprog *prog, int err_fd);
+long minivmm_ptrace(long request, int pid, void *addr, void *data);
+int minivmm_tgkill(int tgid, int tid, int sig);
+int waitpid(int pid, int *status, int options);
+ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
+                         const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
+int kill(int pid, int sig);
+
+/* --- KVM argument structs the tracer decodes (layouts from <linux/kvm.h>) --- */
+#define KVMIO ...
+#define KVM_MEM_LOG_DIRTY_PAGES ...
+#define KVM_MEM_READONLY ...
+#define KVM_IOEVENTFD_FLAG_DATAMATCH ...
+#define KVM_IOEVENTFD_FLAG_PIO ...
+#define KVM_IOEVENTFD_FLAG_DEASSIGN ...
+#define KVM_IRQFD_FLAG_DEASSIGN ...
+#define KVM_IRQFD_FLAG_RESAMPLE ...
+#define KVM_PIT_SPEAKER_DUMMY ...
+
+struct kvm_userspace_memory_region {
+    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr; ...;
+};
+struct kvm_ioeventfd { __u64 datamatch; __u64 addr; __u32 len; __s32 fd; __u32 flags; ...; };
+struct kvm_irqfd { __u32 fd; __u32 gsi; __u32 flags; __u32 resamplefd; ...; };
+struct kvm_irq_routing { __u32 nr; __u32 flags; ...; };
+struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; ...; };
+struct kvm_pit_config { __u32 flags; ...; };
+
+struct minivmm_named { const char *name; unsigned long value; };
+extern const struct minivmm_named minivmm_kvm_requests[];
+extern const int minivmm_kvm_requests_count;
+extern const struct minivmm_named minivmm_kvm_caps[];
+extern const int minivmm_kvm_caps_count;
+"""
+
+# Only where the header has it (6.8 and later): guest_memfd memslots.
+REGION2_CDEF = """
+#define KVM_MEM_GUEST_MEMFD ...
+struct kvm_userspace_memory_region2 {
+    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
+    __u64 guest_memfd_offset; __u32 guest_memfd; ...;
+};
+"""
+
+
+def _macros(pattern: re.Pattern[str]) -> list[str]:
+    cc = os.environ.get("CC", "cc")
+    out = subprocess.run([cc, "-dM", "-E", "-include", "linux/kvm.h", "-x", "c", "-"],
+                         input="", capture_output=True, text=True, check=True).stdout
+    return sorted({m.group(1) for line in out.splitlines() if (m := pattern.match(line))})
+
+
+def _table(name: str, macros: list[str]) -> str:
+    rows = "".join(f'    {{"{m}", (unsigned long)({m})}},\n' for m in macros)
+    return (f"const struct minivmm_named {name}[] = {{\n{rows}}};\n"
+            f"const int {name}_count = {len(macros)};\n")
+
+
+def _compilable(macros: list[str]) -> list[str]:
+    """The request macros this architecture can evaluate (some name other architectures' structs)."""
+    cc = os.environ.get("CC", "cc")
+    keep = list(macros)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        for _ in range(len(macros) + 1):
+            lines = [PRELUDE] + [f"unsigned long probe_{i} = (unsigned long)({m});" for i, m in enumerate(keep)]
+            offset = PRELUDE.count("\n") + 2  # line of probe_0
+            with open(src, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            proc = subprocess.run([cc, "-fsyntax-only", src], capture_output=True, text=True)
+            if proc.returncode == 0:
+                return keep
+            bad = {int(m.group(1)) - offset for m in re.finditer(r"probe\.c:(\d+):\d+: error", proc.stderr)}
+            bad = {i for i in bad if 0 <= i < len(keep)}
+            if not bad:
+                raise RuntimeError(f"cannot evaluate the KVM ioctl macros:\n{proc.stderr[:2000]}")
+            keep = [m for i, m in enumerate(keep) if i not in bad]
+    return keep
+
+
+requests = _compilable(_macros(_REQUEST))
+has_region2 = "KVM_SET_USER_MEMORY_REGION2" in requests
+
+ffi = cffi.FFI()
+ffi.cdef(CDEF + (REGION2_CDEF if has_region2 else ""))
+ffi.set_source("minivmm._trace", PRELUDE + SPAWN + _table("minivmm_kvm_requests", requests)
+               + _table("minivmm_kvm_caps", _macros(_CAP)))
+
+if __name__ == "__main__":
+    ffi.compile(verbose=True)

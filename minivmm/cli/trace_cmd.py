@@ -1,0 +1,317 @@
+"""``minivmm trace [options] -- COMMAND [ARGS...]``: record, time and explain the KVM set-up of any VMM.
+
+Exit status: the traced program's own (its exit code, or 128+N if a signal N killed it), as strace
+does; 0 when ``--until first-run`` ended it (or ``--detach`` left it running) as asked; 1 on
+``--timeout``; 130/143 when minivmm trace itself got SIGINT/SIGTERM. minivmm trace's own errors: 2 for
+bad usage, a COMMAND that cannot be run, ptrace or (``--clock kernel``) tracefs refused, an unwritable
+``--save-sequence``/``--output``, and a COMMAND that made no KVM ioctl (``--json`` still carries the
+program's own status under ``tracee``); 4 when it made none because /dev/kvm is not accessible here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Any
+
+from minivmm.cli.errors import CliError, ExitCode
+
+DESCRIPTION = """\
+Start COMMAND (a VMM: QEMU, Firecracker, crosvm, cloud-hypervisor, minivmm boot ...) and record every
+KVM ioctl that it, its threads and its children issue: the fd's role (system, vm, vcpuN), the request,
+the decoded argument, the result, the thread and the duration. Only KVM ioctls stop the program (a
+seccomp filter hands exactly those to the tracer), so it runs as it would untraced; its output, signals
+and exit status pass through. Durations come from the kernel's raw_syscalls tracepoints where tracefs
+is available, else from the tracer's own clock; the output says which.
+
+Then the set-up is replayed through the kernel model: what each kernel variant predicts for each
+ioctl at this host's HZ and platform, which stalls the model explains, the whole set-up measured and
+predicted, and the verdict as `minivmm timing` gives it.
+
+Exit status: the program's own (128+N if signal N killed it); 0 when --until first-run ended it or
+--detach left it running; 1 on --timeout; 2 for minivmm trace's own errors (bad usage, COMMAND not
+runnable, ptrace or tracefs refused, an unwritable output file, a COMMAND that made no KVM ioctl); 4 if
+it made none because /dev/kvm is not accessible; 130/143 if minivmm trace was interrupted/terminated."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``trace`` command."""
+    p = subparsers.add_parser("trace", help="trace and explain the KVM set-up of any VMM (QEMU, Firecracker, ...)",
+                              description=DESCRIPTION)
+    p.add_argument("--until", choices=["exit", "first-run"], default="exit",
+                   help="stop when the program exits (default), or once every vCPU it created has entered "
+                        "KVM_RUN (first-run): then the program is ended with SIGTERM, or left running with "
+                        "--detach. A VMM started paused (QEMU -S) never enters KVM_RUN: add --timeout")
+    p.add_argument("--detach", action="store_true",
+                   help="with --until first-run: report and leave the program running, in a session of its "
+                        "own (a background minivmm process keeps serving its KVM ioctls, since a seccomp filter "
+                        "cannot be removed)")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="end the program (SIGTERM, then SIGKILL) after this long; exit status 1")
+    p.add_argument("--clock", choices=["auto", "kernel", "ptrace"], default="auto",
+                   help="where durations come from: the kernel's raw_syscalls tracepoints (kernel), the "
+                        "tracer's stops (ptrace), or kernel where tracefs is available (auto, the default)")
+    p.add_argument("--json", action="store_true", help="one JSON document (schema_version 1) instead of text")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the report to FILE instead of stdout (the program's own output stays on "
+                        "stdout; use this with --json when the program prints)")
+    p.add_argument("--save-sequence", metavar="FILE",
+                   help="write the set-up as a sequence file, for `minivmm model --sequence FILE` and "
+                        "`minivmm timing --sequence FILE`")
+    p.add_argument("--no-explain", action="store_true", help="only the trace, no model predictions")
+    p.add_argument("--hz", type=int, help="CONFIG_HZ for the model (default: the host's kernel config)")
+    p.add_argument("-p", "--platform", help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
+    p.add_argument("-n", "--samples", type=int, default=400, help="model samples per variant (default 400)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                   help="the program to trace, after --")
+    p.set_defaults(handler=run)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 86400 * 365:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def check_output_path(path: str, option: str) -> None:
+    """Refuse, before the run, a path that cannot be written or would be written through a symlink."""
+    if os.path.islink(path):
+        raise CliError(f"{option} {path!r} is a symbolic link; give the real path")
+    if os.path.isdir(path):
+        raise CliError(f"{option} {path!r} is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CliError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path!r} cannot be written (permission denied)")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a new file beside ``path`` and rename it over: never into a file we did not
+    create, never through a symlink."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve_command(command: list[str]) -> tuple[str, list[str]]:
+    """The executable's path and argv; CliError for no command, a missing or non-executable one."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("no COMMAND given. Usage: minivmm trace [OPTIONS] -- COMMAND [ARGS...]")
+    name = command[0]
+    if "/" in name:
+        if not os.path.exists(name):
+            raise CliError(f"COMMAND {name!r} does not exist")
+        if os.path.isdir(name) or not os.access(name, os.X_OK):
+            raise CliError(f"COMMAND {name!r} is not executable")
+        return name, command
+    found = shutil.which(name)
+    if found is None:
+        raise CliError(f"COMMAND {name!r} not found in PATH")
+    return found, command
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trace, explain, report; return the exit code (see the module docstring)."""
+    path, argv = resolve_command(args.command)
+    if args.detach and args.until != "first-run":
+        raise CliError("--detach needs --until first-run (it says when to detach)")
+    if args.samples < 10:
+        raise CliError("--samples must be at least 10")
+    for option, value in (("--save-sequence", args.save_sequence), ("--output", args.output)):
+        if value:
+            check_output_path(value, option)
+    from kernel_model.platforms import PLATFORMS
+    if args.platform and args.platform not in PLATFORMS:
+        raise CliError(f"unknown platform {args.platform!r} (known: {', '.join(PLATFORMS)})")
+    if args.hz is not None and not 1 <= args.hz <= 10000:
+        raise CliError("--hz must be between 1 and 10000")
+
+    from minivmm.trace.kclock import KernelClockUnavailable
+    from minivmm.trace.syscalls import SpawnError
+    from minivmm.trace.tracer import PtraceDenied, Tracer, spawn_failure_message
+
+    detach_pipe: list[int] = []
+
+    def on_detach(result: Any) -> None:
+        code = _report(args, result, argv)
+        _hand_back(detach_pipe, code)
+
+    if args.detach:
+        code = _fork_for_detach(detach_pipe)
+        if code is not None:
+            return code
+    tracer = Tracer(path, argv, until_first_run=args.until == "first-run", detach=args.detach,
+                    timeout_s=args.timeout, clock=args.clock, on_detach=on_detach if args.detach else None)
+    try:
+        result = tracer.run()
+    except PtraceDenied as e:
+        raise CliError(str(e)) from None
+    except KernelClockUnavailable as e:
+        raise CliError(f"--clock kernel: {e} (use --clock auto to fall back to the tracer's clock)") from None
+    except SpawnError as e:
+        raise CliError(spawn_failure_message(e, argv[0])) from None
+    if result.detached:
+        os._exit(0)  # the background servicer: the tracee is gone, the report was given long ago
+    return _report(args, result, argv)
+
+
+def _fork_for_detach(pipe: list[int]) -> int | None:
+    """With --detach the tracer must outlive the command the shell waits for (a seccomp filter cannot be
+    removed, so the VMM's KVM ioctls need a tracer for as long as it runs): the foreground process
+    waits for the report's exit code on a pipe and returns it; the child traces."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()  # the terminal's Ctrl-C after we have handed back is the VMM's, not ours
+        pipe.append(w)
+        return None
+    os.close(w)
+    data = b""
+    try:
+        while chunk := os.read(r, 16):
+            data += chunk
+    finally:
+        os.close(r)
+    if data:
+        return int(data.decode())
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else int(ExitCode.INTERRUPTED)
+
+
+def _hand_back(pipe: list[int], code: int) -> None:
+    """In the detached tracer: give the foreground its exit code and let go of the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if pipe:
+        os.write(pipe[0], str(code).encode())
+        os.close(pipe[0])
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def _outcome_and_code(result: Any) -> tuple[str, int]:
+    from minivmm.trace.tracer import StopReason
+    if not result.events and result.stop_reason in (StopReason.EXITED, StopReason.FIRST_RUN):
+        kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
+        return "no_kvm_ioctls", int(ExitCode.BAD_INPUT if kvm_ok else ExitCode.KVM_UNAVAILABLE)
+    if result.detached:
+        return "detached", int(ExitCode.OK)
+    if result.stop_reason is StopReason.FIRST_RUN:
+        return "first-run", int(ExitCode.OK)
+    if result.stop_reason is StopReason.TIMEOUT:
+        return "timeout", int(ExitCode.GUEST_FAILED)
+    if result.stop_reason is StopReason.INTERRUPTED:
+        return "interrupted", int(ExitCode.INTERRUPTED)
+    if result.stop_reason is StopReason.TERMINATED:
+        return "terminated", int(ExitCode.TERMINATED)
+    if result.exit_signal is not None:
+        return "killed", 128 + result.exit_signal
+    return "exited", result.exit_code or 0
+
+
+def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
+    """Explain, write the sequence file and the report; print the one-line notes; return the exit code."""
+    import json
+
+    from minivmm.trace import report
+    outcome, code = _outcome_and_code(result)
+    ex, note = None, ""
+    host: dict[str, Any] = {}
+    if result.events and not args.no_explain:
+        ex, note, host = _explain(args, result)
+    elif not result.events:
+        note = "no KVM ioctls"
+    if args.save_sequence:
+        text = ex.sequence_text if ex is not None else None
+        if text is None and result.events:
+            from minivmm.trace.explain import build_sequence
+            try:
+                text = build_sequence(result).sequence_text  # --no-explain, or no HZ/platform: no model needed
+            except ValueError as e:
+                note = note or str(e)
+        if text is None:
+            _note(f"--save-sequence: nothing written ({note or 'no VM set-up traced'})")
+        else:
+            write_atomically(args.save_sequence, text)
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        if args.json:
+            json.dump(report.to_json(result, ex, note, outcome, code, host), out, indent=2)
+            out.write("\n")
+        else:
+            report.render_text(result, ex, note, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    if outcome == "no_kvm_ioctls":
+        status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
+                  else f"ended with exit status {result.exit_code}")
+        why = "" if code == ExitCode.BAD_INPUT else " (/dev/kvm is not accessible here)"
+        _error_line(f"no KVM ioctls: {argv[0]!r} never issued one{why} (it {status})")
+    elif outcome == "killed" and not result.ended_by_tracer:
+        import signal as _signal
+        _note(f"{argv[0]!r} was killed by {_signal.Signals(result.exit_signal).name}")
+    if result.forks or result.execs:
+        kvm_pids = sorted({e.pid for e in result.events} - {result.pid})
+        _note(f"{argv[0]!r} started {len(result.forks)} child process(es) and {len(result.execs)} exec(s); all were "
+              "followed" + (f", and the KVM ioctls of pid {', '.join(map(str, kvm_pids))} are in the trace"
+                            if kvm_pids else ""))
+    if outcome == "timeout":
+        _error_line(f"--timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
+              + ("" if result.events else " (it had issued no KVM ioctl)"))
+    return code
+
+
+def _error_line(line: str) -> None:
+    """An error that comes after the report (the report is still the answer): the CLI's one-line form."""
+    try:
+        sys.stderr.write(f"minivmm: error: {line}\n")
+    except OSError:
+        pass
+
+
+def _note(line: str) -> None:
+    try:
+        sys.stderr.write(f"minivmm trace: {line}\n")
+    except OSError:
+        pass
+
+
+def _explain(args: argparse.Namespace, result: Any) -> tuple[Any, str, dict[str, Any]]:
+    """The explanation, or why there is none (a note, not an error: the trace itself is the answer)."""
+    from minivmm.host import read_host_info
+    from minivmm.trace.explain import explain
+    info = read_host_info()
+    hz = args.hz or info.hz
+    plat = args.platform or info.platform
+    host = {"kernel": info.kernel, "hz": hz, "hz_source": "--hz" if args.hz else info.hz_source,
+            "platform": plat, "platform_source": "--platform" if args.platform else info.backend_module}
+    if hz is None:
+        return None, "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz", host
+    if plat is None:
+        return None, "cannot tell the KVM platform from /sys/module; pass --platform", host
+    try:
+        return explain(result, hz, plat, samples=args.samples), "", host
+    except ValueError as e:
+        return None, str(e), host

@@ -1,0 +1,213 @@
+"""The tracer's system calls (ptrace, waitpid, process_vm_readv, the seccomp child) and its one errno
+choke point.
+
+Everything goes through the compiled cffi module ``minivmm._trace`` (see
+minivmm/_cffi_build/trace_build.py): constants and struct layouts come from the system headers. A
+failing call raises :class:`TraceOSError` from :func:`_check`, the only place that reads ``errno``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import struct
+from typing import Any
+
+from minivmm._trace import ffi, lib
+
+__all__ = ["ffi", "lib", "TraceOSError", "SpawnError", "seccomp_kvm_filter", "spawn", "ptrace", "waitpid",
+           "getregs", "read_memory", "event_message", "siginfo_signo", "tgkill"]
+
+
+class TraceOSError(OSError):
+    """A tracer system call failed; ``errno`` is the kernel's, ``call`` names the call."""
+
+    def __init__(self, call: str, err: int) -> None:
+        super().__init__(err, f"{call}: {os.strerror(err)} ({_errno.errorcode.get(err, err)})")
+        self.call = call
+
+
+class SpawnError(OSError):
+    """The child could not install the filter or exec COMMAND; ``stage`` says which step failed."""
+
+    def __init__(self, stage: str, err: int) -> None:
+        super().__init__(err, f"{stage}: {os.strerror(err)}")
+        self.stage = stage
+
+
+def _check(ret: int, call: str) -> int:
+    """The errno choke point: a negative return becomes TraceOSError naming ``call``."""
+    if ret < 0:
+        check_errno(call)
+    return ret
+
+
+def check_errno(call: str) -> None:
+    """Raise TraceOSError for the errno of the call that just failed (the hot path tests the return
+    value itself and comes here only on failure)."""
+    raise TraceOSError(call, ffi.errno)
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:
+    return (code, jt, jf, k)
+
+
+def seccomp_kvm_filter() -> Any:
+    """A seccomp BPF program: SECCOMP_RET_TRACE for ``ioctl(fd, request)`` with ``_IOC_TYPE(request) ==
+    KVMIO`` on x86-64, SECCOMP_RET_ALLOW for every other system call (so they never stop the tracee).
+
+    ``_IOC_TYPE`` is bits 8..15 of the request (``_IOC_TYPESHIFT`` is 8 on every architecture); the
+    kernel's ioctl takes ``unsigned int cmd``, so only the low 32 bits of args[1] matter, which on a
+    little-endian machine are the first word of the 64-bit argument. The returned cdata owns the program.
+    """
+    data_nr = ffi.offsetof("struct seccomp_data", "nr")
+    data_arch = ffi.offsetof("struct seccomp_data", "arch")
+    arg1_low = ffi.offsetof("struct seccomp_data", "args") + ffi.sizeof("__u64") * 1
+    ld = lib.BPF_LD | lib.BPF_W | lib.BPF_ABS
+    jeq = lib.BPF_JMP | lib.BPF_JEQ | lib.BPF_K
+    ret = lib.BPF_RET | lib.BPF_K
+    program = [
+        _insn(ld, data_arch),
+        _insn(jeq, lib.AUDIT_ARCH_X86_64, jt=0, jf=5),      # another ABI (i386): allow
+        _insn(ld, data_nr),
+        _insn(jeq, lib.SYS_ioctl, jt=0, jf=3),              # not ioctl: allow
+        _insn(ld, arg1_low),
+        _insn(lib.BPF_ALU | lib.BPF_AND | lib.BPF_K, 0xFF00),
+        _insn(jeq, lib.KVMIO << 8, jt=1, jf=0),             # _IOC_TYPE == KVMIO: trace
+        _insn(ret, lib.SECCOMP_RET_ALLOW),
+        _insn(ret, lib.SECCOMP_RET_TRACE),
+    ]
+    filters = ffi.new("struct sock_filter[]", len(program))
+    for slot, (code, jt, jf, k) in zip(filters, program):
+        slot.code, slot.jt, slot.jf, slot.k = code, jt, jf, k
+    prog = ffi.new("struct sock_fprog *")
+    prog.len = len(program)
+    prog.filter = filters
+    return prog, filters  # the caller keeps both alive until the child has exec'd
+
+
+_STAGES = {lib.MINIVMM_STAGE_SECCOMP: "installing the seccomp filter",
+           lib.MINIVMM_STAGE_NO_NEW_PRIVS: "prctl(PR_SET_NO_NEW_PRIVS)",
+           lib.MINIVMM_STAGE_EXEC: "execve"}
+
+
+def spawn(path: str, argv: list[str], env: dict[str, str]) -> int:
+    """Fork a child that installs :func:`seccomp_kvm_filter`, stops itself with SIGSTOP and, once resumed,
+    execs ``path``. Returns the pid of the stopped child (waited for: it is in a stopped state).
+
+    Raises SpawnError (with the child reaped) if the child failed before or at execve; since execve
+    happens only after the tracer resumes the child, the caller learns an exec failure from
+    :func:`exec_failure` after resuming.
+    """
+    prog, filters = seccomp_kvm_filter()
+    keep = [ffi.new("char[]", a.encode()) for a in argv]
+    c_argv = ffi.new("char *[]", keep + [ffi.NULL])
+    keep_env = [ffi.new("char[]", f"{k}={v}".encode()) for k, v in env.items()]
+    c_env = ffi.new("char *[]", keep_env + [ffi.NULL])
+    c_path = ffi.new("char[]", path.encode())
+    r, w = os.pipe()  # close-on-exec: a successful execve closes it, so EOF means "exec'd"
+    pid = _check(lib.minivmm_trace_spawn(c_path, c_argv, c_env, prog, w), "fork")
+    os.close(w)
+    _spawn_pipes[pid] = r
+    del filters
+    status = ffi.new("int *")
+    while True:
+        got = lib.waitpid(pid, status, lib.WUNTRACED)
+        if got < 0 and ffi.errno == _errno.EINTR:
+            continue
+        _check(got, "waitpid")
+        break
+    if os.WIFSTOPPED(status[0]):
+        return pid
+    failure = exec_failure(pid)
+    raise failure or SpawnError("starting the child", _errno.ECHILD)
+
+
+_spawn_pipes: dict[int, int] = {}
+
+
+def exec_failure(pid: int) -> SpawnError | None:
+    """After the child was resumed: the SpawnError if it failed to exec, None once it has exec'd."""
+    r = _spawn_pipes.pop(pid, None)
+    if r is None:
+        return None
+    try:
+        data = os.read(r, 8)
+    finally:
+        os.close(r)
+    if len(data) < 8:
+        return None
+    stage, err = struct.unpack("ii", data)
+    return SpawnError(_STAGES.get(stage, "the child"), err)
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: Any = 0, call: str = "ptrace") -> int:
+    """ptrace(request, pid, addr, data); ``data`` is an int or a cdata pointer."""
+    d = data if isinstance(data, ffi.CData) else ffi.cast("void *", data)
+    return _check(lib.minivmm_ptrace(request, pid, ffi.cast("void *", addr), d), call)
+
+
+def waitpid(pid: int, options: int) -> tuple[int, int]:
+    """waitpid(pid, options) -> (pid, status); (0, 0) with WNOHANG and nothing to report.
+
+    EINTR is raised as TraceOSError (errno EINTR) so that the caller can look at its signal flags.
+    """
+    got = _check(lib.waitpid(pid, _status, options), "waitpid")
+    return got, int(_status[0])
+
+
+_status = ffi.new("int *")
+
+
+_regs = ffi.new("struct user_regs_struct *")
+
+
+def getregs(tid: int) -> Any:
+    """The tracee's general registers (struct user_regs_struct; one buffer, valid until the next call)."""
+    _check(lib.minivmm_ptrace(lib.PTRACE_GETREGS, tid, ffi.NULL, _regs), "ptrace(PTRACE_GETREGS)")
+    return _regs
+
+
+def event_message(tid: int) -> int:
+    """PTRACE_GETEVENTMSG: the new pid at a fork/clone event, the former tid at an exec event."""
+    msg = ffi.new("unsigned long *")
+    ptrace(lib.PTRACE_GETEVENTMSG, tid, 0, msg, "ptrace(PTRACE_GETEVENTMSG)")
+    return int(msg[0])
+
+
+def siginfo_signo(tid: int) -> int | None:
+    """The signal of a signal-delivery-stop, or None if the stop is a group-stop (GETSIGINFO: EINVAL)."""
+    info = ffi.new("siginfo_t *")
+    try:
+        ptrace(lib.PTRACE_GETSIGINFO, tid, 0, info, "ptrace(PTRACE_GETSIGINFO)")
+    except TraceOSError as e:
+        if e.errno == _errno.EINVAL:
+            return None
+        raise
+    return int(info.si_signo)
+
+
+_iov_local = ffi.new("struct iovec *")
+_iov_remote = ffi.new("struct iovec *")
+_read_buf = ffi.new("char[]", 4096)
+
+
+def read_memory(pid: int, addr: int, ctype: str) -> bytes:
+    """The bytes of one ``ctype`` (a struct name) in the tracee's memory at ``addr`` (process_vm_readv)."""
+    size = ffi.sizeof(ctype)
+    _iov_local.iov_base, _iov_local.iov_len = _read_buf, size
+    _iov_remote.iov_base, _iov_remote.iov_len = ffi.cast("void *", addr), size
+    got = _check(lib.process_vm_readv(pid, _iov_local, 1, _iov_remote, 1, 0), "process_vm_readv")
+    if got != size:
+        raise TraceOSError("process_vm_readv (short read)", _errno.EFAULT)
+    return bytes(ffi.buffer(_read_buf, size))
+
+
+def tgkill(tgid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread."""
+    _check(lib.minivmm_tgkill(tgid, tid, sig), "tgkill")
+
+
+def kill(pid: int, sig: int) -> None:
+    """Send ``sig`` to a process."""
+    _check(lib.kill(pid, sig), "kill")

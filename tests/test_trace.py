@@ -1,0 +1,161 @@
+"""The tracer on a static C program with a known KVM set-up (tests/trace_prog.c, built here with
+``gcc -static``): decoding, fd roles, pass-through of exit codes and signals, forks, and that non-KVM
+system calls never stop the tracee. No assertion on a host timing figure; only relations that hold
+whatever the host's speed (an interval the kernel measured lies inside the one the program measured)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from minivmm.trace.kclock import parse
+from minivmm.trace.syscalls import SpawnError
+from minivmm.trace.tracer import Clock, StopReason, Tracer
+
+pytestmark = pytest.mark.kvm
+SRC = pathlib.Path(__file__).with_name("trace_prog.c")
+
+
+@pytest.fixture(scope="session")
+def trace_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test program, statically linked."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the static test program")
+    out = tmp_path_factory.mktemp("trace") / "trace_prog"
+    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(SRC)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"gcc -static failed (no static libc?): {proc.stderr.strip()[:200]}")
+    return str(out)
+
+
+def self_timings(err: str) -> list[tuple[str, int]]:
+    """The program's own "self NAME NS" lines."""
+    return [(p[1], int(p[2])) for line in err.splitlines() if (p := line.split()) and p[0] == "self"]
+
+
+def trace(prog: str, *args: str, **kw: object) -> Tracer:
+    t = Tracer(prog, [prog, *args], **kw)  # type: ignore[arg-type]
+    t.run()
+    return t
+
+
+def test_decodes_the_known_sequence_with_fd_roles(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    t = trace(trace_prog, "4", "0")
+    r = t.result
+    assert r is not None and r.exit_code == 0 and r.stop_reason is StopReason.EXITED
+    names = [e.name for e in r.events]
+    assert names == ["KVM_GET_API_VERSION", "KVM_CREATE_VM"] + ["KVM_IOEVENTFD"] * 4 + [
+        "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_VCPU"]
+    assert [e.role for e in r.events] == ["system", "system"] + ["vm"] * 6
+    io = [e.decoded.fields for e in r.events if e.name == "KVM_IOEVENTFD"]
+    assert [(f["addr"], f["len"], f["datamatch"], f["pio"], f["deassign"]) for f in io] == [
+        (0xD0000050, 4, 0, False, False), (0xD0000050, 4, 1, False, False),
+        (0xD0001050, 4, 0, False, False), (0xD0001050, 4, 1, False, False)]
+    mem = r.events[6].decoded.fields
+    assert (mem["slot"], mem["guest_phys_addr"], mem["memory_size"], mem["readonly"]) == (0, 0, 2 << 20, False)
+    vcpu = r.events[7]
+    assert vcpu.vcpu_id == 0 and vcpu.ret is not None and vcpu.ret > 2
+    assert t.procs[r.pid].fds.roles[vcpu.ret] == "vcpu0"
+    assert all(e.ret is not None and e.ret >= 0 for e in r.events)
+    assert "done 4" in capfd.readouterr().out
+
+
+def test_non_kvm_syscalls_never_stop_the_tracee(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """The program makes 2000 non-KVM system calls (1000 of them ioctls); the tracer stops it only
+    for its 8 KVM ioctls (at most twice each) and a few start-up events."""
+    r = trace(trace_prog, "4", "0").result
+    assert r is not None
+    assert len(r.events) == 8
+    assert r.stops <= 2 * len(r.events) + 6
+
+
+def test_kernel_interval_lies_inside_the_programs_own(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    r = trace(trace_prog, "6", "0").result
+    own = self_timings(capfd.readouterr().err)
+    assert r is not None and [n for n, _ in own] == [e.name for e in r.events]
+    if r.clock is not Clock.KERNEL:
+        pytest.skip(f"the kernel clock is unavailable here: {r.clock_note}")
+    for ev, (_, ns) in zip(r.events, own):
+        assert ev.clock is Clock.KERNEL
+        assert ev.duration_ns is not None and 0 < ev.duration_ns <= ns
+
+
+def test_exit_code_passes_through(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    r = trace(trace_prog, "1", "7").result
+    assert r is not None and r.exit_code == 7 and r.exit_signal is None
+
+
+def test_signals_pass_through(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """SIGUSR1 reaches the program's handler (else it exits 4); SIGTERM kills it as it would untraced."""
+    r = trace(trace_prog, "1", "0", "signal").result
+    assert r is not None and r.exit_signal == signal.SIGTERM and r.exit_code is None
+    assert [s for _, s in r.signals] == [signal.SIGUSR1, signal.SIGTERM]
+
+
+def test_follows_a_fork_and_exec(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    r = trace(trace_prog, "2", "5", "fork").result
+    assert r is not None and r.exit_code == 5
+    assert len(r.forks) == 1 and r.forks[0][0] == r.pid
+    child = r.forks[0][1]
+    assert [e.pid for e in r.events] == [child] * 6
+    assert [e.role for e in r.events][:3] == ["system", "system", "vm"]
+    assert len(r.execs) == 1
+
+
+def test_ptrace_clock_fallback(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    r = trace(trace_prog, "2", "0", clock="ptrace").result
+    assert r is not None and r.clock is Clock.PTRACE
+    assert all(e.clock is Clock.PTRACE and e.duration_ns and e.duration_ns > 0 for e in r.events)
+    own = self_timings(capfd.readouterr().err)
+    # The stops bracket the call from outside: the program's own interval lies inside the tracer's
+    # for the calls it stops at both ends.
+    assert len(own) == len(r.events)
+
+
+def test_exec_failure_is_one_error_and_leaves_nothing(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "notelf"
+    bad.write_bytes(b"\x00\x01garbage")
+    bad.chmod(0o755)
+    with pytest.raises(SpawnError) as e:
+        trace(str(bad))
+    assert e.value.stage == "execve"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_until_first_run_on_minivmm_boot(capfd: pytest.CaptureFixture[str]) -> None:
+    """minivmm's own boot as the traced VMM: its vCPU thread's first KVM_RUN is recorded (with the
+    return of its first exit), then the VMM is ended with SIGTERM, which it reports as such."""
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "minivmm", "boot", str(root / "guest" / "hello.bin")]
+    r = trace(argv[0], *argv[1:], until_first_run=True, timeout_s=60).result
+    assert r is not None and r.stop_reason is StopReason.FIRST_RUN and r.ended_by_tracer
+    assert r.exit_code == 143  # minivmm boot's documented code for SIGTERM
+    runs = [e for e in r.events if e.name == "KVM_RUN"]
+    assert len(runs) == 1 and runs[0].first_run and runs[0].role == "vcpu0" and runs[0].ret == 0
+    assert runs[0].tid != r.pid  # the vCPU thread, followed through clone
+    assert [e.name for e in r.events].index("KVM_CREATE_VCPU") < r.events.index(runs[0])
+
+
+def test_parse_pairs_the_two_views() -> None:
+    text = ["  prog-42  [001] .....  10.000001: sys_enter: NR 16 (5, ae03, 0, 0, 0, 0)\n",
+            "  prog-42  [001] .....  10.000009: sys_exit: NR 16 = 7\n"]
+    raw = ["42 1 10000001234 type: 443\n", "42 1 10000009876 type: 442\n"]
+    spans = parse(text, raw)
+    (s,) = spans[42]
+    assert (s.fd, s.request, s.enter_ns, s.exit_ns, s.ret) == (5, 0xAE03, 10000001234, 10000009876, 7)
+
+
+def test_parse_falls_back_to_microseconds_when_the_views_disagree() -> None:
+    text = ["CPU:1 [LOST 3 EVENTS]\n",
+            "  prog-42  [001] .....  10.000001: sys_enter: NR 16 (5, ae03, 0, 0, 0, 0)\n",
+            "  prog-42  [001] .....  10.000009: sys_exit: NR 16 = 7\n"]
+    raw = ["42 1 10000009876 type: 442\n"]  # one event short: not the same events
+    (s,) = parse(text, raw)[42]
+    assert (s.enter_ns, s.exit_ns) == (10_000_001_000, 10_000_009_000)

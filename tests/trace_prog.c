@@ -1,0 +1,126 @@
+/*
+ * A VMM set-up with a known sequence, for the tests of `minivmm trace` and
+ * scripts/bench_trace_accuracy.py. Built statically (gcc -static) so the tracer is checked on the kind
+ * of binary where LD_PRELOAD cannot help.
+ *
+ * Sequence: KVM_GET_API_VERSION, KVM_CREATE_VM, N_IOEVENTFD x KVM_IOEVENTFD (MMIO, 4 bytes, datamatch i),
+ * KVM_SET_USER_MEMORY_REGION slot 0 (where the kernel may wait for the grace periods the
+ * registrations started), KVM_CREATE_VCPU 0, then NON_KVM non-KVM system calls (getppid, and a
+ * TIOCGWINSZ ioctl on stdin) that must not stop the tracee, and exit with EXIT_CODE.
+ *
+ * Each KVM ioctl is timed here with clock_gettime(CLOCK_MONOTONIC) right around the call, and
+ * printed to stderr as: "self <name> <ns>". Arguments: [n_ioeventfd] [exit_code] [mode], where mode is
+ * "plain", "fork" (the set-up runs in a forked child that execs this program again) or "signal"
+ * (raise SIGUSR1 into a handler, then SIGTERM ourselves at the end).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NON_KVM 1000
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int timed(const char *name, int fd, unsigned long req, unsigned long arg)
+{
+    int64_t t0 = now_ns();
+    int ret = ioctl(fd, req, arg);
+    int64_t t1 = now_ns();
+    int err = errno;
+    fprintf(stderr, "self %s %lld\n", name, (long long)(t1 - t0));
+    if (ret < 0) {
+        fprintf(stderr, "%s: %s\n", name, strerror(err));
+        exit(3);
+    }
+    return ret;
+}
+
+static volatile sig_atomic_t got_usr1;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    got_usr1 = 1;
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc > 1 ? atoi(argv[1]) : 6;
+    int code = argc > 2 ? atoi(argv[2]) : 0;
+    const char *mode = argc > 3 ? argv[3] : "plain";
+
+    if (strcmp(mode, "fork") == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            char nbuf[16], cbuf[16];
+            snprintf(nbuf, sizeof nbuf, "%d", n);
+            snprintf(cbuf, sizeof cbuf, "%d", code);
+            execl("/proc/self/exe", argv[0], nbuf, cbuf, "plain", (char *)NULL);
+            _exit(126);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    }
+    if (strcmp(mode, "signal") == 0) {
+        signal(SIGUSR1, on_usr1);
+        raise(SIGUSR1);
+        if (!got_usr1)
+            return 4;
+    }
+
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) {
+        perror("/dev/kvm");
+        return 4;
+    }
+    timed("KVM_GET_API_VERSION", kvm, KVM_GET_API_VERSION, 0);
+    int vm = timed("KVM_CREATE_VM", kvm, KVM_CREATE_VM, 0);
+    for (int i = 0; i < n; i++) {
+        struct kvm_ioeventfd io;
+        memset(&io, 0, sizeof io);
+        io.addr = 0xd0000050ULL + (uint64_t)(i / 2) * 0x1000;
+        io.len = 4;
+        io.datamatch = (uint64_t)(i % 2);
+        io.fd = eventfd(0, EFD_CLOEXEC);
+        io.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+        timed("KVM_IOEVENTFD", vm, KVM_IOEVENTFD, (unsigned long)&io);
+    }
+    size_t size = 2 << 20;
+    void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .flags = 0, .guest_phys_addr = 0, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)mem,
+    };
+    timed("KVM_SET_USER_MEMORY_REGION", vm, KVM_SET_USER_MEMORY_REGION, (unsigned long)&region);
+    timed("KVM_CREATE_VCPU", vm, KVM_CREATE_VCPU, 0);
+
+    struct winsize ws;
+    for (int i = 0; i < NON_KVM; i++) {
+        if (getppid() < 0)
+            return 5;
+        ioctl(0, TIOCGWINSZ, &ws);  /* a non-KVM ioctl: the filter lets it through without a stop */
+    }
+    printf("done %d\n", n);
+    fflush(stdout);
+    if (strcmp(mode, "signal") == 0)
+        raise(SIGTERM);
+    return code;
+}
