@@ -148,5 +148,5 @@ def test_x86_irqchip_synchronizes_irq_srcu_not_kvm_srcu():
     assert len(kvm.irq_srcu.grace_periods) == 1 and kvm.irq_srcu.grace_periods[0].expedited_at_end
     # kvm->srcu's normal grace period (the irqchip's registrations) does not delay irq_srcu's:
     t0 = kvm.sim.now
-    kvm.kvm_set_irq_routing()
+    kvm.kvm_set_irq_routing(1)
     assert kvm.sim.now - t0 < 100_000 and kvm.srcu.gp_in_flight
