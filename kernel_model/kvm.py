@@ -56,6 +56,10 @@ ARM64_VGIC_DIST_BASE = 0x08000000
 ARM64_VGIC_DIST_SIZE = 0x10000
 ARM64_VGIC_REDIST_BASE = 0x080A0000
 ARM64_VGIC_REDIST_SIZE = 0x20000
+#: vgic_init()'s default SPI count when userspace set none (VGIC_NR_IRQS_LEGACY - VGIC_NR_PRIVATE_IRQS).
+ARM64_VGIC_DEFAULT_SPIS = 224
+#: arch/x86/kvm/irq_comm.c default_routing[]: GSIs 0-15 on the PIC and the IOAPIC, 16-23 on the IOAPIC.
+X86_DEFAULT_IRQ_ROUTES = 40
 
 
 class KvmIoctlError(OSError):
@@ -214,7 +218,7 @@ class KvmModel:
         #: By (address space, slot id), as kvm->memslots[as_id] holds them.
         self.memslots: dict[tuple[int, int], Memslot] = {}
         #: kvm->irq_srcu: protects the GSI routing table (virt/kvm/irqchip.c), apart from kvm->srcu.
-        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu")
+        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu", nr_cpu_ids=nr_cpu_ids)
         #: KVM_CAP_SPLIT_IRQCHIP enabled: the local APICs are in the kernel, the PIC and IOAPIC are not.
         self.irqchip_split = False
         self.pit = False
@@ -306,6 +310,7 @@ class KvmModel:
         for i in range(self.created_vcpus):
             self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, redist_base + i * ARM64_VGIC_REDIST_SIZE,
                                          ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{i}"))
+        self.kvm_set_irq_routing(ARM64_VGIC_DEFAULT_SPIS)  # vgic_init() -> kvm_vgic_setup_default_irq_routing()
         self.vgic_initialized = True
         self._registrations_returned()
 
@@ -327,6 +332,11 @@ class KvmModel:
         self.sim.spend(self.costs.create_irqchip)
         for bus_idx, addr, length, name in self.platform.irqchip_devices:
             self.kvm_io_bus_register_dev(bus_idx, addr, length, InKernelDevice(name))
+        if self.platform.irqchip_before_vcpus:
+            # x86 kvm_arch_vm_ioctl(KVM_CREATE_IRQCHIP) ends with kvm_setup_default_irq_routing(): the
+            # default table (16 GSIs on both PIC and IOAPIC, 8 on the IOAPIC only) and an expedited
+            # grace period of kvm->irq_srcu, milliseconds on a busy host.
+            self.kvm_set_irq_routing(X86_DEFAULT_IRQ_ROUTES)
         self.irqchip = True
         self._registrations_returned()
 
