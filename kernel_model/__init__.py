@@ -13,8 +13,11 @@ docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
 - :mod:`kernel_model.variants`: how ``kvm_io_bus_register_dev`` frees the old bus, and VM teardown.
 - :mod:`kernel_model.invariants`: the named violations the model checks on every step.
 - :mod:`kernel_model.kvm`: a VM: the ioctls a VMM issues, with the kernel's side effects per platform.
-- :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``) and sequence files.
+- :mod:`kernel_model.ops`: one spec per sequence op (arguments, checks, label, strace form, model step).
+- :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``), sequence files,
+  and their one validation.
 - :mod:`kernel_model.predict`: latency distributions of a sequence under a variant, HZ and platform.
+- :mod:`kernel_model.explain`: which grace period each step waited for, and which earlier step started it.
 """
 
 MODELLED_KERNEL = "Linux 6.18 (srcutree.c with call_srcu_expedited() from the March 2026 RFC)"

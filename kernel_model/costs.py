@@ -47,3 +47,9 @@ class Costs:
     create_vcpu: int = 60 * US
     kvm_run_entry: int = 130 * US
     destroy_vm: int = 200 * US
+    # The set-up ioctls a real VMM adds (QEMU, Firecracker); bodies without SRCU waits.
+    create_pit2: int = 40 * US      # kthread worker creation dominates; plus its bus registrations
+    irqfd: int = 2 * US
+    set_gsi_routing: int = 5 * US   # the table rebuild; plus its kvm->irq_srcu grace period
+    enable_cap: int = 1 * US
+    set_tss_addr: int = 1 * US

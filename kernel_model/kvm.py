@@ -32,6 +32,28 @@ _kvm_io_bus_read = __kvm_io_bus_read
 #: arch/x86/include/asm/kvm_host.h: the private memslot of the APIC-access page, and its address.
 APIC_ACCESS_PAGE_PRIVATE_MEMSLOT = 0x10000 + 1
 APIC_DEFAULT_PHYS_BASE = 0xFEE00000
+#: The x86 and arm64 (4K) page size: memslot bases and sizes are multiples of it.
+PAGE_SIZE = 4096
+#: KVM_ADDRESS_SPACE_NUM: memslot address spaces (the high 16 bits of a slot number). x86 has a second
+#: one for SMM when KVM is built with CONFIG_KVM_SMM (VMX and SVM); the PVM host this project measures
+#: on refuses address space 1 (KVM_CAP_MULTI_ADDRESS_SPACE reads 0); arm64 has one.
+ADDRESS_SPACES = {"vmx": 2, "svm": 2, "pvm": 1, "arm64": 1}
+#: include/linux/kvm_host.h: KVM_USER_MEM_SLOTS = KVM_MEM_SLOTS_NUM (SHRT_MAX) - KVM_INTERNAL_MEM_SLOTS
+#: (3 on x86, 0 on arm64).
+USER_MEM_SLOTS = {"vmx": 32764, "svm": 32764, "pvm": 32764, "arm64": 32767}
+#: include/uapi/linux/kvm.h memslot flags.
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+#: include/uapi/linux/kvm.h; the one capability whose KVM_ENABLE_CAP the model models.
+KVM_CAP_SPLIT_IRQCHIP = 121
+#: arch/x86/kvm/ioapic.h: KVM_CAP_SPLIT_IRQCHIP's args[0] (reserved IOAPIC pins) may not exceed this.
+MAX_NR_RESERVED_IOAPIC_PINS = 48
+#: include/linux/kvm_host.h: the most GSI routes KVM_SET_GSI_ROUTING takes.
+KVM_MAX_IRQ_ROUTES = 4096
+#: arch/x86/kvm/i8254.h: the PIT's ports, and the speaker port KVM_PIT_SPEAKER_DUMMY adds.
+KVM_PIT_BASE_ADDRESS = 0x40
+KVM_PIT_MEM_LENGTH = 4
+KVM_SPEAKER_BASE_ADDRESS = 0x61
 
 
 class KvmIoctlError(OSError):
@@ -40,10 +62,11 @@ class KvmIoctlError(OSError):
 
 @dataclass
 class Memslot:
-    """A memslot: guest-physical base and size."""
+    """A memslot: guest-physical base and size, and its KVM_MEM_* flags."""
 
     base: int
     size: int
+    flags: int = 0
 
 
 class Reader:
@@ -183,12 +206,28 @@ class KvmModel:
         self.created_vcpus = 0
         self.apic_access_page_done = False
         self.irqchip = False
-        self.memslots: dict[int, Memslot] = {}
+        #: By (address space, slot id), as kvm->memslots[as_id] holds them.
+        self.memslots: dict[tuple[int, int], Memslot] = {}
+        #: kvm->irq_srcu: protects the GSI routing table (virt/kvm/irqchip.c), apart from kvm->srcu.
+        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu")
+        #: KVM_CAP_SPLIT_IRQCHIP enabled: the local APICs are in the kernel, the PIC and IOAPIC are not.
+        self.irqchip_split = False
+        self.pit = False
+        #: GSIs with an irqfd, one entry per KVM_IRQFD assign still in place.
+        self.irqfds: list[int] = []
+        self.irq_routes = 0
         self.ioeventfds: list[Ioeventfd] = []
         self.vcpu_readers: dict[int, VcpuReaders] = {}
+        self.vcpu_ids: set[int] = set()
         self.destroyed = False
         self.buses_freed = 0
         self.registrations = 0
+
+    def issuing(self, caller: object) -> None:
+        """Tag the SRCU requests and waits that follow with ``caller`` (a sequence step's index), so
+        that each grace period can say which step asked for it and each wait which step blocked."""
+        self.srcu.caller = caller
+        self.irq_srcu.caller = caller
 
     # --- kernel internals ------------------------------------------------------------------------
     def kfree_bus(self, bus: KvmIoBus) -> None:
@@ -251,7 +290,7 @@ class KvmModel:
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: register the platform's in-kernel interrupt controller devices."""
         self._alive()
-        if self.irqchip:
+        if self.lapic_in_kernel:
             raise KvmIoctlError(errno.EEXIST, "KVM_CREATE_IRQCHIP: irqchip already exists")
         if self.platform.irqchip_before_vcpus and self.created_vcpus:
             raise KvmIoctlError(errno.EINVAL, "KVM_CREATE_IRQCHIP: vCPUs already exist")
@@ -296,45 +335,184 @@ class KvmModel:
         self.ioeventfds.remove(p)
         self._registrations_returned()
 
-    def set_user_memory_region(self, slot: int, base: int, size: int) -> None:
-        """KVM_SET_USER_MEMORY_REGION, models kvm_set_memslot(): create = one memslot swap; delete and
-        move = two (invalidate, then commit); an unchanged region returns early with none."""
+    def set_user_memory_region(self, slot: int, base: int, size: int, flags: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION (and ..._REGION2), models kvm_set_memory_region() and
+        kvm_set_memslot(): create = one memslot swap; delete and move = two (invalidate, then commit); a
+        change of KVM_MEM_LOG_DIRTY_PAGES alone = one (KVM_MR_FLAGS_ONLY); an unchanged region returns
+        early with none. ``slot`` carries the address space in its high 16 bits. EINVAL for a base or
+        size that is not a page multiple, a slot or address space out of range, a delete of nothing, a
+        size change or a KVM_MEM_READONLY change; EEXIST for a range that overlaps another memslot of
+        the same address space. Simplified: the userspace address (KVM requires it unchanged on a move)
+        is the host's business; the arch memslot work is in the fixed cost."""
         self._alive()
+        as_id, slot_id = slot >> 16, slot & 0xFFFF
+        name = f"KVM_SET_USER_MEMORY_REGION: slot {slot_id}" + (f" of address space {as_id}" if as_id else "")
+        if base % PAGE_SIZE or size % PAGE_SIZE:
+            raise KvmIoctlError(errno.EINVAL, f"{name}: base and size must be multiples of the page size "
+                                f"({PAGE_SIZE})")
+        if as_id >= ADDRESS_SPACES.get(self.platform.name, 1):
+            raise KvmIoctlError(errno.EINVAL, f"{name}: {self.platform.name} has no address space {as_id}")
+        if slot_id >= USER_MEM_SLOTS.get(self.platform.name, 32764):
+            raise KvmIoctlError(errno.EINVAL, f"{name}: slot ids go up to "
+                                f"{USER_MEM_SLOTS.get(self.platform.name, 32764) - 1}")
+        if flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY):
+            raise KvmIoctlError(errno.EINVAL, f"{name}: flags {flags:#x} not modelled")
         self.sim.spend(self.costs.set_user_memory_region)
-        old = self.memslots.get(slot)
+        key = (as_id, slot_id)
+        old = self.memslots.get(key)
+        if size and (old is None or old.base != base):
+            for (other_as, other_id), other in self.memslots.items():
+                if (other_as, other_id) != key and other_as == as_id and \
+                        base < other.base + other.size and other.base < base + size:
+                    raise KvmIoctlError(errno.EEXIST, f"{name} at {base:#x} overlaps slot {other_id} at "
+                                        f"{other.base:#x}")
         if size == 0:
             if old is None:
-                raise KvmIoctlError(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: slot {slot} does not exist")
-            del self.memslots[slot]
+                raise KvmIoctlError(errno.EINVAL, f"{name} does not exist")
+            del self.memslots[key]
             swaps = 2
         elif old is None:
-            self.memslots[slot] = Memslot(base, size)
+            self.memslots[key] = Memslot(base, size, flags)
             swaps = 1
-        elif (old.base, old.size) == (base, size):
-            swaps = 0
         elif old.size != size:
-            raise KvmIoctlError(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: slot {slot} cannot change size")
-        else:
-            self.memslots[slot] = Memslot(base, size)
+            raise KvmIoctlError(errno.EINVAL, f"{name} cannot change size")
+        elif (old.flags ^ flags) & KVM_MEM_READONLY:
+            raise KvmIoctlError(errno.EINVAL, f"{name} cannot change KVM_MEM_READONLY")
+        elif old.base != base:
+            self.memslots[key] = Memslot(base, size, flags)
             swaps = 2
+        elif old.flags != flags:
+            self.memslots[key] = Memslot(base, size, flags)
+            swaps = 1
+        else:
+            swaps = 0
         for _ in range(swaps):
             self.kvm_swap_active_memslots()
 
+    @property
+    def lapic_in_kernel(self) -> bool:
+        """irqchip_in_kernel() on x86: KVM_CREATE_IRQCHIP or KVM_CAP_SPLIT_IRQCHIP."""
+        return self.irqchip or self.irqchip_split
+
+    def _x86_only(self, what: str) -> None:
+        if self.platform.name == "arm64":
+            raise KvmIoctlError(errno.ENOTTY, f"{what}: x86 only")
+
+    def create_pit2(self, speaker_dummy: bool = False) -> None:
+        """KVM_CREATE_PIT2, models kvm_arch_vm_ioctl()'s create_pit and kvm_create_pit()
+        (arch/x86/kvm/i8254.c, v6.18): EEXIST for a second PIT, ENOENT without the in-kernel PIC; then
+        the PIT's ports 0x40-0x43 are registered on KVM_PIO_BUS, and with KVM_PIT_SPEAKER_DUMMY the
+        speaker port 0x61 too: each a kvm_io_bus_register_dev(), freed by the variant's rule.
+        Simplified: the PIT's kthread worker, irq source id and ack/mask notifiers are in the fixed cost."""
+        self._alive()
+        self._x86_only("KVM_CREATE_PIT2")
+        if self.pit:
+            raise KvmIoctlError(errno.EEXIST, "KVM_CREATE_PIT2: the PIT already exists")
+        if not self.irqchip:
+            raise KvmIoctlError(errno.ENOENT, "KVM_CREATE_PIT2: needs the in-kernel PIC (KVM_CREATE_IRQCHIP)")
+        self.sim.spend(self.costs.create_pit2)
+        self.kvm_io_bus_register_dev(KvmBus.KVM_PIO_BUS, KVM_PIT_BASE_ADDRESS, KVM_PIT_MEM_LENGTH,
+                                     InKernelDevice("pit"))
+        if speaker_dummy:
+            self.kvm_io_bus_register_dev(KvmBus.KVM_PIO_BUS, KVM_SPEAKER_BASE_ADDRESS, 4,
+                                         InKernelDevice("pit-speaker"))
+        self.pit = True
+        self._registrations_returned()
+
+    def irqfd(self, gsi: int, deassign: bool = False) -> None:
+        """KVM_IRQFD, models kvm_irqfd_assign() / kvm_irqfd_deassign() (virt/kvm/eventfd.c, v6.18). The
+        assign reads the routing under srcu_read_lock(&kvm->irq_srcu) and waits for no grace period;
+        EINVAL without an in-kernel irqchip. The deassign of a live irqfd queues its shutdown on
+        irqfd_cleanup_wq and flushes it (one workqueue hop); a deassign that matches nothing returns 0,
+        as the kernel's does. Simplified: resamplefd (KVM_IRQFD_FLAG_RESAMPLE) and irq bypass."""
+        self._alive()
+        if not deassign:
+            if not self.lapic_in_kernel:
+                raise KvmIoctlError(errno.EINVAL, "KVM_IRQFD: needs an in-kernel irqchip")
+            self.sim.spend(self.costs.irqfd)
+            self.irqfds.append(gsi)
+            return
+        self.sim.spend(self.costs.irqfd)
+        if gsi in self.irqfds:
+            self.irqfds.remove(gsi)
+            self.sim.spend(self.costs.workqueue_hop)  # flush_workqueue(irqfd_cleanup_wq)
+
+    def kvm_set_irq_routing(self, nr: int) -> None:
+        """Models kvm_set_irq_routing() (virt/kvm/irqchip.c, v6.18): build the new table, publish it
+        under kvm->irq_lock, then ``synchronize_srcu_expedited(&kvm->irq_srcu)`` before freeing the old
+        one. kvm->irq_srcu is not kvm->srcu: a grace period pending on kvm->srcu does not delay it."""
+        if nr > KVM_MAX_IRQ_ROUTES:
+            raise KvmIoctlError(errno.EINVAL, f"KVM_SET_GSI_ROUTING: more than {KVM_MAX_IRQ_ROUTES} routes")
+        self.sim.spend(self.costs.set_gsi_routing)
+        self.irq_routes = nr
+        srcutree.synchronize_srcu_expedited(self.irq_srcu)
+
+    def set_gsi_routing(self, nr: int) -> None:
+        """KVM_SET_GSI_ROUTING with ``nr`` entries: EINVAL without an in-kernel irqchip
+        (kvm_arch_can_set_irq_routing()), else kvm_set_irq_routing()."""
+        self._alive()
+        if not self.lapic_in_kernel:
+            raise KvmIoctlError(errno.EINVAL, "KVM_SET_GSI_ROUTING: needs an in-kernel irqchip")
+        self.kvm_set_irq_routing(nr)
+
+    def enable_cap(self, cap: int, arg0: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM. Modelled: KVM_CAP_SPLIT_IRQCHIP (kvm_vm_ioctl_enable_cap(), x86.c
+        v6.18): EINVAL for more than MAX_NR_RESERVED_IOAPIC_PINS pins, EEXIST once an irqchip or a vCPU
+        exists, then kvm_setup_empty_irq_routing() (an empty kvm_set_irq_routing(): one expedited grace
+        period of kvm->irq_srcu) and the local APICs are in the kernel (so on VMX the first vCPU
+        installs the APIC-access page). Any other capability is its fixed cost only."""
+        self._alive()
+        self.sim.spend(self.costs.enable_cap)
+        if cap != KVM_CAP_SPLIT_IRQCHIP:
+            return
+        self._x86_only("KVM_CAP_SPLIT_IRQCHIP")
+        if arg0 > MAX_NR_RESERVED_IOAPIC_PINS:
+            raise KvmIoctlError(errno.EINVAL, f"KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP): more than "
+                                f"{MAX_NR_RESERVED_IOAPIC_PINS} reserved IOAPIC pins")
+        if self.lapic_in_kernel or self.created_vcpus:
+            raise KvmIoctlError(errno.EEXIST, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP): an irqchip or a vCPU "
+                                "already exists")
+        self.kvm_set_irq_routing(0)
+        self.irqchip_split = True
+
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR, models kvm_vm_ioctl_set_tss_addr() -> vmx_set_tss_addr() (v6.18), which
+        returns 0 at once when unrestricted guest is enabled (as on SVM and PVM). Simplified: VMX without
+        unrestricted guest, where it installs a private TSS memslot (one memslot swap), is not modelled."""
+        self._alive()
+        self._x86_only("KVM_SET_TSS_ADDR")
+        self.sim.spend(self.costs.set_tss_addr)
+
+    def unmodelled_ioctl(self, cost_ns: int) -> None:
+        """An ioctl the model does not model: its measured duration, as a fixed cost, and nothing else."""
+        self._alive()
+        self.sim.spend(cost_ns)
+
     def create_vcpu(self, vcpu_id: int) -> None:
         """KVM_CREATE_VCPU: ``created_vcpus`` goes up first; on VMX with an in-kernel LAPIC the first
-        vCPU allocates the APIC-access page through a private memslot (one memslot swap)."""
+        vCPU allocates the APIC-access page through a private memslot (one memslot swap). EEXIST for an
+        id already in use."""
         self._alive()
+        if vcpu_id in self.vcpu_ids:
+            raise KvmIoctlError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
+        self.vcpu_ids.add(vcpu_id)
         self.created_vcpus += 1
         first = self.created_vcpus == 1
         self.sim.spend(self.costs.create_vcpu_first if first else self.costs.create_vcpu)
-        if self.platform.apic_access_memslot_on_first_vcpu and self.irqchip and not self.apic_access_page_done:
-            self.memslots[APIC_ACCESS_PAGE_PRIVATE_MEMSLOT] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
+        if self.platform.apic_access_memslot_on_first_vcpu and self.lapic_in_kernel and not self.apic_access_page_done:
+            self.memslots[(0, APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
             self.kvm_swap_active_memslots()
             self.apic_access_page_done = True
 
     def run_vcpu(self, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> VcpuReaders:
-        """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections."""
+        """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections. EBADF
+        for a vCPU that was never created (there is no fd to issue it on). A second first entry of the same
+        vCPU is not modelled (the kernel would block it on vcpu->mutex) and is refused."""
         self._alive()
+        if vcpu_id not in self.vcpu_ids:
+            raise KvmIoctlError(errno.EBADF, f"KVM_RUN: vCPU {vcpu_id} has not been created")
+        if vcpu_id in self.vcpu_readers:
+            raise ValueError(f"vCPU {vcpu_id} already runs: a sequence starts each vCPU once")
         self.sim.spend(self.costs.kvm_run_entry)
         readers = VcpuReaders(self, vcpu_id, section_ns, period_ns, offset_ns)
         self.vcpu_readers[vcpu_id] = readers
@@ -369,6 +547,11 @@ class KvmModel:
             raise KvmIoctlError(errno.EBADF, "the VM has been destroyed")
 
     # --- queries (for the VMM's shadow) ------------------------------------------------------------
+    def memory_covers(self, addr: int, length: int) -> bool:
+        """Whether one memslot holds the guest-physical range [addr, addr + length)."""
+        return any(as_id == 0 and m.base <= addr and addr + length <= m.base + m.size
+                   for (as_id, _), m in self.memslots.items())
+
     def bus_version(self, bus_idx: KvmBus) -> int:
         """The version of the bus currently published."""
         return self.buses[bus_idx].version

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from kernel_model.costs import Costs
@@ -74,6 +75,15 @@ class Prediction:
     steps: list[StepPrediction]
     violations: list[Violation]
 
+    def setup_durations(self) -> list[int]:
+        """Per sample, the whole set-up (ns): every step's duration and every gap after the first step."""
+        gaps = sum(sp.step.gap_ns for sp in self.steps[1:])
+        return [sum(ds) + gaps for ds in zip(*(sp.durations for sp in self.steps))]
+
+    def setup_stats(self) -> dict[str, float]:
+        """min, p10, p50, p90, max of the whole set-up, in microseconds."""
+        return quantiles(self.setup_durations())
+
     def to_json(self) -> dict[str, Any]:
         """Per step: label and p10/p50/p90 (and min/max) in microseconds."""
         return {"sequence": self.sequence.name, "variant": self.variant, "hz": self.hz,
@@ -84,24 +94,8 @@ class Prediction:
 
 
 def run_step(kvm: KvmModel, step: Step, rng: random.Random) -> None:
-    """Issue one step against the model (the caller times it)."""
-    a = step.args
-    if step.op == "create_vm":
-        kvm.sim.spend(kvm.costs.create_vm)
-    elif step.op == "memslot":
-        kvm.set_user_memory_region(a["slot"], a["base"], a["size"])
-    elif step.op == "irqchip":
-        kvm.create_irqchip()
-    elif step.op == "ioeventfd":
-        kvm.ioeventfd(a["addr"], a["len"], a.get("datamatch"), a.get("pio", False))
-    elif step.op == "ioeventfd_deassign":
-        kvm.ioeventfd_deassign(a["addr"], a["len"], a.get("datamatch"), a.get("pio", False))
-    elif step.op == "vcpu":
-        kvm.create_vcpu(a["id"])
-    elif step.op == "run":
-        kvm.run_vcpu(a["vcpu"], a["section"], a["period"], offset_ns=int(rng.random() * a["period"]))
-    else:
-        raise ValueError(f"unknown step {step.op!r}")
+    """Issue one step against the model (the caller times it): the op's spec says how."""
+    step.spec.model(kvm, step.full_args, rng)
 
 
 def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phase: float,
@@ -111,8 +105,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
     sim = Sim(hz, phase, costs)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
-    for step in sequence.steps:
+    for i, step in enumerate(sequence.steps):
         sim.run_until(sim.now + step.gap_ns)
+        kvm.issuing(i)
         t0 = sim.now
         run_step(kvm, step, rng)
         durations.append(sim.now - t0)
@@ -136,14 +131,15 @@ def phase_deterministic(sequence: Sequence) -> bool:
 class PhaseInterpolant:
     """Piecewise-linear durations as a function of the phase, refined where they are not linear."""
 
-    def __init__(self, f, grid: int = PHASE_GRID, resolution: float = PHASE_RESOLUTION) -> None:
+    def __init__(self, f: Callable[[float], list[int]], grid: int = PHASE_GRID,
+                 resolution: float = PHASE_RESOLUTION) -> None:
         self.evaluations = 0
 
         def ev(phase: float) -> list[int]:
             self.evaluations += 1
             return f(phase)
 
-        def linear(a, fa, b, fb, x, fx) -> bool:
+        def linear(a: float, fa: list[int], b: float, fb: list[int], x: float, fx: list[int]) -> bool:
             w = (x - a) / (b - a)
             return all(abs(fa_i + (fb_i - fa_i) * w - fx_i) <= LINEAR_TOLERANCE_NS
                        for fa_i, fb_i, fx_i in zip(fa, fb, fx))
@@ -186,9 +182,8 @@ def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: i
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
     if phase_deterministic(sequence):
-        interpolant = PhaseInterpolant(lambda phase: simulate_once(
+        draw: Callable[[float], list[int]] = PhaseInterpolant(lambda phase: simulate_once(
             sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
-        draw = interpolant
     else:
         def draw(phase: float) -> list[int]:
             return simulate_once(sequence, variant, hz, platform, phase, rng, costs, checker)[0]

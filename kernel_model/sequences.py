@@ -1,84 +1,91 @@
 """Named VM set-up sequences (shared by ``minivmm model`` and ``minivmm timing``) and sequence files.
 
 A sequence is a list of :class:`Step` s, each an ioctl (or a vCPU starting to run) with the gap the VMM
-leaves before it. The same steps drive the kernel model and, in ``minivmm timing``, real ioctls.
+leaves before it. The same steps drive the kernel model and, in ``minivmm timing``, real ioctls. What
+each op does, in the model and on the host, is its :class:`kernel_model.ops.OpSpec` (and its host step
+in ``minivmm.timing.host_ops``); kernel_model/README.md, "Sequence files", documents them all.
 
-Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/G, times us/ms)::
+Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/G, times ns/us/ms/s;
+each argument at most once)::
 
     gap 10us                      # default gap before every following step (initially 10us)
-    create_vm
-    memslot slot=0 base=0 size=128M        # size=0 deletes the slot; another base moves it
+    create_vm                     # first, and only once
+    memslot slot=0 base=0 size=128M [readonly] [log_dirty]   # size=0 deletes; another base moves it;
+                                                             # slot = address space << 16 | slot id
     irqchip
+    pit2 [speaker_dummy]          # KVM_CREATE_PIT2: the PIT's ports on the PIO bus (after irqchip)
     ioeventfd addr=0xd0000050 len=4 [datamatch=0] [pio]
     ioeventfd_deassign addr=0xd0000050 len=4 [datamatch=0] [pio]
+    irqfd gsi=5 [deassign]        # KVM_IRQFD
+    gsi_routing entries=24        # KVM_SET_GSI_ROUTING: waits for a kvm->irq_srcu grace period
+    enable_cap cap=121 [arg0=24]  # KVM_ENABLE_CAP; modelled for KVM_CAP_SPLIT_IRQCHIP only
+    tss_addr addr=0xfffbd000      # KVM_SET_TSS_ADDR
+    ioctl name=KVM_SET_IDENTITY_MAP_ADDR cost=5us   # any other ioctl: a fixed cost, "not modelled"
     vcpu id=0
     run vcpu=0 [section=3us] [period=10us]  # the vCPU enters KVM_RUN and keeps handling exits
     sleep 1ms                     # an extra pause before the next step
+
+:func:`load_sequence` reads a file with bounds (:func:`read_sequence_file`); :func:`validate` is the one
+check of the steps, against the model kernel, for ``model`` and ``timing`` alike.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import random
 import re
+import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-DEFAULT_GAP_NS = 10_000
-DEFAULT_SECTION_NS = 3_000
-DEFAULT_PERIOD_NS = 10_000
+from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.ops import DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS, OpSpec, get_op
+from kernel_model.platforms import get_platform
+from kernel_model.sim import Sim
+from kernel_model.variants import get_variant
 
-OPS = ("create_vm", "memslot", "irqchip", "ioeventfd", "ioeventfd_deassign", "vcpu", "run")
+DEFAULT_GAP_NS = 10_000
+
+__all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
+           "SequenceError", "Step", "format_sequence", "format_step", "format_time", "load_sequence",
+           "parse_sequence", "parse_time", "read_sequence_file", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step: ``op`` with its arguments, ``gap_ns`` after the previous step."""
+    """One step: ``op`` (a name in :data:`kernel_model.ops.OPS`) with its arguments, ``gap_ns`` after
+    the previous step."""
 
     op: str
     args: dict[str, Any] = field(default_factory=dict)
     gap_ns: int = DEFAULT_GAP_NS
 
     @property
+    def spec(self) -> OpSpec:
+        """The op's spec: everything that depends on which op this is."""
+        return get_op(self.op)
+
+    @cached_property
+    def full_args(self) -> dict[str, Any]:
+        """The arguments with every absent optional one at its default."""
+        return self.spec.complete(self.args)
+
+    @property
     def label(self) -> str:
         """How reports name the step, in the ioctl's terms: ``KVM_CREATE_VCPU, 0``."""
-        a = self.args
-        if self.op == "create_vm":
-            return "KVM_CREATE_VM"
-        if self.op == "memslot":
-            return f"KVM_SET_USER_MEMORY_REGION, slot {a['slot']}" + (" (delete)" if a["size"] == 0 else "")
-        if self.op == "irqchip":
-            return "KVM_CREATE_IRQCHIP"
-        if self.op in ("ioeventfd", "ioeventfd_deassign"):
-            kind = "pio" if a.get("pio") else "mmio"
-            verb = "" if self.op == "ioeventfd" else " deassign"
-            return f"KVM_IOEVENTFD{verb}, {kind} {a['addr']:#x}"
-        if self.op == "vcpu":
-            return f"KVM_CREATE_VCPU, {a['id']}"
-        if self.op == "run":
-            return f"KVM_RUN, vcpu {a['vcpu']} (first entry)"
-        return self.op
+        return self.spec.label(self.full_args)
 
+    @property
+    def modelled(self) -> bool:
+        """Whether the model models this step (else it is carried as a fixed cost)."""
+        return self.spec.modelled(self.full_args)
 
     def strace(self, seconds: float, fds: dict[str, int] | None = None) -> str:
         """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
-        a = self.args
-        fds = fds or {}
-        vm = str(fds.get("vm", "vm"))
-        if self.op == "create_vm":
-            fd, name, arg = fds.get("kvm", "kvm"), "KVM_CREATE_VM", "0"
-        elif self.op == "memslot":
-            fd, name = vm, "KVM_SET_USER_MEMORY_REGION"
-            arg = f"{{slot={a['slot']}, flags=0, guest_phys_addr={a['base']:#x}, memory_size={a['size']}, ...}}"
-        elif self.op == "irqchip":
-            fd, name, arg = vm, "KVM_CREATE_IRQCHIP", "0"
-        elif self.op in ("ioeventfd", "ioeventfd_deassign"):
-            fd, name = vm, "KVM_IOEVENTFD"
-            flags = [f for f, on in (("DATAMATCH", a.get("datamatch") is not None), ("PIO", a.get("pio")),
-                                     ("DEASSIGN", self.op == "ioeventfd_deassign")) if on]
-            arg = f"{{addr={a['addr']:#x}, len={a['len']}, flags={'|'.join(flags) or '0'}, ...}}"
-        elif self.op == "vcpu":
-            fd, name, arg = vm, "KVM_CREATE_VCPU", str(a["id"])
-        else:
-            fd, name, arg = fds.get(f"vcpu{a['vcpu']}", f"vcpu{a['vcpu']}"), "KVM_RUN", "0"
+        role, name, arg = self.spec.strace(self.full_args)
+        fd = (fds or {}).get(role, role)
         return f"ioctl({fd}, {name}, {arg}) = 0 <{seconds:.6f}>"
 
 
@@ -92,7 +99,8 @@ class Sequence:
 
 
 class SequenceError(ValueError):
-    """A sequence file could not be read; the message names the line."""
+    """A sequence cannot be used: unreadable or malformed (the message names the line) or refused by the
+    model kernel (the message names the step). One line, never quoting a file it could not parse."""
 
 
 def _virtio_mmio_notifies(n: int, gap_ns: int = DEFAULT_GAP_NS) -> list[Step]:
@@ -136,16 +144,9 @@ SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$", re.I)
 _TIME = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s)$")
 _TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_ARGS = {
-    "create_vm": {}, "irqchip": {},
-    "memslot": {"slot": "int", "base": "size", "size": "size"},
-    "ioeventfd": {"addr": "int", "len": "int", "datamatch": "int", "pio": "flag"},
-    "ioeventfd_deassign": {"addr": "int", "len": "int", "datamatch": "int", "pio": "flag"},
-    "vcpu": {"id": "int"},
-    "run": {"vcpu": "int", "section": "time", "period": "time"},
-}
-_REQUIRED = {"memslot": {"slot", "base", "size"}, "ioeventfd": {"addr", "len"},
-             "ioeventfd_deassign": {"addr", "len"}, "vcpu": {"id"}, "run": {"vcpu"}}
+_NAME = re.compile(r"^KVM_[A-Z0-9_]+$")
+#: What an op name looks like; any other first word is not quoted back in an error.
+_OP_WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def parse_time(text: str) -> int:
@@ -161,6 +162,44 @@ def _parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"{text!r} is not a size (examples: 128M, 0x100000)")
     return int(m.group(1), 0) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer (examples: 12, 0x1f)") from None
+
+
+def _parse_name(text: str) -> str:
+    if not _NAME.match(text):
+        raise ValueError(f"{text!r} is not an ioctl name (example: KVM_SET_TSS_ADDR)")
+    return text
+
+
+_PARSERS = {"int": _parse_int, "size": _parse_size, "time": parse_time, "name": _parse_name}
+
+
+def _parse_step(op: str, words: list[str]) -> dict[str, Any]:
+    """The arguments of one ``op`` line, checked by the op's spec."""
+    spec = get_op(op)
+    args: dict[str, Any] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        arg = spec.arg(key)
+        if arg is None:
+            raise ValueError(f"{op} takes no argument {key!r}")
+        if key in args:
+            raise ValueError(f"{key} given twice")
+        if arg.kind == "flag":
+            if sep:
+                raise ValueError(f"{key} is a flag: write it without a value")
+            args[key] = True
+        elif not sep:
+            raise ValueError(f"{key} needs a value ({key}=...)")
+        else:
+            args[key] = _PARSERS[arg.kind](value)
+    return spec.complete(args)
 
 
 def parse_sequence(text: str, name: str = "file") -> Sequence:
@@ -183,37 +222,11 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
                 else:
                     extra += parse_time(rest[0])
                 continue
-            if op not in _ARGS:
-                raise ValueError(f"unknown step {op!r} (known: {', '.join(list(_ARGS) + ['gap', 'sleep'])})")
-            args: dict[str, Any] = {}
-            for word in rest:
-                key, sep, value = word.partition("=")
-                kind = _ARGS[op].get(key)
-                if kind is None:
-                    raise ValueError(f"{op} takes no argument {key!r}")
-                if kind == "flag":
-                    if sep:
-                        raise ValueError(f"{key} is a flag: write it without a value")
-                    args[key] = True
-                elif not sep:
-                    raise ValueError(f"{key} needs a value ({key}=...)")
-                elif kind == "int":
-                    args[key] = int(value, 0)
-                elif kind == "size":
-                    args[key] = _parse_size(value)
-                else:
-                    args[key] = parse_time(value)
-            missing = _REQUIRED.get(op, set()) - args.keys()
-            if missing:
-                raise ValueError(f"{op} needs {', '.join(sorted(missing))}")
-            if op == "run":
-                args.setdefault("section", DEFAULT_SECTION_NS)
-                args.setdefault("period", DEFAULT_PERIOD_NS)
-                if not 0 < args["section"] < args["period"]:
-                    raise ValueError("run needs 0 < section < period")
-            if op.startswith("ioeventfd"):
-                args.setdefault("datamatch", None)
-                args.setdefault("pio", False)
+            if not _OP_WORD.match(op):
+                # Not an op name: say so without quoting the line (it may not be a sequence file at
+                # all, e.g. --sequence /etc/shadow).
+                raise ValueError("not a step: a line starts with an op name (create_vm, memslot, ...)")
+            args = _parse_step(op, rest)
         except ValueError as e:
             raise SequenceError(f"{name}:{lineno}: {e}") from None
         steps.append(Step(op, args, gap + extra))
@@ -227,19 +240,134 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
     return Sequence(name, f"from {name}", tuple(steps))
 
 
+def format_time(ns: int) -> str:
+    """A duration as the file format writes it, exactly: ``10us``, ``1500ns``, ``2ms``."""
+    for unit, scale in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)):
+        if ns and ns % scale == 0:
+            return f"{ns // scale}{unit}"
+    return f"{ns}ns"
+
+
+def _format_value(kind: str, value: Any) -> str:
+    if kind == "time":
+        return format_time(value)
+    if kind == "size":
+        for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value and value % scale == 0:
+                return f"{value // scale}{suffix}"
+        return hex(value) if value >= 0x1000 else str(value)
+    if kind == "int":
+        return hex(value) if value >= 0x1000 else str(value)
+    return str(value)
+
+
+def format_step(step: Step) -> str:
+    """One step as a line of a sequence file (its gap is written by :func:`format_sequence`); optional
+    arguments at their defaults are left out."""
+    spec = step.spec
+    words = [step.op]
+    for arg in spec.args:
+        value = step.full_args[arg.name]
+        if arg.kind == "flag":
+            if value:
+                words.append(arg.name)
+        elif arg.required or (value is not None and value != arg.default):
+            words.append(f"{arg.name}={_format_value(arg.kind, value)}")
+    return " ".join(words)
+
+
+def format_sequence(seq: Sequence) -> str:
+    """The sequence in the file format: ``parse_sequence(format_sequence(seq))`` gives the same steps
+    and gaps. A ``gap`` line is written wherever the gap before a step changes."""
+    lines = [f"# {seq.name}: {seq.description}".replace("\n", " ").rstrip()]
+    gap = DEFAULT_GAP_NS
+    for step in seq.steps:
+        if step.gap_ns != gap:
+            gap = step.gap_ns
+            lines.append(f"gap {format_time(gap)}")
+        lines.append(format_step(step))
+    return "\n".join(lines) + "\n"
+
+
+#: The variant, HZ and tick phase of the dry run ``validate`` does: what the kernel refuses does not
+#: depend on them (only on the platform).
+_VALIDATE_VARIANT, _VALIDATE_HZ = "call_srcu", 250
+
+
+def validate(seq: Sequence, platform: str) -> None:
+    """The one check of a sequence, for ``minivmm model`` and ``minivmm timing`` alike: issue it once
+    against the model kernel on ``platform``; a step the kernel would refuse (its errno: EEXIST for a
+    duplicate ioeventfd or overlapping memslots, ENOENT for a deassign of nothing, EINVAL for a memslot
+    size that is not a page multiple, ...) or that cannot be issued as written (a ``run`` before its
+    vCPU, or with no memory where its guest runs) raises SequenceError naming the step."""
+    if not seq.steps or seq.steps[0].op != "create_vm":
+        raise SequenceError(f"sequence {seq.name}: the first step must be create_vm")
+    sim = Sim(_VALIDATE_HZ, 0.0)
+    kvm = KvmModel(sim, get_variant(_VALIDATE_VARIANT), get_platform(platform))
+    rng = random.Random(0)
+    for i, step in enumerate(seq.steps):
+        sim.run_until(sim.now + step.gap_ns)
+        try:
+            step.spec.model(kvm, step.full_args, rng)
+        except KvmIoctlError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "an error"
+            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) is refused by the kernel: "
+                                f"{e.strerror} ({name})") from None
+        except ValueError as e:
+            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) cannot be issued: {e}") from None
+    if kvm.vcpu_readers:
+        kvm.stop_vcpus()
+
+
+#: The largest sequence file read (a real VMM's set-up is a few hundred lines; a trace of QEMU ~ 10 KB).
+MAX_SEQUENCE_FILE_BYTES = 1 << 20
+
+
+def read_sequence_file(path: str) -> str:
+    """The text of a sequence file, read with bounds: opened non-blocking (a FIFO cannot hang it),
+    regular files only (not /dev/zero, a directory or a socket), at most MAX_SEQUENCE_FILE_BYTES, UTF-8.
+    SequenceError says what is wrong in one line and never quotes the file's content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SequenceError(f"{path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
+                            "nor an existing file") from None
+    except OSError as e:
+        raise SequenceError(f"sequence file {path!r} cannot be opened: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SequenceError(f"sequence file {path!r} is not a regular file")
+        if st.st_size > MAX_SEQUENCE_FILE_BYTES:
+            raise SequenceError(f"sequence file {path!r} is {st.st_size} bytes; the limit is "
+                                f"{MAX_SEQUENCE_FILE_BYTES} (1 MiB)")
+        chunks = []
+        left = MAX_SEQUENCE_FILE_BYTES + 1  # the file may grow after fstat(): read no more than this
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise SequenceError(f"sequence file {path!r} is larger than {MAX_SEQUENCE_FILE_BYTES} bytes")
+        data = b"".join(chunks)
+    except OSError as e:
+        raise SequenceError(f"sequence file {path!r} cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SequenceError(f"sequence file {path!r} is not UTF-8 text (byte {e.start})") from None
+
+
 def load_sequence(name_or_path: str) -> Sequence:
-    """A named sequence, or a sequence file. ValueError (SequenceError) says what is wrong."""
+    """A named sequence, or a sequence file (read by :func:`read_sequence_file`). SequenceError says
+    what is wrong; :func:`validate` then checks the steps against the model kernel."""
     if name_or_path in SEQUENCES:
         return SEQUENCES[name_or_path]
-    try:
-        with open(name_or_path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise SequenceError(f"{name_or_path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
-                            "nor an existing file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SequenceError(f"sequence file {name_or_path!r} cannot be read: {e}") from None
-    return parse_sequence(text, name_or_path)
+    return parse_sequence(read_sequence_file(name_or_path), name_or_path)
 
 
 def with_gaps(seq: Sequence, gaps_ns: list[int] | None) -> Sequence:

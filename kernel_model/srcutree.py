@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
+from typing import Any
 
 from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work
 
@@ -79,14 +80,40 @@ class SrcuWarning:
     time: int
 
 
+@dataclass(frozen=True)
+class GpRequest:
+    """Who first asked for a grace period (bookkeeping for attribution, not kernel state): the caller
+    tag the user of the srcu_struct set (e.g. a sequence step), the SRCU call, when, and whether it
+    asked for an expedited grace period."""
+
+    caller: Any
+    call: str
+    time: int
+    expedited: bool
+
+
 @dataclass
 class GracePeriod:
-    """A record of one grace period, for reports and tests."""
+    """A record of one grace period, for reports, tests and attribution."""
 
     seq: int
     start: int
     end: int | None = None
     expedited_at_end: bool = False
+    #: The first request for this grace period (None if nobody asked for it, which does not happen).
+    request: GpRequest | None = None
+
+
+@dataclass(frozen=True)
+class SrcuWait:
+    """A caller that blocked in synchronize_srcu*() or srcu_barrier(): from ``start`` to ``end`` it waited
+    for grace period ``seq`` to end (and for every grace period that had to end before it)."""
+
+    caller: Any
+    call: str
+    seq: int
+    start: int
+    end: int
 
 
 class SrcuStruct:
@@ -121,6 +148,11 @@ class SrcuStruct:
         self.grace_periods: list[GracePeriod] = []
         self.callbacks_invoked = 0
         self.on_callback_after_cleanup: Callable[[SrcuCallback], None] | None = None
+        # Attribution (not kernel state): who is calling now, who first asked for each grace period
+        # (by the sequence number at which it ends), and every blocking wait.
+        self.caller: Any = None
+        self.gp_requests: dict[int, GpRequest] = {}
+        self.waits: list[SrcuWait] = []
 
     def warn(self, function: str, message: str) -> None:
         """Record a WARN_ON()."""
@@ -192,7 +224,9 @@ def srcu_gp_start(ssp: SrcuStruct) -> None:
     ssp.srcu_n_exp_nodelay = 0
     ssp.srcu_gp_seq += 1  # rcu_seq_start()
     assert rcu_seq_state(ssp.srcu_gp_seq) == SRCU_STATE_SCAN1
-    ssp.grace_periods.append(GracePeriod(seq=ssp.srcu_gp_seq, start=ssp.sim.now))
+    ends_at = (ssp.srcu_gp_seq | RCU_SEQ_STATE_MASK) + 1
+    ssp.grace_periods.append(GracePeriod(seq=ssp.srcu_gp_seq, start=ssp.sim.now,
+                                         request=ssp.gp_requests.get(ends_at)))
 
 
 def srcu_schedule_cbs_sdp(ssp: SrcuStruct, delay: int) -> None:
@@ -225,13 +259,17 @@ def srcu_funnel_gp_start(ssp: SrcuStruct, s: int, do_norm: bool) -> None:
         ssp.work.queue_delayed_work(1 if srcu_get_delay(ssp) else 0)
 
 
-def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: SrcuCallback | None, do_norm: bool) -> int:
+def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: SrcuCallback | None, do_norm: bool, call: str = "") -> int:
     """Models srcu_gp_start_if_needed(): queue ``cb`` for the grace period after now and make sure
     that grace period is requested (and expedited, unless ``do_norm``). Returns the snapshot ``s``.
+    ``call`` names the SRCU API the caller used, for attribution (the first request for ``s`` is
+    recorded with ``ssp.caller``).
 
     The read lock the kernel takes around this (against sequence wrap) is left out.
     """
     s = rcu_seq_snap(ssp.srcu_gp_seq)
+    if s not in ssp.gp_requests:
+        ssp.gp_requests[s] = GpRequest(ssp.caller, call, ssp.sim.now, not do_norm)
     if cb is not None:
         cb.seq = s
         ssp.srcu_cblist.append(cb)
@@ -249,10 +287,11 @@ def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: SrcuCallback | None, do_norm: b
     return s
 
 
-def __call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str, do_norm: bool) -> SrcuCallback:
-    """Models __call_srcu()."""
+def __call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str, do_norm: bool,
+                call: str = "call_srcu") -> SrcuCallback:
+    """Models __call_srcu(); ``call`` is the API the caller used (for attribution)."""
     cb = SrcuCallback(seq=0, func=func, name=name)
-    srcu_gp_start_if_needed(ssp, cb, do_norm)
+    srcu_gp_start_if_needed(ssp, cb, do_norm, call)
     return cb
 
 
@@ -265,14 +304,18 @@ def call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback")
 def call_srcu_expedited(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback") -> SrcuCallback:
     """Models call_srcu_expedited() (Sean Christopherson's RFC, seed 003): the same, but the grace
     period is expedited, so ``process_srcu`` is queued with no delay."""
-    return __call_srcu(ssp, func, name, do_norm=False)
+    return __call_srcu(ssp, func, name, do_norm=False, call="call_srcu_expedited")
 
 
 def __synchronize_srcu(ssp: SrcuStruct, do_norm: bool) -> None:
-    """Models __synchronize_srcu(): queue a wake-me callback and wait for it (the caller blocks)."""
+    """Models __synchronize_srcu(): queue a wake-me callback and wait for it (the caller blocks). The
+    wait is recorded (``ssp.waits``) for attribution."""
+    call = "synchronize_srcu" + ("" if do_norm else "_expedited")
     done = Completion(ssp.sim)
-    __call_srcu(ssp, done.complete, "wakeme_after_rcu", do_norm)
-    done.wait("synchronize_srcu" + ("" if do_norm else "_expedited"))
+    start = ssp.sim.now
+    cb = __call_srcu(ssp, done.complete, "wakeme_after_rcu", do_norm, call)
+    done.wait(call)
+    ssp.waits.append(SrcuWait(ssp.caller, call, cb.seq, start, ssp.sim.now))
 
 
 def synchronize_srcu_expedited(ssp: SrcuStruct) -> None:
@@ -417,9 +460,10 @@ def srcu_barrier(ssp: SrcuStruct) -> None:
     if not ssp.srcu_cblist:
         return
     done = Completion(ssp.sim)
-    ssp.srcu_cblist.append(SrcuCallback(seq=ssp.srcu_cblist[-1].seq, func=done.complete,
-                                        name="srcu_barrier_cb"))
+    seq, start = ssp.srcu_cblist[-1].seq, ssp.sim.now
+    ssp.srcu_cblist.append(SrcuCallback(seq=seq, func=done.complete, name="srcu_barrier_cb"))
     done.wait("srcu_barrier")
+    ssp.waits.append(SrcuWait(ssp.caller, "srcu_barrier", seq, start, ssp.sim.now))
 
 
 def cleanup_srcu_struct(ssp: SrcuStruct) -> bool:

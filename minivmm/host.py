@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import platform
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,7 +51,7 @@ class HostInfo:
 
 def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
     """Return (config text, where it came from) from /proc/config.gz or /boot/config-RELEASE."""
-    release = release or platform.release()
+    release = release or os.uname().release
     try:
         with gzip.open("/proc/config.gz", "rt") as f:
             return f.read(), "/proc/config.gz"
@@ -64,6 +63,30 @@ def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
             return f.read(), path
     except OSError:
         return None, None
+
+
+def config_values(names: tuple[str, ...], release: str | None = None) -> dict[str, str]:
+    """The values of some ``CONFIG_*`` options, reading the kernel config only as far as needed.
+
+    ``minivmm boot`` asks for CONFIG_HZ on every run: decompressing all of /proc/config.gz for it
+    costs milliseconds; CONFIG_HZ sits in its first eighth.
+    """
+    release = release or os.uname().release
+    wanted = {f"{n}=": n for n in names}
+    found: dict[str, str] = {}
+    for opener, path in ((gzip.open, "/proc/config.gz"), (open, f"/boot/config-{release}")):
+        try:
+            with opener(path, "rt") as f:
+                for line in f:
+                    key = line[:line.find("=") + 1]
+                    if key in wanted:
+                        found[wanted[key]] = line[len(key):].rstrip("\n")
+                        if len(found) == len(wanted):
+                            break
+            return found
+        except OSError:
+            continue
+    return found
 
 
 def config_value(config: str, name: str) -> str | None:
@@ -82,7 +105,7 @@ def detect_backend(sys_module: str = "/sys/module") -> str | None:
 
 def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     """Gather everything ``minivmm info`` shows. Never raises for a missing /dev/kvm: it says so."""
-    info = HostInfo(kernel=platform.release(), machine=platform.machine(), kvm_path=kvm_path)
+    info = HostInfo(kernel=os.uname().release, machine=os.uname().machine, kvm_path=kvm_path)
     try:
         with Kvm(kvm_path) as kvm:
             info.api_version = kvm.get_api_version()
@@ -94,7 +117,7 @@ def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     info.backend_module = detect_backend()
     if info.backend_module:
         info.platform = BACKENDS[info.backend_module]
-    elif platform.machine() in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
+    elif os.uname().machine in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
         info.platform = "arm64"
     config, source = kernel_config()
     if config:

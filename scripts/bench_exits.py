@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Cost of one VM exit in minivmm against a C reference VMM: same guest, same host, alternating runs.
 
-    python3 scripts/bench_exits.py [--rounds 5] [--no-check-side]
+    python3 scripts/bench_exits.py [--rounds 5] [--no-check-side] [--guest pioloop|mmioloop|both]
 
-The guest is guest/pioloop.bin (100000 `out` to port 0x3ff, then HLT). The C reference is built here
-with gcc from the source below: the same VM set-up (one memslot, real mode, CS base 0), and the
-tightest possible exit loop (KVM_RUN, check the reason and port, repeat). Each round runs C, then
-minivmm with the shadow check off, then with it on (the default of `minivmm boot`); the report gives
-the per-exit cost
-of each (median over rounds) and the ratio to C. The kernel's emulation of each `out` is most of the
-cost on every side, so the ratio shows what Python's dispatch adds.
+The guests are guest/pioloop.bin (100000 `out` to port 0x3ff, then HLT; real mode) and
+guest/mmioloop.bin (50000 MMIO writes to the scratch device, each read back, then HLT; 32-bit
+protected mode). The C reference is built here with gcc from the source below: the same VM set-up (one
+memslot, the guest's mode), and the tightest possible exit loop (KVM_RUN, check the reason, take the
+data or answer the read, repeat). Each round runs, one after the other: C; the tightest Python loop over
+minivmm's own cffi KVM_RUN wrapper (no decode, no dispatch: the floor for any Python VMM); minivmm with
+the shadow check off; and with it on (the default of `minivmm boot`). The report gives the per-exit
+cost of each side (median over rounds) and the ratio to C. The kernel's emulation of each access is
+most of the cost on every side, so the ratio shows what Python adds.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-IMAGE = ROOT / "guest" / "pioloop.bin"
-EXPECTED_EXITS = 100000
+#: Each guest: its image, the mode it runs in, and its exits before the final HLT.
+GUESTS = {"pioloop": (ROOT / "guest" / "pioloop.bin", "real", 100000),
+          "mmioloop": (ROOT / "guest" / "mmioloop.bin", "protected", 100000)}
 
 C_SOURCE = r"""
 #include <fcntl.h>
@@ -61,6 +64,14 @@ int main(int argc, char **argv)
     struct kvm_sregs sregs;
     ioctl(vcpu, KVM_GET_SREGS, &sregs);
     sregs.cs.base = 0; sregs.cs.selector = 0;
+    if (argc > 2 && strcmp(argv[2], "protected") == 0) {  /* flat 32-bit segments, as minivmm's */
+        struct kvm_segment flat = { .base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 3,
+                                    .present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1 };
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = flat;
+        flat.selector = 0x18; flat.type = 0xb;
+        sregs.cs = flat;
+        sregs.cr0 |= 1;
+    }
     ioctl(vcpu, KVM_SET_SREGS, &sregs);
     struct kvm_regs regs = { .rip = 0x1000, .rsp = 0x1000, .rflags = 2 };
     ioctl(vcpu, KVM_SET_REGS, &regs);
@@ -77,6 +88,11 @@ int main(int argc, char **argv)
                 sink = *((uint8_t *)run + run->io.data_offset);
                 outs++;
             }
+            continue;
+        }
+        if (run->exit_reason == KVM_EXIT_MMIO) {
+            if (run->mmio.is_write) sink = run->mmio.data[0];
+            else memset(run->mmio.data, 0x5a, run->mmio.len);
             continue;
         }
         if (run->exit_reason == KVM_EXIT_HLT) break;
@@ -101,24 +117,63 @@ def build_c(tmp: pathlib.Path) -> pathlib.Path:
     return exe
 
 
-def run_c(exe: pathlib.Path) -> float:
+def run_c(exe: pathlib.Path, guest: str) -> float:
     """One C run: ns per exit."""
-    out = subprocess.run([str(exe), str(IMAGE)], check=True, capture_output=True, text=True).stdout.split()
+    image, mode, expected = GUESTS[guest]
+    out = subprocess.run([str(exe), str(image), mode], check=True, capture_output=True, text=True).stdout.split()
     exits, ns = int(out[0]), int(out[1])
-    assert exits == EXPECTED_EXITS + 1, exits
+    assert exits == expected + 1, exits
     return ns / exits
 
 
-def run_minivmm(check: bool) -> float:
+def run_python_floor(guest: str) -> float:
+    """The tightest Python loop over minivmm's cffi KVM_RUN wrapper: ns per exit, no decode, no dispatch.
+
+    The VM is set up with minivmm's own KVM layer; the loop only calls the wrapper and looks at
+    ``exit_reason`` for the HLT. MMIO reads go unanswered (the guest reads whatever is there).
+    """
+    import time
+
+    from minivmm.kvm.memory import GuestMemory
+    from minivmm.kvm.system import Kvm
+    from minivmm.kvm.uapi import lib
+    from minivmm.vmm import boot
+    from minivmm.vmm.boot import Mode
+    from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
+
+    image, mode, expected = GUESTS[guest]
+    with Kvm() as kvm, kvm.create_vm() as vm, GuestMemory(0, DEFAULT_MEM_SIZE) as mem:
+        vm.set_tss_addr(0xFFFBD000)
+        vm.set_user_memory_region(0, 0, DEFAULT_MEM_SIZE, mem.host_addr)
+        mem.write(DEFAULT_LOAD_ADDR, image.read_bytes())
+        boot.write_system_tables(mem, DEFAULT_MEM_SIZE, Mode(mode))
+        vcpu = vm.create_vcpu(0)
+        boot.setup_vcpu(vcpu, DEFAULT_MEM_SIZE, Mode(mode), DEFAULT_LOAD_ADDR, 0, kvm.get_supported_cpuid())
+        fd, run, ioctl, kvm_run, hlt = vcpu.fd, vcpu.run_struct, lib.minivmm_ioctl_val, lib.KVM_RUN, lib.KVM_EXIT_HLT
+        exits = 0
+        t0 = time.monotonic_ns()
+        while True:
+            if ioctl(fd, kvm_run, 0) < 0:
+                raise OSError("KVM_RUN failed")
+            exits += 1
+            if run.exit_reason == hlt:
+                break
+        ns = time.monotonic_ns() - t0
+    assert exits == expected + 1, exits
+    return ns / exits
+
+
+def run_minivmm(guest: str, check: bool) -> float:
     """One minivmm run in this process: ns per exit, timed from the first KVM_RUN to the last exit."""
     from minivmm.devices.console import Console
+    from minivmm.vmm.boot import Mode
     from minivmm.vmm.machine import Machine, MachineConfig
 
-    image = IMAGE.read_bytes()
-    with Machine(MachineConfig(timeout=120, check=check), image, Console()) as machine:
+    image, mode, expected = GUESTS[guest]
+    with Machine(MachineConfig(timeout=120, check=check, mode=Mode(mode)), image.read_bytes(), Console()) as machine:
         report = machine.run()
     exits = sum(report.exits.values())
-    assert exits == EXPECTED_EXITS + 1 and report.outcome.value == "halted", (exits, report.outcome)
+    assert exits == expected + 1 and report.outcome.value == "halted", (exits, report.outcome)
     return report.run_ms * 1e6 / exits
 
 
@@ -127,25 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--no-check-side", dest="check", action="store_false",
                         help="skip the run with the shadow check on")
+    parser.add_argument("--guest", choices=(*GUESTS, "both"), default="both", help="which guest (default both)")
     args = parser.parse_args(argv)
-    sides: dict[str, list[float]] = {"C reference": [], "minivmm --no-check": []}
-    if args.check:
-        sides["minivmm (checked)"] = []
+    guests = list(GUESTS) if args.guest == "both" else [args.guest]
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_c(pathlib.Path(tmp))
-        for r in range(args.rounds):
-            sides["C reference"].append(run_c(exe))
-            sides["minivmm --no-check"].append(run_minivmm(check=False))
+        for guest in guests:
+            sides: dict[str, list[float]] = {"C reference": [], "tightest Python loop": [], "minivmm --no-check": []}
             if args.check:
-                sides["minivmm (checked)"].append(run_minivmm(check=True))
-            print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1] / 1000:.2f} us" for k, v in sides.items()),
-                  file=sys.stderr)
-    c = statistics.median(sides["C reference"])
-    print(f"{'side':<18} {'median us/exit':>15} {'min':>8} {'max':>8} {'ratio to C':>11}")
-    for name, values in sides.items():
-        med = statistics.median(values)
-        print(f"{name:<18} {med / 1000:>15.2f} {min(values) / 1000:>8.2f} {max(values) / 1000:>8.2f} "
-              f"{med / c:>11.2f}")
+                sides["minivmm (checked)"] = []
+            for r in range(args.rounds):
+                sides["C reference"].append(run_c(exe, guest))
+                sides["tightest Python loop"].append(run_python_floor(guest))
+                sides["minivmm --no-check"].append(run_minivmm(guest, check=False))
+                if args.check:
+                    sides["minivmm (checked)"].append(run_minivmm(guest, check=True))
+                print(f"{guest} round {r + 1}: " + "  ".join(f"{k} {v[-1] / 1000:.2f} us" for k, v in sides.items()),
+                      file=sys.stderr)
+            c = statistics.median(sides["C reference"])
+            print(f"\n{guest}")
+            print(f"{'side':<22} {'median us/exit':>15} {'min':>8} {'max':>8} {'ratio to C':>11}")
+            for name, values in sides.items():
+                med = statistics.median(values)
+                print(f"{name:<22} {med / 1000:>15.2f} {min(values) / 1000:>8.2f} {max(values) / 1000:>8.2f} "
+                      f"{med / c:>11.2f}")
     return 0
 
 

@@ -208,6 +208,55 @@ def test_trace_prints_each_exit_with_its_instruction():
     assert "HLT" in lines[-1]
 
 
+def _trace(proc) -> list[tuple[int, str, str]]:
+    """(address, instruction, exit) per --trace line."""
+    out = []
+    for line in proc.stderr.strip().splitlines():
+        m = re.match(r"^vcpu\d+ #\d+\s+rip=(0x[0-9a-f]+)\s+(.*?)\s{2,}(\S.*)$", line)
+        assert m, line
+        out.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return out
+
+
+@pytest.mark.kvm
+def test_trace_shows_the_instruction_that_caused_each_exit(tmp_path):
+    """KVM moves RIP past an OUT, an MMIO write and a HLT before it exits; --trace must still show the
+    instruction that exited, at its own address, for every exit kind (and not the next one)."""
+    p = tmp_path / "io.bin"
+    p.write_bytes(bytes.fromhex("ba0001" "ee" "ef" "66ef" "e680" "ec" "f4"))
+    lines = _trace(run_cli("boot", str(p), "--trace"))
+    assert [(a, i) for a, i, _ in lines] == [
+        (0x1003, "out dx, al"), (0x1004, "out dx, ax"), (0x1005, "out dx, eax"), (0x1007, "out 0x80, al"),
+        (0x1009, "in al, dx"), (0x100A, "hlt")]
+    assert [e.split()[:2] for _, _, e in lines][:5] == [["IO", "out"]] * 4 + [["IO", "in"]]
+
+    # MMIO writes and reads, and a string OUT (which the emulator has not finished: RIP is still on it)
+    kinds = {}
+    for _, insn, exit_ in _trace(run_cli("boot", "guest/mmio.bin", "--mode", "protected", "--trace")):
+        kind = " ".join(exit_.split()[:2])
+        kinds.setdefault(kind, set()).add(insn.split(" ")[0] if not insn.startswith("rep") else insn.split()[1])
+        if kind == "MMIO write":
+            assert re.match(r"^mov (byte|word|dword) ptr \[", insn), (insn, exit_)
+            size = int(re.search(r"len (\d+)", exit_).group(1))
+            assert insn.split()[1] == {1: "byte", 2: "word", 4: "dword"}[size]
+        elif kind == "MMIO read":
+            assert "ptr [" in insn, (insn, exit_)
+        elif kind == "IO out":
+            assert insn.startswith(("out", "rep outs")), (insn, exit_)
+        elif kind == "HLT":
+            assert insn == "hlt"
+    assert {"MMIO write", "MMIO read", "IO out", "HLT"} <= kinds.keys()
+
+
+@pytest.mark.kvm
+def test_strict_shows_the_instruction_that_made_the_unclaimed_access(tmp_path):
+    p = tmp_path / "strict.bin"
+    p.write_bytes(bytes.fromhex("ba0001" "ee" "f4"))   # mov dx, 0x100; out dx, al; hlt
+    proc = run_cli("boot", str(p), "--strict")
+    assert proc.returncode == 1
+    assert "at rip 0x1003: out dx, al" in proc.stdout
+
+
 @pytest.mark.kvm
 def test_timeout_exit_code(tmp_path):
     p = tmp_path / "loop.bin"

@@ -75,3 +75,38 @@ def test_a_step_the_kernel_refuses_is_one_line_naming_the_step(tmp_path, text, s
         assert len(lines) == 1 and lines[0].startswith("minivmm: error: sequence "), lines
         for fragment in (step, reason, errno_name):
             assert fragment in lines[0]
+
+
+def test_list_sequences_names_each_with_its_description():
+    from kernel_model.sequences import SEQUENCES
+    proc = run_cli("model", "--list-sequences")
+    assert proc.returncode == 0, proc.stderr
+    names = [line for line in proc.stdout.splitlines() if line and not line.startswith(" ")]
+    assert names == list(SEQUENCES)
+
+
+def _normal(seq):
+    """Steps with unset options (None, False) dropped: a named sequence may omit what a file defaults."""
+    return [(s.op, {k: v for k, v in s.args.items() if v is not None and v is not False}, s.gap_ns)
+            for s in seq.steps]
+
+
+def test_show_sequence_prints_the_file_format_which_loads_back_to_the_same_steps(tmp_path):
+    from kernel_model.sequences import SEQUENCES, parse_sequence
+    for name, seq in SEQUENCES.items():
+        proc = run_cli("model", "--show-sequence", name)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"# {name}: ")
+        assert _normal(parse_sequence(proc.stdout, name)) == _normal(seq), name
+    # and it runs as a sequence file
+    f = tmp_path / "mine.seq"
+    f.write_text(run_cli("model", "--show-sequence", "registrations-first").stdout)
+    proc = run_cli("model", "-s", str(f), "-v", "call_srcu", "-n", "20", "-p", "pvm", "--hz", "250")
+    assert proc.returncode == 0, proc.stderr
+    assert "KVM_SET_USER_MEMORY_REGION" in proc.stdout
+
+
+def test_show_sequence_of_an_unknown_name_is_one_line():
+    proc = run_cli("model", "--show-sequence", "nope")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "neither a named sequence" in proc.stderr

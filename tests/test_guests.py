@@ -64,3 +64,13 @@ def test_long_guest_on_two_vcpus(boot, guest_image):
     report, _ = boot(guest_image("long"), mode=Mode.LONG, vcpus=2)
     assert report.outcome is RunOutcome.HALTED
     assert report.console == "long: scratch ok\nlong: doorbell ok\n"
+
+
+def test_mmioloop(boot, guest_image):
+    report, log = boot(guest_image("mmioloop"), mode=Mode.PROTECTED, vcpus=2)
+    assert report.outcome is RunOutcome.HALTED and report.console == ""
+    expected = []
+    for n in range(50000, 0, -1):
+        expected += [MmioWrite(0xD0000000, n.to_bytes(4, "little")), MmioRead(0xD0000000, 4)]
+    assert log.of(0) == expected + [HLT] and log.of(1) == [HLT]
+    assert report.exits == {"mmio_write": 50000, "mmio_read": 50000, "hlt": 2}

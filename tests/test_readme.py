@@ -24,3 +24,23 @@ def test_ci_runs_the_readme_commands_verbatim():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in readme_commands():
         assert command in ci_lines
+
+
+def test_the_readme_boot_sample_is_what_boot_prints():
+    """The sample in 'What a boot looks like' stays current: the same lines as a real run, timings aside."""
+    import pytest
+
+    from conftest import KVM_SKIP_REASON, run_cli
+    if KVM_SKIP_REASON:
+        pytest.skip(f"needs /dev/kvm: {KVM_SKIP_REASON}")
+    text = (ROOT / "README.md").read_text()
+    sample = text.split("$ minivmm boot guest/hello.bin\n", 1)[1].split("```", 1)[0].splitlines()
+    proc = run_cli("boot", "guest/hello.bin")
+    assert proc.returncode == 0, proc.stderr
+    real = proc.stdout.splitlines()
+    assert len(sample) == len(real)
+    for ours, theirs in zip(sample, real):
+        if ours.startswith("timings"):
+            assert theirs.startswith("timings    set-up ")
+        else:
+            assert ours == theirs

@@ -159,3 +159,52 @@ def test_plot_is_written_atomically_and_only_where_named(tmp_path):
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
     write_atomically(str(out), lambda f: f.write(b"new"))
     assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+@pytest.mark.kvm
+def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "minivmm", "timing", "-s", "registrations-first", "-r", "100000",
+                          "-n", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    m = re.search(r"warning: partial results: interrupted \(Ctrl-C\) after (\d+) of 100000 repetitions", out)
+    assert m and int(m.group(1)) > 0, out[:500]
+    assert f"minivmm timing: sequence registrations-first, {m.group(1)} repetitions" in out
+    assert "verdict:" in out
+
+
+@pytest.mark.kvm
+def test_the_progress_bar_is_drawn_on_stderr_when_it_is_a_terminal_and_nowhere_else():
+    import os
+    import pty
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "minivmm", "timing", "-s", "registrations-first", "-r", "25",
+                               "-n", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "timing registrations-first [" in tty and "/25" in tty
+    assert "[" not in proc.stdout.split("\n", 1)[0] and "\r" not in proc.stdout
+    # and with stderr a pipe, nothing of it at all
+    piped = run_cli("timing", "-s", "registrations-first", "-r", "3", "-n", "20")
+    assert piped.stderr == ""

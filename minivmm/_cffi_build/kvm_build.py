@@ -36,6 +36,8 @@ typedef __typeof__(((struct kvm_run *)0)->internal) kvm_run_internal_t;
 typedef __typeof__(((struct kvm_run *)0)->system_event) kvm_run_system_event_t;
 typedef __typeof__(((struct kvm_run *)0)->hw) kvm_run_hw_t;
 typedef __typeof__(((struct kvm_run *)0)->ex) kvm_run_ex_t;
+/* ... and for the union of struct kvm_irq_routing_entry. */
+typedef __typeof__(((struct kvm_irq_routing_entry *)0)->u) kvm_irq_routing_entry_u_t;
 
 /*
  * Fixed-signature wrappers: calling the variadic ioctl() from cffi would need a cast per call, and the
@@ -107,6 +109,10 @@ typedef int32_t __s32;
 #define KVM_GET_SREGS ...
 #define KVM_SET_SREGS ...
 #define KVM_SET_CPUID2 ...
+#define KVM_CREATE_PIT2 ...
+#define KVM_IRQFD ...
+#define KVM_SET_GSI_ROUTING ...
+#define KVM_ENABLE_CAP ...
 
 #define KVM_API_VERSION ...
 #define KVM_MEM_LOG_DIRTY_PAGES ...
@@ -114,6 +120,10 @@ typedef int32_t __s32;
 #define KVM_IOEVENTFD_FLAG_DATAMATCH ...
 #define KVM_IOEVENTFD_FLAG_PIO ...
 #define KVM_IOEVENTFD_FLAG_DEASSIGN ...
+#define KVM_PIT_SPEAKER_DUMMY ...
+#define KVM_IRQFD_FLAG_DEASSIGN ...
+#define KVM_IRQ_ROUTING_IRQCHIP ...
+#define KVM_IRQ_ROUTING_MSI ...
 #define KVM_EXIT_IO_IN ...
 #define KVM_EXIT_IO_OUT ...
 #define KVM_INTERNAL_ERROR_EMULATION ...
@@ -147,6 +157,60 @@ struct kvm_ioeventfd {
     __u32 len;
     __s32 fd;
     __u32 flags;
+    ...;
+};
+
+struct kvm_pit_config {
+    __u32 flags;
+    ...;
+};
+
+struct kvm_irqfd {
+    __u32 fd;
+    __u32 gsi;
+    __u32 flags;
+    __u32 resamplefd;
+    ...;
+};
+
+struct kvm_enable_cap {
+    __u32 cap;
+    __u32 flags;
+    __u64 args[4];
+    ...;
+};
+
+struct kvm_irq_routing_irqchip {
+    __u32 irqchip;
+    __u32 pin;
+    ...;
+};
+
+struct kvm_irq_routing_msi {
+    __u32 address_lo;
+    __u32 address_hi;
+    __u32 data;
+    ...;
+};
+
+typedef union {
+    struct kvm_irq_routing_irqchip irqchip;
+    struct kvm_irq_routing_msi msi;
+    ...;
+} kvm_irq_routing_entry_u_t;
+
+struct kvm_irq_routing_entry {
+    __u32 gsi;
+    __u32 type;
+    __u32 flags;
+    kvm_irq_routing_entry_u_t u;
+    ...;
+};
+
+struct kvm_irq_routing {
+    __u32 nr;
+    __u32 flags;
+    struct kvm_irq_routing_entry entries[];
     ...;
 };
 

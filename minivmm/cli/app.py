@@ -12,8 +12,8 @@ module name to :data:`COMMANDS`.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # argparse is imported inside main, under its Ctrl-C handler
     import argparse
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-import threading
-from typing import TYPE_CHECKING, TextIO
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
+    from typing import TextIO
+
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
     from minivmm.vmm.machine import Machine
@@ -22,9 +21,12 @@ if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command
 
 
 def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
-    """An exit hook printing one line per exit: vCPU, exit number, RIP, the instruction there, the exit."""
+    """An exit hook printing one line per exit: vCPU, exit number, the address and text of the instruction
+    that caused the exit (not the one RIP has moved on to), the exit."""
+    import threading
+
     from minivmm.kvm.exits import describe_exit
-    from minivmm.vmm.disasm import instruction_at
+    from minivmm.vmm.disasm import exiting_instruction
 
     lock = threading.Lock()
     counters: dict[int, int] = {}
@@ -32,9 +34,9 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     def on_exit(vcpu: Vcpu, exit_: VcpuExit) -> None:
         n = counters.get(vcpu.id, 0) + 1
         counters[vcpu.id] = n
-        linear, insn = instruction_at(machine.memory, vcpu.get_regs(), vcpu.get_sregs())
+        linear, insn = exiting_instruction(machine.memory, vcpu.get_regs(), vcpu.get_sregs(), exit_)
         with lock:
-            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28} {describe_exit(exit_)}\n")
+            out.write(f"vcpu{vcpu.id} #{n:<6} rip={linear:#08x}  {insn:<28}  {describe_exit(exit_)}\n")
             out.flush()
 
     return on_exit
@@ -111,6 +113,9 @@ SUMMARY_DRAIN_TIMEOUT = 2.0
 
 def run(args: argparse.Namespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
+    import io
+    import json
+
     from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
 
     # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
@@ -174,10 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_host() -> tuple[str, int]:
     """The shadow model's platform and HZ: the host's where they can be read, else PVM at HZ=250."""
-    from minivmm.host import BACKENDS, config_value, detect_backend, kernel_config
+    from minivmm.host import BACKENDS, config_values, detect_backend
     backend = detect_backend()
-    config, _ = kernel_config()
-    hz = config_value(config, "CONFIG_HZ") if config else None
+    hz = config_values(("CONFIG_HZ",)).get("CONFIG_HZ")
     return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import errno
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
     from minivmm.vmm.report import RunOutcome
 

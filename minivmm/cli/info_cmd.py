@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
@@ -24,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Print the host's KVM facts."""
+    import json
+
     from minivmm.host import read_host_info
 
     host = read_host_info(args.kvm_path)

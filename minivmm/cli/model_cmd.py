@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any, TextIO
 
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import int_range
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 def _fmt_us(us: float) -> str:
@@ -42,6 +44,21 @@ def render_predictions(predictions: list[Any], out: TextIO) -> None:
             w(f"violation under {p.variant}: {v.kind.value}: {v.message}\n")
 
 
+def render_explanations(explanations: list[Any], out: TextIO) -> None:
+    """Per variant: each step that waited for a grace period (which one, started by which step), each
+    step the model does not model, and the whole set-up time."""
+    w = out.write
+    for ex in explanations:
+        st = ex.setup
+        w(f"\n# variant {ex.variant}: why each step took its time; whole set-up {_fmt_us(st['p50'])} "
+          f"[{_fmt_us(st['p10'])} - {_fmt_us(st['p90'])}] (p50 [p10 - p90])\n")
+        shown = [s for s in ex.steps if s.waited_for_gp or not s.modelled]
+        for s in shown:
+            w(f"#{s.index + 1} {s.label}: p50 {_fmt_us(s.p50_us)}: {s.describe()}\n")
+        if not shown:
+            w("no step waited for a grace period\n")
+
+
 def _deterministic(sequence: Any) -> bool:
     from kernel_model.predict import phase_deterministic
     return phase_deterministic(sequence)
@@ -72,16 +89,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="random seed: the same seed gives the same numbers (default: 0)")
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="one JSON object: per variant and step, p10/p50/p90 (and min/max) in microseconds")
+    p.add_argument("--list-sequences", action="store_true",
+                   help="list the named sequences with what each shows, and exit")
+    p.add_argument("--show-sequence", metavar="NAME|FILE", default=None,
+                   help="print a sequence in the sequence file format (a start for one of your own), and exit")
+    p.add_argument("--explain", action="store_true",
+                   help="also say, per variant, which grace period each step waited for and which earlier "
+                        "step started it (from the model's own state), which steps are not modelled, and "
+                        "the whole set-up time")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print."""
+    import json
+
     from kernel_model.platforms import get_platform
     from kernel_model.predict import predict
     from kernel_model.variants import MAIN_VARIANTS, get_variant
     from minivmm.cli import seqinput
 
+    if args.list_sequences:
+        import textwrap
+
+        from kernel_model.sequences import SEQUENCES
+        for name, named in SEQUENCES.items():
+            sys.stdout.write(f"{name}\n" + textwrap.fill(named.description, 78, initial_indent="    ",
+                                                         subsequent_indent="    ") + "\n")
+        return 0
+    if args.show_sequence is not None:
+        from kernel_model.sequences import format_sequence
+        sys.stdout.write(format_sequence(seqinput.load(args.show_sequence)))
+        return 0
     seq = seqinput.load(args.sequence)
     try:
         get_platform(args.platform)
@@ -89,13 +128,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
-    predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
-                   for name in names]
+    explanations: list[Any] = []
+    if args.explain:
+        from kernel_model.explain import explain_variant
+        explanations = [explain_variant(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+                        for name in names]
+        predictions = [ex.prediction for ex in explanations]
+    else:
+        predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+                       for name in names]
     if args.as_json:
+        variants = {p.variant: p.to_json() for p in predictions}
+        for ex in explanations:
+            variants[ex.variant].update(setup_us=ex.setup, explanation=[s.to_json() for s in ex.steps])
         json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
-                   "seed": args.seed, "variants": {p.variant: p.to_json() for p in predictions}},
-                  sys.stdout, indent=2)
+                   "seed": args.seed, "variants": variants}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_predictions(predictions, sys.stdout)
+        render_explanations(explanations, sys.stdout)
     return 0

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 from minivmm.cli.errors import CliError
 
+# Imported by commands inside run(), not at start-up: tempfile pulls in random.
+
 
 def check_output_path(path: str, option: str, suffix: str) -> str:
     """Refuse (as a ``CliError``) an output path we must not or cannot write; return it unchanged.

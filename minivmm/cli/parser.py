@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import textwrap
-from typing import NoReturn
 
 from minivmm.cli.errors import UsageError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 #: Help never grows wider than this, however wide the terminal: long lines are hard to read.
 MAX_HELP_WIDTH = 100
+
+
+def _terminal_columns() -> int:
+    """$COLUMNS, else the terminal's width, else 80: what shutil.get_terminal_size() answers, without
+    importing shutil (and bz2, lzma...) on every start-up: argparse builds a formatter for every
+    subparser, not only for help."""
+    import os
+    import sys
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -24,7 +40,7 @@ class HelpFormatter(argparse.HelpFormatter):
     their paragraphs and their indented (preformatted) lines."""
 
     def __init__(self, prog: str) -> None:
-        width = min(shutil.get_terminal_size().columns, MAX_HELP_WIDTH) - 2
+        width = min(_terminal_columns(), MAX_HELP_WIDTH) - 2
         super().__init__(prog, width=max(width, 40), max_help_position=26)
 
     def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]
@@ -38,8 +54,14 @@ class HelpFormatter(argparse.HelpFormatter):
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return f"{', '.join(action.option_strings)} {metavar}"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap option help without breaking words at hyphens (``--list-sequences`` stays whole)."""
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         """Wrap each paragraph of ``text`` on its own; lines starting with a space are kept as written."""
+        import textwrap
         out: list[str] = []
         for block in text.split("\n\n"):
             lines = block.splitlines()
@@ -47,7 +69,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 out.append("\n".join(indent + line for line in lines))
             else:
                 out.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
-                                         subsequent_indent=indent))
+                                         subsequent_indent=indent, break_on_hyphens=False))
         return "\n\n".join(out)
 
 

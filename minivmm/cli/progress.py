@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import TextIO
 
 
 class ProgressBar:

@@ -4,20 +4,17 @@ the kernel model, and say which kernel variant the host behaves like."""
 from __future__ import annotations
 
 import argparse
-import json
-import platform as pyplatform
 import sys
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
-from minivmm.cli.outfile import check_output_path, write_atomically
-from minivmm.cli.progress import ProgressBar
 
 
 def _check_plot_destination(path: str) -> None:
     """Refuse, before measuring, a plot path that cannot or must not be written, or a missing matplotlib."""
     from minivmm.timing.plot import PlotUnavailable, check_available
+    from minivmm.cli.outfile import check_output_path
     check_output_path(path, "--plot", ".png")
     try:
         check_available()
@@ -34,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "after commit 7d9a0273c459) and the kernel model's variants, and name the variant the "
                     "host behaves like. Prints one repetition strace -T style, then min/p10/p50/p90/max per "
                     "ioctl, the model's predictions at this host's HZ and platform, the fit of each variant, "
-                    "and a verdict.")
+                    "and a verdict.",
+        epilog="Exit codes: 0 measured and compared; 1 the host refused a step the model accepts; 2 bad "
+               "usage or input (sequence, --plot path, options); 4 /dev/kvm missing or not accessible; "
+               "130 Ctrl-C (what was measured so far is printed, marked partial).")
     p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
                    help="a named sequence (firecracker, registrations-first, arm64-order, late-registration), "
                         "a sequence file, or auto: firecracker on VMX (the stall lands in KVM_CREATE_VCPU 0), "
@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
+    import json
+    import os
+
     from kernel_model.platforms import PLATFORMS
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.timing.compare import compare, to_json
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
-    from minivmm.timing.runner import SequenceUnrunnable, check_runnable, measure
+    from minivmm.cli.progress import ProgressBar
+    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
 
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
     samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
@@ -93,10 +97,6 @@ def run(args: argparse.Namespace) -> int:
     name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
-    try:
-        check_runnable(seq)
-    except SequenceUnrunnable as e:
-        raise CliError(f"sequence {seq.name}: {e}") from None
     if plot_path is not None:
         _check_plot_destination(plot_path)
     if host.kvm_error:
@@ -106,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
             raise kvm_unavailable(e) from None
         raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
 
+    partial = None
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
             reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
+    except MeasurementInterrupted as e:
+        if not e.reps:
+            raise KeyboardInterrupt from None  # nothing measured: nothing to report
+        reps, overhead, partial = e.reps, e.overhead, repeat
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
@@ -117,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
                        ExitCode.GUEST_FAILED) from None
     comparison = compare(seq, reps, host_hz, plat, samples, seed)
-    facts = {"kernel": host.kernel, "machine": pyplatform.machine(), "hz": host_hz,
+    facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
-             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter}
+             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
+             "host_hz": host.hz, "host_platform": host.platform, "partial": partial}
     if plot_path is not None:
+        from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
         try:
             write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if as_json:
         data = to_json(comparison)
         data.update(host=facts, timer_overhead_ns=overhead,
+                    partial={"completed": len(reps), "requested": repeat} if partial else None,
                     strace_example=[r.strace_line() for r in comparison.repetitions[0].records if r is not None])
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -136,5 +144,5 @@ def run(args: argparse.Namespace) -> int:
         render(comparison, facts, overhead, sys.stdout)
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
-    return 0
+    return int(ExitCode.INTERRUPTED) if partial else 0
 

@@ -64,6 +64,23 @@ class BusRange:
         return self.base + self.length
 
 
+#: One published version of a bus: the sorted bases, and the ranges they start.
+BusTable = tuple[tuple[int, ...], tuple[BusRange, ...]]
+
+
+def resolve_in(table: BusTable, addr: int, size: int) -> tuple[BusDevice, int] | None:
+    """The one claim rule, on one published version of a bus: ``(device, offset)`` for an access of
+    ``size`` bytes at ``addr`` lying wholly inside one range, else None."""
+    bases, ranges = table
+    i = bisect.bisect_right(bases, addr) - 1
+    if i < 0:
+        return None
+    r = ranges[i]
+    if addr + size <= r.base + r.length:
+        return r.device, addr - r.base
+    return None
+
+
 class Bus:
     """A set of non-overlapping device ranges in an address space of ``size`` addresses."""
 
@@ -71,8 +88,10 @@ class Bus:
         self.name = name
         self.size = size
         self._lock = threading.Lock()
-        # (bases, ranges) in one attribute, so that a lock-free reader sees one whole table.
-        self._table: tuple[tuple[int, ...], tuple[BusRange, ...]] = ((), ())
+        #: The published table, (bases, ranges) in one attribute, so that a lock-free reader sees one
+        #: whole version. Each change publishes a new tuple: a reader that cached a lookup keeps it for as
+        #: long as ``table`` is the very object it was made from (the per-vCPU routes of ExitDispatcher).
+        self.table: BusTable = ((), ())
 
     def insert(self, device: BusDevice, base: int, length: int) -> None:
         """Put ``device`` on ``[base, base + length)``; refuse empty, out-of-bounds or overlapping ranges."""
@@ -82,7 +101,7 @@ class Bus:
             raise RangeOutOfBounds(f"{self.name} bus: {device.name} [{base:#x}, {base + length:#x}) "
                                    f"is outside [0, {self.size:#x})")
         with self._lock:
-            bases, ranges = self._table
+            bases, ranges = self.table
             i = bisect.bisect_right(bases, base)
             for neighbour in ranges[max(i - 1, 0):i + 1]:
                 if neighbour.base < base + length and base < neighbour.end:
@@ -94,7 +113,7 @@ class Bus:
     def remove(self, base: int) -> BusDevice:
         """Take the device whose range starts at ``base`` off the bus and return it."""
         with self._lock:
-            bases, ranges = self._table
+            bases, ranges = self.table
             i = bisect.bisect_left(bases, base)
             if i == len(bases) or bases[i] != base:
                 raise NoSuchRange(f"{self.name} bus: no device range starts at {base:#x}")
@@ -104,25 +123,18 @@ class Bus:
 
     def _publish(self, ranges: tuple[BusRange, ...]) -> None:
         # One assignment: a reader sees the old table or the new one, never a mixture.
-        self._table = (tuple(r.base for r in ranges), ranges)
+        self.table = (tuple(r.base for r in ranges), ranges)
 
     def resolve(self, addr: int, size: int = 1) -> tuple[BusDevice, int] | None:
         """Return ``(device, offset)`` for an access of ``size`` bytes at ``addr``, or None if unclaimed.
 
         An access must lie wholly inside one range to be claimed (as in the kernel's ``kvm_io_bus``).
         """
-        bases, ranges = self._table
-        i = bisect.bisect_right(bases, addr) - 1
-        if i < 0:
-            return None
-        r = ranges[i]
-        if addr + size <= r.base + r.length:
-            return r.device, addr - r.base
-        return None
+        return resolve_in(self.table, addr, size)
 
     def ranges(self) -> tuple[BusRange, ...]:
         """The current ranges, sorted by base."""
-        return self._table[1]
+        return self.table[1]
 
     def __len__(self) -> int:
-        return len(self._table[1])
+        return len(self.table[1])

@@ -52,22 +52,22 @@ class Serial16550:
 
     def write(self, offset: int, data: bytes) -> None:
         """Write registers (a wider access writes consecutive registers); a THR write prints the byte."""
+        if len(data) == 1:  # nearly every access: no loop
+            self._write_reg(offset, data[0])
+            return
         for i, value in enumerate(data):
             self._write_reg(offset + i, value)
 
     def _write_reg(self, reg: int, value: int) -> None:
-        if reg == THR:
+        if reg == THR or reg == IER:  # what these mean depends on LCR.DLAB: decided under the lock
             with self._lock:
-                dlab = self._regs[LCR] & LCR_DLAB
-                if dlab:
-                    self._divisor[THR] = value
-            if not dlab:
-                self.console.put(bytes((value,)))
+                if self._regs[LCR] & LCR_DLAB:
+                    self._divisor[reg] = value
+                    return
+                if reg == IER:
+                    self._regs[IER] = value
+                    return
+            self.console.put(bytes((value,)))  # outside the lock: the console has its own
             return
-        if reg >= UART_REGISTERS or reg in (LSR, IIR):  # LSR is read-only; a write at offset 2 is FCR
-            return
-        with self._lock:
-            if reg == IER and self._regs[LCR] & LCR_DLAB:
-                self._divisor[IER] = value
-            else:
-                self._regs[reg] = value
+        if reg < UART_REGISTERS and reg != LSR and reg != IIR:  # LSR is read-only; a write at 2 is FCR
+            self._regs[reg] = value  # one byte store, atomic under the GIL: no lock needed

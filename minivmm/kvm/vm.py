@@ -138,6 +138,43 @@ class Vm:
         if self.observer is not None:
             self.observer.irqchip_created()
 
+    def create_pit2(self, flags: int = 0) -> None:
+        """Wrapper over KVM_CREATE_PIT2: the in-kernel i8254 PIT (needs the in-kernel PIC: KVM_CREATE_IRQCHIP
+        first). Its ports 0x40-0x43 (and, with KVM_PIT_SPEAKER_DUMMY in ``flags``, the speaker port 0x61)
+        become devices on the PIO bus."""
+        config = ffi.new("struct kvm_pit_config *", {"flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, f"{{flags={flags:#x}}}")
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """Wrapper over KVM_IRQFD: signalling eventfd ``fd`` injects ``gsi`` (or, with ``deassign``, stops).
+
+        Safety: the kernel takes its own reference on the eventfd; the argument is only read during the call.
+        """
+        flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        arg = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer,
+                  f"{{fd={fd}, gsi={gsi}, flags={'DEASSIGN' if deassign else '0'}}}")
+
+    def set_gsi_routing_msi(self, gsis: list[int]) -> None:
+        """Wrapper over KVM_SET_GSI_ROUTING with one MSI route per GSI in ``gsis`` (to the local APIC's
+        default address, vector 0): replaces the whole routing table. The kernel swaps its table and waits
+        for an expedited grace period of ``kvm->irq_srcu`` before freeing the old one."""
+        routing = ffi.new("struct kvm_irq_routing *", {"nr": len(gsis), "entries": max(len(gsis), 1)})
+        routing.nr = len(gsis)
+        for i, gsi in enumerate(gsis):
+            entry = routing.entries[i]
+            entry.gsi = gsi
+            entry.type = lib.KVM_IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = 0xFEE00000
+        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, routing, self.tracer, f"{{nr={len(gsis)}, ...}}")
+
+    def enable_cap(self, cap: int, args: tuple[int, ...] = ()) -> None:
+        """Wrapper over KVM_ENABLE_CAP on the VM fd: enable capability ``cap`` with up to four ``args``."""
+        if len(args) > 4:
+            raise ValueError("KVM_ENABLE_CAP takes at most four arguments")
+        arg = ffi.new("struct kvm_enable_cap *", {"cap": cap, "args": list(args) + [0] * (4 - len(args))})
+        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, f"{{cap={cap}, args={list(args)}}}")
+
     def set_tss_addr(self, addr: int) -> None:
         """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""
         ioctl_val(self.fd, lib.KVM_SET_TSS_ADDR, addr, self.tracer)

@@ -1,10 +1,16 @@
-"""The human report of ``minivmm timing``."""
+"""The human report of ``minivmm timing``: it says only what was measured, and says when the question
+asked (``--hz``, ``--platform``, ``--repeat``) cannot give the answer the verdict seems to give."""
 
 from __future__ import annotations
 
 from typing import Any, TextIO
 
-from minivmm.timing.compare import Comparison, quantiles
+from kernel_model.predict import quantiles
+from minivmm.timing.compare import STALL_NS, Comparison
+
+#: Fewer repetitions than this cannot estimate p10 and p90, which the fit compares: the 10% tails would
+#: rest on one or two samples each.
+MIN_REPEAT = 20
 
 
 def fmt_us(us: float) -> str:
@@ -16,12 +22,15 @@ def render(c: Comparison, host: dict[str, Any], overhead: dict[str, float], out:
     """Write the report: strace-style example, measured table, model table, published, verdict."""
     w = out.write
     seq = c.sequence
-    w(f"minivmm timing: sequence {seq.name}, {len(c.repetitions)} repetitions "
-      f"{'with jitter (tick phase sampled)' if host['jitter'] else 'back to back (--no-jitter: locked to the tick, the spread is hidden)'}\n")
+    how = ("with jitter (tick phase sampled)" if host["jitter"]
+           else "back to back (--no-jitter: locked to the tick, the spread is hidden)")
+    w(f"minivmm timing: sequence {seq.name}, {len(c.repetitions)} repetitions {how}\n")
     w(f"host: kernel {host['kernel']}, HZ={host['hz']} ({host['hz_source']}), platform {host['platform']} "
       f"({host['platform_source']})\n")
     w(f"timer overhead: {overhead['p50_ns'] / 1000:.2f} us per timed ioctl (median; min "
       f"{overhead['min_ns'] / 1000:.2f} us; the clock reads sit beside the system call)\n")
+    for line in warnings(c, host):
+        w(f"warning: {line}\n")
 
     w("\none repetition, strace -T style (the median one for the stalled step):\n")
     i_rep = _median_repetition(c)
@@ -32,10 +41,16 @@ def render(c: Comparison, host: dict[str, Any], overhead: dict[str, float], out:
     labels = [s.label for s in seq.steps]
     width = max(len(x) for x in labels) + 2
     w("\nmeasured" + " " * (width - 8) + "".join(h.rjust(11) for h in ("min", "p10", "p50", "p90", "max")) + "\n")
+    stalls = measured_stalls(c)
     for i, label in enumerate(labels):
         q = quantiles(c.measured[i])
-        mark = "  <- stall" if i == c.stalled_step else ""
-        w(label.ljust(width) + "".join(fmt_us(q[k]).rjust(11) for k in ("min", "p10", "p50", "p90", "max")) + mark + "\n")
+        mark = "  <- stall" if i in stalls else ""
+        if i == c.stalled_step and i not in stalls:
+            mark = "  <- call_srcu would stall here; no stall measured"
+        w(label.ljust(width) + "".join(fmt_us(q[k]).rjust(11) for k in ("min", "p10", "p50", "p90", "max"))
+          + mark + "\n")
+    if stalls:
+        w(f"(a stall: a step whose median exceeds {STALL_NS / 1e6:g} ms, a grace-period wait)\n")
 
     variants = list(c.predictions)
     cells = [[_cell(c.predictions[v].steps[i].stats()) for v in variants] for i in range(len(labels))]
@@ -47,24 +62,83 @@ def render(c: Comparison, host: dict[str, Any], overhead: dict[str, float], out:
           + "".join(x.rjust(col) for x in cells[i]) + "\n")
 
     if c.published:
-        w("\npublished figures beside the steps they correspond to\n")
-        for i, figs in sorted(c.published.items()):
-            for f in figs[:2]:
-                before = f"{f.before_s:.6f} s" if f.before_s is not None else "-"
-                after = f"{f.after_s:.6f} s" if f.after_s is not None else "-"
-                hz = f"HZ={f.hz}" if f.hz else "any HZ"
-                w(f"  {labels[i]}: {f.what} {before} before 7d9a0273c459, {after} after ({hz}, "
-                  f"{f.platform}; {f.source})\n")
-            if i == c.stalled_step:
-                q = quantiles(c.measured[i])
-                w(f"  here: p50 {fmt_us(q['p50'])} at HZ={host['hz']}: the stall scales as (1, 2] jiffies, "
-                  f"so {1000 / host['hz']:.0f}-{2000 / host['hz']:.0f} ms here vs 10-20 ms at HZ=100\n")
+        render_published(c, host, stalls, labels, out)
 
     w("\nfit per variant (mean |ln(measured/predicted)| over the steps: p10/p50/p90 where the model predicts a "
       "spread, the median where it predicts one value; 0 is perfect)\n")
-    for f in sorted(c.fits, key=lambda f: f.score):
-        w(f"  {f.variant:<22} {f.score:.3f}\n")
+    for fit in sorted(c.fits, key=lambda f: f.score):
+        w(f"  {fit.variant:<22} {fit.score:.3f}\n")
     w(f"\nverdict: {c.verdict.text}\n")
+    if len(c.repetitions) < MIN_REPEAT:
+        w(f"(with {len(c.repetitions)} repetitions the fit rests on too few samples to decide: "
+          f"run --repeat {MIN_REPEAT} or more; the default is 100)\n")
+    if host.get("partial"):
+        w(f"(partial: interrupted after {len(c.repetitions)} of {host['partial']} repetitions)\n")
+
+
+def measured_stalls(c: Comparison) -> set[int]:
+    """The steps whose measured median is a stall (over ``STALL_NS``): only these get the mark."""
+    return {i for i, samples in enumerate(c.measured) if quantiles(samples)["p50"] * 1000 > STALL_NS}
+
+
+def warnings(c: Comparison, host: dict[str, Any]) -> list[str]:
+    """What makes this run's answer weaker than it looks: an --hz or --platform that is not the host's
+    (the model then predicts another kernel than the one measured), too few repetitions, a partial run."""
+    out = []
+    if host.get("partial"):
+        out.append(f"partial results: interrupted (Ctrl-C) after {len(c.repetitions)} of {host['partial']} "
+                   "repetitions; what follows is what was measured until then")
+    real_hz, real_platform = host.get("host_hz"), host.get("host_platform")
+    if host.get("hz_source") == "--hz" and real_hz is not None and real_hz != host["hz"]:
+        out.append(f"--hz {host['hz']} but this kernel runs at HZ={real_hz}: the model predicts a kernel at "
+                   f"HZ={host['hz']}, the measurements come from one at HZ={real_hz}; the fit and the "
+                   "verdict compare the two and can name a variant this host does not run")
+    if host.get("platform_source") == "--platform" and real_platform is not None and real_platform != host["platform"]:
+        out.append(f"--platform {host['platform']} but the loaded KVM module is {host.get('backend_module')} "
+                   f"({real_platform}): the model places the stall where {host['platform']} has it, which may "
+                   "not be where this host has it")
+    if len(c.repetitions) < MIN_REPEAT:
+        out.append(f"--repeat {len(c.repetitions)} is too few to decide: p10 and p90 need at least "
+                   f"{MIN_REPEAT} repetitions (the default is 100)")
+    return out
+
+
+def render_published(c: Comparison, host: dict[str, Any], stalls: set[int], labels: list[str],
+                     out: TextIO) -> None:
+    """The published figures beside the steps they correspond to, each with its source cited once below,
+    and whether a published stall is inside the range the timer rule allows at its HZ."""
+    w = out.write
+    sources: list[str] = []
+    w("\npublished figures beside the steps they correspond to\n")
+    for i, figs in sorted(c.published.items()):
+        for fig in figs[:2]:
+            if fig.source not in sources:
+                sources.append(fig.source)
+            before = f"{fig.before_s:.6f} s" if fig.before_s is not None else "-"
+            after = f"{fig.after_s:.6f} s" if fig.after_s is not None else "-"
+            hz = f"HZ={fig.hz}" if fig.hz else "HZ not stated"
+            w(f"  {labels[i]}: {fig.what} {before} before 7d9a0273c459, {after} after ({hz}, {fig.platform}) "
+              f"[{sources.index(fig.source) + 1}]\n")
+            if fig.kind == "stalled" and fig.hz and fig.after_s is not None and fig.after_s > 0.005:
+                lo, hi, ms = 1000 / fig.hz, 2000 / fig.hz, fig.after_s * 1000
+                where = ("inside" if lo <= ms <= hi else
+                         f"outside ({ms - hi:.1f} ms above)" if ms > hi else f"outside ({lo - ms:.1f} ms below)")
+                w(f"    {ms:.1f} ms is {where} the {lo:.0f}-{hi:.0f} ms the timer rule allows at HZ={fig.hz} "
+                  "(more than 1, at most 2 jiffies)" + ("" if lo <= ms <= hi else
+                                                       ": something the model leaves out added the rest") + "\n")
+        if i == c.stalled_step:
+            q = quantiles(c.measured[i])
+            lo, hi = 1000 / host["hz"], 2000 / host["hz"]
+            if i in stalls:
+                ms = q["p50"] / 1000
+                inside = "inside" if lo <= ms <= hi else "outside"
+                w(f"  here: p50 {fmt_us(q['p50'])} at HZ={host['hz']}, {inside} the {lo:.0f}-{hi:.0f} ms "
+                  "the rule allows at this HZ\n")
+            else:
+                w(f"  here: no stall measured at this step (p50 {fmt_us(q['p50'])}); under call_srcu it would "
+                  f"take {lo:.0f}-{hi:.0f} ms at HZ={host['hz']}\n")
+    for n, source in enumerate(sources, 1):
+        w(f"  [{n}] {source}\n")
 
 
 def _cell(st: dict[str, float]) -> str:

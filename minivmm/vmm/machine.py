@@ -35,13 +35,13 @@ from minivmm.vmm.dispatch import ExitDispatcher
 from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
-from minivmm.shadow.checker import Injection, ShadowChecker
 from minivmm.vmm.lifecycle import StopRequest, VcpuThreads, kick_handler, stop_signals
 from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunReport, RunTimes, VcpuSnapshot,
                                  build_report, final_outcome)
 from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
+    from minivmm.shadow.checker import ShadowChecker
     from minivmm.shadow.ftrace import FtraceResult, FtraceSession
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
@@ -101,6 +101,8 @@ class Machine:
         self._threads: VcpuThreads | None = None
         self._ftrace: FtraceSession | None = None
         self._ftrace_error: str | None = None
+        if config.check:  # imported here, lazily, but before the clock starts: set-up times KVM, not imports
+            import minivmm.shadow.checker  # noqa: F401
         self._t_start = time.monotonic_ns()
         self._t_ready = 0
         try:
@@ -114,6 +116,7 @@ class Machine:
         self.kvm = Kvm(cfg.kvm_path, tracer)
         if cfg.check:
             # Given to the VM when it is made, so the twin sees the VM from its first ioctl.
+            from minivmm.shadow.checker import Injection, ShadowChecker
             self.shadow = ShadowChecker(platform=cfg.model_platform, hz=cfg.model_hz,
                                         inject=Injection(cfg.inject) if cfg.inject else None)
         self.vm = vm = self.kvm.create_vm(observer=self.shadow)
@@ -188,10 +191,11 @@ class Machine:
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
     def _vcpu_loop(self, on_exit: ExitHook | None) -> Callable[[Vcpu, VcpuRecord, RunControl], None]:
-        dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
         shadow = self.shadow
 
         def loop(vcpu: Vcpu, record: VcpuRecord, control: RunControl) -> None:
+            # One dispatcher per vCPU: its route tables are that vCPU's own (no lock on the exit path).
+            dispatcher = ExitDispatcher(self.pio_bus, self.mmio_bus, strict=self.config.strict)
             run_vcpu(vcpu, dispatcher, record, control, on_exit, shadow)
         return loop
 
@@ -235,9 +239,12 @@ class Machine:
         linear = (int(sregs.cs.base) + int(regs.rip)) & 0xFFFFFFFFFFFFFFFF
         mem = self.memory
         code = None
+        before = b""
         if mem is not None and mem.contains(linear, 1):
             code = mem.read(linear, min(15, mem.guest_phys_addr + mem.size - linear))
-        return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code)
+            start = max(mem.guest_phys_addr, linear - 15)
+            before = mem.read(start, linear - start)
+        return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code, code_before=before)
 
     def _ftrace_check(self, session: FtraceSession, records: list[VcpuRecord]) -> FtraceResult:
         """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""

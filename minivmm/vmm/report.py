@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from minivmm.devices.control import DynamicDoorbellCounts
-from minivmm.kvm.exits import exit_kind
+from minivmm.kvm.exits import VcpuExit, exit_kind
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
@@ -62,6 +62,8 @@ class VcpuSnapshot:
     """Where a vCPU was when the run ended: its registers and the code at its RIP (plain values).
 
     ``code`` holds up to 15 bytes at ``linear`` (CS base + RIP), or None when RIP is outside guest RAM;
+    ``code_before`` the up to 15 bytes before it (KVM moves RIP past an OUT, an MMIO write and a HLT
+    before it exits: the report decodes backwards to show the instruction that exited);
     ``error`` says why there are no registers (KVM_GET_REGS failed).
     """
 
@@ -70,6 +72,7 @@ class VcpuSnapshot:
     mode: Mode = Mode.REAL
     code: bytes | None = None
     error: str | None = None
+    code_before: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -171,11 +174,15 @@ class RunReport:
         return d
 
 
-def _instruction(snap: VcpuSnapshot) -> str:
+def _instruction(snap: VcpuSnapshot, last_exit: VcpuExit | None) -> tuple[int, str]:
+    """The RIP and text of the instruction that caused the vCPU's last exit (KVM may have moved RIP
+    past it: see disasm.exiting_instruction_in), else of the one at RIP."""
+    rip = snap.registers["rip"]
     if snap.code is None:
-        return f"(rip {snap.linear:#x} is outside guest RAM)"
-    from minivmm.vmm.disasm import disassemble_one  # capstone costs ~45 ms to import: only when shown
-    return disassemble_one(snap.code, snap.linear, snap.mode)
+        return rip, f"(rip {snap.linear:#x} is outside guest RAM)"
+    from minivmm.vmm.disasm import exiting_instruction_in  # capstone costs ~45 ms to import: only when shown
+    linear, text = exiting_instruction_in(snap.code_before, snap.code, snap.linear, snap.mode, last_exit)
+    return rip - (snap.linear - linear), text
 
 
 def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: MachineSnapshot,
@@ -196,8 +203,7 @@ def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: Machi
                 rep.error = rep.error or f"registers unavailable: {where.error}"
             else:
                 rep.registers = dict(where.registers)
-                rep.rip = where.registers["rip"]
-                rep.instruction = _instruction(where)
+                rep.rip, rep.instruction = _instruction(where, rec.last_exit)
         vcpus.append(rep)
     firsts = [r.first_exit_ns - r.entered_ns for r in records
               if r.first_exit_ns is not None and r.entered_ns is not None]

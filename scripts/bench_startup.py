@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Start-up cost of the ``minivmm`` command, against the interpreter's own (issue 14's target: a whole
+``minivmm boot guest/hello.bin``, shadow on, within 3x ``python3 -c pass`` measured in the same run).
+
+Runs each command as a whole process, alternating between them round by round so that a machine's
+load drifts over all of them alike, and reports medians (and p10/p90). Then runs each once under
+``python -X importtime`` and says where the import time goes, by package and by module.
+
+    python scripts/bench_startup.py                 # 15 rounds, the default commands
+    python scripts/bench_startup.py --rounds 30 --top 15
+
+The interpreter is the one running this script (a venv's python includes the venv's site start-up,
+e.g. the editable install's path hook, in every row alike). This is a benchmark, not a test: figures
+depend on the machine and its load; report them with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The children run as a user's command would: with bytecode caching. PYTHONDONTWRITEBYTECODE (set in
+#: some CI and sandbox environments) would make every run recompile every minivmm module (~50 ms).
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+#: name -> argv after the interpreter. "python -c pass" is the floor every other row is divided by.
+COMMANDS: dict[str, list[str]] = {
+    "python -c pass": ["-c", "pass"],
+    "minivmm --help": ["-m", "minivmm", "--help"],
+    "minivmm boot guest/hello.bin": ["-m", "minivmm", "boot", "guest/hello.bin"],
+    "minivmm boot guest/hello.bin --no-check": ["-m", "minivmm", "boot", "guest/hello.bin", "--no-check"],
+    "minivmm model --help": ["-m", "minivmm", "model", "--help"],
+    "minivmm model": ["-m", "minivmm", "model"],
+}
+#: The rows the issue sets a target for, and the target (times the floor).
+TARGETS = {"minivmm boot guest/hello.bin": 3.0, "minivmm --help": 3.0}
+
+
+def run_once(argv: list[str]) -> float:
+    """Wall time of one whole process (fork, exec, interpreter start, the command, exit), seconds."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=CHILD_ENV)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench_startup: {' '.join(argv)} exited {proc.returncode}: "
+                 f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    return elapsed
+
+
+def measure(rounds: int, names: list[str]) -> dict[str, list[float]]:
+    """``rounds`` rounds; in each, every command once, the order rotated each round."""
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for name in names:  # warm the page cache and the bytecode caches first
+        run_once(COMMANDS[name])
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times[name].append(run_once(COMMANDS[name]))
+    return times
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def importtime(argv: list[str]) -> list[tuple[str, int, int, int]]:
+    """(module, self us, cumulative us, depth) per import, from ``python -X importtime``."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cum_us, name = line[len("import time:"):].split("|")
+        depth = (len(name) - len(name.lstrip())) // 2
+        rows.append((name.strip(), int(self_us), int(cum_us), depth))
+    return rows
+
+
+def package_of(module: str) -> str:
+    """minivmm.kvm.exits -> minivmm.kvm; kernel_model.srcutree -> kernel_model; json.decoder -> (stdlib) json."""
+    parts = module.split(".")
+    if parts[0] == "minivmm":
+        return ".".join(parts[:2])
+    if parts[0] in ("kernel_model", "capstone", "cffi", "_cffi_backend") or module.startswith("__editable__"):
+        return parts[0] if not module.startswith("__editable__") else "editable-install path hook"
+    return f"(stdlib and others) {parts[0]}"
+
+
+def main() -> int:
+    """Measure, print the table and the import breakdown; exit 1 if a target is missed."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=15, help="alternating rounds (medians of this many; >= 10)")
+    ap.add_argument("--top", type=int, default=12, help="modules to list by self import time")
+    ap.add_argument("--commands", nargs="*", choices=list(COMMANDS), default=list(COMMANDS),
+                    help="which rows to measure (python -c pass is always measured)")
+    args = ap.parse_args()
+    if not os.path.exists("/dev/kvm"):
+        print("note: /dev/kvm is missing; the boot rows will fail", file=sys.stderr)
+    names = ["python -c pass"] + [n for n in args.commands if n != "python -c pass"]
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        print("note: PYTHONDONTWRITEBYTECODE is set here; the commands run without it (with .pyc caches), "
+              "as a user's would")
+    load = os.getloadavg()
+    print(f"interpreter: {sys.executable} (Python {sys.version.split()[0]}); {os.cpu_count()} CPUs; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
+    times = measure(args.rounds, names)
+    floor = statistics.median(times["python -c pass"])
+    print(f"\n{args.rounds} alternating rounds, whole processes, wall time\n")
+    print(f"{'command':<42}{'p10 ms':>9}{'p50 ms':>9}{'p90 ms':>9}{'x floor':>9}  target")
+    missed = []
+    for name in names:
+        xs = times[name]
+        p50 = statistics.median(xs)
+        ratio = p50 / floor
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {target:g}x: {'met' if ratio <= target else 'MISSED'}"
+            if ratio > target:
+                missed.append(name)
+        print(f"{name:<42}{quantile(xs, 0.1) * 1e3:>9.1f}{p50 * 1e3:>9.1f}{quantile(xs, 0.9) * 1e3:>9.1f}"
+              f"{ratio:>9.2f}  {verdict}")
+    end_load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if max(load[0], end_load) > cpus / 2:
+        print(f"\nthe machine was busy (load average {load[0]:.2f} at the start, {end_load:.2f} at the end, on "
+              f"{cpus} CPUs): every row is slowed, the floor too, and ratios are less reliable than on a quiet "
+              "machine")
+    else:
+        print(f"\nload average {end_load:.2f} at the end")
+
+    for name in ("minivmm boot guest/hello.bin", "minivmm --help"):
+        if name not in names:
+            continue
+        rows = importtime(COMMANDS[name])
+        floor_rows = {r[0] for r in importtime(COMMANDS["python -c pass"])}
+        extra = [r for r in rows if r[0] not in floor_rows]
+        total = sum(r[1] for r in extra)
+        print(f"\nwhere the import time of `{name}` goes beyond `python -c pass`'s own imports "
+              f"(-X importtime, one run): {total / 1e3:.1f} ms in {len(extra)} modules")
+        by_package: dict[str, int] = defaultdict(int)
+        for module, self_us, _, _ in extra:
+            by_package[package_of(module)] += self_us
+        for package, us in sorted(by_package.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {us / 1e3:7.1f} ms  {package}")
+        print("  slowest modules (self time):")
+        for module, self_us, cum_us, _ in sorted(extra, key=lambda r: -r[1])[:args.top]:
+            print(f"  {self_us / 1e3:7.1f} ms  {module} (with its imports {cum_us / 1e3:.1f} ms)")
+    if shutil.which("minivmm") is None:
+        print("\n(note: the minivmm console script is not on PATH; rows use python -m minivmm)")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""One spec per sequence op: every op has its model side and its host side, and one validation serves
+``minivmm model`` and ``minivmm timing`` alike."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kernel_model.ops import OPS
+from kernel_model.sequences import SEQUENCES, SequenceError, Step, parse_sequence, validate
+
+
+def test_every_op_has_a_host_step():
+    from minivmm.timing.host_ops import HOST_OPS
+    assert set(HOST_OPS) == set(OPS)
+
+
+def test_every_op_has_a_label_and_an_strace_form_for_its_minimal_arguments():
+    for op in OPS.values():
+        minimal = {a.name: (0x1000 if a.kind in ("int", "size") else 10_000 if a.kind == "time" else "KVM_X")
+                   for a in op.args if a.required}
+        step = Step(op.name, minimal)
+        assert step.label
+        assert step.strace(0.001).startswith("ioctl(")
+
+
+def test_a_repeated_argument_is_an_error():
+    with pytest.raises(SequenceError, match=r"f:2: id given twice"):
+        parse_sequence("create_vm\nvcpu id=0 id=1", "f")
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("create_vm\nrun vcpu=0", r"KVM_RUN, vcpu 0 .*has not been created"),
+    ("create_vm\nmemslot slot=0 base=0 size=1000", "page size"),
+    ("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=1 base=512K size=1M", "overlaps slot 0"),
+    ("create_vm\nioeventfd_deassign addr=0x10 len=4", "ENOENT"),
+    ("create_vm\nioeventfd addr=0x10 len=4\nioeventfd addr=0x10 len=4", "EEXIST"),
+    ("create_vm\nioeventfd addr=0x10 len=3", "EINVAL"),
+    ("create_vm\nvcpu id=0\nvcpu id=0", "EEXIST"),
+    ("create_vm\nvcpu id=0\nirqchip", "EINVAL"),
+    ("create_vm\nmemslot slot=0 base=0x100000 size=1M\nvcpu id=0\nrun vcpu=0", "covering 0x1000"),
+])
+def test_validation_refuses_what_the_kernel_or_the_runner_would(text, fragment):
+    seq = parse_sequence(text, "f")
+    with pytest.raises(SequenceError) as e:
+        validate(seq, "vmx")
+    message = str(e.value)
+    assert "\n" not in message
+    assert re.search(fragment, message), message
+
+
+def test_every_named_sequence_validates_on_every_platform_it_was_written_for():
+    for seq in SEQUENCES.values():
+        validate(seq, "vmx")
+        validate(seq, "pvm")
+
+
+def test_the_timing_runner_refuses_through_the_same_validation():
+    from minivmm.timing.runner import check_runnable
+    seq = parse_sequence("create_vm\nioeventfd_deassign addr=0x10 len=4", "f")
+    with pytest.raises(SequenceError, match="ENOENT"):
+        check_runnable(seq, "pvm")
+
+
+# --- reading sequence files: bounded, regular files only, content never echoed ----------------------
+
+def _load_error(path: str) -> str:
+    from kernel_model.sequences import load_sequence
+    with pytest.raises(SequenceError) as e:
+        load_sequence(path)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_dev_zero_is_refused_without_reading_it():
+    assert "not a regular file" in _load_error("/dev/zero")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _load_error(str(fifo))
+
+
+def test_a_directory_is_refused(tmp_path):
+    assert "not a regular file" in _load_error(str(tmp_path))
+
+
+def test_a_64_mb_file_is_refused_by_its_size(tmp_path):
+    big = tmp_path / "big.seq"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # sparse: nothing is written, and nothing must be read
+    assert "limit" in _load_error(str(big))
+
+
+def test_a_file_that_is_not_a_sequence_is_not_quoted_back(tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$s3cr3tsalt$hashhashhash:19000:0:99999:7:::\n")
+    message = _load_error(str(secret))
+    assert "s3cr3t" not in message and "hashhash" not in message and "19000" not in message
+    assert ":1:" in message
+
+
+def test_binary_content_is_refused_without_quoting_it(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\xff\xfesecret")
+    message = _load_error(str(blob))
+    assert "UTF-8" in message and "secret" not in message
+
+
+def test_a_missing_file_names_the_named_sequences(tmp_path):
+    assert "neither a named sequence" in _load_error(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("text", ["create_vm\nvcpu id=0 id=1", "create_vm\nioeventfd_deassign addr=0x10 len=4",
+                                  "create_vm\nrun vcpu=0"])
+def test_model_and_timing_refuse_a_bad_sequence_file_with_one_line(tmp_path, capsys, text):
+    from minivmm.cli.app import main
+    path = tmp_path / "bad.seq"
+    path.write_text(text)
+    for argv in (["model", "--sequence", str(path), "-n", "5"],
+                 ["timing", "--sequence", str(path), "--hz", "250", "--platform", "pvm", "-r", "1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and str(path) in err, err
+
+
+# --- the set-up ops of a real VMM, in the model and on the host ---------------------------------------
+
+QEMU_LIKE = """
+create_vm
+tss_addr addr=0xfffbd000
+ioctl name=KVM_SET_IDENTITY_MAP_ADDR cost=20us
+memslot slot=0 base=0 size=16M
+memslot slot=1 base=0xfffc0000 size=256K readonly
+memslot slot=1 base=0xfffc0000 size=256K readonly log_dirty
+irqchip
+pit2 speaker_dummy
+gsi_routing entries=24
+irqfd gsi=5
+irqfd gsi=5 deassign
+irqfd gsi=9 deassign
+ioeventfd addr=0xcf8 len=4 pio
+vcpu id=0
+run vcpu=0
+"""
+
+
+def test_the_kernel_constants_the_model_types_match_the_uapi_header():
+    from kernel_model import kvm
+    from minivmm.kvm.uapi import lib
+    assert kvm.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
+    assert kvm.KVM_MEM_READONLY == lib.KVM_MEM_READONLY
+    assert kvm.KVM_MEM_LOG_DIRTY_PAGES == lib.KVM_MEM_LOG_DIRTY_PAGES
+
+
+def test_pit2_registers_its_ports_on_the_pio_bus():
+    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_io_bus import KvmBus
+    from kernel_model.platforms import get_platform
+    from kernel_model.sim import Sim
+    from kernel_model.variants import get_variant
+    kvm = KvmModel(Sim(250), get_variant("call_srcu"), get_platform("vmx"))
+    kvm.create_irqchip()
+    before = kvm.registrations
+    kvm.create_pit2(speaker_dummy=True)
+    assert kvm.registrations == before + 2
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x43, 1).name == "pit"
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x61, 1).name == "pit-speaker"
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x44, 1) is None
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("create_vm\npit2", "ENOENT"),                                          # no in-kernel PIC
+    ("create_vm\nirqchip\npit2\npit2", "EEXIST"),
+    ("create_vm\nirqfd gsi=1", "EINVAL"),                                   # no irqchip
+    ("create_vm\ngsi_routing entries=4", "EINVAL"),
+    ("create_vm\nirqchip\ngsi_routing entries=5000", "EINVAL"),
+    ("create_vm\nvcpu id=0\nenable_cap cap=121", "EEXIST"),                 # split irqchip after vCPUs
+    ("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=0 base=0 size=1M readonly", "READONLY"),
+    ("create_vm\nmemslot slot=0x10000 base=0 size=1M", "no address space 1"),  # pvm: one address space
+])
+def test_the_new_ops_are_refused_where_the_kernel_refuses_them(text, fragment):
+    with pytest.raises(SequenceError, match=fragment):
+        validate(parse_sequence(text, "f"), "pvm")
+
+
+def test_an_address_space_1_memslot_is_separate_on_vmx():
+    validate(parse_sequence("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=0x10000 base=0 size=1M", "f"),
+             "vmx")
+
+
+def test_split_irqchip_installs_the_apic_access_page_on_vmx_and_waits_on_irq_srcu_only():
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\nenable_cap cap=121 arg0=24\nioeventfd addr=0xd0000000 len=4\n"
+                         "gsi_routing entries=24\nvcpu id=0", "f")
+    p = predict(seq, "call_srcu", 250, "vmx", samples=20)
+    routing, vcpu = p.steps[3].stats(), p.steps[4].stats()
+    # The routing's grace period is kvm->irq_srcu's, expedited and idle: no jiffy-scale wait even
+    # though the ioeventfd left a normal grace period pending on kvm->srcu ...
+    assert routing["max"] < 1000
+    # ... which the first vCPU's APIC-access page memslot then waits for (a split irqchip puts the
+    # local APICs in the kernel).
+    assert vcpu["p50"] > 1000
+    assert seq.steps[1].modelled and not parse_sequence("create_vm\nenable_cap cap=7", "f").steps[1].modelled
+
+
+def test_an_unmodelled_ioctl_is_its_cost_and_says_so():
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\nioctl name=KVM_SET_TSS_ADDR cost=123us", "f")
+    p = predict(seq, "call_srcu", 250, "pvm", samples=5)
+    assert p.steps[1].durations == [123_000] * 5
+    assert not seq.steps[1].modelled and "not modelled" in seq.steps[1].label
+
+
+def test_the_qemu_like_sequence_validates_and_predicts():
+    from kernel_model.predict import predict
+    seq = parse_sequence(QEMU_LIKE, "qemu-like")
+    validate(seq, "pvm")
+    for variant in ("sync", "call_srcu"):
+        p = predict(seq, variant, 250, "pvm", samples=5)
+        assert not p.violations
+
+
+@pytest.mark.kvm
+def test_every_op_runs_on_the_host():
+    """Each op's host step issues its real ioctl (the sequence uses every op)."""
+    from minivmm.timing.runner import measure
+    seq = parse_sequence(QEMU_LIKE + "enable_cap cap=129\nioeventfd_deassign addr=0xcf8 len=4 pio\n", "all-ops")
+    assert {s.op for s in seq.steps} == set(OPS)
+    reps, _ = measure(seq, 2, jitter=False, hz=250, platform="pvm")
+    for rep in reps:
+        assert len(rep.durations_ns) == len(seq.steps) and min(rep.durations_ns) > 0
+        names = [r.name for r in rep.records if r is not None]
+        for name in ("KVM_CREATE_PIT2", "KVM_SET_GSI_ROUTING", "KVM_IRQFD", "KVM_ENABLE_CAP"):
+            assert name in names
+        # The un-modelled ioctl is not issued: the host pauses for its cost instead.
+        assert "KVM_SET_TSS_ADDR" in names
+        assert "KVM_SET_IDENTITY_MAP_ADDR" not in names and rep.durations_ns[2] >= 20_000
+
+
+def test_the_readme_documents_every_op():
+    from conftest import ROOT
+    text = (ROOT / "kernel_model" / "README.md").read_text()
+    section = text[text.index("## Sequence files"):]
+    for name in list(OPS) + ["gap", "sleep"]:
+        assert f"| `{name}` |" in section, name
+    import kernel_model.sequences as sequences
+    for name in OPS:
+        assert f"    {name}" in (sequences.__doc__ or ""), name
+
+
+def test_format_sequence_round_trips_every_named_sequence_and_every_op():
+    from kernel_model.sequences import format_sequence
+    everything = parse_sequence(QEMU_LIKE + "enable_cap cap=121 arg0=24\nioeventfd_deassign addr=0xcf8 len=4 pio\n"
+                                "gap 1234ns\nirqfd gsi=3\nsleep 1.5ms\nmemslot slot=0x10002 base=0x100000 size=3K",
+                                "all")
+    for seq in [*SEQUENCES.values(), everything]:
+        text = format_sequence(seq)
+        again = parse_sequence(text, seq.name)
+        assert [(s.op, s.full_args, s.gap_ns) for s in again.steps] == \
+               [(s.op, s.full_args, s.gap_ns) for s in seq.steps], text
+
+
+def test_tss_addr_is_a_fixed_cost_on_x86_and_refused_on_arm64():
+    from kernel_model.costs import Costs
+    from kernel_model.predict import predict
+    seq = parse_sequence("create_vm\ntss_addr addr=0xfffbd000", "f")
+    assert predict(seq, "call_srcu", 250, "vmx", samples=3).steps[1].durations == [Costs().set_tss_addr] * 3
+    with pytest.raises(SequenceError, match="ENOTTY"):
+        validate(seq, "arm64")
