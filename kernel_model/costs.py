@@ -22,8 +22,19 @@ class Costs:
 
     #: From queue_work() to the work function running on a worker (a workqueue hop).
     workqueue_hop: int = 4 * US
-    #: From a timer tick to the timer's callback running (softirq, and waking an idle CPU).
+    #: From a timer tick to the timer's callback running (softirq, and waking an idle CPU): the fixed
+    #: default. A host profile replaces it with a measured distribution (``timer_latency_samples``).
     timer_latency: int = 60 * US
+    #: Measured timer-to-waiter latencies (ns, sorted; see kernel_model.profile): when not empty, each
+    #: timer firing draws its latency from them instead of ``timer_latency``. It stands for everything
+    #: between the tick and the SRCU worker running under the host's load (the timer softirq,
+    #: the kworker waiting for a CPU) beyond the fixed steps the model already counts.
+    timer_latency_samples: tuple[int, ...] = ()
+    #: Measured wake-up latencies (ns, sorted) of a wait that no timer ended (an expedited grace period
+    #: on an idle srcu_struct: the SRCU kworker and then the waiter getting a CPU, beyond the fixed
+    #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
+    #: does not, its draw from ``timer_latency_samples`` already covers the whole chain after the tick.
+    wakeup_latency_samples: tuple[int, ...] = ()
     #: One srcu_readers_active_idx_check() over every CPU (with its smp_mb()s).
     reader_scan: int = 1 * US
     #: srcu_gp_end()'s bookkeeping.

@@ -16,13 +16,19 @@ class ViolationKind(str, enum.Enum):
 
     #: A bus was freed while a reader that obtained it was still inside its SRCU read section.
     USE_AFTER_FREE = "use-after-free"
-    #: A reader that began after a registration returned did not see that registration's bus
-    #: (the ordering guarantee of seeds 002 and 004).
+    #: A reader that began after a registration returned did not see that registration's bus (the
+    #: ordering guarantee discussed by Keir Fraser and Sean Christopherson, Jun 24 - Jul 7 2025, "KVM:
+    #: Avoid synchronize_srcu() in kvm_io_bus_register_dev()", and Keir Fraser's "[PATCH v2 3/4] KVM:
+    #: Implement barriers before accessing kvm->buses[] on SRCU read paths", Jul 16 2025).
+    #: The model is sequentially consistent, so this rule checks the *order of steps* (publish before
+    #: the ioctl returns, a section that begins later looks the bus up again), not memory ordering: a
+    #: kernel with smp_mb__after_srcu_read_lock() and one without it behave identically here.
     STALE_BUS = "stale-bus"
     #: A bus pointer was used outside the read section it was obtained in (what kvm_get_bus() must
     #: not hand out: a "long-term reference").
     LONG_TERM_REFERENCE = "long-term-reference"
-    #: cleanup_srcu_struct() found callbacks still queued: the kernel WARNs and leaks (seed 000).
+    #: cleanup_srcu_struct() found callbacks still queued: the kernel WARNs and leaks (the syzkaller
+    #: report in Sean Christopherson's review of Aug 19 2025).
     TEARDOWN_WITHOUT_BARRIER = "teardown-without-barrier"
     #: An SRCU callback ran after its srcu_struct was cleaned up (a use-after-free of kvm->srcu).
     CALLBACK_AFTER_CLEANUP = "callback-after-cleanup"

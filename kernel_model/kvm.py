@@ -34,10 +34,6 @@ APIC_ACCESS_PAGE_PRIVATE_MEMSLOT = 0x10000 + 1
 APIC_DEFAULT_PHYS_BASE = 0xFEE00000
 #: The x86 and arm64 (4K) page size: memslot bases and sizes are multiples of it.
 PAGE_SIZE = 4096
-#: KVM_ADDRESS_SPACE_NUM: memslot address spaces (the high 16 bits of a slot number). x86 has a second
-#: one for SMM when KVM is built with CONFIG_KVM_SMM (VMX and SVM); the PVM host this project measures
-#: on refuses address space 1 (KVM_CAP_MULTI_ADDRESS_SPACE reads 0); arm64 has one.
-ADDRESS_SPACES = {"vmx": 2, "svm": 2, "pvm": 1, "arm64": 1}
 #: include/linux/kvm_host.h: KVM_USER_MEM_SLOTS = KVM_MEM_SLOTS_NUM (SHRT_MAX) - KVM_INTERNAL_MEM_SLOTS
 #: (3 on x86, 0 on arm64).
 USER_MEM_SLOTS = {"vmx": 32764, "svm": 32764, "pvm": 32764, "arm64": 32767}
@@ -54,6 +50,12 @@ KVM_MAX_IRQ_ROUTES = 4096
 KVM_PIT_BASE_ADDRESS = 0x40
 KVM_PIT_MEM_LENGTH = 4
 KVM_SPEAKER_BASE_ADDRESS = 0x61
+#: arm64 vGICv3 frames (QEMU virt's bases; sizes from include/kvm/arm_vgic.h: KVM_VGIC_V3_DIST_SIZE,
+#: KVM_VGIC_V3_REDIST_SIZE = RD_base + SGI_base frames).
+ARM64_VGIC_DIST_BASE = 0x08000000
+ARM64_VGIC_DIST_SIZE = 0x10000
+ARM64_VGIC_REDIST_BASE = 0x080A0000
+ARM64_VGIC_REDIST_SIZE = 0x20000
 
 
 class KvmIoctlError(OSError):
@@ -190,13 +192,16 @@ class KvmModel:
     """One VM (``kvm_create_vm()``): buses, memslots, vCPUs and kvm->srcu, under a variant and platform."""
 
     def __init__(self, sim: Sim, variant: Variant, platform: Platform,
-                 checker: InvariantChecker | None = None) -> None:
+                 checker: InvariantChecker | None = None, nr_cpu_ids: int = 2) -> None:
         self.sim = sim
         self.costs: Costs = sim.costs
         self.variant = variant
         self.platform = platform
         self.checker = checker or InvariantChecker()
-        self.srcu = srcutree.SrcuStruct(sim)
+        self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
+        self.memslot_swaps = 0
+        self.apicv_inhibits: set[str] = set()
+        self.vgic_initialized = False
         self.srcu.on_callback_after_cleanup = self._callback_after_cleanup
         self.buses: dict[KvmBus, KvmIoBus] = {b: KvmIoBus(b, 0) for b in KvmBus}
         self._next_version = {b: 1 for b in KvmBus}
@@ -277,7 +282,32 @@ class KvmModel:
         """Models kvm_swap_active_memslots(): publish the other memslot set and wait for readers of the
         old one: ``synchronize_srcu_expedited(&kvm->srcu)``. This is where a pending normal grace
         period is "transferred" to the caller."""
+        self.memslot_swaps += 1
         srcutree.synchronize_srcu_expedited(self.srcu)
+
+    def kvm_set_apicv_inhibit(self, reason: str) -> None:
+        """Models kvm_set_apicv_inhibit() (arch/x86/kvm/x86.c): e.g. ``"pit-reinject"`` when an in-kernel
+        PIT is created in reinject mode (kvm_pit_set_reinject())."""
+        self.apicv_inhibits.add(reason)
+
+    def kvm_vgic_ctrl_init(self, dist_base: int = ARM64_VGIC_DIST_BASE,
+                           redist_base: int = ARM64_VGIC_REDIST_BASE) -> None:
+        """arm64 KVM_SET_DEVICE_ATTR(KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT) on a vGICv3:
+        vgic_init() registers the distributor and one redistributor per created vCPU on the MMIO bus
+        (each a kvm_io_bus_register_dev(), so each frees an old bus by the variant's rule). Creating
+        the vGIC device registers nothing."""
+        self._alive()
+        if self.platform.name != "arm64":
+            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_CTRL_INIT: not an arm64 VM")
+        if self.vgic_initialized:
+            return  # vgic_init() on an initialized vGIC does nothing
+        self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, dist_base, ARM64_VGIC_DIST_SIZE,
+                                     InKernelDevice("vgic-dist"))
+        for i in range(self.created_vcpus):
+            self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, redist_base + i * ARM64_VGIC_REDIST_SIZE,
+                                         ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{i}"))
+        self.vgic_initialized = True
+        self._registrations_returned()
 
     def _registrations_returned(self) -> None:
         self.returned_version = {b: self.buses[b].version for b in KvmBus}
@@ -301,13 +331,16 @@ class KvmModel:
         self._registrations_returned()
 
     def ioeventfd(self, addr: int, length: int, datamatch: int | None = None, pio: bool = False) -> Ioeventfd:
-        """KVM_IOEVENTFD (assign), models kvm_assign_ioeventfd(): EEXIST on a collision; a zero-length
-        MMIO ioeventfd is also put on KVM_FAST_MMIO_BUS."""
+        """KVM_IOEVENTFD (assign), models kvm_assign_ioeventfd() / kvm_assign_ioeventfd_idx(): EINVAL for
+        a bad length or zero length with DATAMATCH; EEXIST on a collision (ioeventfd_check_collision());
+        a zero-length MMIO ioeventfd is also put on KVM_FAST_MMIO_BUS (a zero-length PIO one is not)."""
         self._alive()
         if length not in (0, 1, 2, 4, 8):
             raise KvmIoctlError(errno.EINVAL, f"KVM_IOEVENTFD: bad length {length}")
-        if pio and not length:
-            raise KvmIoctlError(errno.EINVAL, "KVM_IOEVENTFD: a PIO ioeventfd needs a length")
+        if not length and datamatch is not None:
+            # kvm_assign_ioeventfd(): "ioeventfd with no length can't be combined with DATAMATCH".
+            # A zero-length PIO ioeventfd is accepted (6.18): it goes on the PIO bus only.
+            raise KvmIoctlError(errno.EINVAL, "KVM_IOEVENTFD: zero length with DATAMATCH")
         self.sim.spend(self.costs.ioeventfd)
         p = Ioeventfd(addr, length, datamatch, pio, name=f"ioeventfd@{addr:#x}")
         if any(p.collides_with(q) for q in self.ioeventfds):
@@ -350,7 +383,7 @@ class KvmModel:
         if base % PAGE_SIZE or size % PAGE_SIZE:
             raise KvmIoctlError(errno.EINVAL, f"{name}: base and size must be multiples of the page size "
                                 f"({PAGE_SIZE})")
-        if as_id >= ADDRESS_SPACES.get(self.platform.name, 1):
+        if as_id >= self.platform.memslot_address_spaces:
             raise KvmIoctlError(errno.EINVAL, f"{name}: {self.platform.name} has no address space {as_id}")
         if slot_id >= USER_MEM_SLOTS.get(self.platform.name, 32764):
             raise KvmIoctlError(errno.EINVAL, f"{name}: slot ids go up to "
@@ -489,9 +522,11 @@ class KvmModel:
         self.sim.spend(cost_ns)
 
     def create_vcpu(self, vcpu_id: int) -> None:
-        """KVM_CREATE_VCPU: ``created_vcpus`` goes up first; on VMX with an in-kernel LAPIC the first
-        vCPU allocates the APIC-access page through a private memslot (one memslot swap). EEXIST for an
-        id already in use."""
+        """KVM_CREATE_VCPU: ``created_vcpus`` goes up first; on VMX (and SVM with AVIC) with an in-kernel
+        LAPIC the first vCPU allocates the APIC-access page through a private memslot: one memslot swap
+        per memslot address space (arch/x86/kvm/x86.c __x86_set_memory_region(), two with SMM).
+        On SVM an APICv inhibit present at that moment (an in-kernel PIT in reinject mode) skips it.
+        EEXIST for an id already in use."""
         self._alive()
         if vcpu_id in self.vcpu_ids:
             raise KvmIoctlError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
@@ -499,9 +534,14 @@ class KvmModel:
         self.created_vcpus += 1
         first = self.created_vcpus == 1
         self.sim.spend(self.costs.create_vcpu_first if first else self.costs.create_vcpu)
-        if self.platform.apic_access_memslot_on_first_vcpu and self.lapic_in_kernel and not self.apic_access_page_done:
-            self.memslots[(0, APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
-            self.kvm_swap_active_memslots()
+        if (self.platform.apic_access_memslot_on_first_vcpu and self.lapic_in_kernel
+                and not self.apic_access_page_done
+                and not self.apicv_inhibits & self.platform.apicv_inhibits_apic_access_page):
+            # kvm_alloc_apic_access_page() -> __x86_set_memory_region(): the private slot is created in
+            # every memslot address space (two when the VM supports SMM), one swap each.
+            for as_id in range(self.platform.memslot_address_spaces):
+                self.memslots[(as_id, APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
+                self.kvm_swap_active_memslots()
             self.apic_access_page_done = True
 
     def run_vcpu(self, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> VcpuReaders:

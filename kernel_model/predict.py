@@ -85,10 +85,11 @@ class Prediction:
         return quantiles(self.setup_durations())
 
     def to_json(self) -> dict[str, Any]:
-        """Per step: label and p10/p50/p90 (and min/max) in microseconds."""
+        """Per step: label and min/p10/p50/p90/max in microseconds (``p50_us``: the unit in the name)."""
         return {"sequence": self.sequence.name, "variant": self.variant, "hz": self.hz,
                 "platform": self.platform, "samples": self.samples,
-                "steps": [{"step": i, "op": sp.step.op, "label": sp.step.label, **sp.stats()}
+                "steps": [{"step": i, "op": sp.step.op, "label": sp.step.label,
+                           **{f"{k}_us": v for k, v in sp.stats().items()}}
                           for i, sp in enumerate(self.steps)],
                 "violations": [v.to_json() for v in self.violations]}
 
@@ -102,7 +103,7 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                   rng: random.Random, costs: Costs | None = None,
                   checker: InvariantChecker | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns)."""
-    sim = Sim(hz, phase, costs)
+    sim = Sim(hz, phase, costs, rng)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     for i, step in enumerate(sequence.steps):
@@ -181,7 +182,8 @@ def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: i
     rng = random.Random(seed)
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
-    if phase_deterministic(sequence):
+    if phase_deterministic(sequence) and not (costs and (costs.timer_latency_samples
+                                                         or costs.wakeup_latency_samples)):
         draw: Callable[[float], list[int]] = PhaseInterpolant(lambda phase: simulate_once(
             sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
     else:

@@ -1,4 +1,4 @@
-"""The figures published in the seed threads, as data (one place for them: docs, tests and
+"""The figures published on the mailing list about 7d9a0273c459, as data (one place for them: docs, tests and
 ``minivmm timing`` read them from here)."""
 
 from __future__ import annotations
@@ -19,16 +19,28 @@ class PublishedFigure:
     source: str
 
 
+#: Nikita Kalyazin, "Re: [PATCH v4 4/4] KVM: Avoid synchronize_srcu() in kvm_io_bus_register_dev()",
+#: Feb 13 2026, https://lkml.kernel.org/r/a84ddba8-12da-489a-9dd1-ccdf7451a1ba@amazon.com (x86, HZ=100).
+NIKITA_FEB13 = ('Nikita Kalyazin, "Re: [PATCH v4 4/4] KVM: Avoid synchronize_srcu() in '
+                'kvm_io_bus_register_dev()", Feb 13 2026, '
+                'https://lkml.kernel.org/r/a84ddba8-12da-489a-9dd1-ccdf7451a1ba@amazon.com')
+#: Nikita Kalyazin's follow-up on arm64, same thread, Feb 16 2026, Message-ID
+#: <dcbd7a58-c961-4510-ae48-ef7fd4f4d75c@amazon.com>. It does not state the arm64 kernel's HZ.
+NIKITA_FEB16 = ('Nikita Kalyazin, "Re: [PATCH v4 4/4] KVM: Avoid synchronize_srcu() in '
+                'kvm_io_bus_register_dev()", Feb 16 2026, '
+                'https://lore.kernel.org/all/dcbd7a58-c961-4510-ae48-ef7fd4f4d75c@amazon.com '
+                '(arm64; HZ not stated)')
+
 FIGURES: tuple[PublishedFigure, ...] = (
     PublishedFigure("KVM_CREATE_VCPU, 0", "stalled", 100, "x86", 0.000137, 0.025182,
-                    "seed 001, Nikita Kalyazin, strace -T"),
+                    NIKITA_FEB13 + ", strace -T"),
     PublishedFigure("KVM_CREATE_VCPU, 0", "stalled", 1000, "x86", None, 0.001,
-                    "seed 001: 'in the order of 1 ms' at HZ=1000"),
-    PublishedFigure("KVM_CREATE_VCPU, 1", "next_vcpu", 100, "x86", 0.000046, 0.000031, "seed 001"),
-    PublishedFigure("KVM_SET_USER_MEMORY_REGION", "stalled", 100, "arm64", 0.000016, 0.021021,
-                    "seed 003 thread, Nikita Kalyazin (arm64)"),
+                    NIKITA_FEB13 + ": 'in the order of 1 ms' at HZ=1000"),
+    PublishedFigure("KVM_CREATE_VCPU, 1", "next_vcpu", 100, "x86", 0.000046, 0.000031, NIKITA_FEB13),
+    PublishedFigure("KVM_SET_USER_MEMORY_REGION", "stalled", None, "arm64", 0.000016, 0.021021,
+                    NIKITA_FEB16 + ", strace -T"),
     PublishedFigure("kvm_io_bus_register_dev", "registration", None, "any", None, 0.000006,
-                    "seed 001: 'at most 16 us, but most commonly ~6 us'"),
+                    NIKITA_FEB13 + ": 'at most 16 us, but most commonly ~6 us'"),
 )
 
 

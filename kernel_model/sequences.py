@@ -138,6 +138,16 @@ SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
               Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
               *_virtio_mmio_notifies(6, gap_ns=200_000),
               Step("memslot", {"slot": 1, "base": 0x100000000, "size": 2 << 20}))),
+    Sequence("deregistrations-running",
+             "Register and, 12 ms later (the registration's own grace period is over), deregister six "
+             "ioeventfds while vCPU 0 runs a guest that exits on every loop: each deregistration's "
+             "kvm_io_bus_unregister_dev() pays synchronize_srcu_expedited() against the vCPU's readers, "
+             "in every variant. Measures the expedited grace period with active readers.",
+             (Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
+              Step("vcpu", {"id": 0}),
+              Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
+              *(step for n in _virtio_mmio_notifies(6, gap_ns=200_000)
+                for step in (n, Step("ioeventfd_deassign", n.args, 12_000_000))))),
 )}
 
 

@@ -9,14 +9,17 @@ Simplifications, said where they are made:
   ioctl caller or a work item) ``spend()`` s time, everything else that is due meanwhile runs as if on
   another CPU (vCPU readers leaving their sections, timers firing), except other work items, which
   wait for the worker.
-- Timers are exact to the tick they expire on (kernel/time/timer.c ``calc_index()``), plus a fixed
-  ``timer_latency`` for the softirq and the CPU wake-up; no timer slack, no NOHZ deferral.
+- Timers are exact to the tick they expire on (kernel/time/timer.c ``calc_index()``), plus a
+  ``timer_latency`` for the timer softirq and the kworker getting the CPU: fixed by default, or drawn
+  per firing from a host profile's measured distribution. (``timer_list`` timers have had no slack
+  since the 4.8 wheel, and ``process_srcu``'s delayed work is not deferrable: neither is a cause.)
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
@@ -64,7 +67,8 @@ class _Event:
 class Sim:
     """The clock and event queue of one model run."""
 
-    def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None) -> None:
+    def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None,
+                 rng: random.Random | None = None) -> None:
         if hz <= 0:
             raise ModelError(f"HZ must be positive, not {hz}")
         if not 0.0 <= phase < 1.0:
@@ -73,11 +77,15 @@ class Sim:
         self.tick_ns = NSEC_PER_SEC // hz
         self.phase_ns = int(phase * self.tick_ns)
         self.costs = costs or Costs()
+        #: Draws the per-firing timer latency when the costs carry a measured distribution.
+        self.rng = rng or random.Random(0)
         self.now = 0
         self._queue: list[_Event] = []
         self._seq = itertools.count()
         self._worker_busy = False
         self._deferred_work: list[Callable[[], None]] = []
+        #: Timer firings so far (a wait that saw one had its wake-up latency drawn at the timer).
+        self.timers_fired = 0
 
     # --- time --------------------------------------------------------------------------------
     @property
@@ -93,6 +101,20 @@ class Sim:
         """The running context (caller or work item) takes ``ns`` of CPU time; events due meanwhile
         run concurrently (other CPUs), work items excepted (see ``Work``)."""
         self.run_until(self.now + ns)
+
+    def timer_latency(self) -> int:
+        """The latency of one timer firing: the fixed cost, or a draw from the measured distribution."""
+        if not self.costs.timer_latency_samples:
+            return self.costs.timer_latency
+        return self.draw(self.costs.timer_latency_samples)
+
+    def draw(self, samples: tuple[int, ...]) -> int:
+        """One draw from a measured distribution (inverse-CDF sampling with linear interpolation
+        between the sorted samples)."""
+        u = self.rng.random() * (len(samples) - 1)
+        i = int(u)
+        j = min(i + 1, len(samples) - 1)
+        return int(samples[i] + (samples[j] - samples[i]) * (u - i))
 
     # --- events ------------------------------------------------------------------------------
     def at(self, time: int, fn: Callable[[], None]) -> _Event:
@@ -125,10 +147,6 @@ class Sim:
             if not self._step():
                 raise ModelError(f"waiting for {what} would never end: nothing left to happen")
 
-    def idle(self) -> bool:
-        """Whether no event is pending."""
-        return not any(not ev.cancelled for ev in self._queue)
-
 
 class Completion:
     """``struct completion``: ``complete()`` wakes the waiter after the wake-up cost."""
@@ -144,10 +162,16 @@ class Completion:
         self.completed_at = self.sim.now
 
     def wait(self, what: str) -> None:
-        """Models ``wait_for_completion()``: returns at completion time plus the wake-up."""
-        self.sim.wait_for(lambda: self.done, what)
+        """Models ``wait_for_completion()``: returns at completion time plus the wake-up, plus (with a
+        host profile) a measured wake-up latency when no timer fired during the wait."""
+        sim = self.sim
+        fired = sim.timers_fired
+        sim.wait_for(lambda: self.done, what)
         assert self.completed_at is not None
-        self.sim.now = max(self.sim.now, self.completed_at + self.sim.costs.wakeup)
+        extra = 0
+        if sim.costs.wakeup_latency_samples and sim.timers_fired == fired:
+            extra = sim.draw(sim.costs.wakeup_latency_samples)
+        sim.now = max(sim.now, self.completed_at + sim.costs.wakeup + extra)
 
 
 class Work:
@@ -189,7 +213,7 @@ class Work:
 class Timer:
     """A ``timer_list`` whose expiry follows the wheel's rounding (see :func:`calc_index_expiry`)."""
 
-    def __init__(self, sim: Sim, fn: Callable[[], None]) -> None:
+    def __init__(self, sim: Sim, fn: Callable[[], object]) -> None:
         self.sim = sim
         self.fn = fn
         self.expires: int | None = None  # the jiffy it fires on, while pending
@@ -206,7 +230,7 @@ class Timer:
         if self._event is not None:
             self._event.cancelled = True
         self.expires = fire
-        self._event = sim.at(sim.tick_time(fire) + sim.costs.timer_latency, self._fire)
+        self._event = sim.at(sim.tick_time(fire) + sim.timer_latency(), self._fire)
 
     def add_timer(self, expires: int) -> None:
         """Models ``add_timer()`` / ``mod_timer()`` with an absolute expiry in jiffies."""
@@ -228,6 +252,7 @@ class Timer:
     def _fire(self) -> None:
         self._event = None
         self.expires = None
+        self.sim.timers_fired += 1
         self.fn()
 
 

@@ -7,9 +7,11 @@ the delayed work that drives the state machine (``process_srcu``) with the delay
 computes, the no-delay counters, callback invocation through the per-CPU work and its delay timer.
 
 Simplified away, each said again where it is made:
-- SRCU_SIZE_SMALL only: one ``srcu_data`` (the boot CPU's), no ``srcu_node`` tree and so no funnel
-  climb. A struct converts to big only under lock contention (``convert_to_big`` = 0x10 here), which a
-  single VMM thread does not cause.
+- ``srcu_init()``'s sizing is modelled (BIG at init when ``nr_cpu_ids >= big_cpu_lim``, else SMALL,
+  converting only under lock contention, which one VMM thread does not cause). A BIG struct keeps the
+  calling CPU's ``srcu_data`` and the leaf and root ``srcu_node`` on its funnel path (``srcu_have_cbs``,
+  ``srcu_gp_seq_needed_exp``); other CPUs' nodes are left out: the model has one updater thread, and
+  for one updater the funnel never returns early where SMALL would not, so both sizes time alike.
 - Per-CPU lock/unlock counters are collapsed into one count of active readers per index; memory
   barriers and the smp_mb()/synchronize_rcu() flavours of the reader scan are not modelled (the scan
   has a fixed cost, ``Costs.reader_scan``).
@@ -34,13 +36,41 @@ SRCU_STATE_IDLE = 0
 SRCU_STATE_SCAN1 = 1
 SRCU_STATE_SCAN2 = 2
 
-# Module parameters (kernel/rcu/srcutree.c); the values are this host's (/sys/module/srcutree).
+# Constants and module-parameter defaults of kernel/rcu/srcutree.c (v6.18).
 SRCU_INTERVAL = 1          # base delay, in jiffies, if no expedited grace period is pending
 SRCU_MAX_INTERVAL = 10     # maximum delay from slow readers
-SRCU_RETRY_CHECK_DELAY_US = 5
-SRCU_MAX_NODELAY_PHASE = 1000
-SRCU_MAX_NODELAY = 1000
-EXP_HOLDOFF_NS = 25_000
+SRCU_RETRY_CHECK_DELAY_US = 5   # SRCU_DEFAULT_RETRY_CHECK_DELAY (srcu_retry_check_delay)
+SRCU_DEFAULT_MAX_NODELAY_PHASE_LO = 3
+SRCU_DEFAULT_MAX_NODELAY_PHASE_HI = 1000
+EXP_HOLDOFF_NS = 25_000    # DEFAULT_SRCU_EXP_HOLDOFF
+BIG_CPU_LIM = 128          # big_cpu_lim
+USEC_PER_SEC = 1_000_000
+
+# srcu_size_state values (include/linux/srcutree.h): SMALL until converted, BIG once the tree is used.
+SRCU_SIZE_SMALL = 0
+SRCU_SIZE_BIG = 9
+
+
+def srcu_default_max_nodelay_phase(hz: int) -> int:
+    """Models SRCU_DEFAULT_MAX_NODELAY_PHASE: the no-delay polls allowed per grace-period phase,
+    ``clamp(2 * USEC_PER_SEC / HZ / SRCU_DEFAULT_RETRY_CHECK_DELAY, 3, 1000)`` -- enough non-sleeping
+    polls to cover about one jiffy (the factor 2 counts process_srcu()'s own srcu_get_delay() call).
+    400 at HZ=1000, 1000 at HZ=250 and HZ=100."""
+    adjusted = 2 * USEC_PER_SEC // hz // SRCU_RETRY_CHECK_DELAY_US
+    return min(max(adjusted, SRCU_DEFAULT_MAX_NODELAY_PHASE_LO), SRCU_DEFAULT_MAX_NODELAY_PHASE_HI)
+
+
+def srcu_default_max_nodelay(hz: int) -> int:
+    """Models SRCU_DEFAULT_MAX_NODELAY: consecutive no-delay reschedules of process_srcu() within one
+    jiffy, ``max(SRCU_DEFAULT_MAX_NODELAY_PHASE, 100)``."""
+    return max(srcu_default_max_nodelay_phase(hz), 100)
+
+
+def srcu_init_size_state(nr_cpu_ids: int, big_cpu_lim: int = BIG_CPU_LIM) -> int:
+    """Models srcu_init()'s sizing with ``convert_to_big`` = SRCU_SIZING_AUTO (the default): with
+    ``nr_cpu_ids >= big_cpu_lim`` every srcu_struct is made BIG at init_srcu_struct() time
+    (SRCU_SIZING_INIT), otherwise it starts SMALL and converts only under contention."""
+    return SRCU_SIZE_BIG if nr_cpu_ids >= big_cpu_lim else SRCU_SIZE_SMALL
 
 
 def rcu_seq_state(s: int) -> int:
@@ -116,12 +146,36 @@ class SrcuWait:
     end: int
 
 
-class SrcuStruct:
-    """``struct srcu_struct`` with its ``srcu_usage`` and the boot CPU's ``srcu_data``, merged."""
+@dataclass
+class SrcuNode:
+    """``struct srcu_node`` (BIG only): the grace periods requested through it, four at a time."""
 
-    def __init__(self, sim: Sim, name: str = "kvm->srcu") -> None:
+    srcu_have_cbs: list[int]
+    srcu_gp_seq_needed_exp: int
+
+
+#: SRCU_SNP_INIT_SEQ: the "nothing recorded yet" value of a node's sequence numbers.
+SRCU_SNP_INIT_SEQ = 0x2
+
+
+class SrcuStruct:
+    """``struct srcu_struct`` with its ``srcu_usage`` and the updater CPU's ``srcu_data``, merged.
+
+    ``nr_cpu_ids`` decides the size at init (see :func:`srcu_init_size_state`); the module-parameter
+    defaults that depend on HZ (``srcu_max_nodelay_phase``, ``srcu_max_nodelay``) follow the sim's HZ.
+    """
+
+    def __init__(self, sim: Sim, name: str = "kvm->srcu", nr_cpu_ids: int = 2,
+                 big_cpu_lim: int = BIG_CPU_LIM) -> None:
         self.sim = sim
         self.name = name
+        self.srcu_max_nodelay_phase = srcu_default_max_nodelay_phase(sim.hz)
+        self.srcu_max_nodelay = srcu_default_max_nodelay(sim.hz)
+        self.srcu_size_state = srcu_init_size_state(nr_cpu_ids, big_cpu_lim)
+        # BIG: the funnel path of the updater's CPU, leaf first (one node when the tree has one level).
+        self.funnel_path: list[SrcuNode] = []
+        if self.srcu_size_state == SRCU_SIZE_BIG:
+            self.funnel_path = [SrcuNode([SRCU_SNP_INIT_SEQ] * 4, SRCU_SNP_INIT_SEQ) for _ in range(2)]
         # srcu_usage
         self.srcu_gp_seq = 0
         self.srcu_gp_seq_needed = 0
@@ -203,8 +257,8 @@ def srcu_gp_is_expedited(ssp: SrcuStruct) -> bool:
 
 def srcu_get_delay(ssp: SrcuStruct) -> int:
     """Models srcu_get_delay(): 0 if an expedited grace period is pending (unless it has polled
-    ``srcu_max_nodelay_phase`` times), else SRCU_INTERVAL; plus the grace period's age in jiffies
-    beyond the first, capped at SRCU_MAX_INTERVAL."""
+    ``srcu_max_nodelay_phase`` times, a limit that depends on HZ), else SRCU_INTERVAL; plus the grace
+    period's age in jiffies beyond the first, capped at SRCU_MAX_INTERVAL."""
     jbase = 0 if srcu_gp_is_expedited(ssp) else SRCU_INTERVAL
     if rcu_seq_state(ssp.srcu_gp_seq):
         j = ssp.sim.jiffies - 1
@@ -212,7 +266,7 @@ def srcu_get_delay(ssp: SrcuStruct) -> int:
             jbase += j - ssp.srcu_gp_start
         if not jbase:
             ssp.srcu_n_exp_nodelay += 1
-            if ssp.srcu_n_exp_nodelay > SRCU_MAX_NODELAY_PHASE:
+            if ssp.srcu_n_exp_nodelay > ssp.srcu_max_nodelay_phase:
                 jbase = 1
     return min(jbase, SRCU_MAX_INTERVAL)
 
@@ -238,18 +292,49 @@ def srcu_schedule_cbs_sdp(ssp: SrcuStruct, delay: int) -> None:
         ssp.sdp_delay_work.timer_reduce(ssp.sim.jiffies + delay)
 
 
-def srcu_funnel_exp_start(ssp: SrcuStruct, s: int) -> None:
-    """Models srcu_funnel_exp_start() with no srcu_node tree (SRCU_SIZE_SMALL): record that grace
-    period ``s`` must be expedited. Note what it does *not* do: touch the delayed work that is
-    already waiting on its timer."""
+def _snp_seq_at_least(seq: int, s: int) -> bool:
+    """A node's recorded sequence covers ``s`` (and is not the SRCU_SNP_INIT_SEQ placeholder)."""
+    return seq != SRCU_SNP_INIT_SEQ and seq >= s
+
+
+def srcu_funnel_exp_start(ssp: SrcuStruct, s: int, path: list[SrcuNode] | None = None) -> None:
+    """Models srcu_funnel_exp_start(): record, up the funnel ``path`` (BIG) and at the top, that grace
+    period ``s`` must be expedited; a node that already records it ends the climb. Note what it does
+    *not* do: touch the delayed work that is already waiting on its timer."""
+    for snp in path or []:
+        if rcu_seq_done(ssp.srcu_gp_seq, s) or _snp_seq_at_least(snp.srcu_gp_seq_needed_exp, s):
+            return
+        snp.srcu_gp_seq_needed_exp = s
     if ssp.srcu_gp_seq_needed_exp < s:
         ssp.srcu_gp_seq_needed_exp = s
 
 
 def srcu_funnel_gp_start(ssp: SrcuStruct, s: int, do_norm: bool) -> None:
-    """Models srcu_funnel_gp_start() with no srcu_node tree: record the need for grace period ``s``
-    (expedited unless ``do_norm``) and, if SRCU is idle, start it and queue ``process_srcu`` with a
-    delay of ``!!srcu_get_delay()`` jiffies: 1 for a normal grace period, 0 for an expedited one."""
+    """Models srcu_funnel_gp_start(): record the need for grace period ``s`` (expedited unless
+    ``do_norm``) and, if SRCU is idle, start it and queue ``process_srcu`` with a delay of
+    ``!!srcu_get_delay()`` jiffies: 1 for a normal grace period, 0 for an expedited one.
+
+    6.18 calls queue_delayed_work() here directly. 7.0 defers it to an irq_work (Boqun Feng's fix of
+    the srcu_usage.lock -> pool->lock dependency, Mar 2026) that computes the same delay when it runs;
+    on x86 the irq_work runs at once through a self-IPI, so the timing is the same.
+
+    BIG: first climb the funnel path; a node whose ``srcu_have_cbs`` already covers ``s`` ends the
+    climb (a later grace period recorded at the leaf schedules this CPU's callbacks instead, and an
+    expedited request is passed on to srcu_funnel_exp_start()).
+    """
+    idx = (s >> RCU_SEQ_CTR_SHIFT) % 4
+    for i, snp in enumerate(ssp.funnel_path):
+        snp_seq = snp.srcu_have_cbs[idx]
+        if _snp_seq_at_least(snp_seq, s):
+            if i == 0 and snp_seq != s:
+                srcu_schedule_cbs_sdp(ssp, SRCU_INTERVAL if do_norm else 0)
+                return
+            if not do_norm:
+                srcu_funnel_exp_start(ssp, s, ssp.funnel_path[i:])
+            return
+        snp.srcu_have_cbs[idx] = s
+        if not do_norm and not _snp_seq_at_least(snp.srcu_gp_seq_needed_exp, s):
+            snp.srcu_gp_seq_needed_exp = s
     if ssp.srcu_gp_seq_needed < s:
         ssp.srcu_gp_seq_needed = s
     if not do_norm and ssp.srcu_gp_seq_needed_exp < s:
@@ -283,7 +368,7 @@ def srcu_gp_start_if_needed(ssp: SrcuStruct, cb: SrcuCallback | None, do_norm: b
     if needgp:
         srcu_funnel_gp_start(ssp, s, do_norm)
     elif needexp:
-        srcu_funnel_exp_start(ssp, s)
+        srcu_funnel_exp_start(ssp, s, ssp.funnel_path)
     return s
 
 
@@ -302,7 +387,8 @@ def call_srcu(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback")
 
 
 def call_srcu_expedited(ssp: SrcuStruct, func: Callable[[], None], name: str = "callback") -> SrcuCallback:
-    """Models call_srcu_expedited() (Sean Christopherson's RFC, seed 003): the same, but the grace
+    """Models call_srcu_expedited() (Sean Christopherson, "[RFC PATCH 2/3] srcu: Add and export
+    call_srcu_expedited() to avoid transferring grace periods", Mar 9 2026): the same, but the grace
     period is expedited, so ``process_srcu`` is queued with no delay."""
     return __call_srcu(ssp, func, name, do_norm=False, call="call_srcu_expedited")
 
@@ -375,6 +461,10 @@ def srcu_gp_end(ssp: SrcuStruct) -> None:
     gp.end, gp.expedited_at_end = sim.now, cbdelay == 0
     if ssp.srcu_gp_seq_needed_exp < gpseq:
         ssp.srcu_gp_seq_needed_exp = gpseq
+    for snp in ssp.funnel_path:  # BIG: each node marks the grace period done (state 1)
+        snp.srcu_have_cbs[(gpseq >> RCU_SEQ_CTR_SHIFT) % 4] = gpseq | 1
+        if not _snp_seq_at_least(snp.srcu_gp_seq_needed_exp, gpseq):
+            snp.srcu_gp_seq_needed_exp = gpseq
     srcu_schedule_cbs_sdp(ssp, cbdelay)
     if not rcu_seq_state(gpseq) and gpseq < ssp.srcu_gp_seq_needed:
         srcu_gp_start(ssp)
@@ -425,7 +515,7 @@ def process_srcu(ssp: SrcuStruct) -> None:
         j = ssp.sim.jiffies
         if ssp.reschedule_jiffies == j:
             ssp.reschedule_count += 1
-            if ssp.reschedule_count > SRCU_MAX_NODELAY:
+            if ssp.reschedule_count > ssp.srcu_max_nodelay:
                 curdelay = 1
         else:
             ssp.reschedule_count = 1

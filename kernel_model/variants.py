@@ -1,5 +1,11 @@
-"""The kernel variants of the seeds: how kvm_io_bus_register_dev() frees the old bus, and whether
-kvm_destroy_vm() waits for queued SRCU callbacks before cleanup_srcu_struct().
+"""The kernel variants of the 7d9a0273c459 story: how kvm_io_bus_register_dev() frees the old bus, and
+whether kvm_destroy_vm() waits for queued SRCU callbacks before cleanup_srcu_struct().
+
+Sources: Keir Fraser, "[PATCH v4 4/4] KVM: Avoid synchronize_srcu() in kvm_io_bus_register_dev()"
+(Sep 9 2025, commit 7d9a0273c459) and Sean Christopherson's review of an earlier version (Aug 19 2025:
+srcu_barrier() in kvm_destroy_vm()); Sean Christopherson, "[PATCH] KVM: Synchronize SRCU on I/O device
+registration if vCPUs haven't been created" (Feb 13 2026); Sean Christopherson, "[RFC PATCH 0/3] srcu:
+KVM: Add, export and use call_srcu_expedited()" (Mar 9 2026).
 
 A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_bus`` rule.
 """
@@ -31,7 +37,8 @@ def free_call_srcu(kvm: KvmModel, old: KvmIoBus) -> None:
 
 
 def free_created_vcpus(kvm: KvmModel, old: KvmIoBus) -> None:
-    """Seed 001 (Sean's proposal): synchronize and free while no vCPU has been created, else defer."""
+    """Sean Christopherson, "[PATCH] KVM: Synchronize SRCU on I/O device registration if vCPUs haven't
+    been created" (Feb 13 2026): synchronize and free while no vCPU has been created, else defer."""
     if not kvm.created_vcpus:
         free_sync(kvm, old)
     else:
@@ -39,7 +46,8 @@ def free_created_vcpus(kvm: KvmModel, old: KvmIoBus) -> None:
 
 
 def free_call_srcu_expedited(kvm: KvmModel, old: KvmIoBus) -> None:
-    """Seed 003 (Sean's RFC): ``call_srcu_expedited(&kvm->srcu, &bus->rcu, __free_bus);``"""
+    """Sean Christopherson, "[RFC PATCH 3/3] KVM: Expedite SRCU callbacks when freeing objects during
+    I/O bus registration" (Mar 9 2026): ``call_srcu_expedited(&kvm->srcu, &bus->rcu, __free_bus);``"""
     srcutree.call_srcu_expedited(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
 
 
@@ -51,7 +59,9 @@ class Variant:
     description: str
     source: str
     free_old_bus: FreeRule
-    #: kvm_destroy_vm() calls srcu_barrier(&kvm->srcu) before cleanup_srcu_struct() (seed 000).
+    #: kvm_destroy_vm() calls srcu_barrier(&kvm->srcu) before cleanup_srcu_struct() (Sean
+    #: Christopherson's review, Aug 19 2025, of "KVM: Avoid synchronize_srcu() in
+    #: kvm_io_bus_register_dev()": a syzkaller report).
     teardown_barrier: bool = True
 
 
@@ -61,11 +71,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("call_srcu", "free the old bus with call_srcu() (normal grace period)",
             "7d9a0273c459, v6.18", free_call_srcu),
     Variant("created_vcpus", "synchronize while kvm->created_vcpus == 0, else call_srcu()",
-            "seed 001 fix proposal", free_created_vcpus),
+            "Sean Christopherson, Feb 13 2026: [PATCH] KVM: Synchronize SRCU on I/O device "
+            "registration if vCPUs haven't been created", free_created_vcpus),
     Variant("call_srcu_expedited", "free the old bus with call_srcu_expedited()",
-            "seed 003 RFC", free_call_srcu_expedited),
+            "Sean Christopherson, Mar 9 2026: [RFC PATCH 0/3] srcu: KVM: Add, export and use "
+            "call_srcu_expedited()", free_call_srcu_expedited),
     Variant("call_srcu_no_barrier", "call_srcu() as first posted: no srcu_barrier() in kvm_destroy_vm()",
-            "seed 000 (the syzkaller report)", free_call_srcu, teardown_barrier=False),
+            "7d9a0273c459 as first posted: the syzkaller report in Sean Christopherson's "
+            "review of Aug 19 2025", free_call_srcu, teardown_barrier=False),
 )}
 
 #: The variants a comparison runs by default (the last one differs from call_srcu only at teardown).

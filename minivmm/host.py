@@ -21,6 +21,16 @@ CAPS_USED = ("KVM_CAP_USER_MEMORY", "KVM_CAP_IOEVENTFD", "KVM_CAP_IOEVENTFD_ANY_
              "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_SET_TSS_ADDR", "KVM_CAP_EXT_CPUID", "KVM_CAP_NR_MEMSLOTS",
              "KVM_CAP_NR_VCPUS", "KVM_CAP_MAX_VCPUS", "KVM_CAP_INTERNAL_ERROR_DATA")
 
+def svm_avic_enabled(param: str = "/sys/module/kvm_amd/parameters/avic") -> bool:
+    """Whether kvm_amd runs with AVIC (the resolved ``avic`` module parameter reads Y or 1); an
+    unreadable parameter counts as enabled, the 6.18 default on Zen4+ with x2AVIC."""
+    try:
+        with open(param) as f:
+            return f.read().strip() not in ("N", "0")
+    except OSError:
+        return True
+
+
 #: Backend module (as in /sys/module) -> the platform name the kernel model uses.
 BACKENDS = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm", "kvm_arm": "arm64"}
 
@@ -117,6 +127,8 @@ def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     info.backend_module = detect_backend()
     if info.backend_module:
         info.platform = BACKENDS[info.backend_module]
+        if info.platform == "svm" and not svm_avic_enabled():
+            info.platform = "svm-noavic"
     elif os.uname().machine in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
         info.platform = "arm64"
     config, source = kernel_config()

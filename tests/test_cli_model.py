@@ -29,7 +29,7 @@ def test_model_json():
     data = json.loads(proc.stdout)
     steps = data["variants"]["call_srcu"]["steps"]
     memslot = next(s for s in steps if s["op"] == "memslot")
-    assert 900 < memslot["p50"] < 2100 and {"p10", "p50", "p90"} <= memslot.keys()
+    assert 900 < memslot["p50_us"] < 2100 and {"p10_us", "p50_us", "p90_us"} <= memslot.keys()
 
 
 def test_model_sequence_file(tmp_path):

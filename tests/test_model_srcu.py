@@ -46,7 +46,7 @@ def test_call_srcu_transfers_a_normal_grace_period_to_the_next_expedited_sync(ph
     sim.run_until(delta)
     s.synchronize_srcu_expedited(ssp)
     stall = sim.now - delta
-    # FACTS: stall ~ (2 - phase)/HZ - delta + c, c a few tens of microseconds.
+    # The timer rule: stall ~ (2 - phase)/HZ - delta + c, c a few tens of microseconds.
     timer_rule = int((2 - phase) * TICK) - delta
     assert timer_rule < stall < timer_rule + 200_000
     assert len(ssp.grace_periods) == 2 and ssp.grace_periods[0].expedited_at_end

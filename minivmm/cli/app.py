@@ -18,18 +18,21 @@ if TYPE_CHECKING:  # argparse is imported inside main, under its Ctrl-C handler
     import argparse
 
 #: The command modules, in the order ``minivmm --help`` lists them. Extend here.
-COMMANDS = ("boot_cmd", "timing_cmd", "model_cmd", "info_cmd")
+COMMANDS = ("boot_cmd", "timing_cmd", "model_cmd", "info_cmd", "compare_cmd")
 
 DESCRIPTION = "A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."
 
 EPILOG = """\
 Exit codes (every command):
   0    OK: every vCPU halted / the command did what was asked
-  1    the guest failed (shutdown, entry failure, internal error) or timed out
+  1    the guest failed (shutdown, entry failure, internal error) or timed out;
+       timing --baseline, compare --gate: a step regressed
   2    bad usage or bad input
   3    the kernel broke a rule (the shadow or the --ftrace cross-check)
   4    cannot run here: /dev/kvm missing or not accessible
   5    the guest broke the VMM's protocol
+  125  timing --baseline, compare --gate: the measurement was unusable
+       (too noisy, or no KVM): git bisect run's "skip"
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM)
 
 Run 'minivmm COMMAND --help' for a command's options."""

@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     code = outcome_exit_code(report.outcome)
     text = io.StringIO()
     if args.as_json:
-        doc = report.to_json()
+        from minivmm.schemas import stamp
+        doc = stamp("boot", report.to_json())
         doc["exit_code"] = int(code)
         json.dump(doc, text, indent=2)
         text.write("\n")

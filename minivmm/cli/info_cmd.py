@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     host = read_host_info(args.kvm_path)
     if args.as_json:
-        json.dump(host.to_json(), sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        json.dump(stamp("info", host.to_json()), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     w = sys.stdout.write

@@ -18,13 +18,15 @@ def _fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def render_predictions(predictions: list[Any], out: TextIO) -> None:
+def render_predictions(predictions: list[Any], out: TextIO, profile: str | None = None) -> None:
     """Human output: one strace-style block per variant (p50), then percentiles side by side."""
     first = predictions[0]
     w = out.write
-    how = ("phase-interpolated" if _deterministic(first.sequence) else "Monte Carlo")
+    how = ("phase-interpolated" if _deterministic(first.sequence) and profile is None else "Monte Carlo")
     w(f"sequence {first.sequence.name} at HZ={first.hz} on {first.platform}: {first.samples} samples "
       f"per variant ({how}), tick phase uniform\n")
+    if profile is not None:
+        w(f"host profile {profile}: timer wake-up latency drawn from its measured distribution\n")
     for pred in predictions:
         w(f"\n# variant {pred.variant}: p50 of each ioctl, strace -T style\n")
         for sp in pred.steps:
@@ -42,6 +44,28 @@ def render_predictions(predictions: list[Any], out: TextIO) -> None:
     for p in predictions:
         for v in p.violations[:3]:
             w(f"violation under {p.variant}: {v.kind.value}: {v.message}\n")
+    if profile is not None:
+        for line in published_odds(predictions):
+            w(line + "\n")
+
+
+def published_odds(predictions: list[Any]) -> list[str]:
+    """How often the model (with a host profile) reaches each published stall of the same step, HZ and
+    architecture: e.g. how likely a 25.2 ms first KVM_CREATE_VCPU is at HZ=100 on a host like this."""
+    from kernel_model.published import FIGURES
+    out = []
+    for pred in predictions:
+        arch = "arm64" if pred.platform == "arm64" else "x86"
+        for sp in pred.steps:
+            for f in FIGURES:
+                label = sp.step.label.split(", slot")[0]
+                if (f.kind == "stalled" and f.what == label and f.platform == arch and f.after_s
+                        and f.hz in (pred.hz, None) and pred.variant == "call_srcu"):
+                    hits = sum(d >= f.after_s * 1e9 for d in sp.durations)
+                    out.append(f"with this profile, {sp.step.label} >= the published {f.after_s:.6f} s "
+                               f"({f.hz and f'HZ={f.hz}' or 'HZ not stated'}): {hits}/{len(sp.durations)} "
+                               f"samples ({hits / len(sp.durations):.2%}) under call_srcu")
+    return out
 
 
 def render_explanations(explanations: list[Any], out: TextIO) -> None:
@@ -82,13 +106,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--hz", type=int_range(1, 10000), default=100, metavar="HZ",
                    help="CONFIG_HZ of the modelled kernel (default: 100)")
     p.add_argument("-p", "--platform", default="vmx", metavar="PLATFORM",
-                   help="vmx, svm, pvm or arm64 (default: vmx)")
+                   help="vmx, svm (AVIC, the 6.18 default on Zen4+), svm-noavic, pvm or arm64 (default: vmx)")
     p.add_argument("-n", "--samples", type=int_range(1, 1_000_000), default=1000, metavar="N",
                    help="samples of the tick phase per variant (default: 1000)")
     p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
                    help="random seed: the same seed gives the same numbers (default: 0)")
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="one JSON object: per variant and step, p10/p50/p90 (and min/max) in microseconds")
+    p.add_argument("--profile", default=None, metavar="FILE.json",
+                   help="a host profile (minivmm timing --calibrate): each timer's wake-up latency is drawn "
+                        "from its measured distribution (Monte Carlo) instead of the fixed cost")
     p.add_argument("--list-sequences", action="store_true",
                    help="list the named sequences with what each shows, and exit")
     p.add_argument("--show-sequence", metavar="NAME|FILE", default=None,
@@ -128,23 +155,35 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
+    costs = None
+    if args.profile is not None:
+        from kernel_model.profile import ProfileError, load_profile
+        try:
+            costs = load_profile(args.profile).costs(hz=args.hz)
+        except ProfileError as e:
+            raise CliError(str(e)) from None
     explanations: list[Any] = []
     if args.explain:
         from kernel_model.explain import explain_variant
-        explanations = [explain_variant(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+        explanations = [explain_variant(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed,
+                                        costs=costs)
                         for name in names]
         predictions = [ex.prediction for ex in explanations]
     else:
-        predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed)
+        predictions = [predict(seq, name, args.hz, args.platform, samples=args.samples, seed=args.seed,
+                               costs=costs)
                        for name in names]
     if args.as_json:
         variants = {p.variant: p.to_json() for p in predictions}
         for ex in explanations:
             variants[ex.variant].update(setup_us=ex.setup, explanation=[s.to_json() for s in ex.steps])
-        json.dump({"sequence": seq.name, "hz": args.hz, "platform": args.platform, "samples": args.samples,
-                   "seed": args.seed, "variants": variants}, sys.stdout, indent=2)
+        from minivmm.schemas import stamp
+        doc = stamp("model", {"sequence": seq.name, "hz": args.hz, "platform": args.platform,
+                              "samples": args.samples, "seed": args.seed, "profile": args.profile,
+                              "variants": variants})
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render_predictions(predictions, sys.stdout)
+        render_predictions(predictions, sys.stdout, args.profile)
         render_explanations(explanations, sys.stdout)
     return 0

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.cli import gate_opts
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+
+if TYPE_CHECKING:
+    from kernel_model.costs import Costs
 
 
 def _check_plot_destination(path: str) -> None:
@@ -50,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
                    help="CONFIG_HZ for the model (default: read from the kernel config)")
     p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
-                   help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
+                   help="vmx, svm, svm-noavic, pvm or arm64 (default: from the loaded KVM module and its "
+                        "avic parameter)")
     p.add_argument("-n", "--samples", type=int_range(10, 1_000_000), default=2000, metavar="N",
                    help="model samples per variant (default: 2000)")
     p.add_argument("--json", dest="as_json", action="store_true",
@@ -63,12 +69,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="seed for the jitter and the model (default: 0)")
     p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
                    help="the KVM device to open (default: /dev/kvm)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="instead of timing a sequence, measure this host's latency from a timer firing to "
+                        "the waiter running (--repeat runs, 300 or more recommended) and save it as a host "
+                        "profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
+    p.add_argument("--profile", default=None, metavar="FILE.json",
+                   help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
+                        "from it instead of the fixed cost; with --calibrate, where to write it")
+    gate_opts.add_options(p)
     p.set_defaults(handler=run)
+
+
+def _profile_costs(path: str | None, hz: int) -> Costs | None:
+    """The Costs of ``--profile FILE`` at ``hz`` (None without one); a bad file is one line, exit 2."""
+    if path is None:
+        return None
+    from kernel_model.profile import ProfileError, load_profile
+    try:
+        return load_profile(path).costs(hz=hz)
+    except ProfileError as e:
+        raise CliError(str(e)) from None
+
+
+def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int:
+    """``--calibrate``: measure, make the profile, write it (only over a profile we wrote before)."""
+    import json
+    import os
+
+    from kernel_model.profile import ProfileError, default_path, load_profile
+    from minivmm.cli.outfile import check_output_path, write_atomically
+    from minivmm.cli.progress import ProgressBar
+    from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.timing.calibrate import CalibrationError, make_profile, run_calibration
+
+    path = args.profile or default_path()
+    if args.profile is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    check_output_path(path, "--profile", ".json")
+    if os.path.exists(path):
+        try:
+            load_profile(path)
+        except ProfileError:
+            raise CliError(f"--profile {path!r} exists and is not a minivmm host profile: not overwritten") from None
+    try:
+        with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
+            runs = run_calibration(args.repeat, hz, args.kvm_path, seed=args.seed, on_progress=bar.update)
+        profile = make_profile(runs, hz, plat, kernel)
+    except KvmUnavailable as e:
+        raise kvm_unavailable(e) from None
+    except KvmError as e:
+        raise CliError(f"calibration: {e.strerror} (the host refused a step)", ExitCode.GUEST_FAILED) from None
+    except CalibrationError as e:
+        raise CliError(f"calibration: {e}", ExitCode.GUEST_FAILED) from None
+    data = (json.dumps(profile.to_json(), indent=1) + "\n").encode()
+    try:
+        write_atomically(path, lambda f: None if f.write(data) else None)
+    except OSError as e:
+        raise CliError(f"--profile {path!r} could not be written: {e.strerror or e}") from None
+    q = profile.timer_latency_ns
+    n = len(q) - 1
+    sys.stdout.write(f"host profile: {path}\n{len(runs)} runs at HZ={hz} on {plat}, load average "
+                     f"{profile.loadavg[0]:.2f}; timer-to-waiter latency beyond the model's fixed steps: "
+                     f"p50 {q[n // 2] / 1000:.0f} us, p90 {q[n * 9 // 10] / 1000:.0f} us, "
+                     f"p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us\n"
+                     f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
-    import json
     import os
 
     from kernel_model.platforms import PLATFORMS
@@ -81,20 +150,33 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.cli.progress import ProgressBar
     from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
 
+    gate = gate_opts.prepare(args)  # --baseline, --threshold, --format: checked (and loaded) first
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
-    samples, as_json, plot_path, seed, kvm_path = args.samples, args.as_json, args.plot_path, args.seed, args.kvm_path
+    samples, plot_path, seed, kvm_path = args.samples, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
     plat = platform or host.platform
     plat_source = "--platform" if platform else f"{host.backend_module} loaded"
     if plat is None:
-        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|pvm|arm64")
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64"),
+            host.kvm_error)
     if plat not in PLATFORMS:
         raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
     host_hz = hz or host.hz
     if host_hz is None:
-        raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
-    name = sequence if sequence != "auto" else ("firecracker" if plat == "vmx" else "registrations-first")
+        raise gate_opts.host_unreadable(gate, CliError(
+            "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
+    if args.calibrate:
+        if host.kvm_error:
+            try:
+                Kvm(kvm_path).close()
+            except KvmUnavailable as e:
+                raise kvm_unavailable(e) from None
+            raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+        return _calibrate(args, host_hz, plat, host.kernel or "")
+    costs = _profile_costs(args.profile, host_hz)
+    name = sequence if sequence != "auto" else ("firecracker" if plat in ("vmx", "svm") else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
     if plot_path is not None:
@@ -103,9 +185,11 @@ def run(args: argparse.Namespace) -> int:
         try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
             Kvm(kvm_path).close()
         except KvmUnavailable as e:
-            raise kvm_unavailable(e) from None
-        raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+            raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
+        raise gate_opts.unusable(gate, CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE))
 
+    from minivmm.timing.pressure import PressureWindow
+    pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
     partial = None
     try:
         with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
@@ -117,15 +201,17 @@ def run(args: argparse.Namespace) -> int:
     except SequenceUnrunnable as e:
         raise CliError(f"sequence {seq.name}: {e}") from None
     except KvmUnavailable as e:
-        raise kvm_unavailable(e) from None
+        raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
     except KvmError as e:
-        raise CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
-                       ExitCode.GUEST_FAILED) from None
-    comparison = compare(seq, reps, host_hz, plat, samples, seed)
+        raise gate_opts.unusable(gate, CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
+                                                ExitCode.GUEST_FAILED)) from None
+    cpu_pressure_pct = pressure.percent()
+    comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
     facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
              "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
              "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
-             "host_hz": host.hz, "host_platform": host.platform, "partial": partial}
+             "host_hz": host.hz, "host_platform": host.platform, "partial": partial, "profile": args.profile,
+             "cpu_pressure_pct": cpu_pressure_pct}
     if plot_path is not None:
         from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
@@ -133,16 +219,15 @@ def run(args: argparse.Namespace) -> int:
             write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
         except OSError as e:
             raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
-    if as_json:
-        data = to_json(comparison)
-        data.update(host=facts, timer_overhead_ns=overhead,
-                    partial={"completed": len(reps), "requested": repeat} if partial else None,
-                    strace_example=[r.strace_line() for r in comparison.repetitions[0].records if r is not None])
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
+    doc = to_json(comparison, facts, overhead)
+    doc["partial"] = {"completed": len(reps), "requested": repeat} if partial else None
+
+    def text() -> None:
         render(comparison, facts, overhead, sys.stdout)
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
-    return int(ExitCode.INTERRUPTED) if partial else 0
+    if partial:  # an interrupted measurement is reported, but it decides no gate
+        gate = None
+    code = gate_opts.emit(args, gate, doc, text)
+    return int(ExitCode.INTERRUPTED) if partial else code
 

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_model.costs import Costs
 from kernel_model.predict import PERCENTILES, Prediction, phase_deterministic, predict, quantiles
 from kernel_model.published import PublishedFigure, figures_for
 from kernel_model.sequences import Sequence, with_gaps
@@ -102,15 +103,17 @@ def decide(fits: list[Fit]) -> Verdict:
 
 
 def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, samples: int,
-            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS) -> Comparison:
-    """Predict the sequence for this host with the gaps actually measured, and fit each variant."""
+            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS, costs: Costs | None = None) -> Comparison:
+    """Predict the sequence for this host with the gaps actually measured, and fit each variant.
+    ``costs`` (e.g. a host profile's) replaces the model's defaults."""
     n = len(seq.steps)
     measured = [[r.durations_ns[i] for r in reps] for i in range(n)]
     gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(n)]
     host_seq = with_gaps(seq, gaps)
     if not phase_deterministic(host_seq):
         samples = min(samples, 200)  # Monte Carlo with running vCPUs: ~10 ms per sample
-    predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed) for v in variants}
+    predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed, costs=costs)
+                   for v in variants}
     fits = [fit(measured, predictions[v]) for v in variants]
     stalled = None
     if "call_srcu" in predictions:
@@ -131,20 +134,35 @@ def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, sampl
     return Comparison(seq, reps, measured, gaps, predictions, fits, decide(fits), stalled, published)
 
 
-def to_json(c: Comparison) -> dict[str, Any]:
-    """The comparison as JSON (samples in microseconds)."""
+def with_units(stats: dict[str, float], unit: str = "us") -> dict[str, float]:
+    """``{"p50": 1.5}`` -> ``{"p50_us": 1.5}``: the unit in the field name, as every JSON document has it."""
+    return {f"{k}_{unit}": v for k, v in stats.items()}
+
+
+def to_json(c: Comparison, host: dict[str, Any], overhead: dict[str, float]) -> dict[str, Any]:
+    """The ``minivmm timing --json`` document (``minivmm/schemas/timing.schema.json``).
+
+    Each step carries its raw samples in nanoseconds (``samples_ns``, one per repetition, in run order)
+    so that ``minivmm compare`` and the gate can test on them; the quantiles beside them are in
+    microseconds."""
+    from minivmm.schemas import stamp
+
     steps = []
     for i, step in enumerate(c.sequence.steps):
         steps.append({
-            "step": i, "op": step.op, "label": step.label, "gap_us": c.gaps_ns[i] / 1000,
-            "samples_us": [d / 1000 for d in c.measured[i]],
-            "measured": quantiles(c.measured[i]),
-            "predicted": {v: p.steps[i].stats() for v, p in c.predictions.items()},
+            "step": i, "op": step.op, "label": step.label, "gap_ns": c.gaps_ns[i],
+            "samples_ns": [int(d) for d in c.measured[i]],
+            "measured": with_units(quantiles(c.measured[i])),
+            "predicted": {v: with_units(p.steps[i].stats()) for v, p in c.predictions.items()},
             "published": [{"what": f.what, "hz": f.hz, "platform": f.platform, "before_s": f.before_s,
                            "after_s": f.after_s, "source": f.source} for f in c.published.get(i, [])],
             "stalled": i == c.stalled_step,
         })
     v = c.verdict
-    return {"verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
-                        "text": v.text},
-            "sequence": c.sequence.name, "repetitions": len(c.repetitions), "steps": steps}
+    return stamp("timing", {
+        "sequence": c.sequence.name, "repetitions": len(c.repetitions), "host": host,
+        "timer_overhead_ns": overhead,
+        "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
+                    "text": v.text},
+        "strace_example": [r.strace_line() for r in c.repetitions[0].records if r is not None],
+        "steps": steps})

@@ -1,0 +1,136 @@
+"""Host profiles: the measured latency between a timer firing and the waiter running, per host.
+
+``minivmm timing --calibrate`` measures it (see ``minivmm.timing.calibrate``) and saves a profile;
+``minivmm model --profile FILE`` and ``minivmm timing --profile FILE`` (and ``trace``) give it to the
+model, whose timers then draw their latency from it (``Costs.timer_latency_samples``) instead of the
+fixed ``Costs.timer_latency``. Without a profile nothing changes.
+
+The file is JSON::
+
+    {"format": "minivmm-host-profile", "version": 1, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
+     "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
+     "timer_latency_ns": [41000, 43000, ...],    # sorted quantiles of the latency, >= 2 values
+     "wakeup_latency_ns": [0, 0, ..., 3900000]}   # the same for a wait no timer ended (optional)
+
+The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
+``--calibrate`` writes unless ``--profile FILE`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from kernel_model.costs import Costs
+
+FORMAT = "minivmm-host-profile"
+VERSION = 1
+#: How many quantiles of the measured distribution a profile keeps (enough for p99 and the max).
+QUANTILES = 201
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, unreadable or not a host profile; the message says which."""
+
+
+def default_path() -> str:
+    """``$XDG_CONFIG_HOME/minivmm/host-profile.json``, or under ``~/.config``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "minivmm", "host-profile.json")
+
+
+def quantile_points(samples: list[int], n: int = QUANTILES) -> list[int]:
+    """``n`` evenly spaced quantiles (p0 ... p100) of ``samples``, by linear interpolation."""
+    s = sorted(samples)
+    if not s:
+        raise ValueError("no samples")
+    out = []
+    for k in range(n):
+        x = (len(s) - 1) * k / (n - 1)
+        i = int(x)
+        j = min(i + 1, len(s) - 1)
+        out.append(int(s[i] + (s[j] - s[i]) * (x - i)))
+    return out
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """One host's measured timer-to-waiter latency distribution and the conditions it was taken in."""
+
+    hz: int
+    platform: str
+    kernel: str
+    created: str
+    loadavg: tuple[float, float, float]
+    calibration_runs: int
+    timer_latency_ns: tuple[int, ...]
+    wakeup_latency_ns: tuple[int, ...] = ()
+
+    def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
+        """``base`` (default ``Costs()``) with this profile's latency distribution.
+
+        At another ``hz`` than the calibration's, whole calibration jiffies in a sample are rescaled to
+        the new jiffy (``k * T_cal + r`` becomes ``k * T_hz + r``): on a loaded host part of the
+        latency is quantized to the scheduler tick (a woken kworker that does not preempt the running
+        task gets the CPU at the next tick), and that part follows HZ. This is an assumption, said
+        wherever a profile is used at another HZ.
+        """
+        def rescale(samples: tuple[int, ...]) -> tuple[int, ...]:
+            if hz is None or hz == self.hz:
+                return samples
+            t_cal, t_new = 1_000_000_000 // self.hz, 1_000_000_000 // hz
+            return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
+        return dataclasses.replace(base or Costs(), timer_latency_samples=rescale(self.timer_latency_ns),
+                                   wakeup_latency_samples=rescale(self.wakeup_latency_ns))
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object."""
+        return {"format": FORMAT, "version": VERSION, "hz": self.hz, "platform": self.platform,
+                "kernel": self.kernel, "created": self.created, "loadavg": list(self.loadavg),
+                "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns),
+                "wakeup_latency_ns": list(self.wakeup_latency_ns)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
+        """Validate and build; ProfileError names what is wrong."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ProfileError(f"{where}: not a minivmm host profile (no \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise ProfileError(f"{where}: profile version {data.get('version')!r} is not {VERSION}")
+        def latencies(key: str, required: bool) -> list[int]:
+            lat = data.get(key, None if required else [])
+            if lat == [] and not required:
+                return []
+            if (not isinstance(lat, list) or len(lat) < 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10**10 for x in lat)
+                    or lat != sorted(lat)):
+                raise ProfileError(f"{where}: {key} must be a sorted list of at least 2 non-negative "
+                                   "integers (ns)")
+            return lat
+        lat = latencies("timer_latency_ns", True)
+        wake = latencies("wakeup_latency_ns", False)
+        hz, runs = data.get("hz"), data.get("calibration_runs")
+        if not isinstance(hz, int) or not 0 < hz <= 10000 or not isinstance(runs, int):
+            raise ProfileError(f"{where}: hz must be 1..10000 and calibration_runs an integer")
+        load = data.get("loadavg", [0.0, 0.0, 0.0])
+        if not isinstance(load, list) or len(load) != 3 or not all(isinstance(x, (int, float)) for x in load):
+            raise ProfileError(f"{where}: loadavg must be three numbers")
+        return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
+                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake))
+
+
+def load_profile(path: str) -> HostProfile:
+    """Read a profile file; ProfileError (one line) if it cannot be used."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ProfileError(f"profile {path!r} does not exist (make one with minivmm timing --calibrate)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profile {path!r} cannot be read: {e.strerror if isinstance(e, OSError) else e}") from None
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"profile {path!r} is not JSON (line {e.lineno}: {e.msg})") from None
+    return HostProfile.from_json(data, f"profile {path!r}")

@@ -1,0 +1,132 @@
+"""``minivmm timing``'s ``--baseline``, ``--threshold`` and ``--format``: the regression gate and the
+output formats, kept here so ``timing_cmd`` only calls in at four points (options, before measuring,
+on a measurement failure, output).
+
+The gate's contract, for ``git bisect run``: exit 0 when no step regressed significantly past the
+threshold, 1 when one did (named), 125 when the measurement was unusable (too few repetitions, too
+noisy to decide, /dev/kvm missing, the kernel refusing a step): bisect's "skip", since that commit can
+be neither good nor bad. A baseline that cannot be read, or that times another sequence, is bad input
+(exit 2) and is checked before anything is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from minivmm.cli.compare_cmd import gate_exit_code, percentage
+from minivmm.cli.errors import CliError, ExitCode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from minivmm.compare.documents import TimingDocument
+
+FORMATS = ("text", "json", "openmetrics")
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--baseline``, ``--threshold`` and ``--format`` to the ``timing`` parser."""
+    p.add_argument("--format", dest="out_format", choices=FORMATS, default=None,
+                   help="text (the report, default), json (as --json) or openmetrics (Prometheus "
+                        "node_exporter textfile collector: one gauge per step and quantile)")
+    p.add_argument("--baseline", default=None, metavar="BASE.json",
+                   help="a regression gate: compare this run with a recorded `timing --json` run of the same "
+                        "sequence and exit 0 (no step regressed), 1 (a step regressed significantly past "
+                        "--threshold; named) or 125 (unusable measurement: git bisect run's skip). "
+                        "--sequence defaults to the baseline's")
+    p.add_argument("--threshold", type=percentage, default=None, metavar="N%",
+                   help="with --baseline: how much slower (median, relative to the baseline's) a step must "
+                        "be to count as regressed (default: 20%%)")
+
+
+@dataclass
+class Gate:
+    """A loaded baseline and the threshold to hold the run to."""
+
+    baseline: TimingDocument
+    threshold: float
+
+
+def prepare(args: argparse.Namespace) -> Gate | None:
+    """Check the format and gate options before any work; load the baseline (exit 2 if unusable).
+
+    Sets ``args.out_format`` (``--json`` is ``--format json``) and, with a baseline and
+    ``--sequence auto``, ``args.sequence`` to the baseline's sequence."""
+    if args.as_json and args.out_format not in (None, "json"):
+        raise CliError(f"--json cannot be used with --format {args.out_format}")
+    args.out_format = "json" if args.as_json else args.out_format or "text"
+    if args.baseline is None:
+        if args.threshold is not None:
+            raise CliError("--threshold needs --baseline (the run to compare with)")
+        return None
+    from minivmm.compare.documents import DocumentError, load_timing
+    from minivmm.compare.gate import DEFAULT_THRESHOLD
+    try:
+        base = load_timing(args.baseline, "--baseline")
+    except DocumentError as e:
+        raise CliError(str(e)) from None
+    if args.sequence == "auto":
+        args.sequence = base.sequence
+    elif args.sequence != base.sequence:
+        raise CliError(f"--baseline {args.baseline} times sequence {base.sequence!r}, this run would time "
+                       f"{args.sequence!r}: not comparable (drop --sequence to use the baseline's)")
+    return Gate(base, DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+
+
+def unusable(gate: Gate | None, error: CliError) -> CliError:
+    """Under a gate, a measurement that could not be made (/dev/kvm missing, a step the kernel refused)
+    is exit 125: the commit is neither good nor bad. Bad input (exit 2) stays bad input."""
+    if gate is None or error.code == ExitCode.BAD_INPUT:
+        return error
+    return CliError(f"{error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
+
+
+def host_unreadable(gate: Gate | None, error: CliError, kvm_error: str | None = None) -> CliError:
+    """A fact about the host that could not be read (its KVM platform, its CONFIG_HZ): bad input without
+    a gate (pass --platform or --hz), but under a gate the kernel being tested is the likely cause (no
+    KVM module loaded, no config exposed), so exit 125: a bisect skips that kernel rather than calling
+    it bad. ``kvm_error``, when /dev/kvm is missing too, is the reason given."""
+    if gate is None:
+        return error
+    return CliError(f"{kvm_error or error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
+
+
+def emit(args: argparse.Namespace, gate: Gate | None, doc: dict[str, Any], render_text: Callable[[], None]) -> int:
+    """Decide the gate (if any), write the output in ``args.out_format``, return the exit code."""
+    code = int(ExitCode.OK)
+    result = None
+    if gate is not None:
+        from minivmm.compare.ab import NotComparable
+        from minivmm.compare.documents import parse_timing
+        from minivmm.compare.gate import decide
+        try:
+            result = decide(gate.baseline, parse_timing(doc, "this run"), threshold=gate.threshold,
+                            seed=args.seed)
+        except NotComparable as e:  # same name, different steps (a sequence file edited since)
+            raise CliError(f"--baseline: {e}") from None
+        doc["gate"] = result.to_json()
+        code = gate_exit_code(result.outcome.value)
+    out = sys.stdout
+    if args.out_format == "json":
+        import json
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    elif args.out_format == "openmetrics":
+        from minivmm.compare.openmetrics import timing_openmetrics
+        out.write(timing_openmetrics(doc))
+    else:
+        render_text()
+        if result is not None:
+            out.write(f"\ngate against {result.baseline} "
+                      f"(threshold {result.threshold:.0%}, floor {result.floor_us:g} us, alpha {result.alpha:g}):\n")
+            for w in result.warnings:
+                out.write(f"warning: {w}\n")
+            out.write(f"gate: {result.text}\n")
+    if result is not None and args.out_format != "text":
+        for w in result.warnings:
+            print(f"minivmm: warning: {w}", file=sys.stderr)
+        print(f"minivmm: gate: {result.text}", file=sys.stderr)
+    return code

@@ -1,0 +1,45 @@
+"""The JSON documents ``minivmm`` prints with ``--json``, their version and their JSON Schema files.
+
+Every document is a JSON object whose first two keys are ``schema_version`` (an integer, raised when a
+field is renamed, removed or changes meaning; adding a field does not raise it) and ``kind`` (which
+command made it: ``boot``, ``info``, ``model``, ``timing``, ``compare``). Durations carry their
+unit in the field name (``_ns``, ``_us``, ``_ms``, ``_s``). ``<kind>.schema.json`` in this package
+describes each kind (JSON Schema draft 2020-12); the tests validate every output against it.
+
+A reader of a document (``minivmm compare``, the gate) checks ``kind`` and ``schema_version`` first and
+refuses a version newer than :data:`SCHEMA_VERSIONS` knows, rather than misreading renamed fields.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+#: The current version of each kind of document. A command's output carries exactly this version.
+SCHEMA_VERSIONS: dict[str, int] = {
+    "boot": 1,
+    "info": 1,
+    "model": 1,
+    "timing": 1,
+    "compare": 1,
+}
+
+
+def stamp(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as a versioned document: ``schema_version`` and ``kind`` first, then its own keys.
+
+    Raises KeyError for a kind this module does not know (a new command adds its kind here and its
+    schema file beside this module)."""
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSIONS[kind], "kind": kind}
+    doc.update((k, v) for k, v in payload.items() if k not in doc)
+    return doc
+
+
+def schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of ``kind`` (read from ``<kind>.schema.json`` in this package)."""
+    if kind not in SCHEMA_VERSIONS:
+        raise KeyError(f"unknown document kind {kind!r}")
+    text = resources.files(__name__).joinpath(f"{kind}.schema.json").read_text(encoding="utf-8")
+    result: dict[str, Any] = json.loads(text)
+    return result

@@ -1,0 +1,170 @@
+"""``minivmm timing --calibrate``: measure this host's timer-to-waiter latency and make a host profile.
+
+One calibration run is the smallest sequence that waits for a timer: in a fresh VM, one KVM_IOEVENTFD
+(its kvm_io_bus_register_dev() calls call_srcu(): a normal grace period starts and process_srcu is
+armed one jiffy out, which calc_index() rounds to the second tick) and at once a
+KVM_SET_USER_MEMORY_REGION (its synchronize_srcu_expedited() waits for that timer). Each run starts at
+a random point in a jiffy. The registration's time ``t_reg`` fixes the tick the timer fires on:
+``tick(jiffy(t_reg) + 2)``; the memslot ioctl returns at ``t_end``. ``t_end - fire tick`` is everything
+after the tick: the timer softirq, the kworker getting a CPU, the grace-period steps, the callback
+work, the wake-up. Subtracting the steps the model already counts (its chain with a zero timer latency)
+leaves the timer latency the profile records.
+
+Then, in the same VM, a second memslot: SRCU is idle, so its expedited grace period needs no timer;
+its duration beyond the model's (the kworker and the waiter getting a CPU) is the wake-up latency of a
+wait no timer ended, the profile's second distribution.
+
+The tick grid is not known to user space; it is found from the runs themselves: with the true grid,
+no run's memslot returns before its timer's tick, and a grid shifted either way puts the runs that
+registered next to a tick boundary a whole jiffy off (a negative latency). The grid offset is the
+middle of the widest range of offsets with no negative latency.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kernel_model.costs import Costs
+from kernel_model.kvm import KvmModel
+from kernel_model.platforms import get_platform
+from kernel_model.profile import HostProfile, quantile_points
+from kernel_model.sim import NSEC_PER_SEC, Sim
+from kernel_model.variants import get_variant
+
+#: Offsets tried when searching for the tick grid (ns).
+GRID_STEP_NS = 2_000
+MEMSLOT_SIZE = 2 << 20
+
+
+class CalibrationError(RuntimeError):
+    """The runs do not determine a tick grid (too few runs, or the host is not behaving as a timer rule)."""
+
+
+@dataclass
+class CalibrationRun:
+    """One run: when the registration was issued and when the memslot ioctl returned (CLOCK_MONOTONIC)."""
+
+    t_reg_ns: int
+    t_end_ns: int
+    #: The second memslot's duration (an expedited grace period on an idle srcu_struct); 0 if not taken.
+    idle_sync_ns: int = 0
+
+
+def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
+    base = costs or Costs()
+    sim = Sim(hz, 0.5, Costs(**{**base.__dict__, "timer_latency": 0, "timer_latency_samples": (),
+                                "wakeup_latency_samples": ()}))
+    return sim, KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
+
+
+def model_chain_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
+    """What the model counts after the timer's tick with a zero timer latency: the grace-period steps,
+    the callback work and the wake-up, from the tick to the memslot ioctl's return."""
+    sim, kvm = _zero_latency_model(hz, platform, costs)
+    j0 = sim.jiffies
+    kvm.ioeventfd(0xD0000050, 4, 0)
+    kvm.set_user_memory_region(0, 0, MEMSLOT_SIZE)
+    return sim.now - sim.tick_time(j0 + 2)
+
+
+def model_idle_sync_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
+    """The model's duration of the second memslot (an expedited grace period on an idle srcu_struct)."""
+    sim, kvm = _zero_latency_model(hz, platform, costs)
+    kvm.ioeventfd(0xD0000050, 4, 0)
+    kvm.set_user_memory_region(0, 0, MEMSLOT_SIZE)
+    t0 = sim.now
+    kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
+    return sim.now - t0
+
+
+def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[int]:
+    out = []
+    for r in runs:
+        jiffy = (r.t_reg_ns - offset) // tick_ns
+        out.append(r.t_end_ns - ((jiffy + 2) * tick_ns + offset))
+    return out
+
+
+def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
+    """The tick grid's offset in CLOCK_MONOTONIC (0 <= offset < 1/HZ), from the runs (module docstring)."""
+    tick = NSEC_PER_SEC // hz
+    good = [min(_latencies(runs, tick, o)) >= 0 for o in range(0, tick, GRID_STEP_NS)]
+    if not any(good):
+        raise CalibrationError("no tick grid fits every run: some memslot returned before any timer "
+                               "could have fired (is the host's HZ right?)")
+    n = len(good)
+    best_len, best_start = 0, 0
+    for start in range(n):  # widest circular run of good offsets
+        if good[start] and not good[start - 1] or all(good):
+            length = 0
+            while length < n and good[(start + length) % n]:
+                length += 1
+            if length > best_len:
+                best_len, best_start = length, start
+            if all(good):
+                break
+    if best_len * GRID_STEP_NS > tick // 4:
+        raise CalibrationError(f"the runs leave the tick grid undetermined within {best_len * GRID_STEP_NS} ns; "
+                               "use more runs")
+    return ((best_start + best_len / 2) * GRID_STEP_NS) % tick  # type: ignore[return-value]
+
+
+def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int) -> list[int]:
+    """Per run, the latency beyond the model's fixed chain (>= 0)."""
+    tick = NSEC_PER_SEC // hz
+    offset = int(estimate_tick_offset(runs, hz))
+    return [max(0, lat - chain_ns) for lat in _latencies(runs, tick, offset)]
+
+
+def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> list[CalibrationRun]:
+    """``repeat`` runs on real KVM (see the module docstring), each in a fresh VM."""
+    from minivmm.kvm.memory import GuestMemory
+    from minivmm.kvm.system import Kvm
+    from minivmm.kvm.uapi import lib
+    from minivmm.kvm.vm import IoEvent
+
+    rng = random.Random(seed)
+    runs = []
+    with Kvm(kvm_path) as kvm:
+        for i in range(repeat):
+            vm = kvm.create_vm()
+            mem = GuestMemory(0, MEMSLOT_SIZE)
+            mem2 = GuestMemory(0x100000000, MEMSLOT_SIZE)
+            efd = lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK)
+            try:
+                ev = IoEvent(0xD0000050, 4, efd, 0, False)
+                time.sleep(rng.random() / hz)
+                t_reg = time.monotonic_ns()
+                vm.register_ioevent(ev)
+                vm.set_user_memory_region(0, 0, MEMSLOT_SIZE, mem.host_addr)
+                t_end = time.monotonic_ns()
+                vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
+                runs.append(CalibrationRun(t_reg, t_end, time.monotonic_ns() - t_end))
+            finally:
+                vm.close()
+                mem.close()
+                mem2.close()
+                os.close(efd)
+            if on_progress:
+                on_progress(i + 1)
+    return runs
+
+
+def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str) -> HostProfile:
+    """The host profile of these runs."""
+    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform))
+    idle = model_idle_sync_ns(hz, platform)
+    wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0.0, 0.0, 0.0)
+    return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
+                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else ())

@@ -1,0 +1,142 @@
+"""Corrections to the kernel model found in review (issue 13 point 4), each against the kernel rule."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from kernel_model import srcutree
+from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.kvm_io_bus import KvmBus
+from kernel_model.platforms import get_platform
+from kernel_model.predict import predict
+from kernel_model.sequences import SEQUENCES
+from kernel_model.sim import Sim
+from kernel_model.variants import get_variant
+
+
+def vm(platform: str = "pvm", variant: str = "call_srcu", hz: int = 250, nr_cpu_ids: int = 2) -> KvmModel:
+    return KvmModel(Sim(hz, 0.3), get_variant(variant), get_platform(platform), nr_cpu_ids=nr_cpu_ids)
+
+
+# --- KVM_IOEVENTFD: zero length ---------------------------------------------------------------------
+
+def test_zero_length_pio_ioeventfd_is_accepted_on_the_pio_bus_only():
+    kvm = vm()
+    kvm.ioeventfd(0x510, 0, None, pio=True)
+    assert kvm.claimant(KvmBus.KVM_PIO_BUS, 0x510, 2) is not None
+    assert kvm.bus_version(KvmBus.KVM_FAST_MMIO_BUS) == 0  # only MMIO goes on the fast bus
+
+
+@pytest.mark.parametrize("pio", [False, True])
+def test_zero_length_with_datamatch_is_einval(pio):
+    kvm = vm()
+    with pytest.raises(KvmIoctlError) as e:
+        kvm.ioeventfd(0x520 if pio else 0xD0000000, 0, 5, pio=pio)
+    assert e.value.errno == errno.EINVAL
+    assert kvm.registrations == 0
+
+
+# --- the APIC-access page: one swap per memslot address space ---------------------------------------
+
+@pytest.mark.parametrize("platform,swaps", [("vmx", 2), ("svm", 2), ("svm-noavic", 0), ("pvm", 0)])
+def test_apic_access_page_swaps_once_per_address_space(platform, swaps):
+    kvm = vm(platform)
+    kvm.create_irqchip()
+    before = kvm.memslot_swaps
+    kvm.create_vcpu(0)
+    kvm.create_vcpu(1)
+    assert kvm.memslot_swaps - before == swaps
+
+
+def test_svm_avic_inhibited_by_a_reinjecting_pit_skips_the_apic_access_page():
+    kvm = vm("svm")
+    kvm.create_irqchip()
+    kvm.kvm_set_apicv_inhibit("pit-reinject")
+    kvm.create_vcpu(0)
+    assert kvm.memslot_swaps == 0 and not kvm.apic_access_page_done
+
+
+def test_svm_with_avic_stalls_in_the_first_vcpu_like_vmx():
+    seq = SEQUENCES["firecracker"]
+    i = next(k for k, s in enumerate(seq.steps) if s.label == "KVM_CREATE_VCPU, 0")
+    stall = {p: predict(seq, "call_srcu", 100, p, samples=50).steps[i].stats()["p50"]
+             for p in ("vmx", "svm", "svm-noavic")}
+    assert stall["svm"] == pytest.approx(stall["vmx"], rel=0.05)
+    assert stall["svm"] > 5_000 > stall["svm-noavic"]
+
+
+# --- srcu_get_delay()'s no-delay limits depend on HZ ------------------------------------------------
+
+@pytest.mark.parametrize("hz,phase,total", [(100, 1000, 1000), (250, 1000, 1000), (1000, 400, 400),
+                                            (10_000, 40, 100), (1_000_000, 3, 100)])
+def test_nodelay_limits_follow_hz(hz, phase, total):
+    assert srcutree.srcu_default_max_nodelay_phase(hz) == phase
+    assert srcutree.srcu_default_max_nodelay(hz) == total
+    ssp = srcutree.SrcuStruct(Sim(hz))
+    assert (ssp.srcu_max_nodelay_phase, ssp.srcu_max_nodelay) == (phase, total)
+
+
+@pytest.mark.parametrize("hz", [250, 1000])
+def test_expedited_gp_polls_without_delay_only_up_to_the_hz_limit(hz):
+    ssp = srcutree.SrcuStruct(Sim(hz))
+    ssp.srcu_gp_seq_needed = ssp.srcu_gp_seq_needed_exp = 4
+    srcutree.srcu_gp_start(ssp)
+    delays = [srcutree.srcu_get_delay(ssp) for _ in range(1200)]
+    assert delays.index(1) == srcutree.srcu_default_max_nodelay_phase(hz)
+    assert not any(delays[:delays.index(1)])
+
+
+# --- srcu_struct size at init -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cpus,state", [(2, srcutree.SRCU_SIZE_SMALL), (127, srcutree.SRCU_SIZE_SMALL),
+                                        (128, srcutree.SRCU_SIZE_BIG), (512, srcutree.SRCU_SIZE_BIG)])
+def test_srcu_struct_starts_big_from_big_cpu_lim(cpus, state):
+    assert srcutree.SrcuStruct(Sim(250), nr_cpu_ids=cpus).srcu_size_state == state
+
+
+def test_big_srcu_records_requests_in_the_funnel_and_times_like_small():
+    small, big = vm(nr_cpu_ids=2), vm(nr_cpu_ids=256)
+    durations = {}
+    for name, kvm in (("small", small), ("big", big)):
+        t = []
+        for i in range(3):
+            t0 = kvm.sim.now
+            kvm.ioeventfd(0xD0000050 + 0x1000 * i, 4, 0)
+            t.append(kvm.sim.now - t0)
+        t0 = kvm.sim.now
+        kvm.set_user_memory_region(0, 0, 1 << 20)
+        t.append(kvm.sim.now - t0)
+        durations[name] = t
+    assert durations["big"] == durations["small"]
+    assert durations["big"][-1] > 1_000_000  # the transferred normal grace period
+    leaf = big.srcu.funnel_path[0]
+    assert any(seq not in (srcutree.SRCU_SNP_INIT_SEQ,) for seq in leaf.srcu_have_cbs)
+    assert not small.srcu.funnel_path
+
+
+# --- arm64: the vGIC registers at KVM_DEV_ARM_VGIC_CTRL_INIT ------------------------------------------
+
+def test_arm64_vgic_registers_at_ctrl_init_not_at_creation():
+    kvm = vm("arm64")
+    kvm.create_vcpu(0)
+    kvm.create_vcpu(1)
+    kvm.create_irqchip()
+    assert kvm.registrations == 0
+    kvm.kvm_vgic_ctrl_init()
+    assert kvm.registrations == 3  # distributor + one redistributor per vCPU
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is not None
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 0x20000, 4) is not None
+    kvm.kvm_vgic_ctrl_init()
+    assert kvm.registrations == 3
+
+
+def test_arm64_vgic_init_starts_the_grace_period_the_next_memslot_waits_for():
+    kvm = vm("arm64", hz=100)
+    kvm.create_vcpu(0)
+    kvm.create_irqchip()
+    kvm.kvm_vgic_ctrl_init()
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(0, 0x80000000, 1 << 20)
+    assert kvm.sim.now - t0 > 10_000_000 * 0.9  # (2 - phase) jiffies at HZ=100, phase 0.3

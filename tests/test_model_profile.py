@@ -1,0 +1,143 @@
+"""Host profiles: the file format, the model drawing timer latencies from one, and the calibration's
+arithmetic (tick grid, latency) on synthetic runs, without KVM."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from kernel_model.costs import Costs
+from kernel_model.predict import predict
+from kernel_model.profile import HostProfile, ProfileError, load_profile, quantile_points
+from kernel_model.sequences import SEQUENCES
+from kernel_model.sim import Sim
+from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, estimate_tick_offset, model_chain_ns,
+                                      timer_latencies)
+
+TICK = 4_000_000  # HZ=250
+
+
+def profile(lat: list[int], hz: int = 250) -> HostProfile:
+    return HostProfile(hz, "pvm", "6.18", "2026-11-22T00:00:00Z", (1.0, 1.0, 1.0), len(lat),
+                       tuple(quantile_points(lat)))
+
+
+def test_profile_round_trips_and_bad_files_are_one_line(tmp_path):
+    p = profile([50_000, 60_000, 4_100_000])
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(p.to_json()))
+    assert load_profile(str(f)) == p
+    for bad in ("{", json.dumps({"format": "x"}), json.dumps({**p.to_json(), "timer_latency_ns": [3, 1]}),
+                json.dumps({**p.to_json(), "hz": 0})):
+        f.write_text(bad)
+        with pytest.raises(ProfileError) as e:
+            load_profile(str(f))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ProfileError):
+        load_profile(str(tmp_path / "missing.json"))
+
+
+def test_sim_draws_timer_latency_from_the_profile():
+    costs = profile([100_000] * 9 + [4_100_000]).costs()
+    sim = Sim(250, 0.0, costs, random.Random(1))
+    draws = [sim.timer_latency() for _ in range(2000)]
+    assert min(draws) >= 100_000 and max(draws) <= 4_100_000
+    assert 0.05 < sum(d > 1_000_000 for d in draws) / len(draws) < 0.2
+    assert Sim(250).timer_latency() == Costs().timer_latency
+
+
+def test_profile_moves_the_stall_past_the_timer_rule_maximum():
+    seq = SEQUENCES["registrations-first"]
+    i = next(k for k, s in enumerate(seq.steps) if s.op == "memslot")
+    plain = predict(seq, "call_srcu", 250, "pvm", samples=300).steps[i].stats()
+    late = predict(seq, "call_srcu", 250, "pvm", samples=300,
+                   costs=profile([60_000] * 80 + [4_060_000] * 20).costs()).steps[i].stats()
+    assert plain["max"] < 2 * TICK / 1000 < late["max"]
+    assert late["p50"] >= plain["p50"]
+
+
+def test_profile_rescales_whole_jiffies_to_another_hz():
+    c = profile([100_000, 4_100_000]).costs(hz=100)
+    assert c.timer_latency_samples[0] == 100_000
+    assert c.timer_latency_samples[-1] == 10_100_000
+
+
+def synthetic_runs(offset: int, lat: list[int], seed: int = 0) -> list[CalibrationRun]:
+    rng = random.Random(seed)
+    runs = []
+    for k, extra in enumerate(lat):
+        t_reg = 10**12 + k * 10 * TICK + rng.randrange(TICK)
+        fire = ((t_reg - offset) // TICK + 2) * TICK + offset
+        runs.append(CalibrationRun(t_reg, fire + extra))
+    return runs
+
+
+@pytest.mark.parametrize("offset", [0, 1_234_567, 3_999_000])
+def test_tick_grid_and_latencies_are_recovered(offset):
+    rng = random.Random(offset)
+    lat = [rng.choice([40_000, 80_000, 300_000, 4_050_000]) for _ in range(400)]
+    runs = synthetic_runs(offset, lat)
+    est = estimate_tick_offset(runs, 250)
+    assert min(abs(est - offset), TICK - abs(est - offset)) < 60_000
+    got = timer_latencies(runs, 250, 0)
+    assert sum(abs(g - x) < 80_000 for g, x in zip(got, lat)) / len(lat) > 0.95
+
+
+def test_too_few_runs_leave_the_grid_undetermined():
+    t_reg = 10**12 + TICK // 10  # early in its jiffy: most offsets fit this one run
+    with pytest.raises(CalibrationError):
+        estimate_tick_offset([CalibrationRun(t_reg, (10**12 // TICK + 2) * TICK + 50_000)], 250)
+
+
+def test_a_memslot_returning_before_any_timer_is_refused():
+    with pytest.raises(CalibrationError):
+        estimate_tick_offset([CalibrationRun(10**12 + k * 997_000, 10**12 + k * 997_000 + 100_000)
+                              for k in range(50)], 250)
+
+
+def test_model_chain_is_the_fixed_steps_after_the_tick():
+    chain = model_chain_ns(250, "pvm")
+    c = Costs()
+    assert c.workqueue_hop + c.wakeup < chain < 200_000
+
+
+def test_cli_model_with_a_profile_and_with_bad_profiles(tmp_path):
+    from conftest import run_cli
+    f = tmp_path / "host-profile.json"
+    f.write_text(json.dumps(profile([60_000] * 80 + [4_060_000] * 20).to_json()))
+    proc = run_cli("model", "-s", "registrations-first", "--hz", "250", "-p", "pvm", "-v", "call_srcu",
+                   "-n", "200", "--json", "--profile", str(f))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    mem = next(s for s in data["variants"]["call_srcu"]["steps"] if s["op"] == "memslot")
+    assert mem["max_us"] > 8000  # past the 2-jiffy rule: only the profile's late wake-ups do that
+    proc = run_cli("model", "--hz", "100", "-n", "300", "--profile", str(f))
+    assert proc.returncode == 0, proc.stderr
+    odds = re.search(r"KVM_CREATE_VCPU, 0 >= the published 0.025182 s \(HZ=100\): (\d+)/300", proc.stdout)
+    assert odds is not None and 0 < int(odds.group(1)) < 300  # 4 ms late wake-ups reach 25.2 ms sometimes
+    for bad, fragment in ((tmp_path / "missing.json", "does not exist"), (tmp_path / "junk.json", "not JSON")):
+        if bad.name == "junk.json":
+            bad.write_text("{")
+        proc = run_cli("model", "--profile", str(bad))
+        assert proc.returncode == 2
+        assert fragment in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_wakeup_latency_applies_only_to_waits_no_timer_ended():
+    from kernel_model.kvm import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    costs = Costs(wakeup_latency_samples=(4_000_000, 4_000_000), timer_latency_samples=(60_000, 60_000))
+    kvm = KvmModel(Sim(250, 0.5, costs), get_variant("call_srcu"), get_platform("pvm"))
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(0, 0, 1 << 20)       # idle srcu: expedited, no timer
+    idle = kvm.sim.now - t0
+    kvm.ioeventfd(0xD0000050, 4, 0)                 # call_srcu: a normal grace period, a timer
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(1, 1 << 32, 1 << 20)  # waits for that timer
+    timed = kvm.sim.now - t0
+    assert idle > 4_000_000
+    assert timed < 2 * TICK  # no extra 4 ms on top of the timer's own draw
