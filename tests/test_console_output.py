@@ -96,3 +96,10 @@ def test_head_reads_five_bytes_and_the_vmm_exits_quietly():
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.stdout == "Hello status=0\n", proc
     assert proc.stderr == ""
+
+
+@pytest.mark.kvm
+def test_no_stdout_at_all_is_not_a_crash():
+    proc = subprocess.run(f"{sys.executable} -m minivmm boot guest/hello.bin >&-", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == ""

@@ -67,7 +67,8 @@ def _leftovers(pid: int) -> list[str]:
     # Only this process's own: the mount is named after the pid that made it, so that other minivmm
     # processes tracing at the same time (another test run, a `minivmm trace`) are not counted.
     left = [m for m in mounts if f"minivmm-tracefs-{pid}-" in m]
-    root, ours = (mounts[0], None) if mounts else (tempfile.mkdtemp(), True)
+    shared = [m for m in mounts if "minivmm-tracefs-" not in m]  # not another run's private mount
+    root, ours = (shared[0], None) if shared else (tempfile.mkdtemp(), True)
     try:
         if ours and subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True).returncode:
             pytest.skip("cannot mount tracefs here")
@@ -131,3 +132,10 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
         pytest.skip(out.split("ftrace     not available: ", 1)[1].splitlines()[0])
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert _leftovers(proc.pid) == []
+
+
+def test_an_instance_removed_under_the_run_is_reported_not_raised(tmp_path):
+    from minivmm.shadow import ftrace
+    gone = ftrace.FtraceSession(str(tmp_path), str(tmp_path / "instances" / "minivmm-1-000000"))
+    with pytest.raises(ftrace.FtraceUnavailable, match="could not be read"):
+        gone.stop()

@@ -46,11 +46,12 @@ def _boot(image: str, vcpus: int) -> subprocess.Popen[str]:
                             cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _signal_at_random(tmp_path, rng: random.Random, second: bool) -> None:
+def _signal_at_random(tmp_path, rng: random.Random, double: bool) -> None:
     image = tmp_path / "outloop.bin"
     image.write_bytes(OUT_LOOP)
     vcpus = rng.choice((1, 8, 32, 64))
     first = rng.choice(tuple(CODES))
+    second = rng.choice(tuple(CODES))
     proc = _boot(str(image), vcpus)
     try:
         deadline = time.monotonic() + 30
@@ -59,16 +60,20 @@ def _signal_at_random(tmp_path, rng: random.Random, second: bool) -> None:
             time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.5))
         proc.send_signal(first)
-        if second:
+        if double:
             time.sleep(rng.uniform(0, 0.03))
-            proc.send_signal(rng.choice(tuple(CODES)))
+            proc.send_signal(second)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    case = f"vcpus={vcpus} first={signal.Signals(first).name} second={second}"
-    assert proc.returncode == CODES[first], (case, proc.returncode, err[-2000:])
+    case = f"vcpus={vcpus} first={signal.Signals(first).name} double={double}"
+    # The first signal decides. Two signals that are both pending before the watcher thread is
+    # scheduled (a loaded machine: 64 busy vCPU threads on 2 cores) arrived, as far as the kernel
+    # tells, at once (it hands pending signals out lowest-numbered first): either code is right then.
+    expected = {CODES[first], CODES[second]} if double else {CODES[first]}
+    assert proc.returncode in expected, (case, proc.returncode, err[-2000:])
     assert "Traceback" not in err and "Error" not in err, (case, err[-2000:])
     assert "--- minivmm: " in out, case
 
@@ -76,13 +81,13 @@ def _signal_at_random(tmp_path, rng: random.Random, second: bool) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(RUNS))
 def test_one_signal_at_a_random_moment(tmp_path, run):
-    _signal_at_random(tmp_path, random.Random(1000 + run), second=False)
+    _signal_at_random(tmp_path, random.Random(1000 + run), double=False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(RUNS))
 def test_a_second_signal_0_to_30_ms_after_the_first(tmp_path, run):
-    _signal_at_random(tmp_path, random.Random(2000 + run), second=True)
+    _signal_at_random(tmp_path, random.Random(2000 + run), double=True)
 
 
 def test_sigint_before_the_vcpus_start_still_reports_and_releases(tmp_path):
@@ -99,3 +104,23 @@ def test_sigint_before_the_vcpus_start_still_reports_and_releases(tmp_path):
         report = m.run()
     assert report.outcome is RunOutcome.TERMINATED and time.monotonic() - t0 < 5
     assert [v.state for v in report.vcpus] == ["created"] * 4
+
+
+def test_stop_signals_record_the_first_and_put_everything_back():
+    import os
+
+    from minivmm.vmm.lifecycle import StopRequest, stop_signals
+    from minivmm.vmm.report import RunOutcome
+    handler_before = signal.getsignal(signal.SIGINT)
+    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with stop_signals(StopRequest()) as stop:
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal: already stopping
+        time.sleep(0.05)
+        assert stop.signum == signal.SIGTERM and stop.outcome is RunOutcome.TERMINATED
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask_before

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from kernel_model.sequences import SEQUENCES
-from minivmm.timing.compare import compare
+from minivmm.timing.compare import TimingHost, compare
 from minivmm.timing.report import MIN_REPEAT, render
 from minivmm.timing.runner import Repetition
 
@@ -34,14 +34,14 @@ def host(**kw):
              "platform_source": "kvm_pvm loaded", "backend_module": "kvm_pvm", "srcutree_params": {},
              "jitter": True, "host_hz": 250, "host_platform": "pvm", "partial": None}
     facts.update(kw)
-    return facts
+    return TimingHost(**facts)
 
 
 def report(seq_name="registrations-first", n=40, stall=True, **facts) -> str:
     seq = SEQUENCES[seq_name]
     h = host(**facts)
     stall_step = next(i for i, s in enumerate(seq.steps) if s.op == "memslot") if stall else None
-    c = compare(seq, reps(seq, n, stall_step), h["hz"], h["platform"], 50)
+    c = compare(seq, reps(seq, n, stall_step), h.hz, h.platform, 50)
     out = io.StringIO()
     render(c, h, OVERHEAD, out)
     return out.getvalue()
@@ -99,6 +99,10 @@ def test_every_published_figure_cites_a_listed_source():
     cited = {int(x) for x in re.findall(r"\[(\d+)\]$", section, re.M)}
     listed = {int(x) for x in re.findall(r"^  \[(\d+)\] \S", section, re.M)}
     assert cited and cited == listed
+    # cited as a reader can find them: author, date, (subject,) link; never an internal file number
+    assert not re.search(r"\bseeds? ?0\d\d", text)
+    for source in re.findall(r"^  \[\d+\] (.*)$", section, re.M):
+        assert re.search(r"\b20\d\d\b", source) and ("http" in source or "commit" in source), source
 
 
 def test_the_plot_a_kernel_engineer_can_put_in_a_mail(monkeypatch):

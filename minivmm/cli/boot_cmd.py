@@ -12,6 +12,7 @@ from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
+    from minivmm.devices.console import ConsoleWriter
     from typing import TextIO
 
     from minivmm.kvm.exits import VcpuExit
@@ -118,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
     from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
 
-    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (the handlers are not
-    # restored: a second signal, however late, means "already stopping", never a traceback or a death).
+    # From here on SIGINT and SIGTERM only set a flag, for the rest of the command (a watcher thread takes
+    # them and is never removed: a second signal, however late, means "already stopping", never a
+    # traceback or a death).
     stop = StopRequest()
     install_stop_handlers(stop)
-    from minivmm.devices.console import Console, ConsoleWriter
+    from minivmm.devices.console import Console
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.vmm.boot import Mode
     from minivmm.vmm.image import ImageError, check_placement, read_image
@@ -147,9 +149,8 @@ def run(args: argparse.Namespace) -> int:
                            strict=args.strict, timeout=args.timeout, kvm_path=args.kvm_path, check=args.check,
                            inject=args.inject, guest_iterations=args.guest_iterations,
                            model_platform=platform, model_hz=hz, ftrace=args.ftrace)
-    sys.stdout.flush()
-    out = ConsoleWriter(sys.stdout.fileno())  # guest output, then the summary: never blocks a vCPU
-    console = Console(None if args.as_json else out)
+    out = _stdout_writer()  # guest output, then the summary: never blocks a vCPU
+    console = Console(None if args.as_json or out is None else out)
     try:
         machine = Machine(config, data, console, stop=stop)
     except ImageError as e:
@@ -172,10 +173,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         from minivmm.vmm.report import render
         render(report, text, int(code))
-    out.write(text.getvalue().encode(), keep=True)
-    # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
-    out.close(SUMMARY_DRAIN_TIMEOUT)
+    if out is not None:
+        out.write(text.getvalue().encode(), keep=True)
+        # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
+        out.close(SUMMARY_DRAIN_TIMEOUT)
     return int(code)
+
+
+def _stdout_writer() -> ConsoleWriter | None:
+    """A ConsoleWriter on stdout's descriptor, or None when there is no stdout (``>&-``)."""
+    from minivmm.devices.console import ConsoleWriter
+    if sys.stdout is None:
+        return None
+    try:
+        sys.stdout.flush()
+        return ConsoleWriter(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return None
 
 
 def _model_host() -> tuple[str, int]:

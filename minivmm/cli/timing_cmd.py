@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.kvm.system import Kvm
-    from minivmm.timing.compare import compare, to_json
+    from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
     from minivmm.cli.progress import ProgressBar
@@ -207,11 +207,11 @@ def run(args: argparse.Namespace) -> int:
                                                 ExitCode.GUEST_FAILED)) from None
     cpu_pressure_pct = pressure.percent()
     comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
-    facts = {"kernel": host.kernel, "machine": os.uname().machine, "hz": host_hz,
-             "hz_source": "--hz" if hz else host.hz_source, "platform": plat, "platform_source": plat_source,
-             "backend_module": host.backend_module, "srcutree_params": host.srcutree_params, "jitter": jitter,
-             "host_hz": host.hz, "host_platform": host.platform, "partial": partial, "profile": args.profile,
-             "cpu_pressure_pct": cpu_pressure_pct}
+    facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=host_hz,
+                       hz_source="--hz" if hz else host.hz_source, platform=plat, platform_source=plat_source,
+                       backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=jitter,
+                       host_hz=host.hz, host_platform=host.platform, partial=partial, profile=args.profile,
+                       cpu_pressure_pct=cpu_pressure_pct)
     if plot_path is not None:
         from minivmm.cli.outfile import write_atomically
         from minivmm.timing.plot import plot
@@ -224,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
 
     def text() -> None:
         render(comparison, facts, overhead, sys.stdout)
+        if args.profile:
+            sys.stdout.write(f"model: timer and wake-up latencies drawn from the host profile {args.profile}\n")
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
     if partial:  # an interrupted measurement is reported, but it decides no gate

@@ -9,10 +9,13 @@ The names below are loaded on first use, so that importing a light submodule (``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minivmm.kvm.errors import KvmError, KvmUnavailable
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+
+if TYPE_CHECKING:
+    from minivmm.kvm.system import Kvm
 
 __all__ = ["Kvm", "KvmError", "KvmUnavailable", "DEFAULT_DEVICE_PATH"]
 

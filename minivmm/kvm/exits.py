@@ -276,8 +276,8 @@ def _members(union_member: str, typedef: str) -> list[tuple[int, Any]]:
 _EXIT_REASON = [(ffi.offsetof("struct kvm_run", "exit_reason"), ffi.typeof("__u32"))]
 #: exit_reason, then io's direction, size, port, count, data_offset: all an IO exit needs, in one read.
 _read_head = _reader(_EXIT_REASON + _members("io", "kvm_run_io_t"))
-#: mmio's phys_addr, data (8 bytes), len, is_write.
-_read_mmio = _reader(_members("mmio", "kvm_run_mmio_t"))
+#: exit_reason, then mmio's phys_addr, data (8 bytes), len, is_write.
+_read_mmio = _reader(_EXIT_REASON + _members("mmio", "kvm_run_mmio_t"))
 _new = tuple.__new__  # builds a NamedTuple without the Python-level __new__ (half the cost)
 
 
@@ -317,7 +317,7 @@ class ExitDecoder:
                 return _new(IoOut, (port, size, count, buf[data_offset:data_offset + size * count]))
             return _new(IoIn, (port, size, count))
         if reason == _EXIT_MMIO:
-            addr, data, length, is_write = _read_mmio(buf, 0)
+            _, addr, data, length, is_write = _read_mmio(buf, 0)
             if is_write:
                 return _new(MmioWrite, (addr, data[:length] if length < 8 else data))
             return _new(MmioRead, (addr, length))

@@ -35,11 +35,16 @@ class FtraceUnavailable(RuntimeError):
     """tracefs cannot be used here (not root, not mountable, no kvm events); the message says why."""
 
 
+#: The prefix of the private mounts runs make when tracefs is not mounted.
+_PRIVATE_MOUNT_PREFIX = "minivmm-tracefs-"
+
+
 def _find_tracefs() -> str | None:
+    """A tracefs mount to use; never another run's private mount (it goes away when that run ends)."""
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            if len(parts) > 2 and parts[2] == "tracefs":
+            if len(parts) > 2 and parts[2] == "tracefs" and _PRIVATE_MOUNT_PREFIX not in parts[1]:
                 return parts[1]
     return None
 
@@ -70,7 +75,7 @@ class FtraceSession:
         try:
             root = _find_tracefs()
             if root is None:
-                session.mounted_here = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{os.getpid()}-")
+                session.mounted_here = tempfile.mkdtemp(prefix=f"{_PRIVATE_MOUNT_PREFIX}{os.getpid()}-")
                 proc = subprocess.run(["mount", "-t", "tracefs", "nodev", session.mounted_here],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -97,7 +102,11 @@ class FtraceSession:
         return session
 
     def stop(self) -> list[str]:
-        """Stop tracing, read the record, remove the instance (and the mount, if ours)."""
+        """Stop tracing, read the record, remove the instance (and the mount, if ours).
+
+        Raises FtraceUnavailable when the record cannot be read (the instance or its mount was removed
+        by someone else during the run).
+        """
         try:
             _write(os.path.join(self.instance, "tracing_on"), "0")
             with open(os.path.join(self.instance, "trace")) as f:
@@ -108,6 +117,8 @@ class FtraceSession:
                     for line in f:
                         if line.startswith("overrun:"):
                             self.overruns += int(line.split()[1])
+        except OSError as e:
+            raise FtraceUnavailable(f"the trace instance could not be read after the run: {e.strerror}") from None
         finally:
             self.teardown()
         return self.lines

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kernel_model.costs import Costs
@@ -29,6 +29,32 @@ GOOD_FIT = 0.5
 TIE = 0.05
 #: A step whose predicted p50 under call_srcu exceeds this (ns) is where the stall lands.
 STALL_NS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TimingHost:
+    """What a timing run knows about where it ran and how: the facts the report states and the JSON
+    carries under ``host`` (``asdict`` at the edge, in :func:`to_json`)."""
+
+    kernel: str | None
+    machine: str
+    #: The HZ and platform the model used (``--hz``/``--platform`` or the host's), and where each came from.
+    hz: int
+    hz_source: str | None
+    platform: str
+    platform_source: str
+    backend_module: str | None
+    srcutree_params: dict[str, Any]
+    jitter: bool
+    #: The host's own HZ and platform, when readable: a report warns when the model's differ.
+    host_hz: int | None = None
+    host_platform: str | None = None
+    #: The repetitions asked for when Ctrl-C cut the run short (None: the run completed).
+    partial: int | None = None
+    #: The host profile the model used (``--profile``), if any.
+    profile: str | None = None
+    #: The CPUs' pressure (PSI "some", %) while measuring: above 20% the gate calls a run unusable.
+    cpu_pressure_pct: float | None = None
 
 
 @dataclass
@@ -139,7 +165,7 @@ def with_units(stats: dict[str, float], unit: str = "us") -> dict[str, float]:
     return {f"{k}_{unit}": v for k, v in stats.items()}
 
 
-def to_json(c: Comparison, host: dict[str, Any], overhead: dict[str, float]) -> dict[str, Any]:
+def to_json(c: Comparison, host: TimingHost, overhead: dict[str, float]) -> dict[str, Any]:
     """The ``minivmm timing --json`` document (``minivmm/schemas/timing.schema.json``).
 
     Each step carries its raw samples in nanoseconds (``samples_ns``, one per repetition, in run order)
@@ -160,7 +186,7 @@ def to_json(c: Comparison, host: dict[str, Any], overhead: dict[str, float]) -> 
         })
     v = c.verdict
     return stamp("timing", {
-        "sequence": c.sequence.name, "repetitions": len(c.repetitions), "host": host,
+        "sequence": c.sequence.name, "repetitions": len(c.repetitions), "host": asdict(host),
         "timer_overhead_ns": overhead,
         "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
                     "text": v.text},

@@ -86,7 +86,10 @@ def install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
     def restore() -> None:
         closing.set()
         if watcher.ident is not None:
-            signal.pthread_kill(watcher.ident, next(iter(signals)))  # wakes it: it sees closing and ends
+            try:
+                signal.pthread_kill(watcher.ident, next(iter(signals)))  # wakes it: it sees closing, ends
+            except ProcessLookupError:
+                pass  # it took a real signal just now, saw closing and has ended
         watcher.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return restore

@@ -181,7 +181,7 @@ class Machine:
                 # Reported counts are judged only if the guest halted: one stopped early had writes to report.
                 halted = final_outcome(ended, [r.state for r in records], kernel_violation=False) is RunOutcome.HALTED
                 self.shadow.reconcile(final=True, judge_reports=halted)
-            ftrace_result = self._ftrace_check(ftrace, records) if ftrace is not None else None
+            ftrace_result = self._ftrace_check(ftrace, records)
             violated = bool((self.shadow is not None and self.shadow.violation_count)
                             or (ftrace_result is not None and ftrace_result.mismatches))
             guest_error = self.shadow is not None and bool(self.shadow.guest_error_count)
@@ -246,12 +246,19 @@ class Machine:
             before = mem.read(start, linear - start)
         return VcpuSnapshot(registers, linear, boot.guest_mode(sregs), code, code_before=before)
 
-    def _ftrace_check(self, session: FtraceSession, records: list[VcpuRecord]) -> FtraceResult:
-        """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells."""
+    def _ftrace_check(self, session: FtraceSession | None, records: list[VcpuRecord]) -> FtraceResult | None:
+        """Stop tracing and compare the kernel's record with the VMM's exits and the doorbells (None
+        without --ftrace, or when the record could not be read: ``_ftrace_error`` says why)."""
+        if session is None:
+            return None
         from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS
-        from minivmm.shadow.ftrace import analyse
-        lines = session.stop()
+        from minivmm.shadow.ftrace import FtraceUnavailable, analyse
         self._ftrace = None
+        try:
+            lines = session.stop()
+        except FtraceUnavailable as e:
+            self._ftrace_error = str(e)
+            return None
         io = sum(r.exits.get(cls, 0) for r in records for cls in PIO_EXITS)
         mmio = sum(r.exits.get(cls, 0) for r in records for cls in MMIO_EXITS)
         counts: dict[int, int] = {}
