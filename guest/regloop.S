@@ -4,8 +4,9 @@
  * ITERATIONS / 16 rounds (ITERATIONS is read from the control device: that many registrations).
  *
  * Mode: protected, loaded at 0x1000:   minivmm boot guest/regloop.bin --mode protected --timeout 60
- * This is the ordering guarantee of seeds 002/004 made observable: the four writes right after an
- * acknowledged registration must be completed in the kernel (no exit); the write after an
+ * This is the ordering guarantee of Keir Fraser's "[PATCH v2 3/4] KVM: Implement barriers before
+ * accessing kvm->buses[] on SRCU read paths" (Jul 16 2025) made observable: the four writes right
+ * after an acknowledged registration must be completed in the kernel (no exit); the write after an
  * acknowledged deregistration must exit. The shadow checks both, and reconciles the eventfd counts
  * with the reports (4 in the kernel + 1 in userspace = 5 per slot and round).
  * Why slots in batches: on a kernel that frees the old bus with call_srcu(), a deregistration's

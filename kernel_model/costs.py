@@ -53,7 +53,7 @@ class Costs:
     create_vm: int = 340 * US
     set_user_memory_region: int = 65 * US   # a 128 MiB slot; ~85 us with its uncontended synchronize
     ioeventfd: int = 500
-    create_irqchip: int = 28 * US
+    create_irqchip: int = 8 * US    # ~28 us with its irq_srcu synchronize (kvm_set_irq_routing())
     create_vcpu_first: int = 100 * US
     create_vcpu: int = 60 * US
     kvm_run_entry: int = 130 * US

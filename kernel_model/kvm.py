@@ -56,6 +56,10 @@ ARM64_VGIC_DIST_BASE = 0x08000000
 ARM64_VGIC_DIST_SIZE = 0x10000
 ARM64_VGIC_REDIST_BASE = 0x080A0000
 ARM64_VGIC_REDIST_SIZE = 0x20000
+#: vgic_init()'s default SPI count when userspace set none (VGIC_NR_IRQS_LEGACY - VGIC_NR_PRIVATE_IRQS).
+ARM64_VGIC_DEFAULT_SPIS = 224
+#: arch/x86/kvm/irq_comm.c default_routing[]: GSIs 0-15 on the PIC and the IOAPIC, 16-23 on the IOAPIC.
+X86_DEFAULT_IRQ_ROUTES = 40
 
 
 class KvmIoctlError(OSError):
@@ -214,7 +218,7 @@ class KvmModel:
         #: By (address space, slot id), as kvm->memslots[as_id] holds them.
         self.memslots: dict[tuple[int, int], Memslot] = {}
         #: kvm->irq_srcu: protects the GSI routing table (virt/kvm/irqchip.c), apart from kvm->srcu.
-        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu")
+        self.irq_srcu = srcutree.SrcuStruct(sim, "kvm->irq_srcu", nr_cpu_ids=nr_cpu_ids)
         #: KVM_CAP_SPLIT_IRQCHIP enabled: the local APICs are in the kernel, the PIC and IOAPIC are not.
         self.irqchip_split = False
         self.pit = False
@@ -306,6 +310,7 @@ class KvmModel:
         for i in range(self.created_vcpus):
             self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, redist_base + i * ARM64_VGIC_REDIST_SIZE,
                                          ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{i}"))
+        self.kvm_set_irq_routing(ARM64_VGIC_DEFAULT_SPIS)  # vgic_init() -> kvm_vgic_setup_default_irq_routing()
         self.vgic_initialized = True
         self._registrations_returned()
 
@@ -327,6 +332,11 @@ class KvmModel:
         self.sim.spend(self.costs.create_irqchip)
         for bus_idx, addr, length, name in self.platform.irqchip_devices:
             self.kvm_io_bus_register_dev(bus_idx, addr, length, InKernelDevice(name))
+        if self.platform.irqchip_before_vcpus:
+            # x86 kvm_arch_vm_ioctl(KVM_CREATE_IRQCHIP) ends with kvm_setup_default_irq_routing(): the
+            # default table (16 GSIs on both PIC and IOAPIC, 8 on the IOAPIC only) and an expedited
+            # grace period of kvm->irq_srcu, milliseconds on a busy host.
+            self.kvm_set_irq_routing(X86_DEFAULT_IRQ_ROUTES)
         self.irqchip = True
         self._registrations_returned()
 
@@ -435,7 +445,9 @@ class KvmModel:
         """KVM_CREATE_PIT2, models kvm_arch_vm_ioctl()'s create_pit and kvm_create_pit()
         (arch/x86/kvm/i8254.c, v6.18): EEXIST for a second PIT, ENOENT without the in-kernel PIC; then
         the PIT's ports 0x40-0x43 are registered on KVM_PIO_BUS, and with KVM_PIT_SPEAKER_DUMMY the
-        speaker port 0x61 too: each a kvm_io_bus_register_dev(), freed by the variant's rule.
+        speaker port 0x61 too: each a kvm_io_bus_register_dev(), freed by the variant's rule. The PIT
+        starts in reinject mode: kvm_pit_set_reinject() sets the APICV_INHIBIT_REASON_PIT_REINJ inhibit
+        (which on SVM with AVIC keeps the first vCPU from installing the APIC-access page).
         Simplified: the PIT's kthread worker, irq source id and ack/mask notifiers are in the fixed cost."""
         self._alive()
         self._x86_only("KVM_CREATE_PIT2")
@@ -444,6 +456,7 @@ class KvmModel:
         if not self.irqchip:
             raise KvmIoctlError(errno.ENOENT, "KVM_CREATE_PIT2: needs the in-kernel PIC (KVM_CREATE_IRQCHIP)")
         self.sim.spend(self.costs.create_pit2)
+        self.kvm_set_apicv_inhibit("pit-reinject")
         self.kvm_io_bus_register_dev(KvmBus.KVM_PIO_BUS, KVM_PIT_BASE_ADDRESS, KVM_PIT_MEM_LENGTH,
                                      InKernelDevice("pit"))
         if speaker_dummy:

@@ -133,7 +133,7 @@ def published_table() -> str:
     """The table as Markdown, between its markers, with its numbered sources below it."""
     table = rows()
     sources = list(dict.fromkeys(r.source for r in table))
-    lines = [BEGIN, f"Every model figure: `minivmm model --samples {SAMPLES}` (seed 0) for the sequence, "
+    lines = [BEGIN, f"Every model figure: `minivmm model --samples {SAMPLES} --seed 0` for the sequence, "
              "variant, HZ and platform named, without a host profile.", "",
              "| published | conditions | model | agrees? | source |", "|---|---|---|---|---|"]
     lines += [f"| {r.published} | {r.conditions} | {r.model} | {r.agrees} | [{sources.index(r.source) + 1}] |"

@@ -36,6 +36,7 @@ import os
 import random
 import re
 import stat
+import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -289,7 +290,7 @@ def format_step(step: Step) -> str:
 def format_sequence(seq: Sequence) -> str:
     """The sequence in the file format: ``parse_sequence(format_sequence(seq))`` gives the same steps
     and gaps. A ``gap`` line is written wherever the gap before a step changes."""
-    lines = [f"# {seq.name}: {seq.description}".replace("\n", " ").rstrip()]
+    lines = textwrap.wrap(f"{seq.name}: {seq.description}", 78, initial_indent="# ", subsequent_indent="# ")
     gap = DEFAULT_GAP_NS
     for step in seq.steps:
         if step.gap_ns != gap:

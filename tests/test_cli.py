@@ -309,3 +309,17 @@ def test_ctrl_c_during_start_up_never_shows_a_traceback_from_minivmm():
         assert "minivmm/" not in err and "minivmm\\" not in err, err
         if "Traceback" not in err:
             assert p.returncode in (130, -signal.SIGINT) and err == "", (p.returncode, err)
+
+
+def test_help_and_readme_cite_messages_not_internal_numbers():
+    """Every place the project cites the mailing list for a reader (README, each command's --help) names
+    the message, never an internal 'seed NNN' number."""
+    from conftest import ROOT
+    texts = {"README.md": (ROOT / "README.md").read_text()}
+    top = run_cli("--help").stdout
+    commands = re.findall(r"^    (\w+) ", top, re.M)
+    assert {"boot", "timing", "model", "info"} <= set(commands)
+    for command in commands:
+        texts[f"minivmm {command} --help"] = run_cli(command, "--help").stdout
+    for where, text in texts.items():
+        assert not re.search(r"\bseeds? ?0\d\d", text), where

@@ -60,6 +60,12 @@ REFUSED = [
     ("create_vm\nioeventfd addr=0xd0000000 len=4\nioeventfd addr=0xd0000000 len=4\n", "step 3", "collides",
      "EEXIST"),
     ("create_vm\nioeventfd_deassign addr=0xd0000000 len=4\n", "step 2", "nothing at 0xd0000000", "ENOENT"),
+    # what model used to accept and timing refused: one validation for both now
+    ("create_vm\nrun vcpu=0\n", "step 2", "has not been created", "EBADF"),
+    ("create_vm\nmemslot slot=0 base=0 size=1000\n", "step 2", "multiples of the page size", "EINVAL"),
+    ("create_vm\nmemslot slot=0 base=0 size=1M\nmemslot slot=1 base=0x80000 size=1M\n", "step 3", "overlaps",
+     "EEXIST"),
+    ("create_vm\nvcpu id=0 id=1\n", "refused.seq:2", "id given twice", ""),
 ]
 
 
@@ -72,7 +78,7 @@ def test_a_step_the_kernel_refuses_is_one_line_naming_the_step(tmp_path, text, s
         assert proc.returncode == 2, (command, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("minivmm: error: sequence "), lines
+        assert len(lines) == 1 and lines[0].startswith("minivmm: error: "), lines
         for fragment in (step, reason, errno_name):
             assert fragment in lines[0]
 
@@ -110,3 +116,33 @@ def test_show_sequence_of_an_unknown_name_is_one_line():
     proc = run_cli("model", "--show-sequence", "nope")
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "neither a named sequence" in proc.stderr
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("/dev/zero", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("big", "the limit is"),
+    ("secret", ":1: not a step"),
+])
+def test_sequence_files_that_cannot_be_read_are_one_line_at_the_cli(tmp_path, case, fragment):
+    """The loader's refusals (the ops helper's bounded read) reach the user as one line and exit 2, from
+    both commands, without hanging on a FIFO, reading /dev/zero forever or quoting a file's content."""
+    import os
+    if case == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif case == "big":
+        path = tmp_path / "big.seq"
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+    elif case == "secret":
+        path = tmp_path / "shadow"
+        path.write_text("root:$6$SECRETHASH:19000:0:99999:7:::\n")
+    else:
+        path = case
+    for command in (["model"], ["timing", "-r", "1", "--platform", "pvm", "--hz", "250"]):
+        proc = run_cli(*command, "-s", str(path), timeout=30)
+        assert proc.returncode == 2, (command, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("minivmm: error: ") and fragment in lines[0], lines
+        assert "Traceback" not in proc.stderr and "SECRETHASH" not in proc.stderr and proc.stdout == ""

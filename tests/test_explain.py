@@ -24,7 +24,10 @@ def test_registrations_first_under_call_srcu_the_memslot_waits_on_a_registration
     # were queued behind it. Every other step waited for nothing.
     assert seq.steps[memslot.started_by_step].op == "irqchip"
     assert memslot.waited_ns > 1_000_000 and memslot.started_ns_before > 0
-    assert [s.index for s in steps if s.waited_for_gp] == [memslot.index]
+    assert [s.index for s in steps if s.waited_for_gp and s.srcu == "kvm->srcu"] == [memslot.index]
+    # KVM_CREATE_IRQCHIP's kvm_set_irq_routing() waits for its own expedited grace period of irq_srcu.
+    irqchip = _by_op(steps, "irqchip")[0]
+    assert irqchip.waited_for_gp and irqchip.srcu == "kvm->irq_srcu" and not irqchip.transferred
     assert "started by step #2 KVM_CREATE_IRQCHIP (call_srcu)" in memslot.describe()
 
 

@@ -140,3 +140,13 @@ def test_arm64_vgic_init_starts_the_grace_period_the_next_memslot_waits_for():
     t0 = kvm.sim.now
     kvm.set_user_memory_region(0, 0x80000000, 1 << 20)
     assert kvm.sim.now - t0 > 10_000_000 * 0.9  # (2 - phase) jiffies at HZ=100, phase 0.3
+
+
+def test_x86_irqchip_synchronizes_irq_srcu_not_kvm_srcu():
+    kvm = vm("pvm")
+    kvm.create_irqchip()
+    assert len(kvm.irq_srcu.grace_periods) == 1 and kvm.irq_srcu.grace_periods[0].expedited_at_end
+    # kvm->srcu's normal grace period (the irqchip's registrations) does not delay irq_srcu's:
+    t0 = kvm.sim.now
+    kvm.kvm_set_irq_routing(1)
+    assert kvm.sim.now - t0 < 100_000 and kvm.srcu.gp_in_flight

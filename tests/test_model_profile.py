@@ -141,3 +141,30 @@ def test_wakeup_latency_applies_only_to_waits_no_timer_ended():
     timed = kvm.sim.now - t0
     assert idle > 4_000_000
     assert timed < 2 * TICK  # no extra 4 ms on top of the timer's own draw
+
+
+def test_a_run_whose_jiffies_lagged_does_not_break_the_grid():
+    lat = [random.Random(9).choice([40_000, 80_000, 300_000]) for _ in range(300)]
+    runs = synthetic_runs(1_000_000, lat)
+    # one registration just after a boundary read the old jiffy: its timer fired a tick early
+    r = runs[7]
+    runs[7] = CalibrationRun(r.t_reg_ns, r.t_end_ns - TICK)
+    est = estimate_tick_offset(runs, 250)
+    assert min(abs(est - 1_000_000), TICK - abs(est - 1_000_000)) < 60_000
+    assert len(timer_latencies(runs, 250, 0)) == 300
+
+
+@pytest.mark.kvm
+def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
+    from conftest import run_cli
+    out = tmp_path / "p.json"
+    proc = run_cli("timing", "--calibrate", "--repeat", "80", "--profile", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prof = load_profile(str(out))
+    assert prof.calibration_runs == 80 and len(prof.timer_latency_ns) > 2 and prof.wakeup_latency_ns
+    assert "host profile:" in proc.stdout
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"mine": true}')
+    proc = run_cli("timing", "--calibrate", "--repeat", "5", "--profile", str(foreign))
+    assert proc.returncode == 2 and "not a minivmm host profile" in proc.stderr
+    assert foreign.read_text() == '{"mine": true}'

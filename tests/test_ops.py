@@ -272,3 +272,30 @@ def test_tss_addr_is_a_fixed_cost_on_x86_and_refused_on_arm64():
     assert predict(seq, "call_srcu", 250, "vmx", samples=3).steps[1].durations == [Costs().set_tss_addr] * 3
     with pytest.raises(SequenceError, match="ENOTTY"):
         validate(seq, "arm64")
+
+
+def test_pit2_inhibits_the_apic_access_page_on_svm_with_avic_but_not_on_vmx():
+    """kvm_create_pit() starts the PIT in reinject mode, which sets APICV_INHIBIT_REASON_PIT_REINJ."""
+    from kernel_model.kvm import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.sim import Sim
+    from kernel_model.variants import get_variant
+    swaps = {}
+    for platform in ("svm", "vmx"):
+        kvm = KvmModel(Sim(250), get_variant("sync"), get_platform(platform))
+        kvm.create_irqchip()
+        kvm.create_pit2()
+        before = kvm.memslot_swaps
+        kvm.create_vcpu(0)
+        swaps[platform] = kvm.memslot_swaps - before
+    assert swaps["svm"] == 0 and swaps["vmx"] == get_platform("vmx").memslot_address_spaces
+
+
+@pytest.mark.kvm
+def test_a_memslot_moved_under_the_loop_guest_runs_it():
+    """A move keeps the slot's userspace address (KVM requires it) and the loop guest lands at 0x1000."""
+    from minivmm.timing.runner import measure
+    seq = parse_sequence("create_vm\nmemslot slot=0 base=0x100000 size=1M\nmemslot slot=0 base=0 size=1M\n"
+                         "vcpu id=0\nrun vcpu=0", "moved")
+    reps, _ = measure(seq, 1, jitter=False, hz=250, platform="pvm")
+    assert min(reps[0].durations_ns) > 0

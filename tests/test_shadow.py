@@ -359,3 +359,18 @@ def test_the_shadow_judges_exactly_the_bus_exits_of_the_registry(cls):
     if on_a_bus:
         access = exit_.bus_access()
         assert access is not None and access.pio is (cls in PIO_EXITS) and access.addr == exit_[0]
+
+
+def test_past_the_version_cap_a_long_window_is_not_judged_rather_than_judged_on_part_of_it(monkeypatch):
+    import minivmm.shadow.checker as checker
+    monkeypatch.setattr(checker, "MAX_VERSIONS", 8)
+    shadow, _, ev = shadow_with_doorbell()
+    shadow.vcpu_created(0)
+    pinned = shadow.version          # vCPU 0 enters KVM_RUN (a guest spinning without exits) ...
+    for _ in range(10):              # ... while registrations come and go (another vCPU's doing)
+        register(shadow, ev)
+        unregister(shadow, ev)
+    register(shadow, ev)             # claimed in the newest versions, not in the dropped ones
+    assert shadow.versions_kept == 8
+    shadow.check_exit(0, MmioWrite(DOORBELL, b"\1\0\0\0"), pinned, shadow.version)
+    assert shadow.violation_count == 0 and shadow.exits_not_judged == 1 and shadow.exits_checked == 1

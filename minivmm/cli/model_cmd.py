@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
                                                          subsequent_indent="    ") + "\n")
         return 0
     if args.show_sequence is not None:
-        from kernel_model.sequences import format_sequence
-        sys.stdout.write(format_sequence(seqinput.load(args.show_sequence)))
+        sys.stdout.write(seqinput.to_file_text(seqinput.load(args.show_sequence)))
         return 0
     seq = seqinput.load(args.sequence)
     try:

@@ -38,3 +38,12 @@ def refuse_what_the_kernel_refuses(seq: Sequence, platform: str = "vmx") -> None
         validate(seq, platform)
     except SequenceError as e:
         raise CliError(str(e)) from None
+
+
+def to_file_text(seq: Sequence) -> str:
+    """``seq`` in the sequence file format, so that loading the text gives the same steps back
+    (``minivmm model --show-sequence NAME > mine.seq`` is a starting point for a sequence of one's own):
+    ``kernel_model.sequences.format_sequence``, which every op's spec drives."""
+    from kernel_model.sequences import format_sequence
+
+    return format_sequence(seq)

@@ -224,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
 
     def text() -> None:
         render(comparison, facts, overhead, sys.stdout)
+        if args.profile:
+            sys.stdout.write(f"model: timer and wake-up latencies drawn from the host profile {args.profile}\n")
         if plot_path:
             sys.stdout.write(f"plot: {plot_path}\n")
     if partial:  # an interrupted measurement is reported, but it decides no gate

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where durations come from: the kernel's raw_syscalls tracepoints (kernel), the "
                         "tracer's stops (ptrace), or kernel where tracefs is available (auto, the default)")
     p.add_argument("--json", action="store_true", help="one JSON document (schema_version 1) instead of text")
+    p.add_argument("--format", dest="out_format", choices=["text", "json", "openmetrics"], default=None,
+                   help="text (default), json (as --json) or openmetrics (Prometheus node_exporter textfile "
+                        "collector: one gauge per set-up step, the whole set-up, the ioctl count)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the report to FILE instead of stdout (the program's own output stays on "
                         "stdout; use this with --json when the program prints)")
@@ -132,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     path, argv = resolve_command(args.command)
     if args.detach and args.until != "first-run":
         raise CliError("--detach needs --until first-run (it says when to detach)")
+    if args.json and args.out_format not in (None, "json"):
+        raise CliError(f"--json and --format {args.out_format} contradict each other; give one")
     if args.samples < 10:
         raise CliError("--samples must be at least 10")
     for option, value in (("--save-sequence", args.save_sequence), ("--output", args.output)):
@@ -254,9 +259,13 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
             write_atomically(args.save_sequence, text)
     out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 - closed below
     try:
-        if args.json:
+        fmt = args.out_format or ("json" if args.json else "text")
+        if fmt == "json":
             json.dump(report.to_json(result, ex, note, outcome, code, host), out, indent=2)
             out.write("\n")
+        elif fmt == "openmetrics":
+            from minivmm.compare.openmetrics import trace_openmetrics
+            out.write(trace_openmetrics(report.to_json(result, ex, note, outcome, code, host)))
         else:
             report.render_text(result, ex, note, out)
     finally:

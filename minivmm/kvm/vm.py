@@ -100,7 +100,8 @@ class Vm:
 
         ``length`` 0 matches writes of any length (KVM_CAP_IOEVENTFD_ANY_LENGTH); ``datamatch`` None
         matches any value. The kernel registers a device on the MMIO (or PIO) bus: this is one of the
-        ``kvm_io_bus_register_dev`` calls the seeds are about.
+        ``kvm_io_bus_register_dev`` calls that kernel commit 7d9a0273c459 made defer the old bus's free.
+        The observer hears of it before the ioctl is issued and after it returned (see VmObserver).
 
         Safety: the kernel takes its own reference on the eventfd (``eventfd_ctx_fdget``), so closing
         ``event.fd`` later does not leave KVM with a dangling file; the argument struct is only read

@@ -23,6 +23,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "model": 1,
     "timing": 1,
     "compare": 1,
+    "trace": 1,
 }
 
 

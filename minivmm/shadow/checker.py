@@ -219,12 +219,7 @@ class ShadowChecker:
         The new version is stored before ``version`` is raised, so a reader that sees a number finds
         its version (a dict store and an attribute store are each atomic under the GIL).
         """
-        # The twin's SRCU keeps a record of every grace period, for the model's reports; the shadow
-        # never reads it and a guest can start grace periods without end (a register/unregister loop),
-        # so keep only the one in progress (srcu_gp_end() completes the last record).
-        grace_periods = self.model.srcu.grace_periods
-        if len(grace_periods) > 16:
-            del grace_periods[:-1]
+        self._trim_model_history()
         number = self.versions_published
         mmio, pio = self.model.buses[MMIO], self.model.buses[PIO]
         mmio_views, pio_views = self._mmio_views, self._pio_views
@@ -239,6 +234,21 @@ class ShadowChecker:
             mmio_views.pop(self._oldest, None)
             pio_views.pop(self._oldest, None)
             self._oldest += 1
+
+    def _trim_model_history(self) -> None:
+        """Drop the twin's SRCU bookkeeping of the past: the record of every grace period, who asked
+        for each and every blocking wait are kept by the model for its reports and attribution (not
+        kernel state); the shadow reads none of it, and a guest can start grace periods without end
+        (a register/unregister loop), so only what the model still reads is kept: the grace period in
+        progress (srcu_gp_end() completes the last record) and the requests for ones yet to start."""
+        ssp = self.model.srcu
+        if len(ssp.grace_periods) > 16:
+            del ssp.grace_periods[:-1]
+        if len(ssp.waits) > 16:
+            ssp.waits.clear()
+        if len(ssp.gp_requests) > 16:
+            for seq in [seq for seq in ssp.gp_requests if seq <= ssp.srcu_gp_seq]:
+                del ssp.gp_requests[seq]
 
     @property
     def versions_kept(self) -> int:

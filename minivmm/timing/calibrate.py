@@ -90,13 +90,30 @@ def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[in
     return out
 
 
+#: Runs allowed to disagree with the grid (see estimate_tick_offset): at most this share, or one run.
+LATE_JIFFIES_SHARE = 0.03
+
+
+def _negatives(runs: list[CalibrationRun], tick: int, offset: int) -> int:
+    return sum(lat < 0 for lat in _latencies(runs, tick, offset))
+
+
 def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
-    """The tick grid's offset in CLOCK_MONOTONIC (0 <= offset < 1/HZ), from the runs (module docstring)."""
+    """The tick grid's offset in CLOCK_MONOTONIC (0 <= offset < 1/HZ), from the runs (module docstring).
+
+    A few runs may return "before" their timer's tick on the true grid: when the tick interrupt that
+    advances ``jiffies`` arrives late (a virtual machine's ticks can), a registration just after a
+    boundary still reads the old jiffy and its timer fires a tick earlier. Up to LATE_JIFFIES_SHARE of
+    the runs (or one) may do so; the grid is the middle of the widest range of offsets with the
+    fewest such runs.
+    """
     tick = NSEC_PER_SEC // hz
-    good = [min(_latencies(runs, tick, o)) >= 0 for o in range(0, tick, GRID_STEP_NS)]
-    if not any(good):
-        raise CalibrationError("no tick grid fits every run: some memslot returned before any timer "
-                               "could have fired (is the host's HZ right?)")
+    counts = [_negatives(runs, tick, o) for o in range(0, tick, GRID_STEP_NS)]
+    fewest = min(counts)
+    if fewest > max(1, int(LATE_JIFFIES_SHARE * len(runs))):
+        raise CalibrationError(f"no tick grid fits the runs ({fewest} of {len(runs)} memslots returned before "
+                               "any timer could have fired: is the host's HZ right?)")
+    good = [c == fewest for c in counts]
     n = len(good)
     best_len, best_start = 0, 0
     for start in range(n):  # widest circular run of good offsets
@@ -111,14 +128,21 @@ def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
     if best_len * GRID_STEP_NS > tick // 4:
         raise CalibrationError(f"the runs leave the tick grid undetermined within {best_len * GRID_STEP_NS} ns; "
                                "use more runs")
-    return ((best_start + best_len / 2) * GRID_STEP_NS) % tick  # type: ignore[return-value]
+    return int((best_start + best_len / 2) * GRID_STEP_NS) % tick
 
 
 def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int) -> list[int]:
-    """Per run, the latency beyond the model's fixed chain (>= 0)."""
+    """Per run, the latency beyond the model's fixed chain (>= 0). A run whose timer fired a tick
+    early on the grid (late jiffies, see estimate_tick_offset) is counted from that earlier tick."""
     tick = NSEC_PER_SEC // hz
-    offset = int(estimate_tick_offset(runs, hz))
-    return [max(0, lat - chain_ns) for lat in _latencies(runs, tick, offset)]
+    offset = estimate_tick_offset(runs, hz)
+    out = []
+    for lat in _latencies(runs, tick, offset):
+        if lat < 0:
+            lat += tick
+        if lat >= 0:
+            out.append(max(0, lat - chain_ns))
+    return out
 
 
 def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int | None = None,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kernel_model.ops import LOOP_ADDR, Args
+from minivmm.kvm.exits import Interrupted, IoOut
 from minivmm.kvm.memory import GuestMemory
 from minivmm.kvm.system import Kvm
 from minivmm.kvm.uapi import ffi, lib
@@ -39,6 +40,7 @@ class RunningVcpu:
         self.vcpu = vcpu
         self.stop = False
         self.first_run_ns: int | None = None
+        self.first_exit: object = None
         self.exits = 0
         self.error: str | None = None
         self.done = threading.Event()
@@ -48,8 +50,9 @@ class RunningVcpu:
         block_process_signals()
         try:
             t0 = time.monotonic_ns()
-            self.vcpu.run()
+            first = self.vcpu.run()
             self.first_run_ns = time.monotonic_ns() - t0
+            self.first_exit = first
             while not self.stop:
                 self.vcpu.run()
                 self.exits += 1
@@ -66,6 +69,12 @@ class RunningVcpu:
             time.sleep(0.0001)
         if self.error:
             raise SequenceUnrunnable(f"KVM_RUN failed: {self.error}")
+        first = self.first_exit
+        if not (isinstance(first, (IoOut, Interrupted)) and (not isinstance(first, IoOut) or first.port == 0x80)):
+            # Not the loop guest's `out` to port 0x80: the step would time something else.
+            what = first.describe() if hasattr(first, "describe") else repr(first)
+            raise SequenceUnrunnable(f"vCPU {self.vcpu.id} did not run the loop guest at {LOOP_ADDR:#x} "
+                                     f"(first exit: {what})")
         return self.first_run_ns or 0
 
     def halt(self) -> None:
@@ -137,8 +146,9 @@ def _memslot(st: HostState, a: Args) -> Callable[[], int | None]:
     if mem is None or mem.size != size:
         mem = GuestMemory(base, size)
         st.memories.append(mem)
-        if mem.contains(LOOP_ADDR, len(LOOP_GUEST)):
-            mem.write(LOOP_ADDR, LOOP_GUEST)
+    if base <= LOOP_ADDR and LOOP_ADDR + len(LOOP_GUEST) <= base + size:
+        # The run op's guest loop, at LOOP_ADDR wherever this slot (new or moved) puts it.
+        mem.write(mem.guest_phys_addr + LOOP_ADDR - base, LOOP_GUEST)
     host_addr = mem.host_addr
     flags = (lib.KVM_MEM_READONLY if a["readonly"] else 0) | (lib.KVM_MEM_LOG_DIRTY_PAGES if a["log_dirty"] else 0)
 

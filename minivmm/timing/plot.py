@@ -34,6 +34,14 @@ MEASURED = {"color": "black", "linestyle": "-", "linewidth": 2.2, "zorder": 5}
 PUBLISHED_MARKS = (("*", "#8c564b"), ("D", "#e377c2"), ("P", "#17becf"), ("X", "#bcbd22"))
 
 
+def _who_when(source: str) -> str:
+    """'Nikita Kalyazin, "Re: ...", Feb 13 2026, https://...' -> 'Nikita Kalyazin, Feb 13 2026'."""
+    import re
+    date = re.search(r"\b[A-Z][a-z]{2} \d{1,2} \d{4}\b", source)
+    author = source.split(",")[0]
+    return f"{author}, {date.group(0)}" if date else author
+
+
 def _cdf(samples_ms: list[float]) -> tuple[list[float], list[float]]:
     xs = sorted(samples_ms)
     return xs, [(k + 1) / len(xs) for k in range(len(xs))]
@@ -80,7 +88,7 @@ def plot(c: Comparison, out: BinaryIO, hz: int, platform: str) -> None:
             ms = fig_.after_s * 1000  # type: ignore[operator]  # filtered above
             top = max(top, ms)
             hz_text = f"HZ={fig_.hz}" if fig_.hz else "HZ not stated"
-            label = f"published: {fig_.what} {ms:.1f} ms, {hz_text}, {fig_.platform} ({fig_.source.split(',')[0]})"
+            label = f"published: {fig_.what} {ms:.1f} ms, {hz_text}, {fig_.platform} ({_who_when(fig_.source)})"
             marker, color = PUBLISHED_MARKS[k % len(PUBLISHED_MARKS)]
             (mark,) = ax.plot([ms], [0.5], marker=marker, markersize=11, linestyle="none", zorder=6, color=color,
                               markeredgecolor="black", markeredgewidth=0.6, label=label)

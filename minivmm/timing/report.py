@@ -103,6 +103,23 @@ def warnings(c: Comparison, host: TimingHost) -> list[str]:
     return out
 
 
+def split_source(source: str) -> tuple[str, str]:
+    """A figure's source as (the message: author, subject, date, link; what is said about the figure):
+    several figures from one message are then cited once."""
+    import re
+    m = re.search(r"https?://\S+", source)
+    if m is None:
+        return source, ""
+    end = m.end()
+    while end > m.start() and source[end - 1] in ":,;.":
+        end -= 1
+    note = source[end:].lstrip(":,; ").strip()
+    if note.startswith("(") and ")" in note:  # "(arm64; HZ not stated), strace -T" -> "arm64; HZ not stated, strace -T"
+        inner, _, rest = note[1:].partition(")")
+        note = inner + rest
+    return source[:end], note.strip(" ,")
+
+
 def render_published(c: Comparison, host: TimingHost, stalls: set[int], labels: list[str],
                      out: TextIO) -> None:
     """The published figures beside the steps they correspond to, each with its source cited once below,
@@ -112,13 +129,16 @@ def render_published(c: Comparison, host: TimingHost, stalls: set[int], labels: 
     w("\npublished figures beside the steps they correspond to\n")
     for i, figs in sorted(c.published.items()):
         for fig in figs[:2]:
-            if fig.source not in sources:
-                sources.append(fig.source)
+            message, note = split_source(fig.source)
+            if message not in sources:
+                sources.append(message)
             before = f"{fig.before_s:.6f} s" if fig.before_s is not None else "-"
             after = f"{fig.after_s:.6f} s" if fig.after_s is not None else "-"
             hz = f"HZ={fig.hz}" if fig.hz else "HZ not stated"
-            w(f"  {labels[i]}: {fig.what} {before} before 7d9a0273c459, {after} after ({hz}, {fig.platform}) "
-              f"[{sources.index(fig.source) + 1}]\n")
+            items = (y.strip() for y in note.replace(";", ",").split(","))
+            said = [x for x in items if x and x not in (hz, fig.platform)]  # not what the line already says
+            w(f"  {labels[i]}: {fig.what} {before} before 7d9a0273c459, {after} after ({hz}, {fig.platform}"
+              f"{'; ' + ', '.join(said) if said else ''}) [{sources.index(message) + 1}]\n")
             if fig.kind == "stalled" and fig.hz and fig.after_s is not None and fig.after_s > 0.005:
                 lo, hi, ms = 1000 / fig.hz, 2000 / fig.hz, fig.after_s * 1000
                 where = ("inside" if lo <= ms <= hi else

@@ -24,15 +24,6 @@ from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.timing.host_ops import HOST_OPS, HostState, SequenceUnrunnable
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
-class MeasurementInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`measure`: carries the repetitions finished so far, for a partial report."""
-
-    def __init__(self, reps: list[Repetition], overhead: dict[str, float]) -> None:
-        super().__init__()
-        self.reps = reps
-        self.overhead = overhead
-
-
 __all__ = ["MeasurementInterrupted", "Repetition", "SequenceRunner", "SequenceUnrunnable", "check_runnable",
            "measure"]
 
@@ -44,6 +35,15 @@ class Repetition:
     durations_ns: list[int]
     gaps_ns: list[int]
     records: list[IoctlRecord | None]
+
+
+class MeasurementInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`measure`: carries the repetitions finished so far, for a partial report."""
+
+    def __init__(self, reps: list[Repetition], overhead: dict[str, float]) -> None:
+        super().__init__()
+        self.reps = reps
+        self.overhead = overhead
 
 
 def _wait_until(t_ns: int) -> None:

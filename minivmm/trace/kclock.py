@@ -12,7 +12,10 @@ but without the arguments. ``trace`` is not consumed by reading, so it is read o
 two views are zipped line by line (both list the same events in the same order).
 
 The instance (and the tracefs mount, if we made it) is removed in every case: :class:`KernelClock` is
-a context manager, and ``close()`` is idempotent.
+a context manager, and ``close()`` is idempotent. tracefs is used where the system mounts it, else on a
+private mount of our own (never on another program's temporary mount, whose unmounting our open files
+would block). Both names carry the tracer's pid, so what a killed run left behind is recognised and
+removed by the next one.
 """
 
 from __future__ import annotations
@@ -48,13 +51,48 @@ class SyscallSpan:
     ret: int | None = None
 
 
+#: Where distributions mount tracefs. Only these are shared: another program's temporary mount is never
+#: used, since our open files would keep it from being unmounted.
+STANDARD_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+#: Our own names: a private mount directory and trace instances, both carrying the tracer's pid.
+MOUNT_PREFIX = "minivmm-trace-tracefs-"
+INSTANCE_PREFIX = "minivmm-trace-"
+
+
 def _find_tracefs() -> str | None:
     with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "tracefs":
-                return parts[1]
-    return None
+        mounts = {parts[1] for line in f if len(parts := line.split()) > 2 and parts[2] == "tracefs"}
+    return next((m for m in STANDARD_MOUNTS if m in mounts), None)
+
+
+def _pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _remove_stale(root: str) -> None:
+    """Remove what an earlier minivmm trace left behind when it was killed (SIGKILL leaves no chance to
+    clean up): our instances whose tracer pid is gone, and our private mounts likewise."""
+    instances = os.path.join(root, "instances")
+    for name in os.listdir(instances):
+        rest = name[len(INSTANCE_PREFIX):].split("-", 1)[0] if name.startswith(INSTANCE_PREFIX) else ""
+        if rest.isdigit() and not _pid_alive(int(rest)):
+            try:
+                _write(os.path.join(instances, name, "events", "raw_syscalls", "enable"), "0")
+                os.rmdir(os.path.join(instances, name))
+            except OSError:
+                pass
+    tmp = tempfile.gettempdir()
+    with open("/proc/mounts") as f:
+        ours = [p[1] for line in f if len(p := line.split()) > 2 and p[2] == "tracefs"
+                and os.path.dirname(p[1]) == tmp and os.path.basename(p[1]).startswith(MOUNT_PREFIX)]
+    for mount in ours:
+        pid = os.path.basename(mount)[len(MOUNT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if subprocess.run(["umount", mount], capture_output=True).returncode == 0:
+                try:
+                    os.rmdir(mount)
+                except OSError:
+                    pass
 
 
 def _write(path: str, value: str) -> None:
@@ -79,7 +117,7 @@ class KernelClock:
         root = _find_tracefs()
         clock = cls()
         if root is None:
-            clock.mounted_here = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{os.getpid()}-")
+            clock.mounted_here = tempfile.mkdtemp(prefix=f"{MOUNT_PREFIX}{os.getpid()}-")
             proc = subprocess.run(["mount", "-t", "tracefs", "nodev", clock.mounted_here],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -87,7 +125,11 @@ class KernelClock:
                 raise KernelClockUnavailable(f"cannot mount tracefs: {proc.stderr.strip() or 'permission denied'}")
             root = clock.mounted_here
         clock.root = root
-        clock.instance = os.path.join(root, "instances", f"minivmm-trace-{pid}-{os.urandom(3).hex()}")
+        try:
+            _remove_stale(root)
+        except OSError:
+            pass  # hygiene only: a leftover we cannot remove does not stop this run
+        clock.instance = os.path.join(root, "instances", f"{INSTANCE_PREFIX}{os.getpid()}-{os.urandom(3).hex()}")
         try:
             events = os.path.join(root, "events", "raw_syscalls")
             if not os.path.isdir(events):

@@ -11,9 +11,6 @@ from typing import Any, TextIO
 from minivmm.trace.explain import Explanation, stalled_steps
 from minivmm.trace.tracer import IoctlEvent, StopReason, TraceResult
 
-SCHEMA_VERSION = 1
-
-
 def _sig(n: int | None) -> str:
     if n is None:
         return "?"
@@ -149,9 +146,7 @@ def to_json(r: TraceResult, ex: Explanation | None, note: str, outcome: str, exi
             "start_ns": ev.enter_ns, "offset_us": (ev.enter_ns - t0) / 1000,
             "duration_us": None if ev.duration_ns is None else ev.duration_ns / 1000,
             "clock": ev.clock.value, "first_run": ev.first_run, "step": step_of.get(ev.index)})
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "trace",
+    payload: dict[str, Any] = {
         "command": r.argv,
         "outcome": outcome,
         "exit_code": exit_code,
@@ -169,8 +164,9 @@ def to_json(r: TraceResult, ex: Explanation | None, note: str, outcome: str, exi
         "explanation": None if ex is None else explanation_json(r, ex),
     }
     if ex is None and note:
-        doc["explanation_unavailable"] = note
-    return doc
+        payload["explanation_unavailable"] = note
+    from minivmm.schemas import stamp
+    return stamp("trace", payload)
 
 
 def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
