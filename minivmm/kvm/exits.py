@@ -13,12 +13,13 @@ every exit, the program's hot path (scripts/bench_exits.py). Equality is by type
 from __future__ import annotations
 
 import enum
+import errno
 import re
 import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias, get_args
 
-from minivmm.kvm.uapi import ffi, lib
+from minivmm.kvm.uapi import ffi, lib, raise_for
 
 #: Every KVM_EXIT_* reason the host's header defines, by name (values from the header, not retyped).
 ExitReason = enum.IntEnum(  # type: ignore[misc]
@@ -242,6 +243,9 @@ _EXIT_FAIL_ENTRY = lib.KVM_EXIT_FAIL_ENTRY
 _EXIT_INTERNAL_ERROR = lib.KVM_EXIT_INTERNAL_ERROR
 _EXIT_SYSTEM_EVENT = lib.KVM_EXIT_SYSTEM_EVENT
 _IO_OUT = lib.KVM_EXIT_IO_OUT
+_KVM_RUN = lib.KVM_RUN
+_ioctl_val = lib.minivmm_ioctl_val
+_EINTR = errno.EINTR
 
 
 def _reader(fields: list[tuple[int, Any]]) -> Callable[[Any, int], tuple[Any, ...]]:
@@ -282,18 +286,30 @@ class ExitDecoder:
 
     Built once per vCPU: a byte view of the whole mapping is made here, not on every exit. ``run`` is a
     ``struct kvm_run *`` over a mapping of ``size`` bytes (IO data lives at ``io.data_offset`` from the
-    start of the mapping). The header and the ``io`` member are read with one ``unpack_from``: the
-    decode is on every exit's path (scripts/bench_exits.py).
+    start of the mapping); ``fd`` is the vCPU's, for ``decode(enter=True)``. The header and the ``io``
+    member are read with one ``unpack_from``: the decode is on every exit's path (scripts/bench_exits.py).
     """
 
-    __slots__ = ("run", "_bytes")
+    __slots__ = ("run", "fd", "_bytes")
 
-    def __init__(self, run: Any, size: int) -> None:
+    def __init__(self, run: Any, size: int, fd: int = -1) -> None:
         self.run = run
+        self.fd = fd
         self._bytes = ffi.buffer(run, size)
 
-    def decode(self) -> VcpuExit:
-        """Return the current exit as a value."""
+    def decode(self, enter: bool = False) -> VcpuExit:
+        """Return the current exit as a value.
+
+        With ``enter``, first run the vCPU until its next exit to userspace (KVM_RUN on ``fd``): this is
+        ``Vcpu.run``, so that entering the guest and decoding its exit take one Python frame, not two.
+        EINTR (a signal, or ``immediate_exit`` set) is not an error: it returns ``Interrupted``; any
+        other failure raises through the one errno choke point (``raise_for``).
+        """
+        if enter and _ioctl_val(self.fd, _KVM_RUN, 0) < 0:
+            err = ffi.errno
+            if err == _EINTR:
+                return INTERRUPTED
+            raise_for(_KVM_RUN, err)
         buf = self._bytes
         reason, direction, size, port, count, data_offset = _read_head(buf, 0)
         if reason == _EXIT_IO:

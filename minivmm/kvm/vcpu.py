@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from minivmm.kvm.exits import INTERRUPTED, ExitDecoder, VcpuExit
-from minivmm.kvm.uapi import MAP_FAILED, IoctlTracer, ffi, ioctl_ptr, lib, raise_for
-
-_KVM_RUN = lib.KVM_RUN
-_ioctl_val = lib.minivmm_ioctl_val
-_EINTR = 4
-_MMIO_DATA = ffi.offsetof("struct kvm_run", "mmio") + ffi.offsetof("kvm_run_mmio_t", "data")
+from minivmm.kvm.exits import ExitDecoder, VcpuExit
+from minivmm.kvm.uapi import MAP_FAILED, IoctlTracer, ffi, ioctl_ptr, lib
 
 
 def _closed() -> VcpuExit:
@@ -35,22 +32,14 @@ class Vcpu:
         self._map = ptr
         #: The shared ``struct kvm_run``; valid until close().
         self.run_struct: Any = ffi.cast("struct kvm_run *", ptr)
-        self._run_bytes = ffi.cast("char *", ptr)
-        #: The mapping as a buffer: reads are answered by one slice store (no cffi attribute walk).
-        self._buffer = ffi.buffer(ptr, mmap_size)
-        self._decode = ExitDecoder(self.run_struct, mmap_size).decode
-
-    def run(self) -> VcpuExit:
-        """Wrapper over KVM_RUN: enter the guest until the next exit to userspace, and decode that exit.
-
-        EINTR (a signal, or ``immediate_exit`` set) is not an error here: it returns ``Interrupted``.
-        """
-        if _ioctl_val(self.fd, _KVM_RUN, 0) < 0:
-            err = ffi.errno
-            if err == _EINTR:
-                return INTERRUPTED
-            raise_for(_KVM_RUN, err)
-        return self._decode()
+        # Byte views, made once: answers are stored by slice assignment (one C call, no cdata built).
+        self._run_bytes: Any = ffi.buffer(ptr, mmap_size)
+        self._mmio_data: Any = ffi.buffer(self.run_struct.mmio.data)
+        #: Wrapper over KVM_RUN: ``run()`` enters the guest until the next exit to userspace and returns
+        #: that exit decoded; EINTR (a signal, or ``immediate_exit`` set) is not an error, it returns
+        #: ``Interrupted``. It is the decoder's ``decode(enter=True)`` (a ``partial``, no frame of its
+        #: own): entry and decode are one Python frame on the exit path.
+        self.run: Callable[[], VcpuExit] = partial(ExitDecoder(self.run_struct, mmap_size, fd).decode, True)
 
     @property
     def immediate_exit(self) -> bool:
@@ -63,15 +52,18 @@ class Vcpu:
 
     def complete_io_in(self, data: bytes) -> None:
         """Answer a KVM_EXIT_IO read: ``data`` (``size * count`` bytes) is what the guest's IN receives."""
-        io = self.run_struct.io
-        if io.data_offset + len(data) > self._mmap_size:
+        offset = self.run_struct.io.data_offset
+        end = offset + len(data)
+        if end > self._mmap_size:
             raise ValueError("IO data would run past the kvm_run mapping")
-        ffi.memmove(self._run_bytes + io.data_offset, data, len(data))
+        self._run_bytes[offset:end] = data
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Answer a KVM_EXIT_MMIO read: ``data`` (``len`` bytes) is what the guest's load receives."""
-        n = min(len(data), 8)
-        self._buffer[_MMIO_DATA:_MMIO_DATA + n] = data[:n]
+        n = len(data)
+        if n > 8:  # mmio.data holds 8 bytes; a longer answer is cut as memmove(..., min(n, 8)) would
+            data, n = data[:8], 8
+        self._mmio_data[0:n] = data
 
     def get_regs(self) -> Any:
         """Wrapper over KVM_GET_REGS: a cffi-owned ``struct kvm_regs``."""
@@ -104,8 +96,8 @@ class Vcpu:
             self._map = None
             self.run_struct = None
             self._run_bytes = None
-            self._buffer = None
-            self._decode = _closed
+            self._mmio_data = None
+            self.run = _closed
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

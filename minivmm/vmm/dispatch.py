@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import partial
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from minivmm.devices.bus import Bus, BusTable, resolve_in
+from minivmm.devices.bus import Bus, BusDevice, BusTable, resolve_in
 from minivmm.kvm.exits import (EXIT_TYPES, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
                                MmioWrite, Shutdown, SystemEvent, Unsupported, VcpuExit)
 
@@ -38,6 +39,8 @@ class Verdict(enum.Enum):
 
 
 _CONTINUE = Verdict.CONTINUE
+#: Unclaimed accesses kept for the report, per vCPU (the rest are counted).
+FIRST_UNCLAIMED_KEPT = 8
 
 
 @dataclass
@@ -60,7 +63,7 @@ class DispatchStats:
     def note_unclaimed(self, space: str, addr: int, size: int, is_write: bool) -> None:
         """Count an unclaimed access, keeping the first few for the report."""
         self.unclaimed += 1
-        if len(self.first_unclaimed) < 8:
+        if len(self.first_unclaimed) < FIRST_UNCLAIMED_KEPT:
             self.first_unclaimed.append(UnclaimedAccess(space, addr, size, is_write))
 
 
@@ -81,60 +84,84 @@ def _verdict(v: Verdict) -> Handler:
     return handler
 
 
-#: A device's bound read and write and the offset of an access within its range: what a bus lookup
-#: answers, ready to call.
-Route = tuple[Callable[[int, int], bytes], Callable[[int, bytes], None], int]
-_MISS = object()
+#: A device's handler bound to one access, ready to call: a write's takes the data, a read's nothing (it
+#: returns the bytes read). ``functools.partial`` of the device's method with the offset (and a read's
+#: size) bound: calling one runs no Python frame of its own.
+Writer = Callable[[bytes], None]
+Reader = Callable[[], bytes]
 #: Past this many remembered accesses a route table starts afresh: a guest walking ever-new MMIO
 #: addresses cannot grow it without bound.
 ROUTE_LIMIT = 4096
 
 
-class RouteTable:
-    """One vCPU's memo of a bus's answers: address and size -> the claiming device's bound handlers.
+class _Routes(dict):  # type: ignore[type-arg]  # int -> Writer | Reader | None; see RouteTable
+    """One direction's routes of a :class:`RouteTable`: ``routes[addr << 4 | size]`` is the bound
+    handler, or None if unclaimed. A key not yet seen is resolved by ``__missing__`` (the dict's own
+    miss path, so a hit costs one C-level lookup and no Python frame)."""
 
-    Valid for one published version of the bus (the bus is copy-on-write: a change publishes a new
-    table object), so it is emptied when the bus's table is no longer the one it was filled from. Every
-    answer comes from the bus's one claim rule (:func:`~minivmm.devices.bus.resolve_in`); this only
-    saves asking again. Not shared: each vCPU's dispatcher has its own, so no lock is taken.
+    __slots__ = ("table", "bind")
+
+    def __init__(self, table: BusTable, bind: Callable[[BusDevice, int, int], Any]) -> None:
+        super().__init__()
+        self.table = table
+        self.bind = bind
+
+    def __missing__(self, key: int) -> Any:
+        addr, size = key >> 4, key & 0xF
+        hit = resolve_in(self.table, addr, size)  # the bus's one claim rule, on the version this table is for
+        route = self.bind(hit[0], hit[1], size) if hit is not None else None
+        if len(self) >= ROUTE_LIMIT:
+            self.clear()
+        self[key] = route
+        return route
+
+
+def _bind_write(device: BusDevice, offset: int, size: int) -> Writer:
+    return partial(device.write, offset)
+
+
+def _bind_read(device: BusDevice, offset: int, size: int) -> Reader:
+    return partial(device.read, offset, size)
+
+
+class RouteTable:
+    """One vCPU's table from access (address and size) to the claiming device's bound handler, per bus.
+
+    Valid for one published version of the bus: the bus is copy-on-write (a change publishes a new
+    table object), so when ``bus.table`` is no longer the object the routes were filled from,
+    :meth:`renew` starts them afresh for the new version, and they fill again as accesses come. Every
+    answer comes from the bus's one claim rule (:func:`~minivmm.devices.bus.resolve_in`) on that
+    version; this only saves asking again. Not shared: each vCPU's dispatcher has its own, so no lock
+    is taken. ``writes`` and ``reads`` map ``addr << 4 | size`` (size <= 8) to the bound handler or None.
     """
 
-    __slots__ = ("bus", "_table", "_routes")
+    __slots__ = ("bus", "table", "writes", "reads")
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._table: BusTable | None = None
-        self._routes: dict[int, Route | None] = {}
+        self.renew()
 
-    def lookup(self, addr: int, size: int) -> Route | None:
-        """The route of an access of ``size`` bytes at ``addr`` on the bus as it is now, or None if unclaimed."""
-        table = self.bus.table
-        routes = self._routes
-        if table is not self._table:
-            routes = self._routes = {}
-            self._table = table
-        key = addr << 4 | size  # size <= 8
-        route = routes.get(key, _MISS)
-        if route is _MISS:
-            if len(routes) >= ROUTE_LIMIT:  # checked on a miss only: the hit path stays short
-                routes.clear()
-            hit = resolve_in(table, addr, size)
-            route = routes[key] = (hit[0].read, hit[0].write, hit[1]) if hit is not None else None
-        return route  # type: ignore[return-value]
+    def renew(self) -> None:
+        """Forget every route: from now on they are the bus's answers on its current version."""
+        table = self.table = self.bus.table
+        self.writes = _Routes(table, _bind_write)
+        self.reads = _Routes(table, _bind_read)
 
 
 class ExitDispatcher:
     """Routes exits to the buses. ``strict`` makes an unclaimed access fail the vCPU.
 
-    Make one per vCPU: each keeps its own :class:`RouteTable` per bus.
+    Make one per vCPU: each keeps its own :class:`RouteTable` per bus. The handler of a bus exit is one
+    Python frame: the route table's version check and lookup are inline, and the device's bound
+    handler it finds is a ``partial`` (no frame of its own before the device's method).
     """
 
     def __init__(self, pio_bus: Bus, mmio_bus: Bus, strict: bool = False) -> None:
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.strict = strict
-        self._pio = RouteTable(pio_bus).lookup
-        self._mmio = RouteTable(mmio_bus).lookup
+        self.pio_routes = RouteTable(pio_bus)
+        self.mmio_routes = RouteTable(mmio_bus)
         # One dict lookup per exit, on the exit's type: the dispatch table is the whole "match". It is
         # built from the exit registry, so a kind with neither a route nor a verdict fails here, at
         # construction, not at its first exit.
@@ -144,6 +171,15 @@ class ExitDispatcher:
         #: a check that the value is an exit at all).
         self.handlers: dict[type[VcpuExit], Handler] = {
             cls: routes[cls] if cls in routes else _verdict(FIXED_VERDICTS[cls]) for cls in EXIT_TYPES}
+
+    @property
+    def strict(self) -> bool:
+        """Whether an unclaimed access fails the vCPU (else it is counted and the vCPU goes on)."""
+        return self._on_unclaimed is Verdict.FAILED
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        self._on_unclaimed = Verdict.FAILED if value else Verdict.CONTINUE
 
     def handled_types(self) -> frozenset[type[VcpuExit]]:
         """The exit types this dispatcher has a handler for (every one of EXIT_TYPES)."""
@@ -158,48 +194,69 @@ class ExitDispatcher:
         return handler(exit_, completer, stats)
 
     def _unclaimed(self, stats: DispatchStats, space: str, addr: int, size: int, is_write: bool) -> Verdict:
-        stats.note_unclaimed(space, addr, size, is_write)
-        return Verdict.FAILED if self.strict else Verdict.CONTINUE
+        if stats.unclaimed < FIRST_UNCLAIMED_KEPT:
+            stats.note_unclaimed(space, addr, size, is_write)
+        else:  # the first few are kept; past those counting is all (a loop's every exit may come here)
+            stats.unclaimed += 1
+        return self._on_unclaimed
+
+    # The four bus handlers. Exits are indexed, not unpacked: unpacking a tuple subclass goes through
+    # the generic iterator protocol. ``routes.table is not bus.table``: the bus published a new version
+    # since the routes were filled (rare: a device came or went), so they start afresh.
 
     def _io_out(self, e: IoOut, completer: Completer, stats: DispatchStats) -> Verdict:
-        port, size, count, data = e
-        route = self._pio(port, size)
-        if route is None:
+        routes = self.pio_routes
+        if routes.table is not self.pio_bus.table:
+            routes.renew()
+        port, size = e[0], e[1]
+        write = routes.writes[port << 4 | size]
+        if write is None:
+            if stats.unclaimed >= FIRST_UNCLAIMED_KEPT:  # past the kept few, counting is all (inline:
+                stats.unclaimed += 1                     # a loop to an unclaimed port comes here each exit)
+                return self._on_unclaimed
             return self._unclaimed(stats, "pio", port, size, True)
-        _, write, offset = route
-        if count == 1:
-            write(offset, data)
+        data = e[3]
+        if e[2] == 1:
+            write(data)
         else:  # string I/O (rep outs): count items of size bytes, all to the same port
-            for i in range(0, size * count, size):
-                write(offset, data[i:i + size])
+            for i in range(0, len(data), size):
+                write(data[i:i + size])
         return _CONTINUE
 
     def _io_in(self, e: IoIn, completer: Completer, stats: DispatchStats) -> Verdict:
-        port, size, count = e
-        route = self._pio(port, size)
-        if route is None:
+        routes = self.pio_routes
+        if routes.table is not self.pio_bus.table:
+            routes.renew()
+        port, size, count = e[0], e[1], e[2]
+        read = routes.reads[port << 4 | size]
+        if read is None:
             completer.complete_io_in(bytes(size * count))
             return self._unclaimed(stats, "pio", port, size, False)
-        read, _, offset = route
-        completer.complete_io_in(read(offset, size) if count == 1
-                                 else b"".join(read(offset, size) for _ in range(count)))
+        completer.complete_io_in(read() if count == 1 else b"".join(read() for _ in range(count)))
         return _CONTINUE
 
     def _mmio_write(self, e: MmioWrite, completer: Completer, stats: DispatchStats) -> Verdict:
-        addr, data = e
-        route = self._mmio(addr, len(data))
-        if route is None:
+        routes = self.mmio_routes
+        if routes.table is not self.mmio_bus.table:
+            routes.renew()
+        addr, data = e[0], e[1]
+        write = routes.writes[addr << 4 | len(data)]
+        if write is None:
+            if stats.unclaimed >= FIRST_UNCLAIMED_KEPT:
+                stats.unclaimed += 1
+                return self._on_unclaimed
             return self._unclaimed(stats, "mmio", addr, len(data), True)
-        _, write, offset = route
-        write(offset, data)
+        write(data)
         return _CONTINUE
 
     def _mmio_read(self, e: MmioRead, completer: Completer, stats: DispatchStats) -> Verdict:
-        addr, length = e
-        route = self._mmio(addr, length)
-        if route is None:
+        routes = self.mmio_routes
+        if routes.table is not self.mmio_bus.table:
+            routes.renew()
+        addr, length = e[0], e[1]
+        read = routes.reads[addr << 4 | length]
+        if read is None:
             completer.complete_mmio_read(bytes(length))
             return self._unclaimed(stats, "mmio", addr, length, False)
-        read, _, offset = route
-        completer.complete_mmio_read(read(offset, length))
+        completer.complete_mmio_read(read())
         return _CONTINUE
