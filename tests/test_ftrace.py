@@ -139,3 +139,21 @@ def test_an_instance_removed_under_the_run_is_reported_not_raised(tmp_path):
     gone = ftrace.FtraceSession(str(tmp_path), str(tmp_path / "instances" / "minivmm-1-000000"))
     with pytest.raises(ftrace.FtraceUnavailable, match="could not be read"):
         gone.stop()
+
+
+def test_an_instance_whose_mount_was_unmounted_during_the_run_is_still_removed():
+    import os
+    import subprocess
+
+    from minivmm.shadow import ftrace
+    try:
+        session = ftrace.FtraceSession.start(os.getpid())
+    except ftrace.FtraceUnavailable as e:
+        pytest.skip(f"tracefs not usable here: {e}")
+    if session.mounted_here is None:
+        session.teardown()
+        pytest.skip("tracefs is mounted for everyone here: nothing of ours to unmount")
+    subprocess.run(["umount", session.mounted_here], check=True)  # as someone cleaning up mounts would
+    with pytest.raises(ftrace.FtraceUnavailable):
+        session.stop()
+    assert _leftovers(os.getpid()) == []

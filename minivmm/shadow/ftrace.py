@@ -62,6 +62,8 @@ class FtraceSession:
     instance: str
     #: A temporary directory made for our own tracefs mount (unmounted and removed by teardown).
     mounted_here: str | None = None
+    #: Whether the instance was made (it then holds kernel buffers until removed).
+    created: bool = False
     lines: list[str] = field(default_factory=list)
     overruns: int = 0
 
@@ -84,6 +86,7 @@ class FtraceSession:
             session.root = root
             session.instance = os.path.join(root, "instances", f"minivmm-{pid}-{os.urandom(3).hex()}")
             os.mkdir(session.instance)
+            session.created = True
             for event in EVENTS:
                 if not os.path.exists(os.path.join(session.instance, "events", event)):
                     raise FtraceUnavailable(f"the kernel has no {event} tracepoint")
@@ -127,21 +130,28 @@ class FtraceSession:
         """Remove the instance (tracing off, events off, its buffers freed) and our tracefs mount, if any.
 
         Idempotent, and safe after a partial start: each step is tried whatever the previous did.
+        Trace instances are global to the kernel, whichever tracefs mount shows them: when the mount
+        the instance was made through has gone (unmounted by someone else during the run), it is
+        removed through another mount, or through a mount made for that.
         """
-        if self.instance and os.path.isdir(self.instance):
-            try:
-                _write(os.path.join(self.instance, "tracing_on"), "0")
-            except OSError:
-                pass
-            for event in EVENTS:
+        if self.instance and self.created:
+            name = os.path.basename(self.instance)
+            extra = None
+            path = self._reachable(name)
+            if path is None:
+                extra = tempfile.mkdtemp(prefix=f"{_PRIVATE_MOUNT_PREFIX}{os.getpid()}-")
+                subprocess.run(["mount", "-t", "tracefs", "nodev", extra], capture_output=True)
+                candidate = os.path.join(extra, "instances", name)
+                path = candidate if os.path.isdir(candidate) else None
+            if path is not None:
+                _remove_instance(path)
+            if extra is not None:
+                subprocess.run(["umount", extra], capture_output=True)
                 try:
-                    _write(os.path.join(self.instance, "events", event, "enable"), "0")
+                    os.rmdir(extra)
                 except OSError:
                     pass
-            try:
-                os.rmdir(self.instance)
-            except OSError:
-                pass
+            self.created = False
         if self.mounted_here:
             # Unmounted whether or not the mount was known to succeed (an interrupt may have come
             # between mount's success and our noting it); umount of a plain directory just fails.
@@ -151,6 +161,36 @@ class FtraceSession:
             except OSError:
                 pass
             self.mounted_here = None
+
+    def _reachable(self, name: str) -> str | None:
+        """The instance's path through its own mount, or through any tracefs mount there is now."""
+        if os.path.isdir(self.instance):
+            return self.instance
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "tracefs":
+                    path = os.path.join(parts[1], "instances", name)
+                    if os.path.isdir(path):
+                        return path
+        return None
+
+
+def _remove_instance(path: str) -> None:
+    """Tracing off, events off, then rmdir: the kernel frees the instance's buffers."""
+    try:
+        _write(os.path.join(path, "tracing_on"), "0")
+    except OSError:
+        pass
+    for event in EVENTS:
+        try:
+            _write(os.path.join(path, "events", event, "enable"), "0")
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 @dataclass
