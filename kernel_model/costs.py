@@ -59,6 +59,7 @@ class Costs:
     kvm_run_entry: int = 130 * US
     destroy_vm: int = 200 * US
     # The set-up ioctls a real VMM adds (QEMU, Firecracker); bodies without SRCU waits.
+    register_coalesced_mmio: int = 4 * US  # kzalloc and the zone check; plus its bus registration
     create_pit2: int = 40 * US      # kthread worker creation dominates; plus its bus registrations
     irqfd: int = 2 * US
     set_gsi_routing: int = 5 * US   # the table rebuild; plus its kvm->irq_srcu grace period

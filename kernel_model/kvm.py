@@ -441,6 +441,19 @@ class KvmModel:
         if self.platform.name == "arm64":
             raise KvmIoctlError(errno.ENOTTY, f"{what}: x86 only")
 
+    def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
+        """KVM_REGISTER_COALESCED_MMIO, models kvm_vm_ioctl_register_coalesced_mmio()
+        (virt/kvm/coalesced_mmio.c, v6.18): one device per zone, registered under slots_lock with
+        kvm_io_bus_register_dev() on KVM_PIO_BUS (``pio``) or KVM_MMIO_BUS, the old bus freed by the
+        variant's rule. So under call_srcu it starts a normal grace period like any other registration:
+        QEMU issues it just before its read-only BIOS memslot, which then waits for that grace period.
+        Simplified: the ring page and the zone's own checks are in the fixed cost."""
+        self._alive()
+        self.sim.spend(self.costs.register_coalesced_mmio)
+        bus = KvmBus.KVM_PIO_BUS if pio else KvmBus.KVM_MMIO_BUS
+        self.kvm_io_bus_register_dev(bus, addr, size, InKernelDevice("coalesced-mmio"))
+        self._registrations_returned()
+
     def create_pit2(self, speaker_dummy: bool = False) -> None:
         """KVM_CREATE_PIT2, models kvm_arch_vm_ioctl()'s create_pit and kvm_create_pit()
         (arch/x86/kvm/i8254.c, v6.18): EEXIST for a second PIT, ENOENT without the in-kernel PIC; then

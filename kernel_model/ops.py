@@ -261,6 +261,27 @@ PIT2 = OpSpec(
     model=_pit2_model)
 
 
+# --- coalesced_mmio ---------------------------------------------------------------------------------
+
+def _coalesced_mmio_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.register_coalesced_mmio(a["addr"], a["size"], a["pio"])
+
+
+def _coalesced_mmio_check(a: Args) -> None:
+    if a["size"] <= 0:
+        raise ValueError("size must be at least 1")
+
+
+COALESCED_MMIO = OpSpec(
+    "coalesced_mmio", "KVM_REGISTER_COALESCED_MMIO: a zone whose writes are queued in the coalesced ring; "
+    "one kvm_io_bus_register_dev() on the MMIO bus (the PIO bus with pio), freed by the variant's rule.",
+    (Arg("addr", "int", True), Arg("size", "size", True), Arg("pio", "flag", doc="a port I/O zone")),
+    label=lambda a: f"KVM_REGISTER_COALESCED_MMIO, {'pio' if a['pio'] else 'mmio'} {a['addr']:#x}",
+    strace=lambda a: ("vm", "KVM_REGISTER_COALESCED_MMIO",
+                      f"{{addr={a['addr']:#x}, size={a['size']}, pio={int(a['pio'])}}}"),
+    model=_coalesced_mmio_model, check=_coalesced_mmio_check)
+
+
 # --- irqfd ------------------------------------------------------------------------------------------
 
 def _irqfd_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
@@ -348,8 +369,8 @@ IOCTL = OpSpec(
 
 #: Every op, by name. A new op is one entry here (plus its host step in minivmm/timing/host_ops.py).
 OPS: dict[str, OpSpec] = {op.name: op for op in (
-    CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, IRQFD, GSI_ROUTING,
-    ENABLE_CAP, TSS_ADDR, IOCTL,
+    CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, COALESCED_MMIO, IRQFD,
+    GSI_ROUTING, ENABLE_CAP, TSS_ADDR, IOCTL,
 )}
 
 

@@ -14,6 +14,7 @@ each argument at most once)::
                                                              # slot = address space << 16 | slot id
     irqchip
     pit2 [speaker_dummy]          # KVM_CREATE_PIT2: the PIT's ports on the PIO bus (after irqchip)
+    coalesced_mmio addr=0xfee00000 size=4K [pio]  # KVM_REGISTER_COALESCED_MMIO: one bus registration
     ioeventfd addr=0xd0000050 len=4 [datamatch=0] [pio]
     ioeventfd_deassign addr=0xd0000050 len=4 [datamatch=0] [pio]
     irqfd gsi=5 [deassign]        # KVM_IRQFD

@@ -64,6 +64,21 @@ def test_a_stall_is_attributed_to_the_registration_that_started_its_grace_period
     assert setup["call_srcu"]["p50"] > setup["sync"]["p50"]
 
 
+def test_a_coalesced_mmio_zone_is_decoded_and_becomes_its_op() -> None:
+    raw = _raw("struct kvm_coalesced_mmio_zone", addr=0xFEE00000, size=4096)
+    d = decode.decode_raw(decode.KVM_REGISTER_COALESCED_MMIO, 0x7200, raw)
+    assert d.text == "{addr=0xfee00000, size=4096, pio=0}" and d.fields["size"] == 4096
+    r = synthetic_trace(50_000)
+    last = r.events[-1].kernel_exit_ns
+    assert last is not None
+    t = last + 50_000
+    r.events.append(IoctlEvent(len(r.events), 100, 100, 4, "vm", decode.KVM_REGISTER_COALESCED_MMIO,
+                               "KVM_REGISTER_COALESCED_MMIO", 0x7200, raw, t, t + 3_000, 0, t, t + 3_000))
+    ex = build_sequence(r)
+    assert ex.sequence.steps[-1].op == "coalesced_mmio"
+    assert ex.sequence.steps[-1].args == {"addr": 0xFEE00000, "size": 4096, "pio": False}
+
+
 def test_a_stall_no_variant_predicts_is_not_pinned_on_anything() -> None:
     """The same set-up, but the stall is in KVM_CREATE_VCPU, which no variant stalls on for this order."""
     r = synthetic_trace(80_000)

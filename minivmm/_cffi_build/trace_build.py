@@ -202,6 +202,7 @@ struct kvm_irqfd { __u32 fd; __u32 gsi; __u32 flags; __u32 resamplefd; ...; };
 struct kvm_irq_routing { __u32 nr; __u32 flags; ...; };
 struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; ...; };
 struct kvm_pit_config { __u32 flags; ...; };
+struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; union { __u32 pad; __u32 pio; }; };
 
 struct minivmm_named { const char *name; unsigned long value; };
 extern const struct minivmm_named minivmm_kvm_requests[];

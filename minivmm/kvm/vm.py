@@ -146,6 +146,14 @@ class Vm:
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, f"{{flags={flags:#x}}}")
 
+    def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
+        """Wrapper over KVM_REGISTER_COALESCED_MMIO: guest writes to [addr, addr+size) (port I/O with
+        ``pio``) are queued in the coalesced-MMIO ring instead of exiting. The zone becomes a device on
+        the MMIO (or PIO) bus: a kvm_io_bus_register_dev()."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size, "pio": int(pio)})
+        ioctl_ptr(self.fd, lib.KVM_REGISTER_COALESCED_MMIO, zone, self.tracer,
+                  f"{{addr={addr:#x}, size={size}, pio={int(pio)}}}")
+
     def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
         """Wrapper over KVM_IRQFD: signalling eventfd ``fd`` injects ``gsi`` (or, with ``deassign``, stops).
 

@@ -211,6 +211,12 @@ def _pit2(st: HostState, a: Args) -> Callable[[], int | None]:
     return issue
 
 
+def _coalesced_mmio(st: HostState, a: Args) -> Callable[[], int | None]:
+    def issue() -> None:
+        st.the_vm().register_coalesced_mmio(a["addr"], a["size"], a["pio"])
+    return issue
+
+
 def _irqfd(st: HostState, a: Args) -> Callable[[], int | None]:
     gsi, attached = a["gsi"], st.irqfds.setdefault(a["gsi"], [])
     if not a["deassign"]:
@@ -274,6 +280,7 @@ HOST_OPS: dict[str, HostStep] = {
     "vcpu": _vcpu,
     "run": _run,
     "pit2": _pit2,
+    "coalesced_mmio": _coalesced_mmio,
     "irqfd": _irqfd,
     "gsi_routing": _gsi_routing,
     "enable_cap": _enable_cap,

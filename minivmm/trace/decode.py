@@ -60,6 +60,7 @@ KVM_IOEVENTFD = _req("KVM_IOEVENTFD")
 KVM_CREATE_IRQCHIP = _req("KVM_CREATE_IRQCHIP")
 KVM_CREATE_PIT2 = _req("KVM_CREATE_PIT2")
 KVM_IRQFD = _req("KVM_IRQFD")
+KVM_REGISTER_COALESCED_MMIO = _req("KVM_REGISTER_COALESCED_MMIO")
 KVM_SET_GSI_ROUTING = _req("KVM_SET_GSI_ROUTING")
 KVM_ENABLE_CAP = _req("KVM_ENABLE_CAP")
 KVM_CHECK_EXTENSION = _req("KVM_CHECK_EXTENSION")
@@ -95,6 +96,7 @@ STRUCTS: dict[int, str] = {
     KVM_SET_USER_MEMORY_REGION: "struct kvm_userspace_memory_region",
     KVM_IOEVENTFD: "struct kvm_ioeventfd",
     KVM_IRQFD: "struct kvm_irqfd",
+    KVM_REGISTER_COALESCED_MMIO: "struct kvm_coalesced_mmio_zone",
     KVM_SET_GSI_ROUTING: "struct kvm_irq_routing",
     KVM_ENABLE_CAP: "struct kvm_enable_cap",
     KVM_CREATE_PIT2: "struct kvm_pit_config",
@@ -176,6 +178,10 @@ def _decode(raw: bytes, request: int, arg: int) -> Decoded:
         if f["resamplefd"] is not None:
             text += f", resamplefd={f['resamplefd']}"
         return Decoded(text + "}", f)
+    if request == KVM_REGISTER_COALESCED_MMIO:
+        z = _struct(raw, "struct kvm_coalesced_mmio_zone")
+        f = {"addr": int(z.addr), "size": int(z.size), "pio": bool(z.pio)}
+        return Decoded(f"{{addr={f['addr']:#x}, size={f['size']}, pio={int(f['pio'])}}}", f)
     if request == KVM_SET_GSI_ROUTING:
         r = _struct(raw, "struct kvm_irq_routing")
         return Decoded(f"{{nr={int(r.nr)}, flags={int(r.flags)}, entries=[...]}}", {"nr": int(r.nr)})

@@ -112,6 +112,8 @@ def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] |
     if r == decode.KVM_CREATE_PIT2 and "pit2" in ops and "flags" in f:
         dummy = "speaker_dummy" in seqmod_args("pit2") and bool(f["flags"] & lib.KVM_PIT_SPEAKER_DUMMY)
         return "pit2", ({"speaker_dummy": True} if dummy else {})
+    if r == decode.KVM_REGISTER_COALESCED_MMIO and "coalesced_mmio" in ops and "size" in f:
+        return "coalesced_mmio", {"addr": f["addr"], "size": f["size"], **({"pio": True} if f["pio"] else {})}
     if r == decode.KVM_IRQFD and "irqfd" in ops and "gsi" in f:
         return "irqfd", {"gsi": f["gsi"], **({"deassign": True} if f["deassign"] else {})}
     if r == decode.KVM_SET_GSI_ROUTING and "gsi_routing" in ops and "nr" in f:
