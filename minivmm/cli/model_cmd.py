@@ -154,13 +154,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
-    costs = None
-    if args.profile is not None:
-        from kernel_model.profile import ProfileError, load_profile
-        try:
-            costs = load_profile(args.profile).costs(hz=args.hz)
-        except ProfileError as e:
-            raise CliError(str(e)) from None
+    costs = seqinput.profile_costs(args.profile, args.hz)
     explanations: list[Any] = []
     if args.explain:
         from kernel_model.explain import explain_variant

@@ -14,6 +14,7 @@ from minivmm.cli.errors import CliError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 
 if TYPE_CHECKING:
+    from kernel_model.costs import Costs
     from kernel_model.sequences import Sequence
 
 
@@ -47,3 +48,15 @@ def to_file_text(seq: Sequence) -> str:
     from kernel_model.sequences import format_sequence
 
     return format_sequence(seq)
+
+
+def profile_costs(path: str | None, hz: int) -> Costs | None:
+    """The model's Costs from ``--profile FILE`` at ``hz`` (None without one), for ``model`` and
+    ``timing`` alike; a file that is not a usable host profile is a ``CliError`` (one line, exit 2)."""
+    if path is None:
+        return None
+    from kernel_model.profile import ProfileError, load_profile
+    try:
+        return load_profile(path).costs(hz=hz)
+    except ProfileError as e:
+        raise CliError(str(e)) from None

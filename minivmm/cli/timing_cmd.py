@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from minivmm.cli import gate_opts
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
 from minivmm.cli.options import int_range
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 
-if TYPE_CHECKING:
-    from kernel_model.costs import Costs
+
+def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
+    """The error for a KVM device the host facts found unusable. It is opened once more for the exception,
+    whose errno tells "missing or not accessible" (exit 4) from "not a KVM device" (exit 2)."""
+    from minivmm.kvm.errors import KvmUnavailable
+    from minivmm.kvm.system import Kvm
+    try:
+        Kvm(kvm_path).close()
+    except KvmUnavailable as e:
+        return kvm_unavailable(e)
+    return CliError(reason, ExitCode.KVM_UNAVAILABLE)
 
 
 def _check_plot_destination(path: str) -> None:
@@ -80,17 +88,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(handler=run)
 
 
-def _profile_costs(path: str | None, hz: int) -> Costs | None:
-    """The Costs of ``--profile FILE`` at ``hz`` (None without one); a bad file is one line, exit 2."""
-    if path is None:
-        return None
-    from kernel_model.profile import ProfileError, load_profile
-    try:
-        return load_profile(path).costs(hz=hz)
-    except ProfileError as e:
-        raise CliError(str(e)) from None
-
-
 def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int:
     """``--calibrate``: measure, make the profile, write it (only over a profile we wrote before)."""
     import json
@@ -143,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     from kernel_model.platforms import PLATFORMS
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
-    from minivmm.kvm.system import Kvm
     from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
@@ -169,24 +165,16 @@ def run(args: argparse.Namespace) -> int:
             "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
     if args.calibrate:
         if host.kvm_error:
-            try:
-                Kvm(kvm_path).close()
-            except KvmUnavailable as e:
-                raise kvm_unavailable(e) from None
-            raise CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE)
+            raise _kvm_refusal(kvm_path, host.kvm_error)
         return _calibrate(args, host_hz, plat, host.kernel or "")
-    costs = _profile_costs(args.profile, host_hz)
+    costs = seqinput.profile_costs(args.profile, host_hz)
     name = sequence if sequence != "auto" else ("firecracker" if plat in ("vmx", "svm") else "registrations-first")
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
     if plot_path is not None:
         _check_plot_destination(plot_path)
     if host.kvm_error:
-        try:  # open it again for the exception, whose errno tells "missing" (exit 4) from "not KVM" (exit 2)
-            Kvm(kvm_path).close()
-        except KvmUnavailable as e:
-            raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
-        raise gate_opts.unusable(gate, CliError(host.kvm_error, ExitCode.KVM_UNAVAILABLE))
+        raise gate_opts.unusable(gate, _kvm_refusal(kvm_path, host.kvm_error))
 
     from minivmm.timing.pressure import PressureWindow
     pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
