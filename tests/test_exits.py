@@ -147,3 +147,67 @@ def test_exits_are_immutable():
     e = IoOut(1, 1, 1, b"x")
     with pytest.raises(AttributeError):
         e.port = 2  # type: ignore[misc]
+
+
+def _io_exit(run, buf, direction, port, size, data_offset=0x800, count=1, data=b""):
+    run.exit_reason = lib.KVM_EXIT_IO
+    run.io.direction = direction
+    run.io.size, run.io.port, run.io.count, run.io.data_offset = size, port, count, data_offset
+    if data:
+        ffi.memmove(buf + data_offset, data, len(data))
+
+
+def test_the_decoder_remembers_a_repeated_exit_and_builds_anew_what_differs():
+    from minivmm.kvm.exits import ExitDecoder
+    buf, run, size = fresh_run()
+    decoder = ExitDecoder(run, size)
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data=b"A")
+    first = decoder.decode()
+    assert first == IoOut(0x3F8, 1, 1, b"A") and decoder.decode() is first  # built once
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data=b"B")
+    assert decoder.decode() == IoOut(0x3F8, 1, 1, b"B")  # other data: another value
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data_offset=0x900, data=b"C")
+    assert decoder.decode() == IoOut(0x3F8, 1, 1, b"C")  # data_offset moved: read where it points now
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 2, data_offset=0x900, data=b"CD")
+    assert decoder.decode() == IoOut(0x3F8, 2, 1, b"CD")  # the size is part of the io word
+    _io_exit(run, buf, lib.KVM_EXIT_IO_IN, 0x3F8, 1)
+    read = decoder.decode()
+    assert read == IoIn(0x3F8, 1, 1) and decoder.decode() is read
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x80, 2, count=3, data=b"aabbcc")
+    assert decoder.decode() == IoOut(0x80, 2, 3, b"aabbcc")
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x80, 2, count=3, data=b"xxyyzz")
+    assert decoder.decode() == IoOut(0x80, 2, 3, b"xxyyzz")  # string I/O: never remembered
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x80, 4, data_offset=0x802, data=b"wxyz")
+    assert decoder.decode() == IoOut(0x80, 4, 1, b"wxyz")  # misaligned item: read as bytes
+
+
+def test_the_decoder_remembers_mmio_reads_by_address_and_length_but_not_writes():
+    from minivmm.kvm.exits import ExitDecoder
+    buf, run, size = fresh_run()
+    decoder = ExitDecoder(run, size)
+    run.exit_reason = lib.KVM_EXIT_MMIO
+    run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0xD0000000, 4, 0
+    read = decoder.decode()
+    assert read == MmioRead(0xD0000000, 4) and decoder.decode() is read
+    run.mmio.len = 2
+    assert decoder.decode() == MmioRead(0xD0000000, 2)
+    run.mmio.is_write = 1
+    run.mmio.data[0], run.mmio.data[1] = 1, 2
+    assert decoder.decode() == MmioWrite(0xD0000000, b"\x01\x02")
+    run.mmio.data[0] = 9
+    assert decoder.decode() == MmioWrite(0xD0000000, b"\x09\x02")
+
+
+def test_the_decoders_memory_is_bounded_whatever_the_guest_writes(monkeypatch):
+    from minivmm.kvm import exits
+    monkeypatch.setattr(exits, "MEMO_LIMIT", 16)
+    buf, run, size = fresh_run()
+    decoder = exits.ExitDecoder(run, size)
+    for value in range(1000):
+        _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x80, 2, data=value.to_bytes(2, "little"))
+        assert decoder.decode() == IoOut(0x80, 2, 1, value.to_bytes(2, "little"))
+        run.exit_reason = lib.KVM_EXIT_MMIO
+        run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0x1000 * value, 1, 0
+        assert decoder.decode() == MmioRead(0x1000 * value, 1)
+    memos = (decoder._io_memo, decoder._mmio_memo, *(v[3] for v in decoder._io_memo.values() if type(v) is tuple))
+    assert all(len(m) <= 16 for m in memos)

@@ -16,8 +16,9 @@ import enum
 import errno
 import re
 import struct
+import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeAlias, get_args
+from typing import Any, Literal, NamedTuple, TypeAlias, get_args
 
 from minivmm.kvm.uapi import ffi, lib, raise_for
 
@@ -252,8 +253,7 @@ def _reader(fields: list[tuple[int, Any]]) -> Callable[[Any, int], tuple[Any, ..
     """``unpack_from`` of one ``struct.Struct`` reading ``(offset, ctype)`` fields of ``kvm_run`` at once.
 
     The codes come from cffi's types (size and signedness; ``uint8_t[8]`` as ``8s``) and the padding
-    from cffi's offsets, so the layout is still the header's, not retyped. One call reads what would
-    take one cffi attribute access per field.
+    from cffi's offsets, so the layout is still the header's, not retyped.
     """
     fmt, pos = "=", 0
     for offset, ctype in sorted(fields, key=lambda f: f[0]):
@@ -268,34 +268,86 @@ def _reader(fields: list[tuple[int, Any]]) -> Callable[[Any, int], tuple[Any, ..
     return struct.Struct(fmt).unpack_from
 
 
-def _members(union_member: str, typedef: str) -> list[tuple[int, Any]]:
+def _members(union_member: str, typedef: str) -> dict[str, tuple[int, Any]]:
     base = ffi.offsetof("struct kvm_run", union_member)
-    return [(base + f.offset, f.type) for _, f in ffi.typeof(typedef).fields]
+    return {name: (base + f.offset, f.type) for name, f in ffi.typeof(typedef).fields}
 
 
-_EXIT_REASON = [(ffi.offsetof("struct kvm_run", "exit_reason"), ffi.typeof("__u32"))]
-#: exit_reason, then io's direction, size, port, count, data_offset: all an IO exit needs, in one read.
-_read_head = _reader(_EXIT_REASON + _members("io", "kvm_run_io_t"))
-#: exit_reason, then mmio's phys_addr, data (8 bytes), len, is_write.
-_read_mmio = _reader(_EXIT_REASON + _members("mmio", "kvm_run_mmio_t"))
+_IO = _members("io", "kvm_run_io_t")
+_MMIO = _members("mmio", "kvm_run_mmio_t")
+_EXIT_REASON_AT = ffi.offsetof("struct kvm_run", "exit_reason")
+#: mmio's phys_addr, data (8 bytes), len, is_write, in one read (a miss of the decoder's memo).
+_read_mmio = _reader([_MMIO[f] for f in ("phys_addr", "data", "len", "is_write")])
 _new = tuple.__new__  # builds a NamedTuple without the Python-level __new__ (half the cost)
+
+
+def _word_fields(fields: dict[str, tuple[int, Any]], names: tuple[str, ...]) -> tuple[int, dict[str, int]]:
+    """The index of the 8-byte word of ``kvm_run`` that holds all of ``names``, and each field's shift
+    in it (little-endian), from cffi's offsets and sizes: the decoder reads such a group as one int."""
+    word = fields[names[0]][0] // 8
+    shifts = {}
+    for name in names:
+        offset, ctype = fields[name]
+        if offset // 8 != word or (offset + ffi.sizeof(ctype) - 1) // 8 != word:
+            raise ImportError(f"kvm_run's {name} is not in word {word}: the decoder's reads need re-deriving")
+        shifts[name] = (offset % 8) * 8
+    return word, shifts
+
+
+if sys.byteorder != "little":  # the word reads below take fields out of little-endian words
+    raise ImportError("minivmm's exit decoder reads kvm_run as little-endian words")
+#: ``struct kvm_run``'s io member, direction to count, is one 8-byte word: its value is the memo key of
+#: a port access (with the data item of an out).
+_IO_WORD, _IO_SHIFTS = _word_fields(_IO, ("direction", "size", "port", "count"))
+_DIR_SHIFT, _SIZE_SHIFT, _PORT_SHIFT, _COUNT_SHIFT = (_IO_SHIFTS[f] for f in ("direction", "size", "port", "count"))
+_DATA_OFFSET_WORD = _word_fields(_IO, ("data_offset",))[0]
+_MMIO_ADDR_WORD = _word_fields(_MMIO, ("phys_addr",))[0]
+#: mmio's len and is_write share one word: with the address, the memo key of an MMIO read.
+_MMIO_LEN_WORD, _MMIO_LEN_SHIFTS = _word_fields(_MMIO, ("len", "is_write"))
+_IS_WRITE_SHIFT, _LEN_SHIFT = _MMIO_LEN_SHIFTS["is_write"], _MMIO_LEN_SHIFTS["len"]
+_MMIO_DATA_AT = _MMIO["data"][0]
+_REASON_U32 = _EXIT_REASON_AT // 4
+#: An IO item of this many bytes is read as one unsigned int of a view of the mapping ("B", "H", "I").
+_ITEM_CODES: dict[int, Literal["B", "H", "I"]] = {1: "B", 2: "H", 4: "I"}
+#: Past this many remembered exit values the memo starts afresh (a guest writing ever-new values cannot
+#: grow it without bound).
+MEMO_LIMIT = 4096
 
 
 class ExitDecoder:
     """Decodes the exit a vCPU's ``kvm_run`` describes, after each KVM_RUN.
 
-    Built once per vCPU: a byte view of the whole mapping is made here, not on every exit. ``run`` is a
+    Built once per vCPU: views of the whole mapping are made here, not on every exit. ``run`` is a
     ``struct kvm_run *`` over a mapping of ``size`` bytes (IO data lives at ``io.data_offset`` from the
-    start of the mapping); ``fd`` is the vCPU's, for ``decode(enter=True)``. The header and the ``io``
-    member are read with one ``unpack_from``: the decode is on every exit's path (scripts/bench_exits.py).
+    start of the mapping); ``fd`` is the vCPU's, for ``decode(enter=True)``.
+
+    The decode is on every exit's path (scripts/bench_exits.py). Right after the guest ran, the CPU's
+    caches are cold, and then what an exit costs is mostly how many objects it builds and how much
+    memory it touches, not how many bytecodes it runs. So the decoder reads ``kvm_run`` as machine
+    words (the io member's direction, size, port and count are one 8-byte word) and remembers the
+    values it built: an exit whose words it has seen before (an ``in`` from a port, an ``out`` of the
+    same value to it, an MMIO read of an address) returns the same immutable value, built once, found
+    with one or two dict lookups. MMIO writes, whose data rarely repeats, and string I/O are built each
+    time. Every remembered answer is keyed by every field it was built from, so it is the value a fresh
+    decode would build.
     """
 
-    __slots__ = ("run", "fd", "_bytes")
+    __slots__ = ("run", "fd", "_bytes", "_size", "_u32", "_u64", "_items", "_io_memo", "_mmio_memo")
 
     def __init__(self, run: Any, size: int, fd: int = -1) -> None:
         self.run = run
         self.fd = fd
+        self._size = size
         self._bytes = ffi.buffer(run, size)
+        view = memoryview(self._bytes)
+        self._u32 = view[:size - size % 4].cast("I")
+        self._u64 = view[:size - size % 8].cast("Q")
+        #: IO item size -> a view of the mapping in unsigned items of that size.
+        self._items = {n: view[:size - size % n].cast(code) for n, code in _ITEM_CODES.items()}
+        #: io word -> the IoIn it describes, or for an ``out`` of one item an _OutValues entry.
+        self._io_memo: dict[int, Any] = {}
+        #: MMIO address -> (the len/is_write word, the MmioRead it describes).
+        self._mmio_memo: dict[int, tuple[int, MmioRead]] = {}
 
     def decode(self, enter: bool = False) -> VcpuExit:
         """Return the current exit as a value.
@@ -310,17 +362,32 @@ class ExitDecoder:
             if err == _EINTR:
                 return INTERRUPTED
             raise_for(_KVM_RUN, err)
-        buf = self._bytes
-        reason, direction, size, port, count, data_offset = _read_head(buf, 0)
+        reason = self._u32[_REASON_U32]
         if reason == _EXIT_IO:
-            if direction == _IO_OUT:
-                return _new(IoOut, (port, size, count, buf[data_offset:data_offset + size * count]))
-            return _new(IoIn, (port, size, count))
+            io = self._u64[_IO_WORD]
+            known = self._io_memo.get(io)
+            if known is not None:
+                if type(known) is not tuple:
+                    return known  # type: ignore[no-any-return]  # an IoIn
+                offset, items, index, values = known  # an out: its value is the item at data_offset
+                if self._u64[_DATA_OFFSET_WORD] == offset:
+                    exit_ = values.get(items[index])
+                    if exit_ is not None:
+                        return exit_  # type: ignore[no-any-return]
+            return self._decode_io(io)
         if reason == _EXIT_MMIO:
-            _, addr, data, length, is_write = _read_mmio(buf, 0)
-            if is_write:
-                return _new(MmioWrite, (addr, data[:length] if length < 8 else data))
-            return _new(MmioRead, (addr, length))
+            word = self._u64[_MMIO_LEN_WORD]
+            if not word >> _IS_WRITE_SHIFT & 0xFF:
+                known_read = self._mmio_memo.get(self._u64[_MMIO_ADDR_WORD])
+                if known_read is not None and known_read[0] == word:
+                    return known_read[1]
+                addr, _, length, _ = _read_mmio(self._bytes, 0)
+                read = _new(MmioRead, (addr, length))
+                _remember(self._mmio_memo, addr, (word, read))
+                return read
+            length = word >> _LEN_SHIFT & 0xFFFFFFFF
+            data = self._bytes[_MMIO_DATA_AT:_MMIO_DATA_AT + (length if length < 8 else 8)]
+            return _new(MmioWrite, (self._u64[_MMIO_ADDR_WORD], data))
         if reason == _EXIT_HLT:
             return HLT
         if reason == _EXIT_SHUTDOWN:
@@ -336,6 +403,35 @@ class ExitDecoder:
             ev = run.system_event
             return SystemEvent(ev.type, tuple(ev.data[0:min(ev.ndata, 16)]))
         return Unsupported(reason)
+
+    def _decode_io(self, io: int) -> VcpuExit:
+        """A port exit the memo did not know: build its value, and remember it if it can recur."""
+        port, size = io >> _PORT_SHIFT & 0xFFFF, io >> _SIZE_SHIFT & 0xFF
+        count = io >> _COUNT_SHIFT & 0xFFFFFFFF
+        if io >> _DIR_SHIFT & 0xFF != _IO_OUT:
+            exit_in = _new(IoIn, (port, size, count))
+            _remember(self._io_memo, io, exit_in)
+            return exit_in
+        offset = self._u64[_DATA_OFFSET_WORD]
+        exit_out = _new(IoOut, (port, size, count, self._bytes[offset:offset + size * count]))
+        items = self._items.get(size)
+        # One item, aligned and inside the mapping (KVM puts it at the start of a page): remembered by
+        # its value. String I/O is not: its data is many items.
+        if items is not None and count == 1 and not offset % size and offset + size <= self._size:
+            known = self._io_memo.get(io)
+            if known is None or known[1] != offset:
+                known = (offset, items, offset // size, {})
+                _remember(self._io_memo, io, known)
+            _remember(known[3], items[offset // size], exit_out)
+        return exit_out
+
+
+def _remember(memo: dict[int, Any], key: int, value: Any) -> None:
+    """``memo[key] = value``, starting afresh past MEMO_LIMIT entries (a guest writing ever-new values
+    or walking ever-new addresses cannot grow a memo without bound)."""
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def decode_exit(run: Any, size: int) -> VcpuExit:
