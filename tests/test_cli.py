@@ -323,3 +323,31 @@ def test_help_and_readme_cite_messages_not_internal_numbers():
         texts[f"minivmm {command} --help"] = run_cli(command, "--help").stdout
     for where, text in texts.items():
         assert not re.search(r"\bseeds? ?0\d\d", text), where
+
+
+def test_each_command_module_registers_the_command_it_is_named_after():
+    # main() builds only the named command's subparser, found by this naming rule.
+    import importlib
+
+    from minivmm.cli.app import COMMANDS
+    from minivmm.cli.parser import Parser
+    for module in COMMANDS:
+        parser = Parser()
+        sub = parser.add_subparsers()
+        importlib.import_module(f"minivmm.cli.{module}").register(sub)
+        assert list(sub.choices) == [module.removesuffix("_cmd")]
+
+
+def test_a_command_imports_no_other_commands_module():
+    import subprocess
+    import sys
+    code = ("import sys; from minivmm.cli import app; app.build_parser(app._command_in(['model', '--json']));"
+            "print(sorted(m for m in sys.modules if m.startswith('minivmm.cli.') and m.endswith('_cmd')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['minivmm.cli.model_cmd']"
+
+
+def test_an_unknown_command_is_still_refused_in_one_line(capsys):
+    from minivmm.cli.app import main
+    assert main(["bogus"]) == 2
+    assert capsys.readouterr().err == "minivmm: error: unknown command 'bogus' (see minivmm --help)\n"

@@ -6,7 +6,9 @@ documented exit code (:class:`minivmm.cli.errors.ExitCode`), never a traceback.
 
 A command is a module ``minivmm/cli/<name>_cmd.py`` with ``register(subparsers)`` (argparse only:
 importing it must stay cheap) and ``run(args) -> int`` (heavy imports inside). To add one, append its
-module name to :data:`COMMANDS`.
+module name to :data:`COMMANDS`. The module of command ``NAME`` is ``NAME_cmd``: a run of one command
+imports and registers that command's module only (the others cost start-up and are not needed); the
+whole parser is built for ``--help``, no command or an unknown one.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     try:
-        parser = build_parser()
+        parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:
@@ -72,8 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     return int(rv) if isinstance(rv, int) else int(ExitCode.OK)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole parser: the top-level options and one subparser per module in :data:`COMMANDS`."""
+def _command_in(argv: list[str]) -> str | None:
+    """The command module ``argv`` names, if its first word is a known command; else None."""
+    for word in argv:
+        module = f"{word}_cmd"
+        return module if module in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser: the top-level options and one subparser per module in :data:`COMMANDS`, or only the
+    subparser of module ``only``."""
     import importlib
 
     from minivmm import __version__
@@ -83,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minivmm {__version__}",
                         help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"minivmm.cli.{name}").register(subparsers)
     return parser
 
