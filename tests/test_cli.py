@@ -351,3 +351,27 @@ def test_an_unknown_command_is_still_refused_in_one_line(capsys):
     from minivmm.cli.app import main
     assert main(["bogus"]) == 2
     assert capsys.readouterr().err == "minivmm: error: unknown command 'bogus' (see minivmm --help)\n"
+
+
+def _console_main_in_child(prelude: str, argv: list[str]):
+    import subprocess
+    import sys
+    code = (f"import sys\n{prelude}\nsys.argv = {['minivmm', *argv]!r}\n"
+            "from minivmm.cli.app import console_main\nconsole_main()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_the_command_exits_with_its_code_after_atexit_and_with_its_output_flushed():
+    # console_main skips the interpreter's teardown: what the teardown did that matters must still happen.
+    proc = _console_main_in_child("import atexit; atexit.register(lambda: print('atexit ran'))", ["--version"])
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == [proc.stdout.splitlines()[0], "atexit ran"]
+    assert proc.stdout.startswith("minivmm ")
+    assert _console_main_in_child("", ["bogus"]).returncode == 2
+
+
+def test_the_command_still_waits_for_a_running_non_daemon_thread():
+    prelude = ("import threading, time\n"
+               "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', flush=True))).start()")
+    proc = _console_main_in_child(prelude, ["--version"])
+    assert proc.returncode == 0 and "thread done" in proc.stdout
