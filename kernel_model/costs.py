@@ -1,6 +1,6 @@
 """Durations of the small steps the model does not derive from first principles.
 
-Every number here is a parameter (override any of them with ``Costs(...)`` or ``dataclasses.replace``).
+Every number here is a parameter (override any of them with ``Costs(...)`` or ``Costs()._replace(...)``).
 The defaults were measured on the project's x86_64 PVM host (kernel 6.18, HZ=250) with
 ``minivmm timing --sequence registrations-first --jitter --repeat 300``: the un-stalled ioctls give the
 ioctl bodies, and the part of the stalled KVM_SET_USER_MEMORY_REGION above the timer rule's
@@ -10,14 +10,13 @@ constants of nature: a slower or busier host moves them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 US = 1_000
 MS = 1_000_000
 
 
-@dataclass(frozen=True)
-class Costs:
+class Costs(NamedTuple):
     """Step durations in nanoseconds."""
 
     #: From queue_work() to the work function running on a worker (a workqueue hop).

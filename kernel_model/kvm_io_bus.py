@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 #: virt/kvm/kvm_main.c / include/linux/kvm_host.h: devices per bus, ioeventfds not counted.
 NR_IOBUS_DEVS = 1000
@@ -109,8 +109,7 @@ class Ioeventfd:
                 and (self.datamatch is None or other.datamatch is None or self.datamatch == other.datamatch))
 
 
-@dataclass(frozen=True)
-class KvmIoRange:
+class KvmIoRange(NamedTuple):
     """``struct kvm_io_range``."""
 
     addr: int

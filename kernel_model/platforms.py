@@ -6,7 +6,7 @@ i8259.c, ioapic.c) and arch/arm64/kvm/vgic (vgic-kvm-device.c, vgic-init.c).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kernel_model.kvm_io_bus import KvmBus
 
@@ -24,8 +24,7 @@ X86_IRQCHIP_DEVICES = (
 ARM64_IRQCHIP_DEVICES: tuple[tuple[KvmBus, int, int, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     """A platform profile."""
 
     name: str

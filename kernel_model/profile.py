@@ -18,7 +18,6 @@ The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ class HostProfile:
                 return samples
             t_cal, t_new = 1_000_000_000 // self.hz, 1_000_000_000 // hz
             return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
-        return dataclasses.replace(base or Costs(), timer_latency_samples=rescale(self.timer_latency_ns),
+        return (base or Costs())._replace(timer_latency_samples=rescale(self.timer_latency_ns),
                                    wakeup_latency_samples=rescale(self.wakeup_latency_ns))
 
     def to_json(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work
 
@@ -110,8 +110,7 @@ class SrcuWarning:
     time: int
 
 
-@dataclass(frozen=True)
-class GpRequest:
+class GpRequest(NamedTuple):
     """Who first asked for a grace period (bookkeeping for attribution, not kernel state): the caller
     tag the user of the srcu_struct set (e.g. a sequence step), the SRCU call, when, and whether it
     asked for an expedited grace period."""
@@ -134,8 +133,7 @@ class GracePeriod:
     request: GpRequest | None = None
 
 
-@dataclass(frozen=True)
-class SrcuWait:
+class SrcuWait(NamedTuple):
     """A caller that blocked in synchronize_srcu*() or srcu_barrier(): from ``start`` to ``end`` it waited
     for grace period ``seq`` to end (and for every grace period that had to end before it)."""
 

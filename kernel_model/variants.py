@@ -12,8 +12,7 @@ A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from collections.abc import Callable
 
 from kernel_model import srcutree
@@ -51,8 +50,7 @@ def free_call_srcu_expedited(kvm: KvmModel, old: KvmIoBus) -> None:
     srcutree.call_srcu_expedited(kvm.srcu, lambda: kvm.kfree_bus(old), f"__free_bus(v{old.version})")
 
 
-@dataclass(frozen=True)
-class Variant:
+class Variant(NamedTuple):
     """A kernel variant."""
 
     name: str

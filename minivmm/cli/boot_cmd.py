@@ -115,7 +115,6 @@ SUMMARY_DRAIN_TIMEOUT = 2.0
 def run(args: argparse.Namespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
     import io
-    import json
 
     from minivmm.vmm.lifecycle import StopRequest, install_stop_handlers
 
@@ -162,21 +161,26 @@ def run(args: argparse.Namespace) -> int:
     with machine:
         hook = make_tracer(machine, sys.stderr) if args.trace else None
         report = machine.run(on_exit=hook)
-    code = outcome_exit_code(report.outcome)
-    text = io.StringIO()
-    if args.as_json:
-        from minivmm.schemas import stamp
-        doc = stamp("boot", report.to_json())
-        doc["exit_code"] = int(code)
-        json.dump(doc, text, indent=2)
-        text.write("\n")
-    else:
-        from minivmm.vmm.report import render
-        render(report, text, int(code))
-    if out is not None:
-        out.write(text.getvalue().encode(), keep=True)
-        # A reader that has not taken the summary within this time is left behind (EPIPE: it left already).
-        out.close(SUMMARY_DRAIN_TIMEOUT)
+        # The summary is written before the VM is closed: closing it waits in the kernel (kvm_destroy_vm's
+        # srcu_barrier) for the grace period the doorbell's registration started, and that wait is the
+        # same however much of it this work fills.
+        code = outcome_exit_code(report.outcome)
+        text = io.StringIO()
+        if args.as_json:
+            import json
+
+            from minivmm.schemas import stamp
+            doc = stamp("boot", report.to_json())
+            doc["exit_code"] = int(code)
+            json.dump(doc, text, indent=2)
+            text.write("\n")
+        else:
+            from minivmm.vmm.report import render
+            render(report, text, int(code))
+        if out is not None:
+            out.write(text.getvalue().encode(), keep=True)
+            # A reader that has not taken the summary within this time is left behind (EPIPE: it left).
+            out.close(SUMMARY_DRAIN_TIMEOUT)
     return int(code)
 
 

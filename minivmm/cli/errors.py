@@ -11,7 +11,7 @@ import errno
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
-    from minivmm.vmm.report import RunOutcome
+    from minivmm.vmm.outcome import RunOutcome
 
 
 class ExitCode(enum.IntEnum):

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class BusDevice(Protocol):
@@ -50,8 +49,7 @@ class NoSuchRange(BusError):
     """No device range starts at the given address."""
 
 
-@dataclass(frozen=True)
-class BusRange:
+class BusRange(NamedTuple):
     """``[base, base + length)`` on a bus, with the device that claims it."""
 
     base: int

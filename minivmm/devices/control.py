@@ -17,10 +17,10 @@ kernel did not take (not registered at that moment) lands in :class:`DynamicDoor
 
 from __future__ import annotations
 
+from typing import NamedTuple
 import errno
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from minivmm.devices.doorbell import DOORBELL_WRITE_LEN, EventCounter
 from minivmm.kvm.errors import KvmError
@@ -32,8 +32,7 @@ OP_REGISTER, OP_UNREGISTER, OP_REPORT = 1, 2, 3
 DYNAMIC_SLOTS = 16
 
 
-@dataclass(frozen=True)
-class DynamicDoorbellCounts:
+class DynamicDoorbellCounts(NamedTuple):
     """What the guest did with the run-time doorbells, for the run report."""
 
     registrations: int

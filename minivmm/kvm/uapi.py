@@ -13,7 +13,7 @@ how ``minivmm timing`` measures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from minivmm._kvm import ffi, lib
 from minivmm.kvm.errors import KvmError
@@ -45,8 +45,7 @@ def raise_for(request: int, err: int) -> NoReturn:
     raise KvmError(ioctl_name(request), err)
 
 
-@dataclass(frozen=True)
-class IoctlRecord:
+class IoctlRecord(NamedTuple):
     """One traced ioctl: what was asked, what came back, how long the system call took."""
 
     fd: int

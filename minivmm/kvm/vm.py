@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
 
 
-@dataclass(frozen=True)
-class IoEvent:
+class IoEvent(NamedTuple):
     """What identifies an ioeventfd to KVM: the same values must be given again to deassign it."""
 
     addr: int

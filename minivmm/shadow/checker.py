@@ -45,7 +45,7 @@ import threading
 from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from collections.abc import Callable
 
 from kernel_model.invariants import InvariantChecker
@@ -56,7 +56,10 @@ from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
 from minivmm.kvm.exits import MMIO_EXITS, PIO_EXITS, VcpuExit
 from minivmm.kvm.vm import IoEvent
-from minivmm.shadow.summary import FIRST_KEPT, Rule, ShadowSummary, ShadowViolation
+from minivmm.shadow.rules import FIRST_KEPT, Rule
+
+if TYPE_CHECKING:  # the findings' dataclasses: imported when there is a finding, or at the run's end
+    from minivmm.shadow.summary import ShadowSummary, ShadowViolation
 
 MMIO, PIO = KvmBus.KVM_MMIO_BUS, KvmBus.KVM_PIO_BUS
 MAX_KEPT_VIOLATIONS = 20
@@ -432,6 +435,7 @@ class ShadowChecker:
                           versions: tuple[int, int], message: str) -> None:
         """Count a finding (the kernel's or the guest's, by its rule) and keep the first few; the caller
         holds ``_lock``."""
+        from minivmm.shadow.summary import ShadowViolation
         finding = ShadowViolation(rule, vcpu, str(exit_), addr, versions, message)
         if rule.guest_error:
             self.guest_error_count += 1
@@ -498,6 +502,7 @@ class ShadowChecker:
 
     def summary(self) -> ShadowSummary:
         """The shadow section of the run report."""
+        from minivmm.shadow.summary import ShadowSummary
         return ShadowSummary(
             inject=self.inject.value if self.inject else None, exits_checked=self.exits_checked,
             exits_not_judged=self.exits_not_judged, registrations_mirrored=self.registrations_mirrored,

@@ -6,32 +6,13 @@ only at the edge (``to_json``).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from minivmm.shadow.rules import FIRST_KEPT, Rule  # noqa: F401  # re-exported: the summary's vocabulary
+
 if TYPE_CHECKING:
     from kernel_model.invariants import Violation
-
-
-class Rule(str, enum.Enum):
-    """The rules a finding can break: the kernel's (a violation, exit code 3) or the guest's (a guest
-    error, exit code 5)."""
-
-    #: The kernel's: an exit of an access some in-kernel device claims in every version of its window.
-    EXIT_CLAIMED = "exit-of-a-claimed-access"
-    #: The kernel's: an eventfd count no open registration accounts for.
-    UNACCOUNTED_COMPLETION = "unaccounted-in-kernel-completion"
-    #: The guest's: the writes a guest reported on a doorbell differ from what the kernel counted plus
-    #: what exited. Only the guest's word says how many it wrote, so a guest can break this rule at
-    #: will (``movl $0x03000005, 0xd0002000; hlt``: "I wrote 5 times"); it proves nothing about the
-    #: kernel, whose completions the two rules above already check against the VMM's own knowledge.
-    GUEST_REPORT_DOES_NOT_ADD_UP = "guest-report-does-not-add-up"
-
-    @property
-    def guest_error(self) -> bool:
-        """Whether breaking this rule is the guest's fault (not the kernel's)."""
-        return self is Rule.GUEST_REPORT_DOES_NOT_ADD_UP
 
 
 @dataclass(frozen=True)
@@ -51,9 +32,6 @@ class ShadowViolation:
         d["rule"] = self.rule.value
         return d
 
-
-#: Findings of each kind a summary keeps in full (the counts are always complete).
-FIRST_KEPT = 5
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class CalibrationRun:
 
 def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
     base = costs or Costs()
-    sim = Sim(hz, 0.5, Costs(**{**base.__dict__, "timer_latency": 0, "timer_latency_samples": (),
+    sim = Sim(hz, 0.5, Costs(**{**base._asdict(), "timer_latency": 0, "timer_latency_samples": (),
                                 "wakeup_latency_samples": ()}))
     return sim, KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
 

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from minivmm.kvm.vcpu import Vcpu
-from minivmm.vmm.report import RunOutcome
+from minivmm.vmm.outcome import RunOutcome
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL, RunControl, VcpuRecord, stop_vcpu_threads
 
 #: The signals that stop a run, and the outcome each means.

@@ -12,8 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
@@ -36,12 +35,13 @@ from minivmm.vmm.image import check_placement
 from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
                                 DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
 from minivmm.vmm.lifecycle import StopRequest, VcpuThreads, kick_handler, stop_signals
-from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunReport, RunTimes, VcpuSnapshot,
-                                 build_report, final_outcome)
+from minivmm.vmm.outcome import RunOutcome, final_outcome
 from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
 
 if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
     from minivmm.shadow.checker import ShadowChecker
+    # The report is imported when the run is over (see minivmm.vmm.outcome for why that is free).
+    from minivmm.vmm.report import MachineSnapshot, RunReport, VcpuSnapshot
     from minivmm.shadow.ftrace import FtraceResult, FtraceSession
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
@@ -50,8 +50,7 @@ TSS_ADDR = 0xFFFBD000
 POLL_INTERVAL = 0.05
 
 
-@dataclass(frozen=True)
-class MachineConfig:
+class MachineConfig(NamedTuple):
     """Everything ``minivmm boot`` lets a user choose."""
 
     mem_size: int = DEFAULT_MEM_SIZE
@@ -187,6 +186,7 @@ class Machine:
             guest_error = self.shadow is not None and bool(self.shadow.guest_error_count)
             outcome = final_outcome(ended, [r.state for r in records], kernel_violation=violated,
                                     guest_error=guest_error)
+            from minivmm.vmm.report import RunTimes, build_report
             snapshot = self.snapshot(records, ftrace_result, self._ftrace_error)
             return build_report(records, outcome, snapshot, RunTimes(self._t_start, self._t_ready, t_run, t_end))
 
@@ -214,6 +214,7 @@ class Machine:
                  ftrace_error: str | None = None) -> MachineSnapshot:
         """What the report shows, read once every vCPU thread has ended: the devices' counters, the
         shadow's summary, and where each vCPU that did not halt cleanly was."""
+        from minivmm.vmm.report import MachineSnapshot
         where = {r.index: self._vcpu_snapshot(self.vcpus[r.index]) for r in records
                  if r.state is not VcpuState.HALTED}
         doorbell = self.doorbell
@@ -228,6 +229,7 @@ class Machine:
             console_echo_dropped=self.console.echo_dropped)
 
     def _vcpu_snapshot(self, vcpu: Vcpu) -> VcpuSnapshot:
+        from minivmm.vmm.report import REGISTER_NAMES, VcpuSnapshot
         try:
             regs = vcpu.get_regs()
             sregs = vcpu.get_sregs()

@@ -9,47 +9,18 @@ drive them with hand-built snapshots. JSON is made only at the edge, by :meth:`R
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from minivmm.devices.control import DynamicDoorbellCounts
 from minivmm.kvm.exits import VcpuExit, exit_kind
 from minivmm.vmm.boot import Mode
+from minivmm.vmm.outcome import RunOutcome, final_outcome  # noqa: F401  # re-exported: the report's outcome
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
     from minivmm.shadow.ftrace import FtraceResult
     from minivmm.shadow.summary import ShadowSummary
-
-
-class RunOutcome(str, enum.Enum):
-    """How a run ended (the CLI maps each outcome to a process exit code)."""
-
-    HALTED = "halted"            # every vCPU executed HLT
-    FAILED = "failed"            # a vCPU shut down, failed entry, hit an internal error, or errored
-    TIMEOUT = "timeout"          # --timeout passed before every vCPU halted
-    INTERRUPTED = "interrupted"  # Ctrl-C
-    TERMINATED = "terminated"    # SIGTERM
-    VIOLATION = "violation"      # the shadow found an exit or a completion the kernel must not have made
-    GUEST_ERROR = "guest_error"  # the guest broke the VMM's protocol (e.g. its reported counts do not add up)
-
-
-def final_outcome(ended: RunOutcome, states: list[VcpuState], kernel_violation: bool,
-                  guest_error: bool = False) -> RunOutcome:
-    """How the run ended, all told: ``ended`` is why the supervisor stopped waiting, ``states`` where each
-    vCPU's loop ended, ``kernel_violation`` whether the shadow or --ftrace caught the kernel breaking a
-    rule (which outranks a guest's own failure or timeout, not a user's Ctrl-C or SIGTERM), and
-    ``guest_error`` whether the guest's own reports did not add up (it turns a clean halt into a guest
-    error, never into a kernel violation)."""
-    outcome = ended
-    if outcome is RunOutcome.HALTED and any(s is not VcpuState.HALTED for s in states):
-        outcome = RunOutcome.FAILED
-    if kernel_violation and outcome in (RunOutcome.HALTED, RunOutcome.FAILED, RunOutcome.TIMEOUT):
-        outcome = RunOutcome.VIOLATION
-    elif guest_error and outcome is RunOutcome.HALTED:
-        outcome = RunOutcome.GUEST_ERROR
-    return outcome
 
 
 #: The registers a report shows, in this order.
@@ -152,7 +123,7 @@ class RunReport:
         """The optional sections in their JSON form: ``dynamic_doorbells``, ``shadow``, ``ftrace``."""
         out: dict[str, Any] = {}
         if self.dynamic_doorbells is not None:
-            out["dynamic_doorbells"] = asdict(self.dynamic_doorbells)
+            out["dynamic_doorbells"] = self.dynamic_doorbells._asdict()
         out["shadow"] = self.shadow.to_json() if self.shadow is not None else {"enabled": False}
         if self.ftrace_requested:
             out["ftrace"] = (self.ftrace.to_json() if self.ftrace is not None
