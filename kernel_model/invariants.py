@@ -7,8 +7,7 @@ looking up a bus, a teardown), not by a sweep afterwards.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ViolationKind(str, enum.Enum):
@@ -34,14 +33,13 @@ class ViolationKind(str, enum.Enum):
     CALLBACK_AFTER_CLEANUP = "callback-after-cleanup"
 
 
-@dataclass(frozen=True)
-class Violation:
+class Violation(NamedTuple):
     """One broken rule, with when and the facts that show it."""
 
     kind: ViolationKind
     time_ns: int
     message: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -13,7 +13,7 @@ left out; an ioctl's own work is one fixed cost (``Costs``) plus whatever SRCU w
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kernel_model import srcutree
 from kernel_model.costs import Costs
@@ -66,8 +66,7 @@ class KvmIoctlError(OSError):
     """A modelled ioctl failed with ``errno`` (as the real one would)."""
 
 
-@dataclass
-class Memslot:
+class Memslot(NamedTuple):
     """A memslot: guest-physical base and size, and its KVM_MEM_* flags."""
 
     base: int

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import errno
-from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 #: virt/kvm/kvm_main.c / include/linux/kvm_host.h: devices per bus, ioeventfds not counted.
@@ -43,13 +42,15 @@ class KvmIoDevice(Protocol):
         ...
 
 
-@dataclass(eq=False)
 class InKernelDevice:
     """An in-kernel device that takes every access in its range (PIC, IOAPIC, PIT, GIC, ...)."""
 
-    name: str
-    writes: int = 0
-    reads: int = 0
+    __slots__ = ("name", "writes", "reads")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.writes = 0
+        self.reads = 0
 
     def write(self, addr: int, length: int, value: int) -> bool:
         """Take the write."""
@@ -62,7 +63,6 @@ class InKernelDevice:
         return True
 
 
-@dataclass(eq=False)
 class Ioeventfd:
     """``struct _ioeventfd``: signals its eventfd on a matching guest write; never takes reads.
 
@@ -70,12 +70,16 @@ class Ioeventfd:
     ``datamatch`` None is the wildcard (no KVM_IOEVENTFD_FLAG_DATAMATCH).
     """
 
-    addr: int
-    length: int
-    datamatch: int | None = None
-    pio: bool = False
-    signalled: int = 0
-    name: str = field(default="ioeventfd")
+    __slots__ = ("addr", "length", "datamatch", "pio", "signalled", "name")
+
+    def __init__(self, addr: int, length: int, datamatch: int | None = None, pio: bool = False,
+                 name: str = "ioeventfd") -> None:
+        self.addr = addr
+        self.length = length
+        self.datamatch = datamatch
+        self.pio = pio
+        self.signalled = 0
+        self.name = name
 
     def in_range(self, addr: int, length: int, value: int) -> bool:
         """Models ioeventfd_in_range(): exact address; any length if ours is 0; else same length and
@@ -117,16 +121,19 @@ class KvmIoRange(NamedTuple):
     dev: KvmIoDevice
 
 
-@dataclass(eq=False)
 class KvmIoBus:
     """``struct kvm_io_bus``: an immutable sorted array; ``freed`` is set by kfree()."""
 
-    bus_idx: KvmBus
-    version: int
-    range: tuple[KvmIoRange, ...] = ()
-    ioeventfd_count: int = 0
-    freed: bool = False
-    freed_at: int | None = None
+    __slots__ = ("bus_idx", "version", "range", "ioeventfd_count", "freed", "freed_at")
+
+    def __init__(self, bus_idx: KvmBus, version: int, range: tuple[KvmIoRange, ...] = (),  # noqa: A002
+                 ioeventfd_count: int = 0) -> None:
+        self.bus_idx = bus_idx
+        self.version = version
+        self.range = range  # the kernel's field name
+        self.ioeventfd_count = ioeventfd_count
+        self.freed = False
+        self.freed_at: int | None = None
 
     @property
     def dev_count(self) -> int:

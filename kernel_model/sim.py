@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass, field
 from collections.abc import Callable
 
 from kernel_model.costs import Costs
@@ -56,12 +55,20 @@ def calc_index_expiry(expires: int, clk: int) -> int:
     raise AssertionError("unreachable")
 
 
-@dataclass(order=True)
 class _Event:
-    time: int
-    seq: int
-    fn: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    """An event on the queue: ``fn`` runs at ``time``; ``seq`` orders events of the same time by when
+    they were queued. A heap entry, so only ``<`` is needed."""
+
+    __slots__ = ("time", "seq", "fn", "cancelled")
+
+    def __init__(self, time: int, seq: int, fn: Callable[[], None]) -> None:
+        self.time = time
+        self.seq = seq
+        self.fn = fn
+        self.cancelled = False
+
+    def __lt__(self, other: _Event) -> bool:
+        return (self.time, self.seq) < (other.time, other.seq)
 
 
 class Sim:

@@ -23,7 +23,6 @@ Simplified away, each said again where it is made:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -92,17 +91,18 @@ def rcu_seq_done(cur: int, s: int) -> bool:
     return cur >= s
 
 
-@dataclass
 class SrcuCallback:
     """A queued ``rcu_head``: ``func`` runs after grace period ``seq`` ends."""
 
-    seq: int
-    func: Callable[[], None]
-    name: str
+    __slots__ = ("seq", "func", "name")
+
+    def __init__(self, seq: int, func: Callable[[], None], name: str) -> None:
+        self.seq = seq
+        self.func = func
+        self.name = name
 
 
-@dataclass
-class SrcuWarning:
+class SrcuWarning(NamedTuple):
     """A WARN_ON() the kernel would print (cleanup_srcu_struct() and friends)."""
 
     function: str
@@ -121,16 +121,19 @@ class GpRequest(NamedTuple):
     expedited: bool
 
 
-@dataclass
 class GracePeriod:
-    """A record of one grace period, for reports, tests and attribution."""
+    """A record of one grace period, for reports, tests and attribution: ``end`` is None while it runs;
+    ``request`` is the first request for it (None if nobody asked for it, which does not happen)."""
 
-    seq: int
-    start: int
-    end: int | None = None
-    expedited_at_end: bool = False
-    #: The first request for this grace period (None if nobody asked for it, which does not happen).
-    request: GpRequest | None = None
+    __slots__ = ("seq", "start", "end", "expedited_at_end", "request")
+
+    def __init__(self, seq: int, start: int, end: int | None = None, expedited_at_end: bool = False,
+                 request: GpRequest | None = None) -> None:
+        self.seq = seq
+        self.start = start
+        self.end = end
+        self.expedited_at_end = expedited_at_end
+        self.request = request
 
 
 class SrcuWait(NamedTuple):
@@ -144,12 +147,14 @@ class SrcuWait(NamedTuple):
     end: int
 
 
-@dataclass
 class SrcuNode:
     """``struct srcu_node`` (BIG only): the grace periods requested through it, four at a time."""
 
-    srcu_have_cbs: list[int]
-    srcu_gp_seq_needed_exp: int
+    __slots__ = ("srcu_have_cbs", "srcu_gp_seq_needed_exp")
+
+    def __init__(self, srcu_have_cbs: list[int], srcu_gp_seq_needed_exp: int) -> None:
+        self.srcu_have_cbs = srcu_have_cbs
+        self.srcu_gp_seq_needed_exp = srcu_gp_seq_needed_exp
 
 
 #: SRCU_SNP_INIT_SEQ: the "nothing recorded yet" value of a node's sequence numbers.

@@ -9,8 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from minivmm.kvm.errors import KvmUnavailable
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
@@ -38,8 +37,7 @@ BACKENDS = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm", "kvm_arm": "
 SRCUTREE_PARAMS = "/sys/module/srcutree/parameters"
 
 
-@dataclass
-class HostInfo:
+class HostInfo(NamedTuple):
     """A snapshot of the host's KVM facts; fields are None where they could not be read."""
 
     kernel: str
@@ -47,17 +45,17 @@ class HostInfo:
     kvm_path: str
     api_version: int | None = None
     kvm_error: str | None = None
-    capabilities: dict[str, int] = field(default_factory=dict)
+    capabilities: dict[str, int] = {}  # noqa: RUF012  # never mutated: read_host_info builds a new dict
     backend_module: str | None = None
     platform: str | None = None
     hz: int | None = None
     hz_source: str | None = None
     tree_srcu: bool | None = None
-    srcutree_params: dict[str, str] = field(default_factory=dict)
+    srcutree_params: dict[str, str] = {}  # noqa: RUF012  # likewise
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return asdict(self)
+        return self._asdict()
 
 
 def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
@@ -116,33 +114,38 @@ def detect_backend(sys_module: str = "/sys/module") -> str | None:
 
 def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     """Gather everything ``minivmm info`` shows. Never raises for a missing /dev/kvm: it says so."""
-    info = HostInfo(kernel=os.uname().release, machine=os.uname().machine, kvm_path=kvm_path)
+    api_version = kvm_error = platform = hz_source = None
+    hz: int | None = None
+    tree_srcu: bool | None = None
+    capabilities: dict[str, int] = {}
     try:
         with Kvm(kvm_path) as kvm:
-            info.api_version = kvm.get_api_version()
+            api_version = kvm.get_api_version()
             for name in CAPS_USED:
                 if hasattr(lib, name):
-                    info.capabilities[name] = kvm.check_extension(getattr(lib, name))
+                    capabilities[name] = kvm.check_extension(getattr(lib, name))
     except KvmUnavailable as e:
-        info.kvm_error = e.strerror
-    info.backend_module = detect_backend()
-    if info.backend_module:
-        info.platform = BACKENDS[info.backend_module]
-        if info.platform == "svm" and not svm_avic_enabled():
-            info.platform = "svm-noavic"
+        kvm_error = e.strerror
+    backend_module = detect_backend()
+    if backend_module:
+        platform = BACKENDS[backend_module]
+        if platform == "svm" and not svm_avic_enabled():
+            platform = "svm-noavic"
     elif os.uname().machine in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
-        info.platform = "arm64"
+        platform = "arm64"
     config, source = kernel_config()
     if config:
-        hz = config_value(config, "CONFIG_HZ")
-        info.hz = int(hz) if hz and hz.isdigit() else None
-        info.hz_source = source
-        info.tree_srcu = config_value(config, "CONFIG_TREE_SRCU") == "y"
+        hz_text = config_value(config, "CONFIG_HZ")
+        hz = int(hz_text) if hz_text and hz_text.isdigit() else None
+        hz_source = source
+        tree_srcu = config_value(config, "CONFIG_TREE_SRCU") == "y"
+    srcutree_params: dict[str, str] = {}
     if os.path.isdir(SRCUTREE_PARAMS):
         for name in sorted(os.listdir(SRCUTREE_PARAMS)):
             try:
                 with open(os.path.join(SRCUTREE_PARAMS, name)) as f:
-                    info.srcutree_params[name] = f.read().strip()
+                    srcutree_params[name] = f.read().strip()
             except OSError:
                 continue
-    return info
+    return HostInfo(os.uname().release, os.uname().machine, kvm_path, api_version, kvm_error, capabilities,
+                    backend_module, platform, hz, hz_source, tree_srcu, srcutree_params)

@@ -12,7 +12,6 @@ how ``minivmm timing`` measures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
 
 from minivmm._kvm import ffi, lib
@@ -61,12 +60,14 @@ class IoctlRecord(NamedTuple):
         return f"ioctl({self.fd}, {self.name}, {self.arg}) = {result} <{self.elapsed_ns / 1e9:.6f}>"
 
 
-@dataclass
 class IoctlTracer:
     """Collects an :class:`IoctlRecord` for every ioctl issued through it."""
 
-    records: list[IoctlRecord] = field(default_factory=list)
-    _elapsed: Any = field(default_factory=lambda: ffi.new("int64_t *"), repr=False)
+    __slots__ = ("records", "_elapsed")
+
+    def __init__(self) -> None:
+        self.records: list[IoctlRecord] = []
+        self._elapsed: Any = ffi.new("int64_t *")  # where the C wrapper stores the system call's duration
 
     def _record(self, fd: int, request: int, arg: str, ret: int) -> IoctlRecord:
         rec = IoctlRecord(fd, ioctl_name(request), arg, ret, ffi.errno if ret < 0 else 0, self._elapsed[0])

@@ -44,7 +44,6 @@ import enum
 import threading
 from bisect import bisect_right
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from collections.abc import Callable
 
@@ -148,21 +147,25 @@ class _Verdict(NamedTuple):
         return cls(read, write, offered)
 
 
-@dataclass
 class DoorbellAccount:
-    """What is known about one eventfd-backed doorbell."""
+    """What is known about one eventfd-backed doorbell: its address, its eventfd and that eventfd's
+    running total (``total``, EventCounter.total), and the counts reconciled so far."""
 
-    addr: int
-    fd: int
-    total: Callable[[], int]  # the eventfd's running total (EventCounter.total)
-    kernel_total: int = 0
-    guest_reported: int = 0
-    userspace_writes: int = 0
-    #: Registrations of this eventfd the kernel may have now: from "assign about to be issued" to
-    #: "deassign returned" (or "assign failed").
-    open_registrations: int = 0
-    #: Whether some registration was open at any moment since the last reconciliation point.
-    open_since_check: bool = False
+    __slots__ = ("addr", "fd", "total", "kernel_total", "guest_reported", "userspace_writes",
+                 "open_registrations", "open_since_check")
+
+    def __init__(self, addr: int, fd: int, total: Callable[[], int]) -> None:
+        self.addr = addr
+        self.fd = fd
+        self.total = total
+        self.kernel_total = 0
+        self.guest_reported = 0
+        self.userspace_writes = 0
+        #: Registrations of this eventfd the kernel may have now: from "assign about to be issued" to
+        #: "deassign returned" (or "assign failed").
+        self.open_registrations = 0
+        #: Whether some registration was open at any moment since the last reconciliation point.
+        self.open_since_check = False
 
 
 class ShadowChecker:

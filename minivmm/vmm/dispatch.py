@@ -7,10 +7,9 @@ bus). Reads are answered through the ``completer`` (the vCPU, or a test double) 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from functools import partial
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from minivmm.devices.bus import Bus, BusDevice, BusTable, resolve_in
 from minivmm.kvm.exits import (EXIT_TYPES, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
@@ -43,8 +42,7 @@ _CONTINUE = Verdict.CONTINUE
 FIRST_UNCLAIMED_KEPT = 8
 
 
-@dataclass
-class UnclaimedAccess:
+class UnclaimedAccess(NamedTuple):
     """An access no device claimed (kept for the report; only the first few are kept)."""
 
     space: str  # "pio" or "mmio"
@@ -53,12 +51,14 @@ class UnclaimedAccess:
     is_write: bool
 
 
-@dataclass
 class DispatchStats:
     """Per-vCPU counters; each vCPU owns one, so the hot path takes no lock."""
 
-    unclaimed: int = 0
-    first_unclaimed: list[UnclaimedAccess] = field(default_factory=list)
+    __slots__ = ("unclaimed", "first_unclaimed")
+
+    def __init__(self) -> None:
+        self.unclaimed = 0
+        self.first_unclaimed: list[UnclaimedAccess] = []
 
     def note_unclaimed(self, space: str, addr: int, size: int, is_write: bool) -> None:
         """Count an unclaimed access, keeping the first few for the report."""

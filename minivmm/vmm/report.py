@@ -167,7 +167,7 @@ def build_report(records: list[VcpuRecord], outcome: RunOutcome, snapshot: Machi
             totals[k] = totals.get(k, 0) + n
         rep = VcpuReport(rec.index, rec.state.value, exits, rec.stats.unclaimed,
                          rec.last_exit.describe() if rec.last_exit is not None else None, rec.error,
-                         first_unclaimed=[asdict(u) for u in rec.stats.first_unclaimed])
+                         first_unclaimed=[u._asdict() for u in rec.stats.first_unclaimed])
         where = snapshot.vcpus.get(rec.index)
         if rec.state is not VcpuState.HALTED and where is not None:
             if where.error is not None:

@@ -14,7 +14,6 @@ import enum
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 from collections.abc import Callable
 
@@ -85,29 +84,37 @@ def stop_vcpu_threads(vcpus: list[Vcpu], threads: list[threading.Thread], done: 
         t.join()  # each loop has ended: these return at once
 
 
-@dataclass
 class RunControl:
     """Shared by the supervisor and every vCPU loop: ``stopping`` asks the loops to end."""
 
-    stopping: bool = False
+    __slots__ = ("stopping",)
+
+    def __init__(self, stopping: bool = False) -> None:
+        self.stopping = stopping
 
 
-@dataclass
 class VcpuRecord:
     """What one vCPU's loop did; written only by that vCPU's thread while it runs."""
 
-    index: int
-    state: VcpuState = VcpuState.CREATED
-    exits: dict[type, int] = field(default_factory=dict)
-    stats: DispatchStats = field(default_factory=DispatchStats)
-    last_exit: VcpuExit | None = None
-    first_exit_ns: int | None = None
-    entered_ns: int | None = None
-    finished_ns: int | None = None
-    error: str | None = None
-    #: Set by the vCPU's thread as its very last step; the supervisor waits on this (see
-    #: stop_vcpu_threads for why not on Thread.join()).
-    done: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("index", "state", "exits", "stats", "last_exit", "first_exit_ns", "entered_ns", "finished_ns",
+                 "error", "done")
+
+    def __init__(self, index: int, state: VcpuState = VcpuState.CREATED, exits: dict[type, int] | None = None,
+                 stats: DispatchStats | None = None, last_exit: VcpuExit | None = None,
+                 first_exit_ns: int | None = None, entered_ns: int | None = None, finished_ns: int | None = None,
+                 error: str | None = None) -> None:
+        self.index = index
+        self.state = state
+        self.exits: dict[type, int] = {} if exits is None else exits
+        self.stats = DispatchStats() if stats is None else stats
+        self.last_exit = last_exit
+        self.first_exit_ns = first_exit_ns
+        self.entered_ns = entered_ns
+        self.finished_ns = finished_ns
+        self.error = error
+        #: Set by the vCPU's thread as its very last step; the supervisor waits on this (see
+        #: stop_vcpu_threads for why not on Thread.join()).
+        self.done = threading.Event()
 
 
 def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control: RunControl,
