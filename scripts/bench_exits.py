@@ -2,6 +2,7 @@
 """Cost of one VM exit in minivmm against a C reference VMM: same guest, same host, alternating runs.
 
     python3 scripts/bench_exits.py [--rounds 5] [--no-check-side] [--guest pioloop|mmioloop|both]
+                                   [--inline-reference]
 
 The guests are guest/pioloop.bin (100000 `out` to port 0x3ff, then HLT; real mode) and
 guest/mmioloop.bin (50000 MMIO writes to the scratch device, each read back, then HLT; 32-bit
@@ -140,6 +141,85 @@ def run_c(exe: pathlib.Path, guest: str) -> Sample:
     return ns / exits, cpu / exits
 
 
+def _python_vm(guest: str) -> Any:
+    """A context manager: the guest's VM set up with minivmm's own KVM layer, yielding its vCPU."""
+    from contextlib import contextmanager
+
+    from minivmm.kvm.memory import GuestMemory
+    from minivmm.kvm.system import Kvm
+    from minivmm.vmm import boot
+    from minivmm.vmm.boot import Mode
+    from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
+
+    @contextmanager
+    def vm_of() -> Any:
+        image, mode, _ = GUESTS[guest]
+        with Kvm() as kvm, kvm.create_vm() as vm, GuestMemory(0, DEFAULT_MEM_SIZE) as mem:
+            vm.set_tss_addr(0xFFFBD000)
+            vm.set_user_memory_region(0, 0, DEFAULT_MEM_SIZE, mem.host_addr)
+            mem.write(DEFAULT_LOAD_ADDR, image.read_bytes())
+            boot.write_system_tables(mem, DEFAULT_MEM_SIZE, Mode(mode))
+            vcpu = vm.create_vcpu(0)
+            boot.setup_vcpu(vcpu, DEFAULT_MEM_SIZE, Mode(mode), DEFAULT_LOAD_ADDR, 0, kvm.get_supported_cpuid())
+            yield vcpu, kvm.get_vcpu_mmap_size()
+    return vm_of()
+
+
+def run_python_inline(guest: str) -> Sample:
+    """A reference, not a VMM: port I/O only (pioloop), everything minivmm's loop does for an exit of
+    that guest written out in one function with no call but KVM_RUN's. It reads ``kvm_run`` as words
+    and memoizes exit values as minivmm's decoder does (layout from the decoder's cffi-derived
+    constants), counts the exit by type, looks the port up in a route table of minivmm's dispatcher
+    (same version check), counts the unclaimed access and checks for a stop request. It measures how
+    close a Python VMM with minivmm's features can get when it pays for no Python frame at all."""
+    from minivmm.devices.bus import Bus
+    from minivmm.kvm import exits as X
+    from minivmm.kvm.uapi import ffi, lib
+    from minivmm.vmm.dispatch import DispatchStats, ExitDispatcher
+    from minivmm.vmm.vcpu_loop import RunControl
+
+    _, _, expected = GUESTS[guest]
+    with _python_vm(guest) as (vcpu, mmap_size):
+        fd, ioctl, kvm_run, exit_io = vcpu.fd, lib.minivmm_ioctl_val, lib.KVM_RUN, lib.KVM_EXIT_IO
+        buf = ffi.buffer(vcpu.run_struct, mmap_size)
+        u32, u64, items = memoryview(buf).cast("I"), memoryview(buf).cast("Q"), memoryview(buf).cast("B")
+        memo: dict[int, Any] = {}
+        counts: dict[type, int] = {}
+        stats, control = DispatchStats(), RunControl()
+        dispatcher = ExitDispatcher(Bus("pio", 1 << 16), Bus("mmio", 1 << 64))
+        routes, bus = dispatcher.pio_routes, dispatcher.pio_bus
+        exits = 0
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+        while True:
+            if ioctl(fd, kvm_run, 0) < 0:
+                raise OSError("KVM_RUN failed")
+            exits += 1
+            if u32[X._REASON_U32] != exit_io:
+                break
+            io = u64[X._IO_WORD]
+            values = memo.get(io)
+            if values is None:
+                values = memo[io] = {}
+            datum = items[u64[X._DATA_OFFSET_WORD]]
+            exit_ = values.get(datum)
+            if exit_ is None:
+                exit_ = values[datum] = X.IoOut(io >> X._PORT_SHIFT & 0xFFFF, 1, 1, bytes([datum]))
+            cls = type(exit_)
+            try:
+                counts[cls] += 1
+            except KeyError:
+                counts[cls] = 1
+            if routes.table is not bus.table:
+                routes.renew()
+            if routes.writes[exit_[0] << 4 | exit_[1]] is None:
+                stats.unclaimed += 1
+            if control.stopping:
+                break
+        cpu, ns = time.thread_time_ns() - c0, time.monotonic_ns() - t0
+    assert exits == expected + 1 and stats.unclaimed == expected, (exits, stats.unclaimed)
+    return ns / exits, cpu / exits
+
+
 def run_python_floor(guest: str) -> Sample:
     """The tightest Python loop over minivmm's cffi KVM_RUN wrapper: ns per exit, no decode, no dispatch.
 
@@ -147,21 +227,10 @@ def run_python_floor(guest: str) -> Sample:
     (``minivmm_ioctl_val``) and looks at ``exit_reason`` for the HLT. MMIO reads go unanswered (the
     guest reads whatever is there).
     """
-    from minivmm.kvm.memory import GuestMemory
-    from minivmm.kvm.system import Kvm
     from minivmm.kvm.uapi import lib
-    from minivmm.vmm import boot
-    from minivmm.vmm.boot import Mode
-    from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
-    image, mode, expected = GUESTS[guest]
-    with Kvm() as kvm, kvm.create_vm() as vm, GuestMemory(0, DEFAULT_MEM_SIZE) as mem:
-        vm.set_tss_addr(0xFFFBD000)
-        vm.set_user_memory_region(0, 0, DEFAULT_MEM_SIZE, mem.host_addr)
-        mem.write(DEFAULT_LOAD_ADDR, image.read_bytes())
-        boot.write_system_tables(mem, DEFAULT_MEM_SIZE, Mode(mode))
-        vcpu = vm.create_vcpu(0)
-        boot.setup_vcpu(vcpu, DEFAULT_MEM_SIZE, Mode(mode), DEFAULT_LOAD_ADDR, 0, kvm.get_supported_cpuid())
+    _, _, expected = GUESTS[guest]
+    with _python_vm(guest) as (vcpu, _):
         fd, run, ioctl, kvm_run, hlt = vcpu.fd, vcpu.run_struct, lib.minivmm_ioctl_val, lib.KVM_RUN, lib.KVM_EXIT_HLT
         exits = 0
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()
@@ -225,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check-side", dest="check", action="store_false",
                         help="skip the run with the shadow check on")
     parser.add_argument("--guest", choices=(*GUESTS, "both"), default="both", help="which guest (default both)")
+    parser.add_argument("--inline-reference", action="store_true",
+                        help="pioloop: add the one-function reference (run_python_inline: minivmm's per-exit "
+                             "work with no Python call), the bound on what removing frames could gain")
     args = parser.parse_args(argv)
     guests = list(GUESTS) if args.guest == "both" else [args.guest]
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
@@ -235,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                 "C reference": partial(run_c, exe, guest),
                 "tightest Python loop": partial(run_python_floor, guest),
                 "minivmm --no-check": partial(run_minivmm, guest, check=False)}
+            if args.inline_reference and guest == "pioloop":
+                runs = {**dict(list(runs.items())[:2]), "one-function reference": partial(run_python_inline, guest),
+                        **dict(list(runs.items())[2:])}
             if args.check:
                 runs["minivmm (checked)"] = partial(run_minivmm, guest, check=True)
             wall: dict[str, list[float]] = {name: [] for name in runs}
