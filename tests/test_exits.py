@@ -165,7 +165,10 @@ def test_the_decoder_remembers_a_repeated_exit_and_builds_anew_what_differs():
     first = decoder.decode()
     assert first == IoOut(0x3F8, 1, 1, b"A") and decoder.decode() is first  # built once
     _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data=b"B")
-    assert decoder.decode() == IoOut(0x3F8, 1, 1, b"B")  # other data: another value
+    second = decoder.decode()
+    assert second == IoOut(0x3F8, 1, 1, b"B")  # other data: another value
+    _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data=b"A")
+    assert decoder.decode() is first  # each value of the port is remembered, not only the last
     _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 1, data_offset=0x900, data=b"C")
     assert decoder.decode() == IoOut(0x3F8, 1, 1, b"C")  # data_offset moved: read where it points now
     _io_exit(run, buf, lib.KVM_EXIT_IO_OUT, 0x3F8, 2, data_offset=0x900, data=b"CD")

@@ -419,7 +419,7 @@ class ExitDecoder:
         # its value. String I/O is not: its data is many items.
         if items is not None and count == 1 and not offset % size and offset + size <= self._size:
             known = self._io_memo.get(io)
-            if known is None or known[1] != offset:
+            if known is None or known[0] != offset:
                 known = (offset, items, offset // size, {})
                 _remember(self._io_memo, io, known)
             _remember(known[3], items[offset // size], exit_out)
