@@ -17,10 +17,10 @@ kernel did not take (not registered at that moment) lands in :class:`DynamicDoor
 
 from __future__ import annotations
 
-from typing import NamedTuple
 import errno
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 from minivmm.devices.doorbell import DOORBELL_WRITE_LEN, EventCounter
 from minivmm.kvm.errors import KvmError

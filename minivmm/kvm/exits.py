@@ -15,9 +15,7 @@ from __future__ import annotations
 import enum
 import errno
 import re
-import struct
 import sys
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias, get_args
 
 from minivmm.kvm.uapi import ffi, lib, raise_for
@@ -249,25 +247,6 @@ _ioctl_val = lib.minivmm_ioctl_val
 _EINTR = errno.EINTR
 
 
-def _reader(fields: list[tuple[int, Any]]) -> Callable[[Any, int], tuple[Any, ...]]:
-    """``unpack_from`` of one ``struct.Struct`` reading ``(offset, ctype)`` fields of ``kvm_run`` at once.
-
-    The codes come from cffi's types (size and signedness; ``uint8_t[8]`` as ``8s``) and the padding
-    from cffi's offsets, so the layout is still the header's, not retyped.
-    """
-    fmt, pos = "=", 0
-    for offset, ctype in sorted(fields, key=lambda f: f[0]):
-        if offset > pos:
-            fmt += f"{offset - pos}x"
-        if ctype.kind == "array":
-            fmt += f"{ctype.length}s"
-        else:
-            code = {1: "b", 2: "h", 4: "i", 8: "q"}[ffi.sizeof(ctype)]
-            fmt += code if ctype.cname.startswith("int") else code.upper()
-        pos = offset + ffi.sizeof(ctype)
-    return struct.Struct(fmt).unpack_from
-
-
 def _members(union_member: str, typedef: str) -> dict[str, tuple[int, Any]]:
     base = ffi.offsetof("struct kvm_run", union_member)
     return {name: (base + f.offset, f.type) for name, f in ffi.typeof(typedef).fields}
@@ -276,8 +255,6 @@ def _members(union_member: str, typedef: str) -> dict[str, tuple[int, Any]]:
 _IO = _members("io", "kvm_run_io_t")
 _MMIO = _members("mmio", "kvm_run_mmio_t")
 _EXIT_REASON_AT = ffi.offsetof("struct kvm_run", "exit_reason")
-#: mmio's phys_addr, data (8 bytes), len, is_write, in one read (a miss of the decoder's memo).
-_read_mmio = _reader([_MMIO[f] for f in ("phys_addr", "data", "len", "is_write")])
 _new = tuple.__new__  # builds a NamedTuple without the Python-level __new__ (half the cost)
 
 
@@ -344,7 +321,8 @@ class ExitDecoder:
         self._u64 = view[:size - size % 8].cast("Q")
         #: IO item size -> a view of the mapping in unsigned items of that size.
         self._items = {n: view[:size - size % n].cast(code) for n, code in _ITEM_CODES.items()}
-        #: io word -> the IoIn it describes, or for an ``out`` of one item an _OutValues entry.
+        #: io word -> the IoIn it describes or, for an ``out`` of one item, ``(data_offset, the items view,
+        #: the item's index in it, {item value: IoOut})``.
         self._io_memo: dict[int, Any] = {}
         #: MMIO address -> (the len/is_write word, the MmioRead it describes).
         self._mmio_memo: dict[int, tuple[int, MmioRead]] = {}
@@ -378,11 +356,11 @@ class ExitDecoder:
         if reason == _EXIT_MMIO:
             word = self._u64[_MMIO_LEN_WORD]
             if not word >> _IS_WRITE_SHIFT & 0xFF:
-                known_read = self._mmio_memo.get(self._u64[_MMIO_ADDR_WORD])
+                addr = self._u64[_MMIO_ADDR_WORD]
+                known_read = self._mmio_memo.get(addr)
                 if known_read is not None and known_read[0] == word:
                     return known_read[1]
-                addr, _, length, _ = _read_mmio(self._bytes, 0)
-                read = _new(MmioRead, (addr, length))
+                read = _new(MmioRead, (addr, word >> _LEN_SHIFT & 0xFFFFFFFF))
                 _remember(self._mmio_memo, addr, (word, read))
                 return read
             length = word >> _LEN_SHIFT & 0xFFFFFFFF

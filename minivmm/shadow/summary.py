@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from minivmm.shadow.rules import FIRST_KEPT, Rule  # noqa: F401  # re-exported: the summary's vocabulary
+from minivmm.shadow.rules import Rule
 
 if TYPE_CHECKING:
     from kernel_model.invariants import Violation

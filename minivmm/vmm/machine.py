@@ -40,9 +40,9 @@ from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, r
 
 if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
     from minivmm.shadow.checker import ShadowChecker
+    from minivmm.shadow.ftrace import FtraceResult, FtraceSession
     # The report is imported when the run is over (see minivmm.vmm.outcome for why that is free).
     from minivmm.vmm.report import MachineSnapshot, RunReport, VcpuSnapshot
-    from minivmm.shadow.ftrace import FtraceResult, FtraceSession
 
 #: Where Intel VMX's real-mode emulation keeps its TSS (three pages; QEMU uses the same address).
 TSS_ADDR = 0xFFFBD000

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from minivmm.devices.control import DynamicDoorbellCounts
 from minivmm.kvm.exits import VcpuExit, exit_kind
 from minivmm.vmm.boot import Mode
-from minivmm.vmm.outcome import RunOutcome, final_outcome  # noqa: F401  # re-exported: the report's outcome
+from minivmm.vmm.outcome import RunOutcome
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 if TYPE_CHECKING:
