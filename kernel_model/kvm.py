@@ -50,8 +50,8 @@ KVM_MAX_IRQ_ROUTES = 4096
 KVM_PIT_BASE_ADDRESS = 0x40
 KVM_PIT_MEM_LENGTH = 4
 KVM_SPEAKER_BASE_ADDRESS = 0x61
-#: arm64 vGICv3 frames (QEMU virt's bases; sizes from include/kvm/arm_vgic.h: KVM_VGIC_V3_DIST_SIZE,
-#: KVM_VGIC_V3_REDIST_SIZE = RD_base + SGI_base frames).
+#: arm64 vGICv3 frames (QEMU virt's bases; sizes from arch/arm64/include/uapi/asm/kvm.h:
+#: KVM_VGIC_V3_DIST_SIZE, KVM_VGIC_V3_REDIST_SIZE = RD_base + SGI_base frames).
 ARM64_VGIC_DIST_BASE = 0x08000000
 ARM64_VGIC_DIST_SIZE = 0x10000
 ARM64_VGIC_REDIST_BASE = 0x080A0000
@@ -204,7 +204,13 @@ class KvmModel:
         self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
         self.memslot_swaps = 0
         self.apicv_inhibits: set[str] = set()
+        #: The arm64 vGICv3: its bases (None until KVM_DEV_ARM_VGIC_GRP_ADDR sets them), how many
+        #: redistributors are registered, CTRL_INIT done, distributor registered (vgic_ready()).
+        self.vgic_dist_base: int | None = None
+        self.vgic_redist_base: int | None = None
+        self.vgic_redists = 0
         self.vgic_initialized = False
+        self.vgic_ready = False
         self.srcu.on_callback_after_cleanup = self._callback_after_cleanup
         self.buses: dict[KvmBus, KvmIoBus] = {b: KvmIoBus(b, 0) for b in KvmBus}
         self._next_version = {b: 1 for b in KvmBus}
@@ -293,24 +299,72 @@ class KvmModel:
         PIT is created in reinject mode (kvm_pit_set_reinject())."""
         self.apicv_inhibits.add(reason)
 
-    def kvm_vgic_ctrl_init(self, dist_base: int = ARM64_VGIC_DIST_BASE,
-                           redist_base: int = ARM64_VGIC_REDIST_BASE) -> None:
-        """arm64 KVM_SET_DEVICE_ATTR(KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT) on a vGICv3:
-        vgic_init() registers the distributor and one redistributor per created vCPU on the MMIO bus
-        (each a kvm_io_bus_register_dev(), so each frees an old bus by the variant's rule). Creating
-        the vGIC device registers nothing."""
+    def kvm_vgic_addr(self, addr_type: str, addr: int) -> None:
+        """arm64 KVM_SET_DEVICE_ATTR(KVM_DEV_ARM_VGIC_GRP_ADDR) on a vGICv3, models kvm_vgic_addr()
+        (arch/arm64/kvm/vgic/vgic-kvm-device.c) and vgic_v3_set_redist_base() (vgic-mmio-v3.c, v6.x).
+        ``"dist"`` (KVM_VGIC_V3_ADDR_TYPE_DIST) only records the distributor's base: the distributor is
+        registered at the first KVM_RUN (``kvm_vgic_map_resources``). ``"redist"``
+        (KVM_VGIC_V3_ADDR_TYPE_REDIST) records the redistributor region and then registers the
+        redistributor of every vCPU that already exists (vgic_register_all_redist_iodevs()): one
+        kvm_io_bus_register_dev() of KVM_VGIC_V3_REDIST_SIZE each, freed by the variant's rule. A vCPU
+        created later registers its own (``create_vcpu``). EEXIST when a base is set twice.
+        Simplified: one legacy redistributor region (no KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION); no
+        alignment or overlap checks."""
         self._alive()
-        if self.platform.name != "arm64":
-            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_CTRL_INIT: not an arm64 VM")
+        if self.platform.name != "arm64" or not self.irqchip:
+            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_GRP_ADDR: no vGIC on this VM")
+        if addr_type not in ("dist", "redist"):
+            raise ValueError(f"vGIC address type {addr_type!r}: dist or redist")
+        current = self.vgic_dist_base if addr_type == "dist" else self.vgic_redist_base
+        if current is not None:
+            raise KvmIoctlError(errno.EEXIST, f"KVM_VGIC_V3_ADDR_TYPE_{addr_type.upper()}: already set")
+        if addr_type == "dist":
+            self.vgic_dist_base = addr
+            return
+        self.vgic_redist_base = addr
+        for _ in range(self.created_vcpus):
+            self._vgic_register_redist_iodev()
+        self._registrations_returned()
+
+    def _vgic_register_redist_iodev(self) -> None:
+        """vgic_register_redist_iodev() (vgic-mmio-v3.c): the next free redistributor of the region,
+        one range covering its RD_base and SGI_base frames. Nothing before the region is set."""
+        if self.vgic_redist_base is None:
+            return  # "we will come back to this function for all VCPUs when the base address is set"
+        index = self.vgic_redists
+        self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, self.vgic_redist_base + index * ARM64_VGIC_REDIST_SIZE,
+                                     ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{index}"))
+        self.vgic_redists += 1
+
+    def kvm_vgic_ctrl_init(self) -> None:
+        """arm64 KVM_SET_DEVICE_ATTR(KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT) on a vGICv3,
+        models vgic_init() (arch/arm64/kvm/vgic/vgic-init.c, v6.x): it sizes the distributor's SPIs and
+        installs the default GSI routing (kvm_vgic_setup_default_irq_routing()), and registers nothing
+        on a bus: the redistributors register when both they and their region exist, the distributor
+        at the first KVM_RUN. A second call does nothing."""
+        self._alive()
+        if self.platform.name != "arm64" or not self.irqchip:
+            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_CTRL_INIT: no vGIC on this VM")
         if self.vgic_initialized:
-            return  # vgic_init() on an initialized vGIC does nothing
-        self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, dist_base, ARM64_VGIC_DIST_SIZE,
-                                     InKernelDevice("vgic-dist"))
-        for i in range(self.created_vcpus):
-            self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, redist_base + i * ARM64_VGIC_REDIST_SIZE,
-                                         ARM64_VGIC_REDIST_SIZE, InKernelDevice(f"vgic-redist{i}"))
-        self.kvm_set_irq_routing(ARM64_VGIC_DEFAULT_SPIS)  # vgic_init() -> kvm_vgic_setup_default_irq_routing()
+            return
+        self.kvm_set_irq_routing(ARM64_VGIC_DEFAULT_SPIS)
         self.vgic_initialized = True
+
+    def kvm_vgic_map_resources(self) -> None:
+        """Models kvm_vgic_map_resources() (arch/arm64/kvm/vgic/vgic-init.c, v6.x), which the first
+        KVM_RUN of any vCPU calls (kvm_arch_vcpu_run_pid_change()): for a vGICv3 ENXIO until both bases
+        are set, EBUSY until KVM_DEV_ARM_VGIC_CTRL_INIT, then the distributor is registered on the MMIO
+        bus (vgic_register_dist_iodev(), KVM_VGIC_V3_DIST_SIZE), freed by the variant's rule. Once
+        ready, later calls do nothing."""
+        if self.vgic_ready or not self.irqchip:
+            return
+        if self.vgic_dist_base is None or self.vgic_redist_base is None:
+            raise KvmIoctlError(errno.ENXIO, "KVM_RUN: the vGIC's distributor and redistributor bases are not set")
+        if not self.vgic_initialized:
+            raise KvmIoctlError(errno.EBUSY, "KVM_RUN: the vGICv3 was not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT)")
+        self.vgic_ready = True
+        self.kvm_io_bus_register_dev(KvmBus.KVM_MMIO_BUS, self.vgic_dist_base, ARM64_VGIC_DIST_SIZE,
+                                     InKernelDevice("vgic-dist"))
         self._registrations_returned()
 
     def _registrations_returned(self) -> None:
@@ -568,6 +622,10 @@ class KvmModel:
                 self.memslots[(as_id, APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)] = Memslot(APIC_DEFAULT_PHYS_BASE, 4096)
                 self.kvm_swap_active_memslots()
             self.apic_access_page_done = True
+        if self.platform.name == "arm64" and self.irqchip:
+            # kvm_arch_vcpu_create() -> kvm_vgic_vcpu_init() -> vgic_register_redist_iodev()
+            self._vgic_register_redist_iodev()
+            self._registrations_returned()
 
     def run_vcpu(self, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> VcpuReaders:
         """The first KVM_RUN of a vCPU: from now on it handles exits inside SRCU read sections. EBADF
@@ -578,6 +636,8 @@ class KvmModel:
             raise KvmIoctlError(errno.EBADF, f"KVM_RUN: vCPU {vcpu_id} has not been created")
         if vcpu_id in self.vcpu_readers:
             raise ValueError(f"vCPU {vcpu_id} already runs: a sequence starts each vCPU once")
+        if self.platform.name == "arm64":
+            self.kvm_vgic_map_resources()  # kvm_arch_vcpu_run_pid_change(), on the first KVM_RUN
         self.sim.spend(self.costs.kvm_run_entry)
         readers = VcpuReaders(self, vcpu_id, section_ns, period_ns, offset_ns)
         self.vcpu_readers[vcpu_id] = readers

@@ -18,9 +18,10 @@ X86_IRQCHIP_DEVICES = (
     (KvmBus.KVM_PIO_BUS, 0x4D0, 2, "pic-elcr"),
     (KvmBus.KVM_MMIO_BUS, 0xFEC00000, 0x100, "ioapic"),
 )
-#: arm64: creating the vGIC (KVM_CREATE_DEVICE, or the legacy KVM_CREATE_IRQCHIP) registers nothing;
-#: the distributor and the redistributors are registered by vgic_init() at KVM_DEV_ARM_VGIC_CTRL_INIT
-#: (see ``KvmModel.kvm_vgic_ctrl_init``).
+#: arm64: creating the vGIC (KVM_CREATE_DEVICE, or the legacy KVM_CREATE_IRQCHIP) registers nothing.
+#: A redistributor registers once both its vCPU and the redistributor region exist (KVM_CREATE_VCPU or
+#: KVM_VGIC_V3_ADDR_TYPE_REDIST, whichever comes last), the distributor at the first KVM_RUN; see
+#: ``KvmModel.kvm_vgic_addr`` and ``KvmModel.kvm_vgic_map_resources``.
 ARM64_IRQCHIP_DEVICES: tuple[tuple[KvmBus, int, int, str], ...] = ()
 
 
@@ -63,8 +64,8 @@ PLATFORMS: dict[str, Platform] = {
     "pvm": Platform("pvm", "PVM (kvm_pvm): no APIC-access page memslot; the stall lands in the next memslot update",
                     # The PVM host refuses address space 1 (KVM_CAP_MULTI_ADDRESS_SPACE reads 0 there).
                     False, X86_IRQCHIP_DEVICES, memslot_address_spaces=1),
-    "arm64": Platform("arm64", "arm64 with a vGICv3: no private memslot; the vGIC registers its frames at "
-                      "KVM_DEV_ARM_VGIC_CTRL_INIT, after the vCPUs exist",
+    "arm64": Platform("arm64", "arm64 with a vGICv3: no private memslot; the redistributors register when "
+                      "their region is set (or their vCPU created), the distributor at the first KVM_RUN",
                       False, ARM64_IRQCHIP_DEVICES, irqchip_before_vcpus=False),
 }
 

@@ -116,27 +116,83 @@ def test_big_srcu_records_requests_in_the_funnel_and_times_like_small():
     assert not small.srcu.funnel_path
 
 
-# --- arm64: the vGIC registers at KVM_DEV_ARM_VGIC_CTRL_INIT ------------------------------------------
+# --- arm64: where the vGICv3 registers its frames -----------------------------------------------------
+# vgic-mmio-v3.c vgic_register_redist_iodev() / vgic_v3_set_redist_base(), vgic-init.c vgic_init() and
+# kvm_vgic_map_resources(): the redistributors register when both the vCPU and the region exist, the
+# distributor at the first KVM_RUN, and KVM_DEV_ARM_VGIC_CTRL_INIT registers nothing.
 
-def test_arm64_vgic_registers_at_ctrl_init_not_at_creation():
+def test_arm64_vgic_ctrl_init_registers_nothing():
+    kvm = vm("arm64")
+    kvm.create_vcpu(0)
+    kvm.create_irqchip()
+    kvm.kvm_vgic_ctrl_init()
+    kvm.kvm_vgic_ctrl_init()
+    assert kvm.registrations == 0
+    assert kvm.vgic_initialized
+
+
+def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu():
     kvm = vm("arm64")
     kvm.create_vcpu(0)
     kvm.create_vcpu(1)
     kvm.create_irqchip()
     assert kvm.registrations == 0
-    kvm.kvm_vgic_ctrl_init()
-    assert kvm.registrations == 3  # distributor + one redistributor per vCPU
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is not None
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 0x20000, 4) is not None
-    kvm.kvm_vgic_ctrl_init()
+    kvm.kvm_vgic_addr("dist", 0x08000000)
+    assert kvm.registrations == 0  # the distributor's base is only recorded
+    kvm.kvm_vgic_addr("redist", 0x080A0000)
+    assert kvm.registrations == 2  # one per existing vCPU
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 0x20000 + 0x10000, 4) is not None  # vCPU 1's SGI frame
+    kvm.create_vcpu(2)
     assert kvm.registrations == 3
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 2 * 0x20000, 4) is not None
+    with pytest.raises(KvmIoctlError) as e:
+        kvm.kvm_vgic_addr("redist", 0x09000000)
+    assert e.value.errno == errno.EEXIST
 
 
-def test_arm64_vgic_init_starts_the_grace_period_the_next_memslot_waits_for():
+def test_arm64_distributor_registers_at_the_first_kvm_run():
+    kvm = vm("arm64")
+    kvm.create_irqchip()
+    kvm.kvm_vgic_addr("dist", 0x08000000)
+    kvm.kvm_vgic_addr("redist", 0x080A0000)
+    kvm.create_vcpu(0)
+    kvm.create_vcpu(1)
+    kvm.kvm_vgic_ctrl_init()
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is None
+    before = kvm.registrations
+    kvm.run_vcpu(0, 10_000, 100_000)
+    assert kvm.registrations == before + 1
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is not None
+    kvm.run_vcpu(1, 10_000, 100_000)
+    assert kvm.registrations == before + 1
+
+
+@pytest.mark.parametrize("setup, code", [("no-addresses", errno.ENXIO), ("no-init", errno.EBUSY)])
+def test_arm64_first_kvm_run_refuses_an_unprepared_vgic(setup, code):
+    kvm = vm("arm64")
+    kvm.create_vcpu(0)
+    kvm.create_irqchip()
+    if setup == "no-init":
+        kvm.kvm_vgic_addr("dist", 0x08000000)
+        kvm.kvm_vgic_addr("redist", 0x080A0000)
+    with pytest.raises(KvmIoctlError) as e:
+        kvm.run_vcpu(0, 10_000, 100_000)
+    assert e.value.errno == code
+
+
+def test_arm64_vgic_calls_need_an_arm64_vgic():
+    with pytest.raises(KvmIoctlError) as e:
+        vm("pvm").kvm_vgic_ctrl_init()
+    assert e.value.errno == errno.ENODEV
+    with pytest.raises(KvmIoctlError):
+        vm("arm64").kvm_vgic_addr("redist", 0x080A0000)  # before the vGIC exists
+
+
+def test_arm64_redistributor_registration_starts_the_grace_period_the_next_memslot_waits_for():
     kvm = vm("arm64", hz=100)
     kvm.create_vcpu(0)
     kvm.create_irqchip()
-    kvm.kvm_vgic_ctrl_init()
+    kvm.kvm_vgic_addr("redist", 0x080A0000)
     t0 = kvm.sim.now
     kvm.set_user_memory_region(0, 0x80000000, 1 << 20)
     assert kvm.sim.now - t0 > 10_000_000 * 0.9  # (2 - phase) jiffies at HZ=100, phase 0.3
