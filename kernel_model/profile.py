@@ -10,7 +10,9 @@ The file is JSON::
     {"format": "minivmm-host-profile", "version": 1, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
      "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
      "timer_latency_ns": [41000, 43000, ...],    # sorted quantiles of the latency, >= 2 values
-     "wakeup_latency_ns": [0, 0, ..., 3900000]}   # the same for a wait no timer ended (optional)
+     "wakeup_latency_ns": [0, 0, ..., 3900000],   # the same for a wait no timer ended (optional)
+     "tick_slip": 0.08}                           # the share of a VM's later timers that fired a tick
+                                                  # late (optional, 0 if absent; kernel_model.sim.Timer)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -67,6 +69,8 @@ class HostProfile:
     calibration_runs: int
     timer_latency_ns: tuple[int, ...]
     wakeup_latency_ns: tuple[int, ...] = ()
+    #: The share of a VM's timers after its first that fire a tick late (``Costs.tick_slip``).
+    tick_slip: float = 0.0
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -83,14 +87,15 @@ class HostProfile:
             t_cal, t_new = 1_000_000_000 // self.hz, 1_000_000_000 // hz
             return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
         return (base or Costs())._replace(timer_latency_samples=rescale(self.timer_latency_ns),
-                                   wakeup_latency_samples=rescale(self.wakeup_latency_ns))
+                                   wakeup_latency_samples=rescale(self.wakeup_latency_ns),
+                                   tick_slip=self.tick_slip)
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
         return {"format": FORMAT, "version": VERSION, "hz": self.hz, "platform": self.platform,
                 "kernel": self.kernel, "created": self.created, "loadavg": list(self.loadavg),
                 "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns),
-                "wakeup_latency_ns": list(self.wakeup_latency_ns)}
+                "wakeup_latency_ns": list(self.wakeup_latency_ns), "tick_slip": self.tick_slip}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
@@ -117,8 +122,11 @@ class HostProfile:
         load = data.get("loadavg", [0.0, 0.0, 0.0])
         if not isinstance(load, list) or len(load) != 3 or not all(isinstance(x, (int, float)) for x in load):
             raise ProfileError(f"{where}: loadavg must be three numbers")
+        slip = data.get("tick_slip", 0.0)
+        if isinstance(slip, bool) or not isinstance(slip, (int, float)) or not 0.0 <= slip <= 1.0:
+            raise ProfileError(f"{where}: tick_slip must be a share from 0 to 1")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
-                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake))
+                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), float(slip))
 
 
 def load_profile(path: str) -> HostProfile:

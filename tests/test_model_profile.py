@@ -15,7 +15,7 @@ from kernel_model.profile import HostProfile, ProfileError, load_profile, quanti
 from kernel_model.sequences import SEQUENCES
 from kernel_model.sim import Sim
 from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, estimate_tick_offset, model_chain_ns,
-                                      timer_latencies)
+                                      tick_slip, timer_latencies)
 
 TICK = 4_000_000  # HZ=250
 
@@ -168,3 +168,66 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     proc = run_cli("timing", "--calibrate", "--repeat", "5", "--profile", str(foreign))
     assert proc.returncode == 2 and "not a minivmm host profile" in proc.stderr
     assert foreign.read_text() == '{"mine": true}'
+
+
+# --- tick slip: a VM's later timers firing one tick past their bucket -------------------------------
+
+def _slip_vm(slip: float):
+    from kernel_model.kvm import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    return KvmModel(Sim(250, 0.5, Costs(tick_slip=slip)), get_variant("call_srcu"), get_platform("pvm"))
+
+
+def _registration_then_memslot(kvm, addr: int, slot: int) -> int:
+    kvm.ioeventfd(addr, 4, 0)
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(slot, slot << 32, 1 << 20)
+    return kvm.sim.now - t0
+
+
+def test_tick_slip_never_delays_the_first_timer_and_delays_later_ones_by_one_tick():
+    plain, slipping = _slip_vm(0.0), _slip_vm(1.0)
+    first = [_registration_then_memslot(kvm, 0xD0000050, 0) for kvm in (plain, slipping)]
+    assert first[0] == first[1]
+    later = [_registration_then_memslot(kvm, 0xD0000060, 1) for kvm in (plain, slipping)]
+    assert later[1] - later[0] == TICK
+
+
+def test_tick_slip_share_is_drawn():
+    late = 0
+    for seed in range(200):
+        kvm = _slip_vm(0.25)
+        kvm.sim.rng.seed(seed)
+        _registration_then_memslot(kvm, 0xD0000050, 0)
+        late += _registration_then_memslot(kvm, 0xD0000060, 1) > 2 * TICK
+    assert 25 < late < 75
+
+
+def test_profile_carries_tick_slip_and_refuses_a_bad_one(tmp_path):
+    base = profile([50_000, 60_000])
+    data = base.to_json()
+    assert data["tick_slip"] == 0.0
+    data["tick_slip"] = 0.08
+    assert HostProfile.from_json(data).costs().tick_slip == 0.08
+    del data["tick_slip"]
+    assert HostProfile.from_json(data).tick_slip == 0.0  # profiles written before it still load
+    for bad in (1.5, -0.1, "x", True):
+        data["tick_slip"] = bad
+        with pytest.raises(ProfileError, match="tick_slip"):
+            HostProfile.from_json(data)
+
+
+def test_calibration_tick_slip_is_the_second_timers_excess_lateness():
+    rng = random.Random(5)
+    runs = []
+    for k in range(400):
+        t_reg = 10**12 + k * 10 * TICK + rng.randrange(TICK)
+        fire = (t_reg // TICK + 2) * TICK
+        t_end = fire + 60_000 + (TICK if k % 50 == 0 else 0)          # 2% late wake-ups
+        t_reg2 = t_end + 100_000
+        fire2 = (t_reg2 // TICK + 2) * TICK
+        t_end2 = fire2 + 60_000 + (TICK if k % 10 == 0 else 0)        # 10% late
+        runs.append(CalibrationRun(t_reg, t_end, 30_000, t_reg2, t_end2))
+    assert tick_slip(runs, 250) == pytest.approx(0.08, abs=0.015)  # the grid is found to ~GRID_STEP_NS
+    assert tick_slip([CalibrationRun(r.t_reg_ns, r.t_end_ns) for r in runs], 250) == 0.0
