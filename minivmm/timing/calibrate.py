@@ -10,9 +10,10 @@ after the tick: the timer softirq, the kworker getting a CPU, the grace-period s
 work, the wake-up. Subtracting the steps the model already counts (its chain with a zero timer latency)
 leaves the timer latency the profile records.
 
-Then, in the same VM, a second memslot: SRCU is idle, so its expedited grace period needs no timer;
-its duration beyond the model's (the kworker and the waiter getting a CPU) is the wake-up latency of a
-wait no timer ended, the profile's second distribution.
+Then, in the same VM and after the steps of the next paragraph, a second memslot: SRCU is idle, so
+its expedited grace period needs no timer; its duration beyond the model's (the kworker and the
+waiter getting a CPU) is the wake-up latency of a wait no timer ended, the profile's second
+distribution.
 
 Right after the first memslot returns, a second registration and a third memslot: the same timer
 wait, armed after a grace period woke the caller, as a VMM's registration after a deregistration or a
@@ -63,7 +64,8 @@ class CalibrationRun:
     t_end_ns: int
     #: The second memslot's duration (an expedited grace period on an idle srcu_struct); 0 if not taken.
     idle_sync_ns: int = 0
-    #: The second registration (early in a jiffy) and the third memslot's return; 0 if not taken.
+    #: The second registration (right after the first memslot) and the third memslot's return; 0 if
+    #: not taken.
     t_reg2_ns: int = 0
     t_end2_ns: int = 0
 
@@ -95,12 +97,14 @@ def model_idle_sync_ns(hz: int, platform: str, costs: Costs | None = None) -> in
     return sim.now - t0
 
 
+def _latency(t_reg: int, t_end: int, tick_ns: int, offset: int) -> int:
+    """How long after its timer's tick (the second after the registration, on the grid) a wait ended."""
+    jiffy = (t_reg - offset) // tick_ns
+    return t_end - ((jiffy + 2) * tick_ns + offset)
+
+
 def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[int]:
-    out = []
-    for r in runs:
-        jiffy = (r.t_reg_ns - offset) // tick_ns
-        out.append(r.t_end_ns - ((jiffy + 2) * tick_ns + offset))
-    return out
+    return [_latency(r.t_reg_ns, r.t_end_ns, tick_ns, offset) for r in runs]
 
 
 #: Runs allowed to disagree with the grid (see estimate_tick_offset): at most this share, or one run.
@@ -144,11 +148,13 @@ def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
     return int((best_start + best_len / 2) * GRID_STEP_NS) % tick
 
 
-def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int) -> list[int]:
+def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, offset: int | None = None) -> list[int]:
     """Per run, the latency beyond the model's fixed chain (>= 0). A run whose timer fired a tick
-    early on the grid (late jiffies, see estimate_tick_offset) is counted from that earlier tick."""
+    early on the grid (late jiffies, see estimate_tick_offset) is counted from that earlier tick.
+    ``offset``: the grid, if already estimated."""
     tick = NSEC_PER_SEC // hz
-    offset = estimate_tick_offset(runs, hz)
+    if offset is None:
+        offset = estimate_tick_offset(runs, hz)
     out = []
     for lat in _latencies(runs, tick, offset):
         if lat < 0:
@@ -158,15 +164,17 @@ def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int) -> list[
     return out
 
 
-def tick_slip(runs: list[CalibrationRun], hz: int) -> float:
+def tick_slip(runs: list[CalibrationRun], hz: int, offset: int | None = None) -> float:
     """The share of second registrations whose timer fired a tick late: third memslots that returned
     more than half a tick after their timer's tick, less the share of first memslots that did (late
-    wake-ups under load, which the latency distribution already holds)."""
+    wake-ups under load, which the latency distribution already holds). ``offset``: the grid, if
+    already estimated."""
     tick = NSEC_PER_SEC // hz
-    offset = estimate_tick_offset(runs, hz)
+    if offset is None:
+        offset = estimate_tick_offset(runs, hz)
 
     def late(t_reg: int, t_end: int) -> bool:
-        return t_end - (((t_reg - offset) // tick + 2) * tick + offset) > tick // 2
+        return _latency(t_reg, t_end, tick, offset) > tick // 2
 
     second = [r for r in runs if r.t_reg2_ns]
     if not second:
@@ -218,7 +226,8 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
 
 def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str) -> HostProfile:
     """The host profile of these runs."""
-    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform))
+    offset = estimate_tick_offset(runs, hz)  # a search over the whole jiffy: once for both uses
+    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), offset)
     idle = model_idle_sync_ns(hz, platform)
     wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -228,4 +237,4 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
         load = (0.0, 0.0, 0.0)
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
                        tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (),
-                       tick_slip(runs, hz))
+                       tick_slip(runs, hz, offset))
