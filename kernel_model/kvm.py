@@ -310,9 +310,7 @@ class KvmModel:
         created later registers its own (``create_vcpu``). EEXIST when a base is set twice.
         Simplified: one legacy redistributor region (no KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION); no
         alignment or overlap checks."""
-        self._alive()
-        if self.platform.name != "arm64" or not self.irqchip:
-            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_GRP_ADDR: no vGIC on this VM")
+        self._arm64_vgic_only("KVM_DEV_ARM_VGIC_GRP_ADDR")
         if addr_type not in ("dist", "redist"):
             raise ValueError(f"vGIC address type {addr_type!r}: dist or redist")
         current = self.vgic_dist_base if addr_type == "dist" else self.vgic_redist_base
@@ -342,9 +340,7 @@ class KvmModel:
         installs the default GSI routing (kvm_vgic_setup_default_irq_routing()), and registers nothing
         on a bus: the redistributors register when both they and their region exist, the distributor
         at the first KVM_RUN. A second call does nothing."""
-        self._alive()
-        if self.platform.name != "arm64" or not self.irqchip:
-            raise KvmIoctlError(errno.ENODEV, "KVM_DEV_ARM_VGIC_CTRL_INIT: no vGIC on this VM")
+        self._arm64_vgic_only("KVM_DEV_ARM_VGIC_CTRL_INIT")
         if self.vgic_initialized:
             return
         self.kvm_set_irq_routing(ARM64_VGIC_DEFAULT_SPIS)
@@ -493,6 +489,12 @@ class KvmModel:
     def _x86_only(self, what: str) -> None:
         if self.platform.name == "arm64":
             raise KvmIoctlError(errno.ENOTTY, f"{what}: x86 only")
+
+    def _arm64_vgic_only(self, what: str) -> None:
+        """A vGIC device attribute: ENODEV unless this is an arm64 VM whose vGIC exists."""
+        self._alive()
+        if self.platform.name != "arm64" or not self.irqchip:
+            raise KvmIoctlError(errno.ENODEV, f"{what}: no vGIC on this VM")
 
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO, models kvm_vm_ioctl_register_coalesced_mmio()

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from kernel_model import srcutree
-from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.kvm import ARM64_VGIC_DIST_BASE, ARM64_VGIC_REDIST_BASE, KvmIoctlError, KvmModel
 from kernel_model.kvm_io_bus import KvmBus
 from kernel_model.platforms import get_platform
 from kernel_model.predict import predict
@@ -137,14 +137,15 @@ def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu(
     kvm.create_vcpu(1)
     kvm.create_irqchip()
     assert kvm.registrations == 0
-    kvm.kvm_vgic_addr("dist", 0x08000000)
+    kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
     assert kvm.registrations == 0  # the distributor's base is only recorded
-    kvm.kvm_vgic_addr("redist", 0x080A0000)
+    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     assert kvm.registrations == 2  # one per existing vCPU
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 0x20000 + 0x10000, 4) is not None  # vCPU 1's SGI frame
+    vcpu1_sgi_frame = ARM64_VGIC_REDIST_BASE + 0x20000 + 0x10000
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, vcpu1_sgi_frame, 4) is not None
     kvm.create_vcpu(2)
     assert kvm.registrations == 3
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x080A0000 + 2 * 0x20000, 4) is not None
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, ARM64_VGIC_REDIST_BASE + 2 * 0x20000, 4) is not None
     with pytest.raises(KvmIoctlError) as e:
         kvm.kvm_vgic_addr("redist", 0x09000000)
     assert e.value.errno == errno.EEXIST
@@ -153,16 +154,16 @@ def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu(
 def test_arm64_distributor_registers_at_the_first_kvm_run():
     kvm = vm("arm64")
     kvm.create_irqchip()
-    kvm.kvm_vgic_addr("dist", 0x08000000)
-    kvm.kvm_vgic_addr("redist", 0x080A0000)
+    kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
+    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     kvm.create_vcpu(0)
     kvm.create_vcpu(1)
     kvm.kvm_vgic_ctrl_init()
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is None
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, ARM64_VGIC_DIST_BASE, 4) is None
     before = kvm.registrations
     kvm.run_vcpu(0, 10_000, 100_000)
     assert kvm.registrations == before + 1
-    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, 0x08000000, 4) is not None
+    assert kvm.claimant(KvmBus.KVM_MMIO_BUS, ARM64_VGIC_DIST_BASE, 4) is not None
     kvm.run_vcpu(1, 10_000, 100_000)
     assert kvm.registrations == before + 1
 
@@ -173,8 +174,8 @@ def test_arm64_first_kvm_run_refuses_an_unprepared_vgic(setup, code):
     kvm.create_vcpu(0)
     kvm.create_irqchip()
     if setup == "no-init":
-        kvm.kvm_vgic_addr("dist", 0x08000000)
-        kvm.kvm_vgic_addr("redist", 0x080A0000)
+        kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
+        kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     with pytest.raises(KvmIoctlError) as e:
         kvm.run_vcpu(0, 10_000, 100_000)
     assert e.value.errno == code
@@ -185,14 +186,14 @@ def test_arm64_vgic_calls_need_an_arm64_vgic():
         vm("pvm").kvm_vgic_ctrl_init()
     assert e.value.errno == errno.ENODEV
     with pytest.raises(KvmIoctlError):
-        vm("arm64").kvm_vgic_addr("redist", 0x080A0000)  # before the vGIC exists
+        vm("arm64").kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)  # before the vGIC exists
 
 
 def test_arm64_redistributor_registration_starts_the_grace_period_the_next_memslot_waits_for():
     kvm = vm("arm64", hz=100)
     kvm.create_vcpu(0)
     kvm.create_irqchip()
-    kvm.kvm_vgic_addr("redist", 0x080A0000)
+    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     t0 = kvm.sim.now
     kvm.set_user_memory_region(0, 0x80000000, 1 << 20)
     assert kvm.sim.now - t0 > 10_000_000 * 0.9  # (2 - phase) jiffies at HZ=100, phase 0.3
