@@ -239,6 +239,7 @@ class Timer:
         if self._event is not None:
             self._event.cancelled = True
         self.expires = fire
+        sim.timers_armed += 1
         late = 1 if self._slips() else 0
         self._event = sim.at(sim.tick_time(fire + late) + sim.timer_latency(), self._fire)
 
@@ -257,7 +258,6 @@ class Timer:
         registration right after KVM_CREATE_VM, is almost never late; a later one, armed after the
         caller's first grace-period wait, is late in a share of runs that the profile records."""
         sim = self.sim
-        sim.timers_armed += 1
         p = sim.costs.tick_slip
         return bool(p) and sim.timers_armed > 1 and sim.rng.random() < p
 
