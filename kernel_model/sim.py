@@ -118,12 +118,13 @@ class Sim:
         return self.draw(self.costs.timer_latency_samples)
 
     def draw(self, samples: tuple[int, ...]) -> int:
-        """One draw from a measured distribution (inverse-CDF sampling with linear interpolation
-        between the sorted samples)."""
-        u = self.rng.random() * (len(samples) - 1)
-        i = int(u)
-        j = min(i + 1, len(samples) - 1)
-        return int(samples[i] + (samples[j] - samples[i]) * (u - i))
+        """One draw from a measured distribution: one of its points, each equally likely (a profile's
+        points are its calibration samples, or equal-mass quantiles of them).
+
+        Not interpolated between neighbours: the latencies are bimodal (tens of µs, or a scheduler tick
+        more), and interpolation would turn the gap between the modes into mass that the host never
+        showed."""
+        return samples[int(self.rng.random() * len(samples))]
 
     # --- events ------------------------------------------------------------------------------
     def at(self, time: int, fn: Callable[[], None]) -> _Event:

@@ -14,8 +14,8 @@ from kernel_model.predict import predict
 from kernel_model.profile import HostProfile, ProfileError, load_profile, quantile_points
 from kernel_model.sequences import SEQUENCES
 from kernel_model.sim import Sim
-from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, estimate_tick_offset, model_chain_ns,
-                                      tick_slip, timer_latencies)
+from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, TickGrid, estimate_tick_offset,
+                                      model_chain_ns, resolved_latency, tick_slip, timer_latencies)
 
 TICK = 4_000_000  # HZ=250
 
@@ -47,6 +47,24 @@ def test_sim_draws_timer_latency_from_the_profile():
     assert min(draws) >= 100_000 and max(draws) <= 4_100_000
     assert 0.05 < sum(d > 1_000_000 for d in draws) / len(draws) < 0.2
     assert Sim(250).timer_latency() == Costs().timer_latency
+
+
+def test_one_slow_calibration_run_keeps_its_weight():
+    # 1 late run of 1000: the profile keeps every sample, and the model draws the late one about 1 time
+    # in 1000, not the 1 in 200 of a 201-quantile table (whose top point it was).
+    lat = [60_000 + k for k in range(999)] + [4_100_000]
+    p = profile(lat)
+    assert p.timer_latency_ns == tuple(sorted(lat))
+    sim = Sim(250, 0.0, p.costs(), random.Random(3))
+    draws = [sim.timer_latency() for _ in range(100_000)]
+    assert set(draws) <= set(lat)
+    assert 0.0005 < sum(d > 1_000_000 for d in draws) / len(draws) < 0.002
+
+
+def test_a_large_calibration_is_thinned_to_equal_mass_quantiles():
+    pts = quantile_points(list(range(10_001)), 101)
+    assert pts == list(range(0, 10_001, 100))
+    assert quantile_points([5, 1, 3]) == [1, 3, 5]
 
 
 def test_profile_moves_the_stall_past_the_timer_rule_maximum():
@@ -152,6 +170,28 @@ def test_a_run_whose_jiffies_lagged_does_not_break_the_grid():
     est = estimate_tick_offset(runs, 250)
     assert min(abs(est - 1_000_000), TICK - abs(est - 1_000_000)) < 60_000
     assert len(timer_latencies(runs, 250, 0)) == 300
+
+
+def test_a_timer_armed_just_past_a_boundary_is_not_counted_a_tick_late():
+    # Every 20th registration is issued 10 µs before a boundary and arms 60 µs later (a slow ioctl),
+    # after it: its timer fires a tick later than t_reg says, on time for when it was armed.
+    rng = random.Random(4)
+    runs, lat = [], []
+    for k in range(400):
+        straddles = k % 20 == 0
+        t_reg = 10**12 + k * 10 * TICK + (TICK - 10_000 if straddles else rng.randrange(TICK))
+        t_reg_end = t_reg + 80_000
+        armed = t_reg + 60_000
+        lat.append(rng.choice([40_000, 80_000, 120_000]))
+        runs.append(CalibrationRun(t_reg, (armed // TICK + 2) * TICK + lat[-1], t_reg_end_ns=t_reg_end))
+    got = timer_latencies(runs, 250, 0)
+    assert len(got) == len(lat)
+    assert all(abs(g - x) < 40_000 for g, x in zip(got, lat))  # to the grid's uncertainty; none a tick off
+    # On an exact grid, the registration's return is what places the arming past the boundary.
+    exact = TickGrid(0, 0)
+    t_reg, t_end = 10**12 - 10_000, 10**12 + 2 * TICK + 40_000
+    assert resolved_latency(t_reg, t_reg + 80_000, t_end, TICK, exact) == 40_000
+    assert resolved_latency(t_reg, 0, t_end, TICK, exact) == TICK + 40_000
 
 
 @pytest.mark.kvm

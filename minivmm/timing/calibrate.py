@@ -29,6 +29,13 @@ The tick grid is not known to user space; it is found from the runs themselves: 
 no run's memslot returns before its timer's tick, and a grid shifted either way puts the runs that
 registered next to a tick boundary a whole jiffy off (a negative latency). The grid offset is the
 middle of the widest range of offsets with no negative latency.
+
+A registration issued a few µs before a boundary can arm its timer after it: it then fires a tick
+later than ``t_reg`` implies, on time. Counted from ``t_reg`` alone such runs read as a whole tick late
+(on this project's host, 4 of the 5 "late" first memslots of 1,000 runs were registrations issued
+21-24 µs before a boundary). Each registration's return is recorded too, and a run whose arming could
+lie in either jiffy (within the grid's uncertainty) is counted from the later tick when the wait ended
+after it (:func:`resolved_latency`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kernel_model.costs import Costs
 from kernel_model.kvm import KvmModel
@@ -69,6 +77,10 @@ class CalibrationRun:
     #: not taken.
     t_reg2_ns: int = 0
     t_end2_ns: int = 0
+    #: When each registration ioctl returned (0: not recorded, taken as its start). Its timer was armed
+    #: somewhere in between: a registration issued a few µs before a tick boundary may arm after it.
+    t_reg_end_ns: int = 0
+    t_reg2_end_ns: int = 0
 
 
 def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
@@ -116,8 +128,21 @@ def _negatives(runs: list[CalibrationRun], tick: int, offset: int) -> int:
     return sum(lat < 0 for lat in _latencies(runs, tick, offset))
 
 
+class TickGrid(NamedTuple):
+    """Where the ticks fall in CLOCK_MONOTONIC: at ``offset`` + k/HZ, known to within ``uncertainty_ns``."""
+
+    offset: int
+    uncertainty_ns: int
+
+
 def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
-    """The tick grid's offset in CLOCK_MONOTONIC (0 <= offset < 1/HZ), from the runs (module docstring).
+    """The tick grid's offset in CLOCK_MONOTONIC (0 <= offset < 1/HZ): :func:`estimate_tick_grid`'s."""
+    return estimate_tick_grid(runs, hz).offset
+
+
+def estimate_tick_grid(runs: list[CalibrationRun], hz: int) -> TickGrid:
+    """The tick grid in CLOCK_MONOTONIC, from the runs (module docstring); its uncertainty is half the
+    range of offsets that fit equally well.
 
     A few runs may return "before" their timer's tick on the true grid: when the tick interrupt that
     advances ``jiffies`` arrives late (a virtual machine's ticks can), a registration just after a
@@ -146,42 +171,60 @@ def estimate_tick_offset(runs: list[CalibrationRun], hz: int) -> int:
     if best_len * GRID_STEP_NS > tick // 4:
         raise CalibrationError(f"the runs leave the tick grid undetermined within {best_len * GRID_STEP_NS} ns; "
                                "use more runs")
-    return int((best_start + best_len / 2) * GRID_STEP_NS) % tick
+    return TickGrid(int((best_start + best_len / 2) * GRID_STEP_NS) % tick, best_len * GRID_STEP_NS // 2)
 
 
-def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, offset: int | None = None) -> list[int]:
-    """Per run, the latency beyond the model's fixed chain (>= 0). A run whose timer fired a tick
-    early on the grid (late jiffies, see estimate_tick_offset) is counted from that earlier tick.
-    ``offset``: the grid, if already estimated."""
-    tick = NSEC_PER_SEC // hz
-    if offset is None:
-        offset = estimate_tick_offset(runs, hz)
-    out = []
-    for lat in _latencies(runs, tick, offset):
-        if lat < 0:
-            lat += tick
+def resolved_latency(t_reg: int, t_reg_end: int, t_end: int, tick_ns: int, grid: TickGrid) -> int | None:
+    """How long after its timer's tick a wait ended, when the tick the timer was armed in is ambiguous.
+
+    The timer was armed between ``t_reg`` and ``t_reg_end`` (0: same as ``t_reg``), and the grid is known
+    to ``grid.uncertainty_ns``: a registration that close to a boundary may have armed in either jiffy.
+    Of the candidate fire ticks, the latest one the wait ended after is taken, so that a timer armed just
+    past a boundary is not counted a whole tick late (it was not late: it was armed a jiffy later than
+    ``t_reg`` says). Without such a tick (the tick interrupt itself came late, see
+    :func:`estimate_tick_grid`), the tick before the earliest candidate. None if even that is after
+    ``t_end``."""
+    first = (t_reg - grid.uncertainty_ns - grid.offset) // tick_ns
+    last = (max(t_reg, t_reg_end) + grid.uncertainty_ns - grid.offset) // tick_ns
+    for jiffy in range(last, first - 2, -1):
+        lat = t_end - ((jiffy + 2) * tick_ns + grid.offset)
         if lat >= 0:
+            return lat
+    return None
+
+
+def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: TickGrid | None = None) -> list[int]:
+    """Per run, the latency beyond the model's fixed chain (>= 0), each from the tick its timer fired on
+    (:func:`resolved_latency`). ``grid``: the tick grid, if already estimated."""
+    tick = NSEC_PER_SEC // hz
+    if grid is None:
+        grid = estimate_tick_grid(runs, hz)
+    out = []
+    for r in runs:
+        lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
+        if lat is not None:
             out.append(max(0, lat - chain_ns))
     return out
 
 
-def tick_slip(runs: list[CalibrationRun], hz: int, offset: int | None = None) -> float:
+def tick_slip(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None) -> float:
     """The share of second registrations whose timer fired a tick late: third memslots that returned
     more than half a tick after their timer's tick, less the share of first memslots that did (late
-    wake-ups under load, which the latency distribution already holds). ``offset``: the grid, if
+    wake-ups under load, which the latency distribution already holds). ``grid``: the tick grid, if
     already estimated."""
     tick = NSEC_PER_SEC // hz
-    if offset is None:
-        offset = estimate_tick_offset(runs, hz)
+    if grid is None:
+        grid = estimate_tick_grid(runs, hz)
 
-    def late(t_reg: int, t_end: int) -> bool:
-        return _latency(t_reg, t_end, tick, offset) > tick // 2
+    def late(t_reg: int, t_reg_end: int, t_end: int) -> bool:
+        lat = resolved_latency(t_reg, t_reg_end, t_end, tick, grid)
+        return lat is not None and lat > tick // 2
 
     second = [r for r in runs if r.t_reg2_ns]
     if not second:
         return 0.0
-    share_first = sum(late(r.t_reg_ns, r.t_end_ns) for r in runs) / len(runs)
-    share_second = sum(late(r.t_reg2_ns, r.t_end2_ns) for r in second) / len(second)
+    share_first = sum(late(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs) / len(runs)
+    share_second = sum(late(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in second) / len(second)
     return round(max(0.0, share_second - share_first), 4)
 
 
@@ -208,13 +251,16 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 vm = stack.enter_context(kvm.create_vm())
                 t_reg = time.monotonic_ns()
                 vm.register_ioevent(IoEvent(0xD0000050, 4, efd, 0, False))
+                t_reg_end = time.monotonic_ns()
                 vm.set_user_memory_region(0, 0, MEMSLOT_SIZE, mem.host_addr)
                 t_end = time.monotonic_ns()
                 vm.register_ioevent(IoEvent(0xD0000060, 4, efd, 0, False))
+                t_reg2_end = time.monotonic_ns()
                 vm.set_user_memory_region(2, 0x200000000, MEMSLOT_SIZE, mem3.host_addr)
                 t_end2 = time.monotonic_ns()
                 vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
-                runs.append(CalibrationRun(t_reg, t_end, time.monotonic_ns() - t_end2, t_end, t_end2))
+                runs.append(CalibrationRun(t_reg, t_end, time.monotonic_ns() - t_end2, t_end, t_end2,
+                                           t_reg_end, t_reg2_end))
             if on_progress:
                 on_progress(i + 1)
     return runs
@@ -222,8 +268,8 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
 
 def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str) -> HostProfile:
     """The host profile of these runs."""
-    offset = estimate_tick_offset(runs, hz)  # a search over the whole jiffy: once for both uses
-    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), offset)
+    grid = estimate_tick_grid(runs, hz)  # a search over the whole jiffy: once for both uses
+    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), grid)
     idle = model_idle_sync_ns(hz, platform)
     wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -233,4 +279,4 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
         load = (0.0, 0.0, 0.0)
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
                        tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (),
-                       tick_slip(runs, hz, offset))
+                       tick_slip(runs, hz, grid))
