@@ -109,6 +109,8 @@ def test_boot_without_image_is_one_line_on_stderr():
 
 @pytest.mark.parametrize("args,fragments", [
     (["bogus"], ["unknown command", "bogus"]),
+    (["--bogus", "boot"], ["unknown option --bogus", "after it"]),  # not "boot needs IMAGE"
+    (["--mem", "64", "boot", "guest/hello.bin"], ["unknown option --mem", "minivmm COMMAND --help"]),
     (["boot", "guest/hello.bin", "--mem"], ["--mem needs a value"]),
     (["boot", "guest/hello.bin", "--vcpus", "many"], ["--vcpus", "'many' is not a whole number"]),
     (["boot", "guest/hello.bin", "--vcpus", "65"], ["--vcpus", "between 1 and 64"]),

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     try:
-        parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
+        words = sys.argv[1:] if argv is None else argv
+        _refuse_unknown_top_level_option(words)
+        parser = build_parser(_command_in(words))
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:
@@ -72,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(e))
         return int(ExitCode.BAD_INPUT)
     return int(rv) if isinstance(rv, int) else int(ExitCode.OK)
+
+
+#: The options ``minivmm`` itself takes before a command; every other option belongs to a command.
+TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
+
+
+def _refuse_unknown_top_level_option(argv: list[str]) -> None:
+    """An option before the command that ``minivmm`` does not take is the error to report.
+
+    argparse would set it aside and go on into the command, which then reports what it misses
+    (``minivmm --bogus boot`` said "boot needs IMAGE"), not the option it was never given."""
+    from minivmm.cli.errors import UsageError
+    if argv and argv[0].startswith("-") and argv[0] != "-" and argv[0] not in TOP_LEVEL_OPTIONS:
+        raise UsageError(f"unknown option {argv[0]}: minivmm takes only {', '.join(TOP_LEVEL_OPTIONS)} "
+                         "before the command; a command's options go after it (minivmm COMMAND --help)")
 
 
 def _command_in(argv: list[str]) -> str | None:
