@@ -65,6 +65,25 @@ def test_decodes_the_known_sequence_with_fd_roles(trace_prog: str, capfd: pytest
     assert "done 4" in capfd.readouterr().out
 
 
+def test_memory_region2_is_decoded_and_replayed_as_a_memslot(trace_prog: str,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    """QEMU uses KVM_SET_USER_MEMORY_REGION2 where the kernel has KVM_CAP_USER_MEMORY2: the larger
+    struct is decoded (guest_memfd fields too) and the sequence op it replays as is a memslot."""
+    from minivmm.trace.explain import event_to_step
+    r = trace(trace_prog, "2", "0", "region2").result
+    assert r is not None
+    if r.exit_code == 6:
+        pytest.skip("this kernel (or its headers) has no KVM_SET_USER_MEMORY_REGION2")
+    assert r.exit_code == 0
+    ev = next(e for e in r.events if e.name == "KVM_SET_USER_MEMORY_REGION2")
+    f = ev.decoded.fields
+    assert (f["slot"], f["guest_phys_addr"], f["memory_size"], f["readonly"]) == (1, 0x100000000, 2 << 20, True)
+    assert (f["guest_memfd"], f["guest_memfd_offset"]) == (0, 0)
+    assert "guest_memfd=0" in ev.decoded.text and "KVM_MEM_READONLY" in ev.decoded.text
+    op, args = event_to_step(ev, {"memslot"}) or ("", {})
+    assert op == "memslot" and (args["slot"], args["base"], args["size"]) == (1, 0x100000000, 2 << 20)
+
+
 def test_non_kvm_syscalls_never_stop_the_tracee(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
     """The program makes 2000 non-KVM system calls (1000 of them ioctls); the tracer stops it only
     for its 8 KVM ioctls (at most twice each) and a few start-up events."""

@@ -10,8 +10,9 @@
  *
  * Each KVM ioctl is timed here with clock_gettime(CLOCK_MONOTONIC) right around the call, and
  * printed to stderr as: "self <name> <ns>". Arguments: [n_ioeventfd] [exit_code] [mode], where mode is
- * "plain", "fork" (the set-up runs in a forked child that execs this program again) or "signal"
- * (raise SIGUSR1 into a handler, then SIGTERM ourselves at the end).
+ * "plain", "fork" (the set-up runs in a forked child that execs this program again), "signal"
+ * (raise SIGUSR1 into a handler, then SIGTERM ourselves at the end) or "region2" (after slot 0, a
+ * KVM_SET_USER_MEMORY_REGION2 for slot 1, read-only at 4 GiB; exit 6 if the kernel refuses it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -110,6 +111,21 @@ int main(int argc, char **argv)
         .slot = 0, .flags = 0, .guest_phys_addr = 0, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)mem,
     };
     timed("KVM_SET_USER_MEMORY_REGION", vm, KVM_SET_USER_MEMORY_REGION, (unsigned long)&region);
+    if (strcmp(mode, "region2") == 0) {
+#ifdef KVM_SET_USER_MEMORY_REGION2
+        struct kvm_userspace_memory_region2 region2;
+        memset(&region2, 0, sizeof region2);
+        region2.slot = 1;
+        region2.flags = KVM_MEM_READONLY;
+        region2.guest_phys_addr = 0x100000000ULL;
+        region2.memory_size = size;
+        region2.userspace_addr = (uint64_t)(uintptr_t)mem;
+        if (ioctl(vm, KVM_SET_USER_MEMORY_REGION2, &region2) < 0)  /* not timed(): a refusal is a skip */
+            return 6;
+#else
+        return 6;
+#endif
+    }
     timed("KVM_CREATE_VCPU", vm, KVM_CREATE_VCPU, 0);
 
     struct winsize ws;
