@@ -183,7 +183,7 @@ def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: i
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
     if phase_deterministic(sequence) and not (costs and (costs.timer_latency_samples
-                                                         or costs.wakeup_latency_samples)):
+                                                         or costs.wakeup_latency_samples or costs.tick_slip)):
         draw: Callable[[float], list[int]] = PhaseInterpolant(lambda phase: simulate_once(
             sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
     else:

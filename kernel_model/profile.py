@@ -11,8 +11,9 @@ The file is JSON::
      "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
      "timer_latency_ns": [41000, 43000, ...],    # sorted quantiles of the latency, >= 2 values
      "wakeup_latency_ns": [0, 0, ..., 3900000],   # the same for a wait no timer ended (optional)
-     "tick_slip": 0.08}                           # the share of a VM's later timers that fired a tick
-                                                  # late (optional, 0 if absent; kernel_model.sim.Timer)
+     "tick_slip": 0.08}                           # the share of timers armed after a VM's first
+                                                  # timer-ended wait that fired a tick late (optional,
+                                                  # 0 if absent; kernel_model.sim.Timer._slips)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -75,7 +76,8 @@ class HostProfile:
     calibration_runs: int
     timer_latency_ns: tuple[int, ...]
     wakeup_latency_ns: tuple[int, ...] = ()
-    #: The share of a VM's timers after its first that fire a tick late (``Costs.tick_slip``).
+    #: The share of timers armed after a VM's first timer-ended wait that fire a tick late
+    #: (``Costs.tick_slip``).
     tick_slip: float = 0.0
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:

@@ -79,13 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="the KVM device to open (default: /dev/kvm)")
     p.add_argument("--calibrate", action="store_true",
                    help="instead of timing a sequence, measure this host's latency from a timer firing to "
-                        "the waiter running, and how often a VM's later timers fire a tick late (--repeat runs, "
-                        "300 or more recommended), and save both as a host "
-                        "profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
+                        "the waiter running, and how often the timer armed after a VM's first grace-period "
+                        "wait fires a tick late (--repeat runs, 300 or more recommended), and save both as a "
+                        "host profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
     p.add_argument("--profile", default=None, metavar="FILE.json",
                    help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
-                        "from it instead of the fixed cost, and fires that share of a VM's later timers a "
-                        "tick late; with --calibrate, where to write it")
+                        "from it instead of the fixed cost, and fires the timer armed after a VM's first "
+                        "grace-period wait a tick late in that share of samples; with --calibrate, where to "
+                        "write it")
     gate_opts.add_options(p)
     p.set_defaults(handler=run)
 
@@ -130,8 +131,8 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
     sys.stdout.write(f"host profile: {path}\n{len(runs)} runs at HZ={hz} on {plat}, load average "
                      f"{profile.loadavg[0]:.2f}; timer-to-waiter latency beyond the model's fixed steps: "
                      f"p50 {q[n // 2] / 1000:.0f} us, p90 {q[n * 9 // 10] / 1000:.0f} us, "
-                     f"p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us; a VM's later timers "
-                     f"that fired a tick late: {profile.tick_slip:.1%}\n"
+                     f"p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us; timers armed after a VM's "
+                     f"first grace-period wait that fired a tick late: {profile.tick_slip:.1%}\n"
                      f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
     return 0
 
