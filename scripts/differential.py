@@ -126,11 +126,21 @@ class StepResult:
     self_agree: bool = True
     #: The model with its fixed wake-up cost (no profile), same rule.
     fixed_agree: bool = True
+    #: The share of the host's and of the model's samples more than half a tick above the host's median:
+    #: a step whose p90 sits between two modes a tick apart misses by which side of 10% this falls.
+    late_share: tuple[float, float] = (0.0, 0.0)
+    #: The profile's tick_slip the model used (0 without a profile).
+    tick_slip: float = 0.0
 
     @property
     def ok(self) -> bool:
         """All three quantiles agree."""
         return all(self.agree.values())
+
+
+def late_share(values: list[int], median_ns: float, tick_ns: int) -> float:
+    """The share of ``values`` more than half a tick above ``median_ns``."""
+    return sum(v > median_ns + tick_ns / 2 for v in values) / len(values) if values else 0.0
 
 
 def quantiles_ns(values: list[int]) -> dict[str, float]:
@@ -203,8 +213,11 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
         odd = quantiles_ns([r.durations_ns[i] for r in reps[1::2]])
         even = quantiles_ns([r.durations_ns[i] for r in reps[0::2]])
         f = quantiles_ns(fixed[i])
+        tick = 1_000_000_000 // hz
+        late = (late_share([r.durations_ns[i] for r in reps], h["p50"], tick), late_share(model[i], h["p50"], tick))
         results.append(StepResult(name, i, seq.steps[i].label, h, m, {k: agree(h[k], m[k]) for k in h},
-                                  all(agree(even[k], odd[k]) for k in h), all(agree(h[k], f[k]) for k in h)))
+                                  all(agree(even[k], odd[k]) for k in h), all(agree(h[k], f[k]) for k in h),
+                                  late, costs.tick_slip if costs else 0.0))
     return results
 
 
@@ -219,7 +232,9 @@ def summarize(results: list[StepResult]) -> dict[str, Any]:
             "misses": [{"case": r.case, "step": r.step, "label": r.label,
                         "host_ms": {k: round(v / 1e6, 3) for k, v in r.host.items()},
                         "model_ms": {k: round(v / 1e6, 3) for k, v in r.model.items()},
-                        "off": [k for k, v in r.agree.items() if not v]} for r in results if not r.ok]}
+                        "off": [k for k, v in r.agree.items() if not v],
+                        "late_share": {"host": round(r.late_share[0], 4), "model": round(r.late_share[1], 4)},
+                        "tick_slip": r.tick_slip} for r in results if not r.ok]}
 
 
 def main() -> int:
@@ -289,7 +304,9 @@ def main() -> int:
           f"{s['host_self_within']}/{s['steps']} ({s['host_self_share']:.1%})")
     for m in s["misses"]:
         print(f"  miss {m['case']} step {m['step']} {m['label']}: host {m['host_ms']} model {m['model_ms']} "
-              f"(off at {', '.join(m['off'])})")
+              f"(off at {', '.join(m['off'])}; over half a tick above the host's median: host "
+              f"{m['late_share']['host']:.1%}, model {m['late_share']['model']:.1%}; tick_slip "
+              f"{m['tick_slip']:.1%})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**s, "hz": hz, "platform": platform, "load": load0, "cases": args.cases,
