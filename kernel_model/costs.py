@@ -53,12 +53,17 @@ class Costs(NamedTuple):
     unregister_dev: int = 600
 
     # --- The bodies of the ioctls, without any SRCU wait (medians on the PVM host) ------------------
-    create_vm: int = 340 * US
+    create_vm: int = 250 * US
     set_user_memory_region: int = 65 * US   # a 128 MiB slot; ~85 us with its uncontended synchronize
     ioeventfd: int = 500
     create_irqchip: int = 8 * US    # ~28 us with its irq_srcu synchronize (kvm_set_irq_routing())
-    create_vcpu_first: int = 100 * US
-    create_vcpu: int = 60 * US
+    create_vcpu: int = 50 * US
+    #: static_branch_inc() of a key at 0: the jump label's code patching (text_poke with IPIs to every
+    #: CPU). KVM_CREATE_VCPU pays it for kvm_has_noapic_vcpu (see KvmModel.create_vcpu). Measured as
+    #: the first vCPU without an in-kernel irqchip less one with it: `minivmm timing -r 300` on
+    #: `create_vm; vcpu; vcpu` and on `create_vm; irqchip; vcpu; vcpu` (median 189 us against 57 us;
+    #: the second vCPU 40 and 52 us).
+    static_key_enable: int = 140 * US
     kvm_run_entry: int = 130 * US
     destroy_vm: int = 200 * US
     # The set-up ioctls a real VMM adds (QEMU, Firecracker); bodies without SRCU waits.

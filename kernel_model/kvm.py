@@ -607,14 +607,22 @@ class KvmModel:
         LAPIC the first vCPU allocates the APIC-access page through a private memslot: one memslot swap
         per memslot address space (arch/x86/kvm/x86.c __x86_set_memory_region(), two with SMM).
         On SVM an APICv inhibit present at that moment (an in-kernel PIT in reinject mode) skips it.
-        EEXIST for an id already in use."""
+        EEXIST for an id already in use.
+
+        On x86 without an in-kernel LAPIC, kvm_create_lapic() (arch/x86/kvm/lapic.c, 6.18) does
+        static_branch_inc(&kvm_has_noapic_vcpu): the first such vCPU on the host takes the key from
+        0 to 1, which patches the kernel's code (Costs.static_key_enable); later ones only count.
+        The key is global: the model assumes no other VM on the host holds an LAPIC-less vCPU, as in
+        the runs of minivmm timing (each VM is closed, and the key dropped, before the next)."""
         self._alive()
         if vcpu_id in self.vcpu_ids:
             raise KvmIoctlError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
         self.vcpu_ids.add(vcpu_id)
         self.created_vcpus += 1
         first = self.created_vcpus == 1
-        self.sim.spend(self.costs.create_vcpu_first if first else self.costs.create_vcpu)
+        self.sim.spend(self.costs.create_vcpu)
+        if first and self.platform.name != "arm64" and not self.lapic_in_kernel:
+            self.sim.spend(self.costs.static_key_enable)
         if (self.platform.apic_access_memslot_on_first_vcpu and self.lapic_in_kernel
                 and not self.apic_access_page_done
                 and not self.apicv_inhibits & self.platform.apicv_inhibits_apic_access_page):

@@ -207,3 +207,25 @@ def test_x86_irqchip_synchronizes_irq_srcu_not_kvm_srcu():
     t0 = kvm.sim.now
     kvm.kvm_set_irq_routing(1)
     assert kvm.sim.now - t0 < 100_000 and kvm.srcu.gp_in_flight
+
+
+# --- KVM_CREATE_VCPU without an in-kernel LAPIC: the kvm_has_noapic_vcpu static key ----------------
+
+def _vcpu_costs(platform: str, irqchip: bool) -> list[int]:
+    kvm = vm(platform)
+    if irqchip:
+        kvm.create_irqchip()
+    out = []
+    for vcpu_id in range(3):
+        t0 = kvm.sim.now
+        kvm.create_vcpu(vcpu_id)
+        out.append(kvm.sim.now - t0)
+    return out
+
+
+def test_the_first_lapic_less_vcpu_pays_the_static_key_patch_and_only_it():
+    from kernel_model.costs import Costs
+    c = Costs()
+    assert _vcpu_costs("pvm", irqchip=False) == [c.create_vcpu + c.static_key_enable, c.create_vcpu, c.create_vcpu]
+    assert _vcpu_costs("pvm", irqchip=True) == [c.create_vcpu] * 3  # the LAPIC is in the kernel: no key
+    assert _vcpu_costs("arm64", irqchip=False) == [c.create_vcpu] * 3  # an x86 key
