@@ -180,6 +180,24 @@ def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
 
 
 @pytest.mark.kvm
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_sigterm_during_timing_ends_with_143_and_writes_nothing(tmp_path, calibrate):
+    import signal
+    import time
+    profile = tmp_path / "p.json"
+    args = (["--calibrate", "--profile", str(profile)] if calibrate
+            else ["-s", "registrations-first", "--plot", str(tmp_path / "plot.png")])
+    p = subprocess.Popen([sys.executable, "-m", "minivmm", "timing", "-r", "100000", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.kvm
 def test_the_progress_bar_is_drawn_on_stderr_when_it_is_a_terminal_and_nowhere_else():
     import os
     import pty

@@ -137,9 +137,28 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
     return 0
 
 
+def _end_with_143_on_sigterm() -> None:
+    """SIGTERM ends the command as Ctrl-C does, with the exit code the table gives it (143).
+
+    Python's default for SIGTERM kills the process where it stands: the kernel then closes the VM,
+    but the command's own clean-up (``finally`` blocks, the calibration's ExitStack, the progress
+    bar's line) never runs. Raised as SystemExit from the main thread, it unwinds through them. No
+    output file is half-written either way: profiles and plots are written atomically, at the end."""
+    import signal
+
+    from minivmm.cli.errors import ExitCode
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(int(ExitCode.TERMINATED))
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
     import os
+
+    _end_with_143_on_sigterm()
 
     from kernel_model.platforms import PLATFORMS
     from minivmm.host import read_host_info
