@@ -202,6 +202,7 @@ class KvmModel:
         self.platform = platform
         self.checker = checker or InvariantChecker()
         self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
+        self.srcu.work.timer.may_slip = True  # the timer traced slipping a tick (sim.Timer._slips)
         self.memslot_swaps = 0
         self.apicv_inhibits: set[str] = set()
         #: The arm64 vGICv3: its bases (None until KVM_DEV_ARM_VGIC_GRP_ADDR sets them), how many

@@ -215,7 +215,8 @@ def _vcpu_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
 
 VCPU = OpSpec(
     "vcpu", "KVM_CREATE_VCPU: on VMX with an in-kernel LAPIC the first one installs the APIC-access "
-    "page memslot (one memslot swap).", (Arg("id", "int", True),),
+    "page memslot (one memslot swap); on x86 without one, the first one enables the kvm_has_noapic_vcpu "
+    "static key (a kernel code patch).", (Arg("id", "int", True),),
     label=lambda a: f"KVM_CREATE_VCPU, {a['id']}",
     strace=lambda a: ("vm", "KVM_CREATE_VCPU", str(a["id"])),
     model=_vcpu_model)

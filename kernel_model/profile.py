@@ -7,9 +7,9 @@ fixed ``Costs.timer_latency``. Without a profile nothing changes.
 
 The file is JSON::
 
-    {"format": "minivmm-host-profile", "version": 1, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
+    {"format": "minivmm-host-profile", "version": 2, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
      "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
-     "timer_latency_ns": [41000, 43000, ...],    # sorted quantiles of the latency, >= 2 values
+     "timer_latency_ns": [41000, 43000, ...],    # the sorted latencies (up to 2001), >= 2 values
      "wakeup_latency_ns": [0, 0, ..., 3900000],   # the same for a wait no timer ended (optional)
      "tick_slip": 0.08}                           # the share of timers armed after a VM's first
                                                   # timer-ended wait that fired a tick late (optional,
@@ -29,7 +29,10 @@ from typing import Any
 from kernel_model.costs import Costs
 
 FORMAT = "minivmm-host-profile"
-VERSION = 1
+#: 2: the latencies are the calibration's samples (up to QUANTILES), drawn without interpolation.
+#: Version 1 kept 201 quantiles; drawn the new way its top point, often one slow run, would weigh
+#: 1/201 of all draws, so a version-1 profile is refused with a request to calibrate again.
+VERSION = 2
 #: How many points of the measured distribution a profile keeps at most. A calibration of up to this
 #: many runs is kept whole (its empirical distribution); a larger one is thinned to this many quantiles.
 #: Keeping it whole matters for the tail: a 201-point table made the one slow run out of 400 the top
@@ -48,8 +51,10 @@ def default_path() -> str:
 
 
 def quantile_points(samples: list[int], n: int = QUANTILES) -> list[int]:
-    """The samples, sorted, if there are at most ``n``; else ``n`` evenly spaced quantiles (p0 ... p100)
-    of them, by linear interpolation. Either way each point stands for the same share of the mass."""
+    """The samples, sorted, if there are at most ``n``; else ``n`` quantiles of them at the middles of
+    ``n`` equal shares of the mass ((k + 0.5) / n), by linear interpolation. Either way each point stands
+    for the same share, which is how the model draws them (``Sim.draw``). Thinning loses what is rarer
+    than one point's share (a run slower than all others in 10,000 is not kept by 2,001 points)."""
     s = sorted(samples)
     if not s:
         raise ValueError("no samples")
@@ -57,7 +62,7 @@ def quantile_points(samples: list[int], n: int = QUANTILES) -> list[int]:
         return s
     out = []
     for k in range(n):
-        x = (len(s) - 1) * k / (n - 1)
+        x = min(max((k + 0.5) / n * len(s) - 0.5, 0.0), len(s) - 1.0)
         i = int(x)
         j = min(i + 1, len(s) - 1)
         out.append(int(s[i] + (s[j] - s[i]) * (x - i)))
@@ -110,6 +115,9 @@ class HostProfile:
         """Validate and build; ProfileError names what is wrong."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ProfileError(f"{where}: not a minivmm host profile (no \"format\": \"{FORMAT}\")")
+        if data.get("version") == 1:
+            raise ProfileError(f"{where} was made by an older minivmm (format version 1, 201 quantiles that "
+                               "over-weight its slowest run): make it again with minivmm timing --calibrate")
         if data.get("version") != VERSION:
             raise ProfileError(f"{where}: profile version {data.get('version')!r} is not {VERSION}")
         def latencies(key: str, required: bool) -> list[int]:
@@ -135,6 +143,17 @@ class HostProfile:
             raise ProfileError(f"{where}: tick_slip must be a share from 0 to 1")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
                    (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), float(slip))
+
+
+def is_profile_file(path: str) -> bool:
+    """Whether ``path`` holds a minivmm host profile of any version (``--calibrate`` may replace
+    one of ours, an outdated one included, and nothing else)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def load_profile(path: str) -> HostProfile:

@@ -72,7 +72,8 @@ class _Event:
 
 
 class Sim:
-    """The clock and event queue of one model run."""
+    """The clock and event queue of one model run: one VM on its host (the tick-slip state below is
+    the VM's, and host-wide facts such as a static key's count are taken as this VM's alone)."""
 
     def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None,
                  rng: random.Random | None = None) -> None:
@@ -93,8 +94,10 @@ class Sim:
         self._deferred_work: list[Callable[[], None]] = []
         #: Timer firings so far (a wait that saw one had its wake-up latency drawn at the timer).
         self.timers_fired = 0
-        #: The state of the one timer that may fire a tick late (see ``Timer._slips``): "before" the
-        #: VM's first wait that a timer ended, "open" from then until the next arming, "spent" after.
+        #: Firings of timers that may slip (``Timer.may_slip``: kvm->srcu's grace-period timer).
+        self.slippable_fired = 0
+        #: The state of the one arming that may fire a tick late (see ``Timer._slips``): "before" the
+        #: VM's first wait that such a timer ended, "open" from then until its next arming, "spent".
         self.slip_window = "before"
 
     # --- time --------------------------------------------------------------------------------
@@ -177,14 +180,13 @@ class Completion:
         host profile) a measured wake-up latency when no timer fired during the wait. The VM's first
         wait that a timer ended opens the one arming that may slip a tick (``Timer._slips``)."""
         sim = self.sim
-        fired = sim.timers_fired
+        fired, slippable = sim.timers_fired, sim.slippable_fired
         sim.wait_for(lambda: self.done, what)
         assert self.completed_at is not None
         extra = 0
-        if sim.timers_fired == fired:
-            if sim.costs.wakeup_latency_samples:
-                extra = sim.draw(sim.costs.wakeup_latency_samples)
-        elif sim.slip_window == "before":
+        if sim.timers_fired == fired and sim.costs.wakeup_latency_samples:
+            extra = sim.draw(sim.costs.wakeup_latency_samples)
+        if sim.slippable_fired != slippable and sim.slip_window == "before":
             sim.slip_window = "open"
         sim.now = max(sim.now, self.completed_at + sim.costs.wakeup + extra)
 
@@ -233,6 +235,9 @@ class Timer:
         self.fn = fn
         self.expires: int | None = None  # the jiffy it fires on, while pending
         self._event: _Event | None = None
+        #: Whether this timer can fire a tick late (``_slips``): set on kvm->srcu's grace-period timer,
+        #: the one traced slipping on the host; the model's other timers never do.
+        self.may_slip = False
 
     @property
     def pending(self) -> bool:
@@ -249,8 +254,9 @@ class Timer:
         self._event = sim.at(sim.tick_time(fire + late) + sim.timer_latency(), self._fire)
 
     def _slips(self) -> bool:
-        """Whether this arming fires one tick after its bucket: only the first arming after the VM's
-        first wait that a timer ended, with the host's measured share (``Costs.tick_slip``).
+        """Whether this arming fires one tick after its bucket: only kvm->srcu's grace-period timer
+        (``may_slip``), only its first arming after the VM's first wait that it ended, and then with
+        the host's measured share (``Costs.tick_slip``).
 
         Why a tick late: only the CPU holding the do_timer duty advances ``jiffies``
         (kernel/time/tick-sched.c tick_sched_do_timer()), and the timer's CPU raises the timer softirq
@@ -264,7 +270,7 @@ class Timer:
         6-10%; the one after the second such wait 0-1.3%. ``minivmm timing --calibrate`` measures the
         middle one's share on the host and the profile records it."""
         sim = self.sim
-        if sim.slip_window != "open":
+        if not self.may_slip or sim.slip_window != "open":
             return False
         sim.slip_window = "spent"
         p = sim.costs.tick_slip
@@ -291,6 +297,8 @@ class Timer:
         self._event = None
         self.expires = None
         self.sim.timers_fired += 1
+        if self.may_slip:
+            self.sim.slippable_fired += 1
         self.fn()
 
 

@@ -9,7 +9,8 @@ KVM_SET_USER_MEMORY_REGION) for the host and both models, the share of stalls pa
 2-jiffy maximum, and how likely a first KVM_CREATE_VCPU of 25.182 ms or more is at HZ=100 (Firecracker's
 order on VMX) with this profile.
 
-Usage: python scripts/tails.py [--runs 300] [--hz HZ] [--platform P] [--profile-out FILE.json]
+Usage: python scripts/tails.py [--runs 300] [--hz HZ] [--platform P] [--profile-out FILE.json] [--seed N]
+                               [--batches 20]
 Timing figures depend on the host's load at the time: the script prints the load average.
 """
 
@@ -74,6 +75,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batches", type=int, default=20, help="model runs of the host's size (default 20)")
     args = ap.parse_args()
+    if args.runs < 1 or args.batches < 1:
+        ap.error("--runs and --batches must be at least 1")
     load0 = os.getloadavg()[0]
     seq = SEQUENCES["registrations-first"]
     step = next(i for i, s in enumerate(seq.steps) if s.op == "memslot")
@@ -97,14 +100,15 @@ def main() -> int:
           + "".join(f"{host_stats[k]:22.2f}" for k in ("p99", "max"))
           + f"   {sum(x > 2 * tick for x in host) / len(host):6.1%}")
     rows: dict[str, dict[str, object]] = {"host": dict(host_stats)}
+    bands = {name: batch_stats(batches) for name, batches in models.items()}
     for name, batches in models.items():
-        band = batch_stats(batches)
+        band = bands[name]
         pooled = [x for b in batches for x in b]
         print(f"{name:20}" + "".join(f"{band[k][1]:9.2f}" for k in ("p50", "p90"))
               + "".join(f"{band[k][1]:8.2f} [{band[k][0]:5.2f}-{band[k][2]:5.2f}]" for k in ("p99", "max"))
               + f"   {sum(x > 2 * tick for x in pooled) / len(pooled):6.1%}")
         rows[name] = {k: list(v) for k, v in band.items()}
-    prof_band = batch_stats(models["model (profile)"])
+    prof_band = bands["model (profile)"]
     agree = {k: abs(prof_band[k][1] - host_stats[k]) / host_stats[k] for k in ("p99", "max")}
     inside = {k: prof_band[k][0] <= host_stats[k] <= prof_band[k][2] for k in ("p99", "max")}
     print("profile model vs host: " + ", ".join(

@@ -13,7 +13,7 @@ from kernel_model.costs import Costs
 from kernel_model.predict import predict
 from kernel_model.profile import HostProfile, ProfileError, load_profile, quantile_points
 from kernel_model.sequences import SEQUENCES
-from kernel_model.sim import Sim
+from kernel_model.sim import Sim, Timer
 from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, TickGrid, estimate_tick_offset,
                                       model_chain_ns, resolved_latency, tick_slip, timer_latencies)
 
@@ -62,9 +62,12 @@ def test_one_slow_calibration_run_keeps_its_weight():
 
 
 def test_a_large_calibration_is_thinned_to_equal_mass_quantiles():
-    pts = quantile_points(list(range(10_001)), 101)
-    assert pts == list(range(0, 10_001, 100))
+    # Each point is the middle of an equal share: no end point stands for half a share but is drawn
+    # as often as the others (which would give a 1-in-10,000 run 5 times its weight).
+    assert quantile_points(list(range(10_000)), 100) == [100 * k + 49 for k in range(100)]
     assert quantile_points([5, 1, 3]) == [1, 3, 5]
+    lat = [60_000] * 9_999 + [4_100_000]
+    assert max(quantile_points(lat)) == 60_000  # rarer than one point's share: not kept
 
 
 def test_profile_moves_the_stall_past_the_timer_rule_maximum():
@@ -208,6 +211,14 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     proc = run_cli("timing", "--calibrate", "--repeat", "5", "--profile", str(foreign))
     assert proc.returncode == 2 and "not a minivmm host profile" in proc.stderr
     assert foreign.read_text() == '{"mine": true}'
+    # A profile of ours in the older format is refused for use, and --calibrate may replace it.
+    old_profile = {**json.loads(out.read_text()), "version": 1}
+    out.write_text(json.dumps(old_profile))
+    with pytest.raises(ProfileError, match="older minivmm.*timing --calibrate"):
+        load_profile(str(out))
+    proc = run_cli("timing", "--calibrate", "--repeat", "80", "--profile", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["version"] == 2
 
 
 # --- tick slip: the timer armed after a VM's first timer-ended wait, one tick past its bucket ---------
@@ -241,6 +252,16 @@ def test_a_wait_no_timer_ended_does_not_open_the_slip():
     kvm.set_user_memory_region(0, 0, 1 << 20)  # an expedited grace period on an idle srcu_struct
     assert kvm.sim.slip_window == "before"
     assert _registration_then_memslot(kvm, 0xD0000050, 1) < 2 * TICK
+
+
+def test_only_kvm_srcus_grace_period_timer_slips():
+    sim = Sim(250, 0.5, Costs(tick_slip=1.0))
+    sim.slip_window = "open"
+    other = Timer(sim, lambda: None)  # e.g. srcu_struct's sdp_delay_work, or irq_srcu's timers
+    other.add_timer(sim.jiffies + 1)
+    assert sim.slip_window == "open"  # not spent: this timer cannot slip
+    kvm = _slip_vm(1.0)
+    assert kvm.srcu.work.timer.may_slip and not kvm.irq_srcu.work.timer.may_slip
 
 
 def test_tick_slip_share_is_drawn():

@@ -96,7 +96,7 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
     import json
     import os
 
-    from kernel_model.profile import ProfileError, default_path, load_profile
+    from kernel_model.profile import default_path, is_profile_file
     from minivmm.cli.outfile import check_output_path, write_atomically
     from minivmm.cli.progress import ProgressBar
     from minivmm.kvm.errors import KvmError, KvmUnavailable
@@ -106,11 +106,8 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
     if args.profile is None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     check_output_path(path, "--profile", ".json")
-    if os.path.exists(path):
-        try:
-            load_profile(path)
-        except ProfileError:
-            raise CliError(f"--profile {path!r} exists and is not a minivmm host profile: not overwritten") from None
+    if os.path.exists(path) and not is_profile_file(path):
+        raise CliError(f"--profile {path!r} exists and is not a minivmm host profile: not overwritten")
     try:
         with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
             runs = run_calibration(args.repeat, hz, args.kvm_path, seed=args.seed, on_progress=bar.update)

@@ -86,7 +86,7 @@ class CalibrationRun:
 def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
     base = costs or Costs()
     sim = Sim(hz, 0.5, Costs(**{**base._asdict(), "timer_latency": 0, "timer_latency_samples": (),
-                                "wakeup_latency_samples": ()}))
+                                "wakeup_latency_samples": (), "tick_slip": 0.0}))
     return sim, KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
 
 
@@ -120,7 +120,7 @@ def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[in
     return [_latency(r.t_reg_ns, r.t_end_ns, tick_ns, offset) for r in runs]
 
 
-#: Runs allowed to disagree with the grid (see estimate_tick_offset): at most this share, or one run.
+#: Runs allowed to disagree with the grid (see estimate_tick_grid): at most this share, or one run.
 LATE_JIFFIES_SHARE = 0.03
 
 
@@ -216,16 +216,16 @@ def tick_slip(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None)
     if grid is None:
         grid = estimate_tick_grid(runs, hz)
 
-    def late(t_reg: int, t_reg_end: int, t_end: int) -> bool:
-        lat = resolved_latency(t_reg, t_reg_end, t_end, tick, grid)
-        return lat is not None and lat > tick // 2
+    def late_share(waits: list[tuple[int, int, int]]) -> float:
+        """Of the waits the grid can place (the latency is not None), the share over half a tick late."""
+        lats = [lat for w in waits if (lat := resolved_latency(*w, tick, grid)) is not None]
+        return sum(lat > tick // 2 for lat in lats) / len(lats) if lats else 0.0
 
-    second = [r for r in runs if r.t_reg2_ns]
+    second = [(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in runs if r.t_reg2_ns]
     if not second:
         return 0.0
-    share_first = sum(late(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs) / len(runs)
-    share_second = sum(late(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in second) / len(second)
-    return round(max(0.0, share_second - share_first), 4)
+    share_first = late_share([(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs])
+    return round(max(0.0, late_share(second) - share_first), 4)
 
 
 def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int | None = None,
