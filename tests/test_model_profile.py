@@ -254,6 +254,17 @@ def test_a_wait_no_timer_ended_does_not_open_the_slip():
     assert _registration_then_memslot(kvm, 0xD0000050, 1) < 2 * TICK
 
 
+def test_a_wait_between_the_first_wait_and_the_registration_closes_the_slip():
+    # Host: `ioeventfd; memslot; ioeventfd; memslot` slipped 8%; with a deassign (an idle expedited
+    # grace period) before the second registration, 0%.
+    kvm = _slip_vm(1.0)
+    _registration_then_memslot(kvm, 0xD0000050, 0)
+    assert kvm.sim.slip_window == "open"
+    kvm.ioeventfd_deassign(0xD0000050, 4, 0)
+    assert kvm.sim.slip_window == "spent"
+    assert _registration_then_memslot(kvm, 0xD0000060, 1) < 2 * TICK
+
+
 def test_only_kvm_srcus_grace_period_timer_slips():
     sim = Sim(250, 0.5, Costs(tick_slip=1.0))
     sim.slip_window = "open"
