@@ -145,26 +145,29 @@ class HostProfile:
                    (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), float(slip))
 
 
-def is_profile_file(path: str) -> bool:
-    """Whether ``path`` holds a minivmm host profile of any version (``--calibrate`` may replace
-    one of ours, an outdated one included, and nothing else)."""
+def _read_json(path: str) -> Any:
+    """The JSON in ``path``; ProfileError (one line) if it cannot be read or parsed."""
     try:
         with open(path) as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
-
-
-def load_profile(path: str) -> HostProfile:
-    """Read a profile file; ProfileError (one line) if it cannot be used."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise ProfileError(f"profile {path!r} does not exist (make one with minivmm timing --calibrate)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"profile {path!r} cannot be read: {e.strerror if isinstance(e, OSError) else e}") from None
     except json.JSONDecodeError as e:
         raise ProfileError(f"profile {path!r} is not JSON (line {e.lineno}: {e.msg})") from None
-    return HostProfile.from_json(data, f"profile {path!r}")
+
+
+def is_profile_file(path: str) -> bool:
+    """Whether ``path`` holds a minivmm host profile of any version (``--calibrate`` may replace
+    one of ours, an outdated one included, and nothing else)."""
+    try:
+        data = _read_json(path)
+    except ProfileError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def load_profile(path: str) -> HostProfile:
+    """Read a profile file; ProfileError (one line) if it cannot be used."""
+    return HostProfile.from_json(_read_json(path), f"profile {path!r}")

@@ -110,10 +110,15 @@ def model_idle_sync_ns(hz: int, platform: str, costs: Costs | None = None) -> in
     return sim.now - t0
 
 
+def _after_fire(t_end: int, armed_jiffy: int, tick_ns: int, offset: int) -> int:
+    """How long after the tick its timer fires on (the second after the jiffy it was armed in, on the
+    grid) a wait ended."""
+    return t_end - ((armed_jiffy + 2) * tick_ns + offset)
+
+
 def _latency(t_reg: int, t_end: int, tick_ns: int, offset: int) -> int:
-    """How long after its timer's tick (the second after the registration, on the grid) a wait ended."""
-    jiffy = (t_reg - offset) // tick_ns
-    return t_end - ((jiffy + 2) * tick_ns + offset)
+    """:func:`_after_fire` for a timer armed in the jiffy of ``t_reg``."""
+    return _after_fire(t_end, (t_reg - offset) // tick_ns, tick_ns, offset)
 
 
 def _latencies(runs: list[CalibrationRun], tick_ns: int, offset: int) -> list[int]:
@@ -187,7 +192,7 @@ def resolved_latency(t_reg: int, t_reg_end: int, t_end: int, tick_ns: int, grid:
     first = (t_reg - grid.uncertainty_ns - grid.offset) // tick_ns
     last = (max(t_reg, t_reg_end) + grid.uncertainty_ns - grid.offset) // tick_ns
     for jiffy in range(last, first - 2, -1):
-        lat = t_end - ((jiffy + 2) * tick_ns + grid.offset)
+        lat = _after_fire(t_end, jiffy, tick_ns, grid.offset)
         if lat >= 0:
             return lat
     return None
