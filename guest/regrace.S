@@ -13,6 +13,8 @@
  * (each deregistration waits for the grace period of the registration before it: a few ms a round).
  * Each vCPU checks every acknowledgement; the last vCPU to finish is not known, so every vCPU prints:
  * "regrace: ok\n" per vCPU (N lines for N vCPUs), or "regrace: FAIL\n" if a command was refused.
+ * A spinlock in guest memory keeps the lines whole: KVM may split one vCPU's `rep outsb` into several
+ * exits, and another vCPU's bytes would otherwise land between them.
  * Exits per vCPU and round: MMIO write + read (register, ack), MMIO write + read (unregister, ack),
  * MMIO write (the doorbell, now unregistered), the partner's doorbell (an MMIO write or none), two MMIO
  * writes (reports).
@@ -67,9 +69,18 @@ fail:
     mov     $bad, %esi
     mov     $bad_len, %ecx
 print_halt:
+    mov     $1, %eax
+print_lock_spin:
+    xchg    %eax, print_lock            /* (locked) take the print lock: 0 came back if it was free */
+    test    %eax, %eax
+    jz      print_locked
+    pause
+    jmp     print_lock_spin
+print_locked:
     mov     $0xe9, %dx
     cld
     rep outsb
+    movl    $0, print_lock
 halt:
     hlt
     jmp     halt
@@ -78,3 +89,5 @@ ok:     .ascii "regrace: ok\n"
     .set ok_len, . - ok
 bad:    .ascii "regrace: FAIL\n"
     .set bad_len, . - bad
+    .balign 4
+print_lock: .long 0                     /* in RAM with the code: the image is loaded writable */
