@@ -27,29 +27,8 @@ from kernel_model.kvm import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.sequences import Sequence, Step
 from kernel_model.sim import Sim
+from kernel_model.stats import quantiles
 from kernel_model.variants import get_variant
-
-PERCENTILES = (10, 50, 90)
-
-
-def percentile(sorted_values: list[int], p: float) -> float:
-    """The p-th percentile (linear interpolation between closest ranks) of sorted values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    k = (len(sorted_values) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
-
-
-def quantiles(samples_ns: list[int]) -> dict[str, float]:
-    """min, p10, p50, p90, max of durations (ns), in microseconds: the one summary every report uses."""
-    s = sorted(samples_ns)
-    out = {"min": s[0] / 1000, "max": s[-1] / 1000}
-    for p in PERCENTILES:
-        out[f"p{p}"] = percentile(s, p) / 1000
-    return out
-
 
 @dataclass
 class StepPrediction:

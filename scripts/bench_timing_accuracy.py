@@ -16,7 +16,8 @@ import sys
 
 from kernel_model.sequences import load_sequence
 from minivmm.host import read_host_info
-from minivmm.timing.compare import compare, quantiles
+from kernel_model.stats import quantiles
+from minivmm.timing.compare import compare
 from minivmm.timing.runner import measure
 
 

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from kernel_model.costs import Costs  # noqa: E402
 from kernel_model.platforms import get_platform  # noqa: E402
-from kernel_model.predict import percentile, simulate_once  # noqa: E402
+from kernel_model.predict import simulate_once  # noqa: E402
+from kernel_model.stats import percentile  # noqa: E402
 from kernel_model.profile import HostProfile  # noqa: E402
 from kernel_model.sequences import Sequence, parse_sequence, with_gaps  # noqa: E402
 

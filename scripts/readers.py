@@ -31,7 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernel_model.costs import Costs  # noqa: E402
-from kernel_model.predict import percentile, simulate_once  # noqa: E402
+from kernel_model.predict import simulate_once  # noqa: E402
+from kernel_model.stats import percentile  # noqa: E402
 from kernel_model.sequences import SEQUENCES, Sequence, Step, with_gaps  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))

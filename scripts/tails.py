@@ -27,7 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernel_model.costs import Costs  # noqa: E402
-from kernel_model.predict import percentile, simulate_once  # noqa: E402
+from kernel_model.predict import simulate_once  # noqa: E402
+from kernel_model.stats import percentile  # noqa: E402
 from kernel_model.sequences import SEQUENCES, Sequence  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
 from differential import measure_interleaved, model_paired  # noqa: E402

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from minivmm.compare.stats import (bootstrap_median_diff, cliffs_delta, effect_label, holm, mann_whitney, median,
-                                   percentile, ranks)
+from kernel_model.stats import median, percentile
+from minivmm.compare.stats import bootstrap_median_diff, cliffs_delta, effect_label, holm, mann_whitney, ranks
 
 # A tick-bound bimodal step: 4 or 5 ms in two runs with different mixes (many ties).
 BIMODAL_A = [4000 + 1000 * (i % 2) for i in range(30)]

@@ -5,7 +5,8 @@ by the kernel model to the registration whose grace period it waited for."""
 from __future__ import annotations
 
 from minivmm.trace import decode
-from minivmm.trace.explain import STALL_NS, build_sequence, explain
+from kernel_model.stats import STALL_NS
+from minivmm.trace.explain import build_sequence, explain
 from minivmm.trace.syscalls import ffi
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TraceResult
 

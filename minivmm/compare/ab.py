@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from minivmm.compare.documents import StepSamples, TimingDocument
-from minivmm.compare.stats import (bootstrap_median_diff, cliffs_delta, effect_label, holm, mann_whitney,
-                                   median, percentile)
+from kernel_model.stats import median, percentile
+from minivmm.compare.stats import bootstrap_median_diff, cliffs_delta, effect_label, holm, mann_whitney
 
 #: Fewer repetitions than this per file and the rank test's normal approximation is not trusted: the
 #: comparison warns and the gate reports the measurement unusable.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from minivmm.compare.ab import Comparison, StepChange, fmt_delta
-from minivmm.compare.stats import median, percentile
+from kernel_model.stats import median, percentile
 
 #: At most this many panels: a mail reader scrolls no further, and the summary line names every change.
 MAX_PANELS = 4

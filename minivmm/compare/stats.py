@@ -21,26 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-def median(values: Sequence[float]) -> float:
-    """The median (mean of the two middle values for an even count)."""
-    s = sorted(values)
-    n = len(s)
-    if n == 0:
-        raise ValueError("median of no values")
-    mid = n // 2
-    return float(s[mid]) if n % 2 else (s[mid - 1] + s[mid]) / 2
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """The p-th percentile, linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    if not s:
-        raise ValueError("percentile of no values")
-    k = (len(s) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+from kernel_model.stats import percentile
 
 
 def ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:

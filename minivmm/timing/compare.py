@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kernel_model.costs import Costs
-from kernel_model.predict import PERCENTILES, Prediction, phase_deterministic, predict, quantiles
+from kernel_model.predict import Prediction, phase_deterministic, predict
 from kernel_model.published import PublishedFigure, figures_for
 from kernel_model.sequences import Sequence, with_gaps
+from kernel_model.stats import PERCENTILES, is_stall, quantiles
 from kernel_model.variants import MAIN_VARIANTS, VARIANTS
 from minivmm.timing.runner import Repetition
 
@@ -27,8 +28,6 @@ from minivmm.timing.runner import Repetition
 GOOD_FIT = 0.5
 #: Variants whose fit is within this of the best one cannot be told apart by this sequence.
 TIE = 0.05
-#: A step whose predicted p50 under call_srcu exceeds this (ns) is where the stall lands.
-STALL_NS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, sampl
     if "call_srcu" in predictions:
         p50s = [sp.stats()["p50"] * 1000 for sp in predictions["call_srcu"].steps]
         worst = max(range(n), key=lambda i: p50s[i])
-        if p50s[worst] > STALL_NS:
+        if is_stall(p50s[worst]):
             stalled = worst
     published: dict[int, list[PublishedFigure]] = {}
     first_registration = next((i for i, s in enumerate(seq.steps) if s.op == "ioeventfd"), None)

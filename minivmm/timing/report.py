@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from kernel_model.predict import quantiles
-from minivmm.timing.compare import STALL_NS, Comparison, TimingHost
+from kernel_model.stats import STALL_NS, is_stall, quantiles
+from minivmm.timing.compare import Comparison, TimingHost
 
 #: Fewer repetitions than this cannot estimate p10 and p90, which the fit compares: the 10% tails would
 #: rest on one or two samples each.
@@ -50,7 +50,7 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
         w(label.ljust(width) + "".join(fmt_us(q[k]).rjust(11) for k in ("min", "p10", "p50", "p90", "max"))
           + mark + "\n")
     if stalls:
-        w(f"(a stall: a step whose median exceeds {STALL_NS / 1e6:g} ms, a grace-period wait)\n")
+        w(f"(a stall: a step whose median is {STALL_NS / 1e6:g} ms or more, a grace-period wait)\n")
 
     variants = list(c.predictions)
     cells = [[_cell(c.predictions[v].steps[i].stats()) for v in variants] for i in range(len(labels))]
@@ -77,8 +77,9 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
 
 
 def measured_stalls(c: Comparison) -> set[int]:
-    """The steps whose measured median is a stall (over ``STALL_NS``): only these get the mark."""
-    return {i for i, samples in enumerate(c.measured) if quantiles(samples)["p50"] * 1000 > STALL_NS}
+    """The steps whose measured median is a stall (:func:`kernel_model.stats.is_stall`): only these get
+    the mark."""
+    return {i for i, samples in enumerate(c.measured) if is_stall(quantiles(samples)["p50"] * 1000)}
 
 
 def warnings(c: Comparison, host: TimingHost) -> list[str]:

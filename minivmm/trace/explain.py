@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_model import sequences as seqmod
-from kernel_model.predict import quantiles
 from kernel_model.sequences import Sequence, Step
+from kernel_model.stats import is_stall, quantiles
 from minivmm.trace import decode
 from minivmm.trace.syscalls import lib
 from minivmm.trace.tracer import IoctlEvent, TraceResult
 
-#: A measured ioctl at least this long counts as stalled (a grace period is ~1 jiffy or more).
-STALL_NS = 1_000_000
 _OTHER_VM = re.compile(r"^vm(\d+|\?)")
 
 
@@ -243,7 +241,7 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
         p50 = {v: max(p.steps[i].stats()["p50"], 0.01) for v, p in c.predictions.items()}
         measured_us = max(ex.measured_ns[i] / 1000, 0.01)
         best = min(p50, key=lambda v: abs(math.log(measured_us / p50[v])))
-        if p50[best] * 1000 < STALL_NS:
+        if not is_stall(p50[best] * 1000):
             ex.attributions[i] = [f"no kernel variant of the model predicts a stall here (the closest, {best}, "
                                   f"predicts {p50[best]:.0f} us): not explained by the model"]
             continue
@@ -270,8 +268,8 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
 
 
 def stalled_steps(ex: Explanation) -> list[int]:
-    """Steps whose measured duration is at least STALL_NS."""
-    return [i for i, d in enumerate(ex.measured_ns) if d >= STALL_NS]
+    """Steps whose measured duration is a stall (:func:`kernel_model.stats.is_stall`)."""
+    return [i for i, d in enumerate(ex.measured_ns) if is_stall(d)]
 
 
 def median_or_none(values: list[int]) -> float | None:

@@ -1,0 +1,138 @@
+"""The statistics every report shares: percentiles, the stall rule, and tick modes.
+
+One home for each of these, because reports put their results side by side: ``minivmm timing``,
+``trace``, ``model``, ``compare`` and the gate, and the differential harness must all mean the same
+thing by "p90", "a stall" and "the second tick mode".
+
+Tick modes. A step that waits for an SRCU grace period ends on a timer tick, so its duration is
+(1, 2] jiffies minus the gap since the registration, plus a few tens of microseconds, when the
+grace-period timer fires on time, and one jiffy more when it slips a tick. Over random tick phases
+that is a mixture of jiffy-wide modes, and its median moves by a whole jiffy when a few percent of
+the samples change mode. Comparing such steps median to median in time is therefore noise; what
+holds up is comparing, per mode, the share of samples in it (:attr:`TickModes.shares`) and the
+quantiles within it (:attr:`TickModes.within`), or the share of measured samples below each
+predicted quantile (:func:`share_below`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+#: A step whose duration is at least this (ns) is a stall: a grace-period wait is ~1 jiffy or more,
+#: and no set-up ioctl's own work comes near 1 ms on the hosts measured.
+STALL_NS = 1_000_000
+
+#: The quantiles every report shows beside min and max.
+PERCENTILES = (10, 50, 90)
+
+
+def is_stall(duration_ns: float) -> bool:
+    """Whether a duration (or a step's median, in ns) counts as a stall: the one comparison, ``>=``."""
+    return duration_ns >= STALL_NS
+
+
+def percentile_sorted(sorted_values: Sequence[float], p: float) -> float:
+    """The p-th percentile of values already sorted ascending: linear interpolation between the
+    closest ranks (numpy's default method), so p=50 of an even count is the mean of the middle two."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile {p} outside [0, 100]")
+    k = (len(sorted_values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def percentile(values: Iterable[float], p: float) -> float:
+    """The p-th percentile of ``values`` in any order (see :func:`percentile_sorted`)."""
+    return percentile_sorted(sorted(values), p)
+
+
+def median(values: Iterable[float]) -> float:
+    """The median (the mean of the two middle values for an even count)."""
+    return percentile(values, 50)
+
+
+def quantiles(samples_ns: Iterable[int]) -> dict[str, float]:
+    """min, p10, p50, p90 and max of durations in ns, given in microseconds: the one summary every
+    report shows (keys ``min``, ``p10``, ``p50``, ``p90``, ``max``)."""
+    s = sorted(samples_ns)
+    if not s:
+        raise ValueError("quantiles of no samples")
+    out = {"min": s[0] / 1000, "max": s[-1] / 1000}
+    for p in PERCENTILES:
+        out[f"p{p}"] = percentile_sorted(s, p) / 1000
+    return out
+
+
+def share_below(samples: Iterable[float], thresholds: Sequence[float]) -> list[float]:
+    """For each threshold, the share of ``samples`` strictly below it.
+
+    Given a prediction's p10/p50/p90 as thresholds, a sample drawn from the predicted distribution
+    gives shares near 0.1/0.5/0.9 whatever the distribution's shape: a comparison in probability,
+    which a jiffy-wide jump of a median between two tick modes does not upset."""
+    s = sorted(samples)
+    if not s:
+        raise ValueError("share of no samples")
+    return [bisect.bisect_left(s, t) / len(s) for t in thresholds]
+
+
+class TickModes(NamedTuple):
+    """Samples split into jiffy-wide modes: mode k holds the samples in
+    ``[origin + k*tick, origin + (k+1)*tick)``; samples below ``origin`` count in mode 0."""
+
+    tick_ns: int
+    origin_ns: float
+    #: Per mode, from mode 0 to the highest one holding a sample: the share of all samples in it.
+    shares: tuple[float, ...]
+    #: Per mode: p10, p50, p90 of the samples in it (ns), None for an empty mode.
+    within: tuple[tuple[float, float, float] | None, ...]
+
+    def share(self, mode: int) -> float:
+        """The share of samples in ``mode`` (0 for a mode past the highest one seen)."""
+        return self.shares[mode] if 0 <= mode < len(self.shares) else 0.0
+
+    def share_from(self, mode: int) -> float:
+        """The share of samples in ``mode`` or any later one (e.g. every slipped tick from mode 1)."""
+        return sum(self.shares[max(mode, 0):])
+
+
+def tick_mode(duration_ns: float, origin_ns: float, tick_ns: int) -> int:
+    """The jiffy-wide mode a duration falls in, counted from ``origin_ns`` (0 at or below it)."""
+    if tick_ns <= 0:
+        raise ValueError("tick_ns must be positive")
+    return max(0, math.floor((duration_ns - origin_ns) / tick_ns))
+
+
+def tick_modes(samples: Iterable[float], tick_ns: int, origin_ns: float) -> TickModes:
+    """Split ``samples`` (ns) into jiffy-wide modes from ``origin_ns``.
+
+    The origin is where mode 0 begins: for a stall the model predicts, the model's lowest duration
+    (one jiffy minus the gap since the registration, plus the fixed costs after the timer) puts every
+    on-time timer in mode 0 and every timer that slipped a tick in mode 1; for two measured runs
+    compared with each other, the lower of their minima serves. Use the same origin for every side of
+    a comparison."""
+    buckets: dict[int, list[float]] = {}
+    for x in samples:
+        buckets.setdefault(tick_mode(x, origin_ns, tick_ns), []).append(x)
+    if not buckets:
+        raise ValueError("tick modes of no samples")
+    n = sum(len(b) for b in buckets.values())
+    top = max(buckets)
+    shares = tuple(len(buckets.get(k, ())) / n for k in range(top + 1))
+    within: list[tuple[float, float, float] | None] = []
+    for k in range(top + 1):
+        b = sorted(buckets.get(k, ()))
+        within.append((percentile_sorted(b, 10), percentile_sorted(b, 50), percentile_sorted(b, 90)) if b else None)
+    return TickModes(tick_ns, origin_ns, shares, tuple(within))
+
+
+def tick_ns(hz: int) -> int:
+    """One jiffy in ns at ``hz``."""
+    if hz <= 0:
+        raise ValueError("HZ must be positive")
+    return 1_000_000_000 // hz
