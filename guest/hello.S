@@ -8,6 +8,7 @@
  *                                           IO out port 0x3f8 (THR: the byte);
  *        then one HLT. Every other vCPU (RSI != 0) halts at once: one HLT.
  */
+    .include "layout.inc"
     .code16
     .text
     .globl _start
@@ -19,12 +20,12 @@ next_byte:
     movb    (%bx), %cl          /* DS base is 0 */
     test    %cl, %cl
     jz      halt
-    mov     $0x3fd, %dx         /* LSR */
+    mov     $COM1 + 5, %dx      /* LSR */
 wait_thre:
     inb     %dx, %al
     test    $0x20, %al          /* THRE: the holding register is empty */
     jz      wait_thre
-    mov     $0x3f8, %dx         /* THR */
+    mov     $COM1, %dx         /* THR */
     mov     %cl, %al
     outb    %al, %dx
     inc     %bx

@@ -10,9 +10,8 @@
  *                 one iteration per exit), MMIO read x1 (doorbell), IO out port 0xe9 x18, HLT.
  * Every other vCPU halts at once.
  */
+    .include "layout.inc"
     .code64
-    .set    SCRATCH, 0xd0000000
-    .set    DOORBELL, 0xd0001000
     .text
     .globl _start
 _start:
@@ -63,7 +62,7 @@ fail_doorbell:
     jmp     halt
 
 print:
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
     ret

@@ -13,9 +13,8 @@
  *                 No exit for the three doorbell writes.
  * Every other vCPU halts at once.
  */
+    .include "layout.inc"
     .code32
-    .set    SCRATCH, 0xd0000000
-    .set    DOORBELL, 0xd0001000
     .text
     .globl _start
 _start:
@@ -62,7 +61,7 @@ fail_doorbell:
 
 /* print: write ECX bytes at ESI to the debug console with one string-I/O instruction. */
 print:
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
     ret

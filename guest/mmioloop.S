@@ -7,8 +7,8 @@
  * Prints nothing. Exits (vCPU 0): MMIO write 0xd0000000 len 4 and MMIO read 0xd0000000 len 4, each
  * x50000, alternating, then HLT. Other vCPUs halt at once.
  */
+    .include "layout.inc"
     .code32
-    .set    SCRATCH, 0xd0000000
     .text
     .globl _start
 _start:

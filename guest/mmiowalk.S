@@ -12,8 +12,8 @@
  * Exits (vCPU 0): MMIO read (ITERATIONS), MMIO read (one per walked address, ITERATIONS of them), IO
  *                 out port 0xe9 x13, HLT. Every other vCPU halts at once.
  */
+    .include "layout.inc"
     .code64
-    .set    CONTROL, 0xd0002000
     .set    WALK, 0x20000000
     .text
     .globl _start
@@ -29,7 +29,7 @@ _start:
     jnz     1b
     lea     ok(%rip), %rsi
     mov     $ok_len, %ecx
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
 halt:

@@ -5,6 +5,7 @@
  * Prints nothing. Exits (vCPU 0): IO out port 0x3ff x100000, then HLT. Other vCPUs halt at once.
  * scripts/bench_exits.py runs it under minivmm and under a C reference VMM.
  */
+    .include "layout.inc"
     .code16
     .text
     .globl _start
@@ -12,7 +13,7 @@ _start:
     test    %si, %si
     jnz     halt
     mov     $100000, %ecx
-    mov     $0x3ff, %dx
+    mov     $COM1 + 7, %dx
 loop_:
     outb    %al, %dx
     dec     %ecx

@@ -16,10 +16,8 @@
  * Exits per slot and round: MMIO write (register), MMIO read (ack), MMIO write (unregister), MMIO read
  *                           (ack), MMIO write (the doorbell, now unregistered), MMIO write (report).
  */
+    .include "layout.inc"
     .code32
-    .set    CONTROL, 0xd0002000
-    .set    DYN, 0xd0010000
-    .set    SLOTS, 16
     .text
     .globl _start
 _start:
@@ -81,7 +79,7 @@ fail:
     mov     $bad, %esi
     mov     $bad_len, %ecx
 print_halt:
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
 halt:

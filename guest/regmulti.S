@@ -12,9 +12,8 @@
  * at the end), so the eventfd counts can be reconciled: in the kernel + in userspace = written.
  * Prints (debug console, vCPU 0 only): "regmulti: ok\n", or "regmulti: FAIL\n".
  */
+    .include "layout.inc"
     .code32
-    .set    CONTROL, 0xd0002000
-    .set    DYN, 0xd0010000
     .text
     .globl _start
 _start:
@@ -61,7 +60,7 @@ fail:
     mov     $bad, %esi
     mov     $bad_len, %ecx
 print_halt:
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
 halt:

@@ -19,9 +19,8 @@
  * MMIO write (the doorbell, now unregistered), the partner's doorbell (an MMIO write or none), two MMIO
  * writes (reports).
  */
+    .include "layout.inc"
     .code32
-    .set    CONTROL, 0xd0002000
-    .set    DYN, 0xd0010000
     .text
     .globl _start
 _start:
@@ -77,7 +76,7 @@ print_lock_spin:
     pause
     jmp     print_lock_spin
 print_locked:
-    mov     $0xe9, %dx
+    mov     $DEBUGCON, %dx
     cld
     rep outsb
     movl    $0, print_lock

@@ -21,3 +21,9 @@ def test_committed_images_match_sources(tmp_path):
         built = (tmp_path / (source.stem + ".bin")).read_bytes()
         committed = (GUEST / (source.stem + ".bin")).read_bytes()
         assert built == committed, f"{source.name}: rebuild guest images with scripts/build_guests.py"
+
+
+def test_committed_layout_include_is_the_generated_one():
+    from minivmm.vmm.guest_layout import assembler_include
+    assert (GUEST / "layout.inc").read_text() == assembler_include(), \
+        "guest/layout.inc is stale: rebuild guest images with scripts/build_guests.py"
