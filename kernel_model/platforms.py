@@ -70,6 +70,16 @@ PLATFORMS: dict[str, Platform] = {
 }
 
 
+def default_sequence(platform: str) -> str:
+    """The named sequence that shows where the transferred grace period lands on ``platform``, for
+    ``minivmm timing --sequence auto``.
+
+    ``firecracker`` where the first vCPU allocates the APIC-access page through a private memslot (the
+    stall lands in ``KVM_CREATE_VCPU 0``, as in the published report); ``registrations-first``
+    elsewhere, where it lands in the first memslot update after the registrations."""
+    return "firecracker" if get_platform(platform).apic_access_memslot_on_first_vcpu else "registrations-first"
+
+
 def get_platform(name: str) -> Platform:
     """The profile called ``name``; ValueError names the known ones."""
     try:

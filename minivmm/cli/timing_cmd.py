@@ -50,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                "130 Ctrl-C (what was measured so far is printed, marked partial).")
     p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
                    help="a named sequence (firecracker, registrations-first, arm64-order, late-registration), "
-                        "a sequence file, or auto: firecracker on VMX (the stall lands in KVM_CREATE_VCPU 0), "
-                        "registrations-first elsewhere (it lands in the first memslot) (default: auto)")
+                        "a sequence file, or auto: firecracker where the first vCPU maps the APIC-access page "
+                        "(vmx, svm: the stall lands in KVM_CREATE_VCPU 0), registrations-first elsewhere (it "
+                        "lands in the first memslot) (default: auto)")
     p.add_argument("-r", "--repeat", type=int_range(1, 100_000), default=100, metavar="N",
                    help="repetitions, each in a fresh VM (default: 100)")
     p.add_argument("--jitter", dest="jitter", action="store_true", default=True,
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     _end_with_143_on_sigterm()
 
-    from kernel_model.platforms import PLATFORMS
+    from kernel_model.platforms import PLATFORMS, default_sequence
     from minivmm.host import read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.compare import TimingHost, compare, to_json
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             raise _kvm_refusal(kvm_path, host.kvm_error)
         return _calibrate(args, host_hz, plat, host.kernel or "")
     costs = seqinput.profile_costs(args.profile, host_hz)
-    name = sequence if sequence != "auto" else ("firecracker" if plat in ("vmx", "svm") else "registrations-first")
+    name = sequence if sequence != "auto" else default_sequence(plat)
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
     if plot_path is not None:
