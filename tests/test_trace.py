@@ -10,10 +10,12 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
-from minivmm.trace.kclock import parse
+from minivmm.trace.kclock import ENTER, EXIT, spans_of
+from minivmm.tracefs import Record
 from minivmm.trace.syscalls import SpawnError
 from minivmm.trace.tracer import Clock, StopReason, Tracer
 
@@ -162,50 +164,51 @@ def test_until_first_run_on_minivmm_boot(capfd: pytest.CaptureFixture[str]) -> N
     assert [e.name for e in r.events].index("KVM_CREATE_VCPU") < r.events.index(runs[0])
 
 
-def test_parse_pairs_the_two_views() -> None:
-    text = ["  prog-42  [001] .....  10.000001: sys_enter: NR 16 (5, ae03, 0, 0, 0, 0)\n",
-            "  prog-42  [001] .....  10.000009: sys_exit: NR 16 = 7\n"]
-    raw = ["42 1 10000001234 type: 443\n", "42 1 10000009876 type: 442\n"]
-    spans = parse(text, raw)
-    (s,) = spans[42]
-    assert (s.fd, s.request, s.enter_ns, s.exit_ns, s.ret) == (5, 0xAE03, 10000001234, 10000009876, 7)
-
-
-def test_parse_falls_back_to_microseconds_when_the_views_disagree() -> None:
-    text = ["CPU:1 [LOST 3 EVENTS]\n",
-            "  prog-42  [001] .....  10.000001: sys_enter: NR 16 (5, ae03, 0, 0, 0, 0)\n",
-            "  prog-42  [001] .....  10.000009: sys_exit: NR 16 = 7\n"]
-    raw = ["42 1 10000009876 type: 442\n"]  # one event short: not the same events
-    (s,) = parse(text, raw)[42]
-    assert (s.enter_ns, s.exit_ns) == (10_000_001_000, 10_000_009_000)
+def test_spans_pair_each_thread_s_enter_with_its_exit() -> None:
+    """Two threads interleaved; an exit whose enter was lost is dropped, not paired with the wrong call."""
+    recs = [Record(10, 0, ENTER, 42, (5, 0xAE03)), Record(11, 1, ENTER, 43, (6, 0xAE41)),
+            Record(12, 1, EXIT, 43, (0,)), Record(19, 0, EXIT, 42, (7,)),
+            Record(20, 0, EXIT, 42, (-25,)),  # its enter was not recorded
+            Record(30, 1, ENTER, 42, (0xFFFFFFFF00000009, 0xAE01)), Record(31, 0, EXIT, 42, (-9,))]
+    spans = spans_of(recs)
+    assert [(s.fd, s.request, s.enter_ns, s.exit_ns, s.ret) for s in spans[42]] == [
+        (5, 0xAE03, 10, 19, 7), (9, 0xAE01, 30, 31, -9)]
+    assert [(s.fd, s.enter_ns, s.exit_ns, s.ret) for s in spans[43]] == [(6, 11, 12, 0)]
 
 
 def test_a_killed_run_s_instance_is_removed_by_the_next(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
-    """What a SIGKILLed minivmm trace leaves (its trace instance) is recognised by the dead pid in its name
-    and removed when the next one opens its clock; a whole run leaves nothing of its own behind."""
+    """What a SIGKILLed minivmm trace leaves (its trace instance, its private mount) is recognised by the
+    dead owner in its name and removed when the next one opens tracefs; a live owner's is kept; a whole
+    run leaves nothing of its own behind."""
     from minivmm.trace import kclock
-    dead = _dead_pid()
+    from minivmm.tracefs import _start_time
+    victim = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    start = _start_time(victim.pid)
+    dead_name = f"minivmm-{victim.pid}-{start}-trace-abcdef"
+    live = subprocess.Popen(["sleep", "60"])
+    live_name = f"minivmm-{live.pid}-{_start_time(live.pid)}-trace-abcdef"
     clock = kclock.KernelClock.open(os.getpid())
-    stale_name = f"{kclock.INSTANCE_PREFIX}{dead}-abcdef"
+    instances = os.path.join(clock.root, "instances")
     try:
-        os.mkdir(os.path.join(clock.root, "instances", stale_name))
+        os.mkdir(os.path.join(instances, dead_name))
+        os.mkdir(os.path.join(instances, live_name))
+        victim.kill()
+        victim.wait()
     finally:
         clock.close()
     again = kclock.KernelClock.open(os.getpid())
     try:
         names = os.listdir(os.path.join(again.root, "instances"))
-        assert stale_name not in names
-        assert [n for n in names if n.startswith(f"{kclock.INSTANCE_PREFIX}{os.getpid()}-")] == [
-            os.path.basename(again.instance)]
+        assert dead_name not in names and live_name in names
+        mine = [n for n in names if n.startswith(f"minivmm-{os.getpid()}-")]
+        assert again.instance is not None and mine == [again.instance.name]
     finally:
+        os.rmdir(os.path.join(again.root, "instances", live_name))
         again.close()
+        live.kill()
+        live.wait()
     r = trace(trace_prog, "1", "0").result
     assert r is not None and r.clock is Clock.KERNEL
     with open("/proc/mounts") as f:
-        assert f"{kclock.MOUNT_PREFIX}{os.getpid()}-" not in f.read()
+        assert f"minivmm-tracefs-{os.getpid()}-" not in f.read()
 
-
-def _dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid

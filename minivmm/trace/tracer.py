@@ -65,7 +65,7 @@ class StopReason(str, enum.Enum):
 class Clock(str, enum.Enum):
     """Where the durations come from."""
 
-    KERNEL = "kernel"   # raw_syscalls tracepoints, trace_clock=mono
+    KERNEL = "kernel"   # syscalls:sys_enter_ioctl/sys_exit_ioctl tracepoints, trace_clock=mono
     PTRACE = "ptrace"   # the tracer's CLOCK_MONOTONIC at the seccomp stop and at the syscall-exit stop
 
 
@@ -211,8 +211,8 @@ class Tracer:
             if self.clock_choice != "ptrace":
                 try:
                     kclock = KernelClock.open(self.pid)
-                    note = ("kernel (raw_syscalls:sys_enter/sys_exit tracepoints, trace_clock=mono, in a private "
-                            "tracefs instance)")
+                    note = ("kernel (syscalls:sys_enter_ioctl/sys_exit_ioctl tracepoints, trace_clock=mono, in a "
+                            "private tracefs instance)")
                 except KernelClockUnavailable as e:
                     if self.clock_choice == "kernel":
                         raise
