@@ -21,7 +21,6 @@ The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -146,16 +145,16 @@ class HostProfile:
 
 
 def _read_json(path: str) -> Any:
-    """The JSON in ``path``; ProfileError (one line) if it cannot be read or parsed."""
+    """The JSON in ``path``, read by the one file reader (:func:`minivmm.files.read_json`: a regular
+    file of at most :data:`minivmm.files.PROFILE_MAX` bytes, nested at most a few levels); ProfileError
+    (one line) if it cannot be read or parsed."""
+    from minivmm.files import PROFILE_MAX, FileRefused, read_json
+
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ProfileError(f"profile {path!r} does not exist (make one with minivmm timing --calibrate)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"profile {path!r} cannot be read: {e.strerror if isinstance(e, OSError) else e}") from None
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"profile {path!r} is not JSON (line {e.lineno}: {e.msg})") from None
+        return read_json(path, "profile", PROFILE_MAX)
+    except FileRefused as e:
+        hint = " (make one with minivmm timing --calibrate)" if e.missing else ""
+        raise ProfileError(f"{e}{hint}") from None
 
 
 def is_profile_file(path: str) -> bool:

@@ -33,10 +33,8 @@ check of the steps, against the model kernel, for ``model`` and ``timing`` alike
 from __future__ import annotations
 
 import errno
-import os
 import random
 import re
-import stat
 import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -331,47 +329,20 @@ def validate(seq: Sequence, platform: str) -> None:
         kvm.stop_vcpus()
 
 
-#: The largest sequence file read (a real VMM's set-up is a few hundred lines; a trace of QEMU ~ 10 KB).
-MAX_SEQUENCE_FILE_BYTES = 1 << 20
-
-
 def read_sequence_file(path: str) -> str:
-    """The text of a sequence file, read with bounds: opened non-blocking (a FIFO cannot hang it),
-    regular files only (not /dev/zero, a directory or a socket), at most MAX_SEQUENCE_FILE_BYTES, UTF-8.
-    SequenceError says what is wrong in one line and never quotes the file's content."""
+    """The text of a sequence file, read by the one file reader (:func:`minivmm.files.read_text`):
+    opened non-blocking (a FIFO cannot hang it), regular files only (not /dev/zero, a directory or a
+    socket), at most :data:`minivmm.files.SEQUENCE_FILE_MAX` bytes, UTF-8. SequenceError says what is
+    wrong in one line and never quotes the file's content."""
+    from minivmm.files import SEQUENCE_FILE_MAX, FileRefused, read_text
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SequenceError(f"{path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
-                            "nor an existing file") from None
-    except OSError as e:
-        raise SequenceError(f"sequence file {path!r} cannot be opened: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SequenceError(f"sequence file {path!r} is not a regular file")
-        if st.st_size > MAX_SEQUENCE_FILE_BYTES:
-            raise SequenceError(f"sequence file {path!r} is {st.st_size} bytes; the limit is "
-                                f"{MAX_SEQUENCE_FILE_BYTES} (1 MiB)")
-        chunks = []
-        left = MAX_SEQUENCE_FILE_BYTES + 1  # the file may grow after fstat(): read no more than this
-        while left > 0:
-            chunk = os.read(fd, min(left, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        if left <= 0:
-            raise SequenceError(f"sequence file {path!r} is larger than {MAX_SEQUENCE_FILE_BYTES} bytes")
-        data = b"".join(chunks)
-    except OSError as e:
-        raise SequenceError(f"sequence file {path!r} cannot be read: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SequenceError(f"sequence file {path!r} is not UTF-8 text (byte {e.start})") from None
+        return read_text(path, "sequence file", SEQUENCE_FILE_MAX)
+    except FileRefused as e:
+        if e.missing:
+            raise SequenceError(f"{path!r} is neither a named sequence ({', '.join(SEQUENCES)}) "
+                                "nor an existing file") from None
+        raise SequenceError(str(e)) from None
 
 
 def load_sequence(name_or_path: str) -> Sequence:

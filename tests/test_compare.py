@@ -119,7 +119,7 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[str, str]]:
     zero_hz = recorded()
     zero_hz["host"]["hz"] = 0
     cases = {
-        "missing": (str(tmp_path / "nope.json"), "no such file"),
+        "missing": (str(tmp_path / "nope.json"), "does not exist"),
         "directory": (str(tmp_path), "is a directory"),
         "empty": (str(tmp_path / "empty.json"), "is empty"),
         "truncated": (str(tmp_path / "cut.json"), "is truncated"),

@@ -115,7 +115,7 @@ def test_timing_gate_bad_input_is_refused_before_measuring(capsys, tmp_path):
     fc["sequence"] = "firecracker"
     pinned = ("--platform", "pvm", "--hz", "250", "-r", "1")
     cases = [
-        (("--baseline", str(tmp_path / "none.json")), "--baseline", "no such file"),
+        (("--baseline", str(tmp_path / "none.json")), "--baseline", "does not exist"),
         (("--baseline", write(tmp_path, "fc.json", fc), "--sequence", "registrations-first"), "",
          "times sequence 'firecracker', this run would time 'registrations-first'"),
         (("--threshold", "20%"), "", "--threshold needs --baseline"),

@@ -10,17 +10,10 @@ checked by the tests, with the ``jsonschema`` library, which is not a run-time d
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
 from minivmm.schemas import SCHEMA_VERSIONS
-
-#: Larger than any timing document (100 000 repetitions of a 20-step sequence is ~30 MB); a bigger
-#: file is not one of ours, and reading it whole would only waste memory.
-MAX_BYTES = 256 * 1024 * 1024
-
 
 class DocumentError(ValueError):
     """A file that cannot be used as a timing document; the message is one line naming the file."""
@@ -63,40 +56,16 @@ class TimingDocument:
 
 
 def read_json(path: str, what: str = "file") -> Any:
-    """Read one JSON file, raising :class:`DocumentError` with one line for every failure."""
+    """Read one JSON file through the one file reader (:func:`minivmm.files.read_json`: a non-empty
+    regular file of at most :data:`minivmm.files.DOCUMENT_MAX` bytes, nested at most a few levels, a
+    document cut short named as such), raising :class:`DocumentError` with one line for every failure."""
+    from minivmm.files import DOCUMENT_MAX, FileRefused
+    from minivmm.files import read_json as read_json_file
+
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DocumentError(f"{what} {path}: no such file") from None
-    except OSError as e:
-        raise DocumentError(f"{what} {path}: {e.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DocumentError(f"{what} {path}: is a directory, not a JSON file")
-    if not stat.S_ISREG(st.st_mode):
-        # A FIFO or a device could block or never end; a timing document is always a regular file.
-        raise DocumentError(f"{what} {path}: not a regular file")
-    if st.st_size > MAX_BYTES:
-        raise DocumentError(f"{what} {path}: {st.st_size} bytes is too large for a minivmm JSON document")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise DocumentError(f"{what} {path}: {e.strerror}") from None
-    if not raw.strip():
-        raise DocumentError(f"{what} {path}: is empty (was the run that wrote it interrupted?)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DocumentError(f"{what} {path}: is not JSON (not UTF-8 text)") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
-            raise DocumentError(f"{what} {path}: is truncated (the JSON ends after {len(raw)} bytes, "
-                                "mid-document: was the run that wrote it interrupted?)") from None
-        raise DocumentError(f"{what} {path}: is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise DocumentError(f"{what} {path}: is not JSON this reader accepts (nested too deeply)") from None
+        return read_json_file(path, what, DOCUMENT_MAX)
+    except FileRefused as e:
+        raise DocumentError(str(e)) from None
 
 
 def check_version(data: Any, path: str, kind: str, what: str = "file") -> dict[str, Any]:

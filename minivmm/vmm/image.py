@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import stat
-
+from minivmm.files import FileRefused, read_bytes
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.layout import MAX_MEM_SIZE, MIN_MEM_SIZE, system_area_base
 
@@ -19,33 +17,16 @@ class ImageError(ValueError):
 
 def read_image(path: str, max_size: int = MAX_MEM_SIZE,
                where: str = f"the largest guest RAM ({MAX_MEM_SIZE} bytes)") -> bytes:
-    """Read a flat image, refusing a missing, unreadable, non-regular or empty file with a clear message.
+    """Read a flat image through the one file reader (:func:`minivmm.files.read_bytes`: a non-empty
+    regular file, opened without blocking, checked on the open file), refusing it with one line.
 
     A file larger than ``max_size`` (the room the caller has for it, described by ``where``) is refused
     by its size, before a byte is read: a sparse 2 GiB file must not cost 2 GiB of reading first.
     """
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError(f"image {path!r} does not exist") from None
-    except OSError as e:
-        raise ImageError(f"image {path!r} cannot be read: {e.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError(f"image {path!r} is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"image {path!r} is not a regular file")
-    if st.st_size > max_size:
-        raise ImageError(f"image {path!r} is {st.st_size} bytes: it does not fit in {where}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_size + 1)  # bounded even if the file grew after the stat
-    except OSError as e:
-        raise ImageError(f"image {path!r} cannot be read: {e.strerror}") from None
-    if not data:
-        raise ImageError(f"image {path!r} is empty")
-    if len(data) > max_size:
-        raise ImageError(f"image {path!r} grew while being read: it does not fit in {where}")
-    return data
+        return read_bytes(path, "image", max_size, too_large=f"it does not fit in {where}")
+    except FileRefused as e:
+        raise ImageError(str(e)) from None
 
 
 def check_mem_size(mem_size: int) -> None:
