@@ -119,7 +119,7 @@ def _listing(*dirs):
 
 
 @pytest.mark.parametrize("name,fragment", [
-    ("", "needs a file name"),
+    ("", "give a file name"),
     ("out.txt", "must end in .png"),
     ("noext", "must end in .png"),
     ("/dev/full", "not a regular file"),
@@ -149,16 +149,17 @@ def test_plot_destination_is_refused_before_measuring_and_nothing_is_written(tmp
 
 
 def test_plot_is_written_atomically_and_only_where_named(tmp_path):
-    from minivmm.cli.outfile import write_atomically
+    from minivmm.files import Output
     out = tmp_path / "p.png"
     out.write_bytes(b"old")
+    target = Output(str(out), "--plot", suffix=".png")
     with pytest.raises(RuntimeError):
         def fail(f):
             f.write(b"partial")
             raise RuntimeError("drawing failed")
-        write_atomically(str(out), fail)
+        target.write_with(fail)
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
-    write_atomically(str(out), lambda f: f.write(b"new"))
+    target.write_with(lambda f: f.write(b"new"))
     assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
 
 

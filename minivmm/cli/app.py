@@ -24,20 +24,13 @@ COMMANDS = ("boot_cmd", "timing_cmd", "trace_cmd", "model_cmd", "compare_cmd", "
 
 DESCRIPTION = "A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."
 
-EPILOG = """\
-Exit codes (every command):
-  0    OK: every vCPU halted / the command did what was asked
-  1    the guest failed (shutdown, entry failure, internal error) or timed out;
-       timing --baseline, compare --gate: a step regressed
-  2    bad usage or bad input
-  3    the kernel broke a rule (the shadow or the --ftrace cross-check)
-  4    cannot run here: /dev/kvm missing or not accessible
-  5    the guest broke the VMM's protocol
-  125  timing --baseline, compare --gate: the measurement was unusable
-       (too noisy, or no KVM): git bisect run's "skip"
-  130  interrupted (Ctrl-C); 143 terminated (SIGTERM)
+EPILOG_TAIL = "Run 'minivmm COMMAND --help' for a command's options."
 
-Run 'minivmm COMMAND --help' for a command's options."""
+
+def epilog() -> str:
+    """The top-level help's epilog: the exit-code table (from ``ExitCode``, the one table) and a pointer."""
+    from minivmm.cli.errors import exit_code_table
+    return f"Exit codes (every command):\n{exit_code_table()}\n\n{EPILOG_TAIL}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     try:
+        guard_stdout()
         words = sys.argv[1:] if argv is None else argv
         _refuse_unknown_top_level_option(words)
         parser = build_parser(_command_in(words))
@@ -60,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError(f"no command given. Usage: minivmm COMMAND [OPTIONS] (commands: {commands}; "
                            "see minivmm --help)")
         rv = handler(args)
+        code = int(rv) if isinstance(rv, int) else int(ExitCode.OK)
     except SystemExit as e:  # --help and --version: argparse prints, then exits 0
-        return e.code if isinstance(e.code, int) else 0
+        code = e.code if isinstance(e.code, int) else 0
     except CliError as e:
         _print_error(str(e))
         return int(e.code)
@@ -73,7 +68,74 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentError as e:  # an argparse error the parser did not route through error()
         _print_error(str(e))
         return int(ExitCode.BAD_INPUT)
-    return int(rv) if isinstance(rv, int) else int(ExitCode.OK)
+    except Exception as e:  # the last resort: what a file, the output or the process's limits refused
+        return _report_failure(e)
+    return _flush_stdout(code)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what the command left buffered for stdout: a write error still pending there is the
+    command's failure too (exit 6); a reader that left keeps the command's own code."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except Exception as e:
+        return _report_failure(e)
+    return code
+
+
+def _report_failure(e: Exception) -> int:
+    """An exception no command turned into a CliError: a file refused, an output that failed, or a
+    resource that ran out becomes its one line and exit code; anything else is a bug and is raised."""
+    from minivmm.cli.errors import ExitCode, resource_error
+    from minivmm.files import FileRefused, WriteFailed
+    if isinstance(e, FileRefused):
+        _print_error(str(e))
+        return int(ExitCode.BAD_INPUT)
+    if isinstance(e, WriteFailed):
+        _silence_stdout()  # what is still buffered for stdout must not fail again at exit
+        _print_error(str(e))
+        return int(ExitCode.WRITE_FAILED)
+    exhausted = resource_error(e)
+    if exhausted is None:
+        raise e
+    _print_error(str(exhausted))
+    return int(exhausted.code)
+
+
+def guard_stdout() -> None:
+    """Make a failed write to standard output, other than EPIPE, a :class:`~minivmm.files.WriteFailed`
+    (one line, exit 6) whichever command wrote, instead of an OSError anywhere in the command.
+
+    Only the process's own stdout is wrapped (not a stream a test put there); EPIPE (the reader left)
+    stays a BrokenPipeError, which ends the command quietly."""
+    import io
+
+    from minivmm.files import WriteFailed
+
+    out = sys.__stdout__
+    if out is None or sys.stdout is not out:
+        return
+    try:
+        fd = out.fileno()
+        out.flush()
+    except (OSError, ValueError):
+        return
+
+    class StdoutFile(io.FileIO):
+        def write(self, data: bytes) -> int | None:  # type: ignore[override]
+            try:
+                return super().write(data)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise WriteFailed("standard output", "-", e) from None
+
+    raw = StdoutFile(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=out.encoding, errors=out.errors,
+                                  line_buffering=out.line_buffering)
 
 
 #: The options ``minivmm`` itself takes before a command; every other option belongs to a command.
@@ -107,7 +169,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from minivmm import __version__
     from minivmm.cli.parser import Parser
 
-    parser = Parser(prog="minivmm", description=DESCRIPTION, epilog=EPILOG)
+    parser = Parser(prog="minivmm", description=DESCRIPTION, epilog=epilog())
     parser.add_argument("--version", action="version", version=f"minivmm {__version__}",
                         help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
@@ -178,6 +240,6 @@ def exit_without_teardown(code: int) -> None:
             try:
                 if stream is not None:
                     stream.flush()
-            except (OSError, ValueError):  # a reader that left (EPIPE) or a closed stream: nothing to keep
+            except Exception:  # a reader that left (EPIPE), a full disk, a closed stream: nothing to keep
                 pass
         os._exit(code)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
-from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, outcome_exit_code
+from minivmm.cli.errors import CliError, ExitCode, exit_code_table, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
 
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "the run. With the shadow on (the default) every ioctl and exit is mirrored in the "
                     "kernel model and any exit or in-kernel completion the kernel must not have made is "
                     "reported.",
-        epilog=EPILOG, example="minivmm boot guest/hello.bin")
+        epilog=f"Exit codes:\n{exit_code_table()}", example="minivmm boot guest/hello.bin")
     p.add_argument("image", metavar="IMAGE", help="flat binary guest image (e.g. guest/hello.bin)")
     p.add_argument("--mode", type=choice(MODES, "a CPU mode"), default="real", metavar="MODE",
                    help="CPU mode the image is entered in: real (16-bit, CS base 0), protected (32-bit "
@@ -90,17 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "privately if needed)")
     p.set_defaults(handler=run)
 
-
-EPILOG = """\
-Exit codes:
-  0    every vCPU halted
-  1    the guest failed (triple fault, entry failure, internal error) or
-       timed out
-  2    bad usage or bad input (image, options, a --kvm path that is not KVM)
-  3    the shadow (or --ftrace) found an exit the kernel must not have made
-  4    cannot run here: /dev/kvm missing or not accessible
-  5    the guest broke the VMM's protocol (its own reports do not add up)
-  130  Ctrl-C; 143 SIGTERM"""
 
 #: The values of ``minivmm.vmm.boot.Mode`` and ``minivmm.shadow.checker.Injection``, spelled here so that
 #: the parser is built without importing those modules (tests/test_cli.py checks they agree).
@@ -181,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
             out.write(text.getvalue().encode(), keep=True)
             # A reader that has not taken the summary within this time is left behind (EPIPE: it left).
             out.close(SUMMARY_DRAIN_TIMEOUT)
+    if out is not None and out.error is not None:  # the output is lost: that failure is the answer
+        from minivmm.files import WriteFailed
+        raise CliError(f"{WriteFailed('standard output', '-', out.error)}; the run itself ended with exit code "
+                       f"{int(code)}", ExitCode.WRITE_FAILED)
     return int(code)
 
 

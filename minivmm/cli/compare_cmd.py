@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 from minivmm.cli.errors import CliError, ExitCode
 from minivmm.cli.options import float_range
+
+if TYPE_CHECKING:
+    from minivmm.files import Output
 
 
 def percentage(text: str) -> float:
@@ -74,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
                        "after.json)")
     if args.gate and len(args.files) != 2:
         raise CliError(f"--gate takes exactly two files, BASELINE CURRENT (got {len(args.files)})")
-    if args.plot_path is not None:
-        check_plot_path(args.plot_path)
+    plot_out = plot_output(args.plot_path) if args.plot_path is not None else None
     try:
         docs = [load_timing(path, "baseline" if i == 0 and args.gate else "file") for i, path in
                 enumerate(args.files)]
@@ -94,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
                                                           seed=args.seed))
     except NotComparable as e:
         raise CliError(str(e)) from None
-    if args.plot_path is not None:
+    if plot_out is not None:
         from minivmm.compare.plot import plot
-        write_plot(args.plot_path, lambda path: plot(comparison, path))
+        plot_out.write_with(lambda f: plot(comparison, f))
     if args.as_json:
         import json
         json.dump(to_json(comparison, result.to_json() if args.gate else None), sys.stdout, indent=2)
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         render(comparison, sys.stdout)
         if args.gate:
             sys.stdout.write(f"gate: {result.text}\n")
-        if args.plot_path:
+        if plot_out is not None and plot_out.stream is None:
             sys.stdout.write(f"plot: {args.plot_path}\n")
     return gate_exit_code(result.outcome.value) if args.gate else int(ExitCode.OK)
 
@@ -115,21 +116,14 @@ def gate_exit_code(outcome: str) -> int:
     return int({"pass": ExitCode.OK, "regressed": ExitCode.GUEST_FAILED, "unusable": ExitCode.UNUSABLE}[outcome])
 
 
-def check_plot_path(path: str) -> None:
-    """Refuse, before any work, a --plot path that must not or cannot be written, or a missing matplotlib."""
-    from minivmm.cli.outfile import check_output_path
+def plot_output(path: str) -> Output:
+    """The ``--plot`` destination, checked before any work (a PNG file name we may write, or a stream),
+    and matplotlib, which drawing it needs (``timing`` and ``compare`` alike)."""
+    from minivmm.files import Output
     from minivmm.timing.plot import PlotUnavailable, check_available
-    check_output_path(path, "--plot", ".png")
+    out = Output(path, "--plot", suffix=".png")
     try:
         check_available()
     except PlotUnavailable as e:
         raise CliError(str(e)) from None
-
-
-def write_plot(path: str, draw: Callable[[BinaryIO], None]) -> None:
-    """Draw into a temporary file beside ``path`` and rename it over ``path`` (never through a symlink)."""
-    from minivmm.cli.outfile import write_atomically
-    try:
-        write_atomically(path, draw)
-    except OSError as e:
-        raise CliError(f"--plot {path!r} could not be written: {e.strerror or e}") from None
+    return out

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from minivmm.cli import gate_opts
-from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable
+from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, resource_error
 from minivmm.cli.options import int_range
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 
@@ -22,17 +22,6 @@ def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
     except KvmUnavailable as e:
         return kvm_unavailable(e)
     return CliError(reason, ExitCode.KVM_UNAVAILABLE)
-
-
-def _check_plot_destination(path: str) -> None:
-    """Refuse, before measuring, a plot path that cannot or must not be written, or a missing matplotlib."""
-    from minivmm.timing.plot import PlotUnavailable, check_available
-    from minivmm.cli.outfile import check_output_path
-    check_output_path(path, "--plot", ".png")
-    try:
-        check_available()
-    except PlotUnavailable as e:
-        raise CliError(str(e)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -92,23 +81,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(handler=run)
 
 
-def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int:
-    """``--calibrate``: measure, make the profile, write it (only over a profile we wrote before)."""
+def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_error: str | None) -> int:
+    """``--calibrate``: check where the profile goes, measure, make the profile, write it (only over a
+    profile we wrote before)."""
     import json
-    import os
 
     from kernel_model.profile import default_path, is_profile_file
-    from minivmm.cli.outfile import check_output_path, write_atomically
     from minivmm.cli.progress import ProgressBar
+    from minivmm.files import Output
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.calibrate import CalibrationError, make_profile, run_calibration
 
     path = args.profile or default_path()
     if args.profile is None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    check_output_path(path, "--profile", ".json")
-    if os.path.exists(path) and not is_profile_file(path):
-        raise CliError(f"--profile {path!r} exists and is not a minivmm host profile: not overwritten")
+        _make_config_directory(path)
+    out = Output(path, "--profile", suffix=".json", may_replace=is_profile_file, kind="a minivmm host profile")
+    if kvm_error:
+        raise _kvm_refusal(args.kvm_path, kvm_error)
     try:
         with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
             runs = run_calibration(args.repeat, hz, args.kvm_path, seed=args.seed, on_progress=bar.update)
@@ -116,14 +105,11 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
     except KvmUnavailable as e:
         raise kvm_unavailable(e) from None
     except KvmError as e:
-        raise CliError(f"calibration: {e.strerror} (the host refused a step)", ExitCode.GUEST_FAILED) from None
+        raise resource_error(e) or CliError(f"calibration: {e.strerror} (the host refused a step)",
+                                            ExitCode.GUEST_FAILED) from None
     except CalibrationError as e:
         raise CliError(f"calibration: {e}", ExitCode.GUEST_FAILED) from None
-    data = (json.dumps(profile.to_json(), indent=1) + "\n").encode()
-    try:
-        write_atomically(path, lambda f: None if f.write(data) else None)
-    except OSError as e:
-        raise CliError(f"--profile {path!r} could not be written: {e.strerror or e}") from None
+    out.write(json.dumps(profile.to_json(), indent=1) + "\n")
     q = profile.timer_latency_ns
     n = len(q) - 1
     sys.stdout.write(f"host profile: {path}\n{len(runs)} runs at HZ={hz} on {plat}, load average "
@@ -133,6 +119,18 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str) -> int
                      f"first grace-period wait that fired a tick late: {profile.tick_slip:.1%}\n"
                      f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
     return 0
+
+
+def _make_config_directory(path: str) -> None:
+    """Create the default profile's directory (``$XDG_CONFIG_HOME/minivmm``); one line if it cannot be."""
+    import os
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise resource_error(e) or CliError(
+            f"--profile: the default directory {directory!r} cannot be created ({e.strerror}; "
+            "check XDG_CONFIG_HOME and HOME, or give --profile FILE.json)") from None
 
 
 def _end_with_143_on_sigterm() -> None:
@@ -185,15 +183,15 @@ def run(args: argparse.Namespace) -> int:
         raise gate_opts.host_unreadable(gate, CliError(
             "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
     if args.calibrate:
-        if host.kvm_error:
-            raise _kvm_refusal(kvm_path, host.kvm_error)
-        return _calibrate(args, host_hz, plat, host.kernel or "")
+        return _calibrate(args, host_hz, plat, host.kernel or "", host.kvm_error)
     costs = seqinput.profile_costs(args.profile, host_hz)
     name = sequence if sequence != "auto" else default_sequence(plat)
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
+    plot_out = None
     if plot_path is not None:
-        _check_plot_destination(plot_path)
+        from minivmm.cli.compare_cmd import plot_output
+        plot_out = plot_output(plot_path)
     if host.kvm_error:
         raise gate_opts.unusable(gate, _kvm_refusal(kvm_path, host.kvm_error))
 
@@ -212,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
     except KvmUnavailable as e:
         raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
     except KvmError as e:
-        raise gate_opts.unusable(gate, CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)",
-                                                ExitCode.GUEST_FAILED)) from None
+        refused = CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", ExitCode.GUEST_FAILED)
+        raise resource_error(e) or gate_opts.unusable(gate, refused) from None
     cpu_pressure_pct = pressure.percent()
     comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
     facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=host_hz,
@@ -221,13 +219,9 @@ def run(args: argparse.Namespace) -> int:
                        backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=jitter,
                        host_hz=host.hz, host_platform=host.platform, partial=partial, profile=args.profile,
                        cpu_pressure_pct=cpu_pressure_pct)
-    if plot_path is not None:
-        from minivmm.cli.outfile import write_atomically
+    if plot_out is not None:
         from minivmm.timing.plot import plot
-        try:
-            write_atomically(plot_path, lambda f: plot(comparison, f, host_hz, plat))
-        except OSError as e:
-            raise CliError(f"--plot {plot_path!r} could not be written: {e.strerror or e}") from None
+        plot_out.write_with(lambda f: plot(comparison, f, host_hz, plat))
     doc = to_json(comparison, facts, overhead)
     doc["partial"] = {"completed": len(reps), "requested": repeat} if partial else None
 
@@ -235,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         render(comparison, facts, overhead, sys.stdout)
         if args.profile:
             sys.stdout.write(f"model: timer and wake-up latencies drawn from the host profile {args.profile}\n")
-        if plot_path:
+        if plot_out is not None and plot_out.stream is None:
             sys.stdout.write(f"plot: {plot_path}\n")
     if partial:  # an interrupted measurement is reported, but it decides no gate
         gate = None

@@ -82,35 +82,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def check_output_path(path: str, option: str) -> None:
-    """Refuse, before the run, a path that cannot be written or would be written through a symlink."""
-    if os.path.islink(path):
-        raise CliError(f"{option} {path!r} is a symbolic link; give the real path")
-    if os.path.isdir(path):
-        raise CliError(f"{option} {path!r} is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CliError(f"{option} {path!r}: the directory {directory!r} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CliError(f"{option} {path!r} cannot be written (permission denied)")
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to a new file beside ``path`` and rename it over: never into a file we did not
-    create, never through a symlink."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def resolve_command(command: list[str]) -> tuple[str, list[str]]:
     """The executable's path and argv; CliError for no command, a missing or non-executable one."""
     if command and command[0] == "--":
@@ -139,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--json and --format {args.out_format} contradict each other; give one")
     if args.samples < 10:
         raise CliError("--samples must be at least 10")
-    for option, value in (("--save-sequence", args.save_sequence), ("--output", args.output)):
-        if value:
-            check_output_path(value, option)
+    from minivmm.files import Output
+    # Checked before the run (which may take long); written at the end, never through a link the traced
+    # program may have planted meanwhile (Output checks the name again then).
+    args.sequence_out = Output(args.save_sequence, "--save-sequence") if args.save_sequence is not None else None
+    args.report_out = Output(args.output, "--output") if args.output is not None else None
     from kernel_model.platforms import PLATFORMS
     if args.platform and args.platform not in PLATFORMS:
         raise CliError(f"unknown platform {args.platform!r} (known: {', '.join(PLATFORMS)})")
@@ -235,6 +208,7 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
 
 def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
     """Explain, write the sequence file and the report; print the one-line notes; return the exit code."""
+    import io
     import json
 
     from minivmm.trace import report
@@ -245,7 +219,7 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
         ex, note, host = _explain(args, result)
     elif not result.events:
         note = "no KVM ioctls"
-    if args.save_sequence:
+    if args.sequence_out is not None:
         text = ex.sequence_text if ex is not None else None
         if text is None and result.events:
             from minivmm.trace.explain import build_sequence
@@ -256,23 +230,21 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
         if text is None:
             _note(f"--save-sequence: nothing written ({note or 'no VM set-up traced'})")
         else:
-            write_atomically(args.save_sequence, text)
-    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 - closed below
-    try:
-        fmt = args.out_format or ("json" if args.json else "text")
-        if fmt == "json":
-            json.dump(report.to_json(result, ex, note, outcome, code, host), out, indent=2)
-            out.write("\n")
-        elif fmt == "openmetrics":
-            from minivmm.compare.openmetrics import trace_openmetrics
-            out.write(trace_openmetrics(report.to_json(result, ex, note, outcome, code, host)))
-        else:
-            report.render_text(result, ex, note, out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+            args.sequence_out.write(text)
+    out = io.StringIO() if args.report_out is not None else sys.stdout
+    fmt = args.out_format or ("json" if args.json else "text")
+    if fmt == "json":
+        json.dump(report.to_json(result, ex, note, outcome, code, host), out, indent=2)
+        out.write("\n")
+    elif fmt == "openmetrics":
+        from minivmm.compare.openmetrics import trace_openmetrics
+        out.write(trace_openmetrics(report.to_json(result, ex, note, outcome, code, host)))
+    else:
+        report.render_text(result, ex, note, out)
+    if isinstance(out, io.StringIO):
+        args.report_out.write(out.getvalue())
+    else:
+        out.flush()
     if outcome == "no_kvm_ioctls":
         status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
                   else f"ended with exit status {result.exit_code}")

@@ -32,6 +32,8 @@ class ConsoleWriter:
 
     Past ``backlog`` bytes waiting, written data is dropped and counted in ``dropped``. EPIPE (the
     reader closed the pipe) stops the writer quietly and sets ``broken``; later writes are discarded.
+    Any other write error (ENOSPC on ``> /dev/full``, EIO) stops it the same way and is kept in
+    ``error``, for the command to report: output the user asked for was lost.
     """
 
     def __init__(self, fd: int, backlog: int = DEFAULT_ECHO_BACKLOG) -> None:
@@ -39,6 +41,7 @@ class ConsoleWriter:
         self.backlog = backlog
         self.dropped = 0
         self.broken = False
+        self.error: OSError | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._pending = 0
         self._closing = False
@@ -76,8 +79,10 @@ class ConsoleWriter:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self.fd, view):]
-            except OSError:  # EPIPE (the reader left), EBADF ...: stop echoing, quietly
+            except OSError as e:  # EPIPE (the reader left: quietly), ENOSPC, EIO ...: stop echoing
                 with self._cond:
+                    if not isinstance(e, BrokenPipeError):
+                        self.error = e
                     self.broken = True
                     self._chunks.clear()
                     self._pending = 0
