@@ -240,11 +240,12 @@ def temporary_root() -> str:
 
 
 def make_private_directory(prefix: str) -> str:
-    """A new directory ``PREFIX<random>`` in :func:`temporary_root`, mode 0700. An OSError naming the
+    """A new directory ``PREFIX<8 random hex digits>`` in :func:`temporary_root`, mode 0700 (as
+    ``tempfile.mkdtemp`` would make it, without its fall-back). An OSError naming the
     path (ENOSPC for a full ``$TMPDIR``) when it cannot be made: the command line reports it."""
     root = temporary_root()
     for _ in range(8):
-        path = os.path.join(root, f"{prefix}{os.urandom(6).hex()}")
+        path = os.path.join(root, f"{prefix}{os.urandom(4).hex()}")  # 8 characters, as tempfile's
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:

@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any, NamedTuple
 
+from minivmm.files import RESOURCE_ERRNOS
 from minivmm.kvm.errors import KvmUnavailable
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.kvm.system import Kvm
@@ -64,14 +65,22 @@ def kernel_config(release: str | None = None) -> tuple[str | None, str | None]:
     try:
         with gzip.open("/proc/config.gz", "rt") as f:
             return f.read(), "/proc/config.gz"
-    except OSError:
-        pass
+    except OSError as e:
+        _raise_if_out_of_resources(e)
     path = f"/boot/config-{release}"
     try:
         with open(path) as f:
             return f.read(), path
-    except OSError:
+    except OSError as e:
+        _raise_if_out_of_resources(e)
         return None, None
+
+
+def _raise_if_out_of_resources(e: OSError) -> None:
+    """A fact that cannot be read because the process is out of file descriptors or memory is not
+    missing from the host: that error goes up, for the command line to name the limit."""
+    if e.errno in RESOURCE_ERRNOS:
+        raise e
 
 
 def config_values(names: tuple[str, ...], release: str | None = None) -> dict[str, str]:
@@ -93,7 +102,8 @@ def config_values(names: tuple[str, ...], release: str | None = None) -> dict[st
                         if len(found) == len(wanted):
                             break
             return found
-        except OSError:
+        except OSError as e:
+            _raise_if_out_of_resources(e)
             continue
     return found
 
@@ -125,6 +135,7 @@ def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
                 if hasattr(lib, name):
                     capabilities[name] = kvm.check_extension(getattr(lib, name))
     except KvmUnavailable as e:
+        _raise_if_out_of_resources(e)
         kvm_error = e.strerror
     backend_module = detect_backend()
     if backend_module:

@@ -36,12 +36,13 @@ import re
 import signal
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from minivmm.files import make_private_directory
 
 #: Where distributions mount tracefs. Only these are shared.
 STANDARD_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -516,7 +517,7 @@ class Session:
         _guard_signals()
         try:
             if root is None:
-                session.mounted_here = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{pid}-{start}-")
+                session.mounted_here = make_private_directory(f"minivmm-tracefs-{pid}-{start}-")
                 proc = subprocess.run(["mount", "-t", "tracefs", "nodev", session.mounted_here],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -562,7 +563,7 @@ class Session:
         extra = None
         if path is None:
             pid, start = self.owner
-            extra = tempfile.mkdtemp(prefix=f"minivmm-tracefs-{pid}-{start}-")
+            extra = make_private_directory(f"minivmm-tracefs-{pid}-{start}-")
             subprocess.run(["mount", "-t", "tracefs", "nodev", extra], capture_output=True)
             candidate = os.path.join(extra, "instances", name)
             path = candidate if os.path.isdir(candidate) else None
