@@ -44,3 +44,17 @@ def test_the_readme_boot_sample_is_what_boot_prints():
             assert theirs.startswith("timings    set-up ")
         else:
             assert ours == theirs
+
+
+def test_the_readme_exit_code_table_is_the_exit_code_enum():
+    """README's "Exit codes" table and ``minivmm --help`` both say what ``ExitCode`` says, row for row."""
+    from conftest import run_cli
+    from minivmm.cli.errors import ExitCode
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Exit codes\n", 1)[1].strip().split("\n\n", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
+    assert [(int(code), " ".join(meaning.split())) for code, meaning in rows] == \
+        [(int(c), c.description) for c in ExitCode]
+    help_text = " ".join(run_cli("--help").stdout.split())
+    for code in ExitCode:
+        assert f"{int(code)} {code.description}" in help_text
