@@ -12,7 +12,13 @@ docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
 - :mod:`kernel_model.kvm_io_bus`: the io buses, in-kernel devices and ioeventfds.
 - :mod:`kernel_model.variants`: how ``kvm_io_bus_register_dev`` frees the old bus, and VM teardown.
 - :mod:`kernel_model.invariants`: the named violations the model checks on every step.
-- :mod:`kernel_model.kvm`: a VM: the ioctls a VMM issues, with the kernel's side effects per platform.
+- :mod:`kernel_model.platforms`: the platforms (an architecture, and what differs between its hosts).
+- :mod:`kernel_model.kvm_main`: a VM (virt/kvm/kvm_main.c): buses, memslots, vCPUs, teardown, and the
+  VM ioctls, each handing over to the file that does the work in the kernel:
+  :mod:`kernel_model.eventfd` (ioeventfds, irqfds), :mod:`kernel_model.coalesced_mmio`,
+  :mod:`kernel_model.irqchip` (GSI routing), :mod:`kernel_model.arch.x86` (irqchip, PIT, APIC-access
+  page, static key) and :mod:`kernel_model.arch.arm64` (vGIC). :mod:`kernel_model.kvm_host` holds what
+  they share.
 - :mod:`kernel_model.ops`: one spec per sequence op (arguments, checks, label, strace form, model step).
 - :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``), sequence files,
   and their one validation.

@@ -59,8 +59,8 @@ class Costs(NamedTuple):
     create_irqchip: int = 8 * US    # ~28 us with its irq_srcu synchronize (kvm_set_irq_routing())
     create_vcpu: int = 50 * US
     #: static_branch_inc() of a key at 0: the jump label's code patching (text_poke with IPIs to every
-    #: CPU). KVM_CREATE_VCPU pays it for kvm_has_noapic_vcpu (see KvmModel.create_vcpu). The first
-    #: vCPU without an in-kernel irqchip (median 189 us) less ``create_vcpu`` (50 us, the median of
+    #: CPU). KVM_CREATE_VCPU pays it for kvm_has_noapic_vcpu (see arch.x86.X86.kvm_arch_vcpu_create).
+    #: The first vCPU without an in-kernel irqchip (median 189 us) less ``create_vcpu`` (50 us, the median of
     #: every other vCPU: 40-57 us), from `minivmm timing -r 300` on `create_vm; vcpu; vcpu` and on
     #: `create_vm; irqchip; vcpu; vcpu`.
     static_key_enable: int = 140 * US

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from kernel_model.costs import Costs
-from kernel_model.kvm import KvmModel
+from kernel_model.kvm_main import KvmModel
 from kernel_model.predict import Prediction, phase_deterministic, predict, simulate_once
 from kernel_model.sequences import Sequence, validate
 from kernel_model.srcutree import GracePeriod, SrcuStruct, SrcuWait

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kernel_model.kvm import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmModel
+from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kernel_model.kvm_main import KvmModel
 
 #: The arguments of one step, by name, after parsing (ints, bools, names).
 Args = Mapping[str, Any]

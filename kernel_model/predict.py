@@ -23,7 +23,7 @@ from typing import Any
 
 from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, Violation
-from kernel_model.kvm import KvmModel
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.sequences import Sequence, Step
 from kernel_model.sim import Sim

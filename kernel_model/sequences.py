@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from kernel_model.kvm import KvmIoctlError, KvmModel
+from kernel_model.kvm_host import KvmIoctlError
+from kernel_model.kvm_main import KvmModel
 from kernel_model.ops import DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS, OpSpec, get_op
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim

@@ -12,14 +12,14 @@ A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from kernel_model import srcutree
 
 if TYPE_CHECKING:
-    from kernel_model.kvm import KvmModel
     from kernel_model.kvm_io_bus import KvmIoBus
+    from kernel_model.kvm_main import KvmModel
 
 FreeRule = Callable[["KvmModel", "KvmIoBus"], None]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 import timeit
 
-from kernel_model.kvm import KvmModel
 from kernel_model.kvm_io_bus import KvmBus
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES, Sequence, Step

@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernel_model.costs import Costs  # noqa: E402
-from kernel_model.platforms import get_platform  # noqa: E402
+from kernel_model.platforms import Arch, get_platform  # noqa: E402
 from kernel_model.predict import simulate_once  # noqa: E402
 from kernel_model.stats import percentile  # noqa: E402
 from kernel_model.profile import HostProfile  # noqa: E402
@@ -96,7 +96,7 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
         a = s.args
         if s.op == "irqchip":
             irqchip = True
-            if plat.irqchip_before_vcpus:  # x86: kvm_set_irq_routing() synchronizes kvm->irq_srcu
+            if plat.arch is Arch.X86:  # x86: kvm_set_irq_routing() synchronizes kvm->irq_srcu
                 out.append(i)
         elif s.op == "memslot":
             if a["size"] == 0:

@@ -6,9 +6,11 @@ import errno
 
 import pytest
 
-from kernel_model import srcutree
-from kernel_model.kvm import ARM64_VGIC_DIST_BASE, ARM64_VGIC_REDIST_BASE, KvmIoctlError, KvmModel
+from kernel_model import irqchip, srcutree
+from kernel_model.arch.arm64 import ARM64_VGIC_DIST_BASE, ARM64_VGIC_REDIST_BASE
+from kernel_model.kvm_host import KvmIoctlError
 from kernel_model.kvm_io_bus import KvmBus
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES
@@ -53,9 +55,9 @@ def test_apic_access_page_swaps_once_per_address_space(platform, swaps):
 def test_svm_avic_inhibited_by_a_reinjecting_pit_skips_the_apic_access_page():
     kvm = vm("svm")
     kvm.create_irqchip()
-    kvm.kvm_set_apicv_inhibit("pit-reinject")
+    kvm.arch.kvm_set_apicv_inhibit("pit-reinject")
     kvm.create_vcpu(0)
-    assert kvm.memslot_swaps == 0 and not kvm.apic_access_page_done
+    assert kvm.memslot_swaps == 0 and not kvm.arch.apic_access_memslot_enabled
 
 
 def test_svm_with_avic_stalls_in_the_first_vcpu_like_vmx():
@@ -125,10 +127,10 @@ def test_arm64_vgic_ctrl_init_registers_nothing():
     kvm = vm("arm64")
     kvm.create_vcpu(0)
     kvm.create_irqchip()
-    kvm.kvm_vgic_ctrl_init()
-    kvm.kvm_vgic_ctrl_init()
+    kvm.arch.vgic_init()
+    kvm.arch.vgic_init()
     assert kvm.registrations == 0
-    assert kvm.vgic_initialized
+    assert kvm.arch.vgic_initialized
 
 
 def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu():
@@ -137,9 +139,9 @@ def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu(
     kvm.create_vcpu(1)
     kvm.create_irqchip()
     assert kvm.registrations == 0
-    kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
+    kvm.arch.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
     assert kvm.registrations == 0  # the distributor's base is only recorded
-    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
+    kvm.arch.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     assert kvm.registrations == 2  # one per existing vCPU
     vcpu1_sgi_frame = ARM64_VGIC_REDIST_BASE + 0x20000 + 0x10000
     assert kvm.claimant(KvmBus.KVM_MMIO_BUS, vcpu1_sgi_frame, 4) is not None
@@ -147,18 +149,18 @@ def test_arm64_redistributors_register_when_the_region_is_set_then_per_new_vcpu(
     assert kvm.registrations == 3
     assert kvm.claimant(KvmBus.KVM_MMIO_BUS, ARM64_VGIC_REDIST_BASE + 2 * 0x20000, 4) is not None
     with pytest.raises(KvmIoctlError) as e:
-        kvm.kvm_vgic_addr("redist", 0x09000000)
+        kvm.arch.kvm_vgic_addr("redist", 0x09000000)
     assert e.value.errno == errno.EEXIST
 
 
 def test_arm64_distributor_registers_at_the_first_kvm_run():
     kvm = vm("arm64")
     kvm.create_irqchip()
-    kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
-    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
+    kvm.arch.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
+    kvm.arch.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     kvm.create_vcpu(0)
     kvm.create_vcpu(1)
-    kvm.kvm_vgic_ctrl_init()
+    kvm.arch.vgic_init()
     assert kvm.claimant(KvmBus.KVM_MMIO_BUS, ARM64_VGIC_DIST_BASE, 4) is None
     before = kvm.registrations
     kvm.run_vcpu(0, 10_000, 100_000)
@@ -174,26 +176,36 @@ def test_arm64_first_kvm_run_refuses_an_unprepared_vgic(setup, code):
     kvm.create_vcpu(0)
     kvm.create_irqchip()
     if setup == "no-init":
-        kvm.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
-        kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
+        kvm.arch.kvm_vgic_addr("dist", ARM64_VGIC_DIST_BASE)
+        kvm.arch.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     with pytest.raises(KvmIoctlError) as e:
         kvm.run_vcpu(0, 10_000, 100_000)
     assert e.value.errno == code
 
 
-def test_arm64_vgic_calls_need_an_arm64_vgic():
-    with pytest.raises(KvmIoctlError) as e:
-        vm("pvm").kvm_vgic_ctrl_init()
-    assert e.value.errno == errno.ENODEV
-    with pytest.raises(KvmIoctlError):
-        vm("arm64").kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)  # before the vGIC exists
+def test_arm64_vgic_attributes_need_the_vgic_device():
+    kvm = vm("arm64")
+    for call in (kvm.arch.vgic_init, lambda: kvm.arch.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)):
+        with pytest.raises(KvmIoctlError) as e:
+            call()
+        assert e.value.errno == errno.ENODEV
+
+
+def test_each_platform_runs_its_architectures_kvm():
+    from kernel_model.arch.arm64 import Arm64
+    from kernel_model.arch.x86 import X86
+    from kernel_model.platforms import PLATFORMS, Arch
+    for name, platform in PLATFORMS.items():
+        arch = vm(name).arch
+        assert isinstance(arch, {Arch.X86: X86, Arch.ARM64: Arm64}[platform.arch]), name
+    assert vm("arm64").arch.user_mem_slots == 32767 and vm("vmx").arch.user_mem_slots == 32764
 
 
 def test_arm64_redistributor_registration_starts_the_grace_period_the_next_memslot_waits_for():
     kvm = vm("arm64", hz=100)
     kvm.create_vcpu(0)
     kvm.create_irqchip()
-    kvm.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
+    kvm.arch.kvm_vgic_addr("redist", ARM64_VGIC_REDIST_BASE)
     t0 = kvm.sim.now
     kvm.set_user_memory_region(0, 0x80000000, 1 << 20)
     assert kvm.sim.now - t0 > 10_000_000 * 0.9  # (2 - phase) jiffies at HZ=100, phase 0.3
@@ -205,7 +217,7 @@ def test_x86_irqchip_synchronizes_irq_srcu_not_kvm_srcu():
     assert len(kvm.irq_srcu.grace_periods) == 1 and kvm.irq_srcu.grace_periods[0].expedited_at_end
     # kvm->srcu's normal grace period (the irqchip's registrations) does not delay irq_srcu's:
     t0 = kvm.sim.now
-    kvm.kvm_set_irq_routing(1)
+    irqchip.kvm_set_irq_routing(kvm, 1)
     assert kvm.sim.now - t0 < 100_000 and kvm.srcu.gp_in_flight
 
 

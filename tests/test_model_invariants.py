@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_model.invariants import InvariantChecker, ViolationKind
-from kernel_model.kvm import KvmModel
 from kernel_model.kvm_io_bus import KvmBus
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import MAIN_VARIANTS, Variant, get_variant
@@ -31,7 +31,7 @@ def kinds(kvm: KvmModel) -> set[ViolationKind]:
 def test_use_after_free_is_caught_when_the_old_bus_is_freed_under_a_reader():
     kvm = model(KFREE_NOW)
     r = kvm.vcpu_readers  # noqa: F841  (no running vCPUs: the reader is driven by hand)
-    from kernel_model.kvm import Reader
+    from kernel_model.kvm_main import Reader
     reader = Reader(kvm, "vcpu0")
     reader.begin()
     reader.get_bus(MMIO)
@@ -43,7 +43,7 @@ def test_use_after_free_is_caught_when_the_old_bus_is_freed_under_a_reader():
 def test_no_use_after_free_when_the_grace_period_waits_for_the_reader():
     for variant in MAIN_VARIANTS:
         kvm = model(variant)
-        from kernel_model.kvm import Reader
+        from kernel_model.kvm_main import Reader
         reader = Reader(kvm, "vcpu0")
         reader.begin()
         reader.get_bus(MMIO)
@@ -56,7 +56,7 @@ def test_no_use_after_free_when_the_grace_period_waits_for_the_reader():
 
 def test_long_term_reference_and_stale_bus_are_caught():
     kvm = model("call_srcu")
-    from kernel_model.kvm import Reader
+    from kernel_model.kvm_main import Reader
     reader = Reader(kvm, "vcpu0")
     reader.begin()
     kept = reader.get_bus(MMIO)       # a pointer kept past the section: what kvm_get_bus() must not give
@@ -73,7 +73,7 @@ def test_a_reader_that_begins_after_the_registration_sees_it():
     for variant in MAIN_VARIANTS:
         kvm = model(variant)
         p = kvm.ioeventfd(0xD0000000, 4)
-        from kernel_model.kvm import Reader
+        from kernel_model.kvm_main import Reader
         reader = Reader(kvm, "vcpu0")
         reader.begin()
         handled, dev, version = reader.write(MMIO, 0xD0000000, 4, 9)
@@ -106,7 +106,7 @@ def test_callback_after_cleanup_is_caught():
 
 def test_strict_checker_raises_at_the_first_violation():
     kvm = KvmModel(Sim(250, 0.5), KFREE_NOW, get_platform("pvm"), InvariantChecker(strict=True))
-    from kernel_model.kvm import Reader
+    from kernel_model.kvm_main import Reader
     reader = Reader(kvm, "r")
     reader.begin()
     reader.get_bus(MMIO)
@@ -132,7 +132,8 @@ ops = st.lists(st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(MAIN_VARIANTS), st.floats(0, 0.999), ops)
 def test_random_operations_keep_every_invariant_under_the_correct_variants(variant, phase, script):
-    from kernel_model.kvm import KvmIoctlError, Reader
+    from kernel_model.kvm_host import KvmIoctlError
+    from kernel_model.kvm_main import Reader
     kvm = KvmModel(Sim(250, phase), get_variant(variant), get_platform("vmx"), InvariantChecker(strict=True))
     readers = [Reader(kvm, f"r{i}") for i in range(3)]
     registered: set[int] = set()

@@ -148,7 +148,7 @@ def test_cli_model_with_a_profile_and_with_bad_profiles(tmp_path):
 
 
 def test_wakeup_latency_applies_only_to_waits_no_timer_ended():
-    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.variants import get_variant
     costs = Costs(wakeup_latency_samples=(4_000_000, 4_000_000), timer_latency_samples=(60_000, 60_000))
@@ -224,7 +224,7 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
 # --- tick slip: the timer armed after a VM's first timer-ended wait, one tick past its bucket ---------
 
 def _slip_vm(slip: float):
-    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.variants import get_variant
     return KvmModel(Sim(250, 0.5, Costs(tick_slip=slip)), get_variant("call_srcu"), get_platform("pvm"))

@@ -151,7 +151,7 @@ run vcpu=0
 
 
 def test_the_kernel_constants_the_model_types_match_the_uapi_header():
-    from kernel_model import kvm
+    from kernel_model import kvm_host as kvm
     from minivmm.kvm.uapi import lib
     assert kvm.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
     assert kvm.KVM_MEM_READONLY == lib.KVM_MEM_READONLY
@@ -159,8 +159,8 @@ def test_the_kernel_constants_the_model_types_match_the_uapi_header():
 
 
 def test_pit2_registers_its_ports_on_the_pio_bus():
-    from kernel_model.kvm import KvmModel
     from kernel_model.kvm_io_bus import KvmBus
+    from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.sim import Sim
     from kernel_model.variants import get_variant
@@ -278,7 +278,7 @@ def test_tss_addr_is_a_fixed_cost_on_x86_and_refused_on_arm64():
 
 def test_pit2_inhibits_the_apic_access_page_on_svm_with_avic_but_not_on_vmx():
     """kvm_create_pit() starts the PIT in reinject mode, which sets APICV_INHIBIT_REASON_PIT_REINJ."""
-    from kernel_model.kvm import KvmModel
+    from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.sim import Sim
     from kernel_model.variants import get_variant
@@ -315,8 +315,8 @@ def test_a_coalesced_mmio_zone_is_a_registration_whose_grace_period_the_next_mem
     assert stalled.started_by_call == "call_srcu" and stalled.p50_us > 4000
     synced = explain(seq, "sync", 250, "pvm", samples=20)[3]
     assert synced.p50_us < 1000 and not synced.transferred
-    from kernel_model.kvm import KvmModel
     from kernel_model.kvm_io_bus import KvmBus
+    from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.sim import Sim
     from kernel_model.variants import get_variant

@@ -52,10 +52,11 @@ def render_predictions(predictions: list[Any], out: TextIO, profile: str | None 
 def published_odds(predictions: list[Any]) -> list[str]:
     """How often the model (with a host profile) reaches each published stall of the same step, HZ and
     architecture: e.g. how likely a 25.2 ms first KVM_CREATE_VCPU is at HZ=100 on a host like this."""
+    from kernel_model.platforms import get_platform
     from kernel_model.published import FIGURES
     out = []
     for pred in predictions:
-        arch = "arm64" if pred.platform == "arm64" else "x86"
+        arch = get_platform(pred.platform).arch.value
         for sp in pred.steps:
             for f in FIGURES:
                 label = sp.step.label.split(", slot")[0]

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kernel_model.costs import Costs
-from kernel_model.kvm import KvmModel
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.profile import HostProfile, quantile_points
 from kernel_model.sim import NSEC_PER_SEC, Sim
