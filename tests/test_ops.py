@@ -325,3 +325,18 @@ def test_a_coalesced_mmio_zone_is_a_registration_whose_grace_period_the_next_mem
     assert [r.addr for r in kvm.buses[KvmBus.KVM_PIO_BUS].range] == [0x3F8]
     with pytest.raises(ValueError, match="size"):
         parse_sequence("create_vm\ncoalesced_mmio addr=0x1000 size=0", "f")
+
+
+@pytest.mark.kvm
+def test_a_vcpu_other_than_the_boot_processor_runs_after_an_irqchip(tmp_path):
+    """With an in-kernel LAPIC an AP waits in KVM_RUN for INIT and SIPI, which no step sends: the run
+    step makes it runnable first. In a child with a timeout, so that a regression fails, not hangs."""
+    import subprocess
+    import sys
+    path = tmp_path / "ap.seq"
+    path.write_text("create_vm\nmemslot slot=0 base=0 size=1M\nirqchip\nvcpu id=0\nvcpu id=1\nrun vcpu=1\n")
+    child = ("import sys; from kernel_model.sequences import load_sequence; from minivmm.timing.runner import measure; "
+             "reps, _ = measure(load_sequence(sys.argv[1]), 1, jitter=False, hz=250); "
+             "print(min(reps[0].durations_ns) > 0)")
+    p = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "True", p.stderr

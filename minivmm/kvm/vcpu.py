@@ -89,6 +89,13 @@ class Vcpu:
         """Wrapper over KVM_SET_CPUID2 (usually with what KVM_GET_SUPPORTED_CPUID returned)."""
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, cpuid)
 
+    def make_runnable(self) -> None:
+        """Wrapper over KVM_SET_MP_STATE(KVM_MP_STATE_RUNNABLE). With an in-kernel local APIC every vCPU
+        but the boot processor starts waiting for INIT and SIPI, and its KVM_RUN blocks until they come;
+        this lets it run at once, as if they had."""
+        state = ffi.new("struct kvm_mp_state *", {"mp_state": lib.KVM_MP_STATE_RUNNABLE})
+        ioctl_ptr(self.fd, lib.KVM_SET_MP_STATE, state)
+
     def close(self) -> None:
         """Unmap ``kvm_run`` and close the vCPU fd."""
         if self._map is not None:

@@ -195,6 +195,9 @@ def _vcpu(st: HostState, a: Args) -> Callable[[], int | None]:
 def _run(st: HostState, a: Args) -> Callable[[], int | None]:
     vcpu = st.vcpus[a["vcpu"]]
     setup_vcpu(vcpu, 0, Mode.REAL, LOOP_ADDR, a["vcpu"])
+    # Any vCPU of a sequence runs: one that is not the boot processor would otherwise wait in KVM_RUN
+    # for an INIT and a SIPI that no step sends (with an in-kernel LAPIC), and the step would hang.
+    vcpu.make_runnable()
     r = RunningVcpu(vcpu)
 
     def issue() -> int:
