@@ -88,3 +88,11 @@ def test_a_stall_no_variant_predicts_is_not_pinned_on_anything() -> None:
     ex = explain(r, hz=250, platform="pvm", samples=50)
     (sentence,) = ex.attributions[8]
     assert "not explained by the model" in sentence and 8 not in ex.attribution_detail
+
+
+def test_a_command_spanning_lines_stays_one_comment_of_the_saved_sequence() -> None:
+    r = synthetic_trace(50_000)
+    r.argv = ["python3", "-c", "import os\nos.getpid()\r"]
+    ex = build_sequence(r)
+    assert ex.sequence_text.splitlines()[0] == "# the KVM set-up of: python3 -c 'import os\\nos.getpid()\\r'"
+    assert [s.op for s in ex.sequence.steps][0] == "create_vm"

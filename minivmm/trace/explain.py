@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import shlex
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -155,7 +156,9 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
         chosen = [e for e in chosen if e.enter_ns <= end]
     unmodelled: Counter[str] = Counter()
     steps: list[Step] = []
-    lines = [f"# the KVM set-up of: {' '.join(result.argv)}",
+    # One comment line whatever the command holds (an argument may span lines: python -c '...').
+    command = shlex.join(result.argv).replace("\r", "\\r").replace("\n", "\\n")
+    lines = [f"# the KVM set-up of: {command}",
              "# recorded by minivmm trace; gaps as measured (clock: " + result.clock.value + ")"]
     step_events: list[int] = []
     measured: list[int] = []
