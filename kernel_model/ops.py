@@ -1,10 +1,15 @@
-"""One spec per sequence op: its arguments, checks, label, strace form and how the model runs it.
+"""One spec per sequence op: its arguments, checks, label, the ioctl it issues (and so its strace form),
+how a traced ioctl maps back to it, and how the model runs it.
 
 A sequence step (:class:`kernel_model.sequences.Step`) names its op; everything that depends on which
 op it is lives in that op's :class:`OpSpec` here, in ``OPS``. The host side (``minivmm timing``
-issuing the real ioctl) is ``minivmm.timing.host_ops``, keyed by the same names, with a test that
-every op has a host implementation. A new op is one ``OpSpec`` entry here, one host step there, and
-their tests.
+issuing the real ioctl) only registers how to issue each op, in ``minivmm.timing.host_ops``, keyed by
+the same names; a test checks that every op has a host issuer, and another that, on real KVM, what
+the host issues maps back through :attr:`OpSpec.from_traced` to the same arguments.
+
+Adding an op: one ``OpSpec`` below (arguments, label, ``ioctl``, ``from_traced``, ``model``), added
+to ``OPS``; its host issuer in ``minivmm/timing/host_ops.py``; a row in kernel_model/README.md
+("Sequence files"); a line in the format sketch of :mod:`kernel_model.sequences`.
 
 What each op does in the model, and the file format, are documented in kernel_model/README.md
 ("Sequence files").
@@ -15,10 +20,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kernel_model import kvm_uapi
 from kernel_model.kvm_main import KvmModel
+from kernel_model.kvm_uapi import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, UapiStruct
 
 #: The arguments of one step, by name, after parsing (ints, bools, names).
 Args = Mapping[str, Any]
@@ -52,6 +58,51 @@ class Arg:
     #: The value a step gets when the argument is absent (flags: False).
     default: Any = None
     doc: str = ""
+    #: Whether the ioctl carries it, so that a trace gives it back (``run``'s read sections describe
+    #: the guest, not the ioctl: a traced ``run`` gets the defaults).
+    traced: bool = True
+
+
+class StructArg(NamedTuple):
+    """An ioctl argument that is a struct: which one, and its field values (absent or None: not known
+    here, e.g. an fd or a host address in the model)."""
+
+    struct: UapiStruct
+    values: Mapping[str, Any]
+
+
+class IoctlCall(NamedTuple):
+    """The ioctl an op issues: on which fd (its role: ``system``, ``vm``, ``vcpuN``, as the tracer names
+    fds), the request's name, and its argument: a value, a struct, or None when it is not known."""
+
+    role: str
+    request: str
+    arg: int | StructArg | None
+
+    def arg_text(self) -> str:
+        """The argument as strace prints it (structs through :meth:`kvm_uapi.UapiStruct.format`)."""
+        if isinstance(self.arg, StructArg):
+            return self.arg.struct.format(self.arg.values)
+        return "..." if self.arg is None else str(self.arg)
+
+
+class TracedIoctl(NamedTuple):
+    """One traced ioctl, as plain values (the model cannot import the tracer): the request's name, its
+    raw argument (the value, for requests that take one), the fields of its argument struct as read
+    (at least every field of its :mod:`kernel_model.kvm_uapi` struct; empty for requests without one,
+    ``{"unreadable": True}`` when the tracer could not read it), the fd's role, and whether it is a
+    vCPU's first KVM_RUN that returned."""
+
+    request: str
+    arg: int
+    fields: Mapping[str, Any]
+    role: str
+    first_run: bool = False
+
+    def struct_fields(self, struct: UapiStruct) -> Mapping[str, Any] | None:
+        """The decoded fields if they are ``struct``'s (each of its fields read), else None."""
+        needed = (f.name for f in struct.fields if f.style != "abbrev")
+        return self.fields if all(name in self.fields for name in needed) else None
 
 
 def _no_check(a: Args) -> None:
@@ -64,16 +115,27 @@ def _always(a: Args) -> bool:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """Everything about one op. Plain data: the functions are small and named below."""
+    """Everything about one op. Plain data: the functions are small and named below.
+
+    ``ioctl`` is the one description of what the op issues: the strace form is printed from it, and a
+    generator of standalone C reproducers can write each op's call from the same request and struct
+    values (plus what the call needs first, e.g. an eventfd, which would be one more field here). A
+    teardown op (destroy_vm: a close() of the VM fd, not an ioctl) would make ``ioctl`` optional and
+    carry its own call; ``model`` would run ``KvmModel.destroy_vm``."""
 
     name: str
     #: What the op is in the kernel's terms (for the documentation).
     doc: str
     args: tuple[Arg, ...]
+    #: The requests a traced ioctl of this op has (``from_traced`` is asked only about these).
+    requests: tuple[str, ...]
     #: How reports name a step: ``KVM_CREATE_VCPU, 0``.
     label: Callable[[Args], str]
-    #: The step as strace shows it: (fd role: kvm, vm or vcpuN; request name; argument text).
-    strace: Callable[[Args], tuple[str, str, str]]
+    #: The ioctl the step issues, with its argument (what the host issues, as far as the model knows).
+    ioctl: Callable[[Args], IoctlCall]
+    #: The inverse of ``ioctl``: the op's arguments from a traced ioctl of one of ``requests``, or None
+    #: when that ioctl is not this op. None: no traced ioctl becomes this op.
+    from_traced: Callable[[TracedIoctl], dict[str, Any] | None] | None
     #: Issue the step against the model (the caller times it).
     model: Callable[[KvmModel, Args, random.Random], None]
     #: Checks of one step's own arguments (cross-step rules are the model kernel's: see
@@ -108,8 +170,10 @@ def _create_vm_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
 
 CREATE_VM = OpSpec(
     "create_vm", "KVM_CREATE_VM: the VM (kvm_create_vm()); its fixed cost only.", (),
+    requests=("KVM_CREATE_VM",),
     label=lambda a: "KVM_CREATE_VM",
-    strace=lambda a: ("kvm", "KVM_CREATE_VM", "0"),
+    ioctl=lambda a: IoctlCall("system", "KVM_CREATE_VM", 0),
+    from_traced=lambda t: {},
     model=_create_vm_model)
 
 
@@ -128,12 +192,18 @@ def _memslot_label(a: Args) -> str:
     return f"KVM_SET_USER_MEMORY_REGION, slot {_slot_name(a['slot'])}" + (" (delete)" if a["size"] == 0 else "")
 
 
-def _memslot_strace(a: Args) -> tuple[str, str, str]:
-    names = [n for n, on in (("KVM_MEM_LOG_DIRTY_PAGES", a["log_dirty"]), ("KVM_MEM_READONLY", a["readonly"]))
-             if on]
-    return ("vm", "KVM_SET_USER_MEMORY_REGION",
-            f"{{slot={a['slot']}, flags={'|'.join(names) or '0'}, guest_phys_addr={a['base']:#x}, "
-            f"memory_size={a['size']}, ...}}")
+def _memslot_ioctl(a: Args) -> IoctlCall:
+    return IoctlCall("vm", "KVM_SET_USER_MEMORY_REGION", StructArg(kvm_uapi.USER_MEMORY_REGION, {
+        "slot": a["slot"], "flags": _memslot_flags(a), "guest_phys_addr": a["base"], "memory_size": a["size"]}))
+
+
+def _memslot_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.USER_MEMORY_REGION)
+    if f is None:
+        return None
+    s = kvm_uapi.USER_MEMORY_REGION
+    return {"slot": f["slot"], "base": f["guest_phys_addr"], "size": f["memory_size"],
+            "readonly": s.has(f, "KVM_MEM_READONLY"), "log_dirty": s.has(f, "KVM_MEM_LOG_DIRTY_PAGES")}
 
 
 def _memslot_check(a: Args) -> None:
@@ -152,7 +222,9 @@ MEMSLOT = OpSpec(
     (Arg("slot", "int", True, doc="KVM's slot number: address space << 16 | slot id"),
      Arg("base", "size", True, doc="guest-physical address"), Arg("size", "size", True, doc="0 deletes"),
      Arg("readonly", "flag", doc="KVM_MEM_READONLY"), Arg("log_dirty", "flag", doc="KVM_MEM_LOG_DIRTY_PAGES")),
-    label=_memslot_label, strace=_memslot_strace, model=_memslot_model, check=_memslot_check)
+    requests=("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2"),
+    label=_memslot_label, ioctl=_memslot_ioctl, from_traced=_memslot_from_traced, model=_memslot_model,
+    check=_memslot_check)
 
 
 # --- irqchip ----------------------------------------------------------------------------------------
@@ -163,8 +235,10 @@ def _irqchip_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
 
 IRQCHIP = OpSpec(
     "irqchip", "KVM_CREATE_IRQCHIP: registers the platform's interrupt controllers on the io buses.", (),
+    requests=("KVM_CREATE_IRQCHIP",),
     label=lambda a: "KVM_CREATE_IRQCHIP",
-    strace=lambda a: ("vm", "KVM_CREATE_IRQCHIP", "0"),
+    ioctl=lambda a: IoctlCall("vm", "KVM_CREATE_IRQCHIP", 0),
+    from_traced=lambda t: {},
     model=_irqchip_model)
 
 
@@ -180,12 +254,26 @@ def _ioeventfd_label(verb: str) -> Callable[[Args], str]:
     return label
 
 
-def _ioeventfd_strace(deassign: bool) -> Callable[[Args], tuple[str, str, str]]:
-    def strace(a: Args) -> tuple[str, str, str]:
-        flags = [f for f, on in (("DATAMATCH", a["datamatch"] is not None), ("PIO", a["pio"]),
-                                 ("DEASSIGN", deassign)) if on]
-        return "vm", "KVM_IOEVENTFD", f"{{addr={a['addr']:#x}, len={a['len']}, flags={'|'.join(flags) or '0'}, ...}}"
-    return strace
+def _ioeventfd_ioctl(deassign: bool) -> Callable[[Args], IoctlCall]:
+    def ioctl(a: Args) -> IoctlCall:
+        s = kvm_uapi.IOEVENTFD
+        flags = sum(s.flag(name).bit for name, on in (("KVM_IOEVENTFD_FLAG_DATAMATCH", a["datamatch"] is not None),
+                                                      ("KVM_IOEVENTFD_FLAG_PIO", a["pio"]),
+                                                      ("KVM_IOEVENTFD_FLAG_DEASSIGN", deassign)) if on)
+        return IoctlCall("vm", "KVM_IOEVENTFD", StructArg(s, {
+            "datamatch": a["datamatch"] or 0, "addr": a["addr"], "len": a["len"], "flags": flags}))
+    return ioctl
+
+
+def _ioeventfd_from_traced(deassign: bool) -> Callable[[TracedIoctl], dict[str, Any] | None]:
+    def from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+        s = kvm_uapi.IOEVENTFD
+        f = t.struct_fields(s)
+        if f is None or s.has(f, "KVM_IOEVENTFD_FLAG_DEASSIGN") != deassign:
+            return None
+        return {"addr": f["addr"], "len": f["len"], "pio": s.has(f, "KVM_IOEVENTFD_FLAG_PIO"),
+                "datamatch": f["datamatch"] if s.has(f, "KVM_IOEVENTFD_FLAG_DATAMATCH") else None}
+    return from_traced
 
 
 def _ioeventfd_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
@@ -199,13 +287,14 @@ def _ioeventfd_deassign_model(kvm: KvmModel, a: Args, rng: random.Random) -> Non
 IOEVENTFD = OpSpec(
     "ioeventfd", "KVM_IOEVENTFD (assign): registers the ioeventfd on the MMIO or PIO bus "
     "(kvm_io_bus_register_dev(): the old bus is freed by the variant's rule).",
-    _IOEVENTFD_ARGS, label=_ioeventfd_label(""), strace=_ioeventfd_strace(False), model=_ioeventfd_model)
+    _IOEVENTFD_ARGS, requests=("KVM_IOEVENTFD",), label=_ioeventfd_label(""), ioctl=_ioeventfd_ioctl(False),
+    from_traced=_ioeventfd_from_traced(False), model=_ioeventfd_model)
 
 IOEVENTFD_DEASSIGN = OpSpec(
     "ioeventfd_deassign", "KVM_IOEVENTFD with DEASSIGN: kvm_io_bus_unregister_dev(), which waits for "
     "an expedited grace period in every variant; the same arguments as the assign.",
-    _IOEVENTFD_ARGS, label=_ioeventfd_label(" deassign"), strace=_ioeventfd_strace(True),
-    model=_ioeventfd_deassign_model)
+    _IOEVENTFD_ARGS, requests=("KVM_IOEVENTFD",), label=_ioeventfd_label(" deassign"),
+    ioctl=_ioeventfd_ioctl(True), from_traced=_ioeventfd_from_traced(True), model=_ioeventfd_deassign_model)
 
 
 # --- vcpu -------------------------------------------------------------------------------------------
@@ -218,8 +307,10 @@ VCPU = OpSpec(
     "vcpu", "KVM_CREATE_VCPU: on VMX with an in-kernel LAPIC the first one installs the APIC-access "
     "page memslot (one memslot swap); on x86 without one, the first one enables the kvm_has_noapic_vcpu "
     "static key (a kernel code patch).", (Arg("id", "int", True),),
+    requests=("KVM_CREATE_VCPU",),
     label=lambda a: f"KVM_CREATE_VCPU, {a['id']}",
-    strace=lambda a: ("vm", "KVM_CREATE_VCPU", str(a["id"])),
+    ioctl=lambda a: IoctlCall("vm", "KVM_CREATE_VCPU", a["id"]),
+    from_traced=lambda t: {"id": t.arg},
     model=_vcpu_model)
 
 
@@ -228,6 +319,14 @@ VCPU = OpSpec(
 def _run_check(a: Args) -> None:
     if not 0 < a["section"] < a["period"]:
         raise ValueError("run needs 0 < section < period")
+
+
+def _run_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    # Only a vCPU's first entry of the first VM is a step (vm1.vcpu0 is another VM's; later entries
+    # are the guest running).
+    if not (t.first_run and t.role.startswith("vcpu") and t.role[4:].isdigit()):
+        return None
+    return {"vcpu": int(t.role[4:])}
 
 
 def _run_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
@@ -240,10 +339,12 @@ def _run_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
 RUN = OpSpec(
     "run", "The vCPU's first KVM_RUN: from then on it handles an exit every `period`, each inside an SRCU "
     "read section of `section` (its guest is a loop at 0x1000, so a memslot must cover that address).",
-    (Arg("vcpu", "int", True), Arg("section", "time", default=DEFAULT_SECTION_NS),
-     Arg("period", "time", default=DEFAULT_PERIOD_NS)),
+    (Arg("vcpu", "int", True), Arg("section", "time", default=DEFAULT_SECTION_NS, traced=False),
+     Arg("period", "time", default=DEFAULT_PERIOD_NS, traced=False)),
+    requests=("KVM_RUN",),
     label=lambda a: f"KVM_RUN, vcpu {a['vcpu']} (first entry)",
-    strace=lambda a: (f"vcpu{a['vcpu']}", "KVM_RUN", "0"),
+    ioctl=lambda a: IoctlCall(f"vcpu{a['vcpu']}", "KVM_RUN", 0),
+    from_traced=_run_from_traced,
     model=_run_model, check=_run_check)
 
 
@@ -253,14 +354,23 @@ def _pit2_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.create_pit2(a["speaker_dummy"])
 
 
+def _pit2_ioctl(a: Args) -> IoctlCall:
+    s = kvm_uapi.PIT_CONFIG
+    return IoctlCall("vm", "KVM_CREATE_PIT2", StructArg(s, {
+        "flags": s.flag("KVM_PIT_SPEAKER_DUMMY").bit if a["speaker_dummy"] else 0}))
+
+
+def _pit2_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.PIT_CONFIG)
+    return None if f is None else {"speaker_dummy": kvm_uapi.PIT_CONFIG.has(f, "KVM_PIT_SPEAKER_DUMMY")}
+
+
 PIT2 = OpSpec(
     "pit2", "KVM_CREATE_PIT2 (x86, after KVM_CREATE_IRQCHIP): registers the PIT's ports 0x40-0x43 on the "
     "PIO bus, and the speaker port 0x61 with speaker_dummy: kvm_io_bus_register_dev() each.",
     (Arg("speaker_dummy", "flag", doc="KVM_PIT_SPEAKER_DUMMY"),),
-    label=lambda a: "KVM_CREATE_PIT2",
-    strace=lambda a: ("vm", "KVM_CREATE_PIT2",
-                      f"{{flags={'KVM_PIT_SPEAKER_DUMMY' if a['speaker_dummy'] else '0'}}}"),
-    model=_pit2_model)
+    requests=("KVM_CREATE_PIT2",), label=lambda a: "KVM_CREATE_PIT2", ioctl=_pit2_ioctl,
+    from_traced=_pit2_from_traced, model=_pit2_model)
 
 
 # --- coalesced_mmio ---------------------------------------------------------------------------------
@@ -274,13 +384,20 @@ def _coalesced_mmio_check(a: Args) -> None:
         raise ValueError("size must be at least 1")
 
 
+def _coalesced_mmio_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.COALESCED_MMIO_ZONE)
+    return None if f is None else {"addr": f["addr"], "size": f["size"], "pio": bool(f["pio"])}
+
+
 COALESCED_MMIO = OpSpec(
     "coalesced_mmio", "KVM_REGISTER_COALESCED_MMIO: a zone whose writes are queued in the coalesced ring; "
     "one kvm_io_bus_register_dev() on the MMIO bus (the PIO bus with pio), freed by the variant's rule.",
     (Arg("addr", "int", True), Arg("size", "size", True), Arg("pio", "flag", doc="a port I/O zone")),
+    requests=("KVM_REGISTER_COALESCED_MMIO",),
     label=lambda a: f"KVM_REGISTER_COALESCED_MMIO, {'pio' if a['pio'] else 'mmio'} {a['addr']:#x}",
-    strace=lambda a: ("vm", "KVM_REGISTER_COALESCED_MMIO",
-                      f"{{addr={a['addr']:#x}, size={a['size']}, pio={int(a['pio'])}}}"),
+    ioctl=lambda a: IoctlCall("vm", "KVM_REGISTER_COALESCED_MMIO", StructArg(kvm_uapi.COALESCED_MMIO_ZONE, {
+        "addr": a["addr"], "size": a["size"], "pio": int(a["pio"])})),
+    from_traced=_coalesced_mmio_from_traced,
     model=_coalesced_mmio_model, check=_coalesced_mmio_check)
 
 
@@ -290,14 +407,24 @@ def _irqfd_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.irqfd(a["gsi"], a["deassign"])
 
 
+def _irqfd_ioctl(a: Args) -> IoctlCall:
+    s = kvm_uapi.IRQFD
+    return IoctlCall("vm", "KVM_IRQFD", StructArg(s, {
+        "gsi": a["gsi"], "flags": s.flag("KVM_IRQFD_FLAG_DEASSIGN").bit if a["deassign"] else 0}))
+
+
+def _irqfd_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.IRQFD)
+    return None if f is None else {"gsi": f["gsi"], "deassign": kvm_uapi.IRQFD.has(f, "KVM_IRQFD_FLAG_DEASSIGN")}
+
+
 IRQFD = OpSpec(
     "irqfd", "KVM_IRQFD: attach (or with deassign detach) an eventfd that injects gsi. No grace period: "
     "the assign reads the routing under kvm->irq_srcu; a deassign flushes the irqfd clean-up workqueue.",
     (Arg("gsi", "int", True), Arg("deassign", "flag", doc="KVM_IRQFD_FLAG_DEASSIGN")),
+    requests=("KVM_IRQFD",),
     label=lambda a: f"KVM_IRQFD{' deassign' if a['deassign'] else ''}, gsi {a['gsi']}",
-    strace=lambda a: ("vm", "KVM_IRQFD",
-                      f"{{fd=?, gsi={a['gsi']}, flags={'KVM_IRQFD_FLAG_DEASSIGN' if a['deassign'] else '0'}}}"),
-    model=_irqfd_model)
+    ioctl=_irqfd_ioctl, from_traced=_irqfd_from_traced, model=_irqfd_model)
 
 
 # --- gsi_routing ------------------------------------------------------------------------------------
@@ -311,12 +438,20 @@ def _gsi_routing_check(a: Args) -> None:
         raise ValueError("entries must be 0 or more")
 
 
+def _gsi_routing_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.IRQ_ROUTING)
+    return None if f is None else {"entries": f["nr"]}
+
+
 GSI_ROUTING = OpSpec(
     "gsi_routing", "KVM_SET_GSI_ROUTING with N routes: swaps the routing table and waits for an expedited "
     "grace period of kvm->irq_srcu (not kvm->srcu: a pending kvm->srcu grace period does not delay it).",
     (Arg("entries", "int", True, doc="the number of routes"),),
+    requests=("KVM_SET_GSI_ROUTING",),
     label=lambda a: f"KVM_SET_GSI_ROUTING, {a['entries']} routes",
-    strace=lambda a: ("vm", "KVM_SET_GSI_ROUTING", f"{{nr={a['entries']}, ...}}"),
+    ioctl=lambda a: IoctlCall("vm", "KVM_SET_GSI_ROUTING", StructArg(kvm_uapi.IRQ_ROUTING, {
+        "nr": a["entries"], "flags": 0})),
+    from_traced=_gsi_routing_from_traced,
     model=_gsi_routing_model, check=_gsi_routing_check)
 
 
@@ -326,14 +461,22 @@ def _enable_cap_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.enable_cap(a["cap"], a["arg0"])
 
 
+def _enable_cap_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
+    f = t.struct_fields(kvm_uapi.ENABLE_CAP)
+    return None if f is None else {"cap": f["cap"], "arg0": f["args"][0]}
+
+
 ENABLE_CAP = OpSpec(
     "enable_cap", "KVM_ENABLE_CAP on the VM fd. Modelled for KVM_CAP_SPLIT_IRQCHIP (121): an empty GSI "
     "routing (one kvm->irq_srcu grace period) and local APICs in the kernel; any other capability is "
     "carried as its fixed cost (not modelled).",
     (Arg("cap", "int", True, doc="the KVM_CAP_* number"), Arg("arg0", "int", default=0, doc="args[0]")),
+    requests=("KVM_ENABLE_CAP",),
     label=lambda a: f"KVM_ENABLE_CAP, cap {a['cap']}" + ("" if a["cap"] == KVM_CAP_SPLIT_IRQCHIP else
                                                           " (not modelled)"),
-    strace=lambda a: ("vm", "KVM_ENABLE_CAP", f"{{cap={a['cap']}, args=[{a['arg0']:#x}, 0, 0, 0]}}"),
+    ioctl=lambda a: IoctlCall("vm", "KVM_ENABLE_CAP", StructArg(kvm_uapi.ENABLE_CAP, {
+        "cap": a["cap"], "flags": 0, "args": [a["arg0"], 0, 0, 0]})),
+    from_traced=_enable_cap_from_traced,
     model=_enable_cap_model, modelled=lambda a: bool(a["cap"] == KVM_CAP_SPLIT_IRQCHIP))
 
 
@@ -347,8 +490,10 @@ TSS_ADDR = OpSpec(
     "tss_addr", "KVM_SET_TSS_ADDR (x86): with unrestricted guest (VMX's default where the CPU has it), SVM "
     "and PVM it returns at once; no memslot, no grace period.",
     (Arg("addr", "int", True, doc="guest-physical address of the three TSS pages"),),
+    requests=("KVM_SET_TSS_ADDR",),
     label=lambda a: "KVM_SET_TSS_ADDR",
-    strace=lambda a: ("vm", "KVM_SET_TSS_ADDR", hex(a["addr"])),
+    ioctl=lambda a: IoctlCall("vm", "KVM_SET_TSS_ADDR", a["addr"]),
+    from_traced=lambda t: {"addr": t.arg},
     model=_tss_addr_model)
 
 
@@ -364,16 +509,26 @@ IOCTL = OpSpec(
     "timing. Reports say \"not modelled\".",
     (Arg("name", "name", True, doc="the request's name, KVM_..."),
      Arg("cost", "time", True, doc="its duration (e.g. as traced)")),
+    # Any request: a trace makes this op of every ioctl no other op takes, with its measured duration
+    # as the cost (which the ioctl itself does not carry), so there is no inverse here.
+    requests=(),
     label=lambda a: f"{a['name']} (not modelled)",
-    strace=lambda a: ("vm", a["name"], "..."),
+    ioctl=lambda a: IoctlCall("vm", a["name"], None),
+    from_traced=None,
     model=_ioctl_model, modelled=lambda a: False)
 
 
-#: Every op, by name. A new op is one entry here (plus its host step in minivmm/timing/host_ops.py).
+#: Every op, by name. A new op is one entry here (plus its host issuer in minivmm/timing/host_ops.py).
 OPS: dict[str, OpSpec] = {op.name: op for op in (
     CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, COALESCED_MMIO, IRQFD,
     GSI_ROUTING, ENABLE_CAP, TSS_ADDR, IOCTL,
 )}
+
+#: The ops a traced request may be, by request name.
+_OPS_BY_REQUEST: dict[str, tuple[OpSpec, ...]] = {}
+for _op in OPS.values():
+    for _request in _op.requests:
+        _OPS_BY_REQUEST[_request] = (*_OPS_BY_REQUEST.get(_request, ()), _op)
 
 
 def get_op(name: str) -> OpSpec:
@@ -382,3 +537,17 @@ def get_op(name: str) -> OpSpec:
         return OPS[name]
     except KeyError:
         raise ValueError(f"unknown step {name!r} (known: {', '.join(list(OPS) + ['gap', 'sleep'])})") from None
+
+
+def from_traced(t: TracedIoctl) -> tuple[str, dict[str, Any]] | None:
+    """The op and its complete arguments for one traced ioctl, or None when no op takes it (or the op
+    refuses the values, e.g. a zero-size coalesced zone): the caller carries it as an ``ioctl`` step."""
+    for op in _OPS_BY_REQUEST.get(t.request, ()):
+        given = op.from_traced(t) if op.from_traced is not None else None
+        if given is None:
+            continue
+        try:
+            return op.name, op.complete(given)
+        except ValueError:
+            return None
+    return None

@@ -85,9 +85,9 @@ class Step:
 
     def strace(self, seconds: float, fds: dict[str, int] | None = None) -> str:
         """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
-        role, name, arg = self.spec.strace(self.full_args)
-        fd = (fds or {}).get(role, role)
-        return f"ioctl({fd}, {name}, {arg}) = 0 <{seconds:.6f}>"
+        call = self.spec.ioctl(self.full_args)
+        fd = (fds or {}).get(call.role, call.role)
+        return f"ioctl({fd}, {call.request}, {call.arg_text()}) = 0 <{seconds:.6f}>"
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,30 @@ run vcpu=0
 """
 
 
-def test_the_kernel_constants_the_model_types_match_the_uapi_header():
-    from kernel_model import kvm_host as kvm
+def test_the_uapi_the_model_writes_down_matches_the_header():
+    """kernel_model runs without the compiled header, so kvm_uapi writes down the structs' fields and
+    the flag bits it prints and reads: each must be <linux/kvm.h>'s (as cffi compiled it here)."""
+    from kernel_model import kvm_uapi
     from minivmm.kvm.uapi import lib
-    assert kvm.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
-    assert kvm.KVM_MEM_READONLY == lib.KVM_MEM_READONLY
-    assert kvm.KVM_MEM_LOG_DIRTY_PAGES == lib.KVM_MEM_LOG_DIRTY_PAGES
+    from minivmm.trace.decode import REQUESTS
+    from minivmm.trace.syscalls import ffi
+    from minivmm.trace.syscalls import lib as trace_lib
+    checked = set()
+    for request, struct in kvm_uapi.REQUEST_STRUCTS.items():
+        if request not in REQUESTS:
+            continue  # e.g. KVM_SET_USER_MEMORY_REGION2 on older headers
+        header = [name for name, _ in ffi.typeof(struct.ctype).fields if not name.startswith("pad")]
+        written = [f.name for f in struct.fields if f.style != "abbrev"]  # a flexible array cffi leaves out
+        assert written == header, struct.ctype
+        for f in struct.fields:
+            for flag in f.flags:
+                value = getattr(trace_lib, flag.name, None)
+                if value is None and flag.name != "KVM_MEM_GUEST_MEMFD":  # newer than some headers
+                    value = getattr(lib, flag.name)
+                assert value in (None, flag.bit), flag.name
+        checked.add(request)
+    assert len(checked) >= len(kvm_uapi.REQUEST_STRUCTS) - 1
+    assert kvm_uapi.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
 
 
 def test_pit2_registers_its_ports_on_the_pio_bus():

@@ -60,9 +60,9 @@ def test_text_output_and_exit_status(prog: str) -> None:
     assert p.returncode == 6, p.stderr
     out = p.stdout
     assert out.startswith("done 3\n")  # the program's own output passes through
-    assert re.search(r"\[pid \d+\] ioctl\(vm, KVM_IOEVENTFD, \{addr=0xd0000050, len=4, fd=\d+, "
-                     r"flags=DATAMATCH, datamatch=0x1\}\) = 0 <\d+\.\d{6}>", out)
-    assert re.search(r"ioctl\(vm, KVM_SET_USER_MEMORY_REGION, \{slot=0, flags=0, guest_phys_addr=0x0, "
+    assert re.search(r"\[pid \d+\] ioctl\(vm, KVM_IOEVENTFD, \{datamatch=0x1, addr=0xd0000050, len=4, fd=\d+, "
+                     r"flags=KVM_IOEVENTFD_FLAG_DATAMATCH\}\) = 0 <\d+\.\d{6}>", out)
+    assert re.search(r"ioctl\(vm, KVM_SET_USER_MEMORY_REGION, \{slot=0, flags=0, guest_phys_addr=0, "
                      r"memory_size=2097152, userspace_addr=0x[0-9a-f]+\}\) = 0 <", out)
     assert "ioctl(system, KVM_CREATE_VM, 0) = " in out
     assert "clock: " in out and "exited with 6 ---" in out

@@ -1,10 +1,12 @@
 """How the host issues each sequence op: the real ioctl, through the ``minivmm.kvm`` wrappers.
 
-``HOST_OPS`` maps every op of :data:`kernel_model.ops.OPS` to a *host step*: a function that gets
-everything its ioctl needs ready (a guest memory mapping, an eventfd, a vCPU's registers) and returns
-the call to time, which issues exactly one ioctl. The runner times that call; the call returns None
-(the traced ioctl's own duration is the step's) or a duration it measured itself (``run``: the first
-KVM_RUN until the first exit). A test checks that every op has a host step.
+Everything else about an op (its arguments, label, the ioctl it issues, its inverse from a trace, what
+the model does) is its :class:`kernel_model.ops.OpSpec`. Here each op only registers its *host step*
+(``HOST_OPS``): a function that gets everything its ioctl needs ready (a guest memory mapping, an
+eventfd, a vCPU's registers) and returns the call to time, which issues exactly one ioctl. The runner
+times that call; the call returns None (the traced ioctl's own duration is the step's) or a duration
+it measured itself (``run``: the first KVM_RUN until the first exit). A test checks that every op has a
+host step, and another that what each one issues is traced back to the same arguments.
 """
 
 from __future__ import annotations
@@ -127,6 +129,13 @@ class HostState:
 
 #: Get one step ready; return the call to time (None: the traced ioctl's duration is the step's).
 HostStep = Callable[[HostState, Args], Callable[[], int | None]]
+
+def host_step(op: str) -> HostStep:
+    """The host step of ``op``; LookupError names an op that has none."""
+    try:
+        return HOST_OPS[op]
+    except KeyError:
+        raise LookupError(f"the op {op!r} has no host step in minivmm.timing.host_ops") from None
 
 
 def _create_vm(st: HostState, a: Args) -> Callable[[], int | None]:
@@ -273,7 +282,7 @@ def _ioctl(st: HostState, a: Args) -> Callable[[], int | None]:
     return pause
 
 
-#: Every op's host step, by op name (the same names as kernel_model.ops.OPS).
+#: Every op's host step, by op name (the names of kernel_model.ops.OPS; a test checks that none is missing).
 HOST_OPS: dict[str, HostStep] = {
     "create_vm": _create_vm,
     "memslot": _memslot,

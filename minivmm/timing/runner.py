@@ -21,7 +21,7 @@ from kernel_model.sequences import Sequence, validate
 from minivmm.kvm.system import Kvm
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
-from minivmm.timing.host_ops import HOST_OPS, HostState, SequenceUnrunnable
+from minivmm.timing.host_ops import HostState, SequenceUnrunnable, host_step
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
 __all__ = ["MeasurementInterrupted", "Repetition", "SequenceRunner", "SequenceUnrunnable", "check_runnable",
@@ -95,7 +95,7 @@ class SequenceRunner:
         last_end = time.monotonic_ns()
         try:
             for step in self.seq.steps:
-                issue = HOST_OPS[step.op](state, step.full_args)
+                issue = host_step(step.op)(state, step.full_args)
                 _wait_until(last_end + step.gap_ns)
                 start = time.monotonic_ns()
                 gaps.append(start - last_end)

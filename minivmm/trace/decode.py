@@ -2,7 +2,8 @@
 
 Request and capability names come from the tables compiled from this host's ``<linux/kvm.h>`` (see
 minivmm/_cffi_build/trace_build.py); argument structs are read from the tracee's memory with
-process_vm_readv into cffi structs whose layout the compiler gave.
+process_vm_readv into cffi structs whose layout the compiler gave, and printed by the one formatter
+of each struct (:mod:`kernel_model.kvm_uapi`), as the model and minivmm's own wrappers print them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_model import kvm_uapi
+from kernel_model.kvm_uapi import UapiStruct
 from minivmm.trace.syscalls import TraceOSError, ffi, lib, read_memory
 
 #: Names that exist for another architecture but share a number with an x86 one are not preferred.
@@ -67,22 +70,6 @@ KVM_CHECK_EXTENSION = _req("KVM_CHECK_EXTENSION")
 KVM_SET_TSS_ADDR = _req("KVM_SET_TSS_ADDR")
 
 
-def _flags(value: int, names: list[tuple[int, str]]) -> str:
-    parts = [n for bit, n in names if value & bit]
-    rest = value & ~sum(bit for bit, _ in names)
-    if rest:
-        parts.append(hex(rest))
-    return "|".join(parts) or "0"
-
-
-MEM_FLAGS = [(lib.KVM_MEM_LOG_DIRTY_PAGES, "KVM_MEM_LOG_DIRTY_PAGES"), (lib.KVM_MEM_READONLY, "KVM_MEM_READONLY")]
-if hasattr(lib, "KVM_MEM_GUEST_MEMFD"):
-    MEM_FLAGS.append((lib.KVM_MEM_GUEST_MEMFD, "KVM_MEM_GUEST_MEMFD"))
-IOEVENTFD_FLAGS = [(lib.KVM_IOEVENTFD_FLAG_DATAMATCH, "DATAMATCH"), (lib.KVM_IOEVENTFD_FLAG_PIO, "PIO"),
-                   (lib.KVM_IOEVENTFD_FLAG_DEASSIGN, "DEASSIGN")]
-IRQFD_FLAGS = [(lib.KVM_IRQFD_FLAG_DEASSIGN, "DEASSIGN"), (lib.KVM_IRQFD_FLAG_RESAMPLE, "RESAMPLE")]
-
-
 @dataclass
 class Decoded:
     """An argument: ``text`` as printed, ``fields`` for JSON and the sequence conversion."""
@@ -91,18 +78,10 @@ class Decoded:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-#: The argument struct of each decoded request that takes a pointer.
-STRUCTS: dict[int, str] = {
-    KVM_SET_USER_MEMORY_REGION: "struct kvm_userspace_memory_region",
-    KVM_IOEVENTFD: "struct kvm_ioeventfd",
-    KVM_IRQFD: "struct kvm_irqfd",
-    KVM_REGISTER_COALESCED_MMIO: "struct kvm_coalesced_mmio_zone",
-    KVM_SET_GSI_ROUTING: "struct kvm_irq_routing",
-    KVM_ENABLE_CAP: "struct kvm_enable_cap",
-    KVM_CREATE_PIT2: "struct kvm_pit_config",
-}
-if hasattr(lib, "KVM_MEM_GUEST_MEMFD"):
-    STRUCTS[KVM_SET_USER_MEMORY_REGION2] = "struct kvm_userspace_memory_region2"
+#: The argument struct of each decoded request that takes a pointer (kernel_model.kvm_uapi says which,
+#: and how each is printed).
+STRUCTS: dict[int, UapiStruct] = {REQUESTS[name]: struct for name, struct in kvm_uapi.REQUEST_STRUCTS.items()
+                                  if name in REQUESTS}
 
 #: Marks an argument struct that could not be read (a bad pointer: the kernel will answer EFAULT).
 UNREADABLE = b""
@@ -113,18 +92,13 @@ def capture(pid: int, request: int, arg: int) -> bytes | None:
 
     Only the bytes are taken here, while the tracee waits; :func:`decode_raw` formats them later, so
     the stop is as short as it can be."""
-    ctype = STRUCTS.get(request)
-    if ctype is None:
+    struct = STRUCTS.get(request)
+    if struct is None:
         return None
     try:
-        return read_memory(pid, arg, ctype)
+        return read_memory(pid, arg, struct.ctype)
     except TraceOSError:
         return UNREADABLE
-
-
-def decode_arg(pid: int, request: int, arg: int) -> Decoded:
-    """Decode ``arg`` of ``request``, reading the pointed-to struct from ``pid``'s memory now."""
-    return decode_raw(request, arg, capture(pid, request, arg))
 
 
 def decode_raw(request: int, arg: int, raw: bytes | None) -> Decoded:
@@ -138,62 +112,25 @@ def _struct(raw: bytes, ctype: str) -> Any:
     return ffi.cast(f"{ctype} *", ffi.from_buffer(raw))
 
 
+def _field_value(value: Any) -> Any:
+    """A struct field as plain Python: an int, or a list of ints for an array (KVM_ENABLE_CAP's args)."""
+    return value if isinstance(value, int) else [int(v) for v in value]
+
+
 def _decode(raw: bytes, request: int, arg: int) -> Decoded:
     if request in (KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_CREATE_IRQCHIP, KVM_RUN):
         key = {KVM_CREATE_VM: "type", KVM_CREATE_VCPU: "id"}.get(request, "arg")
         return Decoded(str(arg), {key: arg})
     if request == KVM_CHECK_EXTENSION:
         return Decoded(cap_name(arg), {"cap": arg, "cap_name": cap_name(arg)})
-    if request in (KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2):
-        two = request == KVM_SET_USER_MEMORY_REGION2
-        m = _struct(raw, STRUCTS[request])
-        f: dict[str, Any] = {"slot": int(m.slot), "flags": int(m.flags), "guest_phys_addr": int(m.guest_phys_addr),
-             "memory_size": int(m.memory_size), "userspace_addr": int(m.userspace_addr),
-             "readonly": bool(m.flags & lib.KVM_MEM_READONLY),
-             "log_dirty": bool(m.flags & lib.KVM_MEM_LOG_DIRTY_PAGES)}
-        text = (f"{{slot={f['slot']}, flags={_flags(f['flags'], MEM_FLAGS)}, "
-                f"guest_phys_addr={f['guest_phys_addr']:#x}, memory_size={f['memory_size']}, "
-                f"userspace_addr={f['userspace_addr']:#x}")
-        if two:
-            f.update(guest_memfd=int(m.guest_memfd), guest_memfd_offset=int(m.guest_memfd_offset))
-            text += f", guest_memfd={f['guest_memfd']}, guest_memfd_offset={f['guest_memfd_offset']:#x}"
-        return Decoded(text + "}", f)
-    if request == KVM_IOEVENTFD:
-        e = _struct(raw, "struct kvm_ioeventfd")
-        flags = int(e.flags)
-        f = {"addr": int(e.addr), "len": int(e.len), "fd": int(e.fd), "flags": flags,
-             "datamatch": int(e.datamatch) if flags & lib.KVM_IOEVENTFD_FLAG_DATAMATCH else None,
-             "pio": bool(flags & lib.KVM_IOEVENTFD_FLAG_PIO),
-             "deassign": bool(flags & lib.KVM_IOEVENTFD_FLAG_DEASSIGN)}
-        text = f"{{addr={f['addr']:#x}, len={f['len']}, fd={f['fd']}, flags={_flags(flags, IOEVENTFD_FLAGS)}"
-        if f["datamatch"] is not None:
-            text += f", datamatch={f['datamatch']:#x}"
-        return Decoded(text + "}", f)
-    if request == KVM_IRQFD:
-        q = _struct(raw, "struct kvm_irqfd")
-        flags = int(q.flags)
-        f = {"fd": int(q.fd), "gsi": int(q.gsi), "flags": flags, "deassign": bool(flags & lib.KVM_IRQFD_FLAG_DEASSIGN),
-             "resamplefd": int(q.resamplefd) if flags & lib.KVM_IRQFD_FLAG_RESAMPLE else None}
-        text = f"{{fd={f['fd']}, gsi={f['gsi']}, flags={_flags(flags, IRQFD_FLAGS)}"
-        if f["resamplefd"] is not None:
-            text += f", resamplefd={f['resamplefd']}"
-        return Decoded(text + "}", f)
-    if request == KVM_REGISTER_COALESCED_MMIO:
-        z = _struct(raw, "struct kvm_coalesced_mmio_zone")
-        f = {"addr": int(z.addr), "size": int(z.size), "pio": bool(z.pio)}
-        return Decoded(f"{{addr={f['addr']:#x}, size={f['size']}, pio={int(f['pio'])}}}", f)
-    if request == KVM_SET_GSI_ROUTING:
-        r = _struct(raw, "struct kvm_irq_routing")
-        return Decoded(f"{{nr={int(r.nr)}, flags={int(r.flags)}, entries=[...]}}", {"nr": int(r.nr)})
-    if request == KVM_ENABLE_CAP:
-        c = _struct(raw, "struct kvm_enable_cap")
-        args = [int(a) for a in c.args]
-        shown = ", ".join(hex(a) for a in args)
-        return Decoded(f"{{cap={cap_name(int(c.cap))}, flags={int(c.flags)}, args=[{shown}]}}",
-                       {"cap": int(c.cap), "cap_name": cap_name(int(c.cap)), "flags": int(c.flags), "args": args})
-    if request == KVM_CREATE_PIT2:
-        p = _struct(raw, "struct kvm_pit_config")
-        return Decoded(f"{{flags={int(p.flags):#x}}}", {"flags": int(p.flags)})
+    struct = STRUCTS.get(request)
+    if struct is not None:
+        c = _struct(raw, struct.ctype)
+        values = {f.name: _field_value(getattr(c, f.name)) for f in struct.fields if f.style != "abbrev"}
+        fields = struct.decoded_fields(values)
+        if "cap" in values:
+            fields["cap_name"] = cap_name(values["cap"])
+        return Decoded(struct.format(values, cap_name), fields)
     # Everything else by name: an _IO request's argument is a value, the others' a pointer.
     return Decoded(f"{arg:#x}", {})
 

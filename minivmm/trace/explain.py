@@ -5,14 +5,13 @@ set-up measured and predicted, and the verdict as ``minivmm timing`` gives it
 
 Which ioctls become steps: those of the first VM (and its system fd's ``KVM_CREATE_VM``), from
 ``KVM_CREATE_VM`` on, in the order they entered the kernel, each vCPU's first ``KVM_RUN`` included.
-An ioctl the sequence format has an op for becomes that op; any other is carried as a fixed cost
-where the format can say so (``ioctl name=... cost=...``), and otherwise its time is folded into the
-gap before the next step. :attr:`Explanation.unmodelled` lists which, and the report says so.
+An ioctl that an op takes becomes that op (each op's own inverse, ``OpSpec.from_traced``); any other
+is carried as a fixed cost, its measured duration (``ioctl name=... cost=...``).
+:attr:`Explanation.unmodelled` lists which, and the report says so.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import shlex
@@ -21,30 +20,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_model import explain as kexplain
+from kernel_model import ops
 from kernel_model import sequences as seqmod
+from kernel_model.ops import TracedIoctl
 from kernel_model.sequences import Sequence, Step
 from kernel_model.stats import is_stall, quantiles
 from minivmm.trace import decode
-from minivmm.trace.syscalls import lib
 from minivmm.trace.tracer import IoctlEvent, TraceResult
 
 _OTHER_VM = re.compile(r"^vm(\d+|\?)")
-
-
-def _op_args() -> dict[str, set[str]]:
-    """Op name -> its argument names, from whichever form this checkout's sequence format has: the op
-    specs (``kernel_model.ops.OPS``) or the older table in ``kernel_model.sequences``."""
-    try:
-        specs = importlib.import_module("kernel_model.ops").OPS
-        items = specs.values() if isinstance(specs, dict) else specs
-        return {spec.name: {a.name for a in spec.args} for spec in items}
-    except (ImportError, AttributeError):
-        return {op: set(args) for op, args in getattr(seqmod, "_ARGS", {}).items()}
-
-
-def known_ops() -> set[str]:
-    """The ops this checkout's sequence format has (the set grows as the model learns more ioctls)."""
-    return set(_op_args())
 
 
 @dataclass
@@ -81,58 +66,14 @@ class Explanation:
         return out
 
 
-def event_to_step(ev: IoctlEvent, ops: set[str]) -> tuple[str, dict[str, Any]] | None:
-    """The sequence op and arguments for one traced ioctl, or None if the format has no op for it."""
-    f = ev.decoded.fields
-    r = ev.request
-    if r == decode.KVM_CREATE_VM:
-        return "create_vm", {}
-    if r in (decode.KVM_SET_USER_MEMORY_REGION, decode.KVM_SET_USER_MEMORY_REGION2) and "slot" in f:
-        args: dict[str, Any] = {"slot": f["slot"], "base": f["guest_phys_addr"], "size": f["memory_size"]}
-        if "readonly" in seqmod_args("memslot"):
-            if f["readonly"]:
-                args["readonly"] = True
-            if f["log_dirty"]:
-                args["log_dirty"] = True
-        return "memslot", args
-    if r == decode.KVM_CREATE_IRQCHIP:
-        return "irqchip", {}
-    if r == decode.KVM_IOEVENTFD and "addr" in f:
-        args = {"addr": f["addr"], "len": f["len"]}
-        if f["datamatch"] is not None:
-            args["datamatch"] = f["datamatch"]
-        if f["pio"]:
-            args["pio"] = True
-        return ("ioeventfd_deassign" if f["deassign"] else "ioeventfd"), args
-    if r == decode.KVM_CREATE_VCPU:
-        return "vcpu", {"id": ev.arg}
-    if r == decode.KVM_RUN and ev.first_run and ev.role.startswith("vcpu"):
-        return "run", {"vcpu": int(ev.role[4:])}
-    if r == decode.KVM_CREATE_PIT2 and "pit2" in ops and "flags" in f:
-        dummy = "speaker_dummy" in seqmod_args("pit2") and bool(f["flags"] & lib.KVM_PIT_SPEAKER_DUMMY)
-        return "pit2", ({"speaker_dummy": True} if dummy else {})
-    if r == decode.KVM_REGISTER_COALESCED_MMIO and "coalesced_mmio" in ops and "size" in f:
-        return "coalesced_mmio", {"addr": f["addr"], "size": f["size"], **({"pio": True} if f["pio"] else {})}
-    if r == decode.KVM_IRQFD and "irqfd" in ops and "gsi" in f:
-        return "irqfd", {"gsi": f["gsi"], **({"deassign": True} if f["deassign"] else {})}
-    if r == decode.KVM_SET_GSI_ROUTING and "gsi_routing" in ops and "nr" in f:
-        return "gsi_routing", {"entries": f["nr"]}
-    if r == decode.KVM_ENABLE_CAP and "enable_cap" in ops and "cap" in f:
-        extra = {"arg0": f["args"][0]} if "arg0" in seqmod_args("enable_cap") and f["args"][0] else {}
-        return "enable_cap", {"cap": f["cap"], **extra}
-    if r == decode.KVM_SET_TSS_ADDR and "tss_addr" in ops:
-        return "tss_addr", {"addr": ev.arg}
-    return None
-
-
-def seqmod_args(op: str) -> set[str]:
-    """The arguments the sequence format accepts for ``op`` (empty if it has no such op)."""
-    return _op_args().get(op, set())
+def event_to_step(ev: IoctlEvent) -> tuple[str, dict[str, Any]] | None:
+    """The sequence op and its arguments for one traced ioctl (the op's own inverse,
+    :func:`kernel_model.ops.from_traced`), or None if no op takes it."""
+    return ops.from_traced(TracedIoctl(ev.name, ev.arg, ev.decoded.fields, ev.role, ev.first_run))
 
 
 def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
     """The set-up as a sequence: steps, measured durations and gaps (see the module docstring)."""
-    ops = known_ops()
     events = [e for e in result.events if e.duration_ns is not None and e.ret is not None]
     creates = [e for e in events if e.request == decode.KVM_CREATE_VM and e.ret is not None and e.ret >= 0]
     skipped: list[str] = []
@@ -165,19 +106,16 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
     gaps: list[int] = []
     last_end = first.enter_ns
     current_gap: int | None = None
-    fixed_cost = "ioctl" in ops
     failed = Counter(e.name for e in chosen if e.ret is not None and e.ret < 0)
     for ev in chosen:
         if ev.ret is not None and ev.ret < 0:
             continue  # a refused ioctl changed nothing in the kernel's state
-        conv = event_to_step(ev, ops)
+        conv = event_to_step(ev)
         dur = ev.duration_ns or 0
         if conv is None:
             if ev.request == decode.KVM_RUN:
                 continue  # a later KVM_RUN: not part of the set-up
             unmodelled[ev.name] += 1
-            if not fixed_cost:
-                continue  # its time is folded into the next step's gap
             conv = ("ioctl", {"name": ev.name, "cost": dur})
         op, args = conv
         gap = max(0, ev.enter_ns - last_end) if steps else 0
@@ -217,12 +155,6 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
     attribution is the kernel model's own (``kernel_model.explain``: every grace-period request and
     wait is tagged with the step that issued it); the time between the two ioctls is the measured one.
     A stall that no variant predicts is said to be unexplained, rather than pinned on anything."""
-    try:
-        kexplain = importlib.import_module("kernel_model.explain")
-    except ImportError:
-        ex.attribution_note = ("this checkout's kernel model has no grace-period attribution "
-                               "(kernel_model.explain): stalls are named, not attributed")
-        return
     c = ex.comparison
     stalls = stalled_steps(ex)
     if not stalls:
