@@ -260,6 +260,18 @@ def test_every_op_runs_on_the_host():
         # The un-modelled ioctl is not issued: the host pauses for its cost instead.
         assert "KVM_SET_TSS_ADDR" in names
         assert "KVM_SET_IDENTITY_MAP_ADDR" not in names and rep.durations_ns[2] >= 20_000
+        # The host's records print each struct as the model's strace form does (one formatter):
+        # every field the model knows reads the same; the host also knows fds and host addresses.
+        for step, rec in zip(seq.steps, rep.records):
+            if rec is None or step.op in ("ioctl", "run"):
+                continue
+            model = step.strace(0).split(", ", 2)[2].rsplit(") = ", 1)[0]
+            assert rec.name == step.spec.ioctl(step.full_args).request
+            if model.startswith("{"):
+                host_fields = set(rec.arg.strip("{}").split(", "))
+                assert set(model.strip("{}").split(", ")) - {"..."} <= host_fields, (model, rec.arg)
+            else:
+                assert model == rec.arg
 
 
 def test_the_readme_documents_every_op():

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
+
+from kernel_model import kvm_uapi
+from kernel_model.kvm_uapi import UapiStruct
 
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
@@ -17,11 +21,6 @@ class IoEvent(NamedTuple):
     fd: int
     datamatch: int | None = None
     pio: bool = False
-
-    def describe(self) -> str:
-        """``{addr=0xd0001000, len=4, fd=7, mmio}`` as traced records show it."""
-        match = "" if self.datamatch is None else f", datamatch={self.datamatch:#x}"
-        return f"{{addr={self.addr:#x}, len={self.length}, fd={self.fd}{match}, {'pio' if self.pio else 'mmio'}}}"
 
 
 class VmObserver(Protocol):
@@ -59,6 +58,11 @@ class Vm:
         self.vcpus: list[Vcpu] = []
         self._vcpu_mmap_size = vcpu_mmap_size
 
+    def _shown(self, struct: UapiStruct, values: Mapping[str, Any]) -> str:
+        """How a traced record shows the argument struct: as strace prints it, with the formatter the
+        model and the tracer use (kernel_model.kvm_uapi); nothing when nobody records."""
+        return struct.format(values) if self.tracer is not None else ""
+
     def check_extension(self, cap: int) -> int:
         """Wrapper over KVM_CHECK_EXTENSION on the VM fd (some capabilities are per VM)."""
         return ioctl_val(self.fd, lib.KVM_CHECK_EXTENSION, cap)
@@ -70,12 +74,11 @@ class Vm:
         Safety: KVM keeps ``userspace_addr`` and accesses ``memory_size`` bytes there for as long as the
         slot exists; the caller keeps that mapping alive until the slot is deleted or the VM closed.
         """
-        region = ffi.new("struct kvm_userspace_memory_region *", {
-            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
-            "memory_size": memory_size, "userspace_addr": userspace_addr})
-        shown = (f"{{slot={slot}, flags={flags:#x}, guest_phys_addr={guest_phys_addr:#x}, "
-                 f"memory_size={memory_size}, userspace_addr={userspace_addr:#x}}}")
-        ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, self.tracer, shown)
+        values = {"slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr, "memory_size": memory_size,
+                  "userspace_addr": userspace_addr}
+        region = ffi.new("struct kvm_userspace_memory_region *", values)
+        ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, self.tracer,
+                  self._shown(kvm_uapi.USER_MEMORY_REGION, values))
         if self.observer is not None:
             self.observer.memory_region_set(slot, guest_phys_addr, memory_size)
 
@@ -87,11 +90,10 @@ class Vm:
             flags |= lib.KVM_IOEVENTFD_FLAG_PIO
         if deassign:
             flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN
-        arg = ffi.new("struct kvm_ioeventfd *", {
-            "datamatch": event.datamatch or 0, "addr": event.addr, "len": event.length,
-            "fd": event.fd, "flags": flags})
-        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, arg, self.tracer,
-                  event.describe()[:-1] + (", deassign}" if deassign else "}"))
+        values = {"datamatch": event.datamatch or 0, "addr": event.addr, "len": event.length, "fd": event.fd,
+                  "flags": flags}
+        arg = ffi.new("struct kvm_ioeventfd *", values)
+        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, arg, self.tracer, self._shown(kvm_uapi.IOEVENTFD, values))
 
     def register_ioevent(self, event: IoEvent) -> None:
         """Wrapper over KVM_IOEVENTFD (assign): guest writes matching ``event`` signal its eventfd in the kernel.
@@ -141,16 +143,18 @@ class Vm:
         """Wrapper over KVM_CREATE_PIT2: the in-kernel i8254 PIT (needs the in-kernel PIC: KVM_CREATE_IRQCHIP
         first). Its ports 0x40-0x43 (and, with KVM_PIT_SPEAKER_DUMMY in ``flags``, the speaker port 0x61)
         become devices on the PIO bus."""
-        config = ffi.new("struct kvm_pit_config *", {"flags": flags})
-        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, f"{{flags={flags:#x}}}")
+        values = {"flags": flags}
+        config = ffi.new("struct kvm_pit_config *", values)
+        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, self._shown(kvm_uapi.PIT_CONFIG, values))
 
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         """Wrapper over KVM_REGISTER_COALESCED_MMIO: guest writes to [addr, addr+size) (port I/O with
         ``pio``) are queued in the coalesced-MMIO ring instead of exiting. The zone becomes a device on
         the MMIO (or PIO) bus: a kvm_io_bus_register_dev()."""
-        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size, "pio": int(pio)})
+        values = {"addr": addr, "size": size, "pio": int(pio)}
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", values)
         ioctl_ptr(self.fd, lib.KVM_REGISTER_COALESCED_MMIO, zone, self.tracer,
-                  f"{{addr={addr:#x}, size={size}, pio={int(pio)}}}")
+                  self._shown(kvm_uapi.COALESCED_MMIO_ZONE, values))
 
     def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
         """Wrapper over KVM_IRQFD: signalling eventfd ``fd`` injects ``gsi`` (or, with ``deassign``, stops).
@@ -158,9 +162,9 @@ class Vm:
         Safety: the kernel takes its own reference on the eventfd; the argument is only read during the call.
         """
         flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
-        arg = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags})
-        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer,
-                  f"{{fd={fd}, gsi={gsi}, flags={'DEASSIGN' if deassign else '0'}}}")
+        values = {"fd": fd, "gsi": gsi, "flags": flags, "resamplefd": 0}
+        arg = ffi.new("struct kvm_irqfd *", values)
+        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer, self._shown(kvm_uapi.IRQFD, values))
 
     def set_gsi_routing_msi(self, gsis: list[int]) -> None:
         """Wrapper over KVM_SET_GSI_ROUTING with one MSI route per GSI in ``gsis`` (to the local APIC's
@@ -173,14 +177,16 @@ class Vm:
             entry.gsi = gsi
             entry.type = lib.KVM_IRQ_ROUTING_MSI
             entry.u.msi.address_lo = 0xFEE00000
-        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, routing, self.tracer, f"{{nr={len(gsis)}, ...}}")
+        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, routing, self.tracer,
+                  self._shown(kvm_uapi.IRQ_ROUTING, {"nr": len(gsis), "flags": 0}))
 
     def enable_cap(self, cap: int, args: tuple[int, ...] = ()) -> None:
         """Wrapper over KVM_ENABLE_CAP on the VM fd: enable capability ``cap`` with up to four ``args``."""
         if len(args) > 4:
             raise ValueError("KVM_ENABLE_CAP takes at most four arguments")
-        arg = ffi.new("struct kvm_enable_cap *", {"cap": cap, "args": list(args) + [0] * (4 - len(args))})
-        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, f"{{cap={cap}, args={list(args)}}}")
+        values = {"cap": cap, "flags": 0, "args": list(args) + [0] * (4 - len(args))}
+        arg = ffi.new("struct kvm_enable_cap *", values)
+        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, self._shown(kvm_uapi.ENABLE_CAP, values))
 
     def set_tss_addr(self, addr: int) -> None:
         """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""
