@@ -61,7 +61,7 @@ _MISSED_EVENTS, _MISSED_STORED = 1 << 31, 1 << 30
 _TS_MSB = ~((1 << 59) - 1) & ((1 << 64) - 1)
 #: How long after its timestamp an event may still be committing on its CPU (tracing keeps preemption
 #: off while it writes one, so this is generous): the ordering watermark stays this far behind.
-_COMMIT_SLACK_NS = 2_000_000
+COMMIT_SLACK_NS = 2_000_000
 
 
 class TracefsUnavailable(RuntimeError):
@@ -250,7 +250,7 @@ def decode_page(page: bytes, header: PageHeader, cpu: int, layouts: dict[int, Ev
     lost = 0
     if commit & _MISSED_EVENTS:
         lost = -1
-        if commit & _MISSED_STORED:
+        if commit & _MISSED_STORED and len(page) >= header.data_offset + length + 8:
             lost = int.from_bytes(page[header.data_offset + length:header.data_offset + length + 8], "little")
     pos, end = header.data_offset, header.data_offset + length
     while pos < end:
@@ -303,6 +303,8 @@ class Instance:
     enabled: list[str] = field(default_factory=list)
     readers: dict[int, int] = field(default_factory=dict)   # cpu -> fd of trace_pipe_raw
     pending: dict[int, list[Record]] = field(default_factory=dict)  # cpu -> decoded, not handed out yet
+    pages: dict[int, list[bytes]] = field(default_factory=dict)     # cpu -> read, not decoded yet
+    backlog: int = 0
     lost_in_pages: int = 0
     lost_uncounted: bool = False
     subbuf: int = 0
@@ -369,20 +371,20 @@ class Instance:
                 self.readers[cpu] = os.open(os.path.join(per_cpu, entry, "trace_pipe_raw"),
                                             os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
                 self.pending[cpu] = []
+                self.pages[cpu] = []
         self.write("tracing_on", "1")
 
     def stop(self) -> None:
         """Tracing off (the record stays readable)."""
         self.write("tracing_on", "0")
 
-    def drain(self, final: bool = False) -> list[Record]:
-        """Read what every CPU has recorded and return the records in timestamp order, up to the watermark
-        (every record older than the read's start, less the commit slack); ``final`` (after ``stop``)
-        returns everything."""
+    def read(self) -> int:
+        """Take what every CPU has recorded out of the kernel's buffers, as pages, without decoding them
+        (cheap: a caller that must stay quick reads often and decodes when it needs the records);
+        returns the bytes kept so far, not yet decoded."""
         assert self.header is not None
-        mark = time.monotonic_ns() - _COMMIT_SLACK_NS
         for cpu, fd in self.readers.items():
-            got = self.pending[cpu]
+            pages = self.pages[cpu]
             while True:
                 try:
                     page = os.read(fd, self.subbuf)
@@ -394,11 +396,33 @@ class Instance:
                     raise
                 if not page:
                     break
+                # Only what the page holds (a page read while its CPU writes to it is partly empty).
+                commit = int.from_bytes(page[self.header.commit_offset:self.header.commit_offset
+                                             + self.header.commit_size], "little")
+                used = self.header.data_offset + (commit & ~(_MISSED_EVENTS | _MISSED_STORED) & 0xFFFFFFFF)
+                if commit & _MISSED_STORED:
+                    used += 8
+                pages.append(page[:used])
+                self.backlog += used
+        return self.backlog
+
+    def drain(self, final: bool = False, slack_ns: int = COMMIT_SLACK_NS) -> list[Record]:
+        """Read and decode what every CPU has recorded and return the records in timestamp order, up to
+        the watermark (every record older than the read's start, less ``slack_ns``: a record that old
+        has been committed on whatever CPU wrote it); ``final`` (after ``stop``) returns everything."""
+        assert self.header is not None
+        mark = time.monotonic_ns() - slack_ns
+        self.read()
+        for cpu, pages in self.pages.items():
+            got = self.pending[cpu]
+            for page in pages:
                 lost = decode_page(page, self.header, cpu, self.layouts, got)
                 if lost > 0:
                     self.lost_in_pages += lost
                 elif lost < 0:
                     self.lost_uncounted = True
+            pages.clear()
+        self.backlog = 0
         if final:
             ready = list(heapq.merge(*self.pending.values()))
             for got in self.pending.values():

@@ -8,7 +8,6 @@ of each struct (:mod:`kernel_model.kvm_uapi`), as the model and minivmm's own wr
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,65 +132,3 @@ def _decode(raw: bytes, request: int, arg: int) -> Decoded:
         return Decoded(struct.format(values, cap_name), fields)
     # Everything else by name: an _IO request's argument is a value, the others' a pointer.
     return Decoded(f"{arg:#x}", {})
-
-
-_VCPU_LINK = re.compile(r"^anon_inode:kvm-vcpu:(\d+)$")
-
-
-def fd_link(pid: int, fd: int) -> str | None:
-    """What ``/proc/PID/fd/FD`` points to (``anon_inode:kvm-vm``, ``/dev/kvm``...), None if gone."""
-    try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}")
-    except OSError:
-        return None
-
-
-@dataclass
-class FdRoles:
-    """The KVM fds of one process: learnt from KVM_CREATE_VM/KVM_CREATE_VCPU's return values, and checked
-    against ``/proc/PID/fd`` so that a dup'd, closed or reused fd is still named right."""
-
-    pid: int
-    roles: dict[int, str] = field(default_factory=dict)
-    vm_count: int = 0
-    vm_of_fd: dict[int, int] = field(default_factory=dict)
-
-    def created_vm(self, fd: int) -> str:
-        """Record a new VM fd; returns its role (``vm``, or ``vm1``, ``vm2``... for further VMs)."""
-        role = "vm" if self.vm_count == 0 else f"vm{self.vm_count}"
-        self.vm_count += 1
-        self.roles[fd] = role
-        return role
-
-    def created_vcpu(self, fd: int, vcpu_id: int, vm_role: str) -> str:
-        """Record a new vCPU fd; ``vcpu0`` (or ``vm1.vcpu0`` under a second VM)."""
-        role = f"vcpu{vcpu_id}" if vm_role == "vm" else f"{vm_role}.vcpu{vcpu_id}"
-        self.roles[fd] = role
-        return role
-
-    def role(self, fd: int, tid: int | None = None) -> str:
-        """The fd's role; falls back on what /proc says for an fd we have not seen created (dup).
-
-        ``tid`` is the calling thread (its fd table is the one the ioctl used)."""
-        link = fd_link(tid or self.pid, fd)
-        known = self.roles.get(fd)
-        if link is None:
-            return known or f"fd{fd}"
-        if link == "/dev/kvm":
-            return "system"
-        if known is not None and (
-                (link == "anon_inode:kvm-vm" and known.startswith("vm") and ".vcpu" not in known)
-                or (_VCPU_LINK.match(link) and "vcpu" in known)):
-            return known
-        if link == "anon_inode:kvm-vm":
-            # A dup of a VM fd we know (the only VM is the usual case), else an unknown VM.
-            vms = {r for r in self.roles.values() if r.startswith("vm") and ".vcpu" not in r}
-            return next(iter(vms)) if len(vms) == 1 else f"vm?fd{fd}"
-        m = _VCPU_LINK.match(link)
-        if m:
-            return f"vcpu{m.group(1)}"
-        return f"fd{fd}"
-
-    def forget_cloexec(self) -> None:
-        """After execve: forget every fd (VMMs open KVM fds close-on-exec; /proc re-checks any that stay)."""
-        self.roles.clear()

@@ -166,7 +166,7 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
     except ValueError as e:
         ex.attribution_note = f"grace-period attribution failed: {e}"
         return
-    events = {e.index: e for e in result.events}
+    events = result.events
     for i in stalls:
         ev = events[ex.step_events[i]]
         if ex.sequence.steps[i].op == "ioctl":

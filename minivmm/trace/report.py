@@ -92,7 +92,7 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     w = out.write
     c = ex.comparison
     variants = list(c.predictions)
-    events = {e.index: e for e in r.events}
+    events = r.events
     w(f"\n--- explanation: the set-up as a kernel-model sequence of {len(ex.sequence.steps)} steps (gaps as "
       f"measured), predicted at HZ={ex.hz} on {ex.platform} ---\n")
     labels = [f"#{ex.step_events[i]} {s.label}" for i, s in enumerate(ex.sequence.steps)]

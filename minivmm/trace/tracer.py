@@ -2,37 +2,51 @@
 
 How a KVM ioctl is seen: the filter (:func:`minivmm.trace.syscalls.seccomp_kvm_filter`) returns
 SECCOMP_RET_TRACE for it, the tracee stops (PTRACE_EVENT_SECCOMP), the tracer reads the registers and
-the argument struct, resumes it with PTRACE_SYSCALL, and reads the return value at the syscall-exit
-stop, then resumes with PTRACE_CONT. Every other system call runs without stopping. Threads and
-children are followed (PTRACE_O_TRACECLONE/FORK/VFORK, the filter is inherited); PTRACE_O_EXITKILL
-kills the tracees if the tracer dies, so a tracee is never left stopped or orphaned.
+the argument struct, notes what the fd pointed to, and resumes it with PTRACE_CONT: one stop per KVM
+ioctl. The kernel clock (:mod:`minivmm.trace.kclock`) gives the call's duration and result afterwards,
+and the fd's role follows from the results in the kernel's order (:mod:`minivmm.trace.fds`). Without
+the kernel clock (or for a 32-bit call, which the syscall tracepoints do not report), the call is also
+stopped at its exit (PTRACE_SYSCALL), where the tracer reads the result and its own clock.
+
+Every other system call runs without stopping. Threads and children are followed
+(PTRACE_O_TRACECLONE/FORK/VFORK, the filter is inherited); PTRACE_O_EXITKILL kills the tracees if the
+tracer dies, so a tracee is never left stopped or orphaned.
 
 Signals pass through: a signal-delivery-stop is resumed with the same signal, a group-stop is kept
-(PTRACE_LISTEN), so the tracee behaves as it does without the tracer (see
-``man 2 ptrace``, "Signal-delivery-stop" and "Group-stop").
+(PTRACE_LISTEN), so the tracee behaves as it does without the tracer (see ``man 2 ptrace``,
+"Signal-delivery-stop" and "Group-stop").
 
 The stop conditions (:class:`StopReason`): every tracee has exited; ``until_first_run`` (every created
 vCPU has entered KVM_RUN and its first KVM_RUN returned, or did not return within
 ``FIRST_RUN_GRACE_NS``), then SIGTERM to the VMM or, with ``detach``, hand-over to a background
-servicer; the timeout; SIGINT/SIGTERM to the tracer.
+servicer; the timeout; SIGINT/SIGTERM/SIGHUP to the tracer. Whenever the tracer ends the VMM it sends
+SIGTERM, then SIGKILL ``TERM_GRACE_NS`` later if it is still there (at once on a second SIGTERM).
+
+Threads: everything here runs on the one thread that called :meth:`Tracer.run` (ptrace requires it);
+the signal handlers only count signals in ``_flags``, which the loop reads.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import errno as _errno
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.trace import decode
-from minivmm.trace.decode import Decoded, FdRoles
-from minivmm.trace.kclock import KernelClock, KernelClockUnavailable, SyscallSpan
+from minivmm.trace import decode, kclock
+from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
+from minivmm.trace.fds import ProcessFds, link_kind
+from minivmm.trace.kclock import KernelClock, KernelClockUnavailable
 from minivmm.trace.syscalls import (SpawnError, TraceOSError, check_errno, event_message, exec_failure, ffi,
                                     getregs, kill, lib, ptrace, spawn, waitpid)
+from minivmm.tracefs import Record
+
+__all__ = ["Clock", "IoctlEvent", "PtraceDenied", "StopReason", "TeardownCall", "TraceResult", "Tracer",
+           "spawn_failure_message"]
 
 #: After every vCPU has entered KVM_RUN, how long to wait for the first exits before stopping anyway.
 FIRST_RUN_GRACE_NS = 200_000_000
@@ -40,16 +54,25 @@ FIRST_RUN_GRACE_NS = 200_000_000
 TERM_GRACE_NS = 5_000_000_000
 #: After the user's Ctrl-C (which the tracee usually got from the terminal too), before our SIGTERM.
 INTERRUPT_GRACE_NS = 1_000_000_000
+#: How often the kernel's record is read while tracing: often while a first KVM_RUN's result is awaited
+#: (``--until first-run`` decides on it), else just often enough that the buffers never fill.
+POLL_FIRST_RUN_NS = 20_000_000
+POLL_NS = 250_000_000
+#: Bytes of the kernel's record read but not decoded, above which it is decoded while tracing runs.
+DECODE_BACKLOG = 8 << 20
 _TIMER_TICK_S = 0.1
 WALL: int = getattr(lib, "__WALL")  # a dunder name: not written as lib.__WALL inside a class (name mangling)
 #: ptrace's data argument for each signal number (0: none), made once.
 _SIGNALS = [ffi.cast("void *", n) for n in range(65)]
 
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+_KVM_RUN = decode.KVM_RUN
+_CREATE_VM, _CREATE_VCPU = decode.KVM_CREATE_VM, decode.KVM_CREATE_VCPU
 
 
 class PtraceDenied(RuntimeError):
-    """PTRACE_SEIZE was refused (Yama, a container's seccomp profile, no CAP_SYS_PTRACE); says how to allow it."""
+    """PTRACE_SEIZE was refused (another tracer, Yama, a container's profile, no CAP_SYS_PTRACE); the
+    message says why, as far as this host tells, and how to allow it."""
 
 
 class StopReason(str, enum.Enum):
@@ -62,66 +85,25 @@ class StopReason(str, enum.Enum):
     TERMINATED = "terminated"
 
 
-class Clock(str, enum.Enum):
-    """Where the durations come from."""
-
-    KERNEL = "kernel"   # syscalls:sys_enter_ioctl/sys_exit_ioctl tracepoints, trace_clock=mono
-    PTRACE = "ptrace"   # the tracer's CLOCK_MONOTONIC at the seccomp stop and at the syscall-exit stop
-
-
 @dataclass
-class IoctlEvent:
-    """One KVM ioctl of the tracee."""
+class TeardownCall:
+    """A ``close()`` of a VM or vCPU fd, or the ``exit_group`` of a process that had KVM fds, as the kernel
+    recorded it (no ptrace stop): ``ret`` is close's result or exit_group's status; for exit_group,
+    ``exit_ns`` is when the tracer learnt that the process was gone (its own clock, the same base)."""
 
-    index: int
+    kind: str               # "close" or "exit_group"
     pid: int
     tid: int
-    fd: int
-    role: str
-    request: int
-    name: str
-    arg: int
-    raw: bytes | None
-    stop_enter_ns: int
-    stop_exit_ns: int | None = None
+    fd: int | None
+    role: str | None
+    enter_ns: int
+    exit_ns: int | None = None
     ret: int | None = None
-    kernel_enter_ns: int | None = None
-    kernel_exit_ns: int | None = None
-    first_run: bool = False
-
-    @functools.cached_property
-    def decoded(self) -> Decoded:
-        """The argument, decoded from the bytes taken at the stop."""
-        return decode.decode_raw(self.request, self.arg, self.raw)
-
-    @property
-    def enter_ns(self) -> int:
-        """The start (kernel timestamp where matched, else the seccomp stop)."""
-        return self.kernel_enter_ns if self.kernel_enter_ns is not None else self.stop_enter_ns
 
     @property
     def duration_ns(self) -> int | None:
-        """The duration, from the kernel's timestamps where matched, else from the ptrace stops."""
-        if self.kernel_enter_ns is not None and self.kernel_exit_ns is not None:
-            return self.kernel_exit_ns - self.kernel_enter_ns
-        if self.stop_exit_ns is not None:
-            return self.stop_exit_ns - self.stop_enter_ns
-        return None
-
-    @property
-    def clock(self) -> Clock:
-        """Which clock :attr:`duration_ns` came from."""
-        return Clock.KERNEL if self.kernel_exit_ns is not None else Clock.PTRACE
-
-    @property
-    def errno(self) -> int:
-        """The errno of a failed call (0 on success or while unfinished)."""
-        return -self.ret if self.ret is not None and self.ret < 0 else 0
-
-    @property
-    def vcpu_id(self) -> int | None:
-        """For KVM_CREATE_VCPU, the id asked for."""
-        return self.arg if self.request == decode.KVM_CREATE_VCPU else None
+        """From entering the call to its return (close) or to the process being gone (exit_group)."""
+        return None if self.exit_ns is None else self.exit_ns - self.enter_ns
 
 
 @dataclass
@@ -130,7 +112,7 @@ class TraceResult:
 
     argv: list[str]
     pid: int
-    events: list[IoctlEvent]
+    events: EventLog | list[IoctlEvent]
     stop_reason: StopReason
     clock: Clock
     clock_note: str
@@ -138,6 +120,7 @@ class TraceResult:
     exit_signal: int | None = None        # the signal that killed it, if one did
     detached: bool = False
     ended_by_tracer: bool = False         # we sent the SIGTERM/SIGKILL that ended it
+    killed_after_grace: bool = False      # it outlived SIGTERM by TERM_GRACE_NS and got SIGKILL
     later_kvm_runs: int = 0               # KVM_RUN calls after each vCPU's first (not recorded)
     forks: list[tuple[int, int]] = field(default_factory=list)
     execs: list[tuple[int, str]] = field(default_factory=list)
@@ -145,17 +128,40 @@ class TraceResult:
     stops: int = 0                        # ptrace stops handled
     overruns: int = 0
     unfinished_first_runs: list[str] = field(default_factory=list)
+    teardown: list[TeardownCall] = field(default_factory=list)
+    #: Whether close()/exit_group were recorded (the kernel clock with their tracepoints).
+    teardown_recorded: bool = False
+    #: The index of each successful KVM_CREATE_VM -> the role of the VM it made (``vm``, ``vm1``...).
+    vms_created: dict[int, str] = field(default_factory=dict)
 
 
 class _Proc:
-    """Per traced process (thread group)."""
+    """Per traced process (thread group). Owned by the tracer's thread."""
 
-    def __init__(self, tgid: int) -> None:
+    def __init__(self, tgid: int, fds: ProcessFds | None = None) -> None:
         self.tgid = tgid
-        self.fds = FdRoles(tgid)
-        self.first_run_started: set[str] = set()
-        self.first_run_done: set[str] = set()
-        self.vcpus: list[str] = []
+        self.fds = fds or ProcessFds()
+        #: vCPU fds: created (and not closed), whose KVM_RUN stopped, whose first KVM_RUN returned an exit.
+        self.vcpu_fds: dict[int, str] = {}
+        self.run_started: set[int] = set()
+        self.run_done: set[int] = set()
+        #: fd -> what /proc said it was at its first KVM ioctl (kept only while the kernel's record of
+        #: close() says the fd stayed open).
+        self.links: dict[int, int] = {}
+
+    def forget_vcpu(self, fd: int) -> None:
+        self.vcpu_fds.pop(fd, None)
+        self.run_started.discard(fd)
+        self.run_done.discard(fd)
+
+
+class _Waiting:
+    """A KVM ioctl recorded at its stop whose kernel record has not been read yet."""
+
+    __slots__ = ("row", "fd", "request", "link")
+
+    def __init__(self, row: int, fd: int, request: int, link: int) -> None:
+        self.row, self.fd, self.request, self.link = row, fd, request, link
 
 
 def _tgid_of(tid: int) -> int:
@@ -175,6 +181,7 @@ def _signed(value: int) -> int:
 
 OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACESECCOMP | lib.PTRACE_O_TRACECLONE
            | lib.PTRACE_O_TRACEFORK | lib.PTRACE_O_TRACEVFORK | lib.PTRACE_O_TRACEEXEC | lib.PTRACE_O_EXITKILL)
+_NOT_IN_KERNEL = -1  # in_kernel: a kernel enter with no recorded stop (a later KVM_RUN)
 
 
 class Tracer:
@@ -182,7 +189,7 @@ class Tracer:
 
     def __init__(self, path: str, argv: list[str], env: dict[str, str] | None = None, *,
                  until_first_run: bool = False, detach: bool = False, timeout_s: float | None = None,
-                 clock: str = "auto", on_detach: Any = None) -> None:
+                 clock: str = "auto", on_detach: Any = None, limit: int = DEFAULT_LIMIT) -> None:
         self.path, self.argv = path, argv
         self.env = dict(os.environ) if env is None else env
         self.until_first_run, self.detach, self.timeout_s = until_first_run, detach, timeout_s
@@ -191,26 +198,38 @@ class Tracer:
         self.procs: dict[int, _Proc] = {}
         self.tgid: dict[int, int] = {}
         self.alive: set[int] = set()
-        self.pending: dict[int, IoctlEvent] = {}
-        self.events: list[IoctlEvent] = []
+        self.log = EventLog(limit)
         self.pid = 0
         self.result: TraceResult | None = None
         self._flags: dict[str, int] = {}
         self._deadlines: dict[str, int] = {}
         self._exec_seen = False
-        self.kernel_clock = False
-        self._timer_armed = False
+        self.kclock: KernelClock | None = None
+        self._timer: float = 0.0
+        # Pairing the stops with the kernel's record, per thread (see _on_kernel).
+        self._waiting: dict[int, deque[_Waiting]] = {}
+        self._in_kernel: dict[int, int] = {}
+        self._exit_stop: dict[int, int] = {}
+        self._closing: dict[int, int] = {}
+        self._gone_ns: dict[int, int] = {}
+        self._completed_at_stop: set[int] = set()
+        self._creating: set[int] = set()   # KVM_CREATE_VCPU rows whose result is not known yet
+        self._next_poll = 0
+
+    @property
+    def events(self) -> EventLog:
+        """The recorded ioctls."""
+        return self.log
 
     # --- start ---------------------------------------------------------------------------------------
 
-    def _start(self) -> tuple[KernelClock | None, str]:
+    def _start(self) -> str:
         self.pid = spawn(self.path, self.argv, self.env)
-        kclock: KernelClock | None = None
         note = "ptrace stops (CLOCK_MONOTONIC read by the tracer at the seccomp stop and the syscall-exit stop)"
         try:
             if self.clock_choice != "ptrace":
                 try:
-                    kclock = KernelClock.open(self.pid)
+                    self.kclock = KernelClock.open([self.pid])
                     note = ("kernel (syscalls:sys_enter_ioctl/sys_exit_ioctl tracepoints, trace_clock=mono, in a "
                             "private tracefs instance)")
                 except KernelClockUnavailable as e:
@@ -221,16 +240,16 @@ class Tracer:
                 ptrace(lib.PTRACE_SEIZE, self.pid, 0, OPTIONS, "ptrace(PTRACE_SEIZE)")
             except TraceOSError as e:
                 if e.errno in (_errno.EPERM, _errno.EACCES):
-                    raise PtraceDenied(_denied_hint()) from None
+                    raise PtraceDenied(_denied_hint(self.pid)) from None
                 raise
         except BaseException:
             self._kill_unstarted()
-            if kclock is not None:
-                kclock.close()
+            if self.kclock is not None:
+                self.kclock.close()
             raise
         self._add(self.pid, self.pid)
         kill(self.pid, signal.SIGCONT)
-        return kclock, note
+        return note
 
     def _kill_unstarted(self) -> None:
         """The child is stopped before its exec: kill and reap it, leaving nothing behind."""
@@ -241,11 +260,11 @@ class Tracer:
             pass
         exec_failure(self.pid)
 
-    def _add(self, tid: int, tgid: int) -> None:
+    def _add(self, tid: int, tgid: int, fds: ProcessFds | None = None) -> None:
         self.alive.add(tid)
         self.tgid[tid] = tgid
         if tgid not in self.procs:
-            self.procs[tgid] = _Proc(tgid)
+            self.procs[tgid] = _Proc(tgid, fds)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -258,24 +277,24 @@ class Tracer:
 
         for s in old:
             signal.signal(s, flag)
-        kclock: KernelClock | None = None
         try:
-            kclock, note = self._start()
+            note = self._start()
             start = time.monotonic_ns()
             if self.timeout_s is not None:
                 self._deadlines["timeout"] = start + int(self.timeout_s * 1e9)
-            self.kernel_clock = kclock is not None
-            self.result = TraceResult(self.argv, self.pid, self.events, StopReason.EXITED,
-                                      Clock.KERNEL if kclock else Clock.PTRACE, note)
+            self.result = TraceResult(self.argv, self.pid, self.log, StopReason.EXITED,
+                                      Clock.KERNEL if self.kclock else Clock.PTRACE, note)
+            self.result.teardown_recorded = bool(self.kclock and self.kclock.teardown_events)
             self._loop()
             if not self._exec_seen:
                 failure = exec_failure(self.pid)
                 if failure is not None:
                     raise failure
-            if kclock is not None:
-                spans = kclock.collect()
-                self.result.overruns = kclock.overruns
-                _attach_kernel_times(self.events, spans)
+            if self.kclock is not None:
+                self._on_kernel(self.kclock.finish())
+                self.result.overruns = self.kclock.overruns
+                self.kclock = None
+            self._finish_teardown()
             if self.result.detached and self.on_detach is not None:
                 self.on_detach(self.result)
                 self._service()
@@ -284,17 +303,21 @@ class Tracer:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for s, h in old.items():
                 signal.signal(s, h)
-            if kclock is not None:
-                kclock.close()
+            if self.kclock is not None:
+                self.kclock.close()
             self._reap_all()
 
     def _arm_timer(self) -> None:
-        """A periodic SIGALRM while a deadline is pending (it interrupts waitpid, so the deadline is
-        checked even when the tracee stays quiet); changed only when that state changes."""
-        armed = bool(self._deadlines)
-        if armed != self._timer_armed:
-            signal.setitimer(signal.ITIMER_REAL, *((_TIMER_TICK_S, _TIMER_TICK_S) if armed else (0, 0)))
-            self._timer_armed = armed
+        """A periodic SIGALRM while a deadline is pending or the kernel's record is read as we go (it
+        interrupts waitpid, so the deadline is checked even when the tracee stays quiet); changed only
+        when the period changes."""
+        if self.kclock is not None:
+            period = POLL_FIRST_RUN_NS / 1e9 if self._awaiting_first_runs() else _TIMER_TICK_S
+        else:
+            period = _TIMER_TICK_S if self._deadlines else 0.0
+        if period != self._timer:
+            signal.setitimer(signal.ITIMER_REAL, period, period)
+            self._timer = period
 
     def _loop(self) -> None:
         assert self.result is not None
@@ -319,16 +342,28 @@ class Tracer:
     def _check_flags_and_deadlines(self) -> None:
         assert self.result is not None
         now = time.monotonic_ns()
+        if self.kclock is not None and now >= self._next_poll:
+            # Read the kernel's buffers often (cheap); decode only when a decision waits on the record or
+            # the backlog grows (decoding competes with the tracee for the CPU).
+            awaiting = self._awaiting_first_runs()
+            if self.kclock.read() > DECODE_BACKLOG or awaiting:
+                self._on_kernel(self.kclock.poll())
+                self._check_first_runs(now)
+            self._next_poll = now + (POLL_FIRST_RUN_NS if awaiting else POLL_NS)
         flags, self._flags = self._flags, {}
         if flags.get("SIGINT"):
             if self.result.stop_reason is StopReason.EXITED:
                 self.result.stop_reason = StopReason.INTERRUPTED
+            if "interrupt" in self._deadlines or flags["SIGINT"] > 1:
+                self._end_tracee()  # a second Ctrl-C: no more grace
             self._deadlines.setdefault("interrupt", now + INTERRUPT_GRACE_NS)
-        for name in ("SIGTERM", "SIGHUP"):
-            if flags.get(name):
-                if self.result.stop_reason is StopReason.EXITED:
-                    self.result.stop_reason = StopReason.TERMINATED
-                self._signal_tracee(signal.Signals[name])
+        terms = flags.get("SIGTERM", 0) + flags.get("SIGHUP", 0)
+        if terms:
+            if self.result.stop_reason is StopReason.EXITED:
+                self.result.stop_reason = StopReason.TERMINATED
+            if "kill" in self._deadlines or terms > 1:
+                self._deadlines["kill"] = now  # told twice: SIGKILL now
+            self._end_tracee()
         d = self._deadlines
         if "timeout" in d and now >= d["timeout"]:
             del d["timeout"]
@@ -343,6 +378,7 @@ class Tracer:
             self._first_run_reached()
         if "kill" in d and now >= d["kill"]:
             del d["kill"]
+            self.result.killed_after_grace = True
             self._signal_tracee(signal.SIGKILL)
 
     def _signal_tracee(self, sig: int) -> None:
@@ -355,11 +391,12 @@ class Tracer:
     def _end_tracee(self) -> None:
         """SIGTERM now, SIGKILL if still alive after TERM_GRACE_NS."""
         assert self.result is not None
-        if "kill" in self._deadlines or not self.alive:
+        if not self.alive or self.result.detached:
             return
         self.result.ended_by_tracer = True
-        self._signal_tracee(signal.SIGTERM)
-        self._deadlines["kill"] = time.monotonic_ns() + TERM_GRACE_NS
+        if "kill" not in self._deadlines:
+            self._signal_tracee(signal.SIGTERM)
+            self._deadlines["kill"] = time.monotonic_ns() + TERM_GRACE_NS
 
     # --- stops ---------------------------------------------------------------------------------------
 
@@ -376,7 +413,10 @@ class Tracer:
         assert self.result is not None
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.alive.discard(tid)
-            self.pending.pop(tid, None)
+            self._exit_stop.pop(tid, None)
+            tgid = self.tgid.get(tid, tid)
+            if tid == tgid:
+                self._gone_ns[tgid] = now
             if tid == self.pid:
                 if os.WIFEXITED(status):
                     self.result.exit_code = os.WEXITSTATUS(status)
@@ -395,10 +435,11 @@ class Tracer:
             self._on_syscall_exit(tid, now)
         elif event in (lib.PTRACE_EVENT_FORK, lib.PTRACE_EVENT_VFORK, lib.PTRACE_EVENT_CLONE):
             child = event_message(tid)
+            parent = self.procs[self.tgid[tid]]
             if event == lib.PTRACE_EVENT_CLONE and _tgid_of(child) == self.tgid[tid]:
                 self._add(child, self.tgid[tid])
             else:
-                self._add(child, child)
+                self._add(child, child, parent.fds.copy())
                 self.result.forks.append((self.tgid[tid], child))
             self._resume(tid)
         elif event == lib.PTRACE_EVENT_EXEC:
@@ -411,7 +452,11 @@ class Tracer:
                 exec_failure(self.pid)  # closes the spawn pipe (it is at EOF: the exec succeeded)
             else:
                 self.result.execs.append((tgid, _exe(tid)))
-            self.procs[tgid].fds.forget_cloexec()
+            proc = self.procs[tgid]
+            proc.fds.executed()
+            proc.links.clear()
+            for fd in list(proc.vcpu_fds):
+                proc.forget_vcpu(fd)
             self._resume(tid)
         elif event == lib.PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:
@@ -427,62 +472,187 @@ class Tracer:
             self._resume(tid, lib.PTRACE_CONT, sig)
 
     def _on_seccomp(self, tid: int, now: int) -> None:
+        """A KVM ioctl is about to enter the kernel: take what only this moment can tell (the struct it
+        points to, what the fd is), let it go, then note it (the tracee runs meanwhile)."""
         assert self.result is not None
         regs = getregs(tid)
         fd = int(regs.rdi) & 0xFFFFFFFF
-        fd = fd - (1 << 32) if fd >= 1 << 31 else fd
         request = int(regs.rsi) & 0xFFFFFFFF
         arg = int(regs.rdx)
         tgid = self.tgid[tid]
         proc = self.procs[tgid]
-        role = proc.fds.role(fd, tid)
-        first_run = False
-        if request == decode.KVM_RUN:
-            # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
-            # it kicks its vCPUs while starting), each one is recorded as its first.
-            if role in proc.first_run_done:
-                self.result.later_kvm_runs += 1
-                self._resume(tid)
-                return
-            proc.first_run_started.add(role)
-            first_run = True
-            if self.until_first_run and self._all_vcpus_started():
-                self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
-        ev = IoctlEvent(len(self.events), tgid, tid, fd, role, request, decode.request_name(request), arg,
-                        decode.capture(tid, request, arg), now, first_run=first_run)
-        self.events.append(ev)
-        # The syscall-exit stop costs a second round trip through the tracer, inside the call as the
-        # tracee sees it. With the kernel clock the return value comes from sys_exit afterwards, so
-        # only the calls whose result steers the tracer (new fds, the first KVM_RUN) are stopped at exit.
-        if self.kernel_clock and request not in (decode.KVM_CREATE_VM, decode.KVM_CREATE_VCPU) and not first_run:
+        first_run = request == _KVM_RUN
+        if first_run and fd in proc.run_done:
+            self.result.later_kvm_runs += 1
             self._resume(tid)
             return
-        self.pending[tid] = ev
-        self._resume(tid, lib.PTRACE_SYSCALL)
+        raw = decode.capture(tid, request, arg)
+        link = proc.links.get(fd)
+        if link is None:
+            link = link_kind(tid, fd)
+            if self.kclock is not None:  # the kernel's record of close() keeps this cache true
+                proc.links[fd] = link
+        # With the kernel clock, one stop: its record gives the duration and the result, and the fd's
+        # role follows in the kernel's order (_on_kernel). Only a vCPU's KVM_RUN until its first returns
+        # is also stopped at its exit (one more stop per vCPU): whether it returned an exit decides
+        # --until first-run, and which later KVM_RUNs are not recorded, at once.
+        exit_stop = first_run or self.kclock is None
+        self._resume(tid, lib.PTRACE_SYSCALL if exit_stop else lib.PTRACE_CONT)
+        if first_run:
+            # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
+            # it kicks its vCPUs while starting), each one is recorded as its first.
+            proc.run_started.add(fd)
+            if self.until_first_run and self._all_vcpus_started():
+                self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
+        row = self.log.add(tgid, tid, fd - (1 << 32) if fd >= 1 << 31 else fd, request, arg, raw, now, first_run)
+        if row < 0:  # past the log's limit: counted only
+            return
+        if request == _CREATE_VCPU and self.until_first_run:
+            self._creating.add(row)
+        if exit_stop:
+            self._exit_stop[tid] = row
+        if self.kclock is not None:
+            self._waiting.setdefault(tid, deque()).append(_Waiting(row, fd, request, link))
+        else:
+            self.log.set_role(row, proc.fds.role(fd, link))
 
     def _on_syscall_exit(self, tid: int, now: int) -> None:
-        ev = self.pending.pop(tid, None)
-        if ev is not None:
-            ev.stop_exit_ns = now
-            ev.ret = _signed(int(getregs(tid).rax))
-            proc = self.procs[ev.pid]
-            if ev.ret >= 0 and ev.request == decode.KVM_CREATE_VM:
-                proc.fds.created_vm(ev.ret)
-            elif ev.ret >= 0 and ev.request == decode.KVM_CREATE_VCPU:
-                role = proc.fds.created_vcpu(ev.ret, ev.arg, ev.role)
-                proc.vcpus.append(role)
-            elif ev.first_run and ev.ret >= 0:
-                proc.first_run_done.add(ev.role)
-                if self.until_first_run and self._all_vcpus_started() and self._all_first_runs_done():
-                    self._first_run_reached()
+        row = self._exit_stop.pop(tid, None)
+        if row is not None:
+            ret = _signed(int(getregs(tid).rax))
+            self.log.set_stop_exit(row, now, ret)
+            if self.kclock is not None:
+                self._completed_at_stop.add(row)
+            self._complete(row, ret)
+            if self.kclock is not None and self._awaiting_first_runs():
+                # A first run ended: what the kernel recorded before it (the vCPUs created) decides now.
+                self._on_kernel(self.kclock.poll(now=True))
+                self._check_first_runs(now)
         self._resume(tid)
 
+    # --- completion, in the kernel's order -------------------------------------------------------------
+
+    def _on_kernel(self, records: list[Record]) -> None:
+        """Pair the kernel's record with the stops, per thread (a thread makes one system call at a time),
+        and complete each call in the order the kernel saw them."""
+        for rec in records:
+            tid, event = rec.pid, rec.event
+            if event == kclock.ENTER:
+                self._kernel_enter(tid, rec.fields[0] & 0xFFFFFFFF, rec.fields[1] & 0xFFFFFFFF, rec.ts)
+            elif event == kclock.EXIT:
+                row = self._in_kernel.pop(tid, None)
+                if row is not None and row >= 0:
+                    ret = rec.fields[0]
+                    self.log.set_kernel(row, exit_ns=rec.ts, ret=ret)
+                    if row in self._completed_at_stop:
+                        self._completed_at_stop.discard(row)
+                    else:
+                        self._complete(row, ret)
+            elif event == kclock.CLOSE:
+                self._kernel_close(tid, rec.fields[0] & 0xFFFFFFFF, rec.ts)
+            elif event == kclock.CLOSED:
+                k = self._closing.pop(tid, -1)
+                if k >= 0:
+                    call = self.result.teardown[k]  # type: ignore[union-attr]
+                    call.exit_ns, call.ret = rec.ts, rec.fields[0]
+            elif event == kclock.EXIT_GROUP:
+                tgid = self.tgid.get(tid, tid)
+                if tgid in self.procs and (self.procs[tgid].fds.roles or self.procs[tgid].fds.vm_count):
+                    self.result.teardown.append(  # type: ignore[union-attr]
+                        TeardownCall("exit_group", tgid, tid, None, None, rec.ts, ret=rec.fields[0]))
+
+    def _kernel_enter(self, tid: int, fd: int, request: int, ts: int) -> None:
+        queue = self._waiting.get(tid)
+        found = None
+        if queue:
+            for k, w in enumerate(queue):
+                if w.fd == fd and w.request == request:
+                    found = k
+                    break
+        if found is None:
+            self._in_kernel[tid] = _NOT_IN_KERNEL
+            return
+        assert queue is not None
+        proc = self.procs[self.tgid[tid]]
+        for _ in range(found + 1):
+            # Stops before the matching one never reached the kernel's record (lost, or the call never
+            # entered): they keep what the stop saw.
+            w = queue.popleft()
+            self.log.set_role(w.row, proc.fds.role(w.fd, w.link))
+        self.log.set_kernel(w.row, enter_ns=ts)
+        self._in_kernel[tid] = w.row
+
+    def _kernel_close(self, tid: int, fd: int, ts: int) -> None:
+        assert self.result is not None
+        tgid = self.tgid.get(tid, tid)
+        proc = self.procs.get(tgid)
+        if proc is not None:
+            proc.links.pop(fd, None)
+        role = proc.fds.closed(fd) if proc is not None else None
+        if proc is None or role is None:
+            self._closing[tid] = -1
+            return
+        proc.forget_vcpu(fd)
+        self.result.teardown.append(TeardownCall("close", tgid, tid, fd, role, ts))
+        self._closing[tid] = len(self.result.teardown) - 1
+
+    def _complete(self, row: int, ret: int) -> None:
+        """A call's result is known: what it changes in the fds' roles and the vCPUs' first runs."""
+        log = self.log
+        request, proc, fd = log.request[row], self.procs[log.pid[row]], log.fd[row]
+        self._creating.discard(row)
+        if ret >= 0 and request == _CREATE_VM:
+            self.result.vms_created[row] = proc.fds.created_vm(ret)  # type: ignore[union-attr]
+        elif ret >= 0 and request == _CREATE_VCPU:
+            proc.vcpu_fds[ret] = proc.fds.created_vcpu(ret, log.arg[row], log.roles[log.role_id[row]])
+        elif request == _KVM_RUN:
+            if fd in proc.run_done:
+                log.set_first_run(row, False)  # its vCPU's first run had ended before it began
+            elif ret >= 0:
+                proc.run_done.add(fd)
+                if self.until_first_run and self._all_vcpus_started() and self._all_first_runs_done():
+                    self._first_run_reached()
+
+    def _finish_teardown(self) -> None:
+        """An exit_group's end: when the tracer saw its process gone."""
+        assert self.result is not None
+        for call in self.result.teardown:
+            if call.kind == "exit_group" and call.exit_ns is None and call.pid in self._gone_ns:
+                call.exit_ns = max(self._gone_ns[call.pid], call.enter_ns)
+
+    def _vcpus(self) -> list[tuple[_Proc, int]]:
+        """The live vCPU fds (a closed one, e.g. a probe VM's, does not count; without the kernel's record
+        of close(), /proc says which are gone)."""
+        out = []
+        for p in self.procs.values():
+            for fd in list(p.vcpu_fds):
+                if self.kclock is None and link_kind(p.tgid, fd) < 0:
+                    p.forget_vcpu(fd)
+                    continue
+                out.append((p, fd))
+        return out
+
     def _all_vcpus_started(self) -> bool:
-        vcpus = [(p, v) for p in self.procs.values() for v in p.vcpus]
-        return bool(vcpus) and all(v in p.first_run_started for p, v in vcpus)
+        """Every live vCPU has entered KVM_RUN (and no KVM_CREATE_VCPU is still to be accounted for)."""
+        vcpus = self._vcpus()
+        return not self._creating and bool(vcpus) and all(fd in p.run_started for p, fd in vcpus)
+
+    def _check_first_runs(self, now: int) -> None:
+        """After new completions from the kernel's record: has --until first-run been reached?"""
+        if not self.until_first_run or self.result is None or self.result.stop_reason is not StopReason.EXITED:
+            return
+        if self._all_vcpus_started():
+            if self._all_first_runs_done():
+                self._first_run_reached()
+            else:
+                self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
 
     def _all_first_runs_done(self) -> bool:
-        return all(v in p.first_run_done for p in self.procs.values() for v in p.vcpus)
+        return all(fd in p.run_done for p, fd in self._vcpus())
+
+    def _awaiting_first_runs(self) -> bool:
+        return self.until_first_run and (bool(self._creating)
+                                         or any(p.run_started - p.run_done for p in self.procs.values()))
 
     def _first_run_reached(self) -> None:
         assert self.result is not None
@@ -491,7 +661,7 @@ class Tracer:
         self._deadlines.pop("first_run", None)
         self.result.stop_reason = StopReason.FIRST_RUN
         self.result.unfinished_first_runs = sorted(
-            v for p in self.procs.values() for v in p.vcpus if v not in p.first_run_done)
+            p.vcpu_fds[fd] for p, fd in self._vcpus() if fd not in p.run_done)
         if self.detach:
             self.result.detached = True
         else:
@@ -504,12 +674,28 @@ class Tracer:
 
         A seccomp filter cannot be removed, and SECCOMP_RET_TRACE with no tracer makes the system call
         fail with ENOSYS, so a VMM left on its own would lose KVM; the tracer therefore stays (in the
-        background: the caller has already reported and let the shell go) and only resumes stops."""
+        background: the caller has already reported and let the shell go) and only resumes stops.
+        SIGTERM ends it the way the VMM would end without it: SIGTERM to the VMM, SIGKILL after
+        TERM_GRACE_NS, then the servicer exits (it ignores SIGINT and SIGHUP: the terminal is not its)."""
         self._deadlines.clear()
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        self._flags.clear()
         for s in (signal.SIGINT, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
+        self._timer = -1.0
         while self.alive:
+            now = time.monotonic_ns()
+            if self._flags.pop("SIGTERM", 0):
+                if "kill" in self._deadlines:
+                    self._deadlines["kill"] = now
+                else:
+                    self._signal_tracee(signal.SIGTERM)
+                    self._deadlines["kill"] = now + TERM_GRACE_NS
+            if "kill" in self._deadlines and now >= self._deadlines["kill"]:
+                self._signal_tracee(signal.SIGKILL)
+            period = _TIMER_TICK_S if self._deadlines else 0.0
+            if period != self._timer:
+                signal.setitimer(signal.ITIMER_REAL, period, period)
+                self._timer = period
             try:
                 tid, status = waitpid(-1, WALL)
             except TraceOSError as e:
@@ -556,28 +742,29 @@ def _exe(tid: int) -> str:
         return "?"
 
 
-def _attach_kernel_times(events: list[IoctlEvent], spans: dict[int, list[SyscallSpan]]) -> None:
-    """Give each event the kernel's enter/exit timestamps of the same call: per thread, in order, the next
-    ioctl span with the same fd and request (the spans also hold the thread's other ioctls, and KVM_RUNs
-    after the first, which are skipped)."""
-    cursor: dict[int, int] = {}
-    for ev in events:
-        tid_spans = spans.get(ev.tid, [])
-        i = cursor.get(ev.tid, 0)
-        while i < len(tid_spans):
-            s = tid_spans[i]
-            i += 1
-            if (s.fd & 0xFFFFFFFF) == (ev.fd & 0xFFFFFFFF) and (s.request & 0xFFFFFFFF) == ev.request:
-                if s.exit_ns is not None and (ev.ret is None or s.ret == ev.ret):
-                    ev.kernel_enter_ns, ev.kernel_exit_ns = s.enter_ns, s.exit_ns
-                    if ev.ret is None:
-                        ev.ret = s.ret
-                break
-        cursor[ev.tid] = i
+def _tracer_of(pid: int) -> tuple[int, str] | None:
+    """The pid and name of the process already tracing ``pid`` (TracerPid in /proc), if one is."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            tracer = next((int(line.split()[1]) for line in f if line.startswith("TracerPid:")), 0)
+    except (OSError, ValueError):
+        return None
+    if tracer <= 0 or tracer == os.getpid():
+        return None
+    try:
+        with open(f"/proc/{tracer}/comm") as f:
+            name = f.read().strip()
+    except OSError:
+        name = "?"
+    return tracer, name
 
 
-def _denied_hint() -> str:
-    """Why PTRACE_SEIZE was refused, as far as this machine tells, and how to allow it."""
+def _denied_hint(pid: int = 0) -> str:
+    """Why PTRACE_SEIZE of ``pid`` was refused, as far as this machine tells, and how to allow it."""
+    other = _tracer_of(pid) if pid else None
+    if other is not None:
+        return (f"pid {pid} is already being traced by pid {other[0]} ({other[1]}), and a process has one "
+                "tracer at a time: run minivmm trace outside that tracer (strace -f, gdb, another minivmm trace)")
     scope = None
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope") as f:
