@@ -8,6 +8,7 @@ in ``minivmm.timing.host_ops``); kernel_model/README.md, "Sequence files", docum
 Sequence file format (one step per line, ``#`` starts a comment; sizes take K/M/G, times ns/us/ms/s;
 each argument at most once)::
 
+    host hz=250 platform=pvm      # optional, before the steps: the host it was recorded on (model's defaults)
     gap 10us                      # default gap before every following step (initially 10us)
     create_vm                     # first, and only once
     memslot slot=0 base=0 size=128M [readonly] [log_dirty]   # size=0 deletes; another base moves it;
@@ -36,7 +37,7 @@ import errno
 import random
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -92,11 +93,14 @@ class Step:
 
 @dataclass(frozen=True)
 class Sequence:
-    """A named list of steps."""
+    """A named list of steps; ``hz`` and ``platform``: the host it was recorded on, when a file says
+    (``host hz=250 platform=pvm``, written by ``minivmm trace``), else None."""
 
     name: str
     description: str
     steps: tuple[Step, ...]
+    hz: int | None = None
+    platform: str | None = None
 
 
 class SequenceError(ValueError):
@@ -218,6 +222,7 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
     steps: list[Step] = []
     gap = DEFAULT_GAP_NS
     extra = 0
+    host: dict[str, Any] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -225,6 +230,11 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
         words = line.split()
         op, rest = words[0], words[1:]
         try:
+            if op == "host":
+                if steps or host:
+                    raise ValueError("'host' comes once, before the first step")
+                host = _parse_host(rest)
+                continue
             if op in ("gap", "sleep"):
                 if len(rest) != 1:
                     raise ValueError(f"'{op}' takes one duration")
@@ -248,7 +258,25 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
         raise SequenceError(f"{name}: the first step must be create_vm")
     if any(s.op == "create_vm" for s in steps[1:]):
         raise SequenceError(f"{name}: only one create_vm per sequence")
-    return Sequence(name, f"from {name}", tuple(steps))
+    return Sequence(name, f"from {name}", tuple(steps), host.get("hz"), host.get("platform"))
+
+
+def _parse_host(words: list[str]) -> dict[str, Any]:
+    """``host hz=250 platform=pvm``: the HZ and platform of the host a sequence was recorded on."""
+    out: dict[str, Any] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if key not in ("hz", "platform") or not sep or key in out:
+            raise ValueError("'host' takes hz=N and platform=NAME, once each")
+        if key == "hz":
+            hz = _parse_int(value)
+            if not 1 <= hz <= 10000:
+                raise ValueError(f"hz={hz} is out of range: it must be 1 to 10000")
+            out[key] = hz
+        else:
+            get_platform(value)  # a ValueError naming the known platforms
+            out[key] = value
+    return out
 
 
 def format_time(ns: int) -> str:
@@ -360,5 +388,4 @@ def with_gaps(seq: Sequence, gaps_ns: list[int] | None) -> Sequence:
         return seq
     if len(gaps_ns) != len(seq.steps):
         raise ValueError("one gap per step is needed")
-    return Sequence(seq.name, seq.description,
-                    tuple(Step(s.op, s.args, g) for s, g in zip(seq.steps, gaps_ns)))
+    return replace(seq, steps=tuple(Step(s.op, s.args, g) for s, g in zip(seq.steps, gaps_ns)))

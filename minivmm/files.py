@@ -53,7 +53,7 @@ import sys
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, TextIO
 
 #: The largest sequence file read (a real VMM's set-up is a few hundred lines; a trace of QEMU ~ 10 KB).
 SEQUENCE_FILE_MAX = 1 << 20
@@ -331,6 +331,36 @@ class Output:
         if self.stream is not None:
             self._write_stream(raw)
             return
+
+        def put(fd: int) -> None:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+        self._write_file(put)
+
+    def write_text_from(self, fill: Callable[[TextIO], object]) -> None:
+        """Let ``fill`` write the content as text straight into the output, under the same rules as
+        :meth:`write` (a report of a long trace is never held in memory whole)."""
+
+        if self.stream is not None:
+            stream = sys.stdout if self.stream == "stdout" else sys.stderr
+            try:
+                fill(stream)
+                stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise WriteFailed(self.what, self.path, e) from None
+            return
+
+        def put(fd: int) -> None:
+            with open(fd, "w", encoding="utf-8", closefd=False, buffering=1 << 16) as text:
+                fill(text)
+        self._write_file(put)
+
+    def _write_file(self, put: Callable[[int], None]) -> None:
+        """``put`` writes the content into an fd: of a temporary file beside the target, fsynced and
+        renamed over it (see the module docstring)."""
         import signal
 
         held = {signal.SIGINT, signal.SIGTERM}
@@ -341,9 +371,7 @@ class Output:
             tmp = self._create_temporary()
             fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                view = memoryview(raw)
-                while view:
-                    view = view[os.write(fd, view):]
+                put(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)

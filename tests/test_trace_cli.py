@@ -385,3 +385,155 @@ def test_openmetrics_output_parses(prog: str, tmp_path: pathlib.Path) -> None:
     assert ops == ["create_vm", "ioeventfd", "ioeventfd", "memslot", "vcpu"]
     p = run_trace("--json", "--format", "openmetrics", "--", prog)
     assert p.returncode == 2 and "contradict" in one_error_line(p)
+
+
+def test_every_vm_of_the_program_is_explained_and_the_one_that_ran_is_saved(prog: str, tmp_path: pathlib.Path) -> None:
+    """A probe VM, a VM whose vCPU runs, a second VM: one explanation each, the report says whose vCPUs ran,
+    --save-sequence saves that VM (with the host it was recorded on), and the VM and vCPU fds' close()
+    and the exit_group are in the trace with their durations."""
+    out, seq = tmp_path / "t.json", tmp_path / "setup.seq"
+    p = run_trace("--json", "-o", str(out), "--save-sequence", str(seq), "--", prog, "vms")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    validate_trace(doc)
+    vms = doc["vms"]
+    assert [(v["vm"], v["vcpus"], v["vcpus_ran"]) for v in vms] == [
+        ("vm", [], []), ("vm1", ["vm1.vcpu0"], ["vm1.vcpu0"]), ("vm2", [], [])]
+    assert all(v["explanation"] and v["explanation"]["steps"][0]["op"] == "create_vm" for v in vms)
+    assert [v["leads"] for v in vms] == [False, True, False]
+    assert doc["explanation"] == vms[1]["explanation"]
+    assert [s["op"] for s in vms[1]["explanation"]["steps"]][-1] == "run"
+    assert [s["op"] for s in vms[2]["explanation"]["steps"]] == ["create_vm", "memslot"]
+    text = seq.read_text()
+    assert "vm1 (pid" in text and "run vcpu=0" in text and re.search(r"^host hz=\d+ platform=\w", text, re.M)
+    assert "--save-sequence: wrote" in p.stderr and "not saved (their vCPUs did not run): vm (pid" in p.stderr
+    if doc["teardown"] is None:
+        pytest.skip("close()/exit_group are recorded with the kernel clock only")
+    closes = {c["role"]: c for c in doc["teardown"] if c["kind"] == "close"}
+    assert set(closes) == {"vm", "vm1", "vm2", "vm1.vcpu0"}
+    assert all(c["ret"] == 0 and c["duration_us"] is not None and c["duration_us"] >= 0 for c in closes.values())
+    (group,) = [c for c in doc["teardown"] if c["kind"] == "exit_group"]
+    assert group["ret"] == 0 and group["duration_us"] is not None
+    t = run_trace("--no-explain", "--", prog, "vms")
+    assert re.search(r"\] close\(vm1\) = 0 <\d+\.\d{6}>", t.stdout)
+    assert re.search(r"VM vm1 \(pid \d+\): KVM_CREATE_VM #\d+, \d+ ioctls, 1 vCPU \(ran: vm1.vcpu0\)", t.stdout)
+
+
+def test_with_no_vcpu_run_each_vm_is_saved_under_a_numbered_name(prog: str, tmp_path: pathlib.Path) -> None:
+    seq = tmp_path / "setup.seq"
+    p = run_trace("--no-explain", "--save-sequence", str(seq), "--", prog, "vms-norun")
+    assert p.returncode == 0, p.stderr
+    assert not seq.exists()
+    from kernel_model.sequences import load_sequence
+    saved = [load_sequence(str(tmp_path / f"setup.{k}.seq")) for k in (1, 2, 3)]
+    assert [s.op for s in saved[0].steps] == ["create_vm", "ioctl"]  # the probe's KVM_CHECK_EXTENSION
+    assert [[s.op for s in q.steps][-1] for q in saved[1:]] == ["vcpu", "memslot"]
+    assert p.stderr.count("setup.") == 3 and "not saved" not in p.stderr
+
+
+def test_save_sequence_never_silently_writes_nothing(tmp_path: pathlib.Path) -> None:
+    seq = tmp_path / "none.seq"
+    p = run_trace("--save-sequence", str(seq), "--", "/bin/sh", "-c", "exit 0")
+    assert p.returncode == 2 and not seq.exists()
+    assert "--save-sequence: nothing written" in p.stderr
+
+
+def test_the_saved_header_cannot_be_broken_by_an_argument(prog: str, tmp_path: pathlib.Path) -> None:
+    """An argument with a newline (and a backslash) stays on the header's comment line: the file loads
+    and replays at the traced host's HZ and platform unless told otherwise."""
+    seq = tmp_path / "s.seq"
+    p = run_trace("--no-explain", "--save-sequence", str(seq), "--", prog, "1", "0", "plain\ncreate_vm\\x")
+    assert p.returncode == 0, p.stderr
+    text = seq.read_text()
+    assert text.splitlines()[0].endswith(" 'plain\\ncreate_vm\\\\x'")
+    host = re.search(r"^host hz=(\d+) platform=(\S+)$", text, re.M)
+    assert host, text
+    from kernel_model.sequences import load_sequence
+    assert [s.op for s in load_sequence(str(seq)).steps] == ["create_vm", "ioeventfd", "memslot", "vcpu"]
+    m = subprocess.run([sys.executable, "-m", "minivmm", "model", "--sequence", str(seq), "-n", "20"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert m.returncode == 0 and f"at HZ={host.group(1)} on {host.group(2)}" in m.stdout, m.stderr
+    m = subprocess.run([sys.executable, "-m", "minivmm", "model", "--sequence", str(seq), "-n", "20", "--hz", "1000",
+                        "--platform", "svm"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert m.returncode == 0 and "at HZ=1000 on svm" in m.stdout, m.stderr
+
+
+def _wait_for_line(stream: object, text: str, timeout: float = 60) -> None:
+    """Read ``stream`` (a pipe) until a line containing ``text`` comes (or fail after ``timeout`` s)."""
+    import select
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = stream.readline()  # type: ignore[attr-defined]
+        if not line:
+            break
+        if text in line:
+            return
+    raise AssertionError(f"no line with {text!r} within {timeout} s")
+
+
+@pytest.mark.slow
+def test_a_program_that_ignores_sigterm_ends_within_the_grace() -> None:
+    """minivmm trace told to stop (SIGTERM) passes SIGTERM on; a program that ignores it is killed once
+    the stated grace (5 s) is over, and minivmm trace says so and exits 143."""
+    from minivmm.trace.tracer import TERM_GRACE_NS
+    p = subprocess.Popen(_argv("--no-explain", "--", "/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        _wait_for_line(p.stdout, "ready")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=TERM_GRACE_NS / 1e9 + 30)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 143, err
+    assert TERM_GRACE_NS / 1e9 - 0.5 <= took < TERM_GRACE_NS / 1e9 + 20
+    assert "did not end within 5 s of SIGTERM: it was killed (SIGKILL)" in err and "Traceback" not in err
+    assert "minivmm trace was told to stop" in out and "killed by SIGKILL" in out
+
+
+def _tracer_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("TracerPid:"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def test_the_detached_helper_ends_on_sigterm(tmp_path: pathlib.Path) -> None:
+    """--detach leaves a background minivmm serving the VMM's KVM ioctls; SIGTERM to it ends the VMM
+    (SIGTERM, which minivmm boot obeys) and then the helper itself."""
+    report = tmp_path / "report.txt"
+    with open(tmp_path / "vmm.out", "w") as vmm_out:
+        p = subprocess.run(_argv("--until", "first-run", "--detach", "--no-explain", "-o", str(report), "--",
+                                 sys.executable, "-m", "minivmm", "boot", str(ROOT / "guest" / "pioloop.bin"),
+                                 "--timeout", "60"),
+                           stdout=vmm_out, stderr=vmm_out, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 0, (tmp_path / "vmm.out").read_text()
+    m = re.search(r"detached, \S+ \(pid (\d+)\) keeps running", report.read_text())
+    assert m
+    vmm = int(m.group(1))
+    helper = _tracer_of(vmm)
+    assert helper > 0
+    try:
+        os.kill(helper, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (_gone(vmm) and _gone(helper)):
+            time.sleep(0.05)
+        assert _gone(vmm) and _gone(helper)
+    finally:
+        for pid in (vmm, helper):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -96,3 +96,48 @@ def test_a_command_spanning_lines_stays_one_comment_of_the_saved_sequence() -> N
     ex = build_sequence(r)
     assert ex.sequence_text.splitlines()[0] == "# the KVM set-up of: python3 -c 'import os\\nos.getpid()\\r'"
     assert [s.op for s in ex.sequence.steps][0] == "create_vm"
+
+
+def _args(tmp_path, **kw):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from minivmm.files import Output
+    base = dict(no_explain=False, sequence_out=None, report_out=Output(str(tmp_path / "report.txt"), "--output"),
+                out_format=None, json=False, hz=250, platform="vmx", samples=50, timeout=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_a_stopped_or_failed_explanation_still_writes_the_trace(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C (or SIGTERM, or running out of memory) while the model explains: the trace is written
+    without the explanation, one line says so, and Ctrl-C's exit status is given."""
+    from minivmm.cli import trace_cmd
+    from minivmm.trace import explain as explain_mod
+
+    for exc, code, words in ((KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
+                             (trace_cmd._Terminated, 143, "interrupted (SIGTERM)"),
+                             (MemoryError, 0, "failed (MemoryError)")):
+        def stop(*_a, exc=exc, **_k):  # type: ignore[no-untyped-def]
+            raise exc
+        monkeypatch.setattr(explain_mod, "explain_all", stop)
+        r = synthetic_trace(6_000_000)
+        assert trace_cmd._report(_args(tmp_path), r, ["prog"]) == code
+        text = (tmp_path / "report.txt").read_text()
+        assert "KVM_SET_USER_MEMORY_REGION" in text and f"explanation {words}" in text
+        assert "--- explanation" not in text
+        assert f"explanation {words}: the trace is written without it" in capsys.readouterr().err
+
+
+def test_system_fd_ioctls_go_to_the_newest_vm_of_their_process() -> None:
+    from minivmm.trace.explain import vms_of
+    r = synthetic_trace(50_000)
+    t = (r.events[-1].kernel_exit_ns or 0) + 50_000
+    r.events.append(IoctlEvent(len(r.events), 100, 100, 3, "system", decode.KVM_CREATE_VM, "KVM_CREATE_VM", 0, None,
+                               t, t + 1000, 7, t, t + 1000))
+    r.events.append(IoctlEvent(len(r.events), 100, 100, 3, "system", decode.KVM_CHECK_EXTENSION,
+                               "KVM_CHECK_EXTENSION", 1, None, t + 2000, t + 2500, 1, t + 2000, t + 2500))
+    r.events.append(IoctlEvent(len(r.events), 100, 100, 7, "vm1", decode.KVM_CREATE_VCPU, "KVM_CREATE_VCPU", 0,
+                               None, t + 3000, t + 9000, 8, t + 3000, t + 9000))
+    first, second = vms_of(r)
+    assert (first.role, first.created, second.role, second.created) == ("vm", 1, "vm1", 10)
+    assert first.rows == list(range(1, 10)) and second.rows == [10, 11, 12]
+    assert (first.vcpus, second.vcpus) == (["vcpu0"], ["vm1.vcpu0"])

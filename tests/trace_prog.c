@@ -13,7 +13,10 @@
  * "plain", "fork" (the set-up runs in a forked child that execs this program again), "signal"
  * (raise SIGUSR1 into a handler, then SIGTERM ourselves at the end) or "region2" (after slot 0, a
  * KVM_SET_USER_MEMORY_REGION2 for slot 1, read-only at 4 GiB; exit 6 if the headers or the kernel
- * lack it, 7 if the kernel offers it and refuses this call).
+ * lack it, 7 if the kernel offers it and refuses this call) or "vms": three VMs, as a VMM that probes
+ * may make them: a probe VM (KVM_CHECK_EXTENSION on it, then closed), the set-up above whose vCPU then
+ * runs a one-instruction guest (HLT) once, and a second VM with a memslot; every fd is closed at the end
+ * ("vms-norun": the same without the run).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -63,12 +66,78 @@ static void on_usr1(int sig)
     got_usr1 = 1;
 }
 
+/* vCPU 0 of vm runs "hlt" at guest-physical 0 in real mode, once: its first KVM_RUN returns KVM_EXIT_HLT. */
+static int run_hlt(int kvm, int vm, int vcpu, unsigned char *ram)
+{
+    struct kvm_sregs sregs;
+    struct kvm_regs regs;
+    int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    struct kvm_run *run = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    (void)vm;
+    if (run == MAP_FAILED)
+        return -1;
+    ram[0] = 0xf4;
+    ioctl(vcpu, KVM_GET_SREGS, &sregs);
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    ioctl(vcpu, KVM_SET_SREGS, &sregs);
+    memset(&regs, 0, sizeof regs);
+    regs.rflags = 2;
+    ioctl(vcpu, KVM_SET_REGS, &regs);
+    int ret = timed("KVM_RUN", vcpu, KVM_RUN, 0);
+    int reason = (int)run->exit_reason;
+    munmap(run, (size_t)size);
+    return ret < 0 ? -1 : reason;
+}
+
+static int vms(int run)
+{
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) {
+        perror("/dev/kvm");
+        return 4;
+    }
+    int probe = timed("KVM_CREATE_VM", kvm, KVM_CREATE_VM, 0);
+    ioctl(probe, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD);
+    close(probe);
+
+    int vm = timed("KVM_CREATE_VM", kvm, KVM_CREATE_VM, 0);
+    int efd = eventfd(0, EFD_CLOEXEC);
+    struct kvm_ioeventfd io = {.addr = 0xd0000050ULL, .len = 4, .fd = efd};
+    timed("KVM_IOEVENTFD", vm, KVM_IOEVENTFD, (unsigned long)&io);
+    size_t size = 2 << 20;
+    unsigned char *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)mem};
+    timed("KVM_SET_USER_MEMORY_REGION", vm, KVM_SET_USER_MEMORY_REGION, (unsigned long)&region);
+    int vcpu = timed("KVM_CREATE_VCPU", vm, KVM_CREATE_VCPU, 0);
+    int reason = run ? run_hlt(kvm, vm, vcpu, mem) : KVM_EXIT_HLT;
+    if (reason != KVM_EXIT_HLT) {
+        fprintf(stderr, "the guest did not halt (exit reason %d)\n", reason);
+        return 8;
+    }
+
+    int second = timed("KVM_CREATE_VM", kvm, KVM_CREATE_VM, 0);
+    struct kvm_userspace_memory_region region2 = {
+        .slot = 0, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)mem};
+    timed("KVM_SET_USER_MEMORY_REGION", second, KVM_SET_USER_MEMORY_REGION, (unsigned long)&region2);
+    close(second);
+    close(vcpu);
+    close(vm);
+    close(efd);
+    close(kvm);
+    printf("done vms\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 6;
     int code = argc > 2 ? atoi(argv[2]) : 0;
     const char *mode = argc > 3 ? argv[3] : "plain";
 
+    if (argc > 1 && strncmp(argv[1], "vms", 3) == 0)
+        return vms(strcmp(argv[1], "vms") == 0);
     if (strcmp(mode, "fork") == 0) {
         pid_t pid = fork();
         if (pid == 0) {

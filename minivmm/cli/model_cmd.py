@@ -104,10 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-v", "--variant", default="all", metavar="VARIANT",
                    help="sync, call_srcu, created_vcpus, call_srcu_expedited, call_srcu_no_barrier, or all "
                         "(the first four side by side) (default: all)")
-    p.add_argument("--hz", type=int_range(1, 10000), default=100, metavar="HZ",
-                   help="CONFIG_HZ of the modelled kernel (default: 100)")
-    p.add_argument("-p", "--platform", default="vmx", metavar="PLATFORM",
-                   help="vmx, svm (AVIC, the 6.18 default on Zen4+), svm-noavic, pvm or arm64 (default: vmx)")
+    p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
+                   help="CONFIG_HZ of the modelled kernel (default: the host a sequence file was recorded on, "
+                        "if it says; else 100)")
+    p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
+                   help="vmx, svm (AVIC, the 6.18 default on Zen4+), svm-noavic, pvm or arm64 (default: the "
+                        "host a sequence file was recorded on, if it says; else vmx)")
     p.add_argument("-n", "--samples", type=int_range(1, 1_000_000), default=1000, metavar="N",
                    help="samples of the tick phase per variant (default: 1000)")
     p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
@@ -149,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(seqinput.to_file_text(seqinput.load(args.show_sequence)))
         return 0
     seq = seqinput.load(args.sequence)
+    # A file from `minivmm trace --save-sequence` says which host it was recorded on: replayed there.
+    args.hz = args.hz or seq.hz or 100
+    args.platform = args.platform or seq.platform or "vmx"
     try:
         get_platform(args.platform)
         names = list(MAIN_VARIANTS) if args.variant == "all" else [get_variant(args.variant).name]

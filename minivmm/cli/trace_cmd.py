@@ -207,44 +207,41 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
 
 
 def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
-    """Explain, write the sequence file and the report; print the one-line notes; return the exit code."""
-    import io
-    import json
-
+    """Explain, write the sequence file(s) and the report; print the one-line notes; return the exit code."""
     from minivmm.trace import report
     outcome, code = _outcome_and_code(result)
-    ex, note = None, ""
+    exs: list[Any] = []
+    note = ""
     host: dict[str, Any] = {}
+    recorded: tuple[int, str] | None = None
     if result.events and not args.no_explain:
-        ex, note, host = _explain(args, result)
+        exs, note, host, recorded, stopped = _explain(args, result)
+        if stopped is not None:
+            code = int(stopped)
     elif not result.events:
         note = "no KVM ioctls"
-    if args.sequence_out is not None:
-        text = ex.sequence_text if ex is not None else None
-        if text is None and result.events:
-            from minivmm.trace.explain import build_sequence
-            try:
-                text = build_sequence(result).sequence_text  # --no-explain, or no HZ/platform: no model needed
-            except ValueError as e:
-                note = note or str(e)
-        if text is None:
-            _note(f"--save-sequence: nothing written ({note or 'no VM set-up traced'})")
-        else:
-            args.sequence_out.write(text)
-    out = io.StringIO() if args.report_out is not None else sys.stdout
+    if args.sequence_out is not None and recorded is None:
+        from minivmm.host import read_host_info
+        info = read_host_info()
+        recorded = (info.hz, info.platform) if info.hz and info.platform else None
+    if args.sequence_out is not None and not _save_sequences(args.sequence_out, result, exs, recorded, note):
+        code = code or int(ExitCode.BAD_INPUT)
     fmt = args.out_format or ("json" if args.json else "text")
-    if fmt == "json":
-        json.dump(report.to_json(result, ex, note, outcome, code, host), out, indent=2)
-        out.write("\n")
-    elif fmt == "openmetrics":
-        from minivmm.compare.openmetrics import trace_openmetrics
-        out.write(trace_openmetrics(report.to_json(result, ex, note, outcome, code, host)))
+
+    def fill(out: Any) -> None:
+        if fmt == "json":
+            report.write_json(result, report.to_json(result, exs, note, outcome, code, host, ioctls=False), out)
+        elif fmt == "openmetrics":
+            from minivmm.compare.openmetrics import trace_openmetrics
+            out.write(trace_openmetrics(report.to_json(result, exs, note, outcome, code, host, ioctls=False)))
+        else:
+            report.render_text(result, exs, note, out)
+
+    if args.report_out is not None:
+        args.report_out.write_text_from(fill)  # streamed into the file: a long trace is never held whole
     else:
-        report.render_text(result, ex, note, out)
-    if isinstance(out, io.StringIO):
-        args.report_out.write(out.getvalue())
-    else:
-        out.flush()
+        fill(sys.stdout)
+        sys.stdout.flush()
     if outcome == "no_kvm_ioctls":
         status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
                   else f"ended with exit status {result.exit_code}")
@@ -253,6 +250,9 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
     elif outcome == "killed" and not result.ended_by_tracer:
         import signal as _signal
         _note(f"{argv[0]!r} was killed by {_signal.Signals(result.exit_signal).name}")
+    if result.killed_after_grace:
+        from minivmm.trace.tracer import TERM_GRACE_NS
+        _note(f"{argv[0]!r} did not end within {TERM_GRACE_NS / 1e9:g} s of SIGTERM: it was killed (SIGKILL)")
     if result.forks or result.execs:
         kvm_pids = sorted({e.pid for e in result.events} - {result.pid})
         _note(f"{argv[0]!r} started {len(result.forks)} child process(es) and {len(result.execs)} exec(s); all were "
@@ -261,7 +261,45 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
     if outcome == "timeout":
         _error_line(f"--timeout {args.timeout:g}s reached; {argv[0]!r} was ended"
               + ("" if result.events else " (it had issued no KVM ioctl)"))
+    if exs == [] and note.startswith("explanation "):
+        _note(note)
     return code
+
+
+def _save_sequences(output: Any, result: Any, exs: list[Any], recorded: tuple[int, str] | None, note: str) -> bool:
+    """--save-sequence: the VM whose vCPUs ran (or the only VM) to the file named, else every VM to a
+    numbered name beside it (``setup.1.seq``, ``setup.2.seq``...); one line says what was written. False
+    (and an error line) when nothing could be: a trace with no VM set-up is never a silent success."""
+    from minivmm.files import FileRefused, Output, WriteFailed
+    from minivmm.trace.explain import build_sequence, vms_of
+    path = output.path
+    vms = vms_of(result)
+    if not vms:
+        why = note or "no VM was created (no successful KVM_CREATE_VM)"
+        _error_line(f"--save-sequence: nothing written to {path!r}: {why}")
+        return False
+    ran = [vm for vm in vms if vm.ran]
+    chosen = ran if len(ran) == 1 else vms
+    texts = {ex.vm.key: ex.sequence_text for ex in exs if ex.vm is not None}
+    stem, ext = os.path.splitext(path)
+    written = []
+    for k, vm in enumerate(chosen, 1):
+        text = texts.get(vm.key)
+        try:
+            if text is None:  # --no-explain, or no HZ/platform: the sequence needs no model
+                text = build_sequence(result, vm=vm, host=recorded).sequence_text
+            target = output if len(chosen) == 1 else Output(f"{stem}.{k}{ext}", "--save-sequence")
+            target.write(text)
+        except (ValueError, FileRefused, WriteFailed) as e:
+            _error_line(f"--save-sequence: {vm.label} not written: {e}")
+            continue
+        written.append(f"{target.path} ({vm.label}, {vm.describe()})")
+    if not written:
+        return False
+    left = [vm.label for vm in vms if vm not in chosen]
+    _note("--save-sequence: wrote " + "; ".join(written)
+          + (f"; not saved (their vCPUs did not run): {', '.join(left)}" if left else ""))
+    return True
 
 
 def _error_line(line: str) -> None:
@@ -279,20 +317,47 @@ def _note(line: str) -> None:
         pass
 
 
-def _explain(args: argparse.Namespace, result: Any) -> tuple[Any, str, dict[str, Any]]:
-    """The explanation, or why there is none (a note, not an error: the trace itself is the answer)."""
+class _Terminated(Exception):
+    """SIGTERM while the explanation is computed."""
+
+
+def _explain(args: argparse.Namespace, result: Any) -> tuple[list[Any], str, dict[str, Any], tuple[int, str] | None,
+                                                        ExitCode | None]:
+    """Every VM's explanation, or why there is none (a note, not an error: the trace itself is the
+    answer); the traced host's HZ and platform (for a saved sequence); and the exit code to give if
+    the user stopped the explanation (Ctrl-C, SIGTERM): the trace is then written without it."""
+    import signal as _signal
+
     from minivmm.host import read_host_info
-    from minivmm.trace.explain import explain
+    from minivmm.trace.explain import explain_all
     info = read_host_info()
     hz = args.hz or info.hz
     plat = args.platform or info.platform
+    recorded = (info.hz, info.platform) if info.hz and info.platform else None
     host = {"kernel": info.kernel, "hz": hz, "hz_source": "--hz" if args.hz else info.hz_source,
             "platform": plat, "platform_source": "--platform" if args.platform else info.backend_module}
     if hz is None:
-        return None, "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz", host
+        return [], "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz", host, recorded, None
+
     if plat is None:
-        return None, "cannot tell the KVM platform from /sys/module; pass --platform", host
+        return [], "cannot tell the KVM platform from /sys/module; pass --platform", host, recorded, None
+
+    def terminated(_signum: int, _frame: Any) -> None:
+        raise _Terminated
+
+    old = _signal.signal(_signal.SIGTERM, terminated)
     try:
-        return explain(result, hz, plat, samples=args.samples), "", host
+        return explain_all(result, hz, plat, samples=args.samples, host=recorded), "", host, recorded, None
+    except KeyboardInterrupt:
+        return ([], "explanation interrupted (Ctrl-C): the trace is written without it", host, recorded,
+                ExitCode.INTERRUPTED)
+    except _Terminated:
+        return ([], "explanation interrupted (SIGTERM): the trace is written without it", host, recorded,
+                ExitCode.TERMINATED)
     except ValueError as e:
-        return None, str(e), host
+        return [], str(e), host, recorded, None
+    except (MemoryError, RecursionError) as e:
+        return ([], f"explanation failed ({type(e).__name__}): the trace is written without it", host, recorded,
+                None)
+    finally:
+        _signal.signal(_signal.SIGTERM, old)

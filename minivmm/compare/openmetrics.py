@@ -132,7 +132,8 @@ def trace_families(doc: Mapping[str, Any]) -> list[Family]:
     verdict = ((ex or {}).get("verdict") or {}).get("variant") or "none"
     common = {"program": program, **labels, "verdict": str(verdict)}
     ioctls = Family("minivmm_trace_ioctls", "KVM ioctls the traced program issued (minivmm trace)")
-    ioctls.samples.append((common, float(len(doc.get("ioctls") or []))))
+    count = doc.get("ioctl_count", len(doc.get("ioctls") or []))
+    ioctls.samples.append((common, float(count)))
     if ex is None:
         return [ioctls]
     steps = Family("minivmm_trace_step_seconds", "Duration of each set-up step's ioctl in one traced run "

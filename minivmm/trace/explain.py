@@ -3,17 +3,16 @@ what each kernel variant predicts for each of its ioctls at this host's HZ and p
 set-up measured and predicted, and the verdict as ``minivmm timing`` gives it
 (:func:`minivmm.timing.compare.compare`, reused as is).
 
-Which ioctls become steps: those of the first VM (and its system fd's ``KVM_CREATE_VM``), from
-``KVM_CREATE_VM`` on, in the order they entered the kernel, each vCPU's first ``KVM_RUN`` included.
-An ioctl that an op takes becomes that op (each op's own inverse, ``OpSpec.from_traced``); any other
-is carried as a fixed cost, its measured duration (``ioctl name=... cost=...``).
-:attr:`Explanation.unmodelled` lists which, and the report says so.
+Which ioctls become a VM's steps (:class:`VmTrace`): its own, from its ``KVM_CREATE_VM`` on, in the order
+they entered the kernel, each vCPU's first ``KVM_RUN`` included. An ioctl that an op takes becomes
+that op (each op's own inverse, ``OpSpec.from_traced``); any other is carried as a fixed cost, its
+measured duration (``ioctl name=... cost=...``). :attr:`Explanation.unmodelled` lists which, and the
+report says so.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import shlex
 import statistics
 from collections import Counter
@@ -27,9 +26,8 @@ from kernel_model.ops import TracedIoctl
 from kernel_model.sequences import Sequence, Step
 from kernel_model.stats import is_stall, quantiles
 from minivmm.trace import decode
+from minivmm.trace.fds import vm_of_role
 from minivmm.trace.tracer import IoctlEvent, TraceResult
-
-_OTHER_VM = re.compile(r"^vm(\d+|\?)")
 
 
 @dataclass
@@ -49,6 +47,7 @@ class Explanation:
     attributions: dict[int, list[str]] = field(default_factory=dict)   # step -> sentences
     attribution_note: str = ""
     attribution_detail: dict[int, dict[str, Any]] = field(default_factory=dict)
+    vm: VmTrace | None = None
 
     def setup_measured_ns(self) -> int:
         """From the start of KVM_CREATE_VM to the end of the last step, as measured."""
@@ -68,23 +67,107 @@ class Explanation:
 
 def event_to_step(ev: IoctlEvent) -> tuple[str, dict[str, Any]] | None:
     """The sequence op and its arguments for one traced ioctl (the op's own inverse,
-    :func:`kernel_model.ops.from_traced`), or None if no op takes it."""
-    return ops.from_traced(TracedIoctl(ev.name, ev.arg, ev.decoded.fields, ev.role, ev.first_run))
+    :func:`kernel_model.ops.from_traced`), or None if no op takes it. A further VM's vCPU (``vm1.vcpu0``)
+    is its sequence's ``vcpu0``: each VM is a sequence of its own."""
+    role = ev.role.rsplit(".", 1)[-1]
+    return ops.from_traced(TracedIoctl(ev.name, ev.arg, ev.decoded.fields, role, ev.first_run))
 
 
-def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
-    """The set-up as a sequence: steps, measured durations and gaps (see the module docstring)."""
-    events = [e for e in result.events if e.duration_ns is not None and e.ret is not None]
-    creates = [e for e in events if e.request == decode.KVM_CREATE_VM and e.ret is not None and e.ret >= 0]
-    skipped: list[str] = []
-    if not creates:
+@dataclass
+class VmTrace:
+    """One VM of the traced program: its ioctls (indices into the trace, from its KVM_CREATE_VM on),
+    the vCPUs it created and the ones whose first KVM_RUN returned an exit.
+
+    Which ioctls are a VM's own: those on its VM fd and its vCPUs' fds, and the process's system-fd
+    ioctls while it is the process's newest VM (QEMU's KVM_GET_SUPPORTED_CPUID between the VM and its
+    vCPUs, say)."""
+
+    pid: int
+    role: str
+    created: int
+    rows: list[int] = field(default_factory=list)
+    vcpus: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """What identifies it across readings of the same trace: its process and its KVM_CREATE_VM."""
+        return self.pid, self.created
+
+    @property
+    def label(self) -> str:
+        """``vm (pid 123)``."""
+        return f"{self.role} (pid {self.pid})"
+
+    def describe(self) -> str:
+        """Its vCPUs, and which ran: ``2 vCPUs (vcpu0 and vcpu1 ran)``, ``no vCPU``."""
+        if not self.vcpus:
+            return "no vCPU"
+        ran = ", ".join(self.ran) if self.ran else "none"
+        return f"{len(self.vcpus)} vCPU{'s' if len(self.vcpus) != 1 else ''} (ran: {ran})"
+
+
+def vms_of(result: TraceResult) -> list[VmTrace]:
+    """Every VM the program created (a successful KVM_CREATE_VM), in order, with its ioctls."""
+    created = dict(getattr(result, "vms_created", {}) or {})
+    counts: Counter[int] = Counter()
+    vms: dict[tuple[int, str], VmTrace] = {}
+    newest: dict[int, VmTrace] = {}
+    out: list[VmTrace] = []
+    for ev in result.events:
+        if ev.request == decode.KVM_CREATE_VM and ev.ret is not None and ev.ret >= 0:
+            role = created.get(ev.index) or ("vm" if counts[ev.pid] == 0 else f"vm{counts[ev.pid]}")
+            counts[ev.pid] += 1
+            vm = VmTrace(ev.pid, role, ev.index, [ev.index])
+            vms[(ev.pid, role)] = newest[ev.pid] = vm
+            out.append(vm)
+            continue
+        owner = vm_of_role(ev.role)
+        vm_or_none = vms.get((ev.pid, owner)) if owner else newest.get(ev.pid) if ev.role == "system" else None
+        if vm_or_none is None:
+            continue
+        vm_or_none.rows.append(ev.index)
+        if ev.request == decode.KVM_CREATE_VCPU and ev.ret is not None and ev.ret >= 0:
+            vcpu = f"vcpu{ev.arg}" if vm_or_none.role == "vm" else f"{vm_or_none.role}.vcpu{ev.arg}"
+            vm_or_none.vcpus.append(vcpu)
+        if ev.first_run and ev.ret is not None and ev.ret >= 0 and ev.role not in vm_or_none.ran:
+            vm_or_none.ran.append(ev.role)
+    return out
+
+
+def main_vm(vms: list[VmTrace]) -> VmTrace | None:
+    """The VM a report leads with: the first whose vCPUs ran, else the one with the most ioctls."""
+    ran = [v for v in vms if v.ran]
+    if ran:
+        return ran[0]
+    return max(vms, key=lambda v: len(v.rows), default=None)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_header(text: str) -> str:
+    """Text for one comment line of a sequence file: backslashes and anything unprintable (a newline
+    in a program argument, say) escaped, so that nothing can start a line of its own."""
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else
+                                       f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)
+
+
+def build_sequence(result: TraceResult, name: str = "trace", vm: VmTrace | None = None,
+                   host: tuple[int, str] | None = None) -> Explanation:
+    """One VM's set-up (``vm``; default :func:`main_vm`) as a sequence: steps, measured durations and gaps
+    (see the module docstring). ``host``: the HZ and platform to record in the file for its replay."""
+    vms = vms_of(result)
+    if vm is None:
+        vm = main_vm(vms)
+    if vm is None:
         raise ValueError("the trace has no successful KVM_CREATE_VM: there is no VM set-up to explain")
-    first = creates[0]
-    if len(creates) > 1:
-        skipped.append(f"{len(creates) - 1} further VM(s) created (only the first VM's set-up is modelled)")
-    # The first VM's process, from its KVM_CREATE_VM on; a further VM's fds (vm1, vm1.vcpu0) are not ours.
-    chosen = sorted((e for e in events if e.pid == first.pid and e.enter_ns >= first.enter_ns
-                     and not _OTHER_VM.match(e.role)), key=lambda e: e.enter_ns)
+    skipped: list[str] = []
+    first = result.events[vm.created]
+    events = [result.events[i] for i in vm.rows]
+    chosen = sorted((e for e in events if e.duration_ns is not None and e.ret is not None),
+                    key=lambda e: e.enter_ns)
     # The set-up ends with the last vCPU's first KVM_RUN that returned: what follows is the guest running
     # (firmware toggling memslots, say), not the VMM setting up, and is left out.
     runs = [e for e in chosen if e.first_run and e.ret is not None and e.ret >= 0]
@@ -98,9 +181,11 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
     unmodelled: Counter[str] = Counter()
     steps: list[Step] = []
     # One comment line whatever the command holds (an argument may span lines: python -c '...').
-    command = shlex.join(result.argv).replace("\r", "\\r").replace("\n", "\\n")
-    lines = [f"# the KVM set-up of: {command}",
-             "# recorded by minivmm trace; gaps as measured (clock: " + result.clock.value + ")"]
+    lines = [f"# the KVM set-up of: {escape_header(shlex.join(result.argv))}",
+             f"# recorded by minivmm trace: {escape_header(vm.label)}, {vm.describe()}; gaps as measured "
+             f"(clock: {result.clock.value})"]
+    if host is not None:
+        lines.append(f"host hz={host[0]} platform={host[1]}")
     step_events: list[int] = []
     measured: list[int] = []
     gaps: list[int] = []
@@ -123,7 +208,7 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
         if gap != current_gap:
             lines.append(f"gap {seqmod.format_time(gap)}")
             current_gap = gap
-        lines.append(f"{text}    # {ev.role} #{ev.index}")
+        lines.append(f"{text}    # {escape_header(ev.role)} #{ev.index}")
         step_events.append(ev.index)
         measured.append(dur)
         gaps.append(gap)
@@ -133,20 +218,28 @@ def build_sequence(result: TraceResult, name: str = "trace") -> Explanation:
         skipped.append(f"{c} x {n} failed (not a step)")
     text = "\n".join(lines) + "\n"
     seq = seqmod.parse_sequence(text, name)
-    return Explanation(seq, text, step_events, measured, gaps, unmodelled, skipped)
+    return Explanation(seq, text, step_events, measured, gaps, unmodelled, skipped, vm=vm)
 
 
-def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, seed: int = 0) -> Explanation:
-    """Build the sequence and predict it under every main variant; the verdict as ``minivmm timing``."""
+def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, seed: int = 0,
+            vm: VmTrace | None = None, host: tuple[int, str] | None = None) -> Explanation:
+    """Build one VM's sequence (default :func:`main_vm`) and predict it under every main variant; the
+    verdict as ``minivmm timing``."""
     from minivmm.timing.compare import compare
     from minivmm.timing.runner import Repetition
 
-    ex = build_sequence(result)
+    ex = build_sequence(result, vm=vm, host=host)
     ex.hz, ex.platform = hz, platform
     rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
     ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
     _attribute(ex, result, min(samples, 200), seed)
     return ex
+
+
+def explain_all(result: TraceResult, hz: int, platform: str, samples: int = 400, seed: int = 0,
+                host: tuple[int, str] | None = None) -> list[Explanation]:
+    """Every VM's explanation, in the order the VMs were created."""
+    return [explain(result, hz, platform, samples, seed, vm, host) for vm in vms_of(result)]
 
 
 def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) -> None:

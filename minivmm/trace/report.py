@@ -4,12 +4,14 @@ explanation; or one JSON document (``schema_version`` 1, unit-suffixed field nam
 from __future__ import annotations
 
 import errno as _errno
+import heapq
 import os
 import signal
 from typing import Any, TextIO
 
-from minivmm.trace.explain import Explanation, stalled_steps
-from minivmm.trace.tracer import IoctlEvent, StopReason, TraceResult
+from minivmm.trace.eventlog import EventLog
+from minivmm.trace.explain import Explanation, VmTrace, main_vm, stalled_steps, vms_of
+from minivmm.trace.tracer import IoctlEvent, StopReason, TeardownCall, TraceResult
 
 def _sig(n: int | None) -> str:
     if n is None:
@@ -61,14 +63,41 @@ def status_line(r: TraceResult) -> str:
     return f"--- {why}{who} (pid {r.pid}) {how} ---"
 
 
-def render_text(r: TraceResult, ex: Explanation | None, note: str, out: TextIO) -> None:
-    """The trace lines, then the explanation."""
+def teardown_line(call: TeardownCall, t0_ns: int) -> str:
+    """A close() of a KVM fd or an exit_group, in the style of the ioctl lines."""
+    rel = (call.enter_ns - t0_ns) / 1e9
+    dur = "?" if call.duration_ns is None else f"{call.duration_ns / 1e9:.6f}"
+    if call.kind == "close":
+        ret = "?" if call.ret is None else str(call.ret) if call.ret >= 0 else \
+            f"-1 {_errno.errorcode.get(-call.ret, -call.ret)}"
+        return f"{rel:10.6f} [pid {call.tid}] close({call.role}) = {ret} <{dur}>"
+    return f"{rel:10.6f} [pid {call.tid}] exit_group({call.ret}) <{dur}> (until the tracer saw pid {call.pid} gone)"
+
+
+def vm_lines(vms: list[VmTrace], explained: bool) -> list[str]:
+    """One line per VM: where it was created, its vCPUs and which ran."""
+    lead = main_vm(vms)
+    return [f"VM {vm.label}: KVM_CREATE_VM #{vm.created}, {len(vm.rows)} ioctls, {vm.describe()}"
+            + (" <- the explanations below begin with it" if vm is lead and len(vms) > 1 and explained else "")
+            for vm in vms]
+
+
+def render_text(r: TraceResult, exs: list[Explanation], note: str, out: TextIO) -> None:
+    """The trace lines, the VMs, then each VM's explanation (the one whose vCPUs ran first)."""
     w = out.write
     w(f"minivmm trace: {' '.join(r.argv)}\n")
     w(f"clock: {r.clock_note}\n")
     t0 = r.events[0].enter_ns if r.events else 0
-    for ev in r.events:
-        w(ioctl_line(ev, t0) + "\n")
+    # The ioctls in the order they stopped, with the kernel's record of close()/exit_group among them
+    # by time.
+    lines = heapq.merge(((ev.enter_ns, ioctl_line(ev, t0)) for ev in r.events),
+                        ((c.enter_ns, teardown_line(c, t0)) for c in r.teardown), key=lambda x: x[0])
+    for _, line in lines:
+        w(line + "\n")
+    if isinstance(r.events, EventLog) and r.events.dropped:
+        names = ", ".join(f"{n} x{k}" for n, k in r.events.dropped.most_common())
+        w(f"(+{sum(r.events.dropped.values())} further KVM ioctls not kept: the trace keeps the first "
+          f"{r.events.limit}; {names})\n")
     if r.later_kvm_runs:
         w(f"(+{r.later_kvm_runs} further KVM_RUN calls after each vCPU's first, not shown)\n")
     for parent, child in r.forks:
@@ -78,12 +107,19 @@ def render_text(r: TraceResult, ex: Explanation | None, note: str, out: TextIO) 
     w(status_line(r) + "\n")
     if r.overruns:
         w(f"warning: the kernel trace buffer overran ({r.overruns} events lost): some durations are from the "
-          "ptrace stops\n")
-    if ex is None:
+          "ptrace stops, or missing\n")
+    vms = vms_of(r)
+    for line in vm_lines(vms, bool(exs)):
+        w(line + "\n")
+    if not exs:
         if note:
             w(f"\nno explanation: {note}\n")
         return
-    render_explanation(r, ex, out)
+    lead = main_vm(vms)
+    for ex in sorted(exs, key=lambda e: lead is None or e.vm is None or e.vm.key != lead.key):
+        render_explanation(r, ex, out)
+    if note:
+        w(f"\n{note}\n")
 
 
 def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
@@ -93,7 +129,8 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     c = ex.comparison
     variants = list(c.predictions)
     events = r.events
-    w(f"\n--- explanation: the set-up as a kernel-model sequence of {len(ex.sequence.steps)} steps (gaps as "
+    who = f" of {ex.vm.label}, {ex.vm.describe()}" if ex.vm is not None else ""
+    w(f"\n--- explanation{who}: the set-up as a kernel-model sequence of {len(ex.sequence.steps)} steps (gaps as "
       f"measured), predicted at HZ={ex.hz} on {ex.platform} ---\n")
     labels = [f"#{ex.step_events[i]} {s.label}" for i, s in enumerate(ex.sequence.steps)]
     shown = [i for i, s in enumerate(ex.sequence.steps) if s.op != "ioctl"]
@@ -131,42 +168,76 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
       "--sequence FILE` with a file from --save-sequence measures the distribution)\n")
 
 
-def to_json(r: TraceResult, ex: Explanation | None, note: str, outcome: str, exit_code: int,
-            host: dict[str, Any]) -> dict[str, Any]:
-    """Everything, as one JSON document (times in ns or us, as the field names say)."""
-    step_of = {e: i for i, e in enumerate(ex.step_events)} if ex else {}
-    t0 = r.events[0].enter_ns if r.events else 0
-    ioctls = []
-    for ev in r.events:
-        ioctls.append({
-            "index": ev.index, "pid": ev.pid, "tid": ev.tid, "fd": ev.fd, "role": ev.role,
+def _ioctl_json(ev: IoctlEvent, t0: int, step: int | None) -> dict[str, Any]:
+    return {"index": ev.index, "pid": ev.pid, "tid": ev.tid, "fd": ev.fd, "role": ev.role,
             "request": ev.name, "request_hex": f"{ev.request:#x}", "arg": ev.decoded.fields,
             "arg_text": ev.decoded.text, "ret": ev.ret,
             "errno": _errno.errorcode.get(ev.errno) if ev.errno else None,
             "start_ns": ev.enter_ns, "offset_us": (ev.enter_ns - t0) / 1000,
             "duration_us": None if ev.duration_ns is None else ev.duration_ns / 1000,
-            "clock": ev.clock.value, "first_run": ev.first_run, "step": step_of.get(ev.index)})
+            "clock": ev.clock.value, "first_run": ev.first_run, "step": step}
+
+
+def to_json(r: TraceResult, exs: list[Explanation], note: str, outcome: str, exit_code: int,
+            host: dict[str, Any], ioctls: bool = True) -> dict[str, Any]:
+    """Everything, as one JSON document (times in ns or us, as the field names say). ``ioctls=False``
+    leaves the ioctl list out (its count stays, as ``ioctl_count``): :func:`write_json` streams it."""
+    vms = vms_of(r)
+    lead = main_vm(vms)
+    by_vm = {ex.vm.key: ex for ex in exs if ex.vm is not None}
+    main = by_vm.get(lead.key) if lead is not None else None
+    t0 = r.events[0].enter_ns if r.events else 0
+    step_of = {e: i for i, e in enumerate(main.step_events)} if main else {}
+    dropped = r.events.dropped if isinstance(r.events, EventLog) else {}
     payload: dict[str, Any] = {
         "command": r.argv,
         "outcome": outcome,
         "exit_code": exit_code,
         "tracee": {"pid": r.pid, "exit_code": r.exit_code,
                    "exit_signal": _sig(r.exit_signal) if r.exit_signal is not None else None,
-                   "ended_by_tracer": r.ended_by_tracer, "detached": r.detached,
+                   "ended_by_tracer": r.ended_by_tracer, "killed_after_grace": r.killed_after_grace,
+                   "detached": r.detached,
                    "forks": [{"parent": p, "child": c} for p, c in r.forks],
                    "execs": [{"pid": p, "exe": e} for p, e in r.execs],
                    "signals": [{"tid": t, "signal": _sig(s)} for t, s in r.signals]},
         "clock": {"source": r.clock.value, "description": r.clock_note},
         "tracer": {"stops": r.stops, "later_kvm_runs": r.later_kvm_runs, "trace_buffer_overruns": r.overruns,
-                   "unfinished_first_runs": r.unfinished_first_runs},
+                   "unfinished_first_runs": r.unfinished_first_runs,
+                   "ioctls_not_kept": dict(dropped)},
         "host": host,
-        "ioctls": ioctls,
-        "explanation": None if ex is None else explanation_json(r, ex),
+        "ioctl_count": len(r.events),
+        "ioctls": [_ioctl_json(ev, t0, step_of.get(ev.index)) for ev in r.events] if ioctls else [],
+        "teardown": None if not r.teardown_recorded else [
+            {"kind": c.kind, "pid": c.pid, "tid": c.tid, "fd": c.fd, "role": c.role, "start_ns": c.enter_ns,
+             "offset_us": (c.enter_ns - t0) / 1000, "ret": c.ret,
+             "duration_us": None if c.duration_ns is None else c.duration_ns / 1000} for c in r.teardown],
+        "vms": [{"pid": vm.pid, "vm": vm.role, "created_ioctl": vm.created, "ioctls": len(vm.rows),
+                 "vcpus": vm.vcpus, "vcpus_ran": vm.ran, "leads": vm is lead,
+                 "explanation": explanation_json(r, by_vm[vm.key]) if vm.key in by_vm else None} for vm in vms],
+        "explanation": None if main is None else explanation_json(r, main),
     }
-    if ex is None and note:
+    if not exs and note:
         payload["explanation_unavailable"] = note
+    elif note:
+        payload["note"] = note
     from minivmm.schemas import stamp
     return stamp("trace", payload)
+
+
+def write_json(r: TraceResult, doc: dict[str, Any], out: TextIO) -> None:
+    """``doc`` (from ``to_json(..., ioctls=False)``) with its ioctl list written one ioctl at a time, so
+    that a long trace is never held as objects all at once."""
+    import json
+    marker = "\x00ioctls\x00"
+    text = json.dumps({**doc, "ioctls": marker}, indent=2)
+    head, tail = text.split(json.dumps(marker), 1)
+    out.write(head + "[")
+    t0 = r.events[0].enter_ns if r.events else 0
+    main = doc.get("explanation") or {}
+    step_of = {s["ioctl"]: s["step"] for s in main.get("steps", [])}
+    for k, ev in enumerate(r.events):
+        out.write(("," if k else "") + "\n    " + json.dumps(_ioctl_json(ev, t0, step_of.get(ev.index))))
+    out.write(("\n  " if r.events else "") + "]" + tail + "\n")
 
 
 def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
