@@ -215,3 +215,102 @@ def test_a_killed_run_s_instance_is_removed_by_the_next(trace_prog: str, capfd: 
     with open("/proc/mounts") as f:
         assert f"minivmm-tracefs-{os.getpid()}-" not in f.read()
 
+
+
+def _run_filter(program: list[tuple[int, int, int, int]], data: bytes) -> int:
+    """Classic BPF as the kernel runs a seccomp filter (the few instructions the filter uses)."""
+    import struct as _struct
+
+    from minivmm.trace.syscalls import lib
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = program[pc]
+        pc += 1
+        if code == lib.BPF_LD | lib.BPF_W | lib.BPF_ABS:
+            acc = _struct.unpack_from("<I", data, k)[0]
+        elif code == lib.BPF_ALU | lib.BPF_AND | lib.BPF_K:
+            acc &= k
+        elif code == lib.BPF_JMP | lib.BPF_JEQ | lib.BPF_K:
+            pc += jt if acc == k else jf
+        elif code == lib.BPF_RET | lib.BPF_K:
+            return k
+        else:
+            raise AssertionError(f"instruction {code:#x} not interpreted here")
+
+
+def test_the_filter_stops_kvm_ioctls_in_every_x86_abi_and_nothing_else() -> None:
+    from minivmm.trace.syscalls import ffi, lib, seccomp_program
+    program = seccomp_program()
+
+    def verdict(arch: int, nr: int, request: int) -> str:
+        d = ffi.new("struct seccomp_data *")
+        d.nr, d.arch, d.args[0], d.args[1] = nr, arch, 3, request
+        ret = _run_filter(program, bytes(ffi.buffer(d)))
+        return {lib.SECCOMP_RET_TRACE: "trace", lib.SECCOMP_RET_ALLOW: "allow"}[ret]
+
+    x64, i386 = lib.AUDIT_ARCH_X86_64, lib.AUDIT_ARCH_I386
+    kvm, tty = 0xAE01, 0x5413  # KVM_CREATE_VM, TIOCGWINSZ
+    assert verdict(x64, lib.SYS_ioctl, kvm) == "trace"
+    assert verdict(x64, lib.SYS_ioctl, 0xFFFFFFFF_0000AE80) == "trace"   # only the low 32 bits count
+    assert verdict(x64, lib.SYS_ioctl, tty) == "allow"
+    assert verdict(x64, lib.MINIVMM_NR_IOCTL_X32, kvm) == "trace"
+    assert verdict(i386, lib.MINIVMM_NR_IOCTL_I386, kvm) == "trace"
+    assert verdict(i386, lib.MINIVMM_NR_IOCTL_I386, tty) == "allow"
+    assert verdict(i386, lib.SYS_ioctl, kvm) == "allow"                  # 16 is not ioctl on i386
+    assert verdict(x64, lib.MINIVMM_NR_IOCTL_I386, kvm) == "allow"       # 54 is setsockopt on x86-64
+    assert verdict(0xC00000B7, lib.SYS_ioctl, kvm) == "allow"            # another architecture
+
+
+@pytest.fixture(scope="session")
+def i386_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test program built for i386 (gcc -m32 -static: gcc-multilib), skipped where it cannot be."""
+    out = tmp_path_factory.mktemp("trace32") / "trace_prog32"
+    proc = subprocess.run(["gcc", "-m32", "-static", "-O2", "-o", str(out), str(SRC)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no i386 static build here (gcc-multilib): {proc.stderr.strip()[:200]}")
+    if subprocess.run([str(out), "0", "0"], capture_output=True).returncode == 126:
+        pytest.skip("this kernel runs no i386 programs")
+    return str(out)
+
+
+def test_an_i386_program_is_traced_and_decoded(i386_prog: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """A 32-bit program's KVM ioctls stop it too (the filter knows i386's ioctl number), its registers and
+    return values are read as i386's, and its structs decode; the syscall tracepoints do not report
+    32-bit calls, so they are timed by the tracer's stops."""
+    r = trace(i386_prog, "4", "3").result
+    assert r is not None and r.exit_code == 3
+    assert [e.name for e in r.events] == ["KVM_GET_API_VERSION", "KVM_CREATE_VM"] + ["KVM_IOEVENTFD"] * 4 + [
+        "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_VCPU"]
+    assert [e.role for e in r.events] == ["system", "system"] + ["vm"] * 6
+    io = [e.decoded.fields for e in r.events if e.name == "KVM_IOEVENTFD"]
+    assert [(f["addr"], f["datamatch"]) for f in io] == [(0xD0000050, 0), (0xD0000050, 1), (0xD0001050, 0),
+                                                          (0xD0001050, 1)]
+    mem = r.events[6].decoded.fields
+    assert (mem["slot"], mem["memory_size"]) == (0, 2 << 20) and 0 < mem["userspace_addr"] < 1 << 32
+    assert r.events[0].ret == 12 and all(e.ret is not None and e.ret >= 0 for e in r.events)
+    assert all(e.clock is Clock.PTRACE and e.duration_ns and e.duration_ns > 0 for e in r.events)
+    assert r.compat_calls == len(r.events)
+
+
+def test_i386_lays_out_the_decoded_structs_as_x86_64_does(tmp_path: pathlib.Path) -> None:
+    """The decoder reads every argument struct with the x86-64 layout: the i386 compiler's sizes and
+    offsets are the same (KVM's uapi keeps them so), checked for each decoded struct and field."""
+    from minivmm.trace import decode
+    from minivmm.trace.syscalls import ffi
+    lines, expected = [], []
+    for ctype in sorted({struct.ctype for struct in decode.STRUCTS.values()}):
+        lines.append(f'printf("%zu\\n", sizeof({ctype}));')
+        expected.append(ffi.sizeof(ctype))
+        for name, f in ffi.typeof(ctype).fields:
+            if name:
+                lines.append(f'printf("%zu\\n", offsetof({ctype}, {name}));')
+                expected.append(f.offset)
+    src = tmp_path / "layout.c"
+    src.write_text("#include <stddef.h>\n#include <stdio.h>\n#include <linux/kvm.h>\nint main(void)\n{\n"
+                   + "\n".join(lines) + "\nreturn 0;\n}\n")
+    exe = tmp_path / "layout"
+    proc = subprocess.run(["gcc", "-m32", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no i386 build here (gcc-multilib): {proc.stderr.strip()[:200]}")
+    got = [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    assert got == expected

@@ -537,3 +537,14 @@ def test_the_detached_helper_ends_on_sigterm(tmp_path: pathlib.Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_an_already_traced_child_is_told_the_true_reason() -> None:
+    """Under strace -f, the child minivmm trace starts is strace's tracee before it is ours: the error
+    names the tracer holding it, not containers or CAP_SYS_PTRACE."""
+    p = subprocess.run(["strace", "-f", "-o", os.devnull, *_argv("--", "/bin/true")], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert p.returncode == 2
+    line = one_error_line(p)
+    assert re.search(r"already being traced by pid \d+ \(strace\)", line) and "CAP_SYS_PTRACE" not in line

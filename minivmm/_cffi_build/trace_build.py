@@ -157,7 +157,10 @@ typedef int32_t __s32;
 #define BPF_K ...
 #define BPF_RET ...
 #define AUDIT_ARCH_X86_64 ...
+#define AUDIT_ARCH_I386 ...
 #define SYS_ioctl ...
+#define MINIVMM_NR_IOCTL_I386 ...
+#define MINIVMM_NR_IOCTL_X32 ...
 #define MINIVMM_STAGE_SECCOMP ...
 #define MINIVMM_STAGE_NO_NEW_PRIVS ...
 #define MINIVMM_STAGE_EXEC ...
@@ -168,7 +171,7 @@ struct seccomp_data { int nr; __u32 arch; __u64 instruction_pointer; __u64 args[
 
 /* --- registers and memory of the tracee --- */
 struct user_regs_struct {
-    unsigned long long orig_rax, rax, rdi, rsi, rdx, r10, r8, r9, rip;
+    unsigned long long orig_rax, rax, rbx, rcx, rdi, rsi, rdx, r10, r8, r9, rip;
     ...;
 };
 struct iovec { void *iov_base; size_t iov_len; ...; };
@@ -228,6 +231,18 @@ def _macros(pattern: re.Pattern[str]) -> list[str]:
     return sorted({m.group(1) for line in out.splitlines() if (m := pattern.match(line))})
 
 
+def _abi_number(header: str, macro: str) -> str:
+    """The value of ``macro`` in ``header`` as the preprocessor expands it (e.g. ``__NR_ioctl`` of the i386
+    ABI, whose header cannot be included beside the x86-64 one: their macros share names); ``-1`` where
+    the system has no such header."""
+    cc = os.environ.get("CC", "cc")
+    proc = subprocess.run([cc, "-E", "-P", "-x", "c", "-"], input=f"#include <{header}>\nMINIVMM_VALUE {macro}\n",
+                          capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MINIVMM_VALUE ")), "")
+    value = line[len("MINIVMM_VALUE "):].strip()
+    return value if proc.returncode == 0 and value and value != macro else "-1"
+
+
 def _table(name: str, macros: list[str]) -> str:
     rows = "".join(f'    {{"{m}", (unsigned long)({m})}},\n' for m in macros)
     return (f"const struct minivmm_named {name}[] = {{\n{rows}}};\n"
@@ -261,7 +276,11 @@ has_region2 = "KVM_SET_USER_MEMORY_REGION2" in requests
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF + (REGION2_CDEF if has_region2 else ""))
-ffi.set_source("minivmm._trace", PRELUDE + SPAWN + _table("minivmm_kvm_requests", requests)
+# ioctl's number in the two other x86 system-call ABIs a tracee may use (the seccomp filter and the tracer
+# tell the three apart by it).
+ABIS = (f"#define MINIVMM_NR_IOCTL_I386 ({_abi_number('asm/unistd_32.h', '__NR_ioctl')})\n"
+        f"#define MINIVMM_NR_IOCTL_X32 ({_abi_number('asm/unistd_x32.h', '__NR_ioctl')})\n")
+ffi.set_source("minivmm._trace", PRELUDE + ABIS + SPAWN + _table("minivmm_kvm_requests", requests)
                + _table("minivmm_kvm_caps", _macros(_CAP)))
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from minivmm.trace.eventlog import EventLog
 from minivmm.trace.explain import Explanation, VmTrace, main_vm, stalled_steps, vms_of
-from minivmm.trace.tracer import IoctlEvent, StopReason, TeardownCall, TraceResult
+from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TeardownCall, TraceResult
 
 def _sig(n: int | None) -> str:
     if n is None:
@@ -87,6 +87,9 @@ def render_text(r: TraceResult, exs: list[Explanation], note: str, out: TextIO) 
     w = out.write
     w(f"minivmm trace: {' '.join(r.argv)}\n")
     w(f"clock: {r.clock_note}\n")
+    if r.compat_calls and r.clock is Clock.KERNEL:
+        w(f"clock: {r.compat_calls} KVM ioctls made through a 32-bit ABI (i386, x32) are timed by the tracer's "
+          "stops: the kernel's syscall tracepoints do not report them\n")
     t0 = r.events[0].enter_ns if r.events else 0
     # The ioctls in the order they stopped, with the kernel's record of close()/exit_group among them
     # by time.

@@ -48,35 +48,72 @@ def check_errno(call: str) -> None:
     raise TraceOSError(call, ffi.errno)
 
 
-def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:
-    return (code, jt, jf, k)
+#: The three x86 system-call ABIs a tracee may call ioctl with, by the number the call has in each.
+ABI_X86_64, ABI_X32, ABI_I386 = "x86-64", "x32", "i386"
+IOCTL_NUMBERS = {lib.SYS_ioctl: ABI_X86_64, lib.MINIVMM_NR_IOCTL_X32: ABI_X32, lib.MINIVMM_NR_IOCTL_I386: ABI_I386}
+
+Insn = tuple[str, int, str | None, str | None]  # op, k, jump-if-true label, jump-if-false label
 
 
-def seccomp_kvm_filter() -> Any:
-    """A seccomp BPF program: SECCOMP_RET_TRACE for ``ioctl(fd, request)`` with ``_IOC_TYPE(request) ==
-    KVMIO`` on x86-64, SECCOMP_RET_ALLOW for every other system call (so they never stop the tracee).
+def assemble(program: list[Insn | str]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF from a list of instructions and labels (a str is a label for the next instruction):
+    ``("ld", offset)``, ``("and", mask)``, ``("jeq", k, true_label, false_label)`` (None: the next
+    instruction), ``("ret", value)``. Returns (code, jt, jf, k) per instruction."""
+    where: dict[str, int] = {}
+    insns: list[Insn] = []
+    for item in program:
+        if isinstance(item, str):
+            where[item] = len(insns)
+        else:
+            insns.append(item)
+    codes = {"ld": lib.BPF_LD | lib.BPF_W | lib.BPF_ABS, "and": lib.BPF_ALU | lib.BPF_AND | lib.BPF_K,
+             "jeq": lib.BPF_JMP | lib.BPF_JEQ | lib.BPF_K, "ret": lib.BPF_RET | lib.BPF_K}
+    out = []
+    for pc, (op, k, jt, jf) in enumerate(insns):
+        rel = [0 if label is None else where[label] - pc - 1 for label in (jt, jf)]
+        if not all(0 <= r < 256 for r in rel):
+            raise ValueError("a BPF jump goes backwards or too far")
+        out.append((codes[op], rel[0], rel[1], k & 0xFFFFFFFF))
+    return out
+
+
+def seccomp_program() -> list[tuple[int, int, int, int]]:
+    """The filter's instructions: SECCOMP_RET_TRACE for ``ioctl(fd, request)`` with ``_IOC_TYPE(request)
+    == KVMIO`` in any of the three x86 ABIs (x86-64, x32, i386), SECCOMP_RET_ALLOW for every other
+    system call (so they never stop the tracee).
 
     ``_IOC_TYPE`` is bits 8..15 of the request (``_IOC_TYPESHIFT`` is 8 on every architecture); the
     kernel's ioctl takes ``unsigned int cmd``, so only the low 32 bits of args[1] matter, which on a
-    little-endian machine are the first word of the 64-bit argument. The returned cdata owns the program.
-    """
-    data_nr = ffi.offsetof("struct seccomp_data", "nr")
-    data_arch = ffi.offsetof("struct seccomp_data", "arch")
+    little-endian machine are the first word of the 64-bit argument (a 32-bit ABI's argument is
+    zero-extended into it)."""
+    nr = ffi.offsetof("struct seccomp_data", "nr")
+    arch = ffi.offsetof("struct seccomp_data", "arch")
     arg1_low = ffi.offsetof("struct seccomp_data", "args") + ffi.sizeof("__u64") * 1
-    ld = lib.BPF_LD | lib.BPF_W | lib.BPF_ABS
-    jeq = lib.BPF_JMP | lib.BPF_JEQ | lib.BPF_K
-    ret = lib.BPF_RET | lib.BPF_K
-    program = [
-        _insn(ld, data_arch),
-        _insn(jeq, lib.AUDIT_ARCH_X86_64, jt=0, jf=5),      # another ABI (i386): allow
-        _insn(ld, data_nr),
-        _insn(jeq, lib.SYS_ioctl, jt=0, jf=3),              # not ioctl: allow
-        _insn(ld, arg1_low),
-        _insn(lib.BPF_ALU | lib.BPF_AND | lib.BPF_K, 0xFF00),
-        _insn(jeq, lib.KVMIO << 8, jt=1, jf=0),             # _IOC_TYPE == KVMIO: trace
-        _insn(ret, lib.SECCOMP_RET_ALLOW),
-        _insn(ret, lib.SECCOMP_RET_TRACE),
-    ]
+    return assemble([
+        ("ld", arch, None, None),
+        ("jeq", lib.AUDIT_ARCH_X86_64, "x86-64", None),      # x86-64 and x32 share the arch
+        ("jeq", lib.AUDIT_ARCH_I386, "i386", "allow"),
+        "x86-64",
+        ("ld", nr, None, None),
+        ("jeq", lib.SYS_ioctl, "request", None),
+        ("jeq", lib.MINIVMM_NR_IOCTL_X32, "request", "allow"),
+        "i386",
+        ("ld", nr, None, None),
+        ("jeq", lib.MINIVMM_NR_IOCTL_I386, "request", "allow"),
+        "request",
+        ("ld", arg1_low, None, None),
+        ("and", 0xFF00, None, None),
+        ("jeq", lib.KVMIO << 8, "trace", "allow"),
+        "allow",
+        ("ret", lib.SECCOMP_RET_ALLOW, None, None),
+        "trace",
+        ("ret", lib.SECCOMP_RET_TRACE, None, None),
+    ])
+
+
+def seccomp_kvm_filter() -> Any:
+    """:func:`seccomp_program` as the kernel takes it; the returned cdata owns the program."""
+    program = seccomp_program()
     filters = ffi.new("struct sock_filter[]", len(program))
     for slot, (code, jt, jf, k) in zip(filters, program):
         slot.code, slot.jt, slot.jf, slot.k = code, jt, jf, k

@@ -68,6 +68,7 @@ _SIGNALS = [ffi.cast("void *", n) for n in range(65)]
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _KVM_RUN = decode.KVM_RUN
 _CREATE_VM, _CREATE_VCPU = decode.KVM_CREATE_VM, decode.KVM_CREATE_VCPU
+_NR_IOCTL, _NR_IOCTL_I386 = lib.SYS_ioctl, lib.MINIVMM_NR_IOCTL_I386
 
 
 class PtraceDenied(RuntimeError):
@@ -131,6 +132,9 @@ class TraceResult:
     teardown: list[TeardownCall] = field(default_factory=list)
     #: Whether close()/exit_group were recorded (the kernel clock with their tracepoints).
     teardown_recorded: bool = False
+    #: KVM ioctls made through a 32-bit ABI (i386, x32): timed by the tracer's stops, which the kernel's
+    #: syscall tracepoints do not report.
+    compat_calls: int = 0
     #: The index of each successful KVM_CREATE_VM -> the role of the VM it made (``vm``, ``vm1``...).
     vms_created: dict[int, str] = field(default_factory=dict)
 
@@ -177,6 +181,11 @@ def _tgid_of(tid: int) -> int:
 
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACESECCOMP | lib.PTRACE_O_TRACECLONE
@@ -476,9 +485,13 @@ class Tracer:
         points to, what the fd is), let it go, then note it (the tracee runs meanwhile)."""
         assert self.result is not None
         regs = getregs(tid)
-        fd = int(regs.rdi) & 0xFFFFFFFF
-        request = int(regs.rsi) & 0xFFFFFFFF
-        arg = int(regs.rdx)
+        # Which ABI: the filter stops only ioctl, whose number differs in each (orig_rax holds it).
+        compat = int(regs.orig_rax) != _NR_IOCTL
+        if compat and int(regs.orig_rax) == _NR_IOCTL_I386:
+            fd, request, arg = int(regs.rbx) & 0xFFFFFFFF, int(regs.rcx) & 0xFFFFFFFF, int(regs.rdx) & 0xFFFFFFFF
+        else:
+            fd, request = int(regs.rdi) & 0xFFFFFFFF, int(regs.rsi) & 0xFFFFFFFF
+            arg = int(regs.rdx) & (0xFFFFFFFF if compat else 0xFFFFFFFFFFFFFFFF)
         tgid = self.tgid[tid]
         proc = self.procs[tgid]
         first_run = request == _KVM_RUN
@@ -496,7 +509,8 @@ class Tracer:
         # role follows in the kernel's order (_on_kernel). Only a vCPU's KVM_RUN until its first returns
         # is also stopped at its exit (one more stop per vCPU): whether it returned an exit decides
         # --until first-run, and which later KVM_RUNs are not recorded, at once.
-        exit_stop = first_run or self.kclock is None
+        # A 32-bit call (i386, x32) is not reported by the syscall tracepoints: its exit stop is its clock.
+        exit_stop = first_run or compat or self.kclock is None
         self._resume(tid, lib.PTRACE_SYSCALL if exit_stop else lib.PTRACE_CONT)
         if first_run:
             # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
@@ -511,7 +525,9 @@ class Tracer:
             self._creating.add(row)
         if exit_stop:
             self._exit_stop[tid] = row
-        if self.kclock is not None:
+        if compat:
+            self.result.compat_calls += 1
+        if self.kclock is not None and not compat:
             self._waiting.setdefault(tid, deque()).append(_Waiting(row, fd, request, link))
         else:
             self.log.set_role(row, proc.fds.role(fd, link))
@@ -519,7 +535,8 @@ class Tracer:
     def _on_syscall_exit(self, tid: int, now: int) -> None:
         row = self._exit_stop.pop(tid, None)
         if row is not None:
-            ret = _signed(int(getregs(tid).rax))
+            regs = getregs(tid)
+            ret = _signed32(int(regs.rax)) if int(regs.orig_rax) == _NR_IOCTL_I386 else _signed(int(regs.rax))
             self.log.set_stop_exit(row, now, ret)
             if self.kclock is not None:
                 self._completed_at_stop.add(row)
