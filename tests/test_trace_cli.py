@@ -548,3 +548,52 @@ def test_an_already_traced_child_is_told_the_true_reason() -> None:
     assert p.returncode == 2
     line = one_error_line(p)
     assert re.search(r"already being traced by pid \d+ \(strace\)", line) and "CAP_SYS_PTRACE" not in line
+
+
+def test_p_attaches_to_a_running_vmm_and_lets_it_go(prog: str, tmp_path: pathlib.Path) -> None:
+    """-p PID: the ioctls a running VMM makes after boot (ioeventfds a guest driver's virtqueue brings)
+    are traced, decoded and named by role from /proc; Ctrl-C lets the VMM go, still running, which then
+    ends as it would have (exit 0)."""
+    vmm = subprocess.Popen([prog, "attach"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    assert vmm.stdin is not None and vmm.stdout is not None
+    out = tmp_path / "t.json"
+    tracer = None
+    try:
+        _wait_for_line(vmm.stdout, "ready")
+        tracer = subprocess.Popen(_argv("-p", str(vmm.pid), "--json", "-o", str(out)), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        _wait_for_line(tracer.stderr, "attached to pid")
+        assert _tracer_of(vmm.pid) == tracer.pid
+        vmm.stdin.write("x")
+        vmm.stdin.flush()
+        _wait_for_line(vmm.stdout, "registered")
+        tracer.send_signal(signal.SIGINT)
+        _, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 130, err
+        assert "let go of pid" in err and "Traceback" not in err
+        assert vmm.poll() is None and _tracer_of(vmm.pid) == 0  # running, and no longer traced
+    finally:
+        vmm.stdin.close()
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+            tracer.communicate()
+    assert vmm.wait(timeout=30) == 0
+    doc = json.loads(out.read_text())
+    validate_trace(doc)
+    io = [(i["role"], i["arg"]["addr"], i["arg"]["pio"], i["arg"]["deassign"], i["ret"]) for i in doc["ioctls"]
+          if i["request"] == "KVM_IOEVENTFD"]
+    assert io == [("vm", 0x6008, True, False, 0), ("vm", 0xFE003000, False, False, 0), ("vm", 0x6008, True, True, 0)]
+    assert all(i["duration_us"] is not None for i in doc["ioctls"])
+    assert doc["tracee"]["pid"] == vmm.pid and doc["outcome"] == "interrupted"
+
+
+def test_p_refuses_what_cannot_be_attached(prog: str) -> None:
+    p = run_trace("-p", "999999999")
+    assert p.returncode == 2 and "-p" in one_error_line(p)
+    p = run_trace("-p", str(os.getpid()), "--", prog)
+    assert p.returncode == 2 and "give no COMMAND" in one_error_line(p)
+    p = run_trace("-p", str(os.getpid()), "--until", "first-run")
+    assert p.returncode == 2 and "already running" in one_error_line(p)
+    p = run_trace("--platform", "nope", "--", prog)
+    assert p.returncode == 2 and "unknown platform" in one_error_line(p)

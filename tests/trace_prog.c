@@ -16,7 +16,9 @@
  * lack it, 7 if the kernel offers it and refuses this call) or "vms": three VMs, as a VMM that probes
  * may make them: a probe VM (KVM_CHECK_EXTENSION on it, then closed), the set-up above whose vCPU then
  * runs a one-instruction guest (HLT) once, and a second VM with a memslot; every fd is closed at the end
- * ("vms-norun": the same without the run).
+ * ("vms-norun": the same without the run), or "attach": a VM and a vCPU, then "ready" on stdout; after a
+ * byte on stdin, two ioeventfds registered and one deassigned (as a guest driver enabling a virtqueue
+ * makes a VMM do), "registered"; then it waits for stdin to end, and exits 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -130,12 +132,44 @@ static int vms(int run)
     return 0;
 }
 
+static int attach(void)
+{
+    char c;
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) {
+        perror("/dev/kvm");
+        return 4;
+    }
+    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    printf("ready\n");
+    fflush(stdout);
+    if (read(0, &c, 1) != 1)
+        return 9;
+    struct kvm_ioeventfd pio = {.addr = 0x6008, .len = 2, .fd = eventfd(0, EFD_CLOEXEC),
+                                .flags = KVM_IOEVENTFD_FLAG_PIO};
+    struct kvm_ioeventfd mmio = {.addr = 0xfe003000ULL, .len = 4, .fd = eventfd(0, EFD_CLOEXEC)};
+    timed("KVM_IOEVENTFD", vm, KVM_IOEVENTFD, (unsigned long)&pio);
+    timed("KVM_IOEVENTFD", vm, KVM_IOEVENTFD, (unsigned long)&mmio);
+    pio.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+    timed("KVM_IOEVENTFD", vm, KVM_IOEVENTFD, (unsigned long)&pio);
+    printf("registered\n");
+    fflush(stdout);
+    while (read(0, &c, 1) > 0)
+        ;
+    close(vcpu);
+    close(vm);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 6;
     int code = argc > 2 ? atoi(argv[2]) : 0;
     const char *mode = argc > 3 ? argv[3] : "plain";
 
+    if (argc > 1 && strcmp(argv[1], "attach") == 0)
+        return attach();
     if (argc > 1 && strncmp(argv[1], "vms", 3) == 0)
         return vms(strcmp(argv[1], "vms") == 0);
     if (strcmp(mode, "fork") == 0) {

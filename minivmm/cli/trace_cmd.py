@@ -23,8 +23,10 @@ Start COMMAND (a VMM: QEMU, Firecracker, crosvm, cloud-hypervisor, minivmm boot 
 KVM ioctl that it, its threads and its children issue: the fd's role (system, vm, vcpuN), the request,
 the decoded argument, the result, the thread and the duration. Only KVM ioctls stop the program (a
 seccomp filter hands exactly those to the tracer), so it runs as it would untraced; its output, signals
-and exit status pass through. Durations come from the kernel's raw_syscalls tracepoints where tracefs
-is available, else from the tracer's own clock; the output says which.
+and exit status pass through. Durations come from the kernel's syscalls:sys_enter_ioctl/sys_exit_ioctl
+tracepoints where tracefs is available, else from the tracer's own clock; the output says which.
+-p PID traces a VMM that is already running instead (as strace -p: every system call of it then stops
+twice while traced; it is let go, running, at Ctrl-C, SIGTERM or --timeout).
 
 Then the set-up is replayed through the kernel model: what each kernel variant predicts for each
 ioctl at this host's HZ and platform, which stalls the model explains, the whole set-up measured and
@@ -49,9 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "own (a background minivmm process keeps serving its KVM ioctls, since a seccomp filter "
                         "cannot be removed)")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                   help="end the program (SIGTERM, then SIGKILL) after this long; exit status 1")
+                   help="end the program (SIGTERM, then SIGKILL 5 s later) after this long, or with -p let it "
+                        "go; exit status 1")
+    p.add_argument("-p", "--pid", type=_pid, metavar="PID",
+                   help="trace the running process PID (a VMM after boot: the ioeventfds a guest driver "
+                        "registers, say) instead of starting COMMAND; each of its system calls then stops "
+                        "twice, as under strace -p, until minivmm trace lets it go (Ctrl-C, SIGTERM, --timeout)")
     p.add_argument("--clock", choices=["auto", "kernel", "ptrace"], default="auto",
-                   help="where durations come from: the kernel's raw_syscalls tracepoints (kernel), the "
+                   help="where durations come from: the kernel's syscall tracepoints (kernel), the "
                         "tracer's stops (ptrace), or kernel where tracefs is available (auto, the default)")
     p.add_argument("--json", action="store_true", help="one JSON document (schema_version 1) instead of text")
     p.add_argument("--format", dest="out_format", choices=["text", "json", "openmetrics"], default=None,
@@ -65,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "`minivmm timing --sequence FILE`")
     p.add_argument("--no-explain", action="store_true", help="only the trace, no model predictions")
     p.add_argument("--hz", type=int, help="CONFIG_HZ for the model (default: the host's kernel config)")
-    p.add_argument("-p", "--platform", help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
+    p.add_argument("--platform", help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
     p.add_argument("-n", "--samples", type=int, default=400, help="model samples per variant (default 400)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                    help="the program to trace, after --")
@@ -80,6 +87,32 @@ def _seconds(text: str) -> float:
     if not 0 < value < 86400 * 365:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
+    if not 0 < value < 1 << 22:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id")
+    return value
+
+
+def _attach_target(pid: int) -> list[str]:
+    """The command line of the process ``-p`` names; CliError if it cannot be traced."""
+    if pid == os.getpid():
+        raise CliError("-p: minivmm trace cannot trace itself")
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except FileNotFoundError:
+        raise CliError(f"-p {pid}: no such process") from None
+    except OSError as e:
+        raise CliError(f"-p {pid}: cannot read its command line: {e.strerror}") from None
+    if not argv:
+        raise CliError(f"-p {pid}: a kernel thread or a process that is exiting: nothing to trace")
+    return argv
 
 
 def resolve_command(command: list[str]) -> tuple[str, list[str]]:
@@ -103,7 +136,15 @@ def resolve_command(command: list[str]) -> tuple[str, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Trace, explain, report; return the exit code (see the module docstring)."""
-    path, argv = resolve_command(args.command)
+    if args.pid is not None:
+        if [c for c in args.command if c != "--"]:
+            raise CliError("-p PID traces a running process: give no COMMAND with it")
+        if args.until != "exit" or args.detach:
+            raise CliError("-p PID: the process is already running (--until first-run and --detach are for a "
+                           "COMMAND minivmm trace starts)")
+        path, argv = "", _attach_target(args.pid)
+    else:
+        path, argv = resolve_command(args.command)
     if args.detach and args.until != "first-run":
         raise CliError("--detach needs --until first-run (it says when to detach)")
     if args.json and args.out_format not in (None, "json"):
@@ -123,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
     from minivmm.trace.kclock import KernelClockUnavailable
     from minivmm.trace.syscalls import SpawnError
-    from minivmm.trace.tracer import PtraceDenied, Tracer, spawn_failure_message
+    from minivmm.trace.tracer import AttachError, PtraceDenied, Tracer, spawn_failure_message
 
     detach_pipe: list[int] = []
 
@@ -136,18 +177,26 @@ def run(args: argparse.Namespace) -> int:
         if code is not None:
             return code
     tracer = Tracer(path, argv, until_first_run=args.until == "first-run", detach=args.detach,
-                    timeout_s=args.timeout, clock=args.clock, on_detach=on_detach if args.detach else None)
+                    timeout_s=args.timeout, clock=args.clock, on_detach=on_detach if args.detach else None,
+                    attach_pid=args.pid, on_start=_attached if args.pid is not None else None)
     try:
         result = tracer.run()
-    except PtraceDenied as e:
+    except (PtraceDenied, AttachError) as e:
         raise CliError(str(e)) from None
     except KernelClockUnavailable as e:
         raise CliError(f"--clock kernel: {e} (use --clock auto to fall back to the tracer's clock)") from None
     except SpawnError as e:
         raise CliError(spawn_failure_message(e, argv[0])) from None
-    if result.detached:
+    if result.detached and not result.attached:
         os._exit(0)  # the background servicer: the tracee is gone, the report was given long ago
+    if result.attached and result.detached:
+        _note(f"let go of pid {result.pid}, which keeps running")
     return _report(args, result, argv)
+
+
+def _attached(pid: int, threads: int) -> None:
+    _note(f"attached to pid {pid} ({threads} thread{'s' if threads != 1 else ''}): each of its system calls now "
+          "stops twice; Ctrl-C, SIGTERM or --timeout lets it go, running")
 
 
 def _fork_for_detach(pipe: list[int]) -> int | None:
@@ -191,7 +240,7 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
     if not result.events and result.stop_reason in (StopReason.EXITED, StopReason.FIRST_RUN):
         kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
         return "no_kvm_ioctls", int(ExitCode.BAD_INPUT if kvm_ok else ExitCode.KVM_UNAVAILABLE)
-    if result.detached:
+    if result.detached and not result.attached:
         return "detached", int(ExitCode.OK)
     if result.stop_reason is StopReason.FIRST_RUN:
         return "first-run", int(ExitCode.OK)

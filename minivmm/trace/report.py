@@ -48,6 +48,10 @@ def ioctl_line(ev: IoctlEvent, t0_ns: int) -> str:
 def status_line(r: TraceResult) -> str:
     """How the tracee ended, in one line."""
     who = os.path.basename(r.argv[0])
+    if r.attached and r.detached:
+        why = {StopReason.TIMEOUT: "timed out", StopReason.INTERRUPTED: "interrupted (Ctrl-C)",
+               StopReason.TERMINATED: "minivmm trace was told to stop"}.get(r.stop_reason, "done")
+        return f"--- {why}: let go of {who} (pid {r.pid}, attached with -p), which keeps running ---"
     if r.detached:
         return f"--- every vCPU entered KVM_RUN: detached, {who} (pid {r.pid}) keeps running ---"
     if r.exit_signal is not None:

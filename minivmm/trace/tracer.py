@@ -39,13 +39,13 @@ from typing import Any
 
 from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
-from minivmm.trace.fds import ProcessFds, link_kind
+from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, link_kind
 from minivmm.trace.kclock import KernelClock, KernelClockUnavailable
-from minivmm.trace.syscalls import (SpawnError, TraceOSError, check_errno, event_message, exec_failure, ffi,
-                                    getregs, kill, lib, ptrace, spawn, waitpid)
+from minivmm.trace.syscalls import (IOCTL_NUMBERS, SpawnError, TraceOSError, check_errno, event_message,
+                                    exec_failure, ffi, getregs, kill, lib, ptrace, spawn, waitpid)
 from minivmm.tracefs import Record
 
-__all__ = ["Clock", "IoctlEvent", "PtraceDenied", "StopReason", "TeardownCall", "TraceResult", "Tracer",
+__all__ = ["AttachError", "Clock", "IoctlEvent", "PtraceDenied", "StopReason", "TeardownCall", "TraceResult", "Tracer",
            "spawn_failure_message"]
 
 #: After every vCPU has entered KVM_RUN, how long to wait for the first exits before stopping anyway.
@@ -132,6 +132,8 @@ class TraceResult:
     teardown: list[TeardownCall] = field(default_factory=list)
     #: Whether close()/exit_group were recorded (the kernel clock with their tracepoints).
     teardown_recorded: bool = False
+    #: ``-p``: the process was running before and was attached to (and is let go at the end).
+    attached: bool = False
     #: KVM ioctls made through a 32-bit ABI (i386, x32): timed by the tracer's stops, which the kernel's
     #: syscall tracepoints do not report.
     compat_calls: int = 0
@@ -168,6 +170,31 @@ class _Waiting:
         self.row, self.fd, self.request, self.link = row, fd, request, link
 
 
+class AttachError(RuntimeError):
+    """``-p PID`` names no process that can be traced; the message says why."""
+
+
+def _tasks(pid: int) -> list[int]:
+    """The thread ids of a process (empty if there is no such process)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
+    except OSError:
+        return []
+
+
+def _kvm_fds(pid: int) -> dict[int, int]:
+    """A running process's KVM fds and their link kinds (see minivmm.trace.fds.link_kind)."""
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        if name.isdigit() and (kind := link_kind(pid, int(name))) not in (LINK_GONE, LINK_OTHER):
+            out[int(name)] = kind
+    return out
+
+
 def _tgid_of(tid: int) -> int:
     try:
         with open(f"/proc/{tid}/status") as f:
@@ -190,6 +217,9 @@ def _signed32(value: int) -> int:
 
 OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACESECCOMP | lib.PTRACE_O_TRACECLONE
            | lib.PTRACE_O_TRACEFORK | lib.PTRACE_O_TRACEVFORK | lib.PTRACE_O_TRACEEXEC | lib.PTRACE_O_EXITKILL)
+#: ``-p``: no EXITKILL (the process is not ours to end when we go) and no seccomp (it has no filter of ours).
+ATTACH_OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACECLONE | lib.PTRACE_O_TRACEFORK
+                  | lib.PTRACE_O_TRACEVFORK | lib.PTRACE_O_TRACEEXEC)
 _NOT_IN_KERNEL = -1  # in_kernel: a kernel enter with no recorded stop (a later KVM_RUN)
 
 
@@ -198,8 +228,17 @@ class Tracer:
 
     def __init__(self, path: str, argv: list[str], env: dict[str, str] | None = None, *,
                  until_first_run: bool = False, detach: bool = False, timeout_s: float | None = None,
-                 clock: str = "auto", on_detach: Any = None, limit: int = DEFAULT_LIMIT) -> None:
+                 clock: str = "auto", on_detach: Any = None, limit: int = DEFAULT_LIMIT,
+                 attach_pid: int | None = None, on_start: Any = None) -> None:
         self.path, self.argv = path, argv
+        #: Called with (pid, threads) once tracing has begun (-p: every thread is held).
+        self.on_start = on_start
+        #: ``-p PID``: trace a running process (its threads seized as they are) instead of starting one.
+        self.attach_pid = attach_pid
+        #: How a stop is resumed by default: with PTRACE_SYSCALL when attached (there is no filter: every
+        #: system call stops at its entry and its exit, as under strace -p).
+        self._cont = lib.PTRACE_SYSCALL if attach_pid is not None else lib.PTRACE_CONT
+        self._in_syscall: set[int] = set()
         self.env = dict(os.environ) if env is None else env
         self.until_first_run, self.detach, self.timeout_s = until_first_run, detach, timeout_s
         self.clock_choice = clock
@@ -233,6 +272,8 @@ class Tracer:
     # --- start ---------------------------------------------------------------------------------------
 
     def _start(self) -> str:
+        if self.attach_pid is not None:
+            return self._attach()
         self.pid = spawn(self.path, self.argv, self.env)
         note = "ptrace stops (CLOCK_MONOTONIC read by the tracer at the seccomp stop and the syscall-exit stop)"
         try:
@@ -259,6 +300,84 @@ class Tracer:
         self._add(self.pid, self.pid)
         kill(self.pid, signal.SIGCONT)
         return note
+
+    def _attach(self) -> str:
+        """``-p PID``: seize every thread of a running process (PTRACE_SEIZE, no EXITKILL: it outlives us),
+        interrupt each once so that its next system call stops, and name its KVM fds from /proc."""
+        pid = self.pid = self.attach_pid or 0
+        note = "ptrace stops (CLOCK_MONOTONIC read by the tracer at the syscall entry and exit stops)"
+        tids = _tasks(pid)
+        if not tids:
+            raise AttachError(f"no process {pid}")
+        if self.clock_choice != "ptrace":
+            try:
+                self.kclock = KernelClock.open(tids)
+                note = ("kernel (syscalls:sys_enter_ioctl/sys_exit_ioctl tracepoints, trace_clock=mono, in a "
+                        "private tracefs instance)")
+            except KernelClockUnavailable as e:
+                if self.clock_choice == "kernel":
+                    raise
+                note += f"; the kernel clock is unavailable: {e}"
+        fds = ProcessFds()
+        for fd, link in sorted(_kvm_fds(pid).items()):
+            if link == LINK_VM:
+                fds.created_vm(fd)
+        vms = [r for r in fds.roles.values()]
+        proc = self.procs[pid] = _Proc(pid, fds)
+        for fd, link in sorted(_kvm_fds(pid).items()):
+            if link >= 0:
+                proc.vcpu_fds[fd] = fds.created_vcpu(fd, link, vms[0] if len(vms) == 1 else "vm?")
+                proc.run_done.add(fd)  # it ran long before us: its KVM_RUNs are counted, not recorded
+        seized: set[int] = set()
+        try:
+            while new := [t for t in _tasks(pid) if t not in seized]:  # threads started meanwhile
+                for tid in new:
+                    seized.add(tid)
+                    try:
+                        ptrace(lib.PTRACE_SEIZE, tid, 0, ATTACH_OPTIONS, "ptrace(PTRACE_SEIZE)")
+                    except TraceOSError as e:
+                        if e.errno == _errno.ESRCH:
+                            continue  # the thread ended
+                        if e.errno in (_errno.EPERM, _errno.EACCES):
+                            raise PtraceDenied(_denied_hint(tid)) from None
+                        raise
+                    self._add(tid, pid)
+                    ptrace(lib.PTRACE_INTERRUPT, tid, 0, 0, "ptrace(PTRACE_INTERRUPT)")
+        except BaseException:
+            self._detach_all()
+            if self.kclock is not None:
+                self.kclock.close()
+            raise
+        self._exec_seen = True
+        return note
+
+    def _detach_all(self) -> None:
+        """Let go of every thread we hold, leaving the process running as before (``-p``): each is
+        brought to a stop (PTRACE_INTERRUPT) and detached there, with the signal it was about to get."""
+        pending = set(self.alive)
+        for tid in pending:
+            try:
+                ptrace(lib.PTRACE_INTERRUPT, tid, 0, 0, "ptrace(PTRACE_INTERRUPT)")
+            except TraceOSError:
+                pass
+        deadline = time.monotonic() + 5
+        while pending and time.monotonic() < deadline:
+            try:
+                tid, status = waitpid(-1, WALL)
+            except TraceOSError as e:
+                if e.errno == _errno.EINTR:
+                    continue
+                break
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                pending.discard(tid)
+                self.alive.discard(tid)
+                continue
+            sig = os.WSTOPSIG(status)
+            event = (status >> 16) & 0xFF
+            deliver = sig if not event and sig != (signal.SIGTRAP | 0x80) else 0
+            if lib.minivmm_ptrace(lib.PTRACE_DETACH, tid, ffi.NULL, _SIGNALS[deliver]) == 0 or tid in pending:
+                pending.discard(tid)
+                self.alive.discard(tid)
 
     def _kill_unstarted(self) -> None:
         """The child is stopped before its exec: kill and reap it, leaving nothing behind."""
@@ -288,11 +407,14 @@ class Tracer:
             signal.signal(s, flag)
         try:
             note = self._start()
+            if self.on_start is not None:
+                self.on_start(self.pid, len(self.alive))
             start = time.monotonic_ns()
             if self.timeout_s is not None:
                 self._deadlines["timeout"] = start + int(self.timeout_s * 1e9)
             self.result = TraceResult(self.argv, self.pid, self.log, StopReason.EXITED,
-                                      Clock.KERNEL if self.kclock else Clock.PTRACE, note)
+                                      Clock.KERNEL if self.kclock else Clock.PTRACE, note,
+                                      attached=self.attach_pid is not None)
             self.result.teardown_recorded = bool(self.kclock and self.kclock.teardown_events)
             self._loop()
             if not self._exec_seen:
@@ -363,7 +485,7 @@ class Tracer:
         if flags.get("SIGINT"):
             if self.result.stop_reason is StopReason.EXITED:
                 self.result.stop_reason = StopReason.INTERRUPTED
-            if "interrupt" in self._deadlines or flags["SIGINT"] > 1:
+            if "interrupt" in self._deadlines or flags["SIGINT"] > 1 or self.attach_pid is not None:
                 self._end_tracee()  # a second Ctrl-C: no more grace
             self._deadlines.setdefault("interrupt", now + INTERRUPT_GRACE_NS)
         terms = flags.get("SIGTERM", 0) + flags.get("SIGHUP", 0)
@@ -391,6 +513,8 @@ class Tracer:
             self._signal_tracee(signal.SIGKILL)
 
     def _signal_tracee(self, sig: int) -> None:
+        if self.attach_pid is not None:
+            return  # a process we attached to is never ours to signal
         for tgid in {self.tgid[t] for t in self.alive}:
             try:
                 kill(tgid, sig)
@@ -398,9 +522,13 @@ class Tracer:
                 pass
 
     def _end_tracee(self) -> None:
-        """SIGTERM now, SIGKILL if still alive after TERM_GRACE_NS."""
+        """SIGTERM now, SIGKILL if still alive after TERM_GRACE_NS; an attached process is let go instead."""
         assert self.result is not None
         if not self.alive or self.result.detached:
+            return
+        if self.attach_pid is not None:
+            self._detach_all()
+            self.result.detached = True
             return
         self.result.ended_by_tracer = True
         if "kill" not in self._deadlines:
@@ -409,9 +537,9 @@ class Tracer:
 
     # --- stops ---------------------------------------------------------------------------------------
 
-    def _resume(self, tid: int, request: int = lib.PTRACE_CONT, sig: int = 0) -> None:
+    def _resume(self, tid: int, request: int | None = None, sig: int = 0) -> None:
         # The hot path (every stop ends here): the compiled call directly, errors through the choke point.
-        if lib.minivmm_ptrace(request, tid, ffi.NULL, _SIGNALS[sig]) < 0:
+        if lib.minivmm_ptrace(self._cont if request is None else request, tid, ffi.NULL, _SIGNALS[sig]) < 0:
             try:
                 check_errno("ptrace(resume)")
             except TraceOSError as e:
@@ -441,7 +569,10 @@ class Tracer:
         if event == lib.PTRACE_EVENT_SECCOMP:
             self._on_seccomp(tid, now)
         elif sig == (signal.SIGTRAP | 0x80):
-            self._on_syscall_exit(tid, now)
+            if self.attach_pid is not None:
+                self._on_attached_syscall(tid, now)
+            else:
+                self._on_syscall_exit(tid, now)
         elif event in (lib.PTRACE_EVENT_FORK, lib.PTRACE_EVENT_VFORK, lib.PTRACE_EVENT_CLONE):
             child = event_message(tid)
             parent = self.procs[self.tgid[tid]]
@@ -478,7 +609,7 @@ class Tracer:
             # that started the child is ours and not shown.
             if not (sig == signal.SIGCONT and tid == self.pid and not self._exec_seen):
                 self.result.signals.append((tid, sig))
-            self._resume(tid, lib.PTRACE_CONT, sig)
+            self._resume(tid, None, sig)
 
     def _on_seccomp(self, tid: int, now: int) -> None:
         """A KVM ioctl is about to enter the kernel: take what only this moment can tell (the struct it
@@ -510,7 +641,7 @@ class Tracer:
         # is also stopped at its exit (one more stop per vCPU): whether it returned an exit decides
         # --until first-run, and which later KVM_RUNs are not recorded, at once.
         # A 32-bit call (i386, x32) is not reported by the syscall tracepoints: its exit stop is its clock.
-        exit_stop = first_run or compat or self.kclock is None
+        exit_stop = first_run or compat or self.kclock is None or self.attach_pid is not None
         self._resume(tid, lib.PTRACE_SYSCALL if exit_stop else lib.PTRACE_CONT)
         if first_run:
             # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
@@ -531,6 +662,26 @@ class Tracer:
             self._waiting.setdefault(tid, deque()).append(_Waiting(row, fd, request, link))
         else:
             self.log.set_role(row, proc.fds.role(fd, link))
+
+    def _on_attached_syscall(self, tid: int, now: int) -> None:
+        """``-p``: every system call stops at its entry and its exit. An entry of a KVM ioctl is taken as a
+        seccomp stop is; its exit completes it (the kernel's record, when there is one, adds its clock)."""
+        if tid in self._in_syscall:
+            self._in_syscall.discard(tid)
+            self._on_syscall_exit(tid, now)
+            return
+        regs = getregs(tid)
+        if _signed(int(regs.rax)) != -_errno.ENOSYS:
+            self._on_syscall_exit(tid, now)  # an exit after all (we lost count): complete what is pending
+            return
+        self._in_syscall.add(tid)
+        nr = int(regs.orig_rax)
+        if nr in IOCTL_NUMBERS:
+            request = int(regs.rcx if nr == _NR_IOCTL_I386 else regs.rsi) & 0xFFFFFFFF
+            if (request >> 8) & 0xFF == lib.KVMIO:
+                self._on_seccomp(tid, now)
+                return
+        self._resume(tid)
 
     def _on_syscall_exit(self, tid: int, now: int) -> None:
         row = self._exit_stop.pop(tid, None)
@@ -734,8 +885,12 @@ class Tracer:
 
     def _reap_all(self) -> None:
         """Never leave a tracee stopped or orphaned: whatever is still traced here is killed and reaped
-        (only on an error path; every normal path ends with the tracees gone or serviced)."""
+        (only on an error path; every normal path ends with the tracees gone or serviced). An attached
+        process is let go instead."""
         if not self.alive:
+            return
+        if self.attach_pid is not None:
+            self._detach_all()
             return
         for tid in list(self.alive):
             try:
