@@ -141,3 +141,60 @@ def test_system_fd_ioctls_go_to_the_newest_vm_of_their_process() -> None:
     assert (first.role, first.created, second.role, second.created) == ("vm", 1, "vm1", 10)
     assert first.rows == list(range(1, 10)) and second.rows == [10, 11, 12]
     assert (first.vcpus, second.vcpus) == (["vcpu0"], ["vm1.vcpu0"])
+
+
+def test_the_kernel_s_srcu_timer_is_set_beside_the_model_s_attribution() -> None:
+    """Synthetic SRCU events: the registration (#2) arms the grace-period timer; it fires during the
+    stalled memslot (#8, step 7) and process_srcu runs; a timer another task armed, and one that is not SRCU's
+    (no process_srcu queued after it), are not taken for it."""
+    from minivmm.trace import srcu_check as sc
+    from minivmm.tracefs import Record
+    r = synthetic_trace(6_000_000)
+    reg, mem = r.events[2], r.events[8]  # the first registration; the memslot (step 7)
+    assert mem.kernel_enter_ns is not None and reg.kernel_enter_ns is not None
+    t_arm = reg.kernel_enter_ns + 500
+    fire = mem.kernel_enter_ns + 4_000_000
+    timeline = sc.SrcuTimeline(threads={100})
+    timeline.feed([
+        Record(t_arm, 0, sc.TIMER_START, 100, (0xA0,)),                  # SRCU's timer, armed in #2
+        Record(t_arm + 10, 0, sc.TIMER_START, 100, (0xB0,)),             # another delayed work of ours
+        Record(t_arm + 20, 1, sc.TIMER_START, 999, (0xC0,)),             # someone else's
+        Record(fire - 1000, 1, sc.TIMER_EXPIRE, 0, (0xB0,)),             # fires; nothing SRCU queued
+        Record(fire - 900, 1, sc.TIMER_EXPIRE, 0, (0xC0,)),
+        Record(fire, 0, sc.TIMER_EXPIRE, 0, (0xA0,)),
+        Record(fire + 2000, 0, sc.QUEUE, 0, (0x80,)),                     # process_srcu queued by it
+        Record(fire + 9000, 1, sc.EXECUTE, 7, (0x80, 0xFFFF)),            # and run by a kworker
+    ])
+    assert timeline.srcu_timers() == {0xA0}
+    ex = explain(r, hz=250, platform="vmx", samples=50)
+    checks = sc.check_stalls(ex, type(r)(**{**r.__dict__, "srcu": timeline}), [7])
+    check = checks[7]
+    assert check.kernel is not None and check.kernel.armed_in_ioctl == 2 and check.kernel.fired_ns == fire
+    assert check.kernel.processed_ns == fire + 9000
+    assert check.agrees == (ex.attribution_detail[7]["started_by_ioctl"] == 2)
+    line = check.describe(lambda k: r.events[k].name)
+    assert "armed during #2 KVM_IOEVENTFD" in line and "fired at +4.00 ms" in line
+    nothing = sc.check_stalls(ex, type(r)(**{**r.__dict__, "srcu": sc.SrcuTimeline(threads={100})}), [7])[7]
+    assert nothing.kernel is None and not nothing.agrees and "no SRCU grace-period timer" in nothing.describe(str)
+
+
+def test_a_stall_the_model_does_not_explain_is_flagged_only_if_it_returned_after_a_grace_period() -> None:
+    """The model predicts no stall in KVM_CREATE_VCPU; an SRCU timer armed earlier fires while it is slow.
+    If the call returned right after that grace period's process_srcu, the kernel says it waited for it
+    (a disagreement); if long after, the timer only happened to fire meanwhile."""
+    from minivmm.trace import srcu_check as sc
+    from minivmm.tracefs import Record
+    r = synthetic_trace(80_000)
+    vcpu = r.events[-1]
+    assert vcpu.kernel_enter_ns is not None
+    vcpu.kernel_exit_ns = vcpu.kernel_enter_ns + 9_000_000
+    ex = explain(r, hz=250, platform="pvm", samples=50)
+    armed = r.events[2].kernel_enter_ns or 0
+    for processed_at, agrees in ((8_800_000, False), (2_000_000, True)):
+        timeline = sc.SrcuTimeline(threads={100})
+        fire = vcpu.kernel_enter_ns + processed_at - 10_000
+        timeline.feed([Record(armed, 0, sc.TIMER_START, 100, (0xA0,)), Record(fire, 0, sc.TIMER_EXPIRE, 0, (0xA0,)),
+                       Record(fire + 1, 0, sc.QUEUE, 0, (0x80,)),
+                       Record(vcpu.kernel_enter_ns + processed_at, 1, sc.EXECUTE, 7, (0x80, 1))])
+        check = sc.check_stalls(ex, type(r)(**{**r.__dict__, "srcu": timeline}), [8])[8]
+        assert check.model_started_by is None and check.agrees is agrees

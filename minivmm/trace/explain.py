@@ -25,7 +25,7 @@ from kernel_model import sequences as seqmod
 from kernel_model.ops import TracedIoctl
 from kernel_model.sequences import Sequence, Step
 from kernel_model.stats import is_stall, quantiles
-from minivmm.trace import decode
+from minivmm.trace import decode, srcu_check
 from minivmm.trace.fds import vm_of_role
 from minivmm.trace.tracer import IoctlEvent, TraceResult
 
@@ -48,6 +48,9 @@ class Explanation:
     attribution_note: str = ""
     attribution_detail: dict[int, dict[str, Any]] = field(default_factory=dict)
     vm: VmTrace | None = None
+    #: Per stalled step, the SRCU machinery's own record beside the model's attribution; or why not.
+    kernel_checks: dict[int, srcu_check.StallCheck] = field(default_factory=dict)
+    kernel_note: str = ""
 
     def setup_measured_ns(self) -> int:
         """From the start of KVM_CREATE_VM to the end of the last step, as measured."""
@@ -233,6 +236,10 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
     rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
     ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
     _attribute(ex, result, min(samples, 200), seed)
+    if getattr(result, "srcu", None) is not None:
+        ex.kernel_checks = srcu_check.check_stalls(ex, result, stalled_steps(ex))
+    else:
+        ex.kernel_note = getattr(result, "srcu_note", "") or "the kernel clock was not used"
     return ex
 
 
@@ -282,11 +289,12 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
         if st.transferred and st.started_by_step is not None:
             starter = events[ex.step_events[st.started_by_step]]
             earlier = (ev.enter_ns - starter.enter_ns) / 1e6
-            sentence = (f"model ({best}): waited {waited} in {st.call} for the {st.gp_kind} grace period "
-                        f"started by {starter.name} #{starter.index} ({st.started_by_call}) {earlier:.2f} ms "
-                        f"earlier{share}")
+            sentence = (f"model ({best}, its own figures): waited {waited} in {st.call} for the {st.gp_kind} "
+                        f"grace period started by {starter.name} #{starter.index} ({st.started_by_call}) "
+                        f"{earlier:.2f} ms earlier{share}")
         else:
-            sentence = f"model ({best}): waited {waited} for its own {st.gp_kind} grace period ({st.call}){share}"
+            sentence = (f"model ({best}, its own figures): waited {waited} for its own {st.gp_kind} grace period "
+                        f"({st.call}){share}")
         ex.attributions[i] = [sentence]
         ex.attribution_detail[i] = {
             "variant": best, "call": st.call, "gp_kind": st.gp_kind, "srcu": st.srcu,

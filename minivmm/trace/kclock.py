@@ -20,8 +20,9 @@ too, and removes what a killed run left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from minivmm.trace import srcu_check
 from minivmm.trace.syscalls import lib
 from minivmm.tracefs import COMMIT_SLACK_NS, Instance, Record, Session, TracefsUnavailable
 
@@ -65,6 +66,12 @@ class KernelClock:
     overruns: int = 0
     #: Whether close()/exit_group are recorded (their events exist here).
     teardown_events: bool = False
+    #: The SRCU grace-period machinery's events (minivmm.trace.srcu_check), in an instance of their own;
+    #: None, with ``srcu_note`` saying why, where they cannot be recorded.
+    srcu: Instance | None = None
+    srcu_note: str = ""
+    #: What :meth:`finish` read last of the SRCU instance.
+    srcu_records: list[Record] = field(default_factory=list)
 
     @classmethod
     def open(cls, pids: list[int]) -> KernelClock:
@@ -87,6 +94,14 @@ class KernelClock:
                 inst.enable(EXIT_GROUP, ("error_code",))
             inst.follow(pids)
             inst.start(clock="mono", buffer_kb=BUFFER_KB_PER_CPU, overwrite=False)
+            try:
+                clock.srcu = clock.session.instance("srcu")
+                srcu_check.arm(clock.srcu)
+            except (TracefsUnavailable, OSError) as e:
+                clock.srcu_note = str(e) if isinstance(e, TracefsUnavailable) else f"cannot be recorded: {e.strerror}"
+                if clock.srcu is not None:
+                    clock.srcu.remove()
+                    clock.srcu = None
         except TracefsUnavailable as e:
             clock.close()
             raise KernelClockUnavailable(str(e)) from None
@@ -111,9 +126,18 @@ class KernelClock:
 
     def read(self) -> int:
         """Take the record out of the kernel's buffers without decoding it (the cheap part, done often
-        while tracing runs); returns the bytes waiting to be decoded."""
+        while tracing runs); returns the bytes of the ioctls' record waiting to be decoded."""
         assert self.instance is not None
+        if self.srcu is not None:
+            self.srcu.read()
         return self.instance.read()
+
+    def srcu_poll(self, final: bool = False, over: int = 0) -> list[Record]:
+        """The SRCU machinery's records so far (all of them with ``final``; none unless more than ``over``
+        bytes wait to be decoded)."""
+        if self.srcu is None or (not final and self.srcu.read() <= over):
+            return []
+        return self.srcu.drain(final=final)
 
     def poll(self, now: bool = False) -> list[Record]:
         """What has been recorded so far, in time order (up to the reading's watermark; with ``now``, up
@@ -128,8 +152,11 @@ class KernelClock:
         assert self.instance is not None
         try:
             self.instance.stop()
+            if self.srcu is not None:
+                self.srcu.stop()
             records = self.instance.drain(final=True)
             self.overruns = self.instance.overruns()
+            self.srcu_records = self.srcu_poll(final=True)
         finally:
             self.close()
         return records

@@ -164,8 +164,16 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
         w(f"  #{ev.index} {ex.sequence.steps[i].label}: {_fmt_us(ex.measured_ns[i] / 1000)}\n")
         for sentence in ex.attributions.get(i, []):
             w(f"      {sentence}\n")
+        check = ex.kernel_checks.get(i)
+        if check is not None:
+            w(f"      {check.describe(lambda k: events[k].name)}\n")
     if stalls and ex.attribution_note:
         w(f"  ({ex.attribution_note})\n")
+    if stalls and ex.kernel_note:
+        w(f"  (the kernel's own record of the grace periods is not available: {ex.kernel_note})\n")
+    elif stalls:
+        w("  (\"waited\" is the model's figure; the kernel line is what its SRCU timer and workqueue events "
+          "recorded)\n")
     w(f"\nwhole set-up (KVM_CREATE_VM to the end of the last step): measured "
       f"{_fmt_us(ex.setup_measured_ns() / 1000)}; predicted p50 [p10 - p90]:\n")
     for v, q in ex.setup_predicted().items():
@@ -257,13 +265,14 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
                       "gap_us": ex.gaps_ns[i] / 1000, "measured_us": ex.measured_ns[i] / 1000,
                       "predicted_us": {v: _us_keys(p.steps[i].stats()) for v, p in c.predictions.items()},
                       "stalled": i in stalls, "attribution": ex.attributions.get(i, []),
-                      "grace_period": ex.attribution_detail.get(i)})
+                      "grace_period": ex.attribution_detail.get(i),
+                      "kernel": ex.kernel_checks[i].to_json() if i in ex.kernel_checks else None})
     v = c.verdict
     return {"hz": ex.hz, "platform": ex.platform, "sequence_text": ex.sequence_text, "steps": steps,
             "setup": {"measured_us": ex.setup_measured_ns() / 1000,
                       "predicted_us": {k: _us_keys(q) for k, q in ex.setup_predicted().items()}},
             "unmodelled": dict(ex.unmodelled), "not_in_sequence": ex.skipped,
-            "attribution_note": ex.attribution_note or None,
+            "attribution_note": ex.attribution_note or None, "kernel_check_note": ex.kernel_note or None,
             "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
                         "text": v.text}}
 

@@ -41,6 +41,7 @@ from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
 from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, link_kind
 from minivmm.trace.kclock import KernelClock, KernelClockUnavailable
+from minivmm.trace.srcu_check import SrcuTimeline
 from minivmm.trace.syscalls import (IOCTL_NUMBERS, SpawnError, TraceOSError, check_errno, event_message,
                                     exec_failure, ffi, getregs, kill, lib, ptrace, spawn, waitpid)
 from minivmm.tracefs import Record
@@ -132,6 +133,9 @@ class TraceResult:
     teardown: list[TeardownCall] = field(default_factory=list)
     #: Whether close()/exit_group were recorded (the kernel clock with their tracepoints).
     teardown_recorded: bool = False
+    #: The SRCU grace-period machinery as the kernel recorded it (None: not recorded; ``srcu_note`` why).
+    srcu: SrcuTimeline | None = None
+    srcu_note: str = ""
     #: ``-p``: the process was running before and was attached to (and is let go at the end).
     attached: bool = False
     #: KVM ioctls made through a 32-bit ABI (i386, x32): timed by the tracer's stops, which the kernel's
@@ -263,6 +267,8 @@ class Tracer:
         self._completed_at_stop: set[int] = set()
         self._creating: set[int] = set()   # KVM_CREATE_VCPU rows whose result is not known yet
         self._next_poll = 0
+        #: The SRCU grace-period machinery's own record, for the traced threads (``self.tgid``'s keys).
+        self.srcu = SrcuTimeline(threads=self.tgid)
 
     @property
     def events(self) -> EventLog:
@@ -424,6 +430,9 @@ class Tracer:
             if self.kclock is not None:
                 self._on_kernel(self.kclock.finish())
                 self.result.overruns = self.kclock.overruns
+                self.srcu.feed(self.kclock.srcu_records)
+                self.result.srcu = self.srcu if self.kclock.srcu is not None else None
+                self.result.srcu_note = self.kclock.srcu_note
                 self.kclock = None
             self._finish_teardown()
             if self.result.detached and self.on_detach is not None:
@@ -477,6 +486,7 @@ class Tracer:
             # Read the kernel's buffers often (cheap); decode only when a decision waits on the record or
             # the backlog grows (decoding competes with the tracee for the CPU).
             awaiting = self._awaiting_first_runs()
+            self.srcu.feed(self.kclock.srcu_poll(over=DECODE_BACKLOG))
             if self.kclock.read() > DECODE_BACKLOG or awaiting:
                 self._on_kernel(self.kclock.poll())
                 self._check_first_runs(now)
