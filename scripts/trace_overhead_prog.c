@@ -12,6 +12,8 @@
  *   check N BATCHES KVM_CHECK_EXTENSION on the system fd in a tight loop; "check N NS" per batch.
  *   getpid N BATCHES  getppid() (never cached by libc) in a tight loop; "getpid N NS" per batch.
  *   hold            print "ready", then block until stdin ends (keeps a tracer running meanwhile).
+ *   go              print "ready", then wait for one byte on stdin before the modes that follow (a
+ *                   tracer attaches meanwhile, with -p).
  * Several modes can follow one another on one command line.
  */
 #define _GNU_SOURCE
@@ -180,6 +182,12 @@ int main(int argc, char **argv)
                 printf("%s %ld %lld\n", check ? "check" : "getpid", n, (long long)(now_ns() - t0));
                 fflush(stdout);
             }
+        } else if (strcmp(argv[a], "go") == 0) {
+            char c;
+            printf("ready\n");
+            fflush(stdout);
+            if (read(0, &c, 1) != 1)
+                return 9;
         } else if (strcmp(argv[a], "hold") == 0) {
             char c;
             printf("ready\n");
@@ -187,7 +195,7 @@ int main(int argc, char **argv)
             while (read(0, &c, 1) > 0)
                 ;
         } else {
-            fprintf(stderr, "usage: %s [setup REPS] [check N BATCHES] [getpid N BATCHES] [hold]\n", argv[0]);
+            fprintf(stderr, "usage: %s [setup REPS] [check N BATCHES] [getpid N BATCHES] [hold] [go]\n", argv[0]);
             return 2;
         }
     }

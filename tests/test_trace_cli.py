@@ -651,3 +651,33 @@ def test_qemu_stalls_agree_with_the_kernel_s_grace_periods(tmp_path: pathlib.Pat
     assert attributed  # QEMU's set-up has grace-period stalls the model attributes (two on q35)
     for step in attributed:
         assert step["kernel"]["agrees"], step
+
+
+@pytest.mark.slow
+def test_a_long_trace_is_kept_compactly(prog: str, tmp_path: pathlib.Path) -> None:
+    """300,000 KVM ioctls under --until exit: every one is in the report, and minivmm trace stays under
+    200 MB (its peak resident size, measured by a parent of its own)."""
+    out = tmp_path / "long.txt"
+    code = ("import resource, subprocess, sys; "
+            "p = subprocess.run(sys.argv[1:]); "
+            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    p = subprocess.run([sys.executable, "-c", code, *_argv("--no-explain", "-o", str(out), "--", prog, "checks",
+                                                            "300000")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    rc, maxrss_kb = map(int, p.stdout.split())
+    assert rc == 0, p.stderr
+    assert maxrss_kb < 200 * 1024
+    with open(out) as f:
+        assert sum(1 for line in f if "ioctl(system, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) = 1 <" in line) == 300000
+
+
+def test_past_the_row_limit_ioctls_are_counted_and_the_report_says_so(prog: str, tmp_path: pathlib.Path) -> None:
+    from minivmm.trace import report
+    from minivmm.trace.tracer import Tracer
+    t = Tracer(prog, [prog, "checks", "25"], limit=10)
+    r = t.run()
+    assert len(r.events) == 10 and r.events.dropped == {"KVM_CHECK_EXTENSION": 15}  # type: ignore[union-attr]
+    import io
+    text = io.StringIO()
+    report.render_text(r, [], "", text)
+    assert "(+15 further KVM ioctls not kept: the trace keeps the first 10; KVM_CHECK_EXTENSION x15)" in text.getvalue()

@@ -18,7 +18,8 @@
  * runs a one-instruction guest (HLT) once, and a second VM with a memslot; every fd is closed at the end
  * ("vms-norun": the same without the run), or "attach": a VM and a vCPU, then "ready" on stdout; after a
  * byte on stdin, two ioeventfds registered and one deassigned (as a guest driver enabling a virtqueue
- * makes a VMM do), "registered"; then it waits for stdin to end, and exits 0.
+ * makes a VMM do), "registered"; then it waits for stdin to end, and exits 0; or "checks N": N x
+ * KVM_CHECK_EXTENSION on the system fd (a long trace), then exit 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -170,6 +171,14 @@ int main(int argc, char **argv)
 
     if (argc > 1 && strcmp(argv[1], "attach") == 0)
         return attach();
+    if (argc > 2 && strcmp(argv[1], "checks") == 0) {
+        int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        if (kvm < 0)
+            return 4;
+        for (long i = atol(argv[2]); i > 0; i--)
+            ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY);
+        return 0;
+    }
     if (argc > 1 && strncmp(argv[1], "vms", 3) == 0)
         return vms(strcmp(argv[1], "vms") == 0);
     if (strcmp(mode, "fork") == 0) {
