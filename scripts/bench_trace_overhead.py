@@ -17,8 +17,9 @@ clock_gettime, so the cost a tracer adds is what the program sees, stops include
 
 Conditions are interleaved round by round (bare, minivmm trace, strace, ...) so that a change in the
 host's load falls on all of them. The loops' figure is the fastest batch's (a batch is only ever slowed
-by the host's other work); the set-up's is the median per position. Goals (from the tracer's design): per KVM ioctl at most strace's;
-a non-KVM system call within 10% of bare, in the traced program and in another process.
+by the host's other work); the set-up's is the median per position. Goals (from the tracer's design):
+per KVM ioctl at most strace's; a non-KVM system call within 10% of bare, in the traced program and in
+another process.
 
 Usage: scripts/bench_trace_overhead.py [--rounds 5] [--setups 20] [--checks 20000] [--getpids 200000]
        [--batches 5] [--no-attach] [--json FILE]
@@ -171,7 +172,7 @@ def main() -> int:
     if not args.no_attach:
         loops = ["check", str(args.checks), str(args.batches), "getpid", str(args.getpids // 10), str(args.batches)]
         for name in ["minivmm", "strace"] if shutil.which("strace") else ["minivmm"]:
-            for r in range(args.rounds):
+            for _ in range(args.rounds):
                 for kind, batches in attached(prog, tmp, name, loops).items():
                     attach_rows.setdefault(name, {}).setdefault(kind, []).extend(batches)
     load_after = load()

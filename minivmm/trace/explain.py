@@ -235,7 +235,7 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
     ex.hz, ex.platform = hz, platform
     rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
     ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
-    _attribute(ex, result, min(samples, 200), seed)
+    _attribute(ex, result, seed)
     if getattr(result, "srcu", None) is not None:
         ex.kernel_checks = srcu_check.check_stalls(ex, result, stalled_steps(ex))
     else:
@@ -249,7 +249,12 @@ def explain_all(result: TraceResult, hz: int, platform: str, samples: int = 400,
     return [explain(result, hz, platform, samples, seed, vm, host) for vm in vms_of(result)]
 
 
-def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) -> None:
+#: Samples of the prediction the model's attribution makes beside it (the attribution is taken at its
+#: own tick phases; its prediction's quantiles are not shown).
+ATTRIBUTION_SAMPLES = 20
+
+
+def _attribute(ex: Explanation, result: TraceResult, seed: int) -> None:
     """For each stalled step: which kernel variant's prediction comes closest to what was measured, and,
     under that variant, which grace period the step waited for and which earlier ioctl started it. The
     attribution is the kernel model's own (``kernel_model.explain``: every grace-period request and
@@ -259,10 +264,21 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
     stalls = stalled_steps(ex)
     if not stalls:
         return
+    # The variant whose prediction comes closest, per stall; the model's attribution is taken only under
+    # those (it simulates the whole sequence at every sampled phase, so this is most of the cost), and
+    # with few samples: its own prediction's quantiles are not used (the comparison's are).
+    closest: dict[int, tuple[str, dict[str, float]]] = {}
+    for i in stalls:
+        p50 = {v: max(p.steps[i].stats()["p50"], 0.01) for v, p in c.predictions.items()}
+        measured_us = max(ex.measured_ns[i] / 1000, 0.01)
+        closest[i] = min(p50, key=lambda v: abs(math.log(measured_us / p50[v]))), p50
+    wanted = {best for i, (best, p50) in closest.items()
+              if ex.sequence.steps[i].op != "ioctl" and is_stall(p50[best] * 1000)}
     per_variant: dict[str, Any] = {}
     try:
-        for v in c.predictions:
-            per_variant[v] = kexplain.explain(ex.sequence, v, ex.hz, ex.platform, samples=samples, seed=seed)
+        for v in sorted(wanted):
+            per_variant[v] = kexplain.explain(ex.sequence, v, ex.hz, ex.platform, samples=ATTRIBUTION_SAMPLES,
+                                              seed=seed)
     except ValueError as e:
         ex.attribution_note = f"grace-period attribution failed: {e}"
         return
@@ -273,9 +289,7 @@ def _attribute(ex: Explanation, result: TraceResult, samples: int, seed: int) ->
             ex.attributions[i] = ["not modelled: carried at its measured cost, so the model cannot say what "
                                   "it waited for"]
             continue
-        p50 = {v: max(p.steps[i].stats()["p50"], 0.01) for v, p in c.predictions.items()}
-        measured_us = max(ex.measured_ns[i] / 1000, 0.01)
-        best = min(p50, key=lambda v: abs(math.log(measured_us / p50[v])))
+        best, p50 = closest[i]
         if not is_stall(p50[best] * 1000):
             ex.attributions[i] = [f"no kernel variant of the model predicts a stall here (the closest, {best}, "
                                   f"predicts {p50[best]:.0f} us): not explained by the model"]
