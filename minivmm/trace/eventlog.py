@@ -114,31 +114,46 @@ class EventLog:
         self._role_ids: dict[str, int] = {"": 0}
         #: Request name -> ioctls seen after the limit was reached (not kept).
         self.dropped: Counter[str] = Counter()
+        self._fresh: list[tuple[int, int, int, int, int, bytes | None, int, bool]] = []
 
     def add(self, pid: int, tid: int, fd: int, request: int, arg: int, raw: bytes | None, stop_ns: int,
             first_run: bool = False) -> int:
-        """A new row at the tracee's stop; returns its index, or -1 past the limit (then only counted)."""
-        if len(self.pid) >= self.limit:
+        """A new row at the tracee's stop; returns its index, or -1 past the limit (then only counted).
+
+        The row waits as a tuple (one append: this runs at every stop) and goes into the columns on
+        the next look at the log (:meth:`settle`)."""
+        n = len(self.pid) + len(self._fresh)
+        if n >= self.limit:
             self.dropped[decode.request_name(request)] += 1
             return -1
-        self.pid.append(pid)
-        self.tid.append(tid)
-        self.fd.append(fd)
-        self.request.append(request & 0xFFFFFFFFFFFFFFFF)
-        self.arg.append(arg & 0xFFFFFFFFFFFFFFFF)
-        self.stop_enter.append(stop_ns)
-        for col in (self.stop_exit, self.kernel_enter, self.kernel_exit, self.ret):
-            col.append(_NONE)
-        self.flags.append((_FIRST_RUN if first_run else 0) | (_HAS_RAW if raw is not None else 0))
-        self.role_id.append(0)
-        self.raw_at.append(len(self.blob))
-        self.raw_len.append(len(raw) if raw else 0)
-        if raw:
-            self.blob += raw
-        return len(self.pid) - 1
+        self._fresh.append((pid, tid, fd, request, arg, raw, stop_ns, first_run))
+        return n
+
+    def settle(self) -> None:
+        """Move the rows added since the last look into the columns (before reading them directly)."""
+        if not self._fresh:
+            return
+        fresh, self._fresh = self._fresh, []
+        for pid, tid, fd, request, arg, raw, stop_ns, first_run in fresh:
+            self.pid.append(pid)
+            self.tid.append(tid)
+            self.fd.append(fd)
+            self.request.append(request & 0xFFFFFFFFFFFFFFFF)
+            self.arg.append(arg & 0xFFFFFFFFFFFFFFFF)
+            self.stop_enter.append(stop_ns)
+            for col in (self.stop_exit, self.kernel_enter, self.kernel_exit, self.ret):
+                col.append(_NONE)
+            self.flags.append((_FIRST_RUN if first_run else 0) | (_HAS_RAW if raw is not None else 0))
+            self.role_id.append(0)
+            self.raw_at.append(len(self.blob))
+            self.raw_len.append(len(raw) if raw else 0)
+            if raw:
+                self.blob += raw
 
     def set_role(self, row: int, role: str) -> None:
         """The fd's role for this call (``system``, ``vm``, ``vcpu0``, ``vm1.vcpu0``, ``fd7``...)."""
+        if self._fresh:
+            self.settle()
         rid = self._role_ids.get(role)
         if rid is None:
             rid = self._role_ids[role] = len(self.roles)
@@ -148,6 +163,8 @@ class EventLog:
     def set_kernel(self, row: int, enter_ns: int | None = None, exit_ns: int | None = None,
                    ret: int | None = None) -> None:
         """The kernel's timestamps and result (each only where given)."""
+        if self._fresh:
+            self.settle()
         if enter_ns is not None:
             self.kernel_enter[row] = enter_ns
         if exit_ns is not None:
@@ -157,22 +174,32 @@ class EventLog:
 
     def set_stop_exit(self, row: int, stop_ns: int, ret: int) -> None:
         """The syscall-exit stop's time and the result read there."""
+        if self._fresh:
+            self.settle()
         self.stop_exit[row] = stop_ns
         self.ret[row] = ret
 
     def set_first_run(self, row: int, first: bool) -> None:
         """Whether this KVM_RUN counts as its vCPU's first."""
+        if self._fresh:
+            self.settle()
         self.flags[row] = (self.flags[row] & ~_FIRST_RUN) | (_FIRST_RUN if first else 0)
 
     def ret_of(self, row: int) -> int | None:
         """The result, if known."""
+        if self._fresh:
+            self.settle()
         return _opt(self.ret[row])
 
     def __len__(self) -> int:
+        if self._fresh:
+            self.settle()
         return len(self.pid)
 
     def event(self, i: int) -> IoctlEvent:
         """Row ``i`` as an IoctlEvent (a copy: changing it does not change the log)."""
+        if self._fresh:
+            self.settle()
         request = self.request[i]
         raw = None
         if self.flags[i] & _HAS_RAW:

@@ -165,15 +165,6 @@ class _Proc:
         self.run_done.discard(fd)
 
 
-class _Waiting:
-    """A KVM ioctl recorded at its stop whose kernel record has not been read yet."""
-
-    __slots__ = ("row", "fd", "request", "link")
-
-    def __init__(self, row: int, fd: int, request: int, link: int) -> None:
-        self.row, self.fd, self.request, self.link = row, fd, request, link
-
-
 class AttachError(RuntimeError):
     """``-p PID`` names no process that can be traced; the message says why."""
 
@@ -225,6 +216,7 @@ OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACESECCOMP | lib.PTRACE_O_
 ATTACH_OPTIONS = (lib.PTRACE_O_TRACESYSGOOD | lib.PTRACE_O_TRACECLONE | lib.PTRACE_O_TRACEFORK
                   | lib.PTRACE_O_TRACEVFORK | lib.PTRACE_O_TRACEEXEC)
 _NOT_IN_KERNEL = -1  # in_kernel: a kernel enter with no recorded stop (a later KVM_RUN)
+_NEVER = 1 << 62
 
 
 class Tracer:
@@ -259,7 +251,8 @@ class Tracer:
         self.kclock: KernelClock | None = None
         self._timer: float = 0.0
         # Pairing the stops with the kernel's record, per thread (see _on_kernel).
-        self._waiting: dict[int, deque[_Waiting]] = {}
+        #: tid -> (row, fd, request, link kind) of KVM ioctls stopped whose kernel record has not been read.
+        self._waiting: dict[int, deque[tuple[int, int, int, int]]] = {}
         self._in_kernel: dict[int, int] = {}
         self._exit_stop: dict[int, int] = {}
         self._closing: dict[int, int] = {}
@@ -267,6 +260,7 @@ class Tracer:
         self._completed_at_stop: set[int] = set()
         self._creating: set[int] = set()   # KVM_CREATE_VCPU rows whose result is not known yet
         self._next_poll = 0
+        self._next_check = 0   # when the loop next looks at its deadlines (and the kernel's record)
         #: The SRCU grace-period machinery's own record, for the traced threads (``self.tgid``'s keys).
         self.srcu = SrcuTimeline(threads=self.tgid)
 
@@ -368,12 +362,12 @@ class Tracer:
                 pass
         deadline = time.monotonic() + 5
         while pending and time.monotonic() < deadline:
-            try:
-                tid, status = waitpid(-1, WALL)
-            except TraceOSError as e:
-                if e.errno == _errno.EINTR:
-                    continue
+            got = _wait_any()
+            if got is None:
                 break
+            tid, status = got
+            if not tid:
+                continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 pending.discard(tid)
                 self.alive.discard(tid)
@@ -460,12 +454,18 @@ class Tracer:
             self._timer = period
 
     def _loop(self) -> None:
-        assert self.result is not None
+        result = self.result
+        assert result is not None
+        # The hot path: a KVM ioctl's seccomp stop goes straight to _on_seccomp; the flags and deadlines
+        # are looked at only when a signal came or one is due.
+        seccomp_stop = (signal.SIGTRAP | (lib.PTRACE_EVENT_SECCOMP << 8)) << 8 | 0x7F
+        tgid = self.tgid
         while self.alive:
-            self._check_flags_and_deadlines()
-            if not self.alive or self.result.detached:
-                break
-            self._arm_timer()  # after the check: a deadline it has just set must wake the wait below
+            if self._flags or time.monotonic_ns() >= self._next_check:
+                self._check_flags_and_deadlines()
+                if not self.alive or result.detached:
+                    break
+                self._arm_timer()  # after the check: a deadline it has just set must wake the wait below
             try:
                 tid, status = waitpid(-1, WALL)
             except TraceOSError as e:
@@ -476,8 +476,19 @@ class Tracer:
                     break
                 raise
             now = time.monotonic_ns()
-            self.result.stops += 1
-            self._handle(tid, status, now)
+            result.stops += 1
+            if status == seccomp_stop and tid in tgid:
+                self._on_seccomp(tid, now)
+            else:
+                self._handle(tid, status, now)
+
+    def _deadline(self, name: str, at: int, keep: bool = False) -> None:
+        """Set deadline ``name`` (``keep``: unless it is set already) and make sure the loop wakes for it."""
+        if keep and name in self._deadlines:
+            return
+        self._deadlines[name] = at
+        self._next_check = min(self._next_check, at)
+        self._arm_timer()
 
     def _check_flags_and_deadlines(self) -> None:
         assert self.result is not None
@@ -521,6 +532,7 @@ class Tracer:
             del d["kill"]
             self.result.killed_after_grace = True
             self._signal_tracee(signal.SIGKILL)
+        self._next_check = min([*d.values(), *([self._next_poll] if self.kclock is not None else [])], default=_NEVER)
 
     def _signal_tracee(self, sig: int) -> None:
         if self.attach_pid is not None:
@@ -543,7 +555,7 @@ class Tracer:
         self.result.ended_by_tracer = True
         if "kill" not in self._deadlines:
             self._signal_tracee(signal.SIGTERM)
-            self._deadlines["kill"] = time.monotonic_ns() + TERM_GRACE_NS
+            self._deadline("kill", time.monotonic_ns() + TERM_GRACE_NS)
 
     # --- stops ---------------------------------------------------------------------------------------
 
@@ -658,7 +670,7 @@ class Tracer:
             # it kicks its vCPUs while starting), each one is recorded as its first.
             proc.run_started.add(fd)
             if self.until_first_run and self._all_vcpus_started():
-                self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
+                self._deadline("first_run", now + FIRST_RUN_GRACE_NS, keep=True)
         row = self.log.add(tgid, tid, fd - (1 << 32) if fd >= 1 << 31 else fd, request, arg, raw, now, first_run)
         if row < 0:  # past the log's limit: counted only
             return
@@ -669,7 +681,7 @@ class Tracer:
         if compat:
             self.result.compat_calls += 1
         if self.kclock is not None and not compat:
-            self._waiting.setdefault(tid, deque()).append(_Waiting(row, fd, request, link))
+            self._waiting.setdefault(tid, deque()).append((row, fd, request, link))
         else:
             self.log.set_role(row, proc.fds.role(fd, link))
 
@@ -743,8 +755,8 @@ class Tracer:
         queue = self._waiting.get(tid)
         found = None
         if queue:
-            for k, w in enumerate(queue):
-                if w.fd == fd and w.request == request:
+            for k, (_row, w_fd, w_request, _link) in enumerate(queue):
+                if w_fd == fd and w_request == request:
                     found = k
                     break
         if found is None:
@@ -755,10 +767,10 @@ class Tracer:
         for _ in range(found + 1):
             # Stops before the matching one never reached the kernel's record (lost, or the call never
             # entered): they keep what the stop saw.
-            w = queue.popleft()
-            self.log.set_role(w.row, proc.fds.role(w.fd, w.link))
-        self.log.set_kernel(w.row, enter_ns=ts)
-        self._in_kernel[tid] = w.row
+            row, w_fd, _request, link = queue.popleft()
+            self.log.set_role(row, proc.fds.role(w_fd, link))
+        self.log.set_kernel(row, enter_ns=ts)
+        self._in_kernel[tid] = row
 
     def _kernel_close(self, tid: int, fd: int, ts: int) -> None:
         assert self.result is not None
@@ -777,6 +789,7 @@ class Tracer:
     def _complete(self, row: int, ret: int) -> None:
         """A call's result is known: what it changes in the fds' roles and the vCPUs' first runs."""
         log = self.log
+        log.settle()
         request, proc, fd = log.request[row], self.procs[log.pid[row]], log.fd[row]
         self._creating.discard(row)
         if ret >= 0 and request == _CREATE_VM:
@@ -823,7 +836,7 @@ class Tracer:
             if self._all_first_runs_done():
                 self._first_run_reached()
             else:
-                self._deadlines.setdefault("first_run", now + FIRST_RUN_GRACE_NS)
+                self._deadline("first_run", now + FIRST_RUN_GRACE_NS, keep=True)
 
     def _all_first_runs_done(self) -> bool:
         return all(fd in p.run_done for p, fd in self._vcpus())
@@ -874,12 +887,12 @@ class Tracer:
             if period != self._timer:
                 signal.setitimer(signal.ITIMER_REAL, period, period)
                 self._timer = period
-            try:
-                tid, status = waitpid(-1, WALL)
-            except TraceOSError as e:
-                if e.errno == _errno.EINTR:
-                    continue
+            got = _wait_any()
+            if got is None:
                 break
+            tid, status = got
+            if not tid:
+                continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self.alive.discard(tid)
                 continue
@@ -915,6 +928,15 @@ class Tracer:
                 break
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self.alive.discard(tid)
+
+
+def _wait_any() -> tuple[int, int] | None:
+    """The next stop or end of any tracee: (tid, status); (0, 0) when a signal interrupted the wait (the
+    caller looks at its flags); None when there is nothing left to wait for."""
+    try:
+        return waitpid(-1, WALL)
+    except TraceOSError as e:
+        return (0, 0) if e.errno == _errno.EINTR else None
 
 
 def _exe(tid: int) -> str:
