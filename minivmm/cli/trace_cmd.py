@@ -1,11 +1,15 @@
-"""``minivmm trace [options] -- COMMAND [ARGS...]``: record, time and explain the KVM set-up of any VMM.
+"""``minivmm trace [options] (-- COMMAND [ARGS...] | -p PID)``: record, time and explain the KVM set-up
+of any VMM, started here or already running.
 
 Exit status: the traced program's own (its exit code, or 128+N if a signal N killed it), as strace
 does; 0 when ``--until first-run`` ended it (or ``--detach`` left it running) as asked; 1 on
-``--timeout``; 130/143 when minivmm trace itself got SIGINT/SIGTERM. minivmm trace's own errors: 2 for
-bad usage, a COMMAND that cannot be run, ptrace or (``--clock kernel``) tracefs refused, an unwritable
-``--save-sequence``/``--output``, and a COMMAND that made no KVM ioctl (``--json`` still carries the
-program's own status under ``tracee``); 4 when it made none because /dev/kvm is not accessible here.
+``--timeout``; 130/143 when minivmm trace itself got SIGINT/SIGTERM (also when, with ``-p``, it let the
+process go then); also 130/143 when they came while the model explained (the trace is written without
+the explanation). minivmm trace's own errors: 2 for bad usage, a COMMAND that cannot be run, ptrace or
+(``--clock kernel``) tracefs refused, an unwritable ``--save-sequence``/``--output``, a
+``--save-sequence`` with no VM set-up to save, and a COMMAND that made no KVM ioctl (``--json`` still
+carries the program's own status under ``tracee``); 4 when it made none because /dev/kvm is not
+accessible here.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ predicted, and the verdict as `minivmm timing` gives it.
 
 Exit status: the program's own (128+N if signal N killed it); 0 when --until first-run ended it or
 --detach left it running; 1 on --timeout; 2 for minivmm trace's own errors (bad usage, COMMAND not
-runnable, ptrace or tracefs refused, an unwritable output file, a COMMAND that made no KVM ioctl); 4 if
-it made none because /dev/kvm is not accessible; 130/143 if minivmm trace was interrupted/terminated."""
+runnable, ptrace or tracefs refused, an unwritable output file, nothing to save for --save-sequence, a
+COMMAND that made no KVM ioctl); 4 if it made none because /dev/kvm is not accessible; 130/143 if
+minivmm trace was interrupted/terminated. Ending the program means SIGTERM, then SIGKILL 5 s later."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
