@@ -69,3 +69,14 @@ def test_every_run_outcome_maps_to_a_documented_exit_code():
     assert codes[RunOutcome.GUEST_ERROR] == 5 and codes[RunOutcome.TERMINATED] == 143
     # Exit 3 means only "the kernel broke a rule": one outcome, the violation.
     assert [o for o, c in codes.items() if c == ExitCode.VIOLATION] == [RunOutcome.VIOLATION]
+
+
+def test_every_exit_reason_is_named_as_the_header_names_it():
+    # The header reuses reason numbers for payload values (KVM_EXIT_HYPERV_HCALL is 2, as KVM_EXIT_IO):
+    # each reason the run loop can see must still be printed under its own name.
+    from minivmm.kvm.exits import ExitReason, exit_reason_name
+    from minivmm.kvm.uapi import lib
+    for name in ("KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_EXIT_HLT", "KVM_EXIT_HYPERCALL", "KVM_EXIT_EXCEPTION",
+                 "KVM_EXIT_SHUTDOWN", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT"):
+        assert exit_reason_name(getattr(lib, name)) == name
+    assert len({int(r) for r in ExitReason}) == len(ExitReason)  # no reason is an alias of another

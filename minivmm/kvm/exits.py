@@ -20,11 +20,16 @@ from typing import Any, Literal, NamedTuple, TypeAlias, get_args
 
 from minivmm.kvm.uapi import ffi, lib, raise_for
 
+#: KVM_EXIT_* macros that are not exit reasons but values of a field inside one exit's payload
+#: (``kvm_run.io.direction``, ``kvm_hyperv_exit.type``, ``kvm_xen_exit.type``): they reuse the reasons'
+#: numbers (KVM_EXIT_HYPERV_HCALL is 2, as KVM_EXIT_IO), so they must not name a reason.
+_PAYLOAD_FAMILIES = ("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_")
+
 #: Every KVM_EXIT_* reason the host's header defines, by name (values from the header, not retyped).
 ExitReason = enum.IntEnum(  # type: ignore[misc]
     "ExitReason",
     {name[len("KVM_EXIT_"):]: getattr(lib, name) for name in dir(lib)
-     if name.startswith("KVM_EXIT_") and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")},
+     if name.startswith("KVM_EXIT_") and not name.startswith(_PAYLOAD_FAMILIES)},
 )
 
 
