@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from kernel_model.costs import Costs
 from kernel_model.kvm_main import KvmModel
 from kernel_model.predict import Prediction, phase_deterministic, predict, simulate_once
-from kernel_model.sequences import Sequence, validate
+from kernel_model.sequences import Sequence, step_name, step_number, validate
 from kernel_model.srcutree import GracePeriod, SrcuStruct, SrcuWait
 
 #: Tick phases at which the attribution is taken.
@@ -75,9 +75,10 @@ def attribute(kvm: KvmModel, step: int) -> GpWait | None:
 class StepExplanation:
     """One step of a sequence under one variant: its predicted durations and what it waited for.
 
-    ``started_by_step`` is a 0-based index into ``sequence.steps`` (reports print it 1-based as
-    ``#n``). The gp fields are None when the step blocked on no grace period (``waited_for_gp`` False).
-    ``share`` is the fraction of sampled tick phases that gave this attribution.
+    ``index`` and ``started_by_step`` are 0-based positions in ``sequence.steps``; reports and JSON
+    give the step's number (:func:`kernel_model.sequences.step_number`). The gp fields are None when
+    the step blocked on no grace period (``waited_for_gp`` False). ``share`` is the fraction of
+    sampled tick phases that gave this attribution.
     """
 
     index: int
@@ -109,9 +110,9 @@ class StepExplanation:
         assert self.waited_ns is not None and self.started_ns_before is not None
         where = "" if self.srcu == "kvm->srcu" else f" of {self.srcu}"
         if self.transferred:
+            starter = step_name(self.started_by_step or 0, self.started_by_label or "")
             text = (f"waited {_fmt_ns(self.waited_ns)} for the {self.gp_kind} grace period{where} started by "
-                    f"step #{(self.started_by_step or 0) + 1} {self.started_by_label} ({self.started_by_call}) "
-                    f"{_fmt_ns(self.started_ns_before)} earlier")
+                    f"step {starter} ({self.started_by_call}) {_fmt_ns(self.started_ns_before)} earlier")
         else:
             text = f"waited {_fmt_ns(self.waited_ns)} for its own {self.gp_kind} grace period{where} ({self.call})"
         if self.share < 0.995:
@@ -119,8 +120,12 @@ class StepExplanation:
         return text
 
     def to_json(self) -> dict[str, object]:
-        """Every field, JSON-ready, plus the sentence."""
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "text": self.describe()}
+        """Every field, JSON-ready, with step numbers (``step``, ``started_by_step``) in place of the
+        0-based positions, plus the sentence."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "index"}
+        started = self.started_by_step
+        return {"step": step_number(self.index), **fields,
+                "started_by_step": None if started is None else step_number(started), "text": self.describe()}
 
 
 @dataclass(frozen=True)

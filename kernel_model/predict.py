@@ -25,7 +25,7 @@ from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, Violation
 from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
-from kernel_model.sequences import Sequence, Step
+from kernel_model.sequences import Sequence, Step, step_number
 from kernel_model.sim import Sim
 from kernel_model.stats import quantiles
 from kernel_model.variants import get_variant
@@ -64,10 +64,11 @@ class Prediction:
         return quantiles(self.setup_durations())
 
     def to_json(self) -> dict[str, Any]:
-        """Per step: label and min/p10/p50/p90/max in microseconds (``p50_us``: the unit in the name)."""
+        """Per step: its number, label and min/p10/p50/p90/max in microseconds (``p50_us``: the unit in
+        the name)."""
         return {"sequence": self.sequence.name, "variant": self.variant, "hz": self.hz,
                 "platform": self.platform, "samples": self.samples,
-                "steps": [{"step": i, "op": sp.step.op, "label": sp.step.label,
+                "steps": [{"step": step_number(i), "op": sp.step.op, "label": sp.step.label,
                            **{f"{k}_us": v for k, v in sp.stats().items()}}
                           for i, sp in enumerate(self.steps)],
                 "violations": [v.to_json() for v in self.violations]}

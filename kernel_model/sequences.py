@@ -52,7 +52,7 @@ DEFAULT_GAP_NS = 10_000
 
 __all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
            "SequenceError", "Step", "format_sequence", "format_step", "format_time", "load_sequence",
-           "parse_sequence", "parse_time", "read_sequence_file", "validate", "with_gaps"]
+           "parse_sequence", "parse_time", "read_sequence_file", "step_name", "step_number", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,19 @@ SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
               *(step for n in _virtio_mmio_notifies(6, gap_ns=200_000)
                 for step in (n, Step("ioeventfd_deassign", n.args, 12_000_000))))),
 )}
+
+
+def step_number(index: int) -> int:
+    """The one numbering of set-up steps, in every report, ``--json`` document and metric: steps are
+    numbered from 1 in sequence order, so step 1 is always ``create_vm`` (KVM_CREATE_VM). ``index`` is
+    the step's 0-based position in ``Sequence.steps``. (``minivmm trace`` shows a traced ioctl's own
+    index beside the step number, as ``ioctl #N``.)"""
+    return index + 1
+
+
+def step_name(index: int, label: str) -> str:
+    """How a report names the step at ``index``: ``#9 KVM_SET_USER_MEMORY_REGION, slot 0``."""
+    return f"#{step_number(index)} {label}"
 
 
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$", re.I)
@@ -350,10 +363,11 @@ def validate(seq: Sequence, platform: str) -> None:
             step.spec.model(kvm, step.full_args, rng)
         except KvmIoctlError as e:
             name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "an error"
-            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) is refused by the kernel: "
+            raise SequenceError(f"sequence {seq.name}: step {step_number(i)} ({step.label}) is refused by the kernel: "
                                 f"{e.strerror} ({name})") from None
         except ValueError as e:
-            raise SequenceError(f"sequence {seq.name}: step {i + 1} ({step.label}) cannot be issued: {e}") from None
+            raise SequenceError(f"sequence {seq.name}: step {step_number(i)} ({step.label}) cannot be issued: "
+                                f"{e}") from None
     if kvm.vcpu_readers:
         kvm.stop_vcpus()
 

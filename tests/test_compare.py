@@ -17,7 +17,7 @@ from minivmm.compare.gate import GateOutcome, decide, parse_threshold
 
 DATA = ROOT / "tests" / "data"
 A, B = DATA / "timing-a.json", DATA / "timing-b.json"
-MEMSLOT = 8  # the step that takes the grace period in registrations-first
+MEMSLOT = 8  # the position of the step that takes the grace period in registrations-first (step #9)
 
 
 def recorded(path: pathlib.Path = A) -> dict:
@@ -53,10 +53,10 @@ def test_a_planted_two_jiffy_regression_is_caught_and_named(tmp_path):
     ch = c.changed[0]
     assert ch.direction == "slower" and ch.cliffs_delta > 0.9 and ch.p_adjusted < 1e-6
     assert ch.ci_low_us <= 8000 <= ch.ci_high_us  # 2 jiffies at HZ=250
-    assert "#8 KVM_SET_USER_MEMORY_REGION, slot 0" in c.summary and "slower" in c.summary
+    assert "#9 KVM_SET_USER_MEMORY_REGION, slot 0" in c.summary and "slower" in c.summary
     doc = to_json(c)
     validate(doc)
-    assert doc["changed"] == [{"file": 1, "step": MEMSLOT, "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
+    assert doc["changed"] == [{"file": 1, "step": MEMSLOT + 1, "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
                                "direction": "slower", "delta_p50_us": ch.delta_p50_us}]
 
 
@@ -76,7 +76,7 @@ def test_render_shows_quantiles_changes_and_the_verdict(tmp_path):
     render(compare_documents([load_timing(str(A)), load_timing(write(tmp_path, "s.json", planted()))]), out)
     text = out.getvalue()
     assert "p10 / p50 / p90 per step" in text and "Holm" in text and "bootstrap" in text
-    assert "<- slower" in text and text.strip().splitlines()[-1].startswith("verdict: changed significantly: #8")
+    assert "<- slower" in text and text.strip().splitlines()[-1].startswith("verdict: changed significantly: #9")
 
 
 def test_different_sequences_or_steps_are_not_comparable(tmp_path):
@@ -90,8 +90,23 @@ def test_different_sequences_or_steps_are_not_comparable(tmp_path):
         compare_documents([load_timing(str(A)), parse_timing(fewer, "fewer.json")])
     relabelled = recorded()
     relabelled["steps"][2]["label"] = "KVM_IOEVENTFD, pio 0x80"
-    with pytest.raises(NotComparable, match="step #2"):
+    with pytest.raises(NotComparable, match="step #3"):
         compare_documents([load_timing(str(A)), parse_timing(relabelled, "r.json")])
+
+
+def test_a_baseline_recorded_before_steps_were_numbered_from_1_is_still_read(tmp_path):
+    """Timing documents of schema version 1 counted ``step`` from 0; comparison reads only op, label and
+    samples, so an old baseline still compares (and names steps by the one numbering)."""
+    old = recorded(B)
+    old["schema_version"] = 1
+    for s in old["steps"]:
+        s["step"] -= 1
+    c = compare_documents([load_timing(write(tmp_path, "old.json", old)),
+                           load_timing(write(tmp_path, "slow.json", planted()))])
+    assert [ch.step.index for ch in c.changed] == [MEMSLOT] and "#9 KVM_SET_USER_MEMORY_REGION" in c.summary
+    old["schema_version"] = 0
+    with pytest.raises(DocumentError, match="not a positive integer"):
+        parse_timing(old, "zero.json")
 
 
 def test_host_differences_are_warned_about_and_shown(tmp_path):
@@ -157,7 +172,7 @@ def test_gate_passes_two_runs_and_fails_a_planted_regression_naming_the_step(tmp
     assert ok.outcome is GateOutcome.PASS and ok.text.startswith("pass:")
     bad = decide(base, load_timing(write(tmp_path, "slow.json", planted())))
     assert bad.outcome is GateOutcome.REGRESSED and [c.step.index for c in bad.regressed] == [MEMSLOT]
-    assert "#8 KVM_SET_USER_MEMORY_REGION, slot 0" in bad.text
+    assert "#9 KVM_SET_USER_MEMORY_REGION, slot 0" in bad.text
     doc = recorded(B)
     doc["gate"] = bad.to_json()
     validate(doc)
@@ -184,7 +199,7 @@ def test_gate_is_unusable_when_too_few_samples_or_too_noisy(tmp_path):
     s = noisy["steps"][MEMSLOT]
     s["samples_ns"] = [x * 3 if i % 2 else x // 2 for i, x in enumerate(s["samples_ns"])]
     r = decide(base, parse_timing(noisy, "noisy.json"))
-    assert r.outcome is GateOutcome.UNUSABLE and "too noisy to decide" in r.text and "#8" in r.text
+    assert r.outcome is GateOutcome.UNUSABLE and "too noisy to decide" in r.text and "#9" in r.text
 
 
 def test_gate_refuses_another_sequence():
@@ -226,9 +241,9 @@ def test_openmetrics_parses_with_the_official_parsers():
                              "minivmm_timing_step_p90_seconds", "minivmm_timing_repetitions"}
     p50 = families["minivmm_timing_step_p50_seconds"]
     assert p50.type == "gauge" and p50.unit == "seconds" and len(p50.samples) == 11
-    memslot = next(s for s in p50.samples if s.labels["step"] == str(MEMSLOT))
+    memslot = next(s for s in p50.samples if s.labels["step"] == str(MEMSLOT + 1))
     assert memslot.labels == {"sequence": "registrations-first", "kernel": doc["host"]["kernel"], "hz": "250",
-                              "platform": "pvm", "verdict": doc["verdict"]["variant"], "step": "8",
+                              "platform": "pvm", "verdict": doc["verdict"]["variant"], "step": "9",
                               "op": "memslot", "ioctl": "KVM_SET_USER_MEMORY_REGION, slot 0"}
     assert memslot.value == pytest.approx(doc["steps"][MEMSLOT]["measured"]["p50_us"] / 1e6)
     # node_exporter's textfile collector reads the Prometheus text format: the same file parses there.
@@ -273,7 +288,7 @@ def test_the_default_floor_is_a_tenth_of_a_jiffy_and_sub_floor_changes_are_shown
     assert irqchip.p_adjusted < c.settings.alpha and not irqchip.significant
     out = io.StringIO()
     render(c, out)
-    line = next(x for x in out.getvalue().splitlines() if x.startswith("#1 KVM_CREATE_IRQCHIP") and "d=" in x)
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("#2 KVM_CREATE_IRQCHIP") and "d=" in x)
     assert line.endswith("(< minimum)")
     assert "400 us (a tenth of a jiffy; --floor-us to change)" in out.getvalue()
 
@@ -284,12 +299,12 @@ def test_trace_documents_export_to_openmetrics_too():
 
     from minivmm.compare.openmetrics import trace_openmetrics
 
-    doc = {"schema_version": 1, "command": ["/usr/bin/firecracker", "--api-sock", "x"],
+    doc = {"schema_version": 2, "command": ["/usr/bin/firecracker", "--api-sock", "x"],
            "host": {"kernel": "6.18.0", "hz": 250, "platform": "pvm"},
            "ioctls": [{"index": i} for i in range(14)],
            "explanation": {"hz": 250, "platform": "pvm",
-                           "steps": [{"step": 0, "op": "create_vm", "label": "KVM_CREATE_VM", "measured_us": 210.0},
-                                     {"step": 1, "op": "memslot", "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
+                           "steps": [{"step": 1, "op": "create_vm", "label": "KVM_CREATE_VM", "measured_us": 210.0},
+                                     {"step": 2, "op": "memslot", "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
                                       "measured_us": 5880.0}],
                            "setup": {"measured_us": 6400.0}, "verdict": {"variant": "call_srcu"}}}
     families = {f.name: f for f in openmetrics(trace_openmetrics(doc))}

@@ -37,12 +37,12 @@ def test_compare_names_the_planted_regression_in_text_json_and_plot(capsys, tmp_
     png = tmp_path / "cmp.png"
     code, out, _ = cli(capsys, "compare", str(A), slow, "--plot", str(png))
     assert code == 0
-    assert "verdict: changed significantly: #8 KVM_SET_USER_MEMORY_REGION, slot 0" in out
+    assert "verdict: changed significantly: #9 KVM_SET_USER_MEMORY_REGION, slot 0" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {png}" in out
     code, out, _ = cli(capsys, "compare", str(A), str(B), slow, "--json")
     doc = json.loads(out)
     validate(doc, "compare")
-    assert [(c["file"], c["step"]) for c in doc["changed"]] == [(2, MEMSLOT)]
+    assert [(c["file"], c["step"]) for c in doc["changed"]] == [(2, MEMSLOT + 1)]
 
 
 def test_compare_warns_when_the_hosts_differ(capsys, tmp_path):
@@ -56,7 +56,7 @@ def test_gate_exit_codes_on_recorded_runs(capsys, tmp_path):
     code, out, _ = cli(capsys, "compare", "--gate", str(A), str(B))
     assert code == 0 and "gate: pass" in out
     code, out, _ = cli(capsys, "compare", "--gate", str(A), write(tmp_path, "slow.json", planted()))
-    assert code == 1 and "gate: regressed: #8 KVM_SET_USER_MEMORY_REGION, slot 0" in out
+    assert code == 1 and "gate: regressed: #9 KVM_SET_USER_MEMORY_REGION, slot 0" in out
     # +35% (half a jiffy): regressed at the default 20%, not at 50%.
     half = write(tmp_path, "half.json", planted(jiffies=0.5))
     assert cli(capsys, "compare", "--gate", str(A), half)[0] == 1
@@ -74,7 +74,7 @@ def test_gate_exit_codes_on_recorded_runs(capsys, tmp_path):
     doc = json.loads(out)
     validate(doc)
     assert doc["gate"]["outcome"] == "unusable"
-    assert doc["gate"]["undecided"] == ["#8 KVM_SET_USER_MEMORY_REGION, slot 0"]
+    assert doc["gate"]["undecided"] == ["#9 KVM_SET_USER_MEMORY_REGION, slot 0"]
 
 
 def test_gate_exit_codes_through_the_console_script():

@@ -75,7 +75,7 @@ def test_json_document(prog: str, tmp_path: pathlib.Path) -> None:
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     validate_trace(doc)
-    assert doc["schema_version"] == 1 and doc["outcome"] == "exited" and doc["exit_code"] == 0
+    assert doc["schema_version"] == 2 and doc["outcome"] == "exited" and doc["exit_code"] == 0
     assert doc["tracee"]["exit_code"] == 0 and doc["clock"]["source"] in ("kernel", "ptrace")
     names = [i["request"] for i in doc["ioctls"]]
     assert names[:2] == ["KVM_GET_API_VERSION", "KVM_CREATE_VM"] and names.count("KVM_IOEVENTFD") == 2
@@ -416,7 +416,8 @@ def test_every_vm_of_the_program_is_explained_and_the_one_that_ran_is_saved(prog
     assert group["ret"] == 0 and group["duration_us"] is not None
     t = run_trace("--no-explain", "--", prog, "vms")
     assert re.search(r"\] close\(vm1\) = 0 <\d+\.\d{6}>", t.stdout)
-    assert re.search(r"VM vm1 \(pid \d+\): KVM_CREATE_VM #\d+, \d+ ioctls, 1 vCPU \(ran: vm1.vcpu0\)", t.stdout)
+    assert re.search(r"VM vm1 \(pid \d+\): KVM_CREATE_VM \(ioctl #\d+\), \d+ ioctls, 1 vCPU \(ran: vm1.vcpu0\)",
+                     t.stdout)
 
 
 def test_with_no_vcpu_run_each_vm_is_saved_under_a_numbered_name(prog: str, tmp_path: pathlib.Path) -> None:
@@ -626,11 +627,13 @@ def test_the_model_s_attribution_is_checked_against_the_kernel(prog: str, tmp_pa
         assert k["timer_armed_by_ioctl"] == first_registration and k["timer_armed_us"] < 0
         assert 0 <= k["timer_fired_us"] <= step["measured_us"] and k["process_srcu_us"] >= k["timer_fired_us"]
         assert k["agrees"] and k["model_started_by_ioctl"] == first_registration
+        assert k["timer_armed_by_step"] == k["model_started_by_step"] == doc["ioctls"][first_registration]["step"]
     t = run_trace("--", prog, "6", "0")
     if "stalls (measured >= 1 ms): none" not in t.stdout:  # another run: another tick phase
-        assert re.search(r"kernel: SRCU grace-period timer armed during #\d+ KVM_IOEVENTFD [\d.]+ ms before this "
-                         r"call fired at \+[\d.]+ ms, process_srcu ran at \+[\d.]+ ms; model: grace period started "
-                         r"by #\d+, wait ends at \+[\d.]+ ms -> agree", t.stdout), t.stdout
+        assert re.search(r"kernel: SRCU grace-period timer armed during step #\d+ KVM_IOEVENTFD, [^(]+ \(ioctl #\d+\) "
+                         r"[\d.]+ ms before this call fired at \+[\d.]+ ms, process_srcu ran at \+[\d.]+ ms; model: "
+                         r"grace period started by step #\d+ \(ioctl #\d+\), wait ends at \+[\d.]+ ms -> agree",
+                         t.stdout), t.stdout
         assert "model (call_srcu, its own figures): waited" in t.stdout and "is the model's figure" in t.stdout
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from minivmm.trace import decode
 from kernel_model.stats import STALL_NS
-from minivmm.trace.explain import build_sequence, explain
+from minivmm.trace.explain import build_sequence, explain, ioctl_ref
 from minivmm.trace.syscalls import ffi
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TraceResult
 
@@ -60,7 +60,9 @@ def test_a_stall_is_attributed_to_the_registration_that_started_its_grace_period
     assert detail["variant"] == "call_srcu" and detail["transferred"] and detail["gp_kind"] == "normal"
     starter = detail["started_by_ioctl"]
     assert 2 <= starter <= 7  # one of the KVM_IOEVENTFDs, from the model's state
-    assert f"started by KVM_IOEVENTFD #{starter} (call_srcu)" in sentence
+    assert detail["started_by_step"] == starter  # the system fd's ioctl #0 is not a step: step n is ioctl n
+    assert f"started by step #{starter} KVM_IOEVENTFD, mmio " in sentence
+    assert f"(ioctl #{starter}, call_srcu)" in sentence
     setup = ex.setup_predicted()
     assert setup["call_srcu"]["p50"] > setup["sync"]["p50"]
 
@@ -172,8 +174,14 @@ def test_the_kernel_s_srcu_timer_is_set_beside_the_model_s_attribution() -> None
     assert check.kernel is not None and check.kernel.armed_in_ioctl == 2 and check.kernel.fired_ns == fire
     assert check.kernel.processed_ns == fire + 9000
     assert check.agrees == (ex.attribution_detail[7]["started_by_ioctl"] == 2)
-    line = check.describe(lambda k: r.events[k].name)
-    assert "armed during #2 KVM_IOEVENTFD" in line and "fired at +4.00 ms" in line
+    assert check.armed_in_step == 2  # step n is ioctl n here (ioctl #0 on the system fd is no step)
+    line = check.describe(lambda k: ioctl_ref(ex, r.events, k))
+    assert "armed during step #2 KVM_IOEVENTFD, mmio 0xd0000050 (ioctl #2) " in line and "fired at +4.00 ms" in line
+    if check.model_started_by is not None:
+        assert check.model_started_by_step == check.model_started_by
+        assert f"model: grace period started by step #{check.model_started_by} (ioctl #{check.model_started_by})" \
+            in line
+    assert check.to_json()["timer_armed_by_step"] == 2
     nothing = sc.check_stalls(ex, type(r)(**{**r.__dict__, "srcu": sc.SrcuTimeline(threads={100})}), [7])[7]
     assert nothing.kernel is None and not nothing.agrees and "no SRCU grace-period timer" in nothing.describe(str)
 

@@ -72,6 +72,7 @@ def published_odds(predictions: list[Any]) -> list[str]:
 def render_explanations(explanations: list[Any], out: TextIO) -> None:
     """Per variant: each step that waited for a grace period (which one, started by which step), each
     step the model does not model, and the whole set-up time."""
+    from kernel_model.sequences import step_name
     w = out.write
     for ex in explanations:
         st = ex.setup
@@ -79,7 +80,7 @@ def render_explanations(explanations: list[Any], out: TextIO) -> None:
           f"[{_fmt_us(st['p10'])} - {_fmt_us(st['p90'])}] (p50 [p10 - p90])\n")
         shown = [s for s in ex.steps if s.waited_for_gp or not s.modelled]
         for s in shown:
-            w(f"#{s.index + 1} {s.label}: p50 {_fmt_us(s.p50_us)}: {s.describe()}\n")
+            w(f"{step_name(s.index, s.label)}: p50 {_fmt_us(s.p50_us)}: {s.describe()}\n")
         if not shown:
             w("no step waited for a grace period\n")
 

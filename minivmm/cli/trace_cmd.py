@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--clock", choices=["auto", "kernel", "ptrace"], default="auto",
                    help="where durations come from: the kernel's syscall tracepoints (kernel), the "
                         "tracer's stops (ptrace), or kernel where tracefs is available (auto, the default)")
-    p.add_argument("--json", action="store_true", help="one JSON document (schema_version 1) instead of text")
+    p.add_argument("--json", action="store_true", help="one JSON document (schema_version 2) instead of text")
     p.add_argument("--format", dest="out_format", choices=["text", "json", "openmetrics"], default=None,
                    help="text (default), json (as --json) or openmetrics (Prometheus node_exporter textfile "
                         "collector: one gauge per set-up step, the whole set-up, the ioctl count)")

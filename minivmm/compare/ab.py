@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from minivmm.compare.documents import StepSamples, TimingDocument
+from kernel_model.sequences import step_number
 from kernel_model.stats import median, percentile
 from minivmm.compare.stats import bootstrap_median_diff, cliffs_delta, effect_label, holm, mann_whitney
 
@@ -136,7 +137,8 @@ def check_comparable(docs: list[TimingDocument]) -> None:
                 raise NotComparable(f"not comparable: sequence {base.sequence!r} has {len(base.shape)} steps in "
                                     f"{base.path} and {len(d.shape)} in {d.path}")
             i = next(k for k, (x, y) in enumerate(zip(base.shape, d.shape)) if x != y)
-            raise NotComparable(f"not comparable: step #{i} of {base.sequence!r} is {base.shape[i][1]!r} in "
+            raise NotComparable(f"not comparable: step #{step_number(i)} of {base.sequence!r} is "
+                                f"{base.shape[i][1]!r} in "
                                 f"{base.path} but {d.shape[i][1]!r} in {d.path}")
 
 
@@ -265,7 +267,7 @@ def to_json(c: Comparison, gate: dict[str, Any] | None = None) -> dict[str, Any]
     steps = []
     for i, st in enumerate(c.docs[0].steps):
         steps.append({
-            "step": i, "op": st.op, "label": st.label,
+            "step": step_number(i), "op": st.op, "label": st.label,
             "files": [dict(q, n=len(d.steps[i].samples_ns)) for q, d in zip(c.quantiles_us[i], c.docs)],
             "changes": [{"file": ch.file, "delta_p50_us": ch.delta_p50_us,
                          "change_pct": None if ch.change is None else ch.change * 100,
@@ -284,8 +286,8 @@ def to_json(c: Comparison, gate: dict[str, Any] | None = None) -> dict[str, Any]
                      "test": "mann-whitney-u", "adjustment": "holm"},
         "warnings": c.warnings,
         "steps": steps,
-        "changed": [{"file": ch.file, "step": ch.step.index, "label": ch.step.label, "direction": ch.direction,
-                     "delta_p50_us": ch.delta_p50_us} for ch in c.changed],
+        "changed": [{"file": ch.file, "step": step_number(ch.step.index), "label": ch.step.label,
+                     "direction": ch.direction, "delta_p50_us": ch.delta_p50_us} for ch in c.changed],
         "summary": c.summary,
     }
     if gate is not None:

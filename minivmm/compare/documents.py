@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from minivmm.schemas import SCHEMA_VERSIONS
+from kernel_model.sequences import step_name
+from minivmm.schemas import OLDEST_READABLE, SCHEMA_VERSIONS
 
 class DocumentError(ValueError):
     """A file that cannot be used as a timing document; the message is one line naming the file."""
@@ -21,7 +22,8 @@ class DocumentError(ValueError):
 
 @dataclass(frozen=True)
 class StepSamples:
-    """One step of a timing document: its index, op, label and raw samples (ns)."""
+    """One step of a timing document: its position in the document's steps (0-based), op, label and raw
+    samples (ns)."""
 
     index: int
     op: str
@@ -30,9 +32,9 @@ class StepSamples:
 
     @property
     def name(self) -> str:
-        """``#8 KVM_SET_USER_MEMORY_REGION, slot 0``: labels repeat (a register and its deassign), the
-        index makes the step unique."""
-        return f"#{self.index} {self.label}"
+        """``#9 KVM_SET_USER_MEMORY_REGION, slot 0``: labels repeat (a register and its deassign), the
+        step's number (:func:`kernel_model.sequences.step_number`) makes the name unique."""
+        return step_name(self.index, self.label)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def check_version(data: Any, path: str, kind: str, what: str = "file") -> dict[s
     if version > known:
         raise DocumentError(f"{what} {path}: {kind} schema_version {version} is newer than this minivmm "
                             f"reads ({known}); upgrade minivmm to compare it")
-    if version < known:
+    if version < OLDEST_READABLE.get(kind, known):
         raise DocumentError(f"{what} {path}: {kind} schema_version {version} is older than this minivmm "
                             f"reads ({known}); re-record it")
     return data

@@ -6,8 +6,9 @@ The output is valid OpenMetrics (``# EOF`` last) and valid Prometheus text expos
 and ``# EOF`` lines are comments there), which is what the textfile collector reads. Families are
 named after what they measure, not after a step: ``minivmm_timing_step_p50_seconds`` holds one gauge
 per step (label ``step``), so one query covers every sequence and every host; the labels carry the
-sequence, the step's index, op and ioctl, the kernel release, CONFIG_HZ, the platform and the
-verdict (the kernel variant the host behaves like, or ``none``).
+sequence, the step's number (from 1: ``kernel_model.sequences.step_number``), op and ioctl, the kernel
+release, CONFIG_HZ, the platform and the verdict (the kernel variant the host behaves like, or
+``none``).
 
 :func:`render` and :class:`Family` are generic; :func:`trace_openmetrics` does the same for a
 ``minivmm trace --json`` document (one traced run: one value per step, no quantiles).
@@ -123,7 +124,7 @@ def trace_families(doc: Mapping[str, Any]) -> list[Family]:
     """The families of a ``minivmm trace --json`` document: the traced program's set-up ioctls, each
     step's measured duration (one trace is one sample: no quantiles), the whole set-up, and the number
     of KVM ioctls seen. Labels: the traced program, kernel, HZ, platform, verdict, and per step its
-    index, op and ioctl. Without an explanation (HZ or platform unknown) only the ioctl count is given."""
+    number, op and ioctl. Without an explanation (HZ or platform unknown) only the ioctl count is given."""
     host = doc.get("host") or {}
     ex = doc.get("explanation") or None
     argv = doc.get("command") or ["unknown"]

@@ -17,14 +17,21 @@ from importlib import resources
 from typing import Any
 
 #: The current version of each kind of document. A command's output carries exactly this version.
+#: Version 2 of model, timing, compare and trace: ``step`` is the step's number, from 1
+#: (:func:`kernel_model.sequences.step_number`), no longer its 0-based position.
 SCHEMA_VERSIONS: dict[str, int] = {
     "boot": 1,
     "info": 1,
-    "model": 1,
-    "timing": 1,
-    "compare": 1,
-    "trace": 1,
+    "model": 2,
+    "timing": 2,
+    "compare": 2,
+    "trace": 2,
 }
+
+#: The oldest version of a kind that readers still take, where it is older than the current one: a
+#: timing document of version 1 differs only in how ``step`` counts, which comparison does not read,
+#: so baselines recorded before keep working.
+OLDEST_READABLE: dict[str, int] = {"timing": 1}
 
 
 def stamp(kind: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from kernel_model.costs import Costs
 from kernel_model.predict import Prediction, phase_deterministic, predict
 from kernel_model.published import PublishedFigure, figures_for
-from kernel_model.sequences import Sequence, with_gaps
+from kernel_model.sequences import Sequence, step_number, with_gaps
 from kernel_model.stats import PERCENTILES, is_stall, quantiles
 from kernel_model.variants import MAIN_VARIANTS, VARIANTS
 from minivmm.timing.runner import Repetition
@@ -175,7 +175,7 @@ def to_json(c: Comparison, host: TimingHost, overhead: dict[str, float]) -> dict
     steps = []
     for i, step in enumerate(c.sequence.steps):
         steps.append({
-            "step": i, "op": step.op, "label": step.label, "gap_ns": c.gaps_ns[i],
+            "step": step_number(i), "op": step.op, "label": step.label, "gap_ns": c.gaps_ns[i],
             "samples_ns": [int(d) for d in c.measured[i]],
             "measured": with_units(quantiles(c.measured[i])),
             "predicted": {v: with_units(p.steps[i].stats()) for v, p in c.predictions.items()},

@@ -23,7 +23,7 @@ from kernel_model import explain as kexplain
 from kernel_model import ops
 from kernel_model import sequences as seqmod
 from kernel_model.ops import TracedIoctl
-from kernel_model.sequences import Sequence, Step
+from kernel_model.sequences import Sequence, Step, step_name, step_number
 from kernel_model.stats import is_stall, quantiles
 from minivmm.trace import decode, srcu_check
 from minivmm.trace.fds import vm_of_role
@@ -51,6 +51,20 @@ class Explanation:
     #: Per stalled step, the SRCU machinery's own record beside the model's attribution; or why not.
     kernel_checks: dict[int, srcu_check.StallCheck] = field(default_factory=dict)
     kernel_note: str = ""
+    _step_of: dict[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def step_of(self, ioctl: int | None) -> int | None:
+        """The position in ``sequence.steps`` of the step that traced ioctl ``ioctl`` (its index in the
+        trace) became, or None if it became none."""
+        if self._step_of is None:
+            self._step_of = {e: i for i, e in enumerate(self.step_events)}
+        return None if ioctl is None else self._step_of.get(ioctl)
+
+    def step_number_of(self, ioctl: int | None) -> int | None:
+        """The number of the step that traced ioctl ``ioctl`` became
+        (:func:`kernel_model.sequences.step_number`), or None if it became none."""
+        i = self.step_of(ioctl)
+        return None if i is None else step_number(i)
 
     def setup_measured_ns(self) -> int:
         """From the start of KVM_CREATE_VM to the end of the last step, as measured."""
@@ -211,7 +225,7 @@ def build_sequence(result: TraceResult, name: str = "trace", vm: VmTrace | None 
         if gap != current_gap:
             lines.append(f"gap {seqmod.format_time(gap)}")
             current_gap = gap
-        lines.append(f"{text}    # {escape_header(ev.role)} #{ev.index}")
+        lines.append(f"{text}    # {escape_header(ioctl_name(ev))}")
         step_events.append(ev.index)
         measured.append(dur)
         gaps.append(gap)
@@ -304,8 +318,8 @@ def _attribute(ex: Explanation, result: TraceResult, seed: int) -> None:
             starter = events[ex.step_events[st.started_by_step]]
             earlier = (ev.enter_ns - starter.enter_ns) / 1e6
             sentence = (f"model ({best}, its own figures): waited {waited} in {st.call} for the {st.gp_kind} "
-                        f"grace period started by {starter.name} #{starter.index} ({st.started_by_call}) "
-                        f"{earlier:.2f} ms earlier{share}")
+                        f"grace period started by step {step_name(st.started_by_step, st.started_by_label or '')} "
+                        f"(ioctl #{starter.index}, {st.started_by_call}) {earlier:.2f} ms earlier{share}")
         else:
             sentence = (f"model ({best}, its own figures): waited {waited} for its own {st.gp_kind} grace period "
                         f"({st.call}){share}")
@@ -314,7 +328,27 @@ def _attribute(ex: Explanation, result: TraceResult, seed: int) -> None:
             "variant": best, "call": st.call, "gp_kind": st.gp_kind, "srcu": st.srcu,
             "waited_us": None if st.waited_ns is None else st.waited_ns / 1000, "transferred": st.transferred,
             "started_by_ioctl": (ex.step_events[st.started_by_step] if st.started_by_step is not None else None),
+            "started_by_step": None if st.started_by_step is None else step_number(st.started_by_step),
             "started_by_call": st.started_by_call, "share": st.share}
+
+
+def ioctl_name(ev: IoctlEvent) -> str:
+    """A traced ioctl's own index, labelled so that it is not read as a step number: ``ioctl #65 on vm``."""
+    return f"ioctl #{ev.index} on {ev.role}"
+
+
+def step_ref(ex: Explanation, i: int) -> str:
+    """Step ``i`` of the trace's sequence as reports name it: its number and label, then the traced
+    ioctl it is: ``#60 KVM_IOEVENTFD deassign, pio 0x0 (ioctl #65)``."""
+    return f"{step_name(i, ex.sequence.steps[i].label)} (ioctl #{ex.step_events[i]})"
+
+
+def ioctl_ref(ex: Explanation, events: Any, index: int) -> str:
+    """Traced ioctl ``index`` as reports name it: the step it became, its own index beside
+    (``step #51 KVM_CREATE_IRQCHIP (ioctl #56)``); one that became no step of ``ex``'s sequence by its index
+    and name (``ioctl #70 KVM_GET_CLOCK``). ``events``: the trace's ioctls."""
+    i = ex.step_of(index)
+    return f"ioctl #{index} {events[index].name}" if i is None else f"step {step_ref(ex, i)}"
 
 
 def stalled_steps(ex: Explanation) -> list[int]:

@@ -1,5 +1,5 @@
 """How ``minivmm trace`` shows a trace: ``strace -T`` style lines with decoded arguments, then the
-explanation; or one JSON document (``schema_version`` 1, unit-suffixed field names)."""
+explanation; or one JSON document (``schema_version`` 2, unit-suffixed field names)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import signal
 from typing import Any, TextIO
 
+from kernel_model.sequences import step_number
 from minivmm.trace.eventlog import EventLog
-from minivmm.trace.explain import Explanation, VmTrace, main_vm, stalled_steps, vms_of
+from minivmm.trace.explain import Explanation, VmTrace, ioctl_ref, main_vm, stalled_steps, step_ref, vms_of
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TeardownCall, TraceResult
 
 def _sig(n: int | None) -> str:
@@ -81,7 +82,7 @@ def teardown_line(call: TeardownCall, t0_ns: int) -> str:
 def vm_lines(vms: list[VmTrace], explained: bool) -> list[str]:
     """One line per VM: where it was created, its vCPUs and which ran."""
     lead = main_vm(vms)
-    return [f"VM {vm.label}: KVM_CREATE_VM #{vm.created}, {len(vm.rows)} ioctls, {vm.describe()}"
+    return [f"VM {vm.label}: KVM_CREATE_VM (ioctl #{vm.created}), {len(vm.rows)} ioctls, {vm.describe()}"
             + (" <- the explanations below begin with it" if vm is lead and len(vms) > 1 and explained else "")
             for vm in vms]
 
@@ -139,11 +140,11 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     who = f" of {ex.vm.label}, {ex.vm.describe()}" if ex.vm is not None else ""
     w(f"\n--- explanation{who}: the set-up as a kernel-model sequence of {len(ex.sequence.steps)} steps (gaps as "
       f"measured), predicted at HZ={ex.hz} on {ex.platform} ---\n")
-    labels = [f"#{ex.step_events[i]} {s.label}" for i, s in enumerate(ex.sequence.steps)]
+    labels = [step_ref(ex, i) for i in range(len(ex.sequence.steps))]
     shown = [i for i, s in enumerate(ex.sequence.steps) if s.op != "ioctl"]
     width = max([len(labels[i]) for i in shown] + [10])
     col = max(len(v) for v in variants + ["measured"]) + 2
-    w("ioctl".ljust(width) + "measured".rjust(col) + "".join(v.rjust(col) for v in variants)
+    w("step".ljust(width) + "measured".rjust(col) + "".join(v.rjust(col) for v in variants)
       + "   (predicted p50)\n")
     for i in shown:
         row = labels[i].ljust(width) + _fmt_us(ex.measured_ns[i] / 1000).rjust(col)
@@ -160,13 +161,12 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     stalls = stalled_steps(ex)
     w("\nstalls (measured >= 1 ms):" + (" none\n" if not stalls else "\n"))
     for i in stalls:
-        ev = events[ex.step_events[i]]
-        w(f"  #{ev.index} {ex.sequence.steps[i].label}: {_fmt_us(ex.measured_ns[i] / 1000)}\n")
+        w(f"  {step_ref(ex, i)}: {_fmt_us(ex.measured_ns[i] / 1000)}\n")
         for sentence in ex.attributions.get(i, []):
             w(f"      {sentence}\n")
         check = ex.kernel_checks.get(i)
         if check is not None:
-            w(f"      {check.describe(lambda k: events[k].name)}\n")
+            w(f"      {check.describe(lambda k: ioctl_ref(ex, events, k))}\n")
     if stalls and ex.attribution_note:
         w(f"  ({ex.attribution_note})\n")
     if stalls and ex.kernel_note:
@@ -202,7 +202,6 @@ def to_json(r: TraceResult, exs: list[Explanation], note: str, outcome: str, exi
     by_vm = {ex.vm.key: ex for ex in exs if ex.vm is not None}
     main = by_vm.get(lead.key) if lead is not None else None
     t0 = r.events[0].enter_ns if r.events else 0
-    step_of = {e: i for i, e in enumerate(main.step_events)} if main else {}
     dropped = r.events.dropped if isinstance(r.events, EventLog) else {}
     payload: dict[str, Any] = {
         "command": r.argv,
@@ -221,7 +220,8 @@ def to_json(r: TraceResult, exs: list[Explanation], note: str, outcome: str, exi
                    "ioctls_not_kept": dict(dropped)},
         "host": host,
         "ioctl_count": len(r.events),
-        "ioctls": [_ioctl_json(ev, t0, step_of.get(ev.index)) for ev in r.events] if ioctls else [],
+        "ioctls": [_ioctl_json(ev, t0, main.step_number_of(ev.index) if main else None) for ev in r.events]
+        if ioctls else [],
         "teardown": None if not r.teardown_recorded else [
             {"kind": c.kind, "pid": c.pid, "tid": c.tid, "fd": c.fd, "role": c.role, "start_ns": c.enter_ns,
              "offset_us": (c.enter_ns - t0) / 1000, "ret": c.ret,
@@ -261,7 +261,7 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
     steps = []
     stalls = set(stalled_steps(ex))
     for i, s in enumerate(ex.sequence.steps):
-        steps.append({"step": i, "ioctl": ex.step_events[i], "op": s.op, "label": s.label,
+        steps.append({"step": step_number(i), "ioctl": ex.step_events[i], "op": s.op, "label": s.label,
                       "gap_us": ex.gaps_ns[i] / 1000, "measured_us": ex.measured_ns[i] / 1000,
                       "predicted_us": {v: _us_keys(p.steps[i].stats()) for v, p in c.predictions.items()},
                       "stalled": i in stalls, "attribution": ex.attributions.get(i, []),

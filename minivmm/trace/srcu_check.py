@@ -186,22 +186,28 @@ class StallCheck:
     model_started_by: int | None    # the ioctl the model says started the grace period waited for
     model_wait_ns: int | None       # how long the model has the call wait (its figure, not a measurement)
     agrees: bool
+    #: The numbers of the steps those two ioctls became (``kernel_model.sequences.step_number``); None for
+    #: an ioctl that became no step of this VM's sequence.
+    armed_in_step: int | None = None
+    model_started_by_step: int | None = None
 
-    def describe(self, name_of: Any) -> str:
+    def describe(self, ref: Any) -> str:
         """One line: the kernel's timer and the model's beside it, and whether they agree.
-        ``name_of(index)`` names a traced ioctl."""
+        ``ref(index)`` names a traced ioctl as reports do (:func:`minivmm.trace.explain.ioctl_ref`:
+        ``step #51 KVM_CREATE_IRQCHIP (ioctl #56)``)."""
         if self.kernel is None:
             kernel = "no SRCU grace-period timer the program armed fired during this call"
         else:
             k = self.kernel
-            by = (f"armed during #{k.armed_in_ioctl} {name_of(k.armed_in_ioctl)}" if k.armed_in_ioctl is not None
+            by = (f"armed during {ref(k.armed_in_ioctl)}" if k.armed_in_ioctl is not None
                   else f"armed by task {k.armed_by_tid} outside the traced ioctls")
             ran = ("" if k.processed_ns is None else
                    f", process_srcu ran at +{(k.processed_ns - self.enter_ns) / 1e6:.2f} ms")
             kernel = (f"SRCU grace-period timer {by} {(self.enter_ns - k.armed_ns) / 1e6:.2f} ms before this call "
                       f"fired at +{(k.fired_ns - self.enter_ns) / 1e6:.2f} ms{ran}")
         if self.model_started_by is not None:
-            model = (f"model: grace period started by #{self.model_started_by}, wait ends at "
+            step = "" if self.model_started_by_step is None else f"step #{self.model_started_by_step} "
+            model = (f"model: grace period started by {step}(ioctl #{self.model_started_by}), wait ends at "
                      f"+{(self.model_wait_ns or 0) / 1e6:.2f} ms")
         else:
             model = "model: no grace period started earlier"
@@ -214,10 +220,12 @@ class StallCheck:
         def rel(ns: int | None) -> float | None:
             return None if ns is None else (ns - self.enter_ns) / 1000
         return {"timer_armed_by_ioctl": None if k is None else k.armed_in_ioctl,
+                "timer_armed_by_step": self.armed_in_step,
                 "timer_armed_us": None if k is None else rel(k.armed_ns),
                 "timer_fired_us": None if k is None else rel(k.fired_ns),
                 "process_srcu_us": None if k is None else rel(k.processed_ns),
                 "model_started_by_ioctl": self.model_started_by,
+                "model_started_by_step": self.model_started_by_step,
                 "model_wait_us": None if self.model_wait_ns is None else self.model_wait_ns / 1000,
                 "agrees": self.agrees}
 
@@ -236,6 +244,7 @@ def check_stalls(ex: Any, result: Any, stalls: list[int]) -> dict[int, StallChec
         ev = result.events[ex.step_events[i]]
         detail = ex.attribution_detail.get(i) or {}
         started = detail.get("started_by_ioctl") if detail.get("transferred") else None
+        started_step = detail.get("started_by_step") if detail.get("transferred") else None
         waited = detail.get("waited_us")
         exit_ns = ev.enter_ns + (ev.duration_ns or 0)
         gp = kernel_gp(timeline, ev.enter_ns, exit_ns, spans)
@@ -248,5 +257,7 @@ def check_stalls(ex: Any, result: Any, stalls: list[int]) -> dict[int, StallChec
             # after says the call waited for it.
             ended_by = gp is not None and gp.processed_ns is not None and exit_ns - gp.processed_ns <= WOKEN_WITHIN_NS
             agrees = not (earlier and ended_by)
-        out[i] = StallCheck(gp, ev.enter_ns, started, None if waited is None else int(waited * 1000), agrees)
+        out[i] = StallCheck(gp, ev.enter_ns, started, None if waited is None else int(waited * 1000), agrees,
+                            ex.step_number_of(gp.armed_in_ioctl) if gp is not None else None,
+                            started_step)
     return out
