@@ -46,6 +46,19 @@ def test_model_json_validates_and_a_unitless_field_does_not():
         validate(bad)
 
 
+def test_model_explain_json_numbers_steps_from_1():
+    proc = run_cli("model", "--json", "--explain", "-s", "registrations-first", "-v", "call_srcu", "-n", "20",
+                   "--hz", "250", "-p", "pvm")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    validate(doc, "model")
+    steps = doc["variants"]["call_srcu"]["explanation"]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    memslot = steps[8]
+    assert memslot["label"] == "KVM_SET_USER_MEMORY_REGION, slot 0" and memslot["started_by_step"] == 2
+    assert "started by step #2 KVM_CREATE_IRQCHIP" in memslot["text"]
+
+
 def test_info_json_validates():
     proc = run_cli("info", "--json")
     assert proc.returncode == 0, proc.stderr
