@@ -25,5 +25,3 @@ docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
 - :mod:`kernel_model.predict`: latency distributions of a sequence under a variant, HZ and platform.
 - :mod:`kernel_model.explain`: which grace period each step waited for, and which earlier step started it.
 """
-
-MODELLED_KERNEL = "Linux 6.18 (srcutree.c with call_srcu_expedited() from the March 2026 RFC)"

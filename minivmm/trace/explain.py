@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -355,7 +354,3 @@ def stalled_steps(ex: Explanation) -> list[int]:
     """Steps whose measured duration is a stall (:func:`kernel_model.stats.is_stall`)."""
     return [i for i, d in enumerate(ex.measured_ns) if is_stall(d)]
 
-
-def median_or_none(values: list[int]) -> float | None:
-    """The median, or None for no values."""
-    return statistics.median(values) if values else None
