@@ -1,9 +1,9 @@
 """What every part of the VM model shares, as include/linux/kvm_host.h does for the kernel's: the
-memslot, the limits, the error a modelled ioctl fails with, and :class:`KvmArch`, the ``struct
-kvm_arch`` with the ``kvm_arch_*()`` hooks that kvm_main.c calls.
+memslot, the limits and the few uapi values it reads, the error a modelled ioctl fails with, and
+:class:`KvmArch`, the ``struct kvm_arch`` with the ``kvm_arch_*()`` hooks that kvm_main.c calls.
 
 The VM itself is :class:`kernel_model.kvm_main.KvmModel`; the architectures are in
-:mod:`kernel_model.arch`; the uapi (flags, argument structs) is :mod:`kernel_model.kvm_uapi`.
+:mod:`kernel_model.arch`; the uapi structs as printed and traced are :mod:`kernel_model.kvm_uapi`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 
 #: The x86 and arm64 (4K) page size: memslot bases and sizes are multiples of it.
 PAGE_SIZE = 4096
+#: include/uapi/linux/kvm.h values the model kernel itself reads (kernel_model.kvm_uapi names them in
+#: its flag tables; a test checks them against the header): memslot flags, and the one capability
+#: whose KVM_ENABLE_CAP is modelled.
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_CAP_SPLIT_IRQCHIP = 121
 #: include/linux/kvm_host.h: memslots per address space; the architecture keeps
 #: ``KvmArch.internal_mem_slots`` of them for itself (KVM_USER_MEM_SLOTS is the rest).
 KVM_MEM_SLOTS_NUM = 32767

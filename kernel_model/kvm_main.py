@@ -18,14 +18,13 @@ from __future__ import annotations
 import errno
 
 from kernel_model import coalesced_mmio, eventfd, irqchip, srcutree
-from kernel_model.arch.arm64 import Arm64
 from kernel_model.arch.x86 import X86
 from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, ViolationKind
-from kernel_model.kvm_host import PAGE_SIZE, KvmArch, KvmIoctlError, Memslot, x86_only
+from kernel_model.kvm_host import (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, PAGE_SIZE, KvmArch, KvmIoctlError,
+                                   Memslot, x86_only)
 from kernel_model.kvm_io_bus import (NR_IOBUS_DEVS, Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, KvmIoRange,
                                      __kvm_io_bus_read, __kvm_io_bus_write, claimant, insert_range, remove_range)
-from kernel_model.kvm_uapi import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kernel_model.platforms import Arch, Platform
 from kernel_model.sim import Sim
 from kernel_model.variants import Variant
@@ -34,8 +33,14 @@ from kernel_model.variants import Variant
 _kvm_io_bus_write = __kvm_io_bus_write
 _kvm_io_bus_read = __kvm_io_bus_read
 
-#: Each architecture's struct kvm_arch and hooks.
-ARCHES: dict[Arch, type[KvmArch]] = {Arch.X86: X86, Arch.ARM64: Arm64}
+
+def arch_of(kvm: KvmModel) -> KvmArch:
+    """The VM's struct kvm_arch and hooks, for its platform's architecture. arm64's module is imported
+    only for an arm64 VM: an x86 host's ``minivmm boot`` does not pay for it."""
+    if kvm.platform.arch is Arch.ARM64:
+        from kernel_model.arch.arm64 import Arm64
+        return Arm64(kvm)
+    return X86(kvm)
 
 class Reader:
     """An SRCU reader of kvm->buses[] (a vCPU handling an exit), with the invariant checks.
@@ -188,7 +193,7 @@ class KvmModel:
         self.buses_freed = 0
         self.registrations = 0
         #: struct kvm_arch and the architecture's hooks (Platform.arch).
-        self.arch: KvmArch = ARCHES[platform.arch](self)
+        self.arch: KvmArch = arch_of(self)
 
     def issuing(self, caller: object) -> None:
         """Tag the SRCU requests and waits that follow with ``caller`` (a sequence step's index), so

@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
+# The bits the model kernel reads are defined with it (kernel_model.kvm_host, imported by every VM
+# without this module's tables); here they get their names.
+from kernel_model.kvm_host import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+
 #: How a field's value is printed: u: unsigned decimal; d: signed decimal (an fd); x: hex; flags: by
 #: name; cap: a capability (by name when the printer has a name table); xarray: a list of hex numbers;
 #: abbrev: an array of structs, always printed ``[...]`` (its value is never needed).
@@ -122,8 +126,8 @@ class UapiStruct(NamedTuple):
         return out
 
 
-KVM_MEM_FLAGS = (Flag(1 << 0, "KVM_MEM_LOG_DIRTY_PAGES", "log_dirty"), Flag(1 << 1, "KVM_MEM_READONLY", "readonly"),
-                 Flag(1 << 2, "KVM_MEM_GUEST_MEMFD", None))
+KVM_MEM_FLAGS = (Flag(KVM_MEM_LOG_DIRTY_PAGES, "KVM_MEM_LOG_DIRTY_PAGES", "log_dirty"),
+                 Flag(KVM_MEM_READONLY, "KVM_MEM_READONLY", "readonly"), Flag(1 << 2, "KVM_MEM_GUEST_MEMFD", None))
 KVM_IOEVENTFD_FLAGS = (Flag(1 << 0, "KVM_IOEVENTFD_FLAG_DATAMATCH", None),
                        Flag(1 << 1, "KVM_IOEVENTFD_FLAG_PIO", "pio"),
                        Flag(1 << 2, "KVM_IOEVENTFD_FLAG_DEASSIGN", "deassign"))
@@ -159,9 +163,3 @@ REQUEST_STRUCTS: dict[str, UapiStruct] = {
     "KVM_ENABLE_CAP": ENABLE_CAP,
     "KVM_CREATE_PIT2": PIT_CONFIG,
 }
-
-#: Flag bits the model itself reads.
-KVM_MEM_LOG_DIRTY_PAGES = USER_MEMORY_REGION.flag("KVM_MEM_LOG_DIRTY_PAGES").bit
-KVM_MEM_READONLY = USER_MEMORY_REGION.flag("KVM_MEM_READONLY").bit
-#: The one capability whose KVM_ENABLE_CAP the model models.
-KVM_CAP_SPLIT_IRQCHIP = 121

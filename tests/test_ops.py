@@ -173,7 +173,10 @@ def test_the_uapi_the_model_writes_down_matches_the_header():
                 assert value in (None, flag.bit), flag.name
         checked.add(request)
     assert len(checked) >= len(kvm_uapi.REQUEST_STRUCTS) - 1
-    assert kvm_uapi.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
+    from kernel_model import kvm_host
+    assert kvm_host.KVM_CAP_SPLIT_IRQCHIP == lib.KVM_CAP_SPLIT_IRQCHIP
+    assert (kvm_host.KVM_MEM_READONLY, kvm_host.KVM_MEM_LOG_DIRTY_PAGES) == (lib.KVM_MEM_READONLY,
+                                                                             lib.KVM_MEM_LOG_DIRTY_PAGES)
 
 
 def test_pit2_registers_its_ports_on_the_pio_bus():

@@ -13,9 +13,8 @@ import errno
 from typing import TYPE_CHECKING
 
 from kernel_model import irqchip
-from kernel_model.kvm_host import PAGE_SIZE, KvmArch, KvmIoctlError, Memslot
+from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, PAGE_SIZE, KvmArch, KvmIoctlError, Memslot
 from kernel_model.kvm_io_bus import InKernelDevice, KvmBus
-from kernel_model.kvm_uapi import KVM_CAP_SPLIT_IRQCHIP
 
 if TYPE_CHECKING:
     from kernel_model.kvm_main import KvmModel

@@ -6,9 +6,6 @@ import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
-from kernel_model import kvm_uapi
-from kernel_model.kvm_uapi import UapiStruct
-
 from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vcpu import Vcpu
 
@@ -58,10 +55,14 @@ class Vm:
         self.vcpus: list[Vcpu] = []
         self._vcpu_mmap_size = vcpu_mmap_size
 
-    def _shown(self, struct: UapiStruct, values: Mapping[str, Any]) -> str:
-        """How a traced record shows the argument struct: as strace prints it, with the formatter the
-        model and the tracer use (kernel_model.kvm_uapi); nothing when nobody records."""
-        return struct.format(values) if self.tracer is not None else ""
+    def _shown(self, request: str, values: Mapping[str, Any]) -> str:
+        """How a traced record shows ``request``'s argument struct: as strace prints it, with the
+        formatter the model and the tracer use (kernel_model.kvm_uapi); nothing when nobody records."""
+        if self.tracer is None:
+            return ""
+        # Imported here: only minivmm timing records its ioctls, and boot's start-up does not pay for it.
+        from kernel_model.kvm_uapi import REQUEST_STRUCTS
+        return REQUEST_STRUCTS[request].format(values)
 
     def check_extension(self, cap: int) -> int:
         """Wrapper over KVM_CHECK_EXTENSION on the VM fd (some capabilities are per VM)."""
@@ -78,7 +79,7 @@ class Vm:
                   "userspace_addr": userspace_addr}
         region = ffi.new("struct kvm_userspace_memory_region *", values)
         ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region, self.tracer,
-                  self._shown(kvm_uapi.USER_MEMORY_REGION, values))
+                  self._shown("KVM_SET_USER_MEMORY_REGION", values))
         if self.observer is not None:
             self.observer.memory_region_set(slot, guest_phys_addr, memory_size)
 
@@ -93,7 +94,7 @@ class Vm:
         values = {"datamatch": event.datamatch or 0, "addr": event.addr, "len": event.length, "fd": event.fd,
                   "flags": flags}
         arg = ffi.new("struct kvm_ioeventfd *", values)
-        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, arg, self.tracer, self._shown(kvm_uapi.IOEVENTFD, values))
+        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, arg, self.tracer, self._shown("KVM_IOEVENTFD", values))
 
     def register_ioevent(self, event: IoEvent) -> None:
         """Wrapper over KVM_IOEVENTFD (assign): guest writes matching ``event`` signal its eventfd in the kernel.
@@ -145,7 +146,7 @@ class Vm:
         become devices on the PIO bus."""
         values = {"flags": flags}
         config = ffi.new("struct kvm_pit_config *", values)
-        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, self._shown(kvm_uapi.PIT_CONFIG, values))
+        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, config, self.tracer, self._shown("KVM_CREATE_PIT2", values))
 
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         """Wrapper over KVM_REGISTER_COALESCED_MMIO: guest writes to [addr, addr+size) (port I/O with
@@ -154,7 +155,7 @@ class Vm:
         values = {"addr": addr, "size": size, "pio": int(pio)}
         zone = ffi.new("struct kvm_coalesced_mmio_zone *", values)
         ioctl_ptr(self.fd, lib.KVM_REGISTER_COALESCED_MMIO, zone, self.tracer,
-                  self._shown(kvm_uapi.COALESCED_MMIO_ZONE, values))
+                  self._shown("KVM_REGISTER_COALESCED_MMIO", values))
 
     def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
         """Wrapper over KVM_IRQFD: signalling eventfd ``fd`` injects ``gsi`` (or, with ``deassign``, stops).
@@ -164,7 +165,7 @@ class Vm:
         flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
         values = {"fd": fd, "gsi": gsi, "flags": flags, "resamplefd": 0}
         arg = ffi.new("struct kvm_irqfd *", values)
-        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer, self._shown(kvm_uapi.IRQFD, values))
+        ioctl_ptr(self.fd, lib.KVM_IRQFD, arg, self.tracer, self._shown("KVM_IRQFD", values))
 
     def set_gsi_routing_msi(self, gsis: list[int]) -> None:
         """Wrapper over KVM_SET_GSI_ROUTING with one MSI route per GSI in ``gsis`` (to the local APIC's
@@ -178,7 +179,7 @@ class Vm:
             entry.type = lib.KVM_IRQ_ROUTING_MSI
             entry.u.msi.address_lo = 0xFEE00000
         ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, routing, self.tracer,
-                  self._shown(kvm_uapi.IRQ_ROUTING, {"nr": len(gsis), "flags": 0}))
+                  self._shown("KVM_SET_GSI_ROUTING", {"nr": len(gsis), "flags": 0}))
 
     def enable_cap(self, cap: int, args: tuple[int, ...] = ()) -> None:
         """Wrapper over KVM_ENABLE_CAP on the VM fd: enable capability ``cap`` with up to four ``args``."""
@@ -186,7 +187,7 @@ class Vm:
             raise ValueError("KVM_ENABLE_CAP takes at most four arguments")
         values = {"cap": cap, "flags": 0, "args": list(args) + [0] * (4 - len(args))}
         arg = ffi.new("struct kvm_enable_cap *", values)
-        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, self._shown(kvm_uapi.ENABLE_CAP, values))
+        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, arg, self.tracer, self._shown("KVM_ENABLE_CAP", values))
 
     def set_tss_addr(self, addr: int) -> None:
         """Wrapper over KVM_SET_TSS_ADDR (Intel VMX needs three pages for real-mode emulation)."""
