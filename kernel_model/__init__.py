@@ -19,7 +19,9 @@ docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
   :mod:`kernel_model.irqchip` (GSI routing), :mod:`kernel_model.arch.x86` (irqchip, PIT, APIC-access
   page, static key) and :mod:`kernel_model.arch.arm64` (vGIC). :mod:`kernel_model.kvm_host` holds what
   they share.
-- :mod:`kernel_model.ops`: one spec per sequence op (arguments, checks, label, strace form, model step).
+- :mod:`kernel_model.ops`: one spec per sequence op (arguments, checks, label, the ioctl it issues and
+  its inverse from a trace, model step); :mod:`kernel_model.kvm_uapi`: the ioctls' argument structs
+  and the one printer of each.
 - :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``), sequence files,
   and their one validation.
 - :mod:`kernel_model.predict`: latency distributions of a sequence under a variant, HZ and platform.
