@@ -295,8 +295,8 @@ def test_an_i386_program_is_traced_and_decoded(i386_prog: str, capfd: pytest.Cap
 def test_i386_lays_out_the_decoded_structs_as_x86_64_does(tmp_path: pathlib.Path) -> None:
     """The decoder reads every argument struct with the x86-64 layout: the i386 compiler's sizes and
     offsets are the same (KVM's uapi keeps them so), checked for each decoded struct and field."""
+    from minivmm.kvm.uapi import ffi
     from minivmm.trace import decode
-    from minivmm.trace.syscalls import ffi
     lines, expected = [], []
     for ctype in sorted({struct.ctype for struct in decode.STRUCTS.values()}):
         lines.append(f'printf("%zu\\n", sizeof({ctype}));')

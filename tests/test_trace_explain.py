@@ -7,7 +7,7 @@ from __future__ import annotations
 from minivmm.trace import decode
 from kernel_model.stats import STALL_NS
 from minivmm.trace.explain import build_sequence, explain, ioctl_ref
-from minivmm.trace.syscalls import ffi
+from minivmm.kvm.uapi import ffi, ioctl_name, lib, request_number
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TraceResult
 
 
@@ -26,16 +26,16 @@ def synthetic_trace(stall_ns: int) -> TraceResult:
     def add(role: str, request: int, arg: int, raw: bytes | None, dur: int, ret: int = 0) -> None:
         nonlocal t
         ev = IoctlEvent(len(events), 100, 100, 3 if role == "system" else 4, role, request,
-                        decode.request_name(request), arg, raw, t, t + dur, ret, t, t + dur)
+                        ioctl_name(request), arg, raw, t, t + dur, ret, t, t + dur)
         events.append(ev)
         t += dur + 50_000
 
-    add("system", decode.REQUESTS["KVM_GET_API_VERSION"], 0, None, 1_000, 12)
+    add("system", request_number("KVM_GET_API_VERSION"), 0, None, 1_000, 12)
     add("system", decode.KVM_CREATE_VM, 0, None, 200_000, 4)
     for i in range(6):
         add("vm", decode.KVM_IOEVENTFD, 0x7000, _raw("struct kvm_ioeventfd", addr=0xD0000050 + (i // 2) * 0x1000,
                                                       len=4, datamatch=i % 2, fd=5 + i,
-                                                      flags=decode.lib.KVM_IOEVENTFD_FLAG_DATAMATCH), 2_000)
+                                                      flags=lib.KVM_IOEVENTFD_FLAG_DATAMATCH), 2_000)
     add("vm", decode.KVM_SET_USER_MEMORY_REGION, 0x7100,
         _raw("struct kvm_userspace_memory_region", slot=0, guest_phys_addr=0, memory_size=2 << 20,
              userspace_addr=0x7F0000000000), stall_ns)

@@ -8,16 +8,24 @@ can be partial as well.
 
 The families ``KVM_EXIT_*`` and ``KVM_CAP_*`` are too long (and too arch-dependent) to list by hand:
 they are read from the preprocessor's view of the header at build time, so the compiled module has
-exactly the names this host's header has.
+exactly the names this host's header has. So are the two name tables (every ioctl request, every
+capability) that name a request or a capability wherever minivmm prints one, for ioctls it issued and
+ioctls it traced alike. The argument structs and the header scanning are shared with the tracer's
+module: see kvm_header.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
+import sys
 
 import cffi
+
+# The shared description of <linux/kvm.h> sits beside this file; cffi runs build scripts by path, not
+# as a package, so its directory is put on the path first.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvm_header  # noqa: E402
 
 HEADER_PRELUDE = """
 #include <errno.h>
@@ -84,14 +92,8 @@ static int minivmm_timed_ioctl_val(int fd, unsigned long request, unsigned long 
 """
 
 CDEF = """
-typedef uint8_t __u8;
-typedef uint16_t __u16;
-typedef uint32_t __u32;
-typedef uint64_t __u64;
-typedef int32_t __s32;
 
 /* --- ioctl numbers (values from <linux/kvm.h>) --- */
-#define KVMIO ...
 #define KVM_GET_API_VERSION ...
 #define KVM_CHECK_EXTENSION ...
 #define KVM_GET_VCPU_MMAP_SIZE ...
@@ -118,15 +120,6 @@ typedef int32_t __s32;
 #define KVM_ENABLE_CAP ...
 
 #define KVM_API_VERSION ...
-#define KVM_MEM_LOG_DIRTY_PAGES ...
-#define KVM_MEM_READONLY ...
-#define KVM_IOEVENTFD_FLAG_DATAMATCH ...
-#define KVM_IOEVENTFD_FLAG_PIO ...
-#define KVM_IOEVENTFD_FLAG_DEASSIGN ...
-#define KVM_PIT_SPEAKER_DUMMY ...
-#define KVM_IRQFD_FLAG_DEASSIGN ...
-#define KVM_IRQ_ROUTING_IRQCHIP ...
-#define KVM_IRQ_ROUTING_MSI ...
 #define KVM_EXIT_IO_IN ...
 #define KVM_EXIT_IO_OUT ...
 #define KVM_INTERNAL_ERROR_EMULATION ...
@@ -146,86 +139,8 @@ int munmap(void *addr, size_t length);
 int eventfd(unsigned int initval, int flags);
 
 /* --- structs (layouts from the header) --- */
-struct kvm_userspace_memory_region {
-    __u32 slot;
-    __u32 flags;
-    __u64 guest_phys_addr;
-    __u64 memory_size;
-    __u64 userspace_addr;
-    ...;
-};
-
-struct kvm_ioeventfd {
-    __u64 datamatch;
-    __u64 addr;
-    __u32 len;
-    __s32 fd;
-    __u32 flags;
-    ...;
-};
-
-struct kvm_coalesced_mmio_zone {
-    __u64 addr;
-    __u32 size;
-    union { __u32 pad; __u32 pio; };
-};
-
 struct kvm_mp_state {
     __u32 mp_state;
-};
-
-struct kvm_pit_config {
-    __u32 flags;
-    ...;
-};
-
-struct kvm_irqfd {
-    __u32 fd;
-    __u32 gsi;
-    __u32 flags;
-    __u32 resamplefd;
-    ...;
-};
-
-struct kvm_enable_cap {
-    __u32 cap;
-    __u32 flags;
-    __u64 args[4];
-    ...;
-};
-
-struct kvm_irq_routing_irqchip {
-    __u32 irqchip;
-    __u32 pin;
-    ...;
-};
-
-struct kvm_irq_routing_msi {
-    __u32 address_lo;
-    __u32 address_hi;
-    __u32 data;
-    ...;
-};
-
-typedef union {
-    struct kvm_irq_routing_irqchip irqchip;
-    struct kvm_irq_routing_msi msi;
-    ...;
-} kvm_irq_routing_entry_u_t;
-
-struct kvm_irq_routing_entry {
-    __u32 gsi;
-    __u32 type;
-    __u32 flags;
-    kvm_irq_routing_entry_u_t u;
-    ...;
-};
-
-struct kvm_irq_routing {
-    __u32 nr;
-    __u32 flags;
-    struct kvm_irq_routing_entry entries[];
-    ...;
 };
 
 struct kvm_regs {
@@ -316,18 +231,19 @@ _NOT_A_VALUE = {"KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"}  # already declared above
 
 def _header_families() -> list[str]:
     """Return the KVM_EXIT_*, KVM_CAP_* and KVM_SYSTEM_EVENT_* macro names this host's header defines."""
-    cc = os.environ.get("CC", "cc")
-    out = subprocess.run(
-        [cc, "-dM", "-E", "-include", "linux/kvm.h", "-x", "c", "-"],
-        input="", capture_output=True, text=True, check=True,
-    ).stdout
-    names = sorted({m.group(1) for line in out.splitlines() if (m := _FAMILIES.match(line))})
-    return [n for n in names if n not in _NOT_A_VALUE]
+    return [n for n in kvm_header.header_macros(_FAMILIES) if n not in _NOT_A_VALUE]
 
+
+_requests = kvm_header.requests(HEADER_PRELUDE)
+_has_region2 = "KVM_SET_USER_MEMORY_REGION2" in _requests
 
 ffi = cffi.FFI()
-ffi.cdef(CDEF + "\n".join(f"#define {name} ..." for name in _header_families()))
-ffi.set_source("minivmm._kvm", HEADER_PRELUDE)
+ffi.cdef(kvm_header.TYPES + kvm_header.ARGUMENT_STRUCTS + (kvm_header.REGION2_STRUCT if _has_region2 else "")
+         + CDEF + kvm_header.NAMED_TABLES_CDEF
+         + "\n".join(f"#define {name} ..." for name in _header_families()))
+ffi.set_source("minivmm._kvm", HEADER_PRELUDE + kvm_header.NAMED_STRUCT_C
+               + kvm_header.named_table("minivmm_kvm_requests", _requests)
+               + kvm_header.named_table("minivmm_kvm_caps", kvm_header.header_macros(kvm_header.CAP_MACRO)))
 
 if __name__ == "__main__":
     ffi.compile(verbose=True)

@@ -2,16 +2,9 @@
 
 ptrace, waitpid, process_vm_readv, seccomp and prctl, with every constant and struct layout *declared*
 (``...``) so that the C compiler supplies the values from the system headers (``<sys/ptrace.h>``,
-``<sys/user.h>``, ``<linux/seccomp.h>``, ``<linux/filter.h>``, ``<linux/audit.h>``, ``<linux/kvm.h>``).
-
-Two tables are generated from the preprocessor's view of ``<linux/kvm.h>`` at build time, so the
-compiled module knows exactly the names this host's header has:
-
-* every ``KVM_*`` macro defined with ``_IO``/``_IOR``/``_IOW``/``_IOWR`` (the ioctl requests), and
-* every ``KVM_CAP_*`` (to name ``KVM_ENABLE_CAP``'s and ``KVM_CHECK_EXTENSION``'s capability).
-
-Some request macros name structs another architecture defines; they are found by compiling the table
-once and dropping the names the compiler rejects.
+``<sys/user.h>``, ``<linux/seccomp.h>``, ``<linux/filter.h>``, ``<linux/audit.h>``). What the tracer
+knows of ``<linux/kvm.h>`` (request and capability names, argument struct layouts) is in
+``minivmm._kvm``, built from the one description in kvm_header.py.
 
 The one piece of C that is not a declaration is ``minivmm_trace_spawn``: between ``fork()`` and
 ``execve()`` the child may only make async-signal-safe calls, so the child's set-up (seccomp filter,
@@ -21,14 +14,9 @@ stop for the tracer, exec) is written in C and never returns to Python.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import tempfile
 
 import cffi
-
-_REQUEST = re.compile(r"^#define (KVM_[A-Z0-9_]+)\s+_IO(?:R|W|WR)?\(")
-_CAP = re.compile(r"^#define (KVM_CAP_[A-Z0-9_]+)\s+\S")
 
 PRELUDE = """
 #include <errno.h>
@@ -45,7 +33,6 @@ PRELUDE = """
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
-#include <linux/kvm.h>
 """
 
 SPAWN = r"""
@@ -104,8 +91,6 @@ static int minivmm_tgkill(int tgid, int tid, int sig)
 {
     return (int)syscall(SYS_tgkill, tgid, tid, sig);
 }
-
-struct minivmm_named { const char *name; unsigned long value; };
 """
 
 CDEF = """
@@ -185,50 +170,7 @@ int waitpid(int pid, int *status, int options);
 ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                          const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
 int kill(int pid, int sig);
-
-/* --- KVM argument structs the tracer decodes (layouts from <linux/kvm.h>) --- */
-#define KVMIO ...
-#define KVM_MEM_LOG_DIRTY_PAGES ...
-#define KVM_MEM_READONLY ...
-#define KVM_IOEVENTFD_FLAG_DATAMATCH ...
-#define KVM_IOEVENTFD_FLAG_PIO ...
-#define KVM_IOEVENTFD_FLAG_DEASSIGN ...
-#define KVM_IRQFD_FLAG_DEASSIGN ...
-#define KVM_IRQFD_FLAG_RESAMPLE ...
-#define KVM_PIT_SPEAKER_DUMMY ...
-
-struct kvm_userspace_memory_region {
-    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr; ...;
-};
-struct kvm_ioeventfd { __u64 datamatch; __u64 addr; __u32 len; __s32 fd; __u32 flags; ...; };
-struct kvm_irqfd { __u32 fd; __u32 gsi; __u32 flags; __u32 resamplefd; ...; };
-struct kvm_irq_routing { __u32 nr; __u32 flags; ...; };
-struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; ...; };
-struct kvm_pit_config { __u32 flags; ...; };
-struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; union { __u32 pad; __u32 pio; }; };
-
-struct minivmm_named { const char *name; unsigned long value; };
-extern const struct minivmm_named minivmm_kvm_requests[];
-extern const int minivmm_kvm_requests_count;
-extern const struct minivmm_named minivmm_kvm_caps[];
-extern const int minivmm_kvm_caps_count;
 """
-
-# Only where the header has it (6.8 and later): guest_memfd memslots.
-REGION2_CDEF = """
-#define KVM_MEM_GUEST_MEMFD ...
-struct kvm_userspace_memory_region2 {
-    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
-    __u64 guest_memfd_offset; __u32 guest_memfd; ...;
-};
-"""
-
-
-def _macros(pattern: re.Pattern[str]) -> list[str]:
-    cc = os.environ.get("CC", "cc")
-    out = subprocess.run([cc, "-dM", "-E", "-include", "linux/kvm.h", "-x", "c", "-"],
-                         input="", capture_output=True, text=True, check=True).stdout
-    return sorted({m.group(1) for line in out.splitlines() if (m := pattern.match(line))})
 
 
 def _abi_number(header: str, macro: str) -> str:
@@ -243,45 +185,13 @@ def _abi_number(header: str, macro: str) -> str:
     return value if proc.returncode == 0 and value and value != macro else "-1"
 
 
-def _table(name: str, macros: list[str]) -> str:
-    rows = "".join(f'    {{"{m}", (unsigned long)({m})}},\n' for m in macros)
-    return (f"const struct minivmm_named {name}[] = {{\n{rows}}};\n"
-            f"const int {name}_count = {len(macros)};\n")
-
-
-def _compilable(macros: list[str]) -> list[str]:
-    """The request macros this architecture can evaluate (some name other architectures' structs)."""
-    cc = os.environ.get("CC", "cc")
-    keep = list(macros)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        for _ in range(len(macros) + 1):
-            lines = [PRELUDE] + [f"unsigned long probe_{i} = (unsigned long)({m});" for i, m in enumerate(keep)]
-            offset = PRELUDE.count("\n") + 2  # line of probe_0
-            with open(src, "w") as f:
-                f.write("\n".join(lines) + "\n")
-            proc = subprocess.run([cc, "-fsyntax-only", src], capture_output=True, text=True)
-            if proc.returncode == 0:
-                return keep
-            bad = {int(m.group(1)) - offset for m in re.finditer(r"probe\.c:(\d+):\d+: error", proc.stderr)}
-            bad = {i for i in bad if 0 <= i < len(keep)}
-            if not bad:
-                raise RuntimeError(f"cannot evaluate the KVM ioctl macros:\n{proc.stderr[:2000]}")
-            keep = [m for i, m in enumerate(keep) if i not in bad]
-    return keep
-
-
-requests = _compilable(_macros(_REQUEST))
-has_region2 = "KVM_SET_USER_MEMORY_REGION2" in requests
-
 ffi = cffi.FFI()
-ffi.cdef(CDEF + (REGION2_CDEF if has_region2 else ""))
+ffi.cdef(CDEF)
 # ioctl's number in the two other x86 system-call ABIs a tracee may use (the seccomp filter and the tracer
 # tell the three apart by it).
 ABIS = (f"#define MINIVMM_NR_IOCTL_I386 ({_abi_number('asm/unistd_32.h', '__NR_ioctl')})\n"
         f"#define MINIVMM_NR_IOCTL_X32 ({_abi_number('asm/unistd_x32.h', '__NR_ioctl')})\n")
-ffi.set_source("minivmm._trace", PRELUDE + ABIS + SPAWN + _table("minivmm_kvm_requests", requests)
-               + _table("minivmm_kvm_caps", _macros(_CAP)))
+ffi.set_source("minivmm._trace", PRELUDE + ABIS + SPAWN)
 
 if __name__ == "__main__":
     ffi.compile(verbose=True)

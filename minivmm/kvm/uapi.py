@@ -17,26 +17,65 @@ from typing import Any, NamedTuple, NoReturn
 from minivmm._kvm import ffi, lib
 from minivmm.kvm.errors import KvmError
 
-__all__ = ["ffi", "lib", "ioctl_ptr", "ioctl_val", "ioctl_name", "raise_for", "MAP_FAILED",
-           "IoctlRecord", "IoctlTracer"]
+__all__ = ["ffi", "lib", "ioctl_ptr", "ioctl_val", "ioctl_name", "request_number", "cap_name", "raise_for",
+           "MAP_FAILED", "IoctlRecord", "IoctlTracer"]
 
 MAP_FAILED = ffi.cast("void *", -1)
 
-_IOCTL_NAMES = {
-    getattr(lib, name): name
-    for name in (
-        "KVM_GET_API_VERSION", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE", "KVM_GET_SUPPORTED_CPUID",
-        "KVM_CREATE_VM", "KVM_SET_USER_MEMORY_REGION", "KVM_SET_TSS_ADDR", "KVM_SET_IDENTITY_MAP_ADDR",
-        "KVM_IOEVENTFD", "KVM_CREATE_IRQCHIP", "KVM_CREATE_VCPU", "KVM_RUN", "KVM_GET_REGS",
-        "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_SET_CPUID2", "KVM_SET_MP_STATE", "KVM_CREATE_PIT2",
-        "KVM_IRQFD", "KVM_SET_GSI_ROUTING", "KVM_ENABLE_CAP", "KVM_REGISTER_COALESCED_MMIO",
-    )
-}
+#: Names that exist for another architecture but share a number with an x86 one are not preferred.
+_OTHER_ARCH = ("KVM_ARM", "KVM_PPC", "KVM_S390", "KVM_RISCV", "KVM_LOONGARCH", "KVM_MIPS")
+
+# Built on first use from the tables compiled out of this host's <linux/kvm.h> (every request and every
+# capability it defines): a boot that never prints a name never pays for them.
+_request_names: dict[int, str] = {}
+_request_numbers: dict[str, int] = {}
+_cap_names: dict[int, str] = {}
+
+
+def _named(table: Any, count: int, out: dict[int, str]) -> None:
+    for i in range(count):
+        name = ffi.string(table[i].name).decode()
+        value = int(table[i].value)
+        old = out.get(value)
+        if old is None or (old.startswith(_OTHER_ARCH) and not name.startswith(_OTHER_ARCH)):
+            out[value] = name
+
+
+def _requests() -> dict[int, str]:
+    if not _request_names:
+        _named(lib.minivmm_kvm_requests, lib.minivmm_kvm_requests_count, _request_names)
+        for i in range(lib.minivmm_kvm_requests_count):
+            _request_numbers[ffi.string(lib.minivmm_kvm_requests[i].name).decode()] = \
+                int(lib.minivmm_kvm_requests[i].value)
+    return _request_names
+
+
+_IOC_DIRS = {0: "_IOC_NONE", 1: "_IOC_WRITE", 2: "_IOC_READ", 3: "_IOC_READ|_IOC_WRITE"}
 
 
 def ioctl_name(request: int) -> str:
-    """Return the ``KVM_*`` name of an ioctl request number (or its hex value if it is not one we use)."""
-    return _IOCTL_NAMES.get(request, hex(request))
+    """The ``KVM_*`` name of an ioctl request number, as this host's header defines it; a request the
+    header lacks is spelled as strace spells it: ``_IOC(_IOC_READ|_IOC_WRITE, 0xae, 0x99, 0x8)``.
+
+    The one way minivmm names a request, whether it issued it or traced it."""
+    name = _requests().get(request)
+    if name is not None:
+        return name
+    return (f"_IOC({_IOC_DIRS[request >> 30 & 3]}, {request >> 8 & 0xFF:#x}, {request & 0xFF:#x}, "
+            f"{request >> 16 & 0x3FFF:#x})")
+
+
+def request_number(name: str) -> int | None:
+    """The number of the request ``name`` in this host's header, or None where the header lacks it."""
+    _requests()
+    return _request_numbers.get(name)
+
+
+def cap_name(cap: int) -> str:
+    """The ``KVM_CAP_*`` name of a capability number (the number itself where the header lacks it)."""
+    if not _cap_names:
+        _named(lib.minivmm_kvm_caps, lib.minivmm_kvm_caps_count, _cap_names)
+    return _cap_names.get(cap, str(cap))
 
 
 def raise_for(request: int, err: int) -> NoReturn:

@@ -1,56 +1,26 @@
 """Naming and decoding KVM ioctls seen in another process: request names, fd roles, arguments.
 
-Request and capability names come from the tables compiled from this host's ``<linux/kvm.h>`` (see
-minivmm/_cffi_build/trace_build.py); argument structs are read from the tracee's memory with
-process_vm_readv into cffi structs whose layout the compiler gave, and printed by the one formatter
-of each struct (:mod:`kernel_model.kvm_uapi`), as the model and minivmm's own wrappers print them.
+Request and capability names come from the tables compiled from this host's ``<linux/kvm.h>``
+(:func:`minivmm.kvm.uapi.ioctl_name`, the one way a request is named); argument structs are read
+from the tracee's memory with process_vm_readv into cffi structs whose layout the compiler gave, and
+printed by the one formatter of each struct (:mod:`kernel_model.kvm_uapi`), as the model and
+minivmm's own wrappers print them.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_model import kvm_uapi
 from kernel_model.kvm_uapi import UapiStruct
-from minivmm.trace.syscalls import TraceOSError, ffi, lib, read_memory
-
-#: Names that exist for another architecture but share a number with an x86 one are not preferred.
-_OTHER_ARCH = re.compile(r"^KVM_(ARM|ARM64|PPC|S390|RISCV|LOONGARCH|MIPS)_")
-
-
-def _table(array: Any, count: int) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for i in range(count):
-        name = ffi.string(array[i].name).decode()
-        value = int(array[i].value)
-        old = out.get(value)
-        if old is None or (_OTHER_ARCH.match(old) and not _OTHER_ARCH.match(name)):
-            out[value] = name
-    return out
-
-
-REQUEST_NAMES: dict[int, str] = _table(lib.minivmm_kvm_requests, lib.minivmm_kvm_requests_count)
-REQUESTS: dict[str, int] = {}
-for _i in range(lib.minivmm_kvm_requests_count):
-    REQUESTS[ffi.string(lib.minivmm_kvm_requests[_i].name).decode()] = int(lib.minivmm_kvm_requests[_i].value)
-CAP_NAMES: dict[int, str] = _table(lib.minivmm_kvm_caps, lib.minivmm_kvm_caps_count)
-
-
-def request_name(request: int) -> str:
-    """The ``KVM_*`` name of a request number, or ``_IOC(0xae, nr)`` style hex for one the header lacks."""
-    name = REQUEST_NAMES.get(request)
-    return name if name is not None else f"KVM_IOCTL_{request:#x}"
-
-
-def cap_name(cap: int) -> str:
-    """``KVM_CAP_*`` name of a capability number (the number itself if the header lacks it)."""
-    return CAP_NAMES.get(cap, str(cap))
+from minivmm.kvm.uapi import cap_name, ffi, request_number
+from minivmm.trace.syscalls import TraceOSError, read_memory
 
 
 def _req(name: str) -> int:
-    return REQUESTS.get(name, -1)
+    number = request_number(name)
+    return -1 if number is None else number
 
 
 KVM_CREATE_VM = _req("KVM_CREATE_VM")
@@ -73,8 +43,8 @@ class Decoded:
 
 #: The argument struct of each decoded request that takes a pointer (kernel_model.kvm_uapi says which,
 #: and how each is printed).
-STRUCTS: dict[int, UapiStruct] = {REQUESTS[name]: struct for name, struct in kvm_uapi.REQUEST_STRUCTS.items()
-                                  if name in REQUESTS}
+STRUCTS: dict[int, UapiStruct] = {_req(name): struct for name, struct in kvm_uapi.REQUEST_STRUCTS.items()
+                                  if request_number(name) is not None}
 
 #: Marks an argument struct that could not be read (a bad pointer: the kernel will answer EFAULT).
 UNREADABLE = b""
@@ -89,7 +59,7 @@ def capture(pid: int, request: int, arg: int) -> bytes | None:
     if struct is None:
         return None
     try:
-        return read_memory(pid, arg, struct.ctype)
+        return read_memory(pid, arg, ffi.sizeof(struct.ctype))
     except TraceOSError:
         return UNREADABLE
 

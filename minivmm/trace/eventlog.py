@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import overload
 
+from minivmm.kvm.uapi import ioctl_name
 from minivmm.trace import decode
 from minivmm.trace.decode import Decoded
 
@@ -124,7 +125,7 @@ class EventLog:
         the next look at the log (:meth:`settle`)."""
         n = len(self.pid) + len(self._fresh)
         if n >= self.limit:
-            self.dropped[decode.request_name(request)] += 1
+            self.dropped[ioctl_name(request)] += 1
             return -1
         self._fresh.append((pid, tid, fd, request, arg, raw, stop_ns, first_run))
         return n
@@ -206,7 +207,7 @@ class EventLog:
             at = self.raw_at[i]
             raw = bytes(self.blob[at:at + self.raw_len[i]])
         return IoctlEvent(i, self.pid[i], self.tid[i], self.fd[i], self.roles[self.role_id[i]], request,
-                          decode.request_name(request), self.arg[i], raw, self.stop_enter[i],
+                          ioctl_name(request), self.arg[i], raw, self.stop_enter[i],
                           _opt(self.stop_exit[i]), _opt(self.ret[i]), _opt(self.kernel_enter[i]),
                           _opt(self.kernel_exit[i]), bool(self.flags[i] & _FIRST_RUN))
 

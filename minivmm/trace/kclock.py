@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minivmm.trace import srcu_check
-from minivmm.trace.syscalls import lib
+from minivmm.trace.syscalls import KVMIO
 from minivmm.tracefs import COMMIT_SLACK_NS, Instance, Record, Session, TracefsUnavailable
 
-KVMIO = lib.KVMIO
 
 BUFFER_KB_PER_CPU = 16384
 ENTER, EXIT = "syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl"

@@ -14,6 +14,9 @@ import struct
 from typing import Any
 
 from minivmm._trace import ffi, lib
+from minivmm.kvm.uapi import lib as kvm_lib
+
+KVMIO = kvm_lib.KVMIO
 
 __all__ = ["ffi", "lib", "TraceOSError", "SpawnError", "seccomp_kvm_filter", "spawn", "ptrace", "waitpid",
            "getregs", "read_memory", "event_message", "siginfo_signo", "tgkill"]
@@ -103,7 +106,7 @@ def seccomp_program() -> list[tuple[int, int, int, int]]:
         "request",
         ("ld", arg1_low, None, None),
         ("and", 0xFF00, None, None),
-        ("jeq", lib.KVMIO << 8, "trace", "allow"),
+        ("jeq", KVMIO << 8, "trace", "allow"),
         "allow",
         ("ret", lib.SECCOMP_RET_ALLOW, None, None),
         "trace",
@@ -229,9 +232,8 @@ _iov_remote = ffi.new("struct iovec *")
 _read_buf = ffi.new("char[]", 4096)
 
 
-def read_memory(pid: int, addr: int, ctype: str) -> bytes:
-    """The bytes of one ``ctype`` (a struct name) in the tracee's memory at ``addr`` (process_vm_readv)."""
-    size = ffi.sizeof(ctype)
+def read_memory(pid: int, addr: int, size: int) -> bytes:
+    """``size`` bytes of the tracee's memory at ``addr`` (process_vm_readv): one argument struct."""
     _iov_local.iov_base, _iov_local.iov_len = _read_buf, size
     _iov_remote.iov_base, _iov_remote.iov_len = ffi.cast("void *", addr), size
     got = _check(lib.process_vm_readv(pid, _iov_local, 1, _iov_remote, 1, 0), "process_vm_readv")

@@ -42,7 +42,7 @@ from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
 from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, link_kind
 from minivmm.trace.kclock import KernelClock, KernelClockUnavailable
 from minivmm.trace.srcu_check import SrcuTimeline
-from minivmm.trace.syscalls import (IOCTL_NUMBERS, SpawnError, TraceOSError, check_errno, event_message,
+from minivmm.trace.syscalls import (IOCTL_NUMBERS, KVMIO, SpawnError, TraceOSError, check_errno, event_message,
                                     exec_failure, ffi, getregs, kill, lib, ptrace, spawn, waitpid)
 from minivmm.tracefs import Record
 
@@ -700,7 +700,7 @@ class Tracer:
         nr = int(regs.orig_rax)
         if nr in IOCTL_NUMBERS:
             request = int(regs.rcx if nr == _NR_IOCTL_I386 else regs.rsi) & 0xFFFFFFFF
-            if (request >> 8) & 0xFF == lib.KVMIO:
+            if (request >> 8) & 0xFF == KVMIO:
                 self._on_seccomp(tid, now)
                 return
         self._resume(tid)
