@@ -34,6 +34,15 @@ def is_stall(duration_ns: float) -> bool:
     return duration_ns >= STALL_NS
 
 
+def longest_stall(medians_ns: Sequence[float]) -> int | None:
+    """The index of the longest of some steps' medians when it is a stall, else None: the step a report
+    calls *the* stalled one (``minivmm timing`` applies it to the call_srcu variant's predictions)."""
+    if not medians_ns:
+        return None
+    worst = max(range(len(medians_ns)), key=lambda i: medians_ns[i])
+    return worst if is_stall(medians_ns[worst]) else None
+
+
 def percentile_sorted(sorted_values: Sequence[float], p: float) -> float:
     """The p-th percentile of values already sorted ascending: linear interpolation between the
     closest ranks (numpy's default method), so p=50 of an even count is the mean of the middle two."""

@@ -22,7 +22,11 @@ CAPS_USED = ("KVM_CAP_USER_MEMORY", "KVM_CAP_IOEVENTFD", "KVM_CAP_IOEVENTFD_ANY_
              "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_SET_TSS_ADDR", "KVM_CAP_EXT_CPUID", "KVM_CAP_NR_MEMSLOTS",
              "KVM_CAP_NR_VCPUS", "KVM_CAP_MAX_VCPUS", "KVM_CAP_INTERNAL_ERROR_DATA")
 
-def svm_avic_enabled(param: str = "/sys/module/kvm_amd/parameters/avic") -> bool:
+#: kvm_amd's resolved ``avic`` module parameter.
+SVM_AVIC_PARAM = "/sys/module/kvm_amd/parameters/avic"
+
+
+def svm_avic_enabled(param: str = SVM_AVIC_PARAM) -> bool:
     """Whether kvm_amd runs with AVIC (the resolved ``avic`` module parameter reads Y or 1); an
     unreadable parameter counts as enabled, the 6.18 default on Zen4+ with x2AVIC."""
     try:

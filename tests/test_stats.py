@@ -65,3 +65,10 @@ def test_tick_modes_refuse_nonsense():
         tick_mode(1, 0, 0)
     with pytest.raises(ValueError):
         tick_ns(0)
+
+
+def test_the_stalled_step_is_the_longest_median_only_when_it_is_a_stall():
+    from kernel_model.stats import longest_stall
+    assert longest_stall([10_000, 5_000_000, 2_000_000]) == 1
+    assert longest_stall([10_000, 999_999]) is None
+    assert longest_stall([]) is None

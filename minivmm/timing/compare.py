@@ -20,7 +20,7 @@ from kernel_model.costs import Costs
 from kernel_model.predict import Prediction, phase_deterministic, predict
 from kernel_model.published import PublishedFigure, figures_for
 from kernel_model.sequences import Sequence, step_number, with_gaps
-from kernel_model.stats import PERCENTILES, is_stall, quantiles
+from kernel_model.stats import PERCENTILES, longest_stall, quantiles
 from kernel_model.variants import MAIN_VARIANTS, VARIANTS
 from minivmm.timing.runner import Repetition
 
@@ -142,10 +142,7 @@ def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, sampl
     fits = [fit(measured, predictions[v]) for v in variants]
     stalled = None
     if "call_srcu" in predictions:
-        p50s = [sp.stats()["p50"] * 1000 for sp in predictions["call_srcu"].steps]
-        worst = max(range(n), key=lambda i: p50s[i])
-        if is_stall(p50s[worst]):
-            stalled = worst
+        stalled = longest_stall([sp.stats()["p50"] * 1000 for sp in predictions["call_srcu"].steps])
     published: dict[int, list[PublishedFigure]] = {}
     first_registration = next((i for i, s in enumerate(seq.steps) if s.op == "ioeventfd"), None)
     for i, step in enumerate(seq.steps):
