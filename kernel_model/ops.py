@@ -7,8 +7,8 @@ issuing the real ioctl) only registers how to issue each op, in ``minivmm.timing
 the same names; a test checks that every op has a host issuer, and another that, on real KVM, what
 the host issues maps back through :attr:`OpSpec.from_traced` to the same arguments.
 
-Adding an op: one ``OpSpec`` below (arguments, label, ``ioctl``, ``from_traced``, ``model``), added
-to ``OPS``; its host issuer in ``minivmm/timing/host_ops.py``; a row in kernel_model/README.md
+Adding an op: one ``OpSpec`` below (arguments, label, ``ioctl``, ``from_traced``, ``model``, ``c``),
+added to ``OPS``; its host issuer in ``minivmm/timing/host_ops.py``; a row in kernel_model/README.md
 ("Sequence files"); a line in the format sketch of :mod:`kernel_model.sequences`.
 
 What each op does in the model, and the file format, are documented in kernel_model/README.md
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from kernel_model import kvm_uapi
+from kernel_model.csource import CEmitter, CNames, CStep, c_call, c_hex, c_ioctl
 from kernel_model.kvm_main import KvmModel
 from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kernel_model.kvm_uapi import UapiStruct
@@ -118,9 +119,9 @@ def _always(a: Args) -> bool:
 class OpSpec:
     """Everything about one op. Plain data: the functions are small and named below.
 
-    ``ioctl`` is the one description of what the op issues: the strace form is printed from it, and a
-    generator of standalone C reproducers can write each op's call from the same request and struct
-    values (plus what the call needs first, e.g. an eventfd, which would be one more field here). A
+    ``ioctl`` is the one description of what the op issues: the strace form is printed from it, and
+    ``minivmm repro`` writes each op's C call from the same request and struct values, with what the
+    call needs first (an eventfd, guest memory) from ``c``. A
     teardown op (destroy_vm: a close() of the VM fd, not an ioctl) would make ``ioctl`` optional and
     carry its own call; ``model`` would run ``KvmModel.destroy_vm``."""
 
@@ -144,6 +145,9 @@ class OpSpec:
     check: Callable[[Args], None] = _no_check
     #: Whether the model models this step (False: carried as a fixed cost, and reports say so).
     modelled: Callable[[Args], bool] = field(default=_always)
+    #: The step as C, for ``minivmm repro``: the call ``ioctl`` describes, with what it needs first
+    #: (kernel_model.csource). Every op has one; a test checks.
+    c: CEmitter | None = None
 
     def arg(self, name: str) -> Arg | None:
         """The argument called ``name``, or None."""
@@ -175,7 +179,7 @@ CREATE_VM = OpSpec(
     label=lambda a: "KVM_CREATE_VM",
     ioctl=lambda a: IoctlCall("system", "KVM_CREATE_VM", 0),
     from_traced=lambda t: {},
-    model=_create_vm_model)
+    model=_create_vm_model, c=lambda a, call, names: c_call(call, names, after=("vm->vm_fd = ret;",)))
 
 
 # --- memslot ---------------------------------------------------------------------------------------
@@ -216,6 +220,26 @@ def _memslot_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.set_user_memory_region(a["slot"], a["base"], a["size"], _memslot_flags(a))
 
 
+def _memslot_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    slot, base, size = a["slot"], a["base"], a["size"]
+    if size == 0:
+        names.slots.pop(slot, None)
+        return c_call(call, names, {"userspace_addr": "0"})
+    index, mapped = names.slots.get(slot, (-1, 0))
+    if mapped != size:  # a new slot, or one resized: new memory (a move keeps the slot's own, as KVM requires)
+        index = names.new_memory()
+        host = f"(__u64)(uintptr_t)map_memory(vm, {index}, {c_hex(size)})"
+    else:
+        host = f"(__u64)(uintptr_t)vm->mem[{index}]"
+    names.slots[slot] = (index, size)
+    # The run op's guest loop, at LOOP_ADDR wherever this slot puts it (as the host step does).
+    if not base <= LOOP_ADDR <= base + size - LOOP_LEN:
+        return c_call(call, names, {"userspace_addr": host}, needs=("memory",))
+    where = f"(char *)vm->mem[{index}] + " + (f"(LOOP_ADDR - {c_hex(base)})" if base else "LOOP_ADDR")
+    return c_call(call, names, {"userspace_addr": host}, (f"load_loop_guest({where});",),
+                  needs=("memory", "loop_guest"))
+
+
 MEMSLOT = OpSpec(
     "memslot", "KVM_SET_USER_MEMORY_REGION (or ..._REGION2): create (one memslot swap: "
     "synchronize_srcu_expedited(&kvm->srcu)), move or delete (two), change log_dirty alone (one), or "
@@ -225,7 +249,7 @@ MEMSLOT = OpSpec(
      Arg("readonly", "flag", doc="KVM_MEM_READONLY"), Arg("log_dirty", "flag", doc="KVM_MEM_LOG_DIRTY_PAGES")),
     requests=("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2"),
     label=_memslot_label, ioctl=_memslot_ioctl, from_traced=_memslot_from_traced, model=_memslot_model,
-    check=_memslot_check)
+    check=_memslot_check, c=_memslot_c)
 
 
 # --- irqchip ----------------------------------------------------------------------------------------
@@ -240,7 +264,7 @@ IRQCHIP = OpSpec(
     label=lambda a: "KVM_CREATE_IRQCHIP",
     ioctl=lambda a: IoctlCall("vm", "KVM_CREATE_IRQCHIP", 0),
     from_traced=lambda t: {},
-    model=_irqchip_model)
+    model=_irqchip_model, c=c_ioctl)
 
 
 # --- ioeventfd, ioeventfd_deassign ------------------------------------------------------------------
@@ -277,6 +301,18 @@ def _ioeventfd_from_traced(deassign: bool) -> Callable[[TracedIoctl], dict[str, 
     return from_traced
 
 
+def _ioeventfd_c(deassign: bool) -> CEmitter:
+    def c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+        key = (a["addr"], a["len"], a["datamatch"], bool(a["pio"]))
+        if deassign:  # the eventfd its assign was given (validation guarantees one came first)
+            fd = f"vm->efd[{names.ioevents.pop(key)}]"
+        else:
+            names.ioevents[key] = efd = names.new_eventfd()
+            fd = f"open_eventfd(vm, {efd})"
+        return c_call(call, names, {"fd": fd}, needs=("eventfd",))
+    return c
+
+
 def _ioeventfd_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.ioeventfd(a["addr"], a["len"], a["datamatch"], a["pio"])
 
@@ -289,19 +325,24 @@ IOEVENTFD = OpSpec(
     "ioeventfd", "KVM_IOEVENTFD (assign): registers the ioeventfd on the MMIO or PIO bus "
     "(kvm_io_bus_register_dev(): the old bus is freed by the variant's rule).",
     _IOEVENTFD_ARGS, requests=("KVM_IOEVENTFD",), label=_ioeventfd_label(""), ioctl=_ioeventfd_ioctl(False),
-    from_traced=_ioeventfd_from_traced(False), model=_ioeventfd_model)
+    from_traced=_ioeventfd_from_traced(False), model=_ioeventfd_model, c=_ioeventfd_c(False))
 
 IOEVENTFD_DEASSIGN = OpSpec(
     "ioeventfd_deassign", "KVM_IOEVENTFD with DEASSIGN: kvm_io_bus_unregister_dev(), which waits for "
     "an expedited grace period in every variant; the same arguments as the assign.",
     _IOEVENTFD_ARGS, requests=("KVM_IOEVENTFD",), label=_ioeventfd_label(" deassign"),
-    ioctl=_ioeventfd_ioctl(True), from_traced=_ioeventfd_from_traced(True), model=_ioeventfd_deassign_model)
+    ioctl=_ioeventfd_ioctl(True), from_traced=_ioeventfd_from_traced(True), model=_ioeventfd_deassign_model,
+    c=_ioeventfd_c(True))
 
 
 # --- vcpu -------------------------------------------------------------------------------------------
 
 def _vcpu_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.create_vcpu(a["id"])
+
+
+def _vcpu_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    return c_call(call, names, after=(f"vm->vcpu_fd[{names.vcpu(a['id'])}] = ret;",))
 
 
 VCPU = OpSpec(
@@ -312,7 +353,7 @@ VCPU = OpSpec(
     label=lambda a: f"KVM_CREATE_VCPU, {a['id']}",
     ioctl=lambda a: IoctlCall("vm", "KVM_CREATE_VCPU", a["id"]),
     from_traced=lambda t: {"id": t.arg},
-    model=_vcpu_model)
+    model=_vcpu_model, c=_vcpu_c)
 
 
 # --- run --------------------------------------------------------------------------------------------
@@ -337,6 +378,14 @@ def _run_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.run_vcpu(a["vcpu"], a["section"], a["period"], offset_ns=int(rng.random() * a["period"]))
 
 
+def _run_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    # Set up (and made runnable: no INIT or SIPI comes) before the gap, then timed in its own thread, which
+    # re-enters KVM_RUN every period at most; section is KVM's own work on each exit.
+    index = names.vcpu(a["vcpu"])
+    return CStep(names.fd(call.role), call.request, "0", (f"prepare_vcpu(vm, {index}, {a['period']});",),
+                 timed_by=f"first_run(vm, {index})", needs=("vcpu_thread",))
+
+
 RUN = OpSpec(
     "run", "The vCPU's first KVM_RUN: from then on it handles an exit every `period`, each inside an SRCU "
     "read section of `section` (its guest is a loop at 0x1000, so a memslot must cover that address).",
@@ -346,7 +395,7 @@ RUN = OpSpec(
     label=lambda a: f"KVM_RUN, vcpu {a['vcpu']} (first entry)",
     ioctl=lambda a: IoctlCall(f"vcpu{a['vcpu']}", "KVM_RUN", 0),
     from_traced=_run_from_traced,
-    model=_run_model, check=_run_check)
+    model=_run_model, check=_run_check, c=_run_c)
 
 
 # --- pit2 -------------------------------------------------------------------------------------------
@@ -371,7 +420,7 @@ PIT2 = OpSpec(
     "PIO bus, and the speaker port 0x61 with speaker_dummy: kvm_io_bus_register_dev() each.",
     (Arg("speaker_dummy", "flag", doc="KVM_PIT_SPEAKER_DUMMY"),),
     requests=("KVM_CREATE_PIT2",), label=lambda a: "KVM_CREATE_PIT2", ioctl=_pit2_ioctl,
-    from_traced=_pit2_from_traced, model=_pit2_model)
+    from_traced=_pit2_from_traced, model=_pit2_model, c=c_ioctl)
 
 
 # --- coalesced_mmio ---------------------------------------------------------------------------------
@@ -399,7 +448,7 @@ COALESCED_MMIO = OpSpec(
     ioctl=lambda a: IoctlCall("vm", "KVM_REGISTER_COALESCED_MMIO", StructArg(kvm_uapi.COALESCED_MMIO_ZONE, {
         "addr": a["addr"], "size": a["size"], "pio": int(a["pio"])})),
     from_traced=_coalesced_mmio_from_traced,
-    model=_coalesced_mmio_model, check=_coalesced_mmio_check)
+    model=_coalesced_mmio_model, check=_coalesced_mmio_check, c=c_ioctl)
 
 
 # --- irqfd ------------------------------------------------------------------------------------------
@@ -419,13 +468,26 @@ def _irqfd_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
     return None if f is None else {"gsi": f["gsi"], "deassign": kvm_uapi.IRQFD.has(f, "KVM_IRQFD_FLAG_DEASSIGN")}
 
 
+def _irqfd_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    attached = names.irqfds.setdefault(a["gsi"], [])
+    if not a["deassign"]:
+        efd = names.new_eventfd()
+        attached.append(efd)
+        fd = f"open_eventfd(vm, {efd})"
+    elif attached:
+        fd = f"vm->efd[{attached.pop()}]"
+    else:  # a deassign that matches nothing is legal (the kernel returns 0): a fresh eventfd
+        fd = f"open_eventfd(vm, {names.new_eventfd()})"
+    return c_call(call, names, {"fd": fd}, needs=("eventfd",))
+
+
 IRQFD = OpSpec(
     "irqfd", "KVM_IRQFD: attach (or with deassign detach) an eventfd that injects gsi. No grace period: "
     "the assign reads the routing under kvm->irq_srcu; a deassign flushes the irqfd clean-up workqueue.",
     (Arg("gsi", "int", True), Arg("deassign", "flag", doc="KVM_IRQFD_FLAG_DEASSIGN")),
     requests=("KVM_IRQFD",),
     label=lambda a: f"KVM_IRQFD{' deassign' if a['deassign'] else ''}, gsi {a['gsi']}",
-    ioctl=_irqfd_ioctl, from_traced=_irqfd_from_traced, model=_irqfd_model)
+    ioctl=_irqfd_ioctl, from_traced=_irqfd_from_traced, model=_irqfd_model, c=_irqfd_c)
 
 
 # --- gsi_routing ------------------------------------------------------------------------------------
@@ -444,6 +506,23 @@ def _gsi_routing_from_traced(t: TracedIoctl) -> dict[str, Any] | None:
     return None if f is None else {"entries": f["nr"]}
 
 
+def _gsi_routing_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    # The routes follow the struct: one MSI route per GSI, to the local APIC's default address, as
+    # minivmm's own KVM_SET_GSI_ROUTING does.
+    n = a["entries"]
+    return CStep(names.fd(call.role), call.request, "arg", (
+        f"struct kvm_irq_routing *arg = calloc(1, sizeof(*arg) + {max(n, 1)} * sizeof(arg->entries[0]));",
+        "",
+        "if (!arg)",
+        "\tdie(\"out of memory\");",
+        f"arg->nr = {n};",
+        f"for (unsigned int i = 0; i < {n}; i++) {{",
+        "\targ->entries[i].gsi = i;",
+        "\targ->entries[i].type = KVM_IRQ_ROUTING_MSI;",
+        "\targ->entries[i].u.msi.address_lo = 0xfee00000;",
+        "}"), after=("free(arg);",))
+
+
 GSI_ROUTING = OpSpec(
     "gsi_routing", "KVM_SET_GSI_ROUTING with N routes: swaps the routing table and waits for an expedited "
     "grace period of kvm->irq_srcu (not kvm->srcu: a pending kvm->srcu grace period does not delay it).",
@@ -453,7 +532,7 @@ GSI_ROUTING = OpSpec(
     ioctl=lambda a: IoctlCall("vm", "KVM_SET_GSI_ROUTING", StructArg(kvm_uapi.IRQ_ROUTING, {
         "nr": a["entries"], "flags": 0})),
     from_traced=_gsi_routing_from_traced,
-    model=_gsi_routing_model, check=_gsi_routing_check)
+    model=_gsi_routing_model, check=_gsi_routing_check, c=_gsi_routing_c)
 
 
 # --- enable_cap -------------------------------------------------------------------------------------
@@ -478,7 +557,7 @@ ENABLE_CAP = OpSpec(
     ioctl=lambda a: IoctlCall("vm", "KVM_ENABLE_CAP", StructArg(kvm_uapi.ENABLE_CAP, {
         "cap": a["cap"], "flags": 0, "args": [a["arg0"], 0, 0, 0]})),
     from_traced=_enable_cap_from_traced,
-    model=_enable_cap_model, modelled=lambda a: bool(a["cap"] == KVM_CAP_SPLIT_IRQCHIP))
+    model=_enable_cap_model, modelled=lambda a: bool(a["cap"] == KVM_CAP_SPLIT_IRQCHIP), c=c_ioctl)
 
 
 # --- tss_addr ---------------------------------------------------------------------------------------
@@ -495,13 +574,19 @@ TSS_ADDR = OpSpec(
     label=lambda a: "KVM_SET_TSS_ADDR",
     ioctl=lambda a: IoctlCall("vm", "KVM_SET_TSS_ADDR", a["addr"]),
     from_traced=lambda t: {"addr": t.arg},
-    model=_tss_addr_model)
+    model=_tss_addr_model, c=c_ioctl)
 
 
 # --- ioctl (not modelled) ---------------------------------------------------------------------------
 
 def _ioctl_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
     kvm.unmodelled_ioctl(a["cost"])
+
+
+def _ioctl_c(a: Args, call: IoctlCall, names: CNames) -> CStep:
+    # Not issued (its argument is unknown): a pause of its traced cost, as the host step does.
+    return CStep(names.fd(call.role), call.request, timed_by=f"pause_ns({a['cost']})", issued=False,
+                 needs=("pause",))
 
 
 IOCTL = OpSpec(
@@ -516,7 +601,7 @@ IOCTL = OpSpec(
     label=lambda a: f"{a['name']} (not modelled)",
     ioctl=lambda a: IoctlCall("vm", a["name"], None),
     from_traced=None,
-    model=_ioctl_model, modelled=lambda a: False)
+    model=_ioctl_model, modelled=lambda a: False, c=_ioctl_c)
 
 
 #: Every op, by name. A new op is one entry here (plus its host issuer in minivmm/timing/host_ops.py).
