@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # argparse is imported inside main, under its Ctrl-C handler
     import argparse
 
 #: The command modules, in the order ``minivmm --help`` lists them. Extend here.
-COMMANDS = ("boot_cmd", "timing_cmd", "trace_cmd", "model_cmd", "compare_cmd", "info_cmd")
+COMMANDS = ("boot_cmd", "timing_cmd", "trace_cmd", "model_cmd", "compare_cmd", "repro_cmd", "info_cmd")
 
 DESCRIPTION = "A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."
 

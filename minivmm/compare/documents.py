@@ -70,8 +70,15 @@ def read_json(path: str, what: str = "file") -> Any:
         raise DocumentError(str(e)) from None
 
 
-def check_version(data: Any, path: str, kind: str, what: str = "file") -> dict[str, Any]:
-    """Check that ``data`` is a document of ``kind`` whose schema version this minivmm reads."""
+#: The kinds of document whose steps have the timing shape: ``minivmm timing --json``, and the --json
+#: of a program ``minivmm repro`` wrote (the same steps, measured by the C reproducer).
+TIMING_SHAPED = ("timing", "repro")
+
+
+def check_version(data: Any, path: str, kind: str, what: str = "file",
+                  also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check that ``data`` is a document of ``kind`` (or of a kind in ``also``) whose schema version this
+    minivmm reads."""
     if not isinstance(data, dict):
         raise DocumentError(f"{what} {path}: is JSON but not a minivmm document (a {type(data).__name__}, "
                             "not an object)")
@@ -82,9 +89,10 @@ def check_version(data: Any, path: str, kind: str, what: str = "file") -> dict[s
                             f"`minivmm {kind} --json` (or from a minivmm before schema version 1)")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DocumentError(f"{what} {path}: schema_version {version!r} is not a positive integer")
-    if doc_kind != kind:
+    if doc_kind != kind and doc_kind not in also:
         raise DocumentError(f"{what} {path}: is a {doc_kind!r} document, not {kind!r} "
                             f"(made by `minivmm {doc_kind} --json`?)")
+    kind = doc_kind
     known = SCHEMA_VERSIONS[kind]
     if version > known:
         raise DocumentError(f"{what} {path}: {kind} schema_version {version} is newer than this minivmm "
@@ -111,8 +119,9 @@ def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], path: 
 
 
 def parse_timing(data: Any, path: str, what: str = "file") -> TimingDocument:
-    """Check a decoded timing document and extract what comparison uses."""
-    doc = check_version(data, path, "timing", what)
+    """Check a decoded timing document (or a reproducer's, whose steps have the same shape) and extract
+    what comparison uses."""
+    doc = check_version(data, path, "timing", what, also=TIMING_SHAPED)
     sequence = _field(doc, "sequence", str, path, "", what)
     repetitions = _field(doc, "repetitions", int, path, "", what)
     host = _field(doc, "host", dict, path, "", what)

@@ -26,6 +26,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "timing": 2,
     "compare": 2,
     "trace": 2,
+    "repro": 1,
 }
 
 #: The oldest version of a kind that readers still take, where it is older than the current one: a
