@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kernel_model.tick import TickEnvironment
+
 US = 1_000
 MS = 1_000_000
 
@@ -34,10 +36,9 @@ class Costs(NamedTuple):
     #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
     #: does not, its draw from ``timer_latency_samples`` already covers the whole chain after the tick.
     wakeup_latency_samples: tuple[int, ...] = ()
-    #: The share (0..1) of timers armed right after a VM's first timer-ended wait that fire one tick
-    #: later than the wheel's bucket: measured by a host profile, 0 without one
-    #: (``kernel_model.sim.Timer._slips`` says which timers and why).
-    tick_slip: float = 0.0
+    #: What the host's other tasks do to the CPUs' ticks (which decides when a timer fires a tick
+    #: late, see kernel_model.tick): a quiet host by default, measured by a host profile.
+    cpus: TickEnvironment = TickEnvironment()
     #: One srcu_readers_active_idx_check() over every CPU (with its smp_mb()s).
     reader_scan: int = 1 * US
     #: srcu_gp_end()'s bookkeeping.

@@ -163,14 +163,15 @@ class KvmModel:
     """One VM (``kvm_create_vm()``): buses, memslots, vCPUs and kvm->srcu, under a variant and platform."""
 
     def __init__(self, sim: Sim, variant: Variant, platform: Platform,
-                 checker: InvariantChecker | None = None, nr_cpu_ids: int = 2) -> None:
+                 checker: InvariantChecker | None = None, nr_cpu_ids: int | None = None) -> None:
         self.sim = sim
         self.costs: Costs = sim.costs
+        if nr_cpu_ids is None:
+            nr_cpu_ids = sim.costs.cpus.nr_cpus
         self.variant = variant
         self.platform = platform
         self.checker = checker or InvariantChecker()
         self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
-        self.srcu.work.timer.may_slip = True  # the timer traced slipping a tick (sim.Timer._slips)
         self.memslot_swaps = 0
         self.srcu.on_callback_after_cleanup = self._callback_after_cleanup
         self.buses: dict[KvmBus, KvmIoBus] = {b: KvmIoBus(b, 0) for b in KvmBus}

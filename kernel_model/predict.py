@@ -4,29 +4,32 @@ within a jiffy (and, with running vCPUs, a random reader offset), and collect ea
 The durations of a step are a distribution because the tick phase decides when a 1-jiffy timer fires;
 sampling the phase uniformly is what ``minivmm timing --jitter`` does on the real host.
 
-Speed: a sequence whose steps do not depend on running vCPUs is a deterministic function of the
-phase, piecewise linear (a duration either does not depend on the phase, or shrinks one-for-one as the
-start moves towards the tick, with a jump of one jiffy where the timer moves to the next tick). Such a
-sequence is simulated on an adaptively refined grid of phases, and each sample is read off the
-piecewise-linear interpolant: exact away from the jumps, and within ``PHASE_RESOLUTION`` of a jump
-beside it. Sequences with running vCPUs before their last step are sampled directly (Monte Carlo):
-their readers' offsets are random too.
+Speed. Without a host profile (a quiet host: nothing random) a sequence whose steps do not depend on
+running vCPUs is a deterministic function of the phase, piecewise linear: a duration either does not
+depend on the phase or shrinks one-for-one as the start moves towards the tick, with a jump of one
+jiffy where a timer moves to the next tick. Every jump comes from a ``jiffies`` read changing value,
+and each run reports how much later it could have started before any of its reads would
+(``Sim.phase_slack``). So the phases split into classes, found one after the other, each simulated at
+its two ends and its middle (and split further only where the durations bend inside it, by more than
+``LINEAR_TOLERANCE_NS``); every sample is read off that interpolant. The cost is a few runs per class,
+whatever the sample count. With a profile, or with vCPUs running before the last step (their readers'
+offsets are random too), every sample is its own run (Monte Carlo).
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, Violation
 from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
-from kernel_model.sequences import Sequence, Step, step_number
-from kernel_model.sim import Sim
+from kernel_model.sequences import Sequence, Step, check_bounds, step_number
+from kernel_model.sim import NSEC_PER_SEC, Sim
 from kernel_model.stats import quantiles
 from kernel_model.variants import get_variant
 
@@ -82,12 +85,13 @@ def run_step(kvm: KvmModel, step: Step, rng: random.Random) -> None:
 def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phase: float,
                   rng: random.Random, costs: Costs | None = None,
                   checker: InvariantChecker | None = None) -> tuple[list[int], KvmModel]:
-    """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns)."""
+    """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
+    step's gap is a pause of exactly that length (``Sim.pause``)."""
     sim = Sim(hz, phase, costs, rng)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     for i, step in enumerate(sequence.steps):
-        sim.run_until(sim.now + step.gap_ns)
+        sim.pause(step.gap_ns)
         kvm.issuing(i)
         t0 = sim.now
         run_step(kvm, step, rng)
@@ -97,11 +101,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
     return durations, kvm
 
 
-#: Coarse grid of the phase interpolant, and the width below which an interval is not split further.
-PHASE_GRID = 32
-PHASE_RESOLUTION = 1e-6
-#: Two durations that differ by at most this much (ns) count as equal when testing linearity.
-LINEAR_TOLERANCE_NS = 2
+#: Two durations that differ by at most this much (ns) count as equal when testing linearity: a bend
+#: (where a wake-up starts to wait for a kworker, say) is interpolated across within this error.
+LINEAR_TOLERANCE_NS = 200
 
 
 def phase_deterministic(sequence: Sequence) -> bool:
@@ -109,63 +111,92 @@ def phase_deterministic(sequence: Sequence) -> bool:
     return all(step.op != "run" for step in sequence.steps[:-1])
 
 
+def quiet(costs: Costs | None) -> bool:
+    """Whether the costs draw nothing at random (no measured latencies, a quiet host's ticks)."""
+    return costs is None or (not costs.timer_latency_samples and not costs.wakeup_latency_samples
+                             and costs.cpus.quiet)
+
+
+Run = Callable[[int], tuple[list[int], int]]
+
+
 class PhaseInterpolant:
-    """Piecewise-linear durations as a function of the phase, refined where they are not linear."""
+    """Durations as a piecewise-linear function of the phase (in ns into the jiffy), built class by
+    class (see the module docstring). ``f(phase_ns)`` returns the durations at that phase and the
+    run's ``phase_slack``."""
 
-    def __init__(self, f: Callable[[float], list[int]], grid: int = PHASE_GRID,
-                 resolution: float = PHASE_RESOLUTION) -> None:
+    def __init__(self, f: Run, tick_ns: int, tolerance: int = LINEAR_TOLERANCE_NS) -> None:
         self.evaluations = 0
-
-        def ev(phase: float) -> list[int]:
-            self.evaluations += 1
-            return f(phase)
-
-        def linear(a: float, fa: list[int], b: float, fb: list[int], x: float, fx: list[int]) -> bool:
-            w = (x - a) / (b - a)
-            return all(abs(fa_i + (fb_i - fa_i) * w - fx_i) <= LINEAR_TOLERANCE_NS
-                       for fa_i, fb_i, fx_i in zip(fa, fb, fx))
-
-        # f(1) == f(0): starting one whole jiffy later changes nothing.
-        f0 = ev(0.0)
-        points = [(i / grid, f0 if i in (0, grid) else ev(i / grid)) for i in range(grid + 1)]
-        segments: list[tuple[float, list[int], float, list[int]]] = []
-        stack = [(points[i], points[i + 1]) for i in range(grid - 1, -1, -1)]
-        while stack:
-            (a, fa), (b, fb) = stack.pop()
-            if b - a <= resolution:
-                segments.append((a, fa, b, fa))  # a jump inside: constant on the left value
-                continue
-            q1, m, q3 = a + (b - a) / 4, (a + b) / 2, a + 3 * (b - a) / 4
-            fm = ev(m)
-            if linear(a, fa, b, fb, m, fm) and linear(a, fa, b, fb, q1, ev(q1)) and linear(a, fa, b, fb, q3, ev(q3)):
-                segments.append((a, fa, b, fb))
-            else:
-                stack.append(((m, fm), (b, fb)))
-                stack.append(((a, fa), (m, fm)))
-        segments.sort(key=lambda seg: seg[0])
+        self.tolerance = tolerance
+        self._f = f
+        segments: list[tuple[int, list[int], int, list[int]]] = []
+        a = 0
+        while a < tick_ns:
+            fa, slack = self._ev(a)
+            b = min(tick_ns, a + max(slack, 1)) - 1  # the last phase of a's class
+            self._fill(a, fa, b, self._ev(b)[0] if b > a else fa, segments)
+            a = b + 1
         self._starts = [seg[0] for seg in segments]
         self._segments = segments
 
-    def __call__(self, phase: float) -> list[int]:
-        """The interpolated durations at ``phase``."""
-        i = bisect.bisect_right(self._starts, phase) - 1
+    def _ev(self, phase_ns: int) -> tuple[list[int], int]:
+        self.evaluations += 1
+        return self._f(phase_ns)
+
+    def _linear(self, a: int, fa: list[int], b: int, fb: list[int], x: int, fx: list[int]) -> bool:
+        w = (x - a) / (b - a)
+        return all(abs(ya + (yb - ya) * w - yx) <= self.tolerance for ya, yb, yx in zip(fa, fb, fx))
+
+    def _fill(self, a: int, fa: list[int], b: int, fb: list[int],
+              segments: list[tuple[int, list[int], int, list[int]]]) -> None:
+        """Cover [a, b] (one class) with linear pieces, halving where the middle is off the line."""
+        stack = [(a, fa, b, fb)]
+        while stack:
+            a, fa, b, fb = stack.pop()
+            if b - a <= 1:
+                segments.append((a, fa, a, fa))
+                if b > a:
+                    segments.append((b, fb, b, fb))
+                continue
+            m = (a + b) // 2
+            fm = self._ev(m)[0]
+            if self._linear(a, fa, b, fb, m, fm):
+                segments.append((a, fa, b, fb))
+            else:
+                stack.append((m, fm, b, fb))
+                stack.append((a, fa, m, fm))
+        segments.sort(key=lambda seg: seg[0])
+
+    def __call__(self, phase_ns: int) -> list[int]:
+        """The interpolated durations at ``phase_ns``."""
+        i = bisect.bisect_right(self._starts, phase_ns) - 1
         a, fa, b, fb = self._segments[i]
-        w = (phase - a) / (b - a)
+        if b == a:
+            return list(fa)
+        w = min(max((phase_ns - a) / (b - a), 0.0), 1.0)
         return [round(x + (y - x) * w) for x, y in zip(fa, fb)]
 
 
 def predict(sequence: Sequence, variant: str, hz: int, platform: str, samples: int = 1000,
             seed: int = 0, costs: Costs | None = None) -> Prediction:
-    """Predict each step's duration distribution over ``samples`` uniformly drawn tick phases."""
+    """Predict each step's duration distribution over ``samples`` uniformly drawn tick phases.
+    ValueError (a ``SequenceError``) for a sequence past the model's bounds (``check_bounds``)."""
     if samples < 1:
         raise ValueError("samples must be at least 1")
+    check_bounds(sequence)
     rng = random.Random(seed)
     steps = [StepPrediction(s) for s in sequence.steps]
     checker = InvariantChecker()
-    if phase_deterministic(sequence) and not (costs and (costs.timer_latency_samples
-                                                         or costs.wakeup_latency_samples or costs.tick_slip)):
-        draw: Callable[[float], list[int]] = PhaseInterpolant(lambda phase: simulate_once(
-            sequence, variant, hz, platform, phase, random.Random(seed), costs, checker)[0])
+    tick = NSEC_PER_SEC // hz
+    if phase_deterministic(sequence) and quiet(costs):
+        def run(phase_ns: int) -> tuple[list[int], int]:
+            durations, kvm = simulate_once(sequence, variant, hz, platform, (phase_ns + 0.5) / tick,
+                                           random.Random(seed), costs, checker)
+            return durations, kvm.sim.phase_slack
+        interpolant = PhaseInterpolant(run, tick)
+
+        def draw(phase: float) -> list[int]:
+            return interpolant(int(phase * tick))
     else:
         def draw(phase: float) -> list[int]:
             return simulate_once(sequence, variant, hz, platform, phase, rng, costs, checker)[0]

@@ -1,19 +1,22 @@
-"""Host profiles: the measured latency between a timer firing and the waiter running, per host.
+"""Host profiles: the measured latency between a timer firing and the waiter running, and how the
+host's CPUs tick, per host.
 
 ``minivmm timing --calibrate`` measures it (see ``minivmm.timing.calibrate``) and saves a profile;
 ``minivmm model --profile FILE`` and ``minivmm timing --profile FILE`` (and ``trace``) give it to the
 model, whose timers then draw their latency from it (``Costs.timer_latency_samples``) instead of the
-fixed ``Costs.timer_latency``. Without a profile nothing changes.
+fixed ``Costs.timer_latency``, and whose ticks follow the measured CPUs (``Costs.cpus``, see
+``kernel_model.tick``). Without a profile nothing is random: fixed latencies, a quiet host.
 
 The file is JSON::
 
-    {"format": "minivmm-host-profile", "version": 2, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
+    {"format": "minivmm-host-profile", "version": 3, "hz": 250, "platform": "pvm", "kernel": "6.18.0",
      "created": "2026-11-22T05:30:00Z", "loadavg": [1.2, 1.0, 0.8], "calibration_runs": 300,
      "timer_latency_ns": [41000, 43000, ...],    # the sorted latencies (up to 2001), >= 2 values
      "wakeup_latency_ns": [0, 0, ..., 3900000],   # the same for a wait no timer ended (optional)
-     "tick_slip": 0.08}                           # the share of timers armed after a VM's first
-                                                  # timer-ended wait that fired a tick late (optional,
-                                                  # 0 if absent; kernel_model.sim.Timer._slips)
+     "ticks": {"nr_cpus": 2,                      # how the CPUs ticked (kernel_model.tick.TickEnvironment)
+               "caller_on_boot_cpu": 0.5, "caller_keeps_tick": 0.4, "other_tick_share": 0.3,
+               "other_tick_persist": 0.8, "caller_tick_first": 0.5,
+               "measured_with": "tracefs"}}       # or "slip shares" (fitted, no tracefs)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -26,12 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_model.costs import Costs
+from kernel_model.tick import TickEnvironment
 
 FORMAT = "minivmm-host-profile"
-#: 2: the latencies are the calibration's samples (up to QUANTILES), drawn without interpolation.
-#: Version 1 kept 201 quantiles; drawn the new way its top point, often one slow run, would weigh
-#: 1/201 of all draws, so a version-1 profile is refused with a request to calibrate again.
-VERSION = 2
+#: 3: the CPUs' ticks (``ticks``) replace version 2's single share of slipped timers, which held only
+#: for the one timer it was measured on; a version-2 profile is refused with a request to calibrate
+#: again. (Version 1 kept 201 quantiles, which drawn as points over-weigh its slowest run.)
+VERSION = 3
+#: Why each older version cannot be used.
+_OUTDATED = {1: "201 quantiles that over-weight its slowest run",
+             2: "one tick-slip share instead of the CPUs' ticks"}
 #: How many points of the measured distribution a profile keeps at most. A calibration of up to this
 #: many runs is kept whole (its empirical distribution); a larger one is thinned to this many quantiles.
 #: Keeping it whole matters for the tail: a 201-point table made the one slow run out of 400 the top
@@ -80,9 +87,11 @@ class HostProfile:
     calibration_runs: int
     timer_latency_ns: tuple[int, ...]
     wakeup_latency_ns: tuple[int, ...] = ()
-    #: The share of timers armed after a VM's first timer-ended wait that fire a tick late
-    #: (``Costs.tick_slip``).
-    tick_slip: float = 0.0
+    #: How the host's CPUs ticked during the calibration (``Costs.cpus``).
+    ticks: TickEnvironment = TickEnvironment()
+    #: How ``ticks`` was measured: "tracefs" (the tick handlers traced), "slip shares" (fitted to the
+    #: shares of the calibration's timers that fired a tick late), or "" (not measured: a quiet host).
+    ticks_measured_with: str = ""
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -100,23 +109,24 @@ class HostProfile:
             return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
         return (base or Costs())._replace(timer_latency_samples=rescale(self.timer_latency_ns),
                                    wakeup_latency_samples=rescale(self.wakeup_latency_ns),
-                                   tick_slip=self.tick_slip)
+                                   cpus=self.ticks)
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
         return {"format": FORMAT, "version": VERSION, "hz": self.hz, "platform": self.platform,
                 "kernel": self.kernel, "created": self.created, "loadavg": list(self.loadavg),
                 "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns),
-                "wakeup_latency_ns": list(self.wakeup_latency_ns), "tick_slip": self.tick_slip}
+                "wakeup_latency_ns": list(self.wakeup_latency_ns),
+                "ticks": {**self.ticks._asdict(), "measured_with": self.ticks_measured_with}}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
         """Validate and build; ProfileError names what is wrong."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ProfileError(f"{where}: not a minivmm host profile (no \"format\": \"{FORMAT}\")")
-        if data.get("version") == 1:
-            raise ProfileError(f"{where} was made by an older minivmm (format version 1, 201 quantiles that "
-                               "over-weight its slowest run): make it again with minivmm timing --calibrate")
+        if data.get("version") in _OUTDATED:
+            raise ProfileError(f"{where} was made by an older minivmm (format version {data['version']}, "
+                               f"{_OUTDATED[data['version']]}): make it again with minivmm timing --calibrate")
         if data.get("version") != VERSION:
             raise ProfileError(f"{where}: profile version {data.get('version')!r} is not {VERSION}")
         def latencies(key: str, required: bool) -> list[int]:
@@ -137,11 +147,29 @@ class HostProfile:
         load = data.get("loadavg", [0.0, 0.0, 0.0])
         if not isinstance(load, list) or len(load) != 3 or not all(isinstance(x, (int, float)) for x in load):
             raise ProfileError(f"{where}: loadavg must be three numbers")
-        slip = data.get("tick_slip", 0.0)
-        if isinstance(slip, bool) or not isinstance(slip, (int, float)) or not 0.0 <= slip <= 1.0:
-            raise ProfileError(f"{where}: tick_slip must be a share from 0 to 1")
+        ticks, measured = _ticks(data.get("ticks", {}), where)
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
-                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), float(slip))
+                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), ticks, measured)
+
+
+def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:
+    """The profile's ``ticks`` object; ProfileError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: ticks must be an object")
+    measured = data.get("measured_with", "")
+    fields = {k: v for k, v in data.items() if k != "measured_with"}
+    unknown = set(fields) - set(TickEnvironment._fields)
+    if unknown or not isinstance(measured, str):
+        raise ProfileError(f"{where}: ticks has unknown fields ({', '.join(sorted(unknown)) or 'measured_with'})")
+    nr = fields.get("nr_cpus", 2)
+    if isinstance(nr, bool) or not isinstance(nr, int):
+        raise ProfileError(f"{where}: ticks.nr_cpus must be an integer")
+    env = TickEnvironment(**fields)
+    try:
+        env.check()
+    except (ValueError, TypeError) as e:
+        raise ProfileError(f"{where}: ticks.{e}") from None
+    return env, measured
 
 
 def _read_json(path: str) -> Any:

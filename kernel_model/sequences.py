@@ -50,9 +50,10 @@ from kernel_model.variants import get_variant
 
 DEFAULT_GAP_NS = 10_000
 
-__all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "SEQUENCES", "Sequence",
-           "SequenceError", "Step", "format_sequence", "format_step", "format_time", "load_sequence",
-           "parse_sequence", "parse_time", "read_sequence_file", "step_name", "step_number", "validate", "with_gaps"]
+__all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "MAX_PAUSE_NS", "MAX_STEPS",
+           "MAX_VCPUS", "SEQUENCES", "Sequence", "SequenceError", "Step", "check_bounds", "format_sequence",
+           "format_step", "format_time", "load_sequence", "parse_sequence", "parse_time",
+           "read_sequence_file", "step_name", "step_number", "validate", "with_gaps"]
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,28 @@ def format_sequence(seq: Sequence) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The model's input bounds. A run's cost grows linearly with its steps (scripts/bench_model.py) and not
+#: with its simulated time; these keep a prediction within minutes and say so in one line.
+#: Steps per sequence: a traced QEMU set-up is 230-460.
+MAX_STEPS = 50_000
+#: vCPUs per sequence (each running one costs every grace-period scan a look); x86 KVM allows 4096.
+MAX_VCPUS = 1024
+#: Simulated time spent in pauses (``gap``, ``sleep`` and ``ioctl cost=``), in all: one hour.
+MAX_PAUSE_NS = 3600 * 1_000_000_000
+
+
+def check_bounds(seq: Sequence) -> None:
+    """SequenceError (one line) if ``seq`` is past one of the model's input bounds."""
+    if len(seq.steps) > MAX_STEPS:
+        raise SequenceError(f"sequence {seq.name}: {len(seq.steps)} steps; the model takes at most {MAX_STEPS}")
+    if sum(s.op == "vcpu" for s in seq.steps) > MAX_VCPUS:
+        raise SequenceError(f"sequence {seq.name}: more than {MAX_VCPUS} vCPUs; the model takes at most {MAX_VCPUS}")
+    if sum(s.gap_ns for s in seq.steps) + sum(s.args.get("cost", 0) for s in seq.steps if s.op == "ioctl") \
+            > MAX_PAUSE_NS:
+        raise SequenceError(f"sequence {seq.name}: its pauses add up to more than {MAX_PAUSE_NS // 10**9} s, "
+                            "the model's bound")
+
+
 #: The variant, HZ and tick phase of the dry run ``validate`` does: what the kernel refuses does not
 #: depend on them (only on the platform).
 _VALIDATE_VARIANT, _VALIDATE_HZ = "call_srcu", 250
@@ -354,11 +377,12 @@ def validate(seq: Sequence, platform: str) -> None:
     vCPU, or with no memory where its guest runs) raises SequenceError naming the step."""
     if not seq.steps or seq.steps[0].op != "create_vm":
         raise SequenceError(f"sequence {seq.name}: the first step must be create_vm")
+    check_bounds(seq)
     sim = Sim(_VALIDATE_HZ, 0.0)
     kvm = KvmModel(sim, get_variant(_VALIDATE_VARIANT), get_platform(platform))
     rng = random.Random(0)
     for i, step in enumerate(seq.steps):
-        sim.run_until(sim.now + step.gap_ns)
+        sim.pause(step.gap_ns)
         try:
             step.spec.model(kvm, step.full_args, rng)
         except KvmIoctlError as e:

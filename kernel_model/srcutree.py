@@ -11,7 +11,8 @@ Simplified away, each said again where it is made:
   converting only under lock contention, which one VMM thread does not cause). A BIG struct keeps the
   calling CPU's ``srcu_data`` and the leaf and root ``srcu_node`` on its funnel path (``srcu_have_cbs``,
   ``srcu_gp_seq_needed_exp``); other CPUs' nodes are left out: the model has one updater thread, and
-  for one updater the funnel never returns early where SMALL would not, so both sizes time alike.
+  for one updater the funnel never returns early where SMALL would not, so both sizes time alike but for
+  where the callbacks run (BIG: the updater's CPU; SMALL: the boot CPU).
 - Per-CPU lock/unlock counters are collapsed into one count of active readers per index; memory
   barriers and the smp_mb()/synchronize_rcu() flavours of the reader scan are not modelled (the scan
   has a fixed cost, ``Costs.reader_scan``).
@@ -19,6 +20,14 @@ Simplified away, each said again where it is made:
 - The segmented callback list is a list of (grace-period sequence, callback): a callback is ready when
   its grace period is done; callbacks run in the order they were queued.
 - ``rcu_gp_is_normal()`` and ``rcu_gp_is_expedited()`` are false (the boot-time defaults).
+
+Where things run (``kernel_model.sim``): ``process_srcu`` on the CPU whose timer queued it (its delayed
+work is queued with WORK_CPU_UNBOUND on the per-CPU rcu_gp workqueue, so where the timer fired, and
+the timer fires on the CPU that armed it); ``srcu_invoke_callbacks`` on the CPU of the ``srcu_data``
+that holds the callbacks (``queue_work_on(sdp->cpu)``): for a SMALL srcu_struct the boot CPU, where
+srcu_gp_start_if_needed() queues every callback; the callback-delay timer (``sdp->delay_work``) on the
+CPU that armed it, the one running srcu_gp_end(). Each of those timers can fire a tick late, as any
+timer-wheel timer can (``kernel_model.tick``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kernel_model.sim import Completion, DelayedWork, Sim, Timer, Work
+from kernel_model.tick import BOOT_CPU
 
 # rcu_seq: the low two bits of a sequence number are the state (kernel/rcu/rcu.h).
 RCU_SEQ_CTR_SHIFT = 2
@@ -44,6 +54,13 @@ SRCU_DEFAULT_MAX_NODELAY_PHASE_HI = 1000
 EXP_HOLDOFF_NS = 25_000    # DEFAULT_SRCU_EXP_HOLDOFF
 BIG_CPU_LIM = 128          # big_cpu_lim
 USEC_PER_SEC = 1_000_000
+
+# Reader flavors (include/linux/srcu.h, v6.18): srcu_read_lock() is NORMAL; srcu_read_lock_fast() readers
+# need a synchronize_rcu() in the grace period (SLOWGP), and their srcu_struct is never expedited unasked.
+SRCU_READ_FLAVOR_NORMAL = 0x1
+SRCU_READ_FLAVOR_NMI = 0x2
+SRCU_READ_FLAVOR_FAST = 0x8
+SRCU_READ_FLAVOR_SLOWGP = SRCU_READ_FLAVOR_FAST
 
 # srcu_size_state values (include/linux/srcutree.h): SMALL until converted, BIG once the tree is used.
 SRCU_SIZE_SMALL = 0
@@ -189,13 +206,17 @@ class SrcuStruct:
         self.reschedule_jiffies = -1
         self.reschedule_count = 0
         self.work = DelayedWork(sim, lambda: process_srcu(self), "process_srcu")
-        # srcu_data (boot CPU)
+        # srcu_data: the one that holds the callbacks, the boot CPU's for SMALL (srcu_gp_start_if_needed()
+        # uses it below SRCU_SIZE_WAIT_CALL), the updater's own for BIG.
+        self.sdp_cpu = BOOT_CPU if self.srcu_size_state == SRCU_SIZE_SMALL else sim.caller_cpu
         self.sdp_srcu_gp_seq_needed = 0
         self.sdp_srcu_gp_seq_needed_exp = 0
         self.srcu_cblist: list[SrcuCallback] = []
         self.srcu_cblist_invoking = False
-        self.sdp_work = Work(sim, lambda: srcu_invoke_callbacks(self), "srcu_invoke_callbacks")
+        self.sdp_work = Work(sim, lambda: srcu_invoke_callbacks(self), "srcu_invoke_callbacks", self.sdp_cpu)
         self.sdp_delay_work = Timer(sim, self.sdp_work.queue_work)
+        #: Per CPU: the reader flavors seen there (srcu_data's ->srcu_reader_flavor).
+        self.srcu_reader_flavor: dict[int, int] = {}
         # Readers: srcu_ctrs[idx] collapsed to one active count per index.
         self.srcu_ctrp = 0
         self.active_readers = [0, 0]
@@ -223,8 +244,12 @@ class SrcuStruct:
 
 # --- readers -------------------------------------------------------------------------------------
 
-def srcu_read_lock(ssp: SrcuStruct) -> int:
-    """Models __srcu_read_lock(): count a reader on the current index and return that index."""
+def srcu_read_lock(ssp: SrcuStruct, flavor: int = SRCU_READ_FLAVOR_NORMAL) -> int:
+    """Models __srcu_read_lock() (and, with ``flavor``, the other lock flavors): record the flavor on
+    the reader's CPU (__srcu_check_read_flavor()), count a reader on the current index and return that
+    index."""
+    cpu = ssp.sim.cpu
+    ssp.srcu_reader_flavor[cpu] = ssp.srcu_reader_flavor.get(cpu, 0) | flavor
     idx = ssp.srcu_ctrp
     ssp.active_readers[idx] += 1
     return idx
@@ -415,9 +440,18 @@ def synchronize_srcu_expedited(ssp: SrcuStruct) -> None:
 
 
 def srcu_should_expedite(ssp: SrcuStruct) -> bool:
-    """Models srcu_should_expedite(): idle (no callbacks, nothing needed) and past exp_holdoff."""
-    if ssp.srcu_cblist:
+    """Models srcu_should_expedite() (kernel/rcu/srcutree.c, v6.18): "likely idle" unless the calling
+    CPU has seen SLOWGP (srcu_read_lock_fast()) readers; or the calling CPU's *own* srcu_data has
+    callbacks still waiting for a grace period (it looks at no other CPU's list, so the caller does not
+    see a SMALL srcu_struct's callbacks, all on the boot CPU's srcu_data, unless it runs there); or the
+    last grace period ended less than exp_holdoff ago; or a grace period is needed that has not ended.
+    The kernel's second read of the sequence (a grace period ending between the two) cannot differ in
+    the model, which does nothing between them."""
+    cpu = ssp.sim.cpu
+    if ssp.srcu_reader_flavor.get(cpu, 0) & SRCU_READ_FLAVOR_SLOWGP:
         return False
+    if cpu == ssp.sdp_cpu and any(not rcu_seq_done(ssp.srcu_gp_seq, cb.seq) for cb in ssp.srcu_cblist):
+        return False  # rcu_segcblist_pend_cbs(): callbacks not yet ready to invoke
     t = ssp.sim.now
     if EXP_HOLDOFF_NS == 0 or ssp.srcu_last_gp_end <= t < ssp.srcu_last_gp_end + EXP_HOLDOFF_NS:
         return False

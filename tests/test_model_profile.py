@@ -13,9 +13,10 @@ from kernel_model.costs import Costs
 from kernel_model.predict import predict
 from kernel_model.profile import HostProfile, ProfileError, load_profile, quantile_points
 from kernel_model.sequences import SEQUENCES
-from kernel_model.sim import Sim, Timer
+from kernel_model.sim import Sim
+from kernel_model.tick import TickEnvironment
 from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, TickGrid, estimate_tick_offset,
-                                      model_chain_ns, resolved_latency, tick_slip, timer_latencies)
+                                      model_chain_ns, resolved_latency, timer_latencies)
 
 TICK = 4_000_000  # HZ=250
 
@@ -218,16 +219,17 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
         load_profile(str(out))
     proc = run_cli("timing", "--calibrate", "--repeat", "80", "--profile", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())["version"] == 2
+    assert json.loads(out.read_text())["version"] == 3
 
 
-# --- tick slip: the timer armed after a VM's first timer-ended wait, one tick past its bucket ---------
+# --- the tick slip, from the CPUs' ticks and the do_timer duty -------------------------------------
 
-def _slip_vm(slip: float):
+def _vm(env: TickEnvironment, seed: int = 0):
     from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.variants import get_variant
-    return KvmModel(Sim(250, 0.5, Costs(tick_slip=slip)), get_variant("call_srcu"), get_platform("pvm"))
+    return KvmModel(Sim(250, 0.5, Costs(cpus=env), random.Random(seed)), get_variant("call_srcu"),
+                    get_platform("pvm"))
 
 
 def _registration_then_memslot(kvm, addr: int, slot: int) -> int:
@@ -237,89 +239,79 @@ def _registration_then_memslot(kvm, addr: int, slot: int) -> int:
     return kvm.sim.now - t0
 
 
-def test_tick_slip_delays_only_the_timer_armed_after_the_first_timer_ended_wait():
-    plain, slipping = _slip_vm(0.0), _slip_vm(1.0)
-    first = [_registration_then_memslot(kvm, 0xD0000050, 0) for kvm in (plain, slipping)]
-    assert first[0] == first[1]  # the VM's first timer: no wait before it
-    second = [_registration_then_memslot(kvm, 0xD0000060, 1) for kvm in (plain, slipping)]
-    assert second[1] - second[0] == TICK
-    third = [_registration_then_memslot(kvm, 0xD0000070, 2) for kvm in (plain, slipping)]
-    assert third[1] == third[0]  # after the second wait: on time (the host: 0-1.3%)
+#: The other CPU always ticking (it holds the duty, taken while the caller slept before the run).
+BUSY_OTHER = TickEnvironment(other_tick_share=1.0, other_tick_persist=1.0)
 
 
-def test_a_wait_no_timer_ended_does_not_open_the_slip():
-    kvm = _slip_vm(1.0)
-    kvm.set_user_memory_region(0, 0, 1 << 20)  # an expedited grace period on an idle srcu_struct
-    assert kvm.sim.slip_window == "before"
-    assert _registration_then_memslot(kvm, 0xD0000050, 1) < 2 * TICK
+def test_a_quiet_host_never_slips():
+    plain = _vm(TickEnvironment())
+    waits = [_registration_then_memslot(plain, 0xD0000050 + 0x10 * i, i) for i in range(4)]
+    assert all(w < 2 * TICK for w in waits) and plain.sim.ticks.slips == 0
 
 
-def test_a_wait_between_the_first_wait_and_the_registration_closes_the_slip():
-    # Host: `ioeventfd; memslot; ioeventfd; memslot` slipped 8%; with a deassign (an idle expedited
-    # grace period) before the second registration, 0%.
-    kvm = _slip_vm(1.0)
-    _registration_then_memslot(kvm, 0xD0000050, 0)
-    assert kvm.sim.slip_window == "open"
-    kvm.ioeventfd_deassign(0xD0000050, 4, 0)
-    assert kvm.sim.slip_window == "spent"
-    assert _registration_then_memslot(kvm, 0xD0000060, 1) < 2 * TICK
+def test_the_bucket_waits_a_tick_when_the_timer_cpu_ticks_first_without_the_duty():
+    # The caller's CPU keeps its tick through the wait and its handler runs before the duty holder's:
+    # it sees the old jiffies (run_local_timers()), and the timer fires at its next tick.
+    slipping = _vm(BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=1.0))
+    on_time = _vm(TickEnvironment())
+    first = [_registration_then_memslot(kvm, 0xD0000050, 0) for kvm in (on_time, slipping)]
+    assert first[1] - first[0] == TICK
+    assert slipping.sim.ticks.slips == 1 and slipping.sim.ticks.tick_do_timer_cpu != slipping.sim.caller_cpu
+    second = [_registration_then_memslot(kvm, 0xD0000060, 1) for kvm in (on_time, slipping)]
+    assert second[1] - second[0] == TICK  # any timer, not one arming position
 
 
-def test_only_kvm_srcus_grace_period_timer_slips():
-    sim = Sim(250, 0.5, Costs(tick_slip=1.0))
-    sim.slip_window = "open"
-    other = Timer(sim, lambda: None)  # e.g. srcu_struct's sdp_delay_work, or irq_srcu's timers
-    other.add_timer(sim.jiffies + 1)
-    assert sim.slip_window == "open"  # not spent: this timer cannot slip
-    kvm = _slip_vm(1.0)
-    assert kvm.srcu.work.timer.may_slip and not kvm.irq_srcu.work.timer.may_slip
+def test_no_slip_when_the_duty_holder_ticks_first_or_the_timer_cpu_wakes_from_a_stopped_tick():
+    other_first = _vm(BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=0.0))
+    stopped = _vm(BUSY_OTHER._replace(caller_keeps_tick=0.0, caller_tick_first=1.0))
+    for kvm in (other_first, stopped):
+        assert _registration_then_memslot(kvm, 0xD0000050, 0) < 2 * TICK
+        assert kvm.sim.ticks.slips == 0
 
 
-def test_tick_slip_share_is_drawn():
-    late = 0
-    for seed in range(200):
-        kvm = _slip_vm(0.25)
-        kvm.sim.rng.seed(seed)
-        _registration_then_memslot(kvm, 0xD0000050, 0)
-        late += _registration_then_memslot(kvm, 0xD0000060, 1) > 2 * TICK
-    assert 25 < late < 75
+def test_the_timer_cpu_keeps_its_tick_when_the_timer_is_a_tick_away():
+    # tick_nohz_next_event(): a wait that starts in the jiffy before the bucket keeps the tick, so the
+    # periodic handler runs there even with no outside reason (caller_keeps_tick 0).
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    env = BUSY_OTHER._replace(caller_keeps_tick=0.0, caller_tick_first=1.0)
+    kvm = KvmModel(Sim(250, 0.1, Costs(cpus=env), random.Random(0)), get_variant("call_srcu"),
+                   get_platform("pvm"))
+    kvm.ioeventfd(0xD0000050, 4, 0)
+    kvm.sim.pause(TICK)  # the caller spins the last 200 us of it into the jiffy before the bucket
+    t0 = kvm.sim.now
+    kvm.set_user_memory_region(0, 0, 1 << 20)
+    assert kvm.sim.now - t0 > TICK and kvm.sim.ticks.slips == 1
 
 
-def test_predict_draws_the_slip_per_sample_without_latency_samples():
-    # With tick_slip alone (no measured latencies) the phase interpolation, which replays one fixed
-    # random stream, must not be used: each sample draws its own slip.
+def test_the_slip_share_follows_the_environment():
+    env = BUSY_OTHER._replace(caller_keeps_tick=0.5, caller_tick_first=0.5)
+    late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))
+    assert 60 < late < 140  # 1/4 of 400: kept tick and handler first, each half the time
+
+
+def test_predict_draws_the_ticks_per_sample():
     from kernel_model.sequences import parse_sequence
-    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n"
-                         "ioeventfd addr=0xd0001050 len=4\nmemslot slot=1 base=0x100000000 size=2M\n")
-    p = predict(seq, "call_srcu", 250, "pvm", samples=400, costs=Costs(tick_slip=0.5))
-    late = sum(d > 2 * TICK for d in p.steps[4].durations) / 400
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n")
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=0.5)
+    p = predict(seq, "call_srcu", 250, "pvm", samples=400, costs=Costs(cpus=env))
+    late = sum(d > 2 * TICK for d in p.steps[2].durations) / 400
     assert 0.35 < late < 0.65
 
 
-def test_profile_carries_tick_slip_and_refuses_a_bad_one(tmp_path):
+def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     base = profile([50_000, 60_000])
     data = base.to_json()
-    assert data["tick_slip"] == 0.0
-    data["tick_slip"] = 0.08
-    assert HostProfile.from_json(data).costs().tick_slip == 0.08
-    del data["tick_slip"]
-    assert HostProfile.from_json(data).tick_slip == 0.0  # profiles written before it still load
-    for bad in (1.5, -0.1, "x", True):
-        data["tick_slip"] = bad
-        with pytest.raises(ProfileError, match="tick_slip"):
+    assert data["version"] == 3 and data["ticks"]["other_tick_share"] == 0.0
+    data["ticks"] = {**data["ticks"], "other_tick_share": 0.3, "measured_with": "tracefs"}
+    loaded = HostProfile.from_json(data)
+    assert loaded.costs().cpus.other_tick_share == 0.3 and loaded.ticks_measured_with == "tracefs"
+    for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, []):
+        data["ticks"] = bad
+        with pytest.raises(ProfileError, match="ticks"):
             HostProfile.from_json(data)
-
-
-def test_calibration_tick_slip_is_the_second_timers_excess_lateness():
-    rng = random.Random(5)
-    runs = []
-    for k in range(400):
-        t_reg = 10**12 + k * 10 * TICK + rng.randrange(TICK)
-        fire = (t_reg // TICK + 2) * TICK
-        t_end = fire + 60_000 + (TICK if k % 50 == 0 else 0)          # 2% late wake-ups
-        t_reg2 = t_end + 100_000
-        fire2 = (t_reg2 // TICK + 2) * TICK
-        t_end2 = fire2 + 60_000 + (TICK if k % 10 == 0 else 0)        # 10% late
-        runs.append(CalibrationRun(t_reg, t_end, 30_000, t_reg2, t_end2))
-    assert tick_slip(runs, 250) == pytest.approx(0.08, abs=0.015)  # the grid is found to ~GRID_STEP_NS
-    assert tick_slip([CalibrationRun(r.t_reg_ns, r.t_end_ns) for r in runs], 250) == 0.0
+    data["ticks"] = {}
+    for old in (1, 2):
+        with pytest.raises(ProfileError, match=f"older minivmm \\(format version {old}.*timing --calibrate"):
+            HostProfile.from_json({**data, "version": old})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_model.predict import PhaseInterpolant, predict, simulate_once
+from kernel_model.predict import LINEAR_TOLERANCE_NS, PhaseInterpolant, predict, simulate_once
 from kernel_model.sequences import SEQUENCES, Sequence, Step, parse_sequence
 
 MS = 1000.0  # stats are in microseconds
@@ -68,12 +68,17 @@ def test_same_seed_same_result_and_interpolation_matches_simulation():
     assert a == b
     import random
     seq = SEQUENCES["registrations-first"]
-    f = lambda ph: simulate_once(seq, "call_srcu", 250, "pvm", ph, random.Random(0))[0]  # noqa: E731
-    interp = PhaseInterpolant(f)
+    tick = 4_000_000
+
+    def f(phase_ns: int) -> tuple[list[int], int]:
+        durations, kvm = simulate_once(seq, "call_srcu", 250, "pvm", (phase_ns + 0.5) / tick, random.Random(0))
+        return durations, kvm.sim.phase_slack
+    interp = PhaseInterpolant(f, tick)
     rng = random.Random(3)
     for _ in range(300):
-        ph = rng.random()
-        assert max(abs(x - y) for x, y in zip(f(ph), interp(ph))) <= 10
+        phase_ns = rng.randrange(tick)
+        assert max(abs(x - y) for x, y in zip(f(phase_ns)[0], interp(phase_ns))) <= LINEAR_TOLERANCE_NS
+    assert interp.evaluations < 60  # a few runs per class of phases, not a grid
 
 
 def test_late_registration_with_running_vcpus():

@@ -54,6 +54,7 @@ from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.profile import HostProfile, quantile_points
 from kernel_model.sim import NSEC_PER_SEC, Sim
+from kernel_model.tick import TickEnvironment
 from kernel_model.variants import get_variant
 
 #: Offsets tried when searching for the tick grid (ns).
@@ -85,8 +86,8 @@ class CalibrationRun:
 
 def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
     base = costs or Costs()
-    sim = Sim(hz, 0.5, Costs(**{**base._asdict(), "timer_latency": 0, "timer_latency_samples": (),
-                                "wakeup_latency_samples": (), "tick_slip": 0.0}))
+    sim = Sim(hz, 0.5, base._replace(timer_latency=0, timer_latency_samples=(), wakeup_latency_samples=(),
+                                     cpus=TickEnvironment()))
     return sim, KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
 
 
@@ -283,5 +284,4 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
     except OSError:
         load = (0.0, 0.0, 0.0)
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
-                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (),
-                       tick_slip(runs, hz, grid))
+                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else ())

@@ -1,0 +1,310 @@
+"""The CPUs' ticks: which CPU advances ``jiffies`` (the do_timer duty), NOHZ idle, and when a CPU's tick
+raises its timer softirq. This is where a timer-wheel timer fires on its bucket's tick or one tick late.
+
+Modelled on kernel/time/tick-sched.c and kernel/time/timer.c (Linux 6.18):
+
+- ``tick_sched_do_timer()``: at each tick handler, a CPU takes the do_timer duty if nobody holds it
+  (``tick_do_timer_cpu == TICK_DO_TIMER_NONE``), and only the holder advances ``jiffies``
+  (``tick_do_update_jiffies64()``).
+- ``tick_nohz_stop_tick()``: a CPU that stops its tick in NOHZ idle gives the duty up (and remembers it
+  held it last); the next CPU whose tick handler runs takes it.
+- ``tick_nohz_next_event()``: an idle CPU keeps its periodic tick when its next timer is at most a tick
+  away (``delta <= TICK_NSEC``), or when RCU, the architecture or irq_work need it
+  (``rcu_needs_cpu()`` ...); otherwise it stops the tick and programs the clock event for that timer.
+- ``tick_nohz_irq_enter()``: a CPU whose tick was stopped updates ``jiffies`` itself when an interrupt
+  (its programmed timer event included) wakes it (``tick_nohz_update_jiffies()``).
+- ``run_local_timers()`` (timer.c): a tick raises TIMER_SOFTIRQ only if ``jiffies`` has reached the
+  base's ``next_expiry``.
+
+So a timer's bucket waits a whole jiffy when, at that tick, the timer's CPU runs its tick handler
+periodically (it kept its tick), another CPU holds the duty and ticks too, and the timer CPU's handler
+runs first: it sees the old ``jiffies`` and raises nothing; at its next tick ``jiffies`` has moved on.
+Traced on this project's 2-CPU host (tracefs ``timer:timer_start``/``timer:timer_expire_entry``,
+``irq_vectors:local_timer_entry``, ``timer:tick_stop``): of the VM's first ``process_srcu`` timers, 777
+of 862 fired a tick late when the timer CPU's tick ran first, 104 of 2,136 otherwise.
+
+What the model cannot derive is what the host's other tasks do with the CPUs; a
+:class:`TickEnvironment` says it (measured by ``minivmm timing --calibrate``, see
+``minivmm.timing.ticktrace``): how often each other CPU's tick runs at a given tick and how long such
+runs last (a two-state Markov chain per CPU and tick), how often the caller's CPU keeps its tick
+through a wait (RCU callbacks, other tasks), and which CPU's handler runs first when both tick. The
+caller's own CPU is driven by the model: busy while the caller (the VMM thread) or a model kworker runs
+on it, idle while the caller blocks or sleeps.
+
+Simplified, and said here once: the timer-migration hierarchy (kernel/time/timer_migration.c) is left
+out (traced, every SRCU timer expired on the CPU that armed it); ``jiffies`` is updated on the tick
+grid only (an idle exit between a tick and a handler a few µs later is not modelled); the
+stalled-jiffies fallback (``MAX_STALLED_JIFFIES``) never comes into play for one-tick slips; with more
+than two CPUs, the timer CPU's handler runs either before all others or after all of them.
+
+Evaluation is lazy: the tick state is advanced only to the ticks a pending timer's bucket falls on, and
+a stretch of more than ``HISTORY_TICKS`` ticks with nothing due is skipped (the duty is re-derived from
+the last ``HISTORY_TICKS`` ticks, which is where it is decided), so a long idle stretch costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from kernel_model.sim import Sim
+
+#: include/linux/tick.h ... kernel/time/tick-common.c: nobody holds the do_timer duty.
+TICK_DO_TIMER_NONE = -1
+#: include/linux/cpumask.h get_boot_cpu_id() on x86 and arm64: CPU 0.
+BOOT_CPU = 0
+#: Ticks replayed before a tick the model needs, when nothing was evaluated in between.
+HISTORY_TICKS = 16
+#: The idle entry of a CPU that has been idle since before the run began.
+NEVER = -(1 << 62)
+
+
+class TickEnvironment(NamedTuple):
+    """What the host's other tasks do to the CPUs' ticks, per tick (a host profile measures it).
+
+    The defaults are a quiet host: the other CPUs' ticks stopped (NOHZ idle) whenever the model puts
+    nothing on them, and the caller's CPU stopping its tick whenever its next timer is more than a tick
+    away: no timer ever slips."""
+
+    #: CPUs of the host (``nr_cpu_ids``).
+    nr_cpus: int = 2
+    #: The share of runs whose caller (the VMM thread) runs on the boot CPU, where a SMALL srcu_struct
+    #: queues every callback (``srcu_invoke_callbacks`` is bound there).
+    caller_on_boot_cpu: float = 0.0
+    #: The share of the caller's waits through which its CPU keeps its periodic tick although its next
+    #: timer is more than a tick away (``rcu_needs_cpu()``, other tasks on that CPU, ...).
+    caller_keeps_tick: float = 0.0
+    #: Per other CPU and tick, the share of ticks its tick handler runs (it is busy or kept its tick).
+    other_tick_share: float = 0.0
+    #: The chance that another CPU that ticked at one tick ticks at the next (how long busy runs last).
+    other_tick_persist: float = 0.0
+    #: When the caller's CPU and another CPU both tick, the share of ticks whose handler runs first on
+    #: the caller's CPU.
+    caller_tick_first: float = 0.5
+
+    @property
+    def quiet(self) -> bool:
+        """True when nothing here is random: no other CPU ever ticks, the caller's CPU is fixed and
+        never keeps its tick for an outside reason (so no timer slips and the model is a function of
+        the tick phase alone)."""
+        return (self.other_tick_share == 0.0 and self.caller_keeps_tick in (0.0, 1.0)
+                and self.caller_on_boot_cpu in (0.0, 1.0))
+
+    def other_tick_after(self, ticked: bool) -> float:
+        """P(another CPU ticks at the next tick | it ticked (or not) at this one): the two-state chain
+        whose stationary share is ``other_tick_share``."""
+        share, persist = self.other_tick_share, self.other_tick_persist
+        if ticked:
+            return persist
+        if share >= 1.0:
+            return 1.0
+        return min(1.0, share * (1.0 - persist) / (1.0 - share))
+
+    def check(self) -> None:
+        """ValueError naming the first field out of range."""
+        if not 1 <= self.nr_cpus <= 4096:
+            raise ValueError("nr_cpus must be 1..4096")
+        for name in ("caller_on_boot_cpu", "caller_keeps_tick", "other_tick_share", "other_tick_persist",
+                     "caller_tick_first"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a share from 0 to 1")
+
+
+class CpuActivity:
+    """When model contexts run on one CPU: the caller's busy/idle transitions and the kworkers'
+    intervals, kept only as far back as the tick state still needs them.
+
+    Owned by the simulation's one thread: the caller appends in its own time order; work items append
+    intervals as they run (in event order)."""
+
+    __slots__ = ("caller", "work")
+
+    def __init__(self) -> None:
+        #: (time, busy) transitions of the caller on this CPU, in time order; before the first, idle.
+        self.caller: list[tuple[int, bool]] = []
+        #: (start, end) of model kworkers that ran on this CPU.
+        self.work: list[tuple[int, int]] = []
+
+    def busy_at(self, t: int) -> bool:
+        """Whether a model context runs on the CPU at ``t``."""
+        state = False
+        for when, busy in self.caller:
+            if when > t:
+                break
+            state = busy
+        return state or any(s <= t <= e for s, e in self.work)
+
+    def idle_since(self, t: int) -> int:
+        """When the CPU last went idle at or before ``t`` (the caller's last transition to idle, or
+        the end of the last kworker); NEVER if it has not run since the run began."""
+        since = NEVER
+        for when, busy in self.caller:
+            if when > t:
+                break
+            if not busy:
+                since = when
+        for _, end in self.work:
+            if end <= t:
+                since = max(since, end)
+        return since
+
+    def forget_before(self, t: int) -> None:
+        """Drop what no later tick can need (everything that ended before ``t``, but the caller's last
+        transition before it, which says its state at ``t``)."""
+        i = 0
+        while i + 1 < len(self.caller) and self.caller[i + 1][0] <= t:
+            i += 1
+        if i:
+            del self.caller[:i]
+        self.work = [(s, e) for s, e in self.work if e >= t]
+
+
+class TickSched:
+    """The machine's tick state: ``tick_do_timer_cpu``, each CPU's tick (periodic or stopped), and per
+    tick whether each CPU's timer softirq was raised. One per simulated run."""
+
+    def __init__(self, sim: Sim, env: TickEnvironment, caller_cpu: int) -> None:
+        self.sim = sim
+        self.env = env
+        self.caller_cpu = caller_cpu
+        self.nr_cpus = env.nr_cpus
+        self.tick_do_timer_cpu = TICK_DO_TIMER_NONE
+        #: The last tick processed (None: none yet).
+        self.last: int | None = None
+        #: Per CPU: whether its tick handler ran at the last processed tick.
+        self.ticked = [False] * env.nr_cpus
+        #: Per (cpu, tick): did that CPU's tick raise TIMER_SOFTIRQ for a timer due then.
+        self.raised: dict[tuple[int, int], bool] = {}
+        #: Per CPU: the idle period (by its start time) and whether the tick was kept through it.
+        self._kept: dict[tuple[int, int], bool] = {}
+        self.activity = [CpuActivity() for _ in range(env.nr_cpus)]
+        #: Ticks at which a timer slipped (for reports and tests).
+        self.slips = 0
+
+    # --- the model's contexts report what runs where ---------------------------------------------
+    def caller_busy(self, t: int, busy: bool) -> None:
+        """The caller starts (``busy``) or stops running on its CPU at ``t``."""
+        log = self.activity[self.caller_cpu].caller
+        if log and log[-1][1] == busy:
+            return
+        log.append((t, busy))
+
+    def work_ran(self, cpu: int, start: int, end: int) -> None:
+        """A model kworker ran on ``cpu`` from ``start`` to ``end``."""
+        self.activity[cpu].work.append((start, end))
+
+    # --- the kernel's rules ------------------------------------------------------------------------
+    def timer_softirq_raised(self, cpu: int, tick: int) -> bool:
+        """Whether ``cpu``'s tick at ``tick`` raises TIMER_SOFTIRQ for a timer whose bucket is ``tick``
+        (``run_local_timers()``: ``jiffies`` has reached ``next_expiry``). False means the timer waits
+        for that CPU's next tick, which always raises it (``jiffies`` has moved on by then)."""
+        if self.env.other_tick_share == 0.0:
+            return True  # no other CPU ever holds the duty: the timer's CPU advances jiffies itself
+        self.advance_to(tick)
+        raised = self.raised.get((cpu, tick), True)
+        if not raised:
+            self.slips += 1
+        return raised
+
+    def advance_to(self, tick: int) -> None:
+        """Process every tick up to ``tick`` not processed yet (at most HISTORY_TICKS of them)."""
+        first = tick - HISTORY_TICKS + 1
+        if self.last is None or self.last < first - 1:
+            self._restart(first)
+        assert self.last is not None
+        for k in range(self.last + 1, tick + 1):
+            self._tick(k)
+            self.last = k
+        for act in self.activity:
+            act.forget_before(self.sim.tick_time(tick - 1))
+
+    def _restart(self, first: int) -> None:
+        """Start the replay at ``first``: the other CPUs in their chain's stationary state, nobody
+        holding the duty (whoever ticks first takes it, which is how the duty is decided)."""
+        rng = self.sim.rng
+        self.tick_do_timer_cpu = TICK_DO_TIMER_NONE
+        self.ticked = [cpu != self.caller_cpu and rng.random() < self.env.other_tick_share
+                       for cpu in range(self.nr_cpus)]
+        self.last = first - 1
+
+    def _caller_cpu_ticks(self, cpu: int, tick: int) -> tuple[bool, bool]:
+        """(does the model-driven ``cpu`` run its tick handler at ``tick``, did it wake from a stopped
+        tick for it): busy CPUs tick; an idle one ticks if it kept its tick (tick_nohz_next_event()),
+        or wakes from its stopped tick when its programmed event (its next timer) is due then."""
+        sim = self.sim
+        t = sim.tick_time(tick)
+        act = self.activity[cpu]
+        if act.busy_at(t):
+            return True, False
+        since = act.idle_since(t)
+        if self.tick_nohz_idle_keeps_tick(cpu, since):
+            return True, False
+        nxt = sim.next_timer_bucket(cpu)
+        if nxt is not None and nxt <= tick:
+            return True, True
+        return False, False
+
+    def tick_nohz_idle_keeps_tick(self, cpu: int, since: int) -> bool:
+        """Models tick_nohz_idle_stop_tick() -> tick_nohz_next_event() at the idle entry ``since``:
+        the tick is kept when the next timer is at most a tick away (``delta <= TICK_NSEC`` from the
+        last jiffies update), or, with the environment's share, when something else needs the CPU
+        (``rcu_needs_cpu()``, another task). Decided once per idle period."""
+        key = (cpu, since)
+        kept = self._kept.get(key)
+        if kept is None:
+            sim = self.sim
+            nxt = sim.next_timer_bucket(cpu)
+            if since == NEVER:
+                kept = False  # the caller arrives from a sleep (the runner's jitter) with its tick stopped
+            elif nxt is not None and nxt - sim.jiffy_at(since) <= 1:
+                kept = True
+            else:
+                share = self.env.caller_keeps_tick
+                kept = share >= 1.0 or (share > 0.0 and sim.rng.random() < share)
+            self._kept[key] = kept
+        return kept
+
+    def _tick(self, k: int) -> None:
+        """One tick, every CPU: stops since the last tick first (tick_nohz_stop_tick() gives the duty
+        up), then the tick handlers in their order (tick_sched_do_timer(), run_local_timers())."""
+        env, rng = self.env, self.sim.rng
+        ticks: list[int] = []
+        woke: set[int] = set()
+        for cpu in range(self.nr_cpus):
+            if cpu == self.caller_cpu:
+                now_ticks, from_stop = self._caller_cpu_ticks(cpu, k)
+                if from_stop:
+                    woke.add(cpu)
+            else:
+                now_ticks = rng.random() < env.other_tick_after(self.ticked[cpu])
+            if self.ticked[cpu] and (not now_ticks or cpu in woke):
+                self.tick_nohz_stop_tick(cpu)  # it went idle and stopped its tick since the last one
+            self.ticked[cpu] = now_ticks
+            if now_ticks:
+                ticks.append(cpu)
+        caller = self.caller_cpu
+        if caller in ticks and len(ticks) > 1:
+            ticks.remove(caller)
+            first = caller not in woke and rng.random() < env.caller_tick_first
+            ticks.insert(0 if first else len(ticks), caller)
+        jiffies_updated = False
+        for cpu in ticks:
+            if cpu in woke:
+                jiffies_updated = True  # tick_nohz_irq_enter() -> tick_nohz_update_jiffies()
+            if self.tick_sched_do_timer(cpu):
+                jiffies_updated = True
+            self.raised[(cpu, k)] = jiffies_updated  # run_local_timers(): jiffies >= next_expiry?
+
+    def tick_sched_do_timer(self, cpu: int) -> bool:
+        """Models tick_sched_do_timer(): take the duty if nobody holds it; True if this CPU advances
+        ``jiffies`` (it holds the duty)."""
+        if self.tick_do_timer_cpu == TICK_DO_TIMER_NONE:
+            self.tick_do_timer_cpu = cpu
+        return self.tick_do_timer_cpu == cpu
+
+    def tick_nohz_stop_tick(self, cpu: int) -> None:
+        """Models the duty hand-over in tick_nohz_stop_tick(): a CPU that stops its tick while it
+        holds the duty gives it up."""
+        if self.tick_do_timer_cpu == cpu:
+            self.tick_do_timer_cpu = TICK_DO_TIMER_NONE
