@@ -34,13 +34,14 @@ def kvm_assign_ioeventfd(kvm: KvmModel, addr: int, length: int, datamatch: int |
         raise KvmIoctlError(errno.EINVAL, "KVM_IOEVENTFD: zero length with DATAMATCH")
     kvm.sim.spend(kvm.costs.ioeventfd)
     p = Ioeventfd(addr, length, datamatch, pio, name=f"ioeventfd@{addr:#x}")
-    if any(p.collides_with(q) for q in kvm.ioeventfds):
+    same_place = kvm.ioeventfds.setdefault((pio, addr), [])
+    if any(p.collides_with(q) for q in same_place):
         raise KvmIoctlError(errno.EEXIST, f"KVM_IOEVENTFD: collides at {addr:#x}")
     bus_idx = KvmBus.KVM_PIO_BUS if pio else KvmBus.KVM_MMIO_BUS
     kvm.kvm_io_bus_register_dev(bus_idx, addr, length, p)
     if not pio and not length:
         kvm.kvm_io_bus_register_dev(KvmBus.KVM_FAST_MMIO_BUS, addr, 0, p)
-    kvm.ioeventfds.append(p)
+    same_place.append(p)
     return p
 
 
@@ -48,15 +49,16 @@ def kvm_deassign_ioeventfd(kvm: KvmModel, addr: int, length: int, datamatch: int
     """Models kvm_deassign_ioeventfd() / kvm_deassign_ioeventfd_idx(): ENOENT if nothing matches; else
     kvm_io_bus_unregister_dev() from its bus (and from KVM_FAST_MMIO_BUS for a zero-length MMIO one)."""
     kvm.sim.spend(kvm.costs.ioeventfd)
-    for p in kvm.ioeventfds:
-        if (p.addr, p.length, p.datamatch, p.pio) == (addr, length, datamatch, pio):
+    same_place = kvm.ioeventfds.get((pio, addr), [])
+    for p in same_place:
+        if (p.length, p.datamatch) == (length, datamatch):
             break
     else:
         raise KvmIoctlError(errno.ENOENT, f"KVM_IOEVENTFD deassign: nothing at {addr:#x}")
     kvm.kvm_io_bus_unregister_dev(KvmBus.KVM_PIO_BUS if pio else KvmBus.KVM_MMIO_BUS, p)
     if not pio and not length:
         kvm.kvm_io_bus_unregister_dev(KvmBus.KVM_FAST_MMIO_BUS, p)
-    kvm.ioeventfds.remove(p)
+    same_place.remove(p)
 
 
 def kvm_irqfd_assign(kvm: KvmModel, gsi: int) -> None:

@@ -7,6 +7,7 @@ looking up a bus, a teardown), not by a sweep afterwards.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
@@ -55,11 +56,15 @@ class InvariantChecker:
         self.violations: list[Violation] = []
         self.checks = 0
 
-    def check(self, ok: bool, kind: ViolationKind, time_ns: int, message: str, **details: Any) -> None:
-        """Count one check; record (or raise) a violation when ``ok`` is false."""
+    def check(self, ok: bool, kind: ViolationKind, time_ns: int, message: str | Callable[[], str],
+              **details: Any) -> None:
+        """Count one check; record (or raise) a violation when ``ok`` is false. ``message`` may be a
+        function that makes it, called only then (checks on hot paths pass almost always)."""
         self.checks += 1
         if ok:
             return
+        if callable(message):
+            message = message()
         v = Violation(kind, time_ns, message, details)
         self.violations.append(v)
         if self.strict:

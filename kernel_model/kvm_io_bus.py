@@ -7,6 +7,11 @@ then offer the access to each matching device in turn until one accepts it.
 
 Every published bus carries a ``version`` (per bus index, from 0) so that an observed exit can be
 judged against "the bus the kernel must have had".
+
+Cost: the kernel copies the array on every change; the model records the change against the bus it
+was made from and builds the array only when something looks a range up (the VMM's shadow, a reader's
+access), so a prediction's registrations cost the same whatever the bus holds. The array, once built,
+is the kernel's to the element: the same insertion rule, the same order (``insert_range``).
 """
 
 from __future__ import annotations
@@ -122,23 +127,69 @@ class KvmIoRange(NamedTuple):
 
 
 class KvmIoBus:
-    """``struct kvm_io_bus``: an immutable sorted array; ``freed`` is set by kfree()."""
+    """``struct kvm_io_bus``: an immutable sorted array; ``freed`` is set by kfree().
 
-    __slots__ = ("bus_idx", "version", "range", "ioeventfd_count", "freed", "freed_at")
+    Made from another bus by one change (``insert_range``/``remove_range``), it keeps that bus and the
+    change until its array is first read (``range``)."""
+
+    __slots__ = ("bus_idx", "version", "_range", "_base", "_change", "dev_count", "ioeventfd_count",
+                 "freed", "freed_at")
 
     def __init__(self, bus_idx: KvmBus, version: int, range: tuple[KvmIoRange, ...] = (),  # noqa: A002
                  ioeventfd_count: int = 0) -> None:
         self.bus_idx = bus_idx
         self.version = version
-        self.range = range  # the kernel's field name
+        self._range: tuple[KvmIoRange, ...] | None = range
+        self._base: KvmIoBus | None = None
+        self._change: KvmIoRange | KvmIoDevice | None = None  # a range inserted, or a device removed
+        #: Number of ranges on the bus.
+        self.dev_count = len(range)
         self.ioeventfd_count = ioeventfd_count
         self.freed = False
         self.freed_at: int | None = None
 
+    @classmethod
+    def changed(cls, base: KvmIoBus, version: int, change: KvmIoRange | KvmIoDevice, dev_count: int,
+                ioeventfd_count: int) -> KvmIoBus:
+        """The bus ``base`` becomes with one change: a KvmIoRange inserted, or a device removed."""
+        bus = cls(base.bus_idx, version, (), ioeventfd_count)
+        bus._range, bus._base, bus._change, bus.dev_count = None, base, change, dev_count
+        return bus
+
     @property
-    def dev_count(self) -> int:
-        """Number of ranges on the bus."""
-        return len(self.range)
+    def range(self) -> tuple[KvmIoRange, ...]:
+        """The array (the kernel's field name), built on first use from the nearest built ancestor."""
+        if self._range is None:
+            chain: list[KvmIoBus] = []
+            bus: KvmIoBus = self
+            while bus._range is None:
+                chain.append(bus)
+                assert bus._base is not None
+                bus = bus._base
+            ranges = bus._range
+            for b in reversed(chain):
+                ranges = _apply(ranges, b._change)
+            self._range, self._base, self._change = ranges, None, None
+        return self._range
+
+
+def _apply(ranges: tuple[KvmIoRange, ...], change: KvmIoRange | KvmIoDevice | None) -> tuple[KvmIoRange, ...]:
+    """One recorded change applied to an array."""
+    if isinstance(change, KvmIoRange):
+        i = _insertion_index(ranges, change)
+        return ranges[:i] + (change,) + ranges[i:]
+    for i, r in enumerate(ranges):
+        if r.dev is change:
+            return ranges[:i] + ranges[i + 1:]
+    raise AssertionError("removing a device that is not on the bus")
+
+
+def _insertion_index(ranges: tuple[KvmIoRange, ...], new: KvmIoRange) -> int:
+    """kvm_io_bus_register_dev()'s insertion point: the first range that compares greater than the new
+    one (``kvm_io_bus_cmp(&bus->range[i], &range) > 0``), by the kernel's linear scan. (With nested
+    ranges the array is not in address order, so no shortcut is taken.)"""
+    return next((k for k, r in enumerate(ranges) if kvm_io_bus_cmp(r.addr, r.len, new.addr, new.len) > 0),
+                len(ranges))
 
 
 def kvm_io_bus_cmp(r1_addr: int, r1_len: int, r2_addr: int, r2_len: int) -> int:
@@ -251,17 +302,12 @@ def claimant(bus: KvmIoBus, addr: int, length: int, value: int = 0, is_write: bo
 def insert_range(bus: KvmIoBus, new: KvmIoRange, version: int) -> KvmIoBus:
     """The copy step of kvm_io_bus_register_dev(): a new bus with ``new`` inserted before the first
     range that compares greater (``kvm_io_bus_cmp(&bus->range[i], &range) > 0``)."""
-    i = next((k for k, r in enumerate(bus.range) if kvm_io_bus_cmp(r.addr, r.len, new.addr, new.len) > 0),
-             bus.dev_count)
-    ranges = bus.range[:i] + (new,) + bus.range[i:]
-    return KvmIoBus(bus.bus_idx, version, ranges,
-                    bus.ioeventfd_count + (1 if isinstance(new.dev, Ioeventfd) else 0))
+    return KvmIoBus.changed(bus, version, new, bus.dev_count + 1,
+                            bus.ioeventfd_count + (1 if isinstance(new.dev, Ioeventfd) else 0))
 
 
-def remove_range(bus: KvmIoBus, dev: KvmIoDevice, version: int) -> KvmIoBus | None:
-    """The copy step of kvm_io_bus_unregister_dev(): a new bus without ``dev`` (None if absent)."""
-    for i, r in enumerate(bus.range):
-        if r.dev is dev:
-            return KvmIoBus(bus.bus_idx, version, bus.range[:i] + bus.range[i + 1:],
+def remove_range(bus: KvmIoBus, dev: KvmIoDevice, version: int) -> KvmIoBus:
+    """The copy step of kvm_io_bus_unregister_dev(): a new bus without ``dev``, which the caller knows
+    to be on ``bus`` (the kernel's own search for it finds it)."""
+    return KvmIoBus.changed(bus, version, dev, bus.dev_count - 1,
                             bus.ioeventfd_count - (1 if isinstance(dev, Ioeventfd) else 0))
-    return None

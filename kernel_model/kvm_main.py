@@ -130,7 +130,15 @@ class Reader:
 
 class VcpuReaders:
     """A running vCPU as SRCU sees it: a read section of ``section_ns`` every ``period_ns`` (each an
-    exit handled in the kernel, with an MMIO bus lookup), from ``offset_ns`` on, until stopped."""
+    exit handled in the kernel, with an MMIO bus lookup), from ``offset_ns`` on, until stopped.
+
+    Its sections are not events: where the vCPU is at any moment follows from its period, so the VM
+    brings it up to date (:meth:`catch_up`) just before anything looks at SRCU's readers (a scan, an
+    index flip) or at who holds a bus (a publish, a kfree()). A section that begins and ends between
+    two such looks touches nothing anyone sees, and a running vCPU costs nothing while nobody looks.
+    Looks come in time order but for one case: a work item's own clock can run ahead of an event on
+    another CPU that comes after it; that later look sees the vCPU as of the earlier, later-timed one
+    (microseconds at most)."""
 
     def __init__(self, kvm: KvmModel, vcpu_id: int, section_ns: int, period_ns: int, offset_ns: int = 0) -> None:
         if not 0 < section_ns < period_ns:
@@ -139,24 +147,55 @@ class VcpuReaders:
         self.reader = Reader(kvm, f"vcpu{vcpu_id}")
         self.section_ns = section_ns
         self.period_ns = period_ns
-        self.running = True
-        kvm.sim.at(kvm.sim.now + offset_ns, self._enter)
+        self.start = kvm.sim.now + offset_ns
+        #: The section (its number from 0) the reader is in as of the last catch-up, or None.
+        self.section: int | None = None
+        self.stopped_at: int | None = None
+        self._seen = kvm.sim.now
 
-    def _enter(self) -> None:
-        if not self.running:
+    @property
+    def running(self) -> bool:
+        """Whether the vCPU is still in KVM_RUN (stop() not called)."""
+        return self.stopped_at is None
+
+    def section_at(self, t: int) -> int | None:
+        """The number of the section the vCPU is in at ``t`` (none begins once it was stopped)."""
+        if t < self.start:
+            return None
+        k, into = divmod(t - self.start, self.period_ns)
+        if self.stopped_at is not None and self.start + k * self.period_ns >= self.stopped_at:
+            return None
+        return k if into < self.section_ns else None
+
+    def sections_begun(self) -> int:
+        """How many read sections the vCPU has begun so far."""
+        t = self._seen if self.stopped_at is None else min(self._seen, self.stopped_at - 1)
+        return 0 if t < self.start else (t - self.start) // self.period_ns + 1
+
+    def catch_up(self) -> None:
+        """srcu_read_unlock() of a section that has ended, srcu_read_lock() (and the bus lookup) of one
+        that has begun since the last look."""
+        t = self.kvm.sim.now
+        if t < self._seen:
             return
-        self.reader.begin()
-        self.reader.get_bus(KvmBus.KVM_MMIO_BUS)
-        self.kvm.sim.at(self.kvm.sim.now + self.section_ns, self._leave)
+        self._seen = t
+        k = self.section_at(t)
+        if self.section is not None and k != self.section:
+            self.reader.end()
+            self.section = None
+        if k is not None and self.section is None:
+            self.reader.begin()
+            self.reader.get_bus(KvmBus.KVM_MMIO_BUS)
+            self.section = k
 
-    def _leave(self) -> None:
-        self.reader.end()
-        if self.running:
-            self.kvm.sim.at(self.kvm.sim.now + self.period_ns - self.section_ns, self._enter)
+    def section_end(self) -> int | None:
+        """When the section the vCPU is in (as of the last look) ends."""
+        return None if self.section is None else self.start + self.section * self.period_ns + self.section_ns
 
     def stop(self) -> None:
         """The vCPU leaves KVM_RUN for good (after its current section, if any)."""
-        self.running = False
+        self.catch_up()
+        self.stopped_at = self.kvm.sim.now
 
 
 class KvmModel:
@@ -172,6 +211,7 @@ class KvmModel:
         self.platform = platform
         self.checker = checker or InvariantChecker()
         self.srcu = srcutree.SrcuStruct(sim, nr_cpu_ids=nr_cpu_ids)
+        self.srcu.look_at_readers = self.catch_up_readers
         self.memslot_swaps = 0
         self.srcu.on_callback_after_cleanup = self._callback_after_cleanup
         self.buses: dict[KvmBus, KvmIoBus] = {b: KvmIoBus(b, 0) for b in KvmBus}
@@ -187,7 +227,10 @@ class KvmModel:
         #: GSIs with an irqfd, one entry per KVM_IRQFD assign still in place.
         self.irqfds: list[int] = []
         self.irq_routes = 0
-        self.ioeventfds: list[Ioeventfd] = []
+        #: The assigned ioeventfds, by (PIO?, address): only ioeventfds at the same address of the same
+        #: bus can collide (ioeventfd_check_collision()), so the kernel's walk of kvm->ioeventfds is a
+        #: look-up here.
+        self.ioeventfds: dict[tuple[bool, int], list[Ioeventfd]] = {}
         self.vcpu_readers: dict[int, VcpuReaders] = {}
         self.vcpu_ids: set[int] = set()
         self.destroyed = False
@@ -203,18 +246,25 @@ class KvmModel:
         self.irq_srcu.caller = caller
 
     # --- kernel internals ------------------------------------------------------------------------
+    def catch_up_readers(self) -> None:
+        """Bring every running vCPU's read sections up to now (see VcpuReaders)."""
+        for r in self.vcpu_readers.values():
+            r.catch_up()
+
     def kfree_bus(self, bus: KvmIoBus) -> None:
         """kfree() of a bus, checked: no reader that obtained it may still be in its read section."""
+        self.catch_up_readers()
         holders = self._holders.get(id(bus), 0)
         self.checker.check(holders == 0, ViolationKind.USE_AFTER_FREE, self.sim.now,
-                           f"{bus.bus_idx.name} v{bus.version} freed while {holders} reader(s) that obtained "
-                           "it are still in their read sections", bus=bus.bus_idx.name, version=bus.version)
+                           lambda: f"{bus.bus_idx.name} v{bus.version} freed while {holders} reader(s) that "
+                           "obtained it are still in their read sections", bus=bus.bus_idx.name, version=bus.version)
         bus.freed = True
         bus.freed_at = self.sim.now
         self.buses_freed += 1
 
     def _publish(self, bus_idx: KvmBus, new: KvmIoBus) -> KvmIoBus:
         """rcu_assign_pointer(kvm->buses[bus_idx], new); returns the old bus."""
+        self.catch_up_readers()  # a section begun before this obtained the old bus
         old = self.buses[bus_idx]
         self.buses[bus_idx] = new
         return old
@@ -234,12 +284,11 @@ class KvmModel:
 
     def kvm_io_bus_unregister_dev(self, bus_idx: KvmBus, dev: KvmIoDevice) -> None:
         """Models kvm_io_bus_unregister_dev(): copy without the device, publish, and (in every variant)
-        synchronize_srcu_expedited() before kfree() of the old bus."""
+        synchronize_srcu_expedited() before kfree() of the old bus. The model's callers only pass a
+        device that is on the bus (the kernel returns at once for one that is not)."""
         bus = self.buses[bus_idx]
         version = self._next_version[bus_idx]
         new = remove_range(bus, dev, version)
-        if new is None:
-            return
         self._next_version[bus_idx] += 1
         self.sim.spend(self.costs.unregister_dev)
         old = self._publish(bus_idx, new)
@@ -420,8 +469,10 @@ class KvmModel:
         """Every vCPU leaves KVM_RUN; returns once their read sections are over."""
         for r in self.vcpu_readers.values():
             r.stop()
-        self.sim.wait_for(lambda: not any(r.reader.in_section for r in self.vcpu_readers.values()),
-                          "vCPUs to leave their read sections")
+        ends = [e for r in self.vcpu_readers.values() if (e := r.section_end()) is not None]
+        if ends:
+            self.sim.run_until(max(ends))
+            self.catch_up_readers()
 
     def destroy_vm(self) -> None:
         """The last reference dropped: models kvm_destroy_vm(): free the buses, then (per variant)

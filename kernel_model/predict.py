@@ -7,13 +7,12 @@ sampling the phase uniformly is what ``minivmm timing --jitter`` does on the rea
 Speed. Without a host profile (a quiet host: nothing random) a sequence whose steps do not depend on
 running vCPUs is a deterministic function of the phase, piecewise linear: a duration either does not
 depend on the phase or shrinks one-for-one as the start moves towards the tick, with a jump of one
-jiffy where a timer moves to the next tick. Every jump comes from a ``jiffies`` read changing value,
-and each run reports how much later it could have started before any of its reads would
-(``Sim.phase_slack``). So the phases split into classes, found one after the other, each simulated at
-its two ends and its middle (and split further only where the durations bend inside it, by more than
-``LINEAR_TOLERANCE_NS``); every sample is read off that interpolant. The cost is a few runs per class,
-whatever the sample count. With a profile, or with vCPUs running before the last step (their readers'
-offsets are random too), every sample is its own run (Monte Carlo).
+jiffy where a timer moves to the next tick. Every such jump comes from a ``jiffies`` read changing
+value, and each run reports how much later it could have started before any of its reads would
+(``Sim.phase_slack``). The :class:`PhaseInterpolant` uses that to put its pieces' ends on the jumps
+with a few runs each, and every sample is read off it: the cost is a few runs per jump, whatever the
+sample count. With a profile, or with vCPUs running before the last step (their readers' offsets are
+random too), every sample is its own run (Monte Carlo).
 """
 
 from __future__ import annotations
@@ -101,9 +100,15 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
     return durations, kvm
 
 
-#: Two durations that differ by at most this much (ns) count as equal when testing linearity: a bend
-#: (where a wake-up starts to wait for a kworker, say) is interpolated across within this error.
-LINEAR_TOLERANCE_NS = 200
+#: Two durations that differ by at most this much (ns) count as equal when testing linearity. Besides the
+#: jumps of a jiffy, a duration has steps of a microsecond or a few where the phase moves a registration
+#: from one grace period's batch of callbacks to the next (each callback costs ``Costs.callback``);
+#: those, and bends, are interpolated across within this error, below what reports show.
+LINEAR_TOLERANCE_NS = 5_000
+#: The interpolant resolves features down to 1/PHASE_RESOLUTION of a jiffy (about 4 µs at HZ=250): a
+#: narrower window where a duration differs (a registration landing between two grace-period steps a
+#: few µs apart) holds fewer than one sample in PHASE_RESOLUTION, and may be interpolated across.
+PHASE_RESOLUTION = 1024
 
 
 def phase_deterministic(sequence: Sequence) -> bool:
@@ -121,51 +126,63 @@ Run = Callable[[int], tuple[list[int], int]]
 
 
 class PhaseInterpolant:
-    """Durations as a piecewise-linear function of the phase (in ns into the jiffy), built class by
-    class (see the module docstring). ``f(phase_ns)`` returns the durations at that phase and the
-    run's ``phase_slack``."""
+    """Durations as a piecewise-linear function of the phase (in ns into the jiffy). ``f(phase_ns)``
+    returns the durations at that phase and the run's ``phase_slack``: how much later the run could
+    start before any of its ``jiffies`` reads (or an order it relied on) would change.
+
+    The phases are swept class by class: a run at a class's first phase says where the class ends,
+    which is where a duration jumps by a jiffy (a timer moving to the next tick). Within a class the
+    durations are linear but for what the slack does not announce (the order of two events a few µs
+    apart, see ``kernel_model.sim``): a class whose middle lies off the line through its ends (by more
+    than ``tolerance``) is halved until it does, or until a piece is narrower than
+    ``tick_ns / PHASE_RESOLUTION``."""
 
     def __init__(self, f: Run, tick_ns: int, tolerance: int = LINEAR_TOLERANCE_NS) -> None:
         self.evaluations = 0
         self.tolerance = tolerance
+        self.resolution = max(1, tick_ns // PHASE_RESOLUTION)
         self._f = f
+        self._cache: dict[int, tuple[list[int], int]] = {}
         segments: list[tuple[int, list[int], int, list[int]]] = []
         a = 0
         while a < tick_ns:
             fa, slack = self._ev(a)
-            b = min(tick_ns, a + max(slack, 1)) - 1  # the last phase of a's class
-            self._fill(a, fa, b, self._ev(b)[0] if b > a else fa, segments)
-            a = b + 1
+            nxt = min(tick_ns, a + max(slack, 1))
+            b = nxt - 1
+            self._refine(a, fa, b, self._ev(b)[0], segments)
+            a = nxt
+        segments.sort(key=lambda seg: seg[0])
         self._starts = [seg[0] for seg in segments]
         self._segments = segments
+        self._cache.clear()
 
-    def _ev(self, phase_ns: int) -> tuple[list[int], int]:
-        self.evaluations += 1
-        return self._f(phase_ns)
-
-    def _linear(self, a: int, fa: list[int], b: int, fb: list[int], x: int, fx: list[int]) -> bool:
-        w = (x - a) / (b - a)
-        return all(abs(ya + (yb - ya) * w - yx) <= self.tolerance for ya, yb, yx in zip(fa, fb, fx))
-
-    def _fill(self, a: int, fa: list[int], b: int, fb: list[int],
-              segments: list[tuple[int, list[int], int, list[int]]]) -> None:
-        """Cover [a, b] (one class) with linear pieces, halving where the middle is off the line."""
+    def _refine(self, a: int, fa: list[int], b: int, fb: list[int],
+                segments: list[tuple[int, list[int], int, list[int]]]) -> None:
         stack = [(a, fa, b, fb)]
         while stack:
             a, fa, b, fb = stack.pop()
-            if b - a <= 1:
-                segments.append((a, fa, a, fa))
-                if b > a:
-                    segments.append((b, fb, b, fb))
+            if b - a <= self.resolution or self._fits(a, fa, b, fb):
+                segments.append((a, fa, b, fb))
                 continue
             m = (a + b) // 2
             fm = self._ev(m)[0]
-            if self._linear(a, fa, b, fb, m, fm):
-                segments.append((a, fa, b, fb))
-            else:
-                stack.append((m, fm, b, fb))
-                stack.append((a, fa, m, fm))
-        segments.sort(key=lambda seg: seg[0])
+            stack.append((m, fm, b, fb))
+            stack.append((a, fa, m, fm))
+
+    def _ev(self, phase_ns: int) -> tuple[list[int], int]:
+        got = self._cache.get(phase_ns)
+        if got is None:
+            self.evaluations += 1
+            got = self._cache[phase_ns] = self._f(phase_ns)
+        return got
+
+    def _fits(self, a: int, fa: list[int], b: int, fb: list[int]) -> bool:
+        """Whether the middle lies on the line through the ends."""
+        m = (a + b) // 2
+        if m in (a, b):
+            return True
+        w = (m - a) / (b - a)
+        return all(abs(ya + (yb - ya) * w - ym) <= self.tolerance for ya, yb, ym in zip(fa, fb, self._ev(m)[0]))
 
     def __call__(self, phase_ns: int) -> list[int]:
         """The interpolated durations at ``phase_ns``."""

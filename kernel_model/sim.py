@@ -20,10 +20,16 @@ tick raises the timer softirq then, else one tick later (:mod:`kernel_model.tick
 firing from a host profile's measured distribution. (``timer_list`` timers have had no slack since the
 4.8 wheel, and ``process_srcu``'s delayed work is not deferrable: neither is a cause.)
 
-Nothing happens while nothing is due: a run costs its events, not its simulated time. Every read of
-``jiffies`` also records how much later the run could have started (a larger ``phase``) before that
-read gave another value (``phase_slack``): the prediction uses it to find the phases at which the
-model's behaviour can change (:mod:`kernel_model.predict`).
+Nothing happens while nothing is due: a run costs its events, not its simulated time.
+
+Phase slack. Every time in a run either stays put when the run starts later into its jiffy (a larger
+``phase``): the caller's own times, and everything it causes; or moves with the tick grid: a tick,
+and everything a tick causes (a timer's softirq, the work it queues, a caller it wakes). The run
+notes, for every ``jiffies`` read at a time that stays put and for every order it relies on between
+the two kinds of time where the order matters (two touches of one srcu_struct, which of two times a
+``max()`` takes, a kworker still busy or not), how much later it could have started before that read
+or order changed (``phase_slack``). The prediction uses it to find the phases at which the model's
+behaviour can change (:mod:`kernel_model.predict`).
 """
 
 from __future__ import annotations
@@ -77,13 +83,15 @@ class _Event:
     """An event on the queue: ``fn`` runs at ``time`` on ``cpu``; ``seq`` orders events of the same time
     by when they were queued. A heap entry, so only ``<`` is needed."""
 
-    __slots__ = ("time", "seq", "fn", "cpu", "cancelled")
+    __slots__ = ("time", "seq", "fn", "cpu", "on_grid", "cancelled")
 
-    def __init__(self, time: int, seq: int, fn: Callable[[], None], cpu: int) -> None:
+    def __init__(self, time: int, seq: int, fn: Callable[[], None], cpu: int, on_grid: bool) -> None:
         self.time = time
         self.seq = seq
         self.fn = fn
         self.cpu = cpu
+        #: Whether ``time`` moves with the tick grid (see "Phase slack" above).
+        self.on_grid = on_grid
         self.cancelled = False
 
     def __lt__(self, other: _Event) -> bool:
@@ -118,11 +126,15 @@ class Sim:
         #: The CPU of the context running now.
         self.cpu = self.caller_cpu
         self.now = 0
+        #: Whether ``now`` moves with the tick grid (the caller's does once a tick-driven wake-up woke it).
+        self.on_grid = False
+        self._caller_on_grid = False
         self._in_event = False
         self._queue: list[_Event] = []
         self._seq = itertools.count()
-        #: Per CPU: until when its kworker is busy with a work item.
+        #: Per CPU: until when its kworker is busy with a work item (and whether that time is on the grid).
         self.kworker_busy_until = [0] * env.nr_cpus
+        self.kworker_busy_on_grid = [False] * env.nr_cpus
         self._timers: list[set[Timer]] = [set() for _ in range(env.nr_cpus)]
         #: The CPUs' ticks and the do_timer duty.
         self.ticks = TickSched(self, env, self.caller_cpu)
@@ -136,17 +148,35 @@ class Sim:
     @property
     def jiffies(self) -> int:
         """The jiffies counter now."""
-        return self.jiffy_at(self.now)
+        return self.jiffy_at(self.now, self.on_grid)
 
-    def jiffy_at(self, t: int) -> int:
-        """The jiffies counter at time ``t`` (recording, for ``phase_slack``, how close it is to the
-        next tick)."""
+    def jiffy_at(self, t: int, on_grid: bool = False) -> int:
+        """The jiffies counter at time ``t`` (recording, for ``phase_slack``, how close a time that
+        stays put is to the next tick)."""
         x = t + self.phase_ns
         j = x // self.tick_ns
-        slack = (j + 1) * self.tick_ns - x
-        if slack < self.phase_slack:
-            self.phase_slack = slack
+        if not on_grid:
+            self.note_slack((j + 1) * self.tick_ns - x)
         return j
+
+    def note_slack(self, ns: int) -> None:
+        """The run's behaviour would change if it started ``ns`` later into its jiffy."""
+        if 0 < ns < self.phase_slack:
+            self.phase_slack = ns
+
+    def note_order(self, early: int, early_on_grid: bool, late: int, late_on_grid: bool) -> None:
+        """The run relied on ``early`` coming no later than ``late``: a later start moves a time on the
+        grid earlier against one that stays put, so the order holds for ``late - early`` more ns."""
+        if late_on_grid and not early_on_grid:
+            self.note_slack(late - early + 1)
+
+    def latest(self, a: int, a_on_grid: bool, b: int, b_on_grid: bool) -> tuple[int, bool]:
+        """``max(a, b)`` and whether it is on the grid, noting the order it relied on."""
+        if a >= b:
+            self.note_order(b, b_on_grid, a, a_on_grid)
+            return a, a_on_grid
+        self.note_order(a, a_on_grid, b, b_on_grid)
+        return b, b_on_grid
 
     def tick_time(self, jiffy: int) -> int:
         """The time (ns) at which ``jiffies`` becomes ``jiffy``."""
@@ -196,10 +226,15 @@ class Sim:
         return min(buckets) if buckets else None
 
     # --- events ------------------------------------------------------------------------------
-    def at(self, time: int, fn: Callable[[], None], cpu: int | None = None) -> _Event:
+    def at(self, time: int, fn: Callable[[], None], cpu: int | None = None,
+           on_grid: bool | None = None) -> _Event:
         """Run ``fn`` at ``time`` (or now, if that has passed) on ``cpu`` (default: the running
-        context's)."""
-        ev = _Event(max(time, self.now), next(self._seq), fn, self.cpu if cpu is None else cpu)
+        context's). ``on_grid``: whether ``time`` moves with the tick grid (default: as the running
+        context's clock does)."""
+        grid = self.on_grid if on_grid is None else on_grid
+        if time < self.now:
+            time, grid = self.now, self.on_grid
+        ev = _Event(time, next(self._seq), fn, self.cpu if cpu is None else cpu, grid)
         heapq.heappush(self._queue, ev)
         return ev
 
@@ -208,11 +243,12 @@ class Sim:
             ev = heapq.heappop(self._queue)
             if ev.cancelled:
                 continue
-            self.now, self.cpu, self._in_event = ev.time, ev.cpu, True
+            self.now, self.cpu, self.on_grid, self._in_event = ev.time, ev.cpu, ev.on_grid, True
             try:
                 ev.fn()
             finally:
                 self.now, self.cpu, self._in_event = ev.time, self.caller_cpu, False
+                self.on_grid = self._caller_on_grid
             return True
         return False
 
@@ -223,10 +259,11 @@ class Sim:
     def run_until(self, time: int) -> None:
         """Run every event due up to ``time``; the caller's clock then reads at least ``time``."""
         self._caller_only("run_until()")
-        start = self.now
+        start, grid = self.now, self.on_grid
         while self._queue and self._queue[0].time <= time:
             self._step()
         self.now = max(start, time)
+        self.on_grid = self._caller_on_grid = grid
 
     def wait_for(self, done: Callable[[], bool], what: str) -> None:
         """Block the caller until ``done()``: run events until it holds (``wait_for_completion``)."""
@@ -243,11 +280,13 @@ class Completion:
         self.sim = sim
         self.done = False
         self.completed_at: int | None = None
+        self.completed_on_grid = False
 
     def complete(self) -> None:
         """Models ``complete()``: the waiter can run ``costs.wakeup`` later."""
         self.done = True
         self.completed_at = self.sim.now
+        self.completed_on_grid = self.sim.on_grid
 
     def wait(self, what: str) -> None:
         """Models ``wait_for_completion()``: the caller's CPU is idle until the completion, and the
@@ -263,8 +302,10 @@ class Completion:
         extra = 0
         if sim.timers_fired == fired and sim.costs.wakeup_latency_samples:
             extra = sim.draw(sim.costs.wakeup_latency_samples)
-        wake = max(start, self.completed_at + sim.costs.wakeup + extra)
+        wake, on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup + extra,
+                                   self.completed_on_grid)
         sim.ticks.caller_busy(wake, True)
+        sim.on_grid = sim._caller_on_grid = on_grid
         sim.run_until(wake)
 
 
@@ -294,14 +335,17 @@ class Work:
     def _run(self) -> None:
         sim = self.sim
         cpu = sim.cpu
-        if sim.kworker_busy_until[cpu] > sim.now:
-            sim.at(sim.kworker_busy_until[cpu], self._run, cpu)  # the CPU's kworker is still busy
+        busy, busy_on_grid = sim.kworker_busy_until[cpu], sim.kworker_busy_on_grid[cpu]
+        if busy > sim.now:
+            sim.note_order(sim.now, sim.on_grid, busy, busy_on_grid)
+            sim.at(busy, self._run, cpu, busy_on_grid)  # the CPU's kworker is still busy
             return
+        sim.note_order(busy, busy_on_grid, sim.now, sim.on_grid)
         self.pending = False
         self.runs += 1
         start = sim.now
         self.fn()
-        sim.kworker_busy_until[cpu] = sim.now
+        sim.kworker_busy_until[cpu], sim.kworker_busy_on_grid[cpu] = sim.now, sim.on_grid
         sim.ticks.work_ran(cpu, start, sim.now)
 
 
@@ -332,7 +376,7 @@ class Timer:
         self._at_tick(bucket)
 
     def _at_tick(self, tick: int) -> None:
-        self._event = self.sim.at(self.sim.tick_time(tick), lambda: self._tick(tick), self.cpu)
+        self._event = self.sim.at(self.sim.tick_time(tick), lambda: self._tick(tick), self.cpu, on_grid=True)
 
     def _tick(self, tick: int) -> None:
         """The timer CPU's tick at ``tick``: expire now, or wait for the next tick."""

@@ -220,6 +220,9 @@ class SrcuStruct:
         # Readers: srcu_ctrs[idx] collapsed to one active count per index.
         self.srcu_ctrp = 0
         self.active_readers = [0, 0]
+        #: Called before the readers are looked at (a scan, a flip): readers whose sections are not
+        #: events (a running vCPU, see kernel_model.kvm_main.VcpuReaders) catch up to now.
+        self.look_at_readers: Callable[[], None] = lambda: None
         # Bookkeeping for reports and invariants (not kernel state).
         self.cleaned_up = False
         self.warnings: list[SrcuWarning] = []
@@ -268,11 +271,13 @@ def srcu_readers_active_idx_check(ssp: SrcuStruct, idx: int) -> bool:
     Simplified: the per-CPU unlock/lock sums and their barriers are one count, read at a fixed cost.
     """
     ssp.sim.spend(ssp.sim.costs.reader_scan)
+    ssp.look_at_readers()
     return ssp.active_readers[idx] == 0
 
 
 def srcu_readers_active(ssp: SrcuStruct) -> bool:
     """Models srcu_readers_active(): any reader on either index."""
+    ssp.look_at_readers()
     return sum(ssp.active_readers) > 0
 
 
@@ -481,6 +486,7 @@ def try_check_zero(ssp: SrcuStruct, idx: int, trycount: int) -> bool:
 
 def srcu_flip(ssp: SrcuStruct) -> None:
     """Models srcu_flip(): new readers use the other index."""
+    ssp.look_at_readers()  # sections begun before the flip are on the old index
     ssp.srcu_ctrp ^= 1
 
 
