@@ -11,7 +11,9 @@ that is a mixture of jiffy-wide modes, and its median moves by a whole jiffy whe
 the samples change mode. Comparing such steps median to median in time is therefore noise; what
 holds up is comparing, per mode, the share of samples in it (:attr:`TickModes.shares`) and the
 quantiles within it (:attr:`TickModes.within`), or the share of measured samples below each
-predicted quantile (:func:`share_below`).
+predicted quantile (:func:`share_below`). :func:`compare_modes` does both, with the agreement rule
+the differential harness and the README's fidelity tables use (every share up to sampling noise), for
+a model against the host and for the host's odd repetitions against its even ones alike.
 """
 
 from __future__ import annotations
@@ -145,3 +147,98 @@ def tick_ns(hz: int) -> int:
     if hz <= 0:
         raise ValueError("HZ must be positive")
     return 1_000_000_000 // hz
+
+
+#: How far two shares of runs may differ and still agree, in standard errors of their difference (and
+#: at least SHARE_FLOOR): a two-sided test at about 1%, so two samples of one distribution agree 99%
+#: of the time. Shares of a few hundred runs are uncertain by several percent: comparing them in
+#: probability, not in time, is what a two-mode stall allows.
+SHARE_SIGMAS = 2.58
+SHARE_FLOOR = 0.02
+#: A mode is compared within (its quantiles) only if each side has at least this many samples in it.
+WITHIN_MIN_SAMPLES = 10
+#: Within a mode, a quantile may be off by this much time before the share below it counts against
+#: agreement: steps that wait for no timer take tens of µs, and a fixed cost a few µs off would
+#: otherwise put every sample on one side of the other's quantiles.
+WITHIN_SLACK_NS = 200_000
+
+
+def shares_agree(p1: float, n1: int, p2: float, n2: int) -> bool:
+    """Whether two shares, of ``n1`` and ``n2`` runs, are the same share up to sampling noise
+    (SHARE_SIGMAS standard errors of the difference, with the pooled share, or SHARE_FLOOR)."""
+    if n1 < 1 or n2 < 1:
+        raise ValueError("shares of no runs")
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / n1 + 1 / n2))
+    return abs(p1 - p2) <= max(SHARE_SIGMAS * se, SHARE_FLOOR)
+
+
+class ModeComparison(NamedTuple):
+    """Two sets of durations of one step, ``a`` and ``b``, split into the same tick modes, and whether
+    they agree: every mode's share of runs (:func:`shares_agree`), and in every mode both sides hold
+    WITHIN_MIN_SAMPLES samples of, the share of ``a``'s samples below ``b``'s p10, p50 and p90 there
+    (:func:`share_below`): 0.1, 0.5 and 0.9 up to sampling noise (:func:`shares_agree`, taking ``b``'s
+    quantile as a share of its own samples), with each quantile free to move by WITHIN_SLACK_NS."""
+
+    a: TickModes
+    b: TickModes
+    n_a: int
+    n_b: int
+    #: Per mode: do its shares agree.
+    shares_ok: tuple[bool, ...]
+    #: Per mode: the shares of a's samples in it below b's p10/p50/p90 there (None: too few samples).
+    below: tuple[tuple[float, float, float] | None, ...]
+    #: Per mode: do those shares agree (None: not compared).
+    within_ok: tuple[bool | None, ...]
+
+    @property
+    def ok(self) -> bool:
+        """All shares agree, and every within-mode comparison made agrees."""
+        return all(self.shares_ok) and all(w is not False for w in self.within_ok)
+
+    def describe(self, ms: float = 1e6) -> str:
+        """``mode 0: 91%/90% [p10/p50/p90 ms a vs b]; mode 1: ...`` for every mode either side holds,
+        a miss marked ``!``."""
+        parts = []
+        for k, (ok, wok) in enumerate(zip(self.shares_ok, self.within_ok)):
+            sa, sb = self.a.share(k), self.b.share(k)
+            if not sa and not sb:
+                continue
+            text = f"mode {k}: {sa:.1%}/{sb:.1%}{'' if ok else '!'}"
+            wa = self.a.within[k] if k < len(self.a.within) else None
+            wb = self.b.within[k] if k < len(self.b.within) else None
+            if wa is not None and wb is not None:
+                text += (" [" + "/".join(f"{x / ms:.2f}" for x in wa) + " vs "
+                         + "/".join(f"{x / ms:.2f}" for x in wb) + ("" if wok is not False else "!") + "]")
+            parts.append(text)
+        return "; ".join(parts)
+
+
+def compare_modes(a: Sequence[float], b: Sequence[float], tick: int, origin_ns: float) -> ModeComparison:
+    """Split ``a`` and ``b`` into tick modes from ``origin_ns`` (:func:`tick_modes`) and compare them mode
+    by mode (:class:`ModeComparison`)."""
+    ma, mb = tick_modes(a, tick, origin_ns), tick_modes(b, tick, origin_ns)
+    top = max(len(ma.shares), len(mb.shares))
+    in_a: dict[int, list[float]] = {}
+    in_b: dict[int, list[float]] = {}
+    for x in a:
+        in_a.setdefault(tick_mode(x, origin_ns, tick), []).append(x)
+    for x in b:
+        in_b.setdefault(tick_mode(x, origin_ns, tick), []).append(x)
+    shares_ok = tuple(shares_agree(ma.share(k), len(a), mb.share(k), len(b)) for k in range(top))
+    below: list[tuple[float, float, float] | None] = []
+    within_ok: list[bool | None] = []
+    for k in range(top):
+        xa, xb = in_a.get(k, []), in_b.get(k, [])
+        wb = mb.within[k] if k < len(mb.within) else None
+        if wb is None or min(len(xa), len(xb)) < WITHIN_MIN_SAMPLES:
+            below.append(None)
+            within_ok.append(None)
+            continue
+        got = share_below(xa, wb)
+        lo = share_below(xa, [q - WITHIN_SLACK_NS for q in wb])
+        hi = share_below(xa, [q + WITHIN_SLACK_NS for q in wb])
+        below.append((got[0], got[1], got[2]))
+        within_ok.append(all(shares_agree(min(max(p / 100, lo_k), hi_k), len(xa), p / 100, len(xb))
+                             for lo_k, hi_k, p in zip(lo, hi, PERCENTILES)))
+    return ModeComparison(ma, mb, len(a), len(b), shares_ok, tuple(below), tuple(within_ok))

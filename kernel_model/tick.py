@@ -37,6 +37,11 @@ grid only (an idle exit between a tick and a handler a few µs later is not mode
 stalled-jiffies fallback (``MAX_STALLED_JIFFIES``) never comes into play for one-tick slips; with more
 than two CPUs, the timer CPU's handler runs either before all others or after all of them.
 
+The order of the handlers at a tick is a two-state chain too: traced, the CPU whose handler ran first
+at one tick ran first at the next 70-80% of the time. That matters: the duty goes to whichever
+handler runs first after the holder gave it up, so with a lasting order the timer CPU, first again at
+its bucket, mostly holds the duty itself.
+
 Evaluation is lazy: the tick state is advanced only to the ticks a pending timer's bucket falls on, and
 a stretch of more than ``HISTORY_TICKS`` ticks with nothing due is skipped (the duty is re-derived from
 the last ``HISTORY_TICKS`` ticks, which is where it is decided), so a long idle stretch costs nothing.
@@ -81,6 +86,17 @@ class TickEnvironment(NamedTuple):
     #: When the caller's CPU and another CPU both tick, the share of ticks whose handler runs first on
     #: the caller's CPU.
     caller_tick_first: float = 0.5
+    #: The chance that the caller CPU's handler, having run first at one such tick, runs first at the
+    #: next (the CPUs' handlers keep their order for a while: their timers' interrupts come with
+    #: per-CPU latencies). 0.5 with caller_tick_first 0.5: no memory.
+    caller_first_persist: float = 0.5
+    #: The chance that another CPU whose handler ran at two ticks in a row stopped its tick in between
+    #: (it went idle for a moment), giving up the duty if it held it.
+    other_stops_between: float = 0.0
+    #: Where the model starts to look (HISTORY_TICKS before a bucket), the chance that another CPU
+    #: whose tick runs holds the duty: what the long history before decided (measured: the share of
+    #: traced timers that slipped where the rule allowed it).
+    other_holds_duty: float = 0.0
 
     @property
     def quiet(self) -> bool:
@@ -100,12 +116,23 @@ class TickEnvironment(NamedTuple):
             return 1.0
         return min(1.0, share * (1.0 - persist) / (1.0 - share))
 
+    def caller_first_after(self, was_first: bool) -> float:
+        """P(the caller CPU's handler runs first | it ran first (or not) at the last tick both ran):
+        the two-state chain whose stationary share is ``caller_tick_first``."""
+        q, persist = self.caller_tick_first, self.caller_first_persist
+        if was_first:
+            return persist
+        if q >= 1.0:
+            return 1.0
+        return min(1.0, q * (1.0 - persist) / (1.0 - q))
+
     def check(self) -> None:
         """ValueError naming the first field out of range."""
         if not 1 <= self.nr_cpus <= 4096:
             raise ValueError("nr_cpus must be 1..4096")
         for name in ("caller_on_boot_cpu", "caller_keeps_tick", "other_tick_share", "other_tick_persist",
-                     "caller_tick_first"):
+                     "caller_tick_first", "caller_first_persist", "other_stops_between",
+                     "other_holds_duty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be a share from 0 to 1")
@@ -174,6 +201,8 @@ class TickSched:
         self.last: int | None = None
         #: Per CPU: whether its tick handler ran at the last processed tick.
         self.ticked = [False] * env.nr_cpus
+        #: Whether the caller CPU's handler ran first the last time it and another CPU's both ran.
+        self.caller_was_first = False
         #: Per (cpu, tick): did that CPU's tick raise TIMER_SOFTIRQ for a timer due then.
         self.raised: dict[tuple[int, int], bool] = {}
         #: Per CPU: the idle period (by its start time) and whether the tick was kept through it.
@@ -199,8 +228,9 @@ class TickSched:
         """Whether ``cpu``'s tick at ``tick`` raises TIMER_SOFTIRQ for a timer whose bucket is ``tick``
         (``run_local_timers()``: ``jiffies`` has reached ``next_expiry``). False means the timer waits
         for that CPU's next tick, which always raises it (``jiffies`` has moved on by then)."""
-        if self.env.other_tick_share == 0.0:
-            return True  # no other CPU ever holds the duty: the timer's CPU advances jiffies itself
+        if self.env.other_tick_share == 0.0 or self.env.other_holds_duty == 0.0 \
+                and self.env.other_stops_between == 0.0 and self.env.caller_keeps_tick == 1.0:
+            return True  # no other CPU can come to hold the duty: the timer's CPU advances jiffies itself
         self.advance_to(tick)
         raised = self.raised.get((cpu, tick), True)
         if not raised:
@@ -220,12 +250,18 @@ class TickSched:
             act.forget_before(self.sim.tick_time(tick - 1))
 
     def _restart(self, first: int) -> None:
-        """Start the replay at ``first``: the other CPUs in their chain's stationary state, nobody
-        holding the duty (whoever ticks first takes it, which is how the duty is decided)."""
+        """Start the replay at ``first``: the other CPUs in their chain's stationary state, one of them
+        that ticks holding the duty with the measured share (``other_holds_duty``), else the caller's
+        CPU (which gives it up if it is idle with its tick stopped at the first tick replayed)."""
         rng = self.sim.rng
-        self.tick_do_timer_cpu = TICK_DO_TIMER_NONE
         self.ticked = [cpu != self.caller_cpu and rng.random() < self.env.other_tick_share
                        for cpu in range(self.nr_cpus)]
+        holders = [cpu for cpu in range(self.nr_cpus) if self.ticked[cpu]]
+        self.ticked[self.caller_cpu] = True  # so that a stopped tick at the first tick gives the duty up
+        self.tick_do_timer_cpu = self.caller_cpu
+        if holders and rng.random() < self.env.other_holds_duty:
+            self.tick_do_timer_cpu = holders[int(rng.random() * len(holders))]
+        self.caller_was_first = rng.random() < self.env.caller_tick_first
         self.last = first - 1
 
     def _caller_cpu_ticks(self, cpu: int, tick: int) -> tuple[bool, bool]:
@@ -255,9 +291,7 @@ class TickSched:
         if kept is None:
             sim = self.sim
             nxt = sim.next_timer_bucket(cpu)
-            if since == NEVER:
-                kept = False  # the caller arrives from a sleep (the runner's jitter) with its tick stopped
-            elif nxt is not None and nxt - sim.jiffy_at(since) <= 1:
+            if since != NEVER and nxt is not None and nxt - sim.jiffy_at(since) <= 1:
                 kept = True
             else:
                 share = self.env.caller_keeps_tick
@@ -278,6 +312,9 @@ class TickSched:
                     woke.add(cpu)
             else:
                 now_ticks = rng.random() < env.other_tick_after(self.ticked[cpu])
+                if self.ticked[cpu] and now_ticks and env.other_stops_between and \
+                        rng.random() < env.other_stops_between:
+                    self.tick_nohz_stop_tick(cpu)  # idle for a moment between two ticks
             if self.ticked[cpu] and (not now_ticks or cpu in woke):
                 self.tick_nohz_stop_tick(cpu)  # it went idle and stopped its tick since the last one
             self.ticked[cpu] = now_ticks
@@ -286,7 +323,9 @@ class TickSched:
         caller = self.caller_cpu
         if caller in ticks and len(ticks) > 1:
             ticks.remove(caller)
-            first = caller not in woke and rng.random() < env.caller_tick_first
+            first = caller not in woke and rng.random() < env.caller_first_after(self.caller_was_first)
+            if caller not in woke:
+                self.caller_was_first = first
             ticks.insert(0 if first else len(ticks), caller)
         jiffies_updated = False
         for cpu in ticks:

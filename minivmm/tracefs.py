@@ -68,6 +68,29 @@ class TracefsUnavailable(RuntimeError):
     """tracefs, an event or an instance cannot be had here; the message says why."""
 
 
+def function_filter(functions: Sequence[str], addresses: dict[str, int] | None = None) -> str:
+    """An event filter that keeps records whose ``function`` field is one of ``functions``: by name with
+    the ``.function`` modifier, or (older kernels have none) by the addresses ``kernel_addresses`` found."""
+    if addresses is None:
+        return " || ".join(f"function.function == {f}" for f in functions)
+    return " || ".join(f"function == {addresses[f]:#x}" for f in functions)
+
+
+def kernel_addresses(names: set[str]) -> dict[str, int] | None:
+    """Addresses of the kernel functions ``names`` from /proc/kallsyms; None where they are hidden
+    (kptr_restrict) or missing."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in names and parts[2] not in found:
+                    found[parts[2]] = int(parts[0], 16)
+    except OSError:
+        return None
+    return found if len(found) == len(names) and all(found.values()) else None
+
+
 class Record(NamedTuple):
     """One event: timestamp (ns, the instance's trace clock), CPU, event name (``system/name``), the
     writing task's pid (thread id) and the requested fields, in the order they were asked for."""

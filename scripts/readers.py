@@ -21,22 +21,16 @@ import argparse
 import json
 import math
 import os
-import pathlib
 import random
 import statistics
 import sys
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kernel_model.costs import Costs  # noqa: E402
-from kernel_model.predict import simulate_once  # noqa: E402
-from kernel_model.stats import percentile  # noqa: E402
-from kernel_model.sequences import SEQUENCES, Sequence, Step, with_gaps  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from differential import measure_interleaved  # noqa: E402
+from kernel_model.costs import Costs
+from kernel_model.predict import simulate_once
+from kernel_model.sequences import SEQUENCES, Sequence, Step, with_gaps
+from kernel_model.stats import percentile
+from minivmm.timing.differential import measure_interleaved
 
 US = 1000
 SECTIONS_US = (2, 5, 10, 20, 40, 60, 100, 150)

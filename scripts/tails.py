@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import random
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kernel_model.costs import Costs  # noqa: E402
-from kernel_model.predict import simulate_once  # noqa: E402
-from kernel_model.stats import percentile  # noqa: E402
-from kernel_model.sequences import SEQUENCES, Sequence  # noqa: E402
-sys.path.insert(0, str(ROOT / "scripts"))
-from differential import measure_interleaved, model_paired  # noqa: E402
+from kernel_model.costs import Costs
+from kernel_model.differential import model_paired
+from kernel_model.predict import simulate_once
+from kernel_model.sequences import SEQUENCES, Sequence
+from kernel_model.stats import percentile
+from minivmm.timing.differential import measure_interleaved
 
 
 def tail_stats(ns: list[int]) -> dict[str, float]:
@@ -92,7 +88,7 @@ def main() -> int:
               for name, costs in (("model (fixed cost)", None), ("model (profile)", profile.costs()))}
     print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; {args.runs} repetitions of "
           f"registrations-first, each followed by a calibration run; HZ={args.hz}, {args.platform}; "
-          f"profile tick_slip {profile.tick_slip:.1%}")
+          f"profile ticks: {profile.ticks_measured_with or 'not measured'}")
     print(f"model figures: the median over {args.batches} model runs of {args.runs} samples each "
           "[10th-90th percentile of those runs]")
     print(f"{'':20}{'p50':>9}{'p90':>9}{'p99':>22}{'max':>22}   past 2 jiffies")
@@ -124,7 +120,7 @@ def main() -> int:
     hits = sum(simulate_once(fc, "call_srcu", 100, "vmx", rng.random(), rng, costs100)[0][vstep] >= 25_182_000
                for _ in range(n))
     print(f"P(first KVM_CREATE_VCPU >= 25.182 ms at HZ=100, vmx, this profile) = {hits / n:.2%} ({n} samples)")
-    print(json.dumps({"load": load0, "tick_slip": profile.tick_slip, "rows": rows, "agree": agree,
+    print(json.dumps({"load": load0, "ticks": profile.ticks._asdict(), "rows": rows, "agree": agree,
                       "inside_band": inside, "p_25ms_hz100": hits / n}))
     return 0
 

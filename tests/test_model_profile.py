@@ -239,8 +239,8 @@ def _registration_then_memslot(kvm, addr: int, slot: int) -> int:
     return kvm.sim.now - t0
 
 
-#: The other CPU always ticking (it holds the duty, taken while the caller slept before the run).
-BUSY_OTHER = TickEnvironment(other_tick_share=1.0, other_tick_persist=1.0)
+#: The other CPU always ticking, and holding the duty when the model starts to look.
+BUSY_OTHER = TickEnvironment(other_tick_share=1.0, other_tick_persist=1.0, other_holds_duty=1.0)
 
 
 def test_a_quiet_host_never_slips():

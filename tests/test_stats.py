@@ -72,3 +72,42 @@ def test_the_stalled_step_is_the_longest_median_only_when_it_is_a_stall():
     assert longest_stall([10_000, 5_000_000, 2_000_000]) == 1
     assert longest_stall([10_000, 999_999]) is None
     assert longest_stall([]) is None
+
+
+def test_shares_agree_up_to_sampling_noise():
+    from kernel_model.stats import shares_agree
+    assert shares_agree(0.10, 400, 0.12, 400)
+    assert not shares_agree(0.10, 400, 0.25, 400)
+    assert shares_agree(0.0, 200, 0.01, 200)  # the floor: one run in a hundred is no difference
+    # Two samples of one distribution agree about 99% of the time (the rule's level).
+    import random
+    rng = random.Random(1)
+    hits = 0
+    for _ in range(400):
+        a = sum(rng.random() < 0.3 for _ in range(200)) / 200
+        b = sum(rng.random() < 0.3 for _ in range(200)) / 200
+        hits += shares_agree(a, 200, b, 200)
+    assert hits >= 380
+    with pytest.raises(ValueError):
+        shares_agree(0.1, 0, 0.1, 10)
+
+
+def test_compare_modes_checks_each_modes_share_and_quantiles():
+    import random
+
+    from kernel_model.stats import compare_modes
+    tick = 4_000_000
+    rng = random.Random(2)
+
+    def mixture(n: int, slip: float, shift: int = 0) -> list[float]:
+        return [rng.uniform(3e6, 7e6) + shift + (tick if rng.random() < slip else 0) for _ in range(n)]
+
+    same = compare_modes(mixture(400, 0.1), mixture(400, 0.1), tick, 3e6)
+    assert same.ok and len(same.shares_ok) == 2 and all(w is not None for w in same.within_ok)
+    more_slips = compare_modes(mixture(400, 0.1), mixture(400, 0.3), tick, 3e6)
+    assert not more_slips.ok and not all(more_slips.shares_ok)
+    later = compare_modes(mixture(400, 0.1), mixture(400, 0.1, shift=900_000), tick, 3e6)
+    assert not later.ok and later.within_ok[0] is False and later.below[0][0] > 0.2  # a sits below b
+    rare = compare_modes(mixture(400, 0.01), mixture(400, 0.01), tick, 3e6)
+    assert rare.within_ok[1] is None  # too few samples in the slipped mode to compare its quantiles
+    assert "mode 1" in rare.describe()

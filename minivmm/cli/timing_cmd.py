@@ -69,14 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="the KVM device to open (default: /dev/kvm)")
     p.add_argument("--calibrate", action="store_true",
                    help="instead of timing a sequence, measure this host's latency from a timer firing to "
-                        "the waiter running, and how often the timer armed after a VM's first grace-period "
-                        "wait fires a tick late (--repeat runs, 300 or more recommended), and save both as a "
+                        "the waiter running, and (with tracefs) how its CPUs tick, which decides when a timer "
+                        "fires a tick late (--repeat runs, 300 or more recommended), and save both as a "
                         "host profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
     p.add_argument("--profile", default=None, metavar="FILE.json",
                    help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
-                        "from it instead of the fixed cost, and fires the timer armed after a VM's first "
-                        "grace-period wait a tick late in that share of samples; with --calibrate, where to "
-                        "write it")
+                        "from it instead of the fixed cost, and ticks its CPUs as the profile measured (a "
+                        "timer then fires a tick late where the host's ticks make it); with --calibrate, "
+                        "where to write it")
     gate_opts.add_options(p)
     p.set_defaults(handler=run)
 
@@ -90,7 +90,7 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_er
     from minivmm.cli.progress import ProgressBar
     from minivmm.files import Output
     from minivmm.kvm.errors import KvmError, KvmUnavailable
-    from minivmm.timing.calibrate import CalibrationError, make_profile, run_calibration
+    from minivmm.timing.calibrate import CalibrationError, calibrate, describe
 
     path = args.profile or default_path()
     if args.profile is None:
@@ -100,8 +100,8 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_er
         raise _kvm_refusal(args.kvm_path, kvm_error)
     try:
         with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
-            runs = run_calibration(args.repeat, hz, args.kvm_path, seed=args.seed, on_progress=bar.update)
-        profile = make_profile(runs, hz, plat, kernel)
+            cal = calibrate(args.repeat, hz, plat, kernel, args.kvm_path, seed=args.seed, on_progress=bar.update)
+        profile = cal.profile
     except KvmUnavailable as e:
         raise kvm_unavailable(e) from None
     except KvmError as e:
@@ -110,12 +110,7 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_er
     except CalibrationError as e:
         raise CliError(f"calibration: {e}", ExitCode.GUEST_FAILED) from None
     out.write(json.dumps(profile.to_json(), indent=1) + "\n")
-    q = profile.timer_latency_ns
-    n = len(q) - 1
-    sys.stdout.write(f"host profile: {path}\n{len(runs)} runs at HZ={hz} on {plat}, load average "
-                     f"{profile.loadavg[0]:.2f}; timer-to-waiter latency beyond the model's fixed steps: "
-                     f"p50 {q[n // 2] / 1000:.0f} us, p90 {q[n * 9 // 10] / 1000:.0f} us, "
-                     f"p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us\n"
+    sys.stdout.write(f"host profile: {path}\n{describe(profile, cal.runs, cal.ticks)}"
                      f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
     return 0
 

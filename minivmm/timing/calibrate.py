@@ -17,13 +17,18 @@ distribution.
 
 Right after the first memslot returns, a second registration and a third memslot: the same timer
 wait, armed after a grace period woke the caller, as a VMM's registration after a deregistration or a
-memslot change is. Such a timer fires a tick late now and then on a host whose CPUs take their ticks
-in no fixed order (see ``kernel_model.sim.Timer``); the share of those runs that took a tick longer,
-less the share of first memslots that did (late wake-ups under load, which the latency distribution
-already holds), is the profile's ``tick_slip``. Then, SRCU being idle again, the second memslot.
-Each run sleeps its random part of a jiffy before KVM_CREATE_VM, so its first registration follows
-the VM's creation at once, as a VMM's does: with the sleep between the two, the second registration's
-timers were late ten times less often on this project's host, for reasons not found.
+memslot change is. Then, SRCU being idle again, the second memslot. Each run sleeps its random part
+of a jiffy before KVM_CREATE_VM, so its first registration follows the VM's creation at once, as a
+VMM's does.
+
+How the CPUs ticked. Any of these timers can fire a tick after its bucket (``kernel_model.tick``
+says when). Where tracefs can be used, the calibration traces the CPUs' tick handlers, their tick
+stops and the timers themselves (``minivmm.timing.ticktrace``): the profile then records the
+measured :class:`kernel_model.tick.TickEnvironment` (how often the other CPU ticked and for how long,
+whether the caller's CPU kept its tick through a wait, whose handler ran first, which CPU the caller
+was on), and a timer that fired a tick late has that tick taken out of its latency (the model makes
+the slip itself). Without tracefs the profile says the ticks were not measured, and the model's host
+is a quiet one (no slip; a late timer's whole delay stays in the latency distribution).
 
 The tick grid is not known to user space; it is found from the runs themselves: with the true grid,
 no run's memslot returns before its timer's tick, and a grid shifted either way puts the runs that
@@ -40,10 +45,12 @@ after it (:func:`resolved_latency`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +63,7 @@ from kernel_model.profile import HostProfile, quantile_points
 from kernel_model.sim import NSEC_PER_SEC, Sim
 from kernel_model.tick import TickEnvironment
 from kernel_model.variants import get_variant
+from minivmm.timing.ticktrace import TickRecord, TickTracer, TimerFate, tick_environment, timer_fates
 
 #: Offsets tried when searching for the tick grid (ns).
 GRID_STEP_NS = 2_000
@@ -199,44 +207,43 @@ def resolved_latency(t_reg: int, t_reg_end: int, t_end: int, tick_ns: int, grid:
     return None
 
 
-def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: TickGrid | None = None) -> list[int]:
+def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: TickGrid | None = None,
+                    late_ticks: list[int] | None = None) -> list[int]:
     """Per run, the latency beyond the model's fixed chain (>= 0), each from the tick its timer fired on
-    (:func:`resolved_latency`). ``grid``: the tick grid, if already estimated."""
+    (:func:`resolved_latency`). ``grid``: the tick grid, if already estimated. ``late_ticks``: per run,
+    the ticks its timer was traced firing after its bucket, which the model makes itself and so are
+    not latency."""
     tick = NSEC_PER_SEC // hz
     if grid is None:
         grid = estimate_tick_grid(runs, hz)
     out = []
-    for r in runs:
+    for i, r in enumerate(runs):
         lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
         if lat is not None:
-            out.append(max(0, lat - chain_ns))
+            late = late_ticks[i] if late_ticks is not None else 0
+            out.append(max(0, lat - late * tick - chain_ns))
     return out
 
 
-def tick_slip(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None) -> float:
-    """The share of second registrations whose timer fired a tick late: third memslots that returned
-    more than half a tick after their timer's tick, less the share of first memslots that did (late
-    wake-ups under load, which the latency distribution already holds). ``grid``: the tick grid, if
-    already estimated."""
+def late_shares(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None) -> tuple[float, float]:
+    """The shares of first and of second registrations whose memslot returned more than half a tick
+    after their timer's bucket, as user space sees them (a tick slip, or a late wake-up)."""
     tick = NSEC_PER_SEC // hz
     if grid is None:
         grid = estimate_tick_grid(runs, hz)
 
-    def late_share(waits: list[tuple[int, int, int]]) -> float:
-        """Of the waits the grid can place (the latency is not None), the share over half a tick late."""
+    def share(waits: list[tuple[int, int, int]]) -> float:
         lats = [lat for w in waits if (lat := resolved_latency(*w, tick, grid)) is not None]
         return sum(lat > tick // 2 for lat in lats) / len(lats) if lats else 0.0
 
-    second = [(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in runs if r.t_reg2_ns]
-    if not second:
-        return 0.0
-    share_first = late_share([(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs])
-    return round(max(0.0, late_share(second) - share_first), 4)
+    return (share([(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs]),
+            share([(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in runs if r.t_reg2_ns]))
 
 
 def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int | None = None,
                     on_progress: Callable[[int], None] | None = None) -> list[CalibrationRun]:
-    """``repeat`` runs on real KVM (see the module docstring), each in a fresh VM."""
+    """``repeat`` runs on real KVM (see the module docstring), each in a fresh VM, by this thread
+    (which the tick trace follows)."""
     from minivmm.kvm.memory import GuestMemory
     from minivmm.kvm.system import Kvm
     from minivmm.kvm.uapi import lib
@@ -272,10 +279,48 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
     return runs
 
 
-def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str) -> HostProfile:
-    """The host profile of these runs."""
+@dataclass(frozen=True)
+class TickMeasurement:
+    """What the tick trace of a calibration found: the environment, each run's two timers' fates, and
+    why there is none (tracefs not usable here) when ``env`` is None."""
+
+    env: TickEnvironment | None
+    first: list[TimerFate | None]
+    second: list[TimerFate | None]
+    why_not: str = ""
+
+
+def measure_ticks(runs: list[CalibrationRun], record: TickRecord | None, tid: int, nr_cpus: int,
+                  why_not: str = "") -> TickMeasurement:
+    """The tick environment and each run's timers' fates from the trace ``record`` of these runs (made by
+    thread ``tid``); an empty measurement saying ``why_not`` without one."""
+    if record is None:
+        return TickMeasurement(None, [None] * len(runs), [None] * len(runs), why_not or "not traced")
+    fates = timer_fates(record, tid, nr_cpus)
+    armed = [f.armed_ns for f in fates]
+
+    def fate_in(start: int, end: int) -> TimerFate | None:
+        i = bisect.bisect_left(armed, start)
+        return fates[i] if i < len(fates) and armed[i] <= max(start, end) else None
+
+    first = [fate_in(r.t_reg_ns, r.t_reg_end_ns) for r in runs]
+    second = [fate_in(r.t_reg2_ns, r.t_reg2_end_ns) if r.t_reg2_ns else None for r in runs]
+    pairs = [(f, (r.t_reg_end_ns, r.t_end_ns)) for f, r in zip(first, runs) if f is not None]
+    pairs += [(f, (r.t_reg2_end_ns, r.t_end2_ns)) for f, r in zip(second, runs) if f is not None]
+    if not pairs:
+        return TickMeasurement(None, first, second, "no calibration timer was traced")
+    env = tick_environment(record, [f for f, _ in pairs], nr_cpus, [w for _, w in pairs])
+    return TickMeasurement(env, first, second)
+
+
+def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str,
+                 ticks: TickMeasurement | None = None) -> HostProfile:
+    """The host profile of these runs, with the measured tick environment when the ticks were traced."""
     grid = estimate_tick_grid(runs, hz)  # a search over the whole jiffy: once for both uses
-    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), grid)
+    late = None
+    if ticks is not None and ticks.env is not None:
+        late = [f.late_ticks or 0 if f is not None else 0 for f in ticks.first]
+    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), grid, late)
     idle = model_idle_sync_ns(hz, platform)
     wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -283,5 +328,82 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
         load = os.getloadavg()
     except OSError:
         load = (0.0, 0.0, 0.0)
+    env, how = (ticks.env, "tracefs") if ticks is not None and ticks.env is not None else (TickEnvironment(), "")
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
-                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else ())
+                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (), env, how)
+
+
+class Calibration(NamedTuple):
+    """A calibration's runs, what the tick trace found, and the profile made of them."""
+
+    runs: list[CalibrationRun]
+    ticks: TickMeasurement
+    profile: HostProfile
+
+
+def calibrate(repeat: int, hz: int, platform: str, kernel: str, kvm_path: str = "/dev/kvm",
+              seed: int | None = None, on_progress: Callable[[int], None] | None = None,
+              trace_ticks: bool = True) -> Calibration:
+    """``repeat`` calibration runs, their ticks traced where tracefs can be used (``trace_ticks``), and
+    the profile of them."""
+    tracer = TickTracer(NSEC_PER_SEC // hz)
+    if not trace_ticks:
+        tracer.why_not = "not asked to"
+
+    def progress(done: int) -> None:
+        tracer.poll()
+        if on_progress:
+            on_progress(done)
+
+    with tracer if trace_ticks else contextlib.nullcontext():
+        runs = run_calibration(repeat, hz, kvm_path, seed, progress)
+    ticks = measure_ticks(runs, tracer.record, threading.get_native_id(), os.cpu_count() or 1, tracer.why_not)
+    return Calibration(runs, ticks, make_profile(runs, hz, platform, kernel, ticks))
+
+
+def model_late_shares(env: TickEnvironment, hz: int, platform: str, runs: int = 2000, seed: int = 0) -> \
+        tuple[float, float]:
+    """The shares of the calibration's first and second timers the model makes fire a tick late with
+    the tick environment ``env`` (``runs`` model runs of the calibration's steps)."""
+    rng = random.Random(seed)
+    late = [0, 0]
+    for _ in range(runs):
+        sim = Sim(hz, rng.random(), Costs(cpus=env), rng)
+        kvm = KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
+        for i, addr in enumerate((0xD0000050, 0xD0000060)):
+            before = sim.ticks.slips
+            kvm.ioeventfd(addr, 4, 0)
+            kvm.set_user_memory_region(2 * i, (2 * i) << 32, MEMSLOT_SIZE)
+            late[i] += sim.ticks.slips > before
+    return late[0] / runs, late[1] / runs
+
+
+def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasurement) -> str:
+    """What ``timing --calibrate`` prints about a new profile (after its path), ending in a newline."""
+    q = profile.timer_latency_ns
+    n = len(q) - 1
+    first, second = late_shares(runs, profile.hz)
+    lines = [f"{len(runs)} runs at HZ={profile.hz} on {profile.platform}, load average {profile.loadavg[0]:.2f}; "
+             f"timer-to-waiter latency beyond the model's fixed steps: p50 {q[n // 2] / 1000:.0f} us, "
+             f"p90 {q[n * 9 // 10] / 1000:.0f} us, p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us",
+             f"memslots more than half a tick late: {first:.1%} after the first registration, "
+             f"{second:.1%} after the second"]
+    env = ticks.env
+    if env is None:
+        lines.append(f"the CPUs' ticks were not measured ({ticks.why_not}): the model takes the host as quiet "
+                     "(no timer slips a tick)")
+    else:
+        traced = [[f for f in fates if f is not None and f.late_ticks is not None]
+                  for fates in (ticks.first, ticks.second)]
+        slipped = [[f for f in fates if f.late_ticks] for fates in traced]
+        allowed = sum(f.rule_allows_slip for fates in slipped for f in fates)
+        model = model_late_shares(env, profile.hz, profile.platform)
+        lines.append(f"ticks (tracefs): the other CPU ticked at {env.other_tick_share:.0%} of the ticks (stayed "
+                     f"ticking {env.other_tick_persist:.0%}), the caller's CPU kept its tick through "
+                     f"{env.caller_keeps_tick:.0%} of the waits and ran its handler first at "
+                     f"{env.caller_tick_first:.0%} of the ticks both ran ({env.caller_first_persist:.0%} again at "
+                     f"the next), was the boot CPU in {env.caller_on_boot_cpu:.0%} of the runs")
+        lines.append(f"timers a tick late (traced): {len(slipped[0])} of {len(traced[0])} first, {len(slipped[1])} of "
+                     f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip); "
+                     f"the model with these ticks: {model[0]:.1%} first, {model[1]:.1%} second")
+    return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.tracefs import Instance, Record, TracefsUnavailable
+from minivmm.tracefs import Instance, Record, TracefsUnavailable, function_filter, kernel_addresses
 
 TIMER_START, TIMER_EXPIRE = "timer/timer_start", "timer/timer_expire_entry"
 QUEUE, EXECUTE = "workqueue/workqueue_queue_work", "workqueue/workqueue_execute_start"
@@ -38,26 +38,6 @@ _QUEUED_WITHIN_NS = 1_000_000
 #: A call that waited for a grace period returns soon after process_srcu ends it (the waiter is woken).
 WOKEN_WITHIN_NS = 1_000_000
 BUFFER_KB_PER_CPU = 1024
-
-
-def _function_filter(functions: list[str], kallsyms: dict[str, int] | None) -> str:
-    if kallsyms is None:
-        return " || ".join(f"function.function == {f}" for f in functions)
-    return " || ".join(f"function == {kallsyms[f]:#x}" for f in functions)
-
-
-def _kallsyms(names: set[str]) -> dict[str, int] | None:
-    """Addresses of ``names`` from /proc/kallsyms; None where they are hidden (kptr_restrict) or missing."""
-    found: dict[str, int] = {}
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in names and parts[2] not in found:
-                    found[parts[2]] = int(parts[0], 16)
-    except OSError:
-        return None
-    return found if len(found) == len(names) and all(found.values()) else None
 
 
 def arm(inst: Instance) -> None:
@@ -72,15 +52,15 @@ def arm(inst: Instance) -> None:
             raise TracefsUnavailable(f"the kernel has no {event.replace('/', ':')} tracepoint")
     try:
         for event, (fields, functions) in spec.items():
-            inst.enable(event, fields, filter=_function_filter(functions, None))
+            inst.enable(event, fields, filter=function_filter(functions, None))
     except TracefsUnavailable:
         # Older kernels have no .function modifier: the same filters with the functions' addresses.
-        symbols = _kallsyms({f for _, functions in spec.values() for f in functions})
+        symbols = kernel_addresses({f for _, functions in spec.values() for f in functions})
         if symbols is None:
             raise TracefsUnavailable("the filters cannot name kernel functions here (no .function modifier, "
                                      "and /proc/kallsyms hides addresses)") from None
         for event, (fields, functions) in spec.items():
-            inst.enable(event, fields, filter=_function_filter(functions, symbols))
+            inst.enable(event, fields, filter=function_filter(functions, symbols))
     inst.start(clock="mono", buffer_kb=BUFFER_KB_PER_CPU, overwrite=False)
 
 
