@@ -34,14 +34,39 @@ def _kvm_unusable_reason(path: str = DEFAULT_DEVICE_PATH) -> str | None:
 KVM_SKIP_REASON = _kvm_unusable_reason()
 
 
+def _tracefs_unusable_reason() -> str | None:
+    """Why the ``tracefs``-marked tests cannot run here (None: they can): a private instance with the
+    timer tracepoints the tick trace records."""
+    if os.geteuid() != 0:
+        return "tracefs needs root"
+    from minivmm.tracefs import Session, TracefsUnavailable
+    from minivmm.timing import ticktrace
+    try:
+        with Session.open() as session:
+            inst = session.instance("probe")
+            missing = [e for e in (ticktrace.HRTIMER, ticktrace.TICK_STOP, ticktrace.TIMER_START,
+                                   ticktrace.TIMER_EXPIRE) if not inst.has_event(e)]
+            if missing:
+                return f"no {', '.join(missing)} tracepoint"
+    except (TracefsUnavailable, OSError) as e:
+        return str(e)
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip every ``kvm``-marked test where /dev/kvm is unusable."""
-    if KVM_SKIP_REASON is None:
-        return
-    skip = pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_SKIP_REASON}")
-    for item in items:
-        if "kvm" in item.keywords:
-            item.add_marker(skip)
+    """Skip every ``kvm``-marked test where /dev/kvm is unusable, and every ``tracefs``-marked one where
+    tracefs is (asked only when such a test was collected)."""
+    if KVM_SKIP_REASON is not None:
+        skip = pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_SKIP_REASON}")
+        for item in items:
+            if "kvm" in item.keywords:
+                item.add_marker(skip)
+    traced = [item for item in items if "tracefs" in item.keywords]
+    if traced:
+        reason = _tracefs_unusable_reason()
+        if reason is not None:
+            for item in traced:
+                item.add_marker(pytest.mark.skip(reason=f"needs tracefs: {reason}"))
 
 
 @pytest.fixture

@@ -244,3 +244,49 @@ def test_the_first_lapic_less_vcpu_pays_the_static_key_patch_and_only_it():
     assert _vcpu_costs("pvm", irqchip=False) == [c.create_vcpu + c.static_key_enable, c.create_vcpu, c.create_vcpu]
     assert _vcpu_costs("pvm", irqchip=True) == [c.create_vcpu] * 3  # the LAPIC is in the kernel: no key
     assert _vcpu_costs("arm64", irqchip=False) == [c.create_vcpu] * 3  # an x86 key
+
+
+# --- srcu_should_expedite() and the callback-delay timer ------------------------------------------------
+
+def _srcu(caller_on_boot_cpu: float):
+    from kernel_model.costs import Costs
+    from kernel_model.tick import TickEnvironment
+    return srcutree.SrcuStruct(Sim(250, 0.3, Costs(cpus=TickEnvironment(caller_on_boot_cpu=caller_on_boot_cpu))))
+
+
+def test_should_expedite_sees_only_the_calling_cpus_callbacks():
+    # SMALL: every callback is on the boot CPU's srcu_data; srcu_should_expedite() looks at the calling
+    # CPU's own, so a caller on another CPU does not see them (the later checks decide then).
+    for on_boot, sees in ((1.0, True), (0.0, False)):
+        ssp = _srcu(on_boot)
+        ssp.sim.run_until(1_000_000)  # past exp_holdoff
+        srcutree.call_srcu(ssp, lambda: None)
+        ssp.srcu_gp_seq_needed = ssp.srcu_gp_seq  # leave only the callback list to decide
+        assert srcutree.srcu_should_expedite(ssp) is (not sees)
+
+
+def test_should_expedite_refuses_after_fast_readers_on_the_calling_cpu():
+    ssp = _srcu(1.0)
+    ssp.sim.run_until(1_000_000)
+    assert srcutree.srcu_should_expedite(ssp)
+    idx = srcutree.srcu_read_lock(ssp, srcutree.SRCU_READ_FLAVOR_FAST)
+    srcutree.srcu_read_unlock(ssp, idx)
+    assert not srcutree.srcu_should_expedite(ssp)
+
+
+def test_the_callback_delay_timer_slips_too():
+    # A normal grace period's callbacks wait on sdp->delay_work (srcu_schedule_cbs_sdp(sdp, 1)): a
+    # timer-wheel timer on the CPU that ended the grace period, which slips like process_srcu's.
+    from kernel_model.costs import Costs
+    from kernel_model.tick import TickEnvironment
+    times = []
+    for env in (TickEnvironment(), TickEnvironment(other_tick_share=1.0, other_tick_persist=1.0,
+                                                   other_holds_duty=1.0, caller_keeps_tick=1.0,
+                                                   caller_tick_first=1.0, caller_first_persist=1.0)):
+        ssp = srcutree.SrcuStruct(Sim(250, 0.3, Costs(cpus=env)))
+        ran: list[int] = []
+        srcutree.call_srcu(ssp, lambda s=ssp, r=ran: r.append(s.sim.now))
+        ssp.sim.wait_for(lambda r=ran: bool(r), "the callback")
+        times.append((ran[0], ssp.sim.ticks.slips))
+    (quiet, _), (slipping, slips) = times
+    assert slips == 2 and slipping - quiet == 2 * 4_000_000  # process_srcu's timer, then the delay timer
