@@ -10,16 +10,18 @@ after the tick: the timer softirq, the kworker getting a CPU, the grace-period s
 work, the wake-up. Subtracting the steps the model already counts (its chain with a zero timer latency)
 leaves the timer latency the profile records.
 
-Then, in the same VM and after the steps of the next paragraph, a second memslot: SRCU is idle, so
-its expedited grace period needs no timer; its duration beyond the model's (the kworker and the
-waiter getting a CPU) is the wake-up latency of a wait no timer ended, the profile's second
-distribution.
+Before that, right after KVM_CREATE_VM, a memslot on the new VM's idle srcu_struct: its expedited
+grace period needs no timer; its duration beyond the model's (the kworker and the waiter getting a
+CPU) is the wake-up latency of a wait no timer ended, the profile's second distribution. It is taken
+where most such waits of a set-up are (a VM's KVM_CREATE_IRQCHIP, its first memslots, a deassign with
+nothing pending): with no grace period's callbacks still queued ahead of it. Taken right after a
+timer-ended grace period instead, it waited behind that grace period's callbacks on the boot CPU, and
+under load its tail ran to milliseconds that a VM's first waits do not show.
 
-Right after the first memslot returns, a second registration and a third memslot: the same timer
-wait, armed after a grace period woke the caller, as a VMM's registration after a deregistration or a
-memslot change is. Then, SRCU being idle again, the second memslot. Each run sleeps its random part
-of a jiffy before KVM_CREATE_VM, so its first registration follows the VM's creation at once, as a
-VMM's does.
+Right after the first timer-ended memslot returns, a second registration and a third memslot: the
+same timer wait, armed after a grace period woke the caller, as a VMM's registration after a
+deregistration or a memslot change is. Each run sleeps its random part of a jiffy before
+KVM_CREATE_VM.
 
 How the CPUs ticked. Any of these timers can fire a tick after its bucket (``kernel_model.tick``
 says when). Where tracefs can be used, the calibration traces the CPUs' tick handlers, their tick
@@ -80,7 +82,7 @@ class CalibrationRun:
 
     t_reg_ns: int
     t_end_ns: int
-    #: The second memslot's duration (an expedited grace period on an idle srcu_struct); 0 if not taken.
+    #: The VM's first memslot's duration (an expedited grace period on an idle srcu_struct); 0 if not taken.
     idle_sync_ns: int = 0
     #: The second registration (right after the first memslot) and the third memslot's return; 0 if
     #: not taken.
@@ -110,10 +112,9 @@ def model_chain_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
 
 
 def model_idle_sync_ns(hz: int, platform: str, costs: Costs | None = None) -> int:
-    """The model's duration of the second memslot (an expedited grace period on an idle srcu_struct)."""
+    """The model's duration of the VM's first memslot (an expedited grace period on an idle
+    srcu_struct)."""
     sim, kvm = _zero_latency_model(hz, platform, costs)
-    kvm.ioeventfd(0xD0000050, 4, 0)
-    kvm.set_user_memory_region(0, 0, MEMSLOT_SIZE)
     t0 = sim.now
     kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
     return sim.now - t0
@@ -262,6 +263,9 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 stack.callback(os.close, efd)
                 time.sleep(rng.random() / hz)
                 vm = stack.enter_context(kvm.create_vm())
+                t_idle = time.monotonic_ns()
+                vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
+                idle_sync = time.monotonic_ns() - t_idle
                 t_reg = time.monotonic_ns()
                 vm.register_ioevent(IoEvent(0xD0000050, 4, efd, 0, False))
                 t_reg_end = time.monotonic_ns()
@@ -271,9 +275,7 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 t_reg2_end = time.monotonic_ns()
                 vm.set_user_memory_region(2, 0x200000000, MEMSLOT_SIZE, mem3.host_addr)
                 t_end2 = time.monotonic_ns()
-                vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
-                runs.append(CalibrationRun(t_reg, t_end, time.monotonic_ns() - t_end2, t_end, t_end2,
-                                           t_reg_end, t_reg2_end))
+                runs.append(CalibrationRun(t_reg, t_end, idle_sync, t_end, t_end2, t_reg_end, t_reg2_end))
             if on_progress:
                 on_progress(i + 1)
     return runs
@@ -370,6 +372,7 @@ def model_late_shares(env: TickEnvironment, hz: int, platform: str, runs: int = 
     for _ in range(runs):
         sim = Sim(hz, rng.random(), Costs(cpus=env), rng)
         kvm = KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
+        kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
         for i, addr in enumerate((0xD0000050, 0xD0000060)):
             before = sim.ticks.slips
             kvm.ioeventfd(addr, 4, 0)
