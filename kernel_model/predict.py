@@ -131,7 +131,8 @@ class PhaseInterpolant:
     start before any of its ``jiffies`` reads (or an order it relied on) would change.
 
     The phases are swept class by class: a run at a class's first phase says where the class ends,
-    which is where a duration jumps by a jiffy (a timer moving to the next tick). Within a class the
+    which is where a duration jumps by a jiffy (a timer moving to the next tick); a class narrower than
+    the resolution is taken to run to the end of the jiffy, and halving does the rest. Within a class the
     durations are linear but for what the slack does not announce (the order of two events a few µs
     apart, see ``kernel_model.sim``): a class whose middle lies off the line through its ends (by more
     than ``tolerance``) is halved until it does, or until a piece is narrower than
@@ -147,7 +148,10 @@ class PhaseInterpolant:
         a = 0
         while a < tick_ns:
             fa, slack = self._ev(a)
-            nxt = min(tick_ns, a + max(slack, 1))
+            # A class narrower than the resolution says little (a run that reads jiffies in many places,
+            # one grace period after another, always has a read near some tick): halving finds what
+            # matters in it instead.
+            nxt = tick_ns if slack < self.resolution else min(tick_ns, a + slack)
             b = nxt - 1
             self._refine(a, fa, b, self._ev(b)[0], segments)
             a = nxt

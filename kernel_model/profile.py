@@ -16,7 +16,7 @@ The file is JSON::
      "ticks": {"nr_cpus": 2,                      # how the CPUs ticked (kernel_model.tick.TickEnvironment)
                "caller_on_boot_cpu": 0.5, "caller_keeps_tick": 0.4, "other_tick_share": 0.3,
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
-               "measured_with": "tracefs"}}       # or "slip shares" (fitted, no tracefs)
+               "measured_with": "tracefs"}}       # or "" (not measured: no tracefs; a quiet host)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -89,8 +89,8 @@ class HostProfile:
     wakeup_latency_ns: tuple[int, ...] = ()
     #: How the host's CPUs ticked during the calibration (``Costs.cpus``).
     ticks: TickEnvironment = TickEnvironment()
-    #: How ``ticks`` was measured: "tracefs" (the tick handlers traced), "slip shares" (fitted to the
-    #: shares of the calibration's timers that fired a tick late), or "" (not measured: a quiet host).
+    #: How ``ticks`` was measured: "tracefs" (the tick handlers traced), or "" (not measured: the
+    #: defaults, a quiet host).
     ticks_measured_with: str = ""
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:

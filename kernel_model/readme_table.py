@@ -59,8 +59,8 @@ def _within(value_s: float, st: dict[str, float]) -> str:
         return "yes: inside the range the tick phase gives"
     side = "above" if us > st["max"] else "below"
     gap = us - st["max"] if us > st["max"] else st["min"] - us
-    return (f"**no**: {_ms(gap)} {side} the model's range; the fixed wake-up cost cannot produce it, "
-            "a host profile's wake-up latency distribution can (`--profile`)")
+    return (f"**no**: {_ms(gap)} {side} the model's range; a quiet host's timers and fixed wake-up cannot "
+            "produce it, a host profile's ticks (a timer a tick late) and wake-up latencies can (`--profile`)")
 
 
 def _fixed(value_s: float, st: dict[str, float]) -> str:

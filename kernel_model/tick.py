@@ -64,6 +64,16 @@ HISTORY_TICKS = 16
 NEVER = -(1 << 62)
 
 
+def two_state_next(share: float, persist: float, was: bool) -> float:
+    """P(on at the next step | on (``was``) or off at this one) in the two-state chain that stays on with
+    ``persist`` and is on ``share`` of the time."""
+    if was:
+        return persist
+    if share >= 1.0:
+        return 1.0
+    return min(1.0, share * (1.0 - persist) / (1.0 - share))
+
+
 class TickEnvironment(NamedTuple):
     """What the host's other tasks do to the CPUs' ticks, per tick (a host profile measures it).
 
@@ -107,24 +117,12 @@ class TickEnvironment(NamedTuple):
                 and self.caller_on_boot_cpu in (0.0, 1.0))
 
     def other_tick_after(self, ticked: bool) -> float:
-        """P(another CPU ticks at the next tick | it ticked (or not) at this one): the two-state chain
-        whose stationary share is ``other_tick_share``."""
-        share, persist = self.other_tick_share, self.other_tick_persist
-        if ticked:
-            return persist
-        if share >= 1.0:
-            return 1.0
-        return min(1.0, share * (1.0 - persist) / (1.0 - share))
+        """P(another CPU ticks at the next tick | it ticked (or not) at this one)."""
+        return two_state_next(self.other_tick_share, self.other_tick_persist, ticked)
 
     def caller_first_after(self, was_first: bool) -> float:
-        """P(the caller CPU's handler runs first | it ran first (or not) at the last tick both ran):
-        the two-state chain whose stationary share is ``caller_tick_first``."""
-        q, persist = self.caller_tick_first, self.caller_first_persist
-        if was_first:
-            return persist
-        if q >= 1.0:
-            return 1.0
-        return min(1.0, q * (1.0 - persist) / (1.0 - q))
+        """P(the caller CPU's handler runs first | it ran first (or not) at the last tick both ran)."""
+        return two_state_next(self.caller_tick_first, self.caller_first_persist, was_first)
 
     def check(self) -> None:
         """ValueError naming the first field out of range."""
