@@ -48,12 +48,12 @@ LVL_CLK_SHIFT = 3
 LVL_BITS = 6
 LVL_SIZE = 1 << LVL_BITS
 LVL_DEPTH = 9
-#: How the caller pauses between steps, as ``minivmm timing``'s runner does (and so the host runs the
-#: model's sequences): a pause longer than CALLER_SLEEPS_ABOVE_NS sleeps all but its last
-#: CALLER_SPIN_NS and spins those (a sleep alone overshoots); a shorter one spins throughout. Sleeping,
-#: the caller's CPU is idle; spinning, it is busy.
-CALLER_SLEEPS_ABOVE_NS = 300_000
-CALLER_SPIN_NS = 200_000
+#: How the caller pauses between steps, the one rule for the model, ``minivmm timing``'s runner and
+#: ``minivmm repro``'s C harness: a pause longer than SLEEP_ABOVE_NS sleeps all but its last
+#: SPIN_LAST_NS and spins those (a sleep wakes up tens of µs late); a shorter one spins throughout.
+#: Sleeping, the caller's CPU is idle; spinning, it is busy.
+SLEEP_ABOVE_NS = 300_000
+SPIN_LAST_NS = 200_000
 
 
 class ModelError(RuntimeError):
@@ -192,12 +192,12 @@ class Sim:
 
     def pause(self, ns: int) -> None:
         """The caller's pause before a step: it sleeps (its CPU idle) and spins the last stretch, as
-        ``minivmm timing``'s runner does (see CALLER_SLEEPS_ABOVE_NS). The pause itself is exact."""
+        ``minivmm timing``'s runner does (see SLEEP_ABOVE_NS). The pause itself is exact."""
         if ns <= 0:
             return
-        if ns > CALLER_SLEEPS_ABOVE_NS:
+        if ns > SLEEP_ABOVE_NS:
             self.ticks.caller_busy(self.now, False)
-            self.ticks.caller_busy(self.now + ns - CALLER_SPIN_NS, True)
+            self.ticks.caller_busy(self.now + ns - SPIN_LAST_NS, True)
         self.run_until(self.now + ns)
 
     def timer_latency(self) -> int:

@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kernel_model.sequences import Sequence, validate
+from kernel_model.sim import SLEEP_ABOVE_NS, SPIN_LAST_NS
 from minivmm.kvm.system import Kvm
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.timing.host_ops import HostState, SequenceUnrunnable, host_step
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
-__all__ = ["MeasurementInterrupted", "Repetition", "SequenceRunner", "SequenceUnrunnable", "check_runnable",
+__all__ = ["SLEEP_ABOVE_NS", "SPIN_LAST_NS", "MeasurementInterrupted", "Repetition", "SequenceRunner",
+           "SequenceUnrunnable", "check_runnable",
            "measure"]
 
 
@@ -46,10 +48,9 @@ class MeasurementInterrupted(KeyboardInterrupt):
         self.overhead = overhead
 
 
-#: A gap longer than this is slept in part (ns); the last SPIN_LAST_NS of it are always spun, since a
-#: sleep wakes up tens of microseconds late. ``minivmm repro``'s C harness pauses by the same rule.
-SLEEP_ABOVE_NS = 300_000
-SPIN_LAST_NS = 200_000
+#: The pause rule (a gap longer than SLEEP_ABOVE_NS is slept but for its last SPIN_LAST_NS, which are
+#: spun) is the model's (kernel_model.sim), which puts the caller's CPU idle and busy the same way;
+#: ``minivmm repro``'s C harness pauses by it too.
 
 
 def _wait_until(t_ns: int) -> None:
