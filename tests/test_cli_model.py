@@ -146,3 +146,23 @@ def test_sequence_files_that_cannot_be_read_are_one_line_at_the_cli(tmp_path, ca
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("minivmm: error: ") and fragment in lines[0], lines
         assert "Traceback" not in proc.stderr and "SECRETHASH" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("text,bound", [
+    ("create_vm\nsleep 3601s\nmemslot slot=0 base=0 size=2M\n", "its pauses add up to more than 3600 s"),
+    ("create_vm\n" + "".join(f"vcpu id={i}\n" for i in range(1025)), "more than 1024 vCPUs"),
+])
+def test_a_sequence_past_the_models_bounds_is_one_line_and_exit_2(tmp_path, text, bound):
+    f = tmp_path / "big.seq"
+    f.write_text(text)
+    for command in (("model",), ("timing", "-r", "1")):  # timing refuses it before opening /dev/kvm
+        proc = run_cli(*command, "-s", str(f))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("minivmm: error:") and bound in proc.stderr
+
+
+def test_the_step_bound_is_checked_before_any_work():
+    from kernel_model.sequences import MAX_STEPS, Sequence, SequenceError, Step, check_bounds
+    steps = (Step("create_vm"),) + tuple(Step("ioeventfd", {"addr": 16 * i, "len": 4}) for i in range(MAX_STEPS))
+    with pytest.raises(SequenceError, match=f"the model takes at most {MAX_STEPS}"):
+        check_bounds(Sequence("big", "", steps))
