@@ -18,6 +18,8 @@ The names an emitter may use are the harness's, and these only (a test builds ev
   then started in a thread of its own; ``first_run`` returns, in ns, its first KVM_RUN until the first
   exit (needs "vcpu_thread");
 - ``pause_ns(ns)``: spin for ``ns`` and return the pause as measured (needs "pause");
+- ``destroy_vm(vm)``: the vCPU threads stopped and their fds closed, then the VM fd's close() timed
+  beside the call, its duration returned in ns (needs "teardown");
 - ``die(fmt, ...)``: one line, and the program ends; ``LOOP_ADDR``: :data:`kernel_model.ops.LOOP_ADDR`.
 
 :class:`CNames` mirrors, at generation time, what ``minivmm.timing.host_ops.HostState`` keeps while
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kernel_model.kvm_uapi import Field, flag_names
 
 if TYPE_CHECKING:
-    from kernel_model.ops import Args, IoctlCall
+    from kernel_model.ops import Args, CloseCall, IoctlCall
 
 #: What identifies an ioeventfd to KVM (addr, len, datamatch, pio): a deassign must give it again.
 IoeventKey = tuple[int, int, int | None, bool]
@@ -153,6 +155,15 @@ def c_call(call: IoctlCall, names: CNames, fields: Mapping[str, str] | None = No
         return CStep(names.fd(call.role), call.request, "&arg", (decl, *setup), after, needs=needs)
     arg = "0" if call.arg is None else c_hex(call.arg) + ("UL" if 1 << 31 <= call.arg < 1 << 32 else "")
     return CStep(names.fd(call.role), call.request, arg, setup, after, needs=needs)
+
+
+def c_close(call: CloseCall, names: CNames) -> CStep:
+    """The C of a close() (the teardown's: the VM fd's, after every vCPU's): the harness's
+    ``destroy_vm()`` does it and times it; the fd it closed names the step's strace line."""
+    if call.role != "vm" or call.after != ("vcpu",):
+        raise ValueError(f"the harness closes the VM fd after its vCPU fds, not {call.role} after {call.after}")
+    return CStep("vm_fd_closed", "close", setup=(f"int vm_fd_closed = {names.fd(call.role)};",),
+                 timed_by="destroy_vm(vm)", needs=("teardown",))
 
 
 def c_ioctl(a: Args, call: IoctlCall, names: CNames) -> CStep:

@@ -24,7 +24,7 @@ from kernel_model.costs import Costs
 from kernel_model.kvm_main import KvmModel
 from kernel_model.predict import Prediction, phase_deterministic, predict, simulate_once
 from kernel_model.sequences import Sequence, step_name, step_number, validate
-from kernel_model.srcutree import GracePeriod, SrcuStruct, SrcuWait
+from kernel_model.srcutree import RCU_SEQ_STATE_MASK, GracePeriod, SrcuStruct, SrcuWait
 
 #: Tick phases at which the attribution is taken.
 ATTRIBUTION_PHASES = 32
@@ -48,24 +48,41 @@ def _ended_during(ssp: SrcuStruct, w: SrcuWait) -> list[GracePeriod]:
     return [g for g in ssp.grace_periods if g.end is not None and w.start < g.end <= w.end]
 
 
+def _gp_wait(ssp: SrcuStruct, w: SrcuWait, gp_seq: int) -> GpWait | None:
+    """Wait ``w`` as a wait for the grace period that ends at sequence ``gp_seq`` (None: nobody that
+    is a step asked for it)."""
+    req = ssp.gp_requests.get(gp_seq)
+    if req is None or not isinstance(req.caller, int):
+        return None
+    return GpWait(ssp.name, w.call, w.end - w.start, "expedited" if req.expedited else "normal", req.caller,
+                  req.call, w.start - req.time, req.caller != w.caller)
+
+
+def _waited_for(ssp: SrcuStruct, w: SrcuWait) -> list[GpWait]:
+    """The grace periods one blocking wait waited for: every one that ended during a synchronize;
+    for an ``srcu_barrier()`` (the teardown), the grace period of the last queued callback, whose
+    callbacks it waited for, whether that grace period ended during the wait or before it (then only
+    the callback delay was left)."""
+    if w.call == "srcu_barrier":
+        gp_seqs = [w.seq]
+    else:
+        gp_seqs = [(g.seq | RCU_SEQ_STATE_MASK) + 1 for g in _ended_during(ssp, w)]
+    return [found for s in gp_seqs if (found := _gp_wait(ssp, w, s)) is not None]
+
+
 def attribute(kvm: KvmModel, step: int) -> GpWait | None:
     """The grace period step ``step`` waited for in this run (None: it blocked on none). A grace period
     requested by an earlier step and still running when the step began waiting comes first (the
-    oldest such one: the step could not be done before it ended); else the step's own longest wait."""
+    oldest such one: the step could not be done before it ended); else the step's own longest wait.
+    A teardown's ``srcu_barrier()`` waited for the callbacks of the last queued callback's grace period."""
     best: tuple[tuple[int, int], GpWait] | None = None
     for ssp in (kvm.srcu, kvm.irq_srcu):
         for w in ssp.waits:
             if w.caller != step:
                 continue
-            for g in _ended_during(ssp, w):
-                req = g.request
-                if req is None or not isinstance(req.caller, int):
-                    continue
-                transferred = req.caller != step
-                found = GpWait(ssp.name, w.call, w.end - w.start, "expedited" if req.expedited else "normal",
-                               req.caller, req.call, w.start - req.time, transferred)
-                # Rank: transferred first, then the oldest request; own waits by their length.
-                rank = (0, req.time) if transferred else (1, -(w.end - w.start))
+            for found in _waited_for(ssp, w):
+                # Rank: transferred first, then the oldest request (its time); own waits by their length.
+                rank = (0, w.start - found.started_ns_before) if found.transferred else (1, -found.waited_ns)
                 if best is None or rank < best[0]:
                     best = (rank, found)
     return best[1] if best else None
@@ -109,7 +126,12 @@ class StepExplanation:
             return "no grace-period wait"
         assert self.waited_ns is not None and self.started_ns_before is not None
         where = "" if self.srcu == "kvm->srcu" else f" of {self.srcu}"
-        if self.transferred:
+        if self.call == "srcu_barrier":
+            starter = step_name(self.started_by_step or 0, self.started_by_label or "")
+            text = (f"srcu_barrier waited {_fmt_ns(self.waited_ns)} for the callbacks of the {self.gp_kind} grace "
+                    f"period{where} started by step {starter} ({self.started_by_call}) "
+                    f"{_fmt_ns(self.started_ns_before)} earlier")
+        elif self.transferred:
             starter = step_name(self.started_by_step or 0, self.started_by_label or "")
             text = (f"waited {_fmt_ns(self.waited_ns)} for the {self.gp_kind} grace period{where} started by "
                     f"step {starter} ({self.started_by_call}) {_fmt_ns(self.started_ns_before)} earlier")

@@ -28,7 +28,7 @@ class ViolationKind(str, enum.Enum):
     #: not hand out: a "long-term reference").
     LONG_TERM_REFERENCE = "long-term-reference"
     #: cleanup_srcu_struct() found callbacks still queued: the kernel WARNs and leaks (the syzkaller
-    #: report in Sean Christopherson's review of Aug 19 2025).
+    #: report in Sean Christopherson's review, ``variants.SRCU_BARRIER_REVIEW``).
     TEARDOWN_WITHOUT_BARRIER = "teardown-without-barrier"
     #: An SRCU callback ran after its srcu_struct was cleaned up (a use-after-free of kvm->srcu).
     CALLBACK_AFTER_CLEANUP = "callback-after-cleanup"

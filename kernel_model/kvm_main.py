@@ -202,11 +202,17 @@ class KvmModel:
     """One VM (``kvm_create_vm()``): buses, memslots, vCPUs and kvm->srcu, under a variant and platform."""
 
     def __init__(self, sim: Sim, variant: Variant, platform: Platform,
-                 checker: InvariantChecker | None = None, nr_cpu_ids: int | None = None) -> None:
+                 checker: InvariantChecker | None = None, nr_cpu_ids: int | None = None,
+                 mmu_notifier_srcu: srcutree.SrcuStruct | None = None) -> None:
         self.sim = sim
         self.costs: Costs = sim.costs
         if nr_cpu_ids is None:
             nr_cpu_ids = sim.costs.cpus.nr_cpus
+        #: mm/mmu_notifier.c's ``srcu``: one srcu_struct for the whole host, which every VM's teardown
+        #: synchronizes (mmu_notifier_unregister()). Shared between VMs that run at once (a churn of
+        #: VMs on several threads); by default this VM's own, idle as when no other VM comes and goes.
+        self.mmu_notifier_srcu = mmu_notifier_srcu or srcutree.SrcuStruct(sim, "mmu_notifier srcu",
+                                                                         nr_cpu_ids=nr_cpu_ids)
         self.variant = variant
         self.platform = platform
         self.checker = checker or InvariantChecker()
@@ -475,13 +481,37 @@ class KvmModel:
             self.catch_up_readers()
 
     def destroy_vm(self) -> None:
-        """The last reference dropped: models kvm_destroy_vm(): free the buses, then (per variant)
-        srcu_barrier(&kvm->srcu), then cleanup_srcu_struct(&kvm->srcu), whose warnings are checked."""
+        """The last reference dropped (the VM fd closed after its vCPU fds): models kvm_destroy_vm()
+        (virt/kvm/kvm_main.c, v6.18), the parts that take time:
+
+        - the vCPUs have left KVM_RUN (their fds are closed first: each holds a reference);
+        - ``Costs.destroy_vm``: everything with a fixed cost (kvm_vm_release()'s irqfd clean-up, the
+          uevent and debugfs, kvm_free_irq_routing(), kvm_io_bus_destroy() of the current buses, which
+          are freed directly, the memslots);
+        - :meth:`mmu_notifier_unregister`: a grace period of the host's one mmu-notifier srcu_struct;
+        - cleanup_srcu_struct(&kvm->irq_srcu), then srcu_barrier(&kvm->srcu): it waits until every
+          callback queued on kvm->srcu has run, the old buses a call_srcu() registration left among
+          them. It starts no grace period: it waits for the one those callbacks wait for, and then for
+          their invocation, which srcu_gp_end() puts one jiffy after the end of a normal grace period
+          (the per-CPU callback timer, rounded up to the second tick) and runs at once after an
+          expedited one (kernel/rcu/srcutree.c, v6.18; :func:`kernel_model.srcutree.srcu_barrier`);
+        - cleanup_srcu_struct(&kvm->srcu), whose warnings are checked: without the barrier (variant
+          ``call_srcu_no_barrier``) the callbacks are still queued and the kernel WARNs and leaks it.
+
+        The barrier came with the call_srcu() change (``variants.SRCU_BARRIER_REVIEW``: Sean
+        Christopherson's review of its v3, Sep 8 2025: "To address the syzkaller splat, KVM needs to
+        call srcu_barrier() prior to freeing the structure.")
+        Left out: the vCPUs' and devices' own freeing beyond the fixed cost, and on x86 the
+        ``kvm_has_noapic_vcpu`` static key that kvm_free_lapic() drops for an LAPIC-less vCPU (it patches
+        code only when the host's last such vCPU goes, which on a host running other VMs is rarely this
+        one: not seen in this project's measurements)."""
         self.alive()
         self.stop_vcpus()
         self.sim.spend(self.costs.destroy_vm)
         for bus_idx in KvmBus:  # kvm_io_bus_destroy(): the current buses are freed directly
             self.kfree_bus(self.buses[bus_idx])
+        self.mmu_notifier_unregister()
+        srcutree.cleanup_srcu_struct(self.irq_srcu)
         if self.variant.teardown_barrier:
             srcutree.srcu_barrier(self.srcu)
         pending = len(self.srcu.srcu_cblist)
@@ -490,6 +520,15 @@ class KvmModel:
                            f"cleanup_srcu_struct() with {pending} SRCU callback(s) queued: the kernel WARNs "
                            "and leaks kvm->srcu (srcu_barrier() missing)", pending=pending)
         self.destroyed = True
+
+    def mmu_notifier_unregister(self) -> None:
+        """kvm_destroy_vm()'s mmu_notifier_unregister() (mm/mmu_notifier.c, v6.18): after taking the VM
+        off its mm's notifier list it calls ``synchronize_srcu(&srcu)``, on one srcu_struct the whole host
+        shares. That is expedited while the struct is idle (srcu_should_expedite()), so a lone VM's
+        teardown pays tens of microseconds; when other VMs come and go at the same time their grace
+        periods keep it busy, and the synchronize is a normal grace period that ends on the timer tick
+        (1 to 2 jiffies): what makes VM teardowns on parallel threads slow each other down."""
+        srcutree.synchronize_srcu(self.mmu_notifier_srcu)
 
     def alive(self) -> None:
         """EBADF once the VM is destroyed (there is no fd left to issue an ioctl on)."""

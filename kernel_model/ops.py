@@ -7,9 +7,9 @@ issuing the real ioctl) only registers how to issue each op, in ``minivmm.timing
 the same names; a test checks that every op has a host issuer, and another that, on real KVM, what
 the host issues maps back through :attr:`OpSpec.from_traced` to the same arguments.
 
-Adding an op: one ``OpSpec`` below (arguments, label, ``ioctl``, ``from_traced``, ``model``, ``c``),
-added to ``OPS``; its host issuer in ``minivmm/timing/host_ops.py``; a row in kernel_model/README.md
-("Sequence files"); a line in the format sketch of :mod:`kernel_model.sequences`.
+Adding an op: one ``OpSpec`` below (arguments, label, ``ioctl`` or ``close``, ``from_traced``,
+``model``, ``c``), added to ``OPS``; its host issuer in ``minivmm/timing/host_ops.py``; a row in
+kernel_model/README.md ("Sequence files"); a line in the format sketch of :mod:`kernel_model.sequences`.
 
 What each op does in the model, and the file format, are documented in kernel_model/README.md
 ("Sequence files").
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from kernel_model import kvm_uapi
-from kernel_model.csource import CEmitter, CNames, CStep, c_call, c_hex, c_ioctl
+from kernel_model.csource import CEmitter, CNames, CStep, c_call, c_close, c_hex, c_ioctl
 from kernel_model.kvm_main import KvmModel
 from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kernel_model.kvm_uapi import UapiStruct
@@ -88,6 +88,19 @@ class IoctlCall(NamedTuple):
         return "..." if self.arg is None else str(self.arg)
 
 
+class CloseCall(NamedTuple):
+    """The close() an op issues instead of an ioctl: of the fd with role ``role`` (``vm``), once the fds
+    whose roles start with one of ``after`` (``vcpu``: every vCPU fd) are closed, untimed. Printed as
+    strace prints it."""
+
+    role: str
+    after: tuple[str, ...] = ()
+
+    def strace(self, seconds: float, fds: Mapping[str, int] | None = None) -> str:
+        """``close(vm) = 0 <0.014120>``, or with the real fd number when ``fds`` has it."""
+        return f"close({(fds or {}).get(self.role, self.role)}) = 0 <{seconds:.6f}>"
+
+
 class TracedIoctl(NamedTuple):
     """One traced ioctl, as plain values (the model cannot import the tracer): the request's name, its
     raw argument (the value, for requests that take one), the fields of its argument struct as read
@@ -121,9 +134,9 @@ class OpSpec:
 
     ``ioctl`` is the one description of what the op issues: the strace form is printed from it, and
     ``minivmm repro`` writes each op's C call from the same request and struct values, with what the
-    call needs first (an eventfd, guest memory) from ``c``. A
-    teardown op (destroy_vm: a close() of the VM fd, not an ioctl) would make ``ioctl`` optional and
-    carry its own call; ``model`` would run ``KvmModel.destroy_vm``."""
+    call needs first (an eventfd, guest memory) from ``c``. The teardown op issues no ioctl: its
+    ``ioctl`` is None and ``close`` says which fd it closes (the VM's, after its vCPUs'), and its C is
+    that close's (:func:`kernel_model.csource.c_close`); exactly one of ``ioctl`` and ``close`` is set."""
 
     name: str
     #: What the op is in the kernel's terms (for the documentation).
@@ -133,8 +146,9 @@ class OpSpec:
     requests: tuple[str, ...]
     #: How reports name a step: ``KVM_CREATE_VCPU, 0``.
     label: Callable[[Args], str]
-    #: The ioctl the step issues, with its argument (what the host issues, as far as the model knows).
-    ioctl: Callable[[Args], IoctlCall]
+    #: The ioctl the step issues, with its argument (what the host issues, as far as the model knows);
+    #: None for the op that closes an fd instead (``close``).
+    ioctl: Callable[[Args], IoctlCall] | None
     #: The inverse of ``ioctl``: the op's arguments from a traced ioctl of one of ``requests``, or None
     #: when that ioctl is not this op. None: no traced ioctl becomes this op.
     from_traced: Callable[[TracedIoctl], dict[str, Any] | None] | None
@@ -146,8 +160,33 @@ class OpSpec:
     #: Whether the model models this step (False: carried as a fixed cost, and reports say so).
     modelled: Callable[[Args], bool] = field(default=_always)
     #: The step as C, for ``minivmm repro``: the call ``ioctl`` describes, with what it needs first
-    #: (kernel_model.csource). Every op has one; a test checks.
+    #: (kernel_model.csource). Every op that issues an ioctl has one (a test checks); the teardown's C is
+    #: its close's (:meth:`c_step`).
     c: CEmitter | None = None
+    #: The close() the step issues when it issues no ioctl (``destroy_vm``).
+    close: Callable[[Args], CloseCall] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ioctl is None) == (self.close is None):
+            raise ValueError(f"op {self.name}: exactly one of ioctl and close describes what it issues")
+
+    def c_step(self, a: Args, names: CNames) -> CStep:
+        """The step as C (``minivmm repro``): its emitter's for an ioctl, its close's for the teardown.
+        LookupError for an op that has no emitter."""
+        if self.close is not None:
+            return c_close(self.close(a), names)
+        if self.c is None or self.ioctl is None:
+            raise LookupError(f"the op {self.name!r} has no C emitter (OpSpec.c)")
+        return self.c(a, self.ioctl(a), names)
+
+    def strace(self, a: Args, seconds: float, fds: Mapping[str, int] | None = None) -> str:
+        """The call as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` has them."""
+        if self.close is not None:
+            return self.close(a).strace(seconds, fds)
+        assert self.ioctl is not None
+        call = self.ioctl(a)
+        fd = (fds or {}).get(call.role, call.role)
+        return f"ioctl({fd}, {call.request}, {call.arg_text()}) = 0 <{seconds:.6f}>"
 
     def arg(self, name: str) -> Arg | None:
         """The argument called ``name``, or None."""
@@ -604,11 +643,34 @@ IOCTL = OpSpec(
     model=_ioctl_model, modelled=lambda a: False, c=_ioctl_c)
 
 
+# --- destroy_vm -------------------------------------------------------------------------------------
+
+def _destroy_vm_model(kvm: KvmModel, a: Args, rng: random.Random) -> None:
+    kvm.destroy_vm()
+
+
+DESTROY_VM = OpSpec(
+    "destroy_vm", "The VM's last reference dropped: close() of the VM fd after its vCPU fds, so that "
+    "kvm_vm_release() runs kvm_destroy_vm(), which waits in srcu_barrier(&kvm->srcu) for every SRCU "
+    "callback still queued (the old buses a call_srcu() registration left) before cleanup_srcu_struct(). "
+    "A sequence ends with it unless its file says keep_vm.", (),
+    requests=(),
+    label=lambda a: "close(vm): kvm_destroy_vm()",
+    ioctl=None, close=lambda a: CloseCall("vm", after=("vcpu",)),
+    # A trace records closes, not ioctls: the tracer's close of a VM fd becomes this op (see
+    # minivmm.trace.explain), so no ioctl maps back to it.
+    from_traced=None,
+    model=_destroy_vm_model)
+
+
 #: Every op, by name. A new op is one entry here (plus its host issuer in minivmm/timing/host_ops.py).
 OPS: dict[str, OpSpec] = {op.name: op for op in (
     CREATE_VM, MEMSLOT, IRQCHIP, IOEVENTFD, IOEVENTFD_DEASSIGN, VCPU, RUN, PIT2, COALESCED_MMIO, IRQFD,
-    GSI_ROUTING, ENABLE_CAP, TSS_ADDR, IOCTL,
+    GSI_ROUTING, ENABLE_CAP, TSS_ADDR, IOCTL, DESTROY_VM,
 )}
+
+#: The op that ends a sequence (the VM destroyed), unless the sequence keeps its VM.
+TEARDOWN_OP = DESTROY_VM.name
 
 #: The ops a traced request may be, by request name.
 _OPS_BY_REQUEST: dict[str, tuple[OpSpec, ...]] = {}

@@ -26,6 +26,9 @@ each argument at most once)::
     vcpu id=0
     run vcpu=0 [section=3us] [period=10us]  # the vCPU enters KVM_RUN and keeps handling exits
     sleep 1ms                     # an extra pause before the next step
+    destroy_vm                    # the VM fd closed after its vCPU fds: kvm_destroy_vm(); last, and
+                                  # added after the last step (with the pending gap and sleep) if absent
+    keep_vm                       # instead: the sequence ends with the VM open (no teardown step)
 
 :func:`load_sequence` reads a file with bounds (:func:`read_sequence_file`); :func:`validate` is the one
 check of the steps, against the model kernel, for ``model`` and ``timing`` alike.
@@ -43,7 +46,7 @@ from typing import Any
 
 from kernel_model.kvm_host import KvmIoctlError
 from kernel_model.kvm_main import KvmModel
-from kernel_model.ops import DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS, OpSpec, get_op
+from kernel_model.ops import DEFAULT_PERIOD_NS, DEFAULT_SECTION_NS, TEARDOWN_OP, OpSpec, get_op
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant
@@ -51,7 +54,7 @@ from kernel_model.variants import get_variant
 DEFAULT_GAP_NS = 10_000
 
 __all__ = ["DEFAULT_GAP_NS", "DEFAULT_PERIOD_NS", "DEFAULT_SECTION_NS", "MAX_PAUSE_NS", "MAX_STEPS",
-           "MAX_VCPUS", "SEQUENCES", "Sequence", "SequenceError", "Step", "check_bounds", "format_sequence",
+           "MAX_VCPUS", "KEEP_VM", "SEQUENCES", "Sequence", "SequenceError", "Step", "check_bounds", "format_sequence",
            "format_step", "format_time", "load_sequence", "parse_sequence", "parse_time",
            "read_sequence_file", "step_name", "step_number", "validate", "with_gaps"]
 
@@ -87,21 +90,29 @@ class Step:
 
     def strace(self, seconds: float, fds: dict[str, int] | None = None) -> str:
         """The step as ``strace -T`` prints it; symbolic fds (``vm``, ``vcpu0``) unless ``fds`` are given."""
-        call = self.spec.ioctl(self.full_args)
-        fd = (fds or {}).get(call.role, call.role)
-        return f"ioctl({fd}, {call.request}, {call.arg_text()}) = 0 <{seconds:.6f}>"
+        return self.spec.strace(self.full_args, seconds, fds)
 
 
 @dataclass(frozen=True)
 class Sequence:
     """A named list of steps; ``hz`` and ``platform``: the host it was recorded on, when a file says
-    (``host hz=250 platform=pvm``, written by ``minivmm trace``), else None."""
+    (``host hz=250 platform=pvm``, written by ``minivmm trace``), else None. It ends with the VM's
+    teardown (``destroy_vm``) unless it keeps its VM."""
 
     name: str
     description: str
     steps: tuple[Step, ...]
     hz: int | None = None
     platform: str | None = None
+
+    @property
+    def destroys_vm(self) -> bool:
+        """Whether the last step is the teardown (``destroy_vm``)."""
+        return bool(self.steps) and self.steps[-1].op == TEARDOWN_OP
+
+    def setup_steps(self) -> tuple[Step, ...]:
+        """The steps before the teardown (all of them when the sequence keeps its VM)."""
+        return self.steps[:-1] if self.destroys_vm else self.steps
 
 
 class SequenceError(ValueError):
@@ -117,43 +128,48 @@ def _virtio_mmio_notifies(n: int, gap_ns: int = DEFAULT_GAP_NS) -> list[Step]:
 
 RAM = 128 << 20
 
+
+def _torn_down(*steps: Step) -> tuple[Step, ...]:
+    """The steps, then the VM's teardown right after the last one: the named sequences' ending."""
+    return (*steps, Step(TEARDOWN_OP))
+
 SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
     Sequence("firecracker",
              "Firecracker's order: guest memory, then the irqchip and the virtio-mmio ioeventfds, then the "
              "vCPUs and the first KVM_RUN. On VMX the stall lands in KVM_CREATE_VCPU 0.",
-             (Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
-              *_virtio_mmio_notifies(6), Step("vcpu", {"id": 0}), Step("vcpu", {"id": 1}),
-              Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}))),
+             _torn_down(Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
+                        *_virtio_mmio_notifies(6), Step("vcpu", {"id": 0}), Step("vcpu", {"id": 1}),
+                        Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}))),
     Sequence("registrations-first",
              "Device registrations before the first memslot: the stall lands in the first "
              "KVM_SET_USER_MEMORY_REGION (where it shows on hosts without an APIC-access-page memslot).",
-             (Step("create_vm"), Step("irqchip"), *_virtio_mmio_notifies(6),
-              Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("vcpu", {"id": 0}),
-              Step("vcpu", {"id": 1}))),
+             _torn_down(Step("create_vm"), Step("irqchip"), *_virtio_mmio_notifies(6),
+                        Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("vcpu", {"id": 0}),
+                        Step("vcpu", {"id": 1}))),
     Sequence("arm64-order",
              "vCPUs first, then the device registrations, then a memslot change (arm64 VMMs): the "
              "created_vcpus fix does not help here. (No irqchip step: x86 refuses KVM_CREATE_IRQCHIP "
              "once vCPUs exist.)",
-             (Step("create_vm"), Step("vcpu", {"id": 0}), Step("vcpu", {"id": 1}),
-              *_virtio_mmio_notifies(6), Step("memslot", {"slot": 0, "base": 0, "size": RAM}))),
+             _torn_down(Step("create_vm"), Step("vcpu", {"id": 0}), Step("vcpu", {"id": 1}),
+                        *_virtio_mmio_notifies(6), Step("memslot", {"slot": 0, "base": 0, "size": RAM}))),
     Sequence("late-registration",
              "Registrations while vCPU 0 runs a guest (a VMM that registers devices during guest boot): "
              "readers are active, which is what the per-registration synchronize paid for.",
-             (Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
-              Step("vcpu", {"id": 0}),
-              Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
-              *_virtio_mmio_notifies(6, gap_ns=200_000),
-              Step("memslot", {"slot": 1, "base": 0x100000000, "size": 2 << 20}))),
+             _torn_down(Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
+                        Step("vcpu", {"id": 0}),
+                        Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
+                        *_virtio_mmio_notifies(6, gap_ns=200_000),
+                        Step("memslot", {"slot": 1, "base": 0x100000000, "size": 2 << 20}))),
     Sequence("deregistrations-running",
              "Register and, 12 ms later (the registration's own grace period is over), deregister six "
              "ioeventfds while vCPU 0 runs a guest that exits on every loop: each deregistration's "
              "kvm_io_bus_unregister_dev() pays synchronize_srcu_expedited() against the vCPU's readers, "
              "in every variant. Measures the expedited grace period with active readers.",
-             (Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
-              Step("vcpu", {"id": 0}),
-              Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
-              *(step for n in _virtio_mmio_notifies(6, gap_ns=200_000)
-                for step in (n, Step("ioeventfd_deassign", n.args, 12_000_000))))),
+             _torn_down(Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
+                        Step("vcpu", {"id": 0}),
+                        Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
+                        *(step for n in _virtio_mmio_notifies(6, gap_ns=200_000)
+                          for step in (n, Step("ioeventfd_deassign", n.args, 12_000_000))))),
 )}
 
 
@@ -231,12 +247,21 @@ def _parse_step(op: str, words: list[str]) -> dict[str, Any]:
     return spec.complete(args)
 
 
+#: The directive by which a sequence file keeps its VM open at the end: no teardown step is added.
+KEEP_VM = "keep_vm"
+
+
 def parse_sequence(text: str, name: str = "file") -> Sequence:
-    """Parse a sequence file (see the module docstring); SequenceError names the bad line."""
+    """Parse a sequence file (see the module docstring); SequenceError names the bad line.
+
+    The sequence ends with the VM's teardown: a ``destroy_vm`` line, which must be the last step, or
+    else one added after the last step (its gap the default gap then in force plus any ``sleep``
+    after the last step); a ``keep_vm`` line says the sequence keeps its VM instead."""
     steps: list[Step] = []
     gap = DEFAULT_GAP_NS
     extra = 0
     host: dict[str, Any] = {}
+    keep_line = 0
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -249,6 +274,17 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
                     raise ValueError("'host' comes once, before the first step")
                 host = _parse_host(rest)
                 continue
+            if steps and steps[-1].op == TEARDOWN_OP:
+                raise ValueError(f"{TEARDOWN_OP} ends the sequence: nothing may follow it")
+            if op == KEEP_VM:
+                if rest:
+                    raise ValueError(f"'{KEEP_VM}' takes no argument")
+                if keep_line:
+                    raise ValueError(f"'{KEEP_VM}' given twice")
+                keep_line = lineno
+                continue
+            if op == TEARDOWN_OP and keep_line:
+                raise ValueError(f"{TEARDOWN_OP} in a sequence that says {KEEP_VM} (line {keep_line})")
             if op in ("gap", "sleep"):
                 if len(rest) != 1:
                     raise ValueError(f"'{op}' takes one duration")
@@ -272,6 +308,8 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
         raise SequenceError(f"{name}: the first step must be create_vm")
     if any(s.op == "create_vm" for s in steps[1:]):
         raise SequenceError(f"{name}: only one create_vm per sequence")
+    if not keep_line and steps[-1].op != TEARDOWN_OP:
+        steps.append(Step(TEARDOWN_OP, {}, gap + extra))
     return Sequence(name, f"from {name}", tuple(steps), host.get("hz"), host.get("platform"))
 
 
@@ -331,8 +369,11 @@ def format_step(step: Step) -> str:
 
 def format_sequence(seq: Sequence) -> str:
     """The sequence in the file format: ``parse_sequence(format_sequence(seq))`` gives the same steps
-    and gaps. A ``gap`` line is written wherever the gap before a step changes."""
+    and gaps. A ``gap`` line is written wherever the gap before a step changes; a sequence that does
+    not end with the teardown says ``keep_vm`` (read back, it gets none added)."""
     lines = textwrap.wrap(f"{seq.name}: {seq.description}", 78, initial_indent="# ", subsequent_indent="# ")
+    if not seq.destroys_vm:
+        lines.append(f"{KEEP_VM}  # the VM stays open at the end: no {TEARDOWN_OP} step")
     gap = DEFAULT_GAP_NS
     for step in seq.steps:
         if step.gap_ns != gap:
@@ -378,6 +419,8 @@ def validate(seq: Sequence, platform: str) -> None:
     if not seq.steps or seq.steps[0].op != "create_vm":
         raise SequenceError(f"sequence {seq.name}: the first step must be create_vm")
     check_bounds(seq)
+    if any(s.op == TEARDOWN_OP for s in seq.steps[:-1]):
+        raise SequenceError(f"sequence {seq.name}: {TEARDOWN_OP} must be the last step")
     sim = Sim(_VALIDATE_HZ, 0.0)
     kvm = KvmModel(sim, get_variant(_VALIDATE_VARIANT), get_platform(platform))
     rng = random.Random(0)

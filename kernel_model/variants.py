@@ -2,10 +2,10 @@
 whether kvm_destroy_vm() waits for queued SRCU callbacks before cleanup_srcu_struct().
 
 Sources: Keir Fraser, "[PATCH v4 4/4] KVM: Avoid synchronize_srcu() in kvm_io_bus_register_dev()"
-(Sep 9 2025, commit 7d9a0273c459) and Sean Christopherson's review of an earlier version (Aug 19 2025:
-srcu_barrier() in kvm_destroy_vm()); Sean Christopherson, "[PATCH] KVM: Synchronize SRCU on I/O device
-registration if vCPUs haven't been created" (Feb 13 2026); Sean Christopherson, "[RFC PATCH 0/3] srcu:
-KVM: Add, export and use call_srcu_expedited()" (Mar 9 2026).
+(Sep 9 2025, commit 7d9a0273c459) and Sean Christopherson's review of its v3 of Aug 19 2025 (Sep 8
+2025: srcu_barrier() in kvm_destroy_vm(); :data:`SRCU_BARRIER_REVIEW`); Sean Christopherson, "[PATCH]
+KVM: Synchronize SRCU on I/O device registration if vCPUs haven't been created" (Feb 13 2026); Sean
+Christopherson, "[RFC PATCH 0/3] srcu: KVM: Add, export and use call_srcu_expedited()" (Mar 9 2026).
 
 A new variant is one more :class:`Variant` in ``VARIANTS`` with its ``free_old_bus`` rule.
 """
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from kernel_model.kvm_main import KvmModel
 
 FreeRule = Callable[["KvmModel", "KvmIoBus"], None]
+
+#: Where kvm_destroy_vm()'s srcu_barrier() comes from: the review of the call_srcu() patch's v3 (posted
+#: Aug 19 2025), answering a syzkaller report: "To address the syzkaller splat, KVM needs to call
+#: srcu_barrier() prior to freeing the structure."
+SRCU_BARRIER_REVIEW = ('Sean Christopherson, "Re: [PATCH v3 4/4] KVM: Avoid synchronize_srcu() in '
+                       'kvm_io_bus_register_dev()", Sep 8 2025, https://lore.kernel.org/all/aL8yMum27Qw_Wkkw@google.com')
 
 
 def free_sync(kvm: KvmModel, old: KvmIoBus) -> None:
@@ -57,9 +63,8 @@ class Variant(NamedTuple):
     description: str
     source: str
     free_old_bus: FreeRule
-    #: kvm_destroy_vm() calls srcu_barrier(&kvm->srcu) before cleanup_srcu_struct() (Sean
-    #: Christopherson's review, Aug 19 2025, of "KVM: Avoid synchronize_srcu() in
-    #: kvm_io_bus_register_dev()": a syzkaller report).
+    #: kvm_destroy_vm() calls srcu_barrier(&kvm->srcu) before cleanup_srcu_struct()
+    #: (:data:`SRCU_BARRIER_REVIEW`: a syzkaller report).
     teardown_barrier: bool = True
 
 
@@ -75,8 +80,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "Sean Christopherson, Mar 9 2026: [RFC PATCH 0/3] srcu: KVM: Add, export and use "
             "call_srcu_expedited()", free_call_srcu_expedited),
     Variant("call_srcu_no_barrier", "call_srcu() as first posted: no srcu_barrier() in kvm_destroy_vm()",
-            "7d9a0273c459 as first posted: the syzkaller report in Sean Christopherson's "
-            "review of Aug 19 2025", free_call_srcu, teardown_barrier=False),
+            "7d9a0273c459 as first posted: the syzkaller report in " + SRCU_BARRIER_REVIEW, free_call_srcu,
+            teardown_barrier=False),
 )}
 
 #: The variants a comparison runs by default (the last one differs from call_srcu only at teardown).

@@ -357,3 +357,16 @@ def test_cpu_pressure_from_psi(tmp_path, monkeypatch):
     psi.write_text("some avg10=50.0 avg60=20.0 avg300=5.0 total=1500000\n")  # 0.5 s of waiting
     assert w.percent() == 25.0
     assert PressureWindow(None, 0, str(psi)).percent() is None
+
+
+def test_a_document_from_before_the_teardown_step_compares_without_it(tmp_path):
+    """Timing documents recorded before the teardown was a step lack its last step: compared with one
+    that has it, the steps both have are compared, and the report says so."""
+    new = recorded(B)
+    new["steps"].append({**new["steps"][-1], "step": len(new["steps"]), "op": "destroy_vm",
+                         "label": "close(vm): kvm_destroy_vm()"})
+    c = compare_documents([load_timing(str(A)), load_timing(write(tmp_path, "new.json", new))])
+    assert len(c.changes) == 11 and c.summary == "no significant change"
+    assert any("the teardown step (close of the VM fd) is in" in w and "compared without it" in w
+               for w in c.warnings)
+    assert decide(load_timing(str(A)), load_timing(write(tmp_path, "new2.json", new))).outcome is GateOutcome.PASS

@@ -38,8 +38,8 @@ def test_grace_period_steps_are_memslot_changes_deregistrations_and_the_apic_pag
 
 def test_paired_model_uses_each_repetitions_gaps():
     seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
-    short = differential.model_paired(seq, [[10_000, 10_000, 10_000]] * 50, 250, "pvm", None, 2, 1)[2]
-    long = differential.model_paired(seq, [[10_000, 10_000, 8_500_000]] * 50, 250, "pvm", None, 2, 1)[2]
+    short = differential.model_paired(seq, [[10_000, 10_000, 10_000, 10_000]] * 50, 250, "pvm", None, 2, 1)[2]
+    long = differential.model_paired(seq, [[10_000, 10_000, 8_500_000, 10_000]] * 50, 250, "pvm", None, 2, 1)[2]
     assert min(short) > 4_000_000 > 1_000_000 > max(long)  # after a 2-jiffy pause the grace period is over
 
 

@@ -99,7 +99,8 @@ def test_sequence_file_parsing(tmp_path):
         vcpu id=0
         run vcpu=0 section=2us period=20us
     """)
-    assert [s.op for s in seq.steps] == ["create_vm", "memslot", "ioeventfd", "ioeventfd", "vcpu", "run"]
+    assert [s.op for s in seq.steps] == ["create_vm", "memslot", "ioeventfd", "ioeventfd", "vcpu", "run",
+                                         "destroy_vm"]
     assert seq.steps[1].args["size"] == 16 << 20
     assert seq.steps[2].gap_ns == 1_005_000 and seq.steps[3].gap_ns == 5_000
     assert seq.steps[3].args["pio"] is True and seq.steps[2].args["datamatch"] == 1

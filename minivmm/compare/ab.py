@@ -142,6 +142,24 @@ def check_comparable(docs: list[TimingDocument]) -> None:
                                 f"{base.path} but {d.shape[i][1]!r} in {d.path}")
 
 
+#: The op of the VM's teardown step, which timing documents written before minivmm timed it lack.
+TEARDOWN_OP = "destroy_vm"
+
+
+def without_unshared_teardown(docs: list[TimingDocument]) -> tuple[list[TimingDocument], list[str]]:
+    """When some documents end with the teardown step and the others do not (those were written before
+    ``minivmm timing`` timed it), the steps all of them have, and one line saying so; else the
+    documents as they are."""
+    ends = [bool(d.steps) and d.steps[-1].op == TEARDOWN_OP for d in docs]
+    if all(ends) or not any(ends):
+        return docs, []
+    with_it = [d.path for d, e in zip(docs, ends) if e]
+    without = [d.path for d, e in zip(docs, ends) if not e]
+    note = (f"the teardown step (close of the VM fd) is in {', '.join(with_it)} but not in {', '.join(without)} "
+            "(a document written before minivmm timed it): compared without it")
+    return [replace(d, steps=d.steps[:-1]) if e else d for d, e in zip(docs, ends)], [note]
+
+
 def host_warnings(docs: list[TimingDocument]) -> list[str]:
     """What differs between the hosts (or kernels) beyond what is being compared, one line each."""
     base = docs[0]
@@ -174,6 +192,7 @@ def compare_documents(docs: list[TimingDocument], settings: Settings = Settings(
     """Compare every document after the first with the first, step by step (see the module docstring)."""
     if len(docs) < 2:
         raise ValueError("compare needs at least two documents")
+    docs, notes = without_unshared_teardown(docs)
     check_comparable(docs)
     default_floor = settings.floor_us is None
     if settings.floor_us is None:
@@ -203,7 +222,7 @@ def compare_documents(docs: list[TimingDocument], settings: Settings = Settings(
     for c, p_adj in zip(changes, holm([c.p_value for c in changes])):
         c.p_adjusted = p_adj
         c.significant = p_adj < settings.alpha and abs(c.delta_p50_us) >= c.needed_us
-    return Comparison(docs, settings, host_warnings(docs), quantiles, changes, default_floor)
+    return Comparison(docs, settings, notes + host_warnings(docs), quantiles, changes, default_floor)
 
 
 def _qcell(q: dict[str, float]) -> str:

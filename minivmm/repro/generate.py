@@ -24,7 +24,7 @@ from minivmm.repro.prediction import ModelSummary
 from minivmm.timing.report import fmt_us
 
 #: Harness parts a step may need beyond the core, in the order they are written.
-PARTS = ("memory", "loop_guest", "eventfd", "vcpu_thread", "pause")
+PARTS = ("memory", "loop_guest", "eventfd", "vcpu_thread", "pause", "teardown")
 
 #: The most repetitions the program takes (as ``minivmm timing --repeat``).
 MAX_REPEAT = 100_000
@@ -74,10 +74,10 @@ def _indent(lines: list[str], depth: int) -> list[str]:
 def step_c(i: int, step: Step, names: CNames) -> tuple[CStep, list[str]]:
     """Step ``i`` (0-based) as C statements inside ``run_steps()``: what its op writes, then the pause
     before it, the ioctl between two clock reads, and what is kept."""
-    emit = step.spec.c
-    if emit is None:
-        raise NoCEmitter(f"step {step_number(i)} ({step.label}): the op {step.op!r} has no C emitter (OpSpec.c)")
-    cs = emit(step.full_args, step.spec.ioctl(step.full_args), names)
+    try:
+        cs = step.spec.c_step(step.full_args, names)
+    except LookupError as e:
+        raise NoCEmitter(f"step {step_number(i)} ({step.label}): {e}") from None
     body = list(cs.setup)
     if body:
         body.append("")
@@ -216,8 +216,10 @@ def _tables(seq: Sequence, csteps: list[CStep], model: ModelSummary, kselftest: 
     lines = ["/* ---- the steps, as minivmm names them (generated) ---- */", "",
              "static const struct step_info steps[N_STEPS] = {"]
     for i, (step, cs) in enumerate(zip(seq.steps, csteps)):
-        call = step.spec.ioctl(step.full_args)
-        fields = [c_string(step.op), c_string(step.label), c_string(call.request), c_string(call.arg_text()),
+        # The teardown is a close(): its request is "close" and it has no argument (report.c prints it so).
+        call = step.spec.ioctl(step.full_args) if step.spec.ioctl is not None else None
+        request, arg = (call.request, call.arg_text()) if call is not None else (cs.request, "")
+        fields = [c_string(step.op), c_string(step.label), c_string(request), c_string(arg),
                   str(int(cs.issued)),
                   str(int(i == stalled)), str(int(model.variant_stall(i)))]
         lines.append(f"\t{{ {', '.join(fields)} }},")

@@ -25,6 +25,8 @@ class ModelSummary:
         preds = {v: predict(seq, v, hz, platform, samples=samples, seed=seed) for v in self.variants}
         self.quantiles: list[dict[str, dict[str, float]]] = [
             {v: preds[v].steps[i].stats() for v in self.variants} for i in range(len(seq.steps))]
+        #: The steps before the teardown: the stalled one is among them, as in ``minivmm timing``.
+        self.setup_steps = len(seq.setup_steps())
 
     def stalls(self, step: int) -> dict[str, bool]:
         """Per variant, whether its predicted median of ``step`` is a stall."""
@@ -43,4 +45,4 @@ class ModelSummary:
         """The step ``minivmm timing`` marks as the stalled one (the longest call_srcu median, if a stall)."""
         if "call_srcu" not in self.variants:
             return None
-        return longest_stall([q["call_srcu"]["p50"] * 1000 for q in self.quantiles])
+        return longest_stall([q["call_srcu"]["p50"] * 1000 for q in self.quantiles[:self.setup_steps]])

@@ -282,6 +282,20 @@ def _ioctl(st: HostState, a: Args) -> Callable[[], int | None]:
     return pause
 
 
+def _destroy_vm(st: HostState, a: Args) -> Callable[[], int | None]:
+    # Every vCPU thread leaves KVM_RUN first (outside the timed step); the vCPU fds are closed just
+    # before the VM fd, so that its close() drops the last reference and runs kvm_destroy_vm().
+    for r in st.running:
+        r.halt()
+    st.running.clear()
+    vm = st.the_vm()
+
+    def issue() -> int:
+        st.vm = None
+        return vm.close_timed()
+    return issue
+
+
 #: Every op's host step, by op name (the names of kernel_model.ops.OPS; a test checks that none is missing).
 HOST_OPS: dict[str, HostStep] = {
     "create_vm": _create_vm,
@@ -298,4 +312,5 @@ HOST_OPS: dict[str, HostStep] = {
     "enable_cap": _enable_cap,
     "tss_addr": _tss_addr,
     "ioctl": _ioctl,
+    "destroy_vm": _destroy_vm,
 }

@@ -35,8 +35,11 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
     w("\none repetition, strace -T style (the median one for the stalled step):\n")
     i_rep = _median_repetition(c)
     rep = c.repetitions[i_rep]
+    # The teardown's close() prints with the VM's fd number, as KVM_CREATE_VM returned it.
+    created = next((r for r in rep.records if r is not None and r.name == "KVM_CREATE_VM"), None)
+    fds = {"vm": created.ret} if created is not None else {}
     for step, rec, d in zip(seq.steps, rep.records, rep.durations_ns):
-        w((rec.strace_line() if rec is not None else step.strace(d / 1e9)) + "\n")
+        w((rec.strace_line() if rec is not None else step.strace(d / 1e9, fds)) + "\n")
 
     labels = [s.label for s in seq.steps]
     width = max(len(x) for x in labels) + 2

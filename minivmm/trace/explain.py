@@ -202,6 +202,8 @@ def build_sequence(result: TraceResult, name: str = "trace", vm: VmTrace | None 
              f"(clock: {result.clock.value})"]
     if host is not None:
         lines.append(f"host hz={host[0]} platform={host[1]}")
+    # The VM's close() is not among the traced calls: the sequence ends where the set-up did.
+    lines.append(seqmod.KEEP_VM)
     step_events: list[int] = []
     measured: list[int] = []
     gaps: list[int] = []

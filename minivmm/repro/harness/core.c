@@ -117,8 +117,8 @@ static void new_vm(struct vm *vm, int kvm_fd, size_t run_size)
 		vm->efd[i] = -1;
 }
 
-/* Stop the vCPU threads, close the vCPUs and the VM, unmap guest memory, close the eventfds. */
-static void close_vm(struct vm *vm)
+/* Stop the vCPU threads, unmap their kvm_run and close the vCPU fds (each holds a reference to the VM). */
+static void close_vcpus(struct vm *vm)
 {
 	int i;
 
@@ -128,12 +128,25 @@ static void close_vm(struct vm *vm)
 		if (r->started) {
 			__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
 			pthread_join(r->thread, NULL);
+			r->started = 0;
 		}
-		if (r->run)
+		if (r->run) {
 			munmap(r->run, vm->run_size);
-		if (vm->vcpu_fd[i] >= 0)
+			r->run = NULL;
+		}
+		if (vm->vcpu_fd[i] >= 0) {
 			close(vm->vcpu_fd[i]);
+			vm->vcpu_fd[i] = -1;
+		}
 	}
+}
+
+/* Stop the vCPU threads, close the vCPUs and the VM, unmap guest memory, close the eventfds. */
+static void close_vm(struct vm *vm)
+{
+	int i;
+
+	close_vcpus(vm);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	for (i = 0; i < N_MEMORIES; i++)

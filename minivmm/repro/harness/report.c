@@ -104,8 +104,12 @@ static void strace_line(const struct results *res, int rep, int i, char *buf, si
 {
 	size_t k = (size_t)rep * N_STEPS + i;
 
-	snprintf(buf, size, "ioctl(%d, %s, %s) = %ld <%.6f>%s", res->fd[k], steps[i].request, steps[i].strace_arg,
-		 res->ret[k], res->took_ns[k] / 1e9, steps[i].issued ? "" : "  (not issued: paused for its traced cost)");
+	if (!strcmp(steps[i].request, "close"))	/* the teardown: a close(), not an ioctl */
+		snprintf(buf, size, "close(%d) = %ld <%.6f>", res->fd[k], res->ret[k], res->took_ns[k] / 1e9);
+	else
+		snprintf(buf, size, "ioctl(%d, %s, %s) = %ld <%.6f>%s", res->fd[k], steps[i].request,
+			 steps[i].strace_arg, res->ret[k], res->took_ns[k] / 1e9,
+			 steps[i].issued ? "" : "  (not issued: paused for its traced cost)");
 }
 
 static void print_text(const struct results *res, const struct host *host, int jitter)
