@@ -1,9 +1,10 @@
-"""The figures published on the mailing list about 7d9a0273c459, as data (one place for them: docs, tests and
-``minivmm timing`` read them from here)."""
+"""The figures published on the mailing list about 7d9a0273c459, and Firecracker's published microVM
+creation rate, as data (one place for them: docs, tests and ``minivmm timing`` read them from here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,25 @@ def figures_for(kind: str, hz: int | None = None) -> list[PublishedFigure]:
     """The published figures for a step kind, those at ``hz`` first."""
     found = [f for f in FIGURES if f.kind == kind]
     return sorted(found, key=lambda f: (f.hz != hz, f.hz or 0))
+
+
+class CreationRate(NamedTuple):
+    """A published rate of VMs created on one host: per host core per second, with the example given."""
+
+    per_core_per_s: float
+    example: str
+    conditions: str
+    source: str
+
+    def for_cores(self, cores: int) -> float:
+        """The rate this figure gives a host with ``cores`` cores."""
+        return self.per_core_per_s * cores
+
+
+#: Firecracker's design document (docs/design.md, "Features"; in the repository since "docs: add design
+#: document", Oct 2018). Its SPECIFICATION.md states start-up time and overhead, not a creation rate.
+FIRECRACKER_CREATION_RATE = CreationRate(
+    5.0, "180 microVMs per second on a host with 36 physical cores",
+    "a microVM with a minimal Linux kernel, one vCPU and 128 MiB of RAM, created and booted",
+    "Firecracker, docs/design.md, Features: \"Firecracker supports a steady mutation rate of 5 microVMs per "
+    "host core per second\", https://github.com/firecracker-microvm/firecracker/blob/main/docs/design.md")

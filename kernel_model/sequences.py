@@ -160,6 +160,13 @@ SEQUENCES: dict[str, Sequence] = {s.name: s for s in (
                         Step("run", {"vcpu": 0, "section": DEFAULT_SECTION_NS, "period": DEFAULT_PERIOD_NS}),
                         *_virtio_mmio_notifies(6, gap_ns=200_000),
                         Step("memslot", {"slot": 1, "base": 0x100000000, "size": 2 << 20}))),
+    Sequence("churn",
+             "One short-lived microVM, Firecracker's set-up with one vCPU and no guest run: guest memory, the "
+             "irqchip and the virtio-mmio ioeventfds, the vCPU, then the teardown. `minivmm timing --churn` "
+             "repeats it back to back: where the set-up leaves a call_srcu() grace period pending, the "
+             "teardown's srcu_barrier() waits for it and its callbacks.",
+             _torn_down(Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": RAM}), Step("irqchip"),
+                        *_virtio_mmio_notifies(6), Step("vcpu", {"id": 0}))),
     Sequence("deregistrations-running",
              "Register and, 12 ms later (the registration's own grace period is over), deregister six "
              "ioeventfds while vCPU 0 runs a guest that exits on every loop: each deregistration's "

@@ -319,7 +319,8 @@ def agreement(timing: list[int], repro: list[int], tick: int, origin: float) -> 
 #: Per source: batches and repetitions per batch (each side). A share of a tick mode is the figure that
 #: needs samples: at 250 each, three standard errors of a difference of shares near 0.2 are 0.11.
 AGREEMENT_RUNS = {"registrations-first": (25, 10), "arm64-order": (25, 10), "late-registration": (20, 10),
-                  "firecracker": (10, 10), "deregistrations-running": (4, 5), "qemu-trace": (12, 10)}
+                  "firecracker": (10, 10), "deregistrations-running": (4, 5), "qemu-trace": (12, 10),
+                  "churn": (15, 10)}
 
 
 #: `minivmm timing`'s measurement (``measure()``) in a process of its own, as the command runs it: a

@@ -1,10 +1,11 @@
 """The VM's teardown as a sequence step: how a file ends with it (or keeps its VM), what each variant's
-kvm_destroy_vm() waits for, and the explanation of that wait."""
+kvm_destroy_vm() waits for, the explanation of that wait, and VMs destroyed back to back (churn)."""
 
 from __future__ import annotations
 
 import pytest
 
+from kernel_model.churn import predict_churn
 from kernel_model.explain import explain
 from kernel_model.ops import OPS, Arg, CloseCall, OpSpec
 from kernel_model.predict import predict
@@ -115,3 +116,34 @@ def test_the_explanation_names_the_grace_period_whose_callbacks_the_barrier_wait
     several = explain(parse_sequence(SEVERAL + "sleep 5ms\n", "t"), "call_srcu", HZ, "pvm", samples=100)[-1]
     assert several.started_by_step == 2 and "step #3 KVM_IOEVENTFD, mmio 0xd0001050" in several.describe()
     assert not explain(parse_sequence(ONE, "t"), "sync", HZ, "pvm", samples=20)[-1].waited_for_gp
+
+
+def test_back_to_back_teardowns_lock_to_the_tick():
+    """Each cycle starts just after the tick its teardown's callbacks ran on, so the next registration's
+    grace period takes a whole two ticks: every cycle is four jiffies long, not 3.5 on average."""
+    seq = parse_sequence(ONE, "t")
+    p = predict_churn(seq, "call_srcu", HZ, "pvm", threads=1, cycles=40, between_ns=[50_000])
+    assert all(3.8 * TICK < c <= 4.05 * TICK for c in p.cycle_ns[1:])
+    assert 55 < p.rate < 65
+    fast = predict_churn(seq, "call_srcu_expedited", HZ, "pvm", threads=1, cycles=40, between_ns=[50_000])
+    assert fast.rate > 1000
+
+
+def test_threads_with_their_own_vms_add_up_when_their_teardowns_wait_on_their_own_srcu():
+    seq = parse_sequence(ONE, "t")
+    one = predict_churn(seq, "call_srcu", HZ, "pvm", threads=1, cycles=30, between_ns=[50_000])
+    three = predict_churn(seq, "call_srcu", HZ, "pvm", threads=3, cycles=30, between_ns=[50_000])
+    assert 2.7 * one.rate < three.rate < 3.1 * one.rate
+
+
+def test_teardowns_at_once_share_the_mmu_notifier_grace_period():
+    """Without registrations each teardown's only wait is mmu_notifier_unregister()'s grace period of
+    the host's one mmu-notifier srcu_struct: expedited when idle, normal (a timer tick) when another
+    thread's teardown has just used it. Two threads then do not double one thread's rate."""
+    seq = parse_sequence("create_vm\n", "t")
+    between = [40_000, 60_000, 90_000]
+    one = predict_churn(seq, "sync", HZ, "pvm", threads=1, cycles=200, between_ns=between)
+    two = predict_churn(seq, "sync", HZ, "pvm", threads=2, cycles=200, between_ns=between)
+    assert max(one.cycle_ns) < 1_000_000  # alone: always expedited
+    assert max(two.cycle_ns) > TICK  # some waited for a normal grace period
+    assert two.rate < 2 * one.rate * 0.9

@@ -1,6 +1,6 @@
 """The teardown on real KVM: ``minivmm timing`` times the VM fd's close() in every repetition, and that
 time agrees with the model's teardown for a registration closed at once, after a pause, and after
-several registrations.
+several registrations; ``--churn`` reports rates beside the predictions.
 
 Agreement is judged the way tick-bound steps are (kernel_model.stats): by tick modes, never median to
 median in time. The teardown's wait ends on a timer tick (the callbacks' delay timer), so over random
@@ -107,3 +107,27 @@ def test_timing_reports_the_teardown_as_a_step_with_its_close():
     assert not last["published"] and not last["stalled"]
     text = run_cli("timing", "-r", "20", "-n", "100", "-s", "registrations-first", timeout=120).stdout
     assert any(line.startswith("close(") and ") = 0 <" in line for line in text.splitlines())
+
+
+def test_churn_reports_rates_on_one_and_several_threads_beside_the_predictions():
+    from jsonschemas import validate
+    proc = run_cli("timing", "--churn", "-r", "15", "--threads", "2", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    validate(doc, "churn")
+    assert [r["threads"] for r in doc["runs"]] == [1, 2]
+    for run in doc["runs"]:
+        assert run["cycles"] == 15 * run["threads"] and run["rate_per_s"] > 0
+        assert len(run["teardown_ns"]) == run["cycles"]
+        assert set(run["predicted"]) == {"sync", "call_srcu", "created_vcpus", "call_srcu_expedited"}
+    assert doc["published"]["per_core_per_s"] == 5
+    text = run_cli("timing", "--churn", "-r", "10", "--threads", "2", timeout=120)
+    assert text.returncode == 0 and "2 threads" in text.stdout and "docs/design.md" in text.stdout
+
+
+def test_churn_refuses_what_does_not_apply():
+    for extra in (["--plot", "x.png"], ["--format", "openmetrics"]):
+        proc = run_cli("timing", "--churn", *extra)
+        assert proc.returncode == 2 and proc.stderr.startswith("minivmm: error: --churn cannot be used with")
+    proc = run_cli("timing", "--threads", "3")
+    assert proc.returncode == 2 and "--threads needs --churn" in proc.stderr

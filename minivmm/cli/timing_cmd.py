@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from minivmm.cli import gate_opts
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, resource_error
 from minivmm.cli.options import int_range
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+
+if TYPE_CHECKING:
+    from minivmm.host import HostInfo
 
 
 def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
@@ -38,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                "usage or input (sequence, --plot path, options); 4 /dev/kvm missing or not accessible; "
                "130 Ctrl-C (what was measured so far is printed, marked partial).")
     p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
-                   help="a named sequence (firecracker, registrations-first, arm64-order, late-registration), "
+                   help="a named sequence (firecracker, registrations-first, arm64-order, late-registration, churn), "
                         "a sequence file, or auto: firecracker where the first vCPU maps the APIC-access page "
                         "(vmx, svm: the stall lands in KVM_CREATE_VCPU 0), registrations-first elsewhere (it "
                         "lands in the first memslot) (default: auto)")
@@ -77,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "from it instead of the fixed cost, and ticks its CPUs as the profile measured (a "
                         "timer then fires a tick late where the host's ticks make it); with --calibrate, "
                         "where to write it")
+    p.add_argument("--churn", action="store_true",
+                   help="instead of timing the steps, create, set up and destroy VMs back to back (--repeat "
+                        "cycles per thread, on one thread and then on --threads at once) and report cycles per "
+                        "second beside each variant's prediction (default sequence: churn)")
+    p.add_argument("--threads", type=int_range(2, 256), default=None, metavar="N",
+                   help="with --churn: the threads of the parallel run (default: the number of CPUs, at least 2)")
     gate_opts.add_options(p)
     p.set_defaults(handler=run)
 
@@ -112,6 +122,56 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_er
     out.write(json.dumps(profile.to_json(), indent=1) + "\n")
     sys.stdout.write(f"host profile: {path}\n{describe(profile, cal.runs, cal.ticks)}"
                      f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
+    return 0
+
+
+def _churn(args: argparse.Namespace, host: HostInfo, hz: int, plat: str, plat_source: str) -> int:
+    """``--churn``: refuse what does not apply, then one thread's cycles and --threads threads' cycles,
+    each beside every variant's prediction."""
+    import os
+
+    from minivmm.cli import seqinput
+    from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.timing.churn import ChurnFailed, churn
+    from minivmm.timing.churn_report import compare_churn, render, to_json
+    from minivmm.timing.compare import TimingHost
+    from minivmm.timing.runner import SequenceUnrunnable
+
+    for given, option in ((args.baseline, "--baseline"), (args.plot_path, "--plot"),
+                          (args.out_format == "openmetrics" or None, "--format openmetrics")):
+        if given:
+            raise CliError(f"--churn cannot be used with {option} (it reports rates, not steps)")
+    costs = seqinput.profile_costs(args.profile, hz)
+    seq = seqinput.load("churn" if args.sequence == "auto" else args.sequence)
+    seqinput.refuse_what_the_kernel_refuses(seq, plat)
+    if host.kvm_error:
+        raise _kvm_refusal(args.kvm_path, host.kvm_error)
+    cpus = os.cpu_count() or 1
+    threads = args.threads or max(2, cpus)
+    loadavg = os.getloadavg()
+    try:
+        runs = [churn(seq, args.repeat, n, args.kvm_path) for n in (1, threads)]
+    except ChurnFailed as e:
+        cause = e.__cause__
+        if isinstance(cause, KvmUnavailable):
+            raise kvm_unavailable(cause) from None
+        if isinstance(cause, KvmError):
+            raise resource_error(cause) or CliError(f"sequence {seq.name}: {cause.strerror} (the host refused "
+                                                    "this step)", ExitCode.GUEST_FAILED) from None
+        if isinstance(cause, SequenceUnrunnable):
+            raise CliError(f"sequence {seq.name}: {cause}") from None
+        raise
+    facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=hz,
+                       hz_source="--hz" if args.hz else host.hz_source, platform=plat, platform_source=plat_source,
+                       backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=False,
+                       host_hz=host.hz, host_platform=host.platform, profile=args.profile)
+    comparison = compare_churn(seq, runs, hz, plat, cpus, loadavg, args.seed, costs)
+    if args.out_format == "json":
+        import json
+        json.dump(to_json(comparison, facts), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(comparison, facts, sys.stdout)
     return 0
 
 
@@ -178,6 +238,10 @@ def run(args: argparse.Namespace) -> int:
             "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
     if args.calibrate:
         return _calibrate(args, host_hz, plat, host.kernel or "", host.kvm_error)
+    if args.churn:
+        return _churn(args, host, host_hz, plat, plat_source)
+    if args.threads is not None:
+        raise CliError("--threads needs --churn (the parallel run of the churn)")
     costs = seqinput.profile_costs(args.profile, host_hz)
     name = sequence if sequence != "auto" else default_sequence(plat)
     seq = seqinput.load(name)

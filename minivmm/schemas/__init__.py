@@ -2,7 +2,8 @@
 
 Every document is a JSON object whose first two keys are ``schema_version`` (an integer, raised when a
 field is renamed, removed or changes meaning; adding a field does not raise it) and ``kind`` (which
-command made it: ``boot``, ``info``, ``model``, ``timing``, ``compare``). Durations carry their
+command made it: ``boot``, ``info``, ``model``, ``timing``, ``compare``, ``trace``, ``repro``; ``churn`` is
+``timing --churn``). Durations carry their
 unit in the field name (``_ns``, ``_us``, ``_ms``, ``_s``). ``<kind>.schema.json`` in this package
 describes each kind (JSON Schema draft 2020-12); the tests validate every output against it.
 
@@ -27,6 +28,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "compare": 2,
     "trace": 2,
     "repro": 1,
+    "churn": 1,
 }
 
 #: The oldest version of a kind that readers still take, where it is older than the current one: a

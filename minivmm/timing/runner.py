@@ -37,6 +37,8 @@ class Repetition:
     durations_ns: list[int]
     gaps_ns: list[int]
     records: list[IoctlRecord | None]
+    #: When the last step ended (monotonic ns), before what was left of the VM was freed.
+    steps_end_ns: int = 0
 
 
 class MeasurementInterrupted(KeyboardInterrupt):
@@ -115,7 +117,7 @@ class SequenceRunner:
                 last_end = time.monotonic_ns()
         finally:
             state.close()
-        return Repetition(durations, gaps, records)
+        return Repetition(durations, gaps, records, last_end)
 
 
 def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = DEFAULT_DEVICE_PATH,
