@@ -50,6 +50,10 @@ class Explanation:
     #: Per stalled step, the SRCU machinery's own record beside the model's attribution; or why not.
     kernel_checks: dict[int, srcu_check.StallCheck] = field(default_factory=dict)
     kernel_note: str = ""
+    #: The VM's teardown, recorded and explained (:mod:`minivmm.trace.teardown`); None: not recorded
+    #: (``teardown_note`` says why when it was recorded but could not be modelled).
+    teardown: Any = None
+    teardown_note: str = ""
     _step_of: dict[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def step_of(self, ioctl: int | None) -> int | None:
@@ -255,6 +259,12 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
         ex.kernel_checks = srcu_check.check_stalls(ex, result, stalled_steps(ex))
     else:
         ex.kernel_note = getattr(result, "srcu_note", "") or "the kernel clock was not used"
+    from minivmm.trace.teardown import explain_teardown
+    try:
+        ex.teardown = explain_teardown(result, ex.vm, hz, platform, seed=seed,
+                                       name_ioctl=lambda k: ioctl_ref(ex, result.events, k))
+    except ValueError as e:  # the model kernel refused the ops before the teardown (SequenceError)
+        ex.teardown_note = f"the teardown could not be modelled: {e}"
     return ex
 
 

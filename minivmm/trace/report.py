@@ -178,6 +178,14 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
       f"{_fmt_us(ex.setup_measured_ns() / 1000)}; predicted p50 [p10 - p90]:\n")
     for v, q in ex.setup_predicted().items():
         w(f"  {v:<22} {_fmt_us(q['p50'])} [{_fmt_us(q['p10'])} - {_fmt_us(q['p90'])}]\n")
+    if ex.teardown is not None:
+        td = ex.teardown
+        w(f"\nteardown: {td.headline()}; predicted p50 [p10 - p90]:\n")
+        for v, q in td.predicted.items():
+            w(f"  {v:<22} {_fmt_us(q['p50'])} [{_fmt_us(q['p10'])} - {_fmt_us(q['p90'])}]\n")
+        w(f"  {td.sentence}\n")
+    elif ex.teardown_note:
+        w(f"\nteardown: {ex.teardown_note}\n")
     w(f"\nverdict: {c.verdict.text}\n")
     w("(one trace is one sample: a stall's length depends on where in a jiffy it began; `minivmm timing "
       "--sequence FILE` with a file from --save-sequence measures the distribution)\n")
@@ -273,6 +281,8 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
                       "predicted_us": {k: _us_keys(q) for k, q in ex.setup_predicted().items()}},
             "unmodelled": dict(ex.unmodelled), "not_in_sequence": ex.skipped,
             "attribution_note": ex.attribution_note or None, "kernel_check_note": ex.kernel_note or None,
+            "teardown": None if ex.teardown is None else {
+                **ex.teardown.to_json(), "predicted": {k: _us_keys(q) for k, q in ex.teardown.predicted.items()}},
             "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
                         "text": v.text}}
 
