@@ -88,12 +88,15 @@ def test_the_teardown_timed_on_the_host_agrees_with_the_model():
         why = (name, variant, early, inside, len(host), transform, modes.shares[:4])
         # Nothing ends the wait before the callbacks it waits for have run.
         assert early <= 0.05 * len(host), why
-        # A good share inside the model's mode; the rest a tick or two later, which grows with the
-        # host's load (a host profile measures it; without one the model draws none). A quarter or
-        # more were inside at a load average of 9 on this project's 2-CPU host.
-        assert inside >= 0.25 * len(host), why
+        # A share inside the model's mode; the rest a tick or two later, which depends on the host's
+        # load and on what its other tasks do to the ticks (a host profile measures it; without one the
+        # model draws none): 18% to 80% were inside in runs on this project's shared 2-CPU host. A
+        # wrong variant puts none inside.
+        assert inside >= 0.1 * len(host), why
+        # Inside, the host's spread over the phase is the model's: the transform's median is near one
+        # half (late wake-ups push it up a little on a busy host; a mode in the wrong place, to 0 or 1).
         if len(transform) >= 8:
-            assert 0.25 <= median(transform) <= 0.75, why
+            assert 0.15 <= median(transform) <= 0.85, why
 
 
 def test_timing_reports_the_teardown_as_a_step_with_its_close():
