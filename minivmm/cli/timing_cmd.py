@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "and a verdict.",
         epilog="Exit codes: 0 measured and compared; 1 the host refused a step the model accepts; 2 bad "
                "usage or input (sequence, --plot path, options); 4 /dev/kvm missing or not accessible; "
-               "130 Ctrl-C (what was measured so far is printed, marked partial).")
+               "130 Ctrl-C (what was measured so far is printed, marked partial; with --churn, nothing).")
     p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
                    help="a named sequence (firecracker, registrations-first, arm64-order, late-registration, churn), "
                         "a sequence file, or auto: firecracker where the first vCPU maps the APIC-access page "
