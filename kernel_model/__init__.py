@@ -20,10 +20,11 @@ docstring what it models and what it leaves out. Nothing here touches /dev/kvm.
   page, static key) and :mod:`kernel_model.arch.arm64` (vGIC). :mod:`kernel_model.kvm_host` holds what
   they share.
 - :mod:`kernel_model.ops`: one spec per sequence op (arguments, checks, label, the ioctl it issues and
-  its inverse from a trace, model step); :mod:`kernel_model.kvm_uapi`: the ioctls' argument structs
-  and the one printer of each.
+  its inverse from a trace, model step; the teardown issues a close() instead);
+  :mod:`kernel_model.kvm_uapi`: the ioctls' argument structs and the one printer of each.
 - :mod:`kernel_model.sequences`: named ioctl sequences (shared with ``minivmm timing``), sequence files,
   and their one validation.
 - :mod:`kernel_model.predict`: latency distributions of a sequence under a variant, HZ and platform.
 - :mod:`kernel_model.explain`: which grace period each step waited for, and which earlier step started it.
+- :mod:`kernel_model.churn`: VMs created and destroyed back to back, on one thread or several.
 """

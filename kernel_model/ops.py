@@ -657,8 +657,8 @@ DESTROY_VM = OpSpec(
     requests=(),
     label=lambda a: "close(vm): kvm_destroy_vm()",
     ioctl=None, close=lambda a: CloseCall("vm", after=("vcpu",)),
-    # A trace records closes, not ioctls: the tracer's close of a VM fd becomes this op (see
-    # minivmm.trace.explain), so no ioctl maps back to it.
+    # No ioctl maps back to it: a trace records the close (or the exit) that destroyed a VM apart from
+    # the ioctls, and minivmm.trace.teardown makes this op of it.
     from_traced=None,
     model=_destroy_vm_model)
 
