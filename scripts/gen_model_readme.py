@@ -15,7 +15,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kernel_model.readme_table import current_table, published_table, replace_table  # noqa: E402
+from devtools.model_table import current_table, published_table, replace_table  # noqa: E402
 
 
 def main() -> int:

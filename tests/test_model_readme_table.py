@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from kernel_model.published import FIGURES
-from kernel_model.readme_table import current_table, published_table, replace_table
+from devtools.model_table import current_table, published_table, replace_table
 
 README = pathlib.Path(__file__).resolve().parent.parent / "kernel_model" / "README.md"
 
