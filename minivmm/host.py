@@ -93,6 +93,11 @@ def config_values(names: tuple[str, ...], release: str | None = None) -> dict[st
     ``minivmm boot`` asks for CONFIG_HZ on every run: decompressing all of /proc/config.gz for it
     costs milliseconds; CONFIG_HZ sits in its first eighth.
     """
+    return _config_values_and_source(names, release)[0]
+
+
+def _config_values_and_source(names: tuple[str, ...], release: str | None = None) -> tuple[dict[str, str], str | None]:
+    """:func:`config_values`, and the file they were read from (None if no config could be read)."""
     release = release or os.uname().release
     wanted = {f"{n}=": n for n in names}
     found: dict[str, str] = {}
@@ -105,11 +110,11 @@ def config_values(names: tuple[str, ...], release: str | None = None) -> dict[st
                         found[wanted[key]] = line[len(key):].rstrip("\n")
                         if len(found) == len(wanted):
                             break
-            return found
+            return found, path
         except OSError as e:
             _raise_if_out_of_resources(e)
             continue
-    return found
+    return found, None
 
 
 def config_value(config: str, name: str) -> str | None:
@@ -128,7 +133,7 @@ def detect_backend(sys_module: str = "/sys/module") -> str | None:
 
 def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     """Gather everything ``minivmm info`` shows. Never raises for a missing /dev/kvm: it says so."""
-    api_version = kvm_error = platform = hz_source = None
+    api_version = kvm_error = hz_source = None
     hz: int | None = None
     tree_srcu: bool | None = None
     capabilities: dict[str, int] = {}
@@ -141,13 +146,7 @@ def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
     except KvmUnavailable as e:
         _raise_if_out_of_resources(e)
         kvm_error = e.strerror
-    backend_module = detect_backend()
-    if backend_module:
-        platform = BACKENDS[backend_module]
-        if platform == "svm" and not svm_avic_enabled():
-            platform = "svm-noavic"
-    elif os.uname().machine in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
-        platform = "arm64"
+    platform, backend_module = host_platform()
     config, source = kernel_config()
     if config:
         hz_text = config_value(config, "CONFIG_HZ")
@@ -164,3 +163,61 @@ def read_host_info(kvm_path: str = DEFAULT_DEVICE_PATH) -> HostInfo:
                 continue
     return HostInfo(os.uname().release, os.uname().machine, kvm_path, api_version, kvm_error, capabilities,
                     backend_module, platform, hz, hz_source, tree_srcu, srcutree_params)
+
+
+def host_platform() -> tuple[str | None, str | None]:
+    """The kernel model's name for this host's KVM platform, and the module that says so: the loaded
+    backend (kvm_amd without AVIC is ``svm-noavic``), or ``arm64`` where an arm64 machine has /sys/module/kvm;
+    (None, None) where no KVM module is loaded."""
+    backend = detect_backend()
+    if backend:
+        platform = BACKENDS[backend]
+        return ("svm-noavic" if platform == "svm" and not svm_avic_enabled() else platform), backend
+    if os.uname().machine in ("aarch64", "arm64") and os.path.isdir("/sys/module/kvm"):
+        return "arm64", None
+    return None, None
+
+
+def host_hz() -> tuple[int | None, str | None]:
+    """This host's CONFIG_HZ and the file it was read from, reading the config only as far as needed."""
+    values, source = _config_values_and_source(("CONFIG_HZ",))
+    text = values.get("CONFIG_HZ")
+    return (int(text), source) if text and text.isdigit() else (None, None)
+
+
+class ModelledKernel(NamedTuple):
+    """The HZ and platform the kernel model runs at, and where each came from, in words the output
+    shows: ``--hz``, ``/proc/config.gz``, ``kvm_intel loaded``, or ``fallback: ...`` (None: not known)."""
+
+    hz: int | None
+    hz_source: str | None
+    platform: str | None
+    platform_source: str | None
+
+    @property
+    def fallback(self) -> bool:
+        """Whether a fallback stood in for a fact the host did not give."""
+        return any(s is not None and s.startswith("fallback") for s in (self.hz_source, self.platform_source))
+
+
+def modelled_kernel(hz: int | None, platform: str | None, host: HostInfo | None = None,
+                    fallback: tuple[int, str] | None = None) -> ModelledKernel:
+    """The one rule for the HZ and platform the model runs at (``boot``'s shadow, ``timing``, ``trace``):
+    an option given wins; else the host's (CONFIG_HZ from its kernel config, the platform from the
+    loaded KVM module), from ``host`` when the caller has read it already; else ``fallback`` (HZ,
+    platform) when the caller has one, named as such in the source; else None, for the caller to say
+    what to pass."""
+    if hz is not None:
+        hz_source: str | None = "--hz"
+    else:
+        hz, hz_source = (host.hz, host.hz_source) if host is not None else host_hz()
+        if hz is None and fallback is not None:
+            hz, hz_source = fallback[0], "fallback: CONFIG_HZ unreadable (no /proc/config.gz or /boot/config-*)"
+    if platform is not None:
+        platform_source: str | None = "--platform"
+    else:
+        platform, module = (host.platform, host.backend_module) if host is not None else host_platform()
+        platform_source = None if platform is None else f"{module or 'kvm'} loaded"
+        if platform is None and fallback is not None:
+            platform, platform_source = fallback[1], "fallback: no KVM module loaded (/sys/module)"
+    return ModelledKernel(hz, hz_source, platform, platform_source)

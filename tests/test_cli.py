@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -47,7 +48,7 @@ def test_unknown_mode():
 @pytest.mark.parametrize("args,fragment", [
     (["--mem", "lots"], "--mem"),
     (["--mem", "5G"], "--mem"),
-    (["--mem", "1000"], "4 KiB"),
+    (["--mem", "1001K"], "4 KiB"),
     (["--vcpus", "0"], "--vcpus"),
     (["--timeout", "0"], "--timeout"),
     (["--load-addr", "zero"], "--load-addr"),
@@ -120,7 +121,7 @@ def test_boot_without_image_is_one_line_on_stderr():
     (["boot", "guest/hello.bin", "extra.bin"], ["extra.bin"]),
     (["boot", "guest/hello.bin", "--no-check", "--inject", "stale-bus"], ["needs the check on"]),
     (["model", "--hz", "0x"], ["--hz"]),
-    (["model", "--samples", "0"], ["--samples", "between 1 and"]),
+    (["model", "--samples", "0"], ["--samples", "between 10 and"]),
     (["timing", "--repeat", "-1"], ["--repeat"]),
     (["info", "--kvm"], ["--kvm needs a value"]),
 ])
@@ -162,7 +163,7 @@ def test_flags_show_no_value_placeholder_and_help_fits_80_columns():
         assert "<bool>" not in proc.stdout and "BOOLEAN" not in proc.stdout
         assert max(len(line) for line in proc.stdout.splitlines()) <= 80, command
     boot_help = run_cli("boot", "--help").stdout
-    for flag in ("--strict", "--trace", "--json", "--check", "--no-check", "--ftrace"):
+    for flag in ("--strict", "--trace", "--json", "--check / --no-check", "--ftrace"):
         assert re.search(rf"^  {flag} ", boot_help, re.M), flag
 
 
@@ -319,7 +320,7 @@ def test_help_and_readme_cite_messages_not_internal_numbers():
     from conftest import ROOT
     texts = {"README.md": (ROOT / "README.md").read_text()}
     top = run_cli("--help").stdout
-    commands = re.findall(r"^    (\w+) ", top, re.M)
+    commands = re.findall(r"^  ([a-z]+) ", top.split("Commands:", 1)[1], re.M)
     assert {"boot", "timing", "model", "info"} <= set(commands)
     for command in commands:
         texts[f"minivmm {command} --help"] = run_cli(command, "--help").stdout
@@ -328,22 +329,23 @@ def test_help_and_readme_cite_messages_not_internal_numbers():
 
 
 def test_each_command_module_registers_the_command_it_is_named_after():
-    # main() builds only the named command's subparser, found by this naming rule.
+    # main() builds only the named command, found by this naming rule.
     import importlib
 
+    import typer
+
     from minivmm.cli.app import COMMANDS
-    from minivmm.cli.parser import Parser
-    for module in COMMANDS:
-        parser = Parser()
-        sub = parser.add_subparsers()
-        importlib.import_module(f"minivmm.cli.{module}").register(sub)
-        assert list(sub.choices) == [module.removesuffix("_cmd")]
+    for name in COMMANDS:
+        app = typer.Typer()
+        importlib.import_module(f"minivmm.cli.{name}_cmd").register(app)
+        assert [c.name for c in app.registered_commands] == [name]
 
 
 def test_a_command_imports_no_other_commands_module():
     import subprocess
     import sys
-    code = ("import sys; from minivmm.cli import app; app.build_parser(app._command_in(['model', '--json']));"
+    code = ("import sys, typer; from minivmm.cli import app; typer.main.get_command(app.build_app("
+            "app._command_in(['model', '--json'])));"
             "print(sorted(m for m in sys.modules if m.startswith('minivmm.cli.') and m.endswith('_cmd')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['minivmm.cli.model_cmd']"
@@ -378,3 +380,54 @@ def test_the_command_still_waits_for_a_running_non_daemon_thread():
     proc = _console_main_in_child(prelude, ["--version"])
     assert proc.returncode == 0 and "thread done" in proc.stdout
 
+
+@pytest.mark.parametrize("args,fragment", [
+    (["boot", "guest/hello.bin", "-m", "-1M"], "--mem: -1M must be positive"),
+    (["boot", "guest/hello.bin", "--vcpus", "-2"], "--vcpus: -2 must be positive"),
+    (["compare", "--threshold", "-5%", "a.json", "b.json"], "--threshold: -5% must be positive"),
+    (["timing", "--hz", "-100"], "--hz: -100 must be positive"),
+    (["model", "--seed", "-1"], "--seed: -1 must be positive"),
+])
+def test_a_negative_number_is_must_be_positive_not_needs_a_value(args, fragment):
+    assert_one_line_error(run_cli(*args), 2, fragment)
+
+
+def test_a_bare_mem_number_is_mib_as_in_qemu(tmp_path):
+    p = tmp_path / "big.bin"
+    p.write_bytes(b"\xf4" * (2 << 20))
+    # 2 MiB of image: refused by -m 1 (one MiB), as by -m 1M; -m 1048576 is a million MiB, out of range
+    for mem in ("1", "1M"):
+        assert_one_line_error(run_cli("boot", str(p), "-m", mem, "--mode", "long"), 2, "does not fit")
+    assert_one_line_error(run_cli("boot", str(p), "-m", "1048576"), 2, "--mem")
+    from minivmm.cli.options import parse_size
+    assert parse_size("128") == parse_size("128M") == 128 << 20 and parse_size("1G") == 1 << 30
+
+
+def test_help_lists_every_option_with_its_default():
+    boot = run_cli("boot", "--help").stdout
+    for option, default in (("--mem", "16M"), ("--mode", "real"), ("--vcpus", "1"), ("--kvm", "/dev/kvm"),
+                            ("--timeout", "10.0"), ("--load-addr", "0x1000")):
+        assert re.search(rf"{option} .*?\[default: {re.escape(default)}\]", " ".join(boot.split())), option
+    timing = " ".join(run_cli("timing", "--help").stdout.split())
+    assert "[default: 100]" in timing and "[default: 2000]" in timing and "this host's" in timing
+    model = " ".join(run_cli("model", "--help").stdout.split())
+    assert "[default: 1000]" in model and "else 100 and vmx" in model
+
+
+def test_dash_p_is_the_process_id_never_the_platform():
+    for command in ("timing", "model", "trace", "repro"):
+        text = run_cli(command, "--help").stdout
+        assert re.search(r"^  --platform PLATFORM", text, re.M) and "-p, --platform" not in text
+    assert re.search(r"^  -p, --pid PID", run_cli("trace", "--help").stdout, re.M)
+
+
+@pytest.mark.parametrize("where", ["file", "-", "/dev/stdout", "/dev/stderr"])
+def test_output_writes_the_report_to_a_file_or_the_named_stream(tmp_path, where):
+    target = str(tmp_path / "model.txt") if where == "file" else where
+    proc = run_cli("model", "-n", "10", "-o", target)
+    assert proc.returncode == 0, proc.stderr
+    report = {"file": lambda: (tmp_path / "model.txt").read_text(), "-": lambda: proc.stdout,
+              "/dev/stdout": lambda: proc.stdout, "/dev/stderr": lambda: proc.stderr}[where]()
+    assert report.startswith("sequence firecracker at HZ=100 on vmx")
+    if where == "file":
+        assert proc.stdout == "" and os.listdir(tmp_path) == ["model.txt"]

@@ -40,7 +40,7 @@ def test_model_sequence_file(tmp_path):
 
 
 def test_model_errors_are_one_line():
-    for args, fragment in ((["-v", "nope"], "unknown variant"), (["-p", "ppc"], "unknown platform"),
+    for args, fragment in ((["-v", "nope"], "not a kernel variant"), (["--platform", "ppc"], "unknown platform"),
                            (["-s", "missing.seq"], "neither a named sequence"), (["--hz", "0"], "--hz")):
         proc = run_cli("model", *args)
         assert proc.returncode == 2
@@ -73,7 +73,7 @@ REFUSED = [
 def test_a_step_the_kernel_refuses_is_one_line_naming_the_step(tmp_path, text, step, reason, errno_name):
     f = tmp_path / "refused.seq"
     f.write_text(text)
-    for command in (["model", "-n", "5"], ["timing", "-r", "1", "--platform", "pvm", "--hz", "250"]):
+    for command in (["model", "-n", "10"], ["timing", "-r", "1", "--platform", "pvm", "--hz", "250"]):
         proc = run_cli(*command, "-s", str(f))
         assert proc.returncode == 2, (command, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stdout == ""
@@ -107,7 +107,7 @@ def test_show_sequence_prints_the_file_format_which_loads_back_to_the_same_steps
     # and it runs as a sequence file
     f = tmp_path / "mine.seq"
     f.write_text(run_cli("model", "--show-sequence", "registrations-first").stdout)
-    proc = run_cli("model", "-s", str(f), "-v", "call_srcu", "-n", "20", "-p", "pvm", "--hz", "250")
+    proc = run_cli("model", "-s", str(f), "-v", "call_srcu", "-n", "20", "--platform", "pvm", "--hz", "250")
     assert proc.returncode == 0, proc.stderr
     assert "KVM_SET_USER_MEMORY_REGION" in proc.stdout
 

@@ -84,7 +84,8 @@ def test_the_whole_set_up_is_the_sum_of_steps_and_gaps():
 
 def test_model_explain_prints_the_attribution_and_the_set_up(capsys):
     from minivmm.cli.app import main
-    assert main(["model", "-s", "registrations-first", "--hz", "250", "-p", "pvm", "-n", "50", "--explain"]) == 0
+    assert main(["model", "-s", "registrations-first", "--hz", "250", "--platform", "pvm", "-n", "50",
+                 "--explain"]) == 0
     out = capsys.readouterr().out
     assert "# variant call_srcu: why each step took its time; whole set-up" in out
     assert "for the normal grace period started by step #2 KVM_CREATE_IRQCHIP (call_srcu)" in out

@@ -130,7 +130,7 @@ def test_cli_model_with_a_profile_and_with_bad_profiles(tmp_path):
     from conftest import run_cli
     f = tmp_path / "host-profile.json"
     f.write_text(json.dumps(profile([60_000] * 80 + [4_060_000] * 20).to_json()))
-    proc = run_cli("model", "-s", "registrations-first", "--hz", "250", "-p", "pvm", "-v", "call_srcu",
+    proc = run_cli("model", "-s", "registrations-first", "--hz", "250", "--platform", "pvm", "-v", "call_srcu",
                    "-n", "200", "--json", "--profile", str(f))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -121,7 +121,7 @@ def test_model_and_timing_refuse_a_bad_sequence_file_with_one_line(tmp_path, cap
     from minivmm.cli.app import main
     path = tmp_path / "bad.seq"
     path.write_text(text)
-    for argv in (["model", "--sequence", str(path), "-n", "5"],
+    for argv in (["model", "--sequence", str(path), "-n", "10"],
                  ["timing", "--sequence", str(path), "--hz", "250", "--platform", "pvm", "-r", "1"]):
         assert main(argv) == 2
         err = capsys.readouterr().err

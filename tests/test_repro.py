@@ -188,17 +188,17 @@ def test_a_sequence_that_cannot_be_reproduced_is_one_line_and_exit_2(tmp_path, c
     path = tmp_path / "s.seq"
     path.write_text(text)
     out = tmp_path / "r.c"
-    assert main(["repro", "-s", str(path), "--hz", "250", "-p", "pvm", "-o", str(out)]) == 2
+    assert main(["repro", "-s", str(path), "--hz", "250", "--platform", "pvm", "-o", str(out)]) == 2
     assert fragment in one_line_error(capsys)
     assert not out.exists()
 
 
 def test_an_unknown_sequence_and_a_run_without_a_guest_are_one_line(tmp_path, capsys):
-    assert main(["repro", "-s", "no-such-sequence", "--hz", "250", "-p", "pvm"]) == 2
+    assert main(["repro", "-s", "no-such-sequence", "--hz", "250", "--platform", "pvm"]) == 2
     assert "no-such-sequence" in one_line_error(capsys)
     path = tmp_path / "run.seq"
     path.write_text("create_vm\nmemslot slot=0 base=0 size=1M\nvcpu id=0\nrun vcpu=0\n")
-    assert main(["repro", "-s", str(path), "--hz", "250", "-p", "arm64"]) == 2
+    assert main(["repro", "-s", str(path), "--hz", "250", "--platform", "arm64"]) == 2
     assert "step 4 (KVM_RUN, vcpu 0 (first entry)) needs a guest" in one_line_error(capsys)
 
 
@@ -211,7 +211,7 @@ def test_an_output_that_must_not_or_cannot_be_written_is_refused_and_nothing_is_
     for out, fragment in (("fifo.c", "not a regular file"), ("dir.c", "is a directory"),
                           ("link.c", "symbolic link"), ("repro.txt", "must end in .c"),
                           ("missing/repro.c", "does not exist")):
-        assert main(["repro", "-s", "registrations-first", "--hz", "250", "-p", "pvm", "-o",
+        assert main(["repro", "-s", "registrations-first", "--hz", "250", "--platform", "pvm", "-o",
                      str(tmp_path / out)]) == 2
         assert fragment in one_line_error(capsys), out
     assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "target.c").read_text() == "mine\n"
@@ -232,7 +232,7 @@ def test_the_header_says_what_it_reproduces_where_and_what_each_variant_predicts
 def test_the_header_names_the_host_a_sequence_file_was_recorded_on(tmp_path, capsys):
     path = tmp_path / "t.seq"
     path.write_text("# the KVM set-up of: vmm --fast\nhost hz=100 platform=vmx\ncreate_vm\nirqchip\n")
-    assert main(["repro", "-s", str(path), "--hz", "250", "-p", "pvm"]) == 0
+    assert main(["repro", "-s", str(path), "--hz", "250", "--platform", "pvm"]) == 0
     header = capsys.readouterr().out.split("*/", 1)[0]
     assert " *   the KVM set-up of: vmm --fast\n *   (recorded on a host at HZ=100, KVM platform vmx)\n" in header
 

@@ -35,7 +35,7 @@ def test_the_schema_package_data_is_declared_for_installs():
 
 
 def test_model_json_validates_and_a_unitless_field_does_not():
-    proc = run_cli("model", "--json", "-n", "20", "--hz", "250", "-p", "pvm")
+    proc = run_cli("model", "--json", "-n", "20", "--hz", "250", "--platform", "pvm")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     validate(doc, "model")
@@ -48,7 +48,7 @@ def test_model_json_validates_and_a_unitless_field_does_not():
 
 def test_model_explain_json_numbers_steps_from_1():
     proc = run_cli("model", "--json", "--explain", "-s", "registrations-first", "-v", "call_srcu", "-n", "20",
-                   "--hz", "250", "-p", "pvm")
+                   "--hz", "250", "--platform", "pvm")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     validate(doc, "model")

@@ -101,12 +101,12 @@ def test_a_command_spanning_lines_stays_one_comment_of_the_saved_sequence() -> N
 
 
 def _args(tmp_path, **kw):  # type: ignore[no-untyped-def]
-    import argparse
+    from types import SimpleNamespace
 
     from minivmm.files import Output
     base = dict(no_explain=False, sequence_out=None, report_out=Output(str(tmp_path / "report.txt"), "--output"),
-                out_format=None, json=False, hz=250, platform="vmx", samples=50, timeout=None)
-    return argparse.Namespace(**{**base, **kw})
+                out_format=None, as_json=False, hz=250, platform="vmx", samples=50, timeout=None)
+    return SimpleNamespace(**{**base, **kw})
 
 
 def test_a_stopped_or_failed_explanation_still_writes_the_trace(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -1,14 +1,15 @@
 """The ``minivmm`` command line and its entry point, the one place where errors become exit codes.
 
-Built on argparse (standard library) for start-up time and for full control of errors. Every failure,
-a usage error included, ends as one line ``minivmm: error: ...`` on stderr in our own wording and a
-documented exit code (:class:`minivmm.cli.errors.ExitCode`), never a traceback.
+Built on typer (pinned below 0.29 in pyproject.toml: 0.29 validates parameters with pydantic, ~0.13 s of
+every run). typer runs in click's non-standalone mode: click's own error printing, usage dumps and
+exits never happen; every failure, a usage error included, ends here as one line ``minivmm: error: ...``
+on stderr in our own wording and a documented exit code (:class:`minivmm.cli.errors.ExitCode`).
 
-A command is a module ``minivmm/cli/<name>_cmd.py`` with ``register(subparsers)`` (argparse only:
-importing it must stay cheap) and ``run(args) -> int`` (heavy imports inside). To add one, append its
-module name to :data:`COMMANDS`. The module of command ``NAME`` is ``NAME_cmd``: a run of one command
-imports and registers that command's module only (the others cost start-up and are not needed); the
-whole parser is built for ``--help``, no command or an unknown one.
+A command is a module ``minivmm/cli/<name>_cmd.py`` with ``register(app)``, which adds one typer
+command whose parameters are the shared options of :mod:`minivmm.cli.options` and its own; the
+implementation is imported inside the command function, when it runs. To add one, append its name to
+:data:`COMMANDS`. A run of one command builds that command only (the others cost start-up and are not
+needed); the whole app is built for ``--help``, no command, an unknown one and shell completion.
 """
 
 from __future__ import annotations
@@ -16,74 +17,190 @@ from __future__ import annotations
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
-if TYPE_CHECKING:  # argparse is imported inside main, under its Ctrl-C handler
-    import argparse
+if TYPE_CHECKING:
+    import typer
 
-#: The command modules, in the order ``minivmm --help`` lists them. Extend here.
-COMMANDS = ("boot_cmd", "timing_cmd", "trace_cmd", "model_cmd", "compare_cmd", "repro_cmd", "info_cmd")
+#: The commands, in the order ``minivmm --help`` lists them; ``NAME`` lives in ``minivmm/cli/NAME_cmd.py``.
+COMMANDS = ("boot", "timing", "trace", "model", "compare", "repro", "info")
 
 DESCRIPTION = "A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."
 
-EPILOG_TAIL = "Run 'minivmm COMMAND --help' for a command's options."
+#: The options ``minivmm`` itself takes before a command; every other option belongs to a command.
+TOP_LEVEL_OPTIONS = ("-h", "--help", "--version", "--install-completion", "--show-completion")
+
+#: The environment variable through which a shell asks for completions (click's rule: _PROG_COMPLETE).
+COMPLETE_VAR = "_MINIVMM_COMPLETE"
 
 
 def epilog() -> str:
-    """The top-level help's epilog: the exit-code table (from ``ExitCode``, the one table) and a pointer."""
+    """The top-level help's epilog: the exit-code table (from ``ExitCode``, the one table) and a pointer.
+    ``\\b`` keeps click from re-wrapping the table."""
     from minivmm.cli.errors import exit_code_table
-    return f"Exit codes (every command):\n{exit_code_table()}\n\n{EPILOG_TAIL}"
+    return (f"\b\nExit codes (every command):\n{exit_code_table(EPILOG_WIDTH)}\n\n"
+            "Run 'minivmm COMMAND --help' for a command's options.")
+
+
+#: click indents an epilog by two columns: the table is wrapped to fit 80 columns with them.
+EPILOG_WIDTH = 76
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (``console_main`` exits with it)."""
     try:
         # Imports happen here, under the handler, so that a Ctrl-C during start-up ends quietly too.
-        import argparse
+        import typer
 
         from minivmm.cli.errors import CliError, ExitCode
     except KeyboardInterrupt:
         return 130
+    words = sys.argv[1:] if argv is None else list(argv)
     try:
         guard_stdout()
-        words = sys.argv[1:] if argv is None else argv
-        _refuse_unknown_top_level_option(words)
-        parser = build_parser(_command_in(words))
-        args = parser.parse_args(argv)
-        handler = getattr(args, "handler", None)
-        if handler is None:
-            commands = ", ".join(_command_names(parser))
-            raise CliError(f"no command given. Usage: minivmm COMMAND [OPTIONS] (commands: {commands}; "
-                           "see minivmm --help)")
-        rv = handler(args)
+        only = None if _completing() else _command_in(words)
+        command = typer.main.get_command(build_app(only))
+        rv = command.main(args=words, prog_name="minivmm", complete_var=COMPLETE_VAR, standalone_mode=False)
         code = int(rv) if isinstance(rv, int) else int(ExitCode.OK)
-    except SystemExit as e:  # --help and --version: argparse prints, then exits 0
+    except SystemExit as e:  # shell completion ends this way
         code = e.code if isinstance(e.code, int) else 0
     except CliError as e:
         _print_error(str(e))
         return int(e.code)
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        _print_error(usage_error_message(e))
+        return int(ExitCode.BAD_INPUT)
+    except typer.Abort:
+        return int(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
-    except BrokenPipeError:
+    except ReaderLeft:
         _silence_stdout()
         return int(ExitCode.OK)  # the reader went away (e.g. `| head`): not our failure
-    except argparse.ArgumentError as e:  # an argparse error the parser did not route through error()
-        _print_error(str(e))
-        return int(ExitCode.BAD_INPUT)
     except Exception as e:  # the last resort: what a file, the output or the process's limits refused
         return _report_failure(e)
     return _flush_stdout(code)
 
 
-def _flush_stdout(code: int) -> int:
-    """Flush what the command left buffered for stdout: a write error still pending there is the
-    command's failure too (exit 6); a reader that left keeps the command's own code."""
+class ReaderLeft(Exception):
+    """EPIPE on stdout, carried past click (which would turn a BrokenPipeError into exit 1)."""
+
+
+def run_command(implementation: typer.models.CommandFunctionType, *args: object, **kwargs: object) -> int:
+    """Call a command's implementation (every command function ends here): EPIPE becomes
+    :class:`ReaderLeft`, and with ``output`` (``-o FILE``) what the command prints to stdout is written
+    to that file, whole, at the end (checked before the work: :class:`minivmm.files.Output`)."""
+    output = kwargs.pop("output", None)
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
+        if output is None:
+            return int(implementation(*args, **kwargs))
+        import contextlib
+        import io
+
+        from minivmm.files import Output
+        target = Output(str(output), "--output")
+        report = io.StringIO()
+        with contextlib.redirect_stdout(report):
+            code = int(implementation(*args, **kwargs))
+        target.write(report.getvalue())
+        return code
     except BrokenPipeError:
-        _silence_stdout()
-    except Exception as e:
-        return _report_failure(e)
-    return code
+        raise ReaderLeft from None
+
+
+def _completing() -> bool:
+    import os
+    return COMPLETE_VAR in os.environ
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command ``argv`` names, if its first word is a known command; else None (build them all)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app: the top-level options and every command in :data:`COMMANDS`, or only ``only``."""
+    import importlib
+
+    import typer
+
+    app = typer.Typer(name="minivmm", help=DESCRIPTION, epilog=epilog(), rich_markup_mode=None,
+                      pretty_exceptions_enable=False, add_completion=True,
+                      context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+    @app.callback()
+    def top_level(version: bool = typer.Option(False, "--version", help="print the version and exit",
+                                               is_eager=True, callback=_print_version)) -> None:
+        """A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."""
+
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"minivmm.cli.{name}_cmd").register(app)
+    return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import typer
+
+        from minivmm import __version__
+        sys.stdout.write(f"minivmm {__version__}\n")
+        raise typer.Exit(0)
+
+
+def usage_error_message(e: Exception) -> str:
+    """A click usage error in minivmm's words: one line, the option's long name first, never click's
+    "Usage:" dump or its "Try --help" line."""
+    from typer._click import exceptions as ce
+
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "minivmm"
+    at_top = ctx is not None and ctx.parent is None
+    if isinstance(e, ce.NoSuchOption):
+        if at_top:
+            return (f"unknown option {e.option_name}: minivmm takes only {', '.join(TOP_LEVEL_OPTIONS)} before "
+                    "the command; a command's options go after it (minivmm COMMAND --help)")
+        hint = f"; did you mean {', '.join(sorted(e.possibilities))}?" if e.possibilities else ""
+        return f"unknown option {e.option_name} (see {command} --help{hint})"
+    if isinstance(e, ce.BadOptionUsage):
+        if "requires" in e.message:
+            return f"{e.option_name} needs a value"
+        if "does not take a value" in e.message:
+            return f"{e.option_name} takes no value"
+        return f"{e.option_name}: {e.message}"
+    if isinstance(e, ce.MissingParameter) and e.param is not None:
+        what = e.param.human_readable_name
+        example = _example(ctx.info_name) if ctx is not None else None
+        return f"{command} needs {what} ({f'e.g. {example}' if example else f'see {command} --help'})"
+    if isinstance(e, ce.BadParameter):
+        return f"{_param_name(e.param) or e.param_hint or 'a value'}: {e.message}"
+    message = e.message if isinstance(e, ce.ClickException) else str(e)
+    if message.startswith("No such command "):
+        return f"unknown command {message[len('No such command '):].rstrip('.')} (see minivmm --help)"
+    if message == "Missing command.":
+        return (f"no command given. Usage: minivmm COMMAND [OPTIONS] (commands: {', '.join(COMMANDS)}; see "
+                "minivmm --help)")
+    if message.startswith("Got unexpected extra argument"):  # "... argument(s) (a b)"
+        extra = message.rsplit(" (", 1)[-1].rstrip(")")
+        return f"unknown option or extra argument: {extra} (see {command} --help)"
+    return message
+
+
+def _example(command: str | None) -> str | None:
+    """A command line of ``command`` that works (its module's ``EXAMPLE``), for a missing argument."""
+    if command not in COMMANDS:
+        return None
+    import importlib
+    example = getattr(importlib.import_module(f"minivmm.cli.{command}_cmd"), "EXAMPLE", None)
+    return None if example is None else str(example)
+
+
+def _param_name(param: object) -> str | None:
+    """``-m/--mem`` -> ``--mem``: an option is named the way its help shows it first; an argument by its
+    metavar."""
+    opts: list[str] = list(getattr(param, "opts", None) or ())
+    if not opts:
+        return None
+    if getattr(param, "param_type_name", "") == "argument":
+        return str(getattr(param, "human_readable_name", opts[0]))
+    return next((o for o in opts if o.startswith("--")), opts[0])
 
 
 def _report_failure(e: Exception) -> int:
@@ -103,6 +220,19 @@ def _report_failure(e: Exception) -> int:
         raise e
     _print_error(str(exhausted))
     return int(exhausted.code)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what the command left buffered for stdout: a write error still pending there is the
+    command's failure too (exit 6); a reader that left keeps the command's own code."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except Exception as e:
+        return _report_failure(e)
+    return code
 
 
 def guard_stdout() -> None:
@@ -136,55 +266,6 @@ def guard_stdout() -> None:
     raw = StdoutFile(fd, "w", closefd=False)
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=out.encoding, errors=out.errors,
                                   line_buffering=out.line_buffering)
-
-
-#: The options ``minivmm`` itself takes before a command; every other option belongs to a command.
-TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
-
-
-def _refuse_unknown_top_level_option(argv: list[str]) -> None:
-    """An option before the command that ``minivmm`` does not take is the error to report.
-
-    argparse would set it aside and go on into the command, which then reports what it misses
-    (``minivmm --bogus boot`` said "boot needs IMAGE"), not the option it was never given."""
-    from minivmm.cli.errors import UsageError
-    if argv and argv[0].startswith("-") and argv[0] != "-" and argv[0] not in TOP_LEVEL_OPTIONS:
-        raise UsageError(f"unknown option {argv[0]}: minivmm takes only {', '.join(TOP_LEVEL_OPTIONS)} "
-                         "before the command; a command's options go after it (minivmm COMMAND --help)")
-
-
-def _command_in(argv: list[str]) -> str | None:
-    """The command module ``argv`` names, if its first word is a known command; else None."""
-    for word in argv:
-        module = f"{word}_cmd"
-        return module if module in COMMANDS else None
-    return None
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser: the top-level options and one subparser per module in :data:`COMMANDS`, or only the
-    subparser of module ``only``."""
-    import importlib
-
-    from minivmm import __version__
-    from minivmm.cli.parser import Parser
-
-    parser = Parser(prog="minivmm", description=DESCRIPTION, epilog=epilog())
-    parser.add_argument("--version", action="version", version=f"minivmm {__version__}",
-                        help="print the version and exit")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for name in COMMANDS if only is None else (only,):
-        importlib.import_module(f"minivmm.cli.{name}").register(subparsers)
-    return parser
-
-
-def _command_names(parser: argparse.ArgumentParser) -> list[str]:
-    """The registered command names, in order."""
-    import argparse
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices)
-    return []
 
 
 def _print_error(message: str) -> None:

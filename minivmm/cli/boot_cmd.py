@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
+from typing import Annotated
 
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+import typer
+
+from minivmm.cli.app import EPILOG_WIDTH, run_command
 from minivmm.cli.errors import CliError, ExitCode, exit_code_table, kvm_unavailable, outcome_exit_code
-from minivmm.cli.options import choice, float_range, int_range, parse_address, parse_size
-from minivmm.vmm.layout import DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE
+from minivmm.cli.options import (DEFAULT_KVM, Json, Kvm, choice, float_range, int_range, parse_address,
+                                 parse_size)
+from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
@@ -43,52 +47,60 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
     return on_exit
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``boot`` command."""
-    p = subparsers.add_parser(
-        "boot", help="boot a flat guest image on KVM and report how the run went",
-        description="Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of "
-                    "the run. With the shadow on (the default) every ioctl and exit is mirrored in the "
-                    "kernel model and any exit or in-kernel completion the kernel must not have made is "
-                    "reported.",
-        epilog=f"Exit codes:\n{exit_code_table()}", example="minivmm boot guest/hello.bin")
-    p.add_argument("image", metavar="IMAGE", help="flat binary guest image (e.g. guest/hello.bin)")
-    p.add_argument("--mode", type=choice(MODES, "a CPU mode"), default="real", metavar="MODE",
-                   help="CPU mode the image is entered in: real (16-bit, CS base 0), protected (32-bit "
-                        "flat) or long (64-bit, identity map of 4 GiB in 2 MiB pages) (default: real)")
-    p.add_argument("-m", "--mem", type=parse_size, default=DEFAULT_MEM_SIZE, metavar="SIZE",
-                   help="guest RAM size: 16M, 1G, 0x1000000 ... (1M to 3G; default: 16M)")
-    p.add_argument("--load-addr", type=parse_address, default=DEFAULT_LOAD_ADDR, metavar="ADDR",
-                   help=f"guest-physical address the image is loaded at and entered "
-                        f"(default: {DEFAULT_LOAD_ADDR:#x})")
-    p.add_argument("--vcpus", type=int_range(1, 64), default=1, metavar="N",
-                   help="number of vCPUs (1 to 64), each on its own thread; each starts at the load "
-                        "address with its index in RSI (default: 1)")
-    p.add_argument("--timeout", type=float_range(0.001), default=10.0, metavar="SECONDS",
-                   help="seconds before a guest that has not halted is stopped, exit 1 (default: 10)")
-    p.add_argument("--strict", action="store_true", help="make an access no device claims fatal")
-    p.add_argument("--trace", action="store_true",
-                   help="print every exit to stderr as it happens, with the instruction that caused it")
-    p.add_argument("--json", dest="as_json", action="store_true",
-                   help="print the summary as one JSON object instead; the console output is inside it")
-    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
-                   help="the KVM device to open (default: /dev/kvm)")
-    p.add_argument("--check", dest="check", action="store_true", default=True,
-                   help="shadow every ioctl and exit with the kernel model and flag any exit or in-kernel "
-                        "completion the kernel must not have made (the default)")
-    p.add_argument("--no-check", dest="check", action="store_false", help="run without the shadow")
-    p.add_argument("--inject", type=choice(INJECTIONS, "a fault the shadow knows"), default=None,
-                   metavar="FAULT",
-                   help="plant a fault in the shadow to show the checker catches it: "
-                        + ", ".join(INJECTIONS))
-    p.add_argument("--guest-iterations", type=int_range(1, 10_000_000), default=20000, metavar="N",
-                   help="what the control device tells guests to do, e.g. the registrations regloop "
-                        "makes (default: 20000)")
-    p.add_argument("--ftrace", action="store_true",
-                   help="record the kvm tracepoints (kvm_mmio, kvm_pio, kvm_userspace_exit) for this run "
-                        "and cross-check them with the VMM and the shadow (root; tracefs is mounted "
-                        "privately if needed)")
-    p.set_defaults(handler=run)
+    app.command("boot", help=HELP, short_help="boot a flat guest image on KVM and report how the run went",
+                epilog=f"\b\nExit codes:\n{exit_code_table(EPILOG_WIDTH)}")(boot)
+
+
+HELP = ("Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run. With "
+        "the shadow on (the default) every ioctl and exit is mirrored in the kernel model and any exit or "
+        "in-kernel completion the kernel must not have made is reported.")
+EXAMPLE = "minivmm boot guest/hello.bin"
+
+
+def boot(
+    image: Annotated[str, typer.Argument(metavar="IMAGE", show_default=False,
+                                         help="flat binary guest image (e.g. guest/hello.bin)")],
+    mode: Annotated[str, typer.Option(
+        "--mode", metavar="MODE", parser=choice(MODES, "a CPU mode"),
+        help="CPU mode the image is entered in: real (16-bit, CS base 0), protected (32-bit flat) or long "
+             "(64-bit, identity map of 4 GiB in 2 MiB pages)")] = "real",
+    mem: Annotated[int, typer.Option(
+        "-m", "--mem", metavar="SIZE", parser=parse_size,
+        help="guest RAM size, 1M to 3G: a bare number is MiB, as in QEMU (-m 128), or 128M, 1G")] = "16M",  # type: ignore[assignment]
+    load_addr: Annotated[int, typer.Option(
+        "--load-addr", metavar="ADDR", parser=parse_address,
+        help="guest-physical address the image is loaded at and entered")] = f"{DEFAULT_LOAD_ADDR:#x}",  # type: ignore[assignment]
+    vcpus: Annotated[int, typer.Option(
+        "--vcpus", metavar="N", parser=int_range(1, 64),
+        help="number of vCPUs (1 to 64), each on its own thread; each starts at the load address with its "
+             "index in RSI")] = 1,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", metavar="SECONDS", parser=float_range(0.001),
+        help="seconds before a guest that has not halted is stopped, exit 1")] = 10.0,
+    strict: Annotated[bool, typer.Option("--strict", help="make an access no device claims fatal")] = False,
+    trace: Annotated[bool, typer.Option(
+        "--trace", help="print every exit to stderr as it happens, with the instruction that caused it")] = False,
+    as_json: Json = False,
+    kvm_path: Kvm = DEFAULT_KVM,
+    check: Annotated[bool, typer.Option(
+        "--check/--no-check", help="shadow every ioctl and exit with the kernel model and flag any exit or "
+                                   "in-kernel completion the kernel must not have made (--no-check: run "
+                                   "without it)")] = True,
+    inject: Annotated[str | None, typer.Option(
+        "--inject", metavar="FAULT", parser=choice(INJECTIONS, "a fault the shadow knows"),
+        help="plant a fault in the shadow to show the checker catches it: " + ", ".join(INJECTIONS))] = None,
+    guest_iterations: Annotated[int, typer.Option(
+        "--guest-iterations", metavar="N", parser=int_range(1, 10_000_000),
+        help="what the control device tells guests to do, e.g. the registrations regloop makes")] = 20000,
+    ftrace: Annotated[bool, typer.Option(
+        "--ftrace", help="record the kvm tracepoints (kvm_mmio, kvm_pio, kvm_userspace_exit) for this run and "
+                         "cross-check them with the VMM and the shadow (root; tracefs is mounted privately if "
+                         "needed)")] = False,
+) -> int:
+    """Boot IMAGE on KVM (see HELP)."""
+    return run_command(run, SimpleNamespace(**locals()))  # locals() here: exactly the parameters
 
 
 #: The values of ``minivmm.vmm.boot.Mode`` and ``minivmm.shadow.checker.Injection``, spelled here so that
@@ -97,11 +109,14 @@ MODES = ("real", "protected", "long")
 INJECTIONS = ("drop-registration", "delay-registration", "stale-bus")
 
 
+#: The shadow's model where the host's CONFIG_HZ or KVM module cannot be read (the summary says so).
+SHADOW_FALLBACK = (250, "pvm")
+
 #: Seconds the summary waits for a stalled stdout reader at the end of a run.
 SUMMARY_DRAIN_TIMEOUT = 2.0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
     """Boot the image as ``args`` say; the exit code is the run's outcome's."""
     import io
 
@@ -132,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if args.inject is not None and not args.check:
         raise CliError("--inject plants a fault in the shadow: it needs the check on (drop --no-check)")
-    platform, hz = _model_host()
+    from minivmm.host import modelled_kernel
+    model = modelled_kernel(None, None, fallback=SHADOW_FALLBACK)
+    assert model.hz is not None and model.platform is not None  # a fallback was given
+    platform, hz = model.platform, model.hz
     config = MachineConfig(mem_size=args.mem, vcpus=args.vcpus, mode=mode, load_addr=args.load_addr,
                            strict=args.strict, timeout=args.timeout, kvm_path=args.kvm_path, check=args.check,
                            inject=args.inject, guest_iterations=args.guest_iterations,
@@ -161,11 +179,15 @@ def run(args: argparse.Namespace) -> int:
             from minivmm.schemas import stamp
             doc = stamp("boot", report.to_json())
             doc["exit_code"] = int(code)
+            doc["model"] = model._asdict()
             json.dump(doc, text, indent=2)
             text.write("\n")
         else:
             from minivmm.vmm.report import render
             render(report, text, int(code))
+            if model.fallback:  # the shadow's model runs at a kernel this host may not be: say so
+                text.write(f"model      HZ={hz} ({model.hz_source}), platform {platform} "
+                           f"({model.platform_source})\n")
         if out is not None:
             out.write(text.getvalue().encode(), keep=True)
             # A reader that has not taken the summary within this time is left behind (EPIPE: it left).
@@ -187,14 +209,6 @@ def _stdout_writer() -> ConsoleWriter | None:
         return ConsoleWriter(sys.stdout.fileno())
     except (OSError, ValueError):
         return None
-
-
-def _model_host() -> tuple[str, int]:
-    """The shadow model's platform and HZ: the host's where they can be read, else PVM at HZ=250."""
-    from minivmm.host import BACKENDS, config_values, detect_backend
-    backend = detect_backend()
-    hz = config_values(("CONFIG_HZ",)).get("CONFIG_HZ")
-    return (BACKENDS[backend] if backend else "pvm"), (int(hz) if hz and hz.isdigit() else 250)
 
 
 __all__: list[str] = ["register", "run"]

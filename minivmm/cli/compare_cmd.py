@@ -3,67 +3,66 @@ and (``--gate``) the regression gate's decision on a recorded current run."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated
 
-from minivmm.cli.errors import CliError, ExitCode
-from minivmm.cli.options import float_range
+import typer
+
+from minivmm.cli.app import run_command
+from minivmm.cli.errors import CliError, ExitCode, gate_exit_code
+from minivmm.cli.options import Json, ReportTo, Seed, float_range, percentage
 
 if TYPE_CHECKING:
     from minivmm.files import Output
 
 
-def percentage(text: str) -> float:
-    """argparse type: ``20%`` -> 0.2 (the one parser, :func:`minivmm.compare.gate.parse_threshold`)."""
-    from minivmm.compare.gate import parse_threshold
-    try:
-        return parse_threshold(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-percentage.__name__ = "percentage"
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``compare`` command."""
-    p = subparsers.add_parser(
-        "compare", help="compare timing --json files: which steps changed significantly",
-        description="Compare `minivmm timing --json` files of the same sequence: the first is the baseline "
-                    "(A), each other file is compared with it. Per step: p10/p50/p90 of each file; per "
-                    "compared file: the change of the median with its bootstrap confidence interval, Cliff's "
-                    "delta (effect size) and the Mann-Whitney p-value after Holm's adjustment over all the "
-                    "steps. A step changed significantly when p < --alpha and its median moved by at least "
-                    "--threshold of A's median and at least --floor-us. Files of different sequences are "
-                    "refused; a different HZ, platform or kernel is warned about. Exits 0 once compared "
-                    "(whatever changed); with --gate, exits 0 (no regression), 1 (a step regressed) or 125 "
-                    "(unusable: too few repetitions or too noisy), as `timing --baseline` does.",
-        example="minivmm compare before.json after.json")
-    p.add_argument("files", nargs="+", metavar="FILE.json",
-                   help="timing --json documents: the baseline first")
-    p.add_argument("--json", dest="as_json", action="store_true",
-                   help="one JSON object (minivmm/schemas/compare.schema.json)")
-    p.add_argument("--plot", dest="plot_path", default=None, metavar="FILE.png",
-                   help="draw the changed steps' distributions overlaid, with jiffy gridlines (needs "
-                        "matplotlib)")
-    p.add_argument("--alpha", type=float_range(1e-9, 0.5), default=None, metavar="P",
-                   help="family-wise significance level, after Holm's adjustment (default: 0.01)")
-    p.add_argument("--threshold", type=percentage, default=None, metavar="N%",
-                   help="minimum change of the median that counts, relative to the baseline's "
-                        "(default: 10%%; with --gate 20%%)")
-    p.add_argument("--floor-us", type=float_range(0.0), default=None, metavar="US",
-                   help="minimum change of the median that counts, in microseconds (default: a tenth of "
-                        "a jiffy at the baseline's HZ, 400 at HZ=250; on a quiet host 20 catches "
-                        "microsecond-scale changes)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of the bootstrap (default: 0)")
-    p.add_argument("--gate", action="store_true",
-                   help="decide as `timing --baseline` does, on two recorded files BASELINE CURRENT: "
-                        "exit 0, 1 or 125")
-    p.set_defaults(handler=run)
+    app.command("compare", help=HELP, short_help="compare timing --json files: which steps changed significantly")(
+        compare)
 
 
-def run(args: argparse.Namespace) -> int:
+HELP = ("Compare `minivmm timing --json` files of the same sequence: the first is the baseline (A), each other "
+        "file is compared with it. Per step: p10/p50/p90 of each file; per compared file: the change of the "
+        "median with its bootstrap confidence interval, Cliff's delta (effect size) and the Mann-Whitney "
+        "p-value after Holm's adjustment over all the steps. A step changed significantly when p < --alpha and "
+        "its median moved by at least --threshold of A's median and at least --floor-us. Files of different "
+        "sequences are refused; a different HZ, platform or kernel is warned about. Exits 0 once compared "
+        "(whatever changed); with --gate, exits 0 (no regression), 1 (a step regressed) or 125 (unusable: too "
+        "few repetitions or too noisy), as `timing --baseline` does.")
+EXAMPLE = "minivmm compare before.json after.json"
+
+
+def compare(
+    files: Annotated[list[str], typer.Argument(metavar="FILE.json...", show_default=False,
+                                               help="timing --json documents: the baseline first")],
+    as_json: Json = False,
+    plot_path: Annotated[str | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="draw the changed steps' distributions overlaid, with jiffy gridlines (needs matplotlib)")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", metavar="P", parser=float_range(1e-9, 0.5), show_default="0.01",
+        help="family-wise significance level, after Holm's adjustment")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", metavar="N%", parser=percentage, show_default="10%; with --gate 20%",
+        help="minimum change of the median that counts, relative to the baseline's")] = None,
+    floor_us: Annotated[float | None, typer.Option(
+        "--floor-us", metavar="US", parser=float_range(0.0), show_default="a tenth of a jiffy at the baseline's HZ",
+        help="minimum change of the median that counts, in microseconds (on a quiet host 20 catches "
+             "microsecond-scale changes)")] = None,
+    seed: Seed = 0,
+    gate: Annotated[bool, typer.Option(
+        "--gate", help="decide as `timing --baseline` does, on two recorded files BASELINE CURRENT: exit 0, 1 "
+                       "or 125")] = False,
+    output: ReportTo = None,
+) -> int:
+    """Compare timing documents (see HELP)."""
+    args = SimpleNamespace(**locals())  # locals() here: exactly the parameters
+    return run_command(run, args, output=output)
+
+
+def run(args: SimpleNamespace) -> int:
     """Load, compare, print; with ``--gate``, map the decision to its exit code."""
     from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, NotComparable, Settings,
                                     compare_documents, render, to_json)
@@ -109,11 +108,6 @@ def run(args: argparse.Namespace) -> int:
         if plot_out is not None and plot_out.stream is None:
             sys.stdout.write(f"plot: {args.plot_path}\n")
     return gate_exit_code(result.outcome.value) if args.gate else int(ExitCode.OK)
-
-
-def gate_exit_code(outcome: str) -> int:
-    """The gate's outcome as the process exit code: pass 0, regressed 1, unusable 125 (bisect's skip)."""
-    return int({"pass": ExitCode.OK, "regressed": ExitCode.GUEST_FAILED, "unusable": ExitCode.UNUSABLE}[outcome])
 
 
 def plot_output(path: str) -> Output:

@@ -77,6 +77,12 @@ def outcome_exit_code(outcome: RunOutcome) -> ExitCode:
     return _OUTCOME_CODES[outcome.value]
 
 
+def gate_exit_code(outcome: str) -> int:
+    """The regression gate's outcome as the process exit code: pass 0, regressed 1, unusable 125 (git
+    bisect run's skip); ``timing --baseline`` and ``compare --gate`` alike."""
+    return int({"pass": ExitCode.OK, "regressed": ExitCode.GUEST_FAILED, "unusable": ExitCode.UNUSABLE}[outcome])
+
+
 class CliError(Exception):
     """A user-facing error: ``message`` is printed as ``minivmm: error: message`` and ``code`` returned."""
 

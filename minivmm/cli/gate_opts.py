@@ -1,6 +1,6 @@
 """``minivmm timing``'s ``--baseline``, ``--threshold`` and ``--format``: the regression gate and the
-output formats, kept here so ``timing_cmd`` only calls in at four points (options, before measuring,
-on a measurement failure, output).
+output formats, kept here so ``timing_cmd`` only calls in at three points (before measuring, on a
+measurement failure, output).
 
 The gate's contract, for ``git bisect run``: exit 0 when no step regressed significantly past the
 threshold, 1 when one did (named), 125 when the measurement was unusable (too few repetitions, too
@@ -11,35 +11,17 @@ be neither good nor bad. A baseline that cannot be read, or that times another s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from minivmm.cli.compare_cmd import gate_exit_code, percentage
-from minivmm.cli.errors import CliError, ExitCode
+from minivmm.cli.errors import CliError, ExitCode, gate_exit_code
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from minivmm.compare.documents import TimingDocument
-
-FORMATS = ("text", "json", "openmetrics")
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """Add ``--baseline``, ``--threshold`` and ``--format`` to the ``timing`` parser."""
-    p.add_argument("--format", dest="out_format", choices=FORMATS, default=None,
-                   help="text (the report, default), json (as --json) or openmetrics (Prometheus "
-                        "node_exporter textfile collector: one gauge per step and quantile)")
-    p.add_argument("--baseline", default=None, metavar="BASE.json",
-                   help="a regression gate: compare this run with a recorded `timing --json` run of the same "
-                        "sequence and exit 0 (no step regressed), 1 (a step regressed significantly past "
-                        "--threshold; named) or 125 (unusable measurement: git bisect run's skip). "
-                        "--sequence defaults to the baseline's")
-    p.add_argument("--threshold", type=percentage, default=None, metavar="N%",
-                   help="with --baseline: how much slower (median, relative to the baseline's) a step must "
-                        "be to count as regressed (default: 20%%)")
 
 
 @dataclass
@@ -50,7 +32,7 @@ class Gate:
     threshold: float
 
 
-def prepare(args: argparse.Namespace) -> Gate | None:
+def prepare(args: SimpleNamespace) -> Gate | None:
     """Check the format and gate options before any work; load the baseline (exit 2 if unusable).
 
     Sets ``args.out_format`` (``--json`` is ``--format json``) and, with a baseline and
@@ -94,7 +76,7 @@ def host_unreadable(gate: Gate | None, error: CliError, kvm_error: str | None = 
     return CliError(f"{kvm_error or error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
 
 
-def emit(args: argparse.Namespace, gate: Gate | None, doc: dict[str, Any], render_text: Callable[[], None]) -> int:
+def emit(args: SimpleNamespace, gate: Gate | None, doc: dict[str, Any], render_text: Callable[[], None]) -> int:
     """Decide the gate (if any), write the output in ``args.out_format``, return the exit code."""
     code = int(ExitCode.OK)
     result = None

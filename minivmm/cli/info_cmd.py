@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
 
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+import typer
+
+from minivmm.cli.app import run_command
+from minivmm.cli.options import DEFAULT_KVM, Json, Kvm, ReportTo
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``info`` command."""
-    p = subparsers.add_parser(
-        "info", help="what the host's KVM offers (API, capabilities, backend, CONFIG_HZ)",
-        description="Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, "
-                    "pvm ...), CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl "
-                    "latencies. Always exits 0: a missing /dev/kvm is reported, not an error.")
-    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
-    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
-                   help="the KVM device to open (default: /dev/kvm)")
-    p.set_defaults(handler=run)
+    app.command("info", help=HELP, short_help="what the host's KVM offers (API, capabilities, backend, CONFIG_HZ)")(
+        info)
 
 
-def run(args: argparse.Namespace) -> int:
+HELP = ("Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...), "
+        "CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies. A missing /dev/kvm is "
+        "reported, not an error.")
+
+
+def info(as_json: Json = False, kvm_path: Kvm = DEFAULT_KVM, output: ReportTo = None) -> int:
+    """Print the host's KVM facts (see HELP)."""
+    return run_command(run, SimpleNamespace(as_json=as_json, kvm_path=kvm_path), output=output)
+
+
+def run(args: SimpleNamespace) -> int:
     """Print the host's KVM facts."""
     import json
 

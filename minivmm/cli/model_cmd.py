@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from minivmm.cli.app import run_command
 from minivmm.cli.errors import CliError
-from minivmm.cli.options import int_range
+from minivmm.cli.options import (Json, Profile, ReportTo, Samples, Seed, choice, complete_sequences,
+                                 complete_variants, hz_option, platform_option, sequence_option)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
@@ -90,48 +95,61 @@ def _deterministic(sequence: Any) -> bool:
     return phase_deterministic(sequence)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``model`` command."""
-    p = subparsers.add_parser(
-        "model", help="predict each set-up ioctl's latency with the kernel model (no /dev/kvm needed)",
-        description="Predict each ioctl's latency in a VM set-up sequence with the kernel model (no "
-                    "/dev/kvm needed). Shows, per kernel variant, the median duration of each ioctl as "
-                    "strace -T prints it, then the p10/p50/p90 side by side. The spread comes from where "
-                    "in a jiffy the sequence starts.")
-    p.add_argument("-s", "--sequence", default="firecracker", metavar="NAME|FILE",
-                   help="a named sequence (firecracker, registrations-first, arm64-order, "
-                        "late-registration; see --list-sequences) or a sequence file (format in README.md, "
-                        "'Sequence files') (default: firecracker)")
-    p.add_argument("-v", "--variant", default="all", metavar="VARIANT",
-                   help="sync, call_srcu, created_vcpus, call_srcu_expedited, call_srcu_no_barrier, or all "
-                        "(the first four side by side) (default: all)")
-    p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
-                   help="CONFIG_HZ of the modelled kernel (default: the host a sequence file was recorded on, "
-                        "if it says; else 100)")
-    p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
-                   help="vmx, svm (AVIC, the 6.18 default on Zen4+), svm-noavic, pvm or arm64 (default: the "
-                        "host a sequence file was recorded on, if it says; else vmx)")
-    p.add_argument("-n", "--samples", type=int_range(1, 1_000_000), default=1000, metavar="N",
-                   help="samples of the tick phase per variant (default: 1000)")
-    p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
-                   help="random seed: the same seed gives the same numbers (default: 0)")
-    p.add_argument("--json", dest="as_json", action="store_true",
-                   help="one JSON object: per variant and step, p10/p50/p90 (and min/max) in microseconds")
-    p.add_argument("--profile", default=None, metavar="FILE.json",
-                   help="a host profile (minivmm timing --calibrate): each timer's wake-up latency is drawn "
-                        "from its measured distribution (Monte Carlo) instead of the fixed cost")
-    p.add_argument("--list-sequences", action="store_true",
-                   help="list the named sequences with what each shows, and exit")
-    p.add_argument("--show-sequence", metavar="NAME|FILE", default=None,
-                   help="print a sequence in the sequence file format (a start for one of your own), and exit")
-    p.add_argument("--explain", action="store_true",
-                   help="also say, per variant, which grace period each step waited for and which earlier "
-                        "step started it (from the model's own state), which steps are not modelled, and "
-                        "the whole set-up time")
-    p.set_defaults(handler=run)
+    app.command("model", help=HELP,
+                short_help="predict each set-up ioctl's latency with the kernel model (no /dev/kvm needed)")(model)
 
 
-def run(args: argparse.Namespace) -> int:
+HELP = ("Predict each ioctl's latency in a VM set-up sequence with the kernel model (no /dev/kvm needed). Shows, "
+        "per kernel variant, the median duration of each ioctl as strace -T prints it, then the p10/p50/p90 side "
+        "by side. The spread comes from where in a jiffy the sequence starts.")
+
+
+#: model's default HZ and platform: a sequence file from `trace --save-sequence` says which host it was
+#: recorded on, and is replayed there; otherwise the published report's kernel.
+RECORDED = "the recording host's, if a sequence file says; else 100 and vmx"
+
+
+def variant_name(text: str) -> str:
+    """A kernel variant the model knows (kernel_model.variants.VARIANTS, the one list), or all."""
+    from kernel_model.variants import VARIANTS
+    return choice((*VARIANTS, "all"), "a kernel variant")(text)
+
+
+def _variant_help() -> str:
+    from kernel_model.variants import MAIN_VARIANTS, VARIANTS
+    return (f"{', '.join(VARIANTS)}, or all (the first {len(MAIN_VARIANTS)} side by side: "
+            f"{', '.join(MAIN_VARIANTS)})")
+
+
+def model(
+    sequence: Annotated[str, sequence_option("firecracker")] = "firecracker",
+    variant: Annotated[str, typer.Option("-v", "--variant", metavar="VARIANT", parser=variant_name,
+                                         autocompletion=complete_variants, help=_variant_help())] = "all",
+    hz: Annotated[int | None, hz_option(RECORDED)] = None,
+    platform: Annotated[str | None, platform_option(RECORDED)] = None,
+    samples: Samples = 1000,
+    seed: Seed = 0,
+    as_json: Json = False,
+    profile: Profile = None,
+    list_sequences: Annotated[bool, typer.Option(
+        "--list-sequences", help="list the named sequences with what each shows, and exit")] = False,
+    show_sequence: Annotated[str | None, typer.Option(
+        "--show-sequence", metavar="NAME|FILE", autocompletion=complete_sequences,
+        help="print a sequence in the sequence file format (a start for one of your own), and exit")] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="also say, per variant, which grace period each step waited for and which earlier "
+                          "step started it (from the model's own state), which steps are not modelled, and the "
+                          "whole set-up time")] = False,
+    output: ReportTo = None,
+) -> int:
+    """Predict and print (see HELP)."""
+    args = SimpleNamespace(**locals())  # locals() here: exactly the parameters
+    return run_command(run, args, output=output)
+
+
+def run(args: SimpleNamespace) -> int:
     """Predict and print."""
     import json
 

@@ -3,46 +3,52 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from minivmm.cli.app import run_command
 from minivmm.cli.errors import CliError
-from minivmm.cli.options import int_range
+from minivmm.cli.options import HostHz, HostPlatform, Samples, int_range, output_option, sequence_option
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``repro`` command."""
-    p = subparsers.add_parser(
-        "repro", help="write a set-up sequence as a stand-alone C reproducer (or a KVM selftest)",
-        description="Write a VM set-up sequence as one self-contained C file (libc and <linux/kvm.h> only; "
-                    "gcc -O2 -Wall, also -static) that runs it in a fresh VM per repetition, each at a random "
-                    "point in a jiffy, times each ioctl beside the system call, and prints one repetition "
-                    "strace -T style and min/p10/p50/p90/max per step (--json: the steps as `minivmm timing "
-                    "--json` has them). Its header says what it reproduces, where it was generated, and what "
-                    "each kernel variant predicts for the stalled steps at this host's HZ and platform.",
-        epilog="Exit codes: 0 written; 2 bad usage or input (unknown sequence, one the kernel would refuse, one "
-               "with nothing to time, an output path that must not or cannot be written).")
-    p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
-                   help="a named sequence, a sequence file (e.g. from trace --save-sequence), or auto: the one "
-                        "`minivmm timing` runs by default on this platform (default: auto)")
-    p.add_argument("-o", "--output", default=None, metavar="FILE.c",
-                   help="write the program here (default, or -: standard output)")
-    p.add_argument("-r", "--repeat", type=int_range(1, 100_000), default=100, metavar="N",
-                   help="the program's default number of repetitions (default: 100)")
-    p.add_argument("--kselftest", action="store_true",
-                   help="write a KVM selftest instead (kvm_util/test_util, ksft_* results, KSFT_SKIP "
-                        "without /dev/kvm)")
-    p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
-                   help="CONFIG_HZ of the predictions in the header (default: read from the kernel config)")
-    p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
-                   help="vmx, svm, svm-noavic, pvm or arm64, for the predictions (default: from the loaded "
-                        "KVM module)")
-    p.add_argument("-n", "--samples", type=int_range(10, 1_000_000), default=2000, metavar="N",
-                   help="model samples per variant (default: 2000)")
-    p.set_defaults(handler=run)
+    app.command("repro", help=HELP, epilog=EPILOG,
+                short_help="write a set-up sequence as a stand-alone C reproducer (or a KVM selftest)")(repro)
 
 
-def run(args: argparse.Namespace) -> int:
+HELP = ("Write a VM set-up sequence as one self-contained C file (libc and <linux/kvm.h> only; gcc -O2 -Wall, "
+        "also -static) that runs it in a fresh VM per repetition, each at a random point in a jiffy, times each "
+        "ioctl beside the system call, and prints one repetition strace -T style and min/p10/p50/p90/max per "
+        "step (--json: the steps as `minivmm timing --json` has them). Its header says what it reproduces, "
+        "where it was generated, and what each kernel variant predicts for the stalled steps at this host's HZ "
+        "and platform.")
+EPILOG = ("Exit codes as minivmm --help lists them; here 2 also means a sequence the kernel would refuse or "
+          "with nothing to time.")
+
+
+def repro(
+    sequence: Annotated[str, sequence_option(
+        "auto: the one `minivmm timing` runs by default on this platform")] = "auto",
+    output: Annotated[str | None, output_option("the program", "FILE.c")] = None,
+    repeat: Annotated[int, typer.Option("-r", "--repeat", metavar="N", parser=int_range(1, 100_000),
+                                        help="the program's default number of repetitions")] = 100,
+    kselftest: Annotated[bool, typer.Option(
+        "--kselftest", help="write a KVM selftest instead (kvm_util/test_util, ksft_* results, KSFT_SKIP "
+                            "without /dev/kvm)")] = False,
+    hz: HostHz = None,
+    platform: HostPlatform = None,
+    samples: Samples = 2000,
+) -> int:
+    """Write the C reproducer (see HELP)."""
+    args = SimpleNamespace(**locals())  # locals() here: exactly the parameters
+    return run_command(run, args)
+
+
+def run(args: SimpleNamespace) -> int:
     """Load and check the sequence and the output path, predict, write the C file."""
     import os
 
@@ -51,20 +57,19 @@ def run(args: argparse.Namespace) -> int:
     from minivmm import __version__
     from minivmm.cli import seqinput
     from minivmm.files import Output
-    from minivmm.host import read_host_info
+    from minivmm.host import modelled_kernel, read_host_info
     from minivmm.repro.generate import CProgram, ReproError, kvm_cap_name
     from minivmm.repro.origin import Origin, load_with_source
     from minivmm.repro.prediction import ModelSummary
 
     host = read_host_info()
-    plat = args.platform or host.platform
+    model = modelled_kernel(args.hz, args.platform, host=host)
+    plat, hz = model.platform, model.hz
     if plat is None:
-        raise CliError("cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64")
-    if plat not in PLATFORMS:
-        raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
-    hz = args.hz or host.hz
+        raise CliError(f"cannot tell the KVM platform from /sys/module; pass --platform {'|'.join(PLATFORMS)}")
     if hz is None:
         raise CliError("cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz")
+    assert model.hz_source is not None and model.platform_source is not None  # a value comes with its source
     name = args.sequence if args.sequence != "auto" else default_sequence(plat)
     try:
         seq, source = load_with_source(name)
@@ -75,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
         program = CProgram(seq, kvm_cap_name, plat)
     except ReproError as e:
         raise CliError(str(e)) from None
-    out = Output(args.output or "-", "-o", suffix=".c")
+    out = Output(args.output or "-", "--output", suffix=".c")
 
     options = [*(["--repeat", str(args.repeat)] if args.repeat != 100 else []),
                *(["--kselftest"] if args.kselftest else []), *(["--hz", str(hz)] if args.hz else []),
                *(["--platform", plat] if args.platform else [])]
     command = " ".join(["minivmm repro --sequence", name, *options])
-    origin = Origin(source, command, host.kernel, host.machine, hz, "--hz" if args.hz else host.hz_source or "",
-                    plat, "--platform" if args.platform else f"{host.backend_module} loaded", __version__)
+    origin = Origin(source, command, host.kernel, host.machine, hz, model.hz_source, plat, model.platform_source,
+                    __version__)
     out.write(program.text(origin, ModelSummary(seq, hz, plat, args.samples), args.repeat, args.kselftest))
     if out.stream is not None:
         return 0

@@ -3,17 +3,20 @@ the kernel model, and say which kernel variant the host behaves like."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from minivmm.cli import gate_opts
+from minivmm.cli.app import run_command
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, resource_error
-from minivmm.cli.options import int_range
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.cli.options import (DEFAULT_KVM, Format, HostHz, HostPlatform, Json, Kvm, ReportTo, Profile, Samples,
+                                 Seed, int_range, percentage, sequence_option)
 
 if TYPE_CHECKING:
-    from minivmm.host import HostInfo
+    from minivmm.host import HostInfo, ModelledKernel
 
 
 def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
@@ -28,70 +31,74 @@ def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
     return CliError(reason, ExitCode.KVM_UNAVAILABLE)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``timing`` command."""
-    p = subparsers.add_parser(
-        "timing", help="time the VM set-up ioctls on this host; name the kernel variant it behaves like",
-        description="Time the VM set-up ioctls of a sequence on this host, side by side with the published "
-                    "report (Nikita Kalyazin, Feb 13 2026: the first KVM_CREATE_VCPU took 25.2 ms at HZ=100 "
-                    "after commit 7d9a0273c459) and the kernel model's variants, and name the variant the "
-                    "host behaves like. Prints one repetition strace -T style, then min/p10/p50/p90/max per "
-                    "ioctl, the model's predictions at this host's HZ and platform, the fit of each variant, "
-                    "and a verdict.",
-        epilog="Exit codes: 0 measured and compared; 1 the host refused a step the model accepts; 2 bad "
-               "usage or input (sequence, --plot path, options); 4 /dev/kvm missing or not accessible; "
-               "130 Ctrl-C (what was measured so far is printed, marked partial; with --churn, nothing).")
-    p.add_argument("-s", "--sequence", default="auto", metavar="NAME|FILE",
-                   help="a named sequence (firecracker, registrations-first, arm64-order, late-registration, churn), "
-                        "a sequence file, or auto: firecracker where the first vCPU maps the APIC-access page "
-                        "(vmx, svm: the stall lands in KVM_CREATE_VCPU 0), registrations-first elsewhere (it "
-                        "lands in the first memslot) (default: auto)")
-    p.add_argument("-r", "--repeat", type=int_range(1, 100_000), default=100, metavar="N",
-                   help="repetitions, each in a fresh VM (default: 100)")
-    p.add_argument("--jitter", dest="jitter", action="store_true", default=True,
-                   help="start each repetition at a random point within a jiffy, so the tick phase is "
-                        "sampled (the default)")
-    p.add_argument("--no-jitter", dest="jitter", action="store_false",
-                   help="run the repetitions back to back, which locks them to the tick and hides the "
-                        "distribution")
-    p.add_argument("--hz", type=int_range(1, 10000), default=None, metavar="HZ",
-                   help="CONFIG_HZ for the model (default: read from the kernel config)")
-    p.add_argument("-p", "--platform", default=None, metavar="PLATFORM",
-                   help="vmx, svm, svm-noavic, pvm or arm64 (default: from the loaded KVM module and its "
-                        "avic parameter)")
-    p.add_argument("-n", "--samples", type=int_range(10, 1_000_000), default=2000, metavar="N",
-                   help="model samples per variant (default: 2000)")
-    p.add_argument("--json", dest="as_json", action="store_true",
-                   help="one JSON object: verdict, samples, quantiles, predictions, published figures, "
-                        "host facts")
-    p.add_argument("--plot", dest="plot_path", default=None, metavar="FILE.png",
-                   help="also draw measured vs predicted distributions to this PNG (needs the plot extra: "
-                        "matplotlib)")
-    p.add_argument("--seed", type=int_range(), default=0, metavar="SEED",
-                   help="seed for the jitter and the model (default: 0)")
-    p.add_argument("--kvm", dest="kvm_path", default=DEFAULT_DEVICE_PATH, metavar="PATH",
-                   help="the KVM device to open (default: /dev/kvm)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="instead of timing a sequence, measure this host's latency from a timer firing to "
-                        "the waiter running, and (with tracefs) how its CPUs tick, which decides when a timer "
-                        "fires a tick late (--repeat runs, 300 or more recommended), and save both as a "
-                        "host profile to --profile FILE, or to $XDG_CONFIG_HOME/minivmm/host-profile.json")
-    p.add_argument("--profile", default=None, metavar="FILE.json",
-                   help="a host profile (from --calibrate): the model draws each timer's wake-up latency "
-                        "from it instead of the fixed cost, and ticks its CPUs as the profile measured (a "
-                        "timer then fires a tick late where the host's ticks make it); with --calibrate, "
-                        "where to write it")
-    p.add_argument("--churn", action="store_true",
-                   help="instead of timing the steps, create, set up and destroy VMs back to back (--repeat "
-                        "cycles per thread, on one thread and then on --threads at once) and report cycles per "
-                        "second beside each variant's prediction (default sequence: churn)")
-    p.add_argument("--threads", type=int_range(2, 256), default=None, metavar="N",
-                   help="with --churn: the threads of the parallel run (default: the number of CPUs, at least 2)")
-    gate_opts.add_options(p)
-    p.set_defaults(handler=run)
+    app.command("timing", help=HELP, epilog=EPILOG,
+                short_help="time the VM set-up ioctls on this host; name the kernel variant it behaves like")(timing)
 
 
-def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_error: str | None) -> int:
+HELP = ("Time the VM set-up ioctls of a sequence on this host, side by side with the published report (Nikita "
+        "Kalyazin, Feb 13 2026: the first KVM_CREATE_VCPU took 25.2 ms at HZ=100 after commit 7d9a0273c459) "
+        "and the kernel model's variants, and name the variant the host behaves like. Prints one repetition "
+        "strace -T style, then min/p10/p50/p90/max per ioctl, the model's predictions at this host's HZ and "
+        "platform, the fit of each variant, and a verdict.")
+EPILOG = ("Exit codes as minivmm --help lists them; here 1 means the host refused a step the model accepts, "
+          "and with --baseline 0/1/125 are the gate's pass/regressed/unusable. Ctrl-C prints what was "
+          "measured so far, marked partial, and exits 130 (with --churn, it prints nothing).")
+
+
+def timing(
+    sequence: Annotated[str, sequence_option(
+        "auto: firecracker where the first vCPU maps the APIC-access page (vmx, svm), registrations-first "
+        "elsewhere; churn with --churn")] = "auto",
+    repeat: Annotated[int, typer.Option("-r", "--repeat", metavar="N", parser=int_range(1, 100_000),
+                                        help="repetitions, each in a fresh VM")] = 100,
+    jitter: Annotated[bool, typer.Option(
+        "--jitter/--no-jitter", help="start each repetition at a random point within a jiffy, so the tick phase "
+                                     "is sampled (--no-jitter: back to back, locked to the tick, which hides "
+                                     "the distribution)")] = True,
+    hz: HostHz = None,
+    platform: HostPlatform = None,
+    samples: Samples = 2000,
+    as_json: Json = False,
+    plot_path: Annotated[str | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="also draw measured vs predicted distributions to this PNG (needs the plot extra: "
+             "matplotlib)")] = None,
+    seed: Seed = 0,
+    kvm_path: Kvm = DEFAULT_KVM,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="instead of timing a sequence, measure this host's latency from a timer firing to "
+                            "the waiter running, and (with tracefs) how its CPUs tick, which decides when a "
+                            "timer fires a tick late (--repeat runs, 300 or more recommended), and save both "
+                            "as a host profile to --profile")] = False,
+    profile: Profile = None,
+    churn: Annotated[bool, typer.Option(
+        "--churn",
+        help="instead of timing the steps, create, set up and destroy VMs back to back (--repeat cycles per "
+             "thread, on one thread and then on --threads at once) and report cycles per second beside each "
+             "variant's prediction (default sequence: churn)")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", metavar="N", parser=int_range(2, 256), show_default="the number of CPUs, at least 2",
+        help="with --churn: the threads of the parallel run, 2 to 256")] = None,
+    out_format: Format = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="BASE.json",
+        help="a regression gate: compare this run with a recorded `timing --json` run of the same sequence and "
+             "exit 0 (no step regressed), 1 (a step regressed significantly past --threshold; named) or 125 "
+             "(unusable measurement: git bisect run's skip). --sequence defaults to the baseline's")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", metavar="N%", parser=percentage, show_default="20%",
+        help="with --baseline: how much slower (median, relative to the baseline's) a step must be to count "
+             "as regressed")] = None,
+    output: ReportTo = None,
+) -> int:
+    """Time a sequence on this host (see HELP)."""
+    args = SimpleNamespace(**locals())  # locals() here: exactly the parameters
+    return run_command(run, args, output=output)
+
+
+def _calibrate(args: SimpleNamespace, hz: int, plat: str, kernel: str, kvm_error: str | None) -> int:
     """``--calibrate``: check where the profile goes, measure, make the profile, write it (only over a
     profile we wrote before)."""
     import json
@@ -125,7 +132,7 @@ def _calibrate(args: argparse.Namespace, hz: int, plat: str, kernel: str, kvm_er
     return 0
 
 
-def _churn(args: argparse.Namespace, host: HostInfo, hz: int, plat: str, plat_source: str) -> int:
+def _churn(args: SimpleNamespace, host: HostInfo, model: ModelledKernel) -> int:
     """``--churn``: refuse what does not apply, then one thread's cycles and --threads threads' cycles,
     each beside every variant's prediction."""
     import os
@@ -141,6 +148,8 @@ def _churn(args: argparse.Namespace, host: HostInfo, hz: int, plat: str, plat_so
                           (args.out_format == "openmetrics" or None, "--format openmetrics")):
         if given:
             raise CliError(f"--churn cannot be used with {option} (it reports rates, not steps)")
+    hz, plat, plat_source = model.hz, model.platform, model.platform_source
+    assert hz is not None and plat is not None and plat_source is not None  # run() refused unknown ones
     costs = seqinput.profile_costs(args.profile, hz)
     seq = seqinput.load("churn" if args.sequence == "auto" else args.sequence)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
@@ -162,7 +171,7 @@ def _churn(args: argparse.Namespace, host: HostInfo, hz: int, plat: str, plat_so
             raise CliError(f"sequence {seq.name}: {cause}") from None
         raise
     facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=hz,
-                       hz_source="--hz" if args.hz else host.hz_source, platform=plat, platform_source=plat_source,
+                       hz_source=model.hz_source, platform=plat, platform_source=plat_source,
                        backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=False,
                        host_hz=host.hz, host_platform=host.platform, profile=args.profile)
     comparison = compare_churn(seq, runs, hz, plat, cpus, loadavg, args.seed, costs)
@@ -204,14 +213,14 @@ def _end_with_143_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
     """Measure, compare with the model and the published report, print the verdict."""
     import os
 
     _end_with_143_on_sigterm()
 
     from kernel_model.platforms import PLATFORMS, default_sequence
-    from minivmm.host import read_host_info
+    from minivmm.host import modelled_kernel, read_host_info
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
@@ -224,22 +233,20 @@ def run(args: argparse.Namespace) -> int:
     samples, plot_path, seed, kvm_path = args.samples, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
-    plat = platform or host.platform
-    plat_source = "--platform" if platform else f"{host.backend_module} loaded"
+    model = modelled_kernel(hz, platform, host=host)
+    plat, plat_source, host_hz = model.platform, model.platform_source, model.hz
     if plat is None:
         raise gate_opts.host_unreadable(gate, CliError(
-            "cannot tell the KVM platform from /sys/module; pass --platform vmx|svm|svm-noavic|pvm|arm64"),
+            f"cannot tell the KVM platform from /sys/module; pass --platform {'|'.join(PLATFORMS)}"),
             host.kvm_error)
-    if plat not in PLATFORMS:
-        raise CliError(f"unknown platform {plat!r} (known: {', '.join(PLATFORMS)})")
-    host_hz = hz or host.hz
     if host_hz is None:
         raise gate_opts.host_unreadable(gate, CliError(
             "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz"))
+    assert plat_source is not None and model.hz_source is not None  # a value always comes with its source
     if args.calibrate:
         return _calibrate(args, host_hz, plat, host.kernel or "", host.kvm_error)
     if args.churn:
-        return _churn(args, host, host_hz, plat, plat_source)
+        return _churn(args, host, model)
     if args.threads is not None:
         raise CliError("--threads needs --churn (the parallel run of the churn)")
     costs = seqinput.profile_costs(args.profile, host_hz)
@@ -273,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     cpu_pressure_pct = pressure.percent()
     comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
     facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=host_hz,
-                       hz_source="--hz" if hz else host.hz_source, platform=plat, platform_source=plat_source,
+                       hz_source=model.hz_source, platform=plat, platform_source=plat_source,
                        backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=jitter,
                        host_hz=host.hz, host_platform=host.platform, partial=partial, profile=args.profile,
                        cpu_pressure_pct=cpu_pressure_pct)

@@ -14,13 +14,18 @@ accessible here.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
+import typer
+
+from minivmm.cli.app import run_command
 from minivmm.cli.errors import CliError, ExitCode
+from minivmm.cli.options import (Format, HostHz, HostPlatform, Json, ReportTo, Samples, choice, float_range,
+                                 int_range)
 
 DESCRIPTION = """\
 Start COMMAND (a VMM: QEMU, Firecracker, crosvm, cloud-hypervisor, minivmm boot ...) and record every
@@ -43,65 +48,61 @@ COMMAND that made no KVM ioctl); 4 if it made none because /dev/kvm is not acces
 minivmm trace was interrupted/terminated. Ending the program means SIGTERM, then SIGKILL 5 s later."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(app: typer.Typer) -> None:
     """Add the ``trace`` command."""
-    p = subparsers.add_parser("trace", help="trace and explain the KVM set-up of any VMM (QEMU, Firecracker, ...)",
-                              description=DESCRIPTION)
-    p.add_argument("--until", choices=["exit", "first-run"], default="exit",
-                   help="stop when the program exits (default), or once every vCPU it created has entered "
-                        "KVM_RUN (first-run): then the program is ended with SIGTERM, or left running with "
-                        "--detach. A VMM started paused (QEMU -S) never enters KVM_RUN: add --timeout")
-    p.add_argument("--detach", action="store_true",
-                   help="with --until first-run: report and leave the program running, in a session of its "
-                        "own (a background minivmm process keeps serving its KVM ioctls, since a seccomp filter "
-                        "cannot be removed)")
-    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                   help="end the program (SIGTERM, then SIGKILL 5 s later) after this long, or with -p let it "
-                        "go; exit status 1")
-    p.add_argument("-p", "--pid", type=_pid, metavar="PID",
-                   help="trace the running process PID (a VMM after boot: the ioeventfds a guest driver "
-                        "registers, say) instead of starting COMMAND; each of its system calls then stops "
-                        "twice, as under strace -p, until minivmm trace lets it go (Ctrl-C, SIGTERM, --timeout)")
-    p.add_argument("--clock", choices=["auto", "kernel", "ptrace"], default="auto",
-                   help="where durations come from: the kernel's syscall tracepoints (kernel), the "
-                        "tracer's stops (ptrace), or kernel where tracefs is available (auto, the default)")
-    p.add_argument("--json", action="store_true", help="one JSON document (schema_version 2) instead of text")
-    p.add_argument("--format", dest="out_format", choices=["text", "json", "openmetrics"], default=None,
-                   help="text (default), json (as --json) or openmetrics (Prometheus node_exporter textfile "
-                        "collector: one gauge per set-up step, the whole set-up, the ioctl count)")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write the report to FILE instead of stdout (the program's own output stays on "
-                        "stdout; use this with --json when the program prints)")
-    p.add_argument("--save-sequence", metavar="FILE",
-                   help="write the set-up as a sequence file, for `minivmm model --sequence FILE` and "
-                        "`minivmm timing --sequence FILE`")
-    p.add_argument("--no-explain", action="store_true", help="only the trace, no model predictions")
-    p.add_argument("--hz", type=int, help="CONFIG_HZ for the model (default: the host's kernel config)")
-    p.add_argument("--platform", help="vmx, svm, pvm or arm64 (default: from the loaded KVM module)")
-    p.add_argument("-n", "--samples", type=int, default=400, help="model samples per variant (default 400)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
-                   help="the program to trace, after --")
-    p.set_defaults(handler=run)
+    app.command("trace", help=DESCRIPTION, context_settings={"allow_interspersed_args": False},
+                short_help="trace and explain the KVM set-up of any VMM (QEMU, Firecracker, ...)")(trace)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 86400 * 365:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
+EXAMPLE = "minivmm trace -- qemu-system-x86_64 -enable-kvm ..."
 
 
-def _pid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
-    if not 0 < value < 1 << 22:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id")
-    return value
+def process_id(text: str) -> int:
+    """A process ID: a whole number in (0, 2**22), the kernel's PID_MAX_LIMIT."""
+    return int_range(1, (1 << 22) - 1)(text)
+
+
+def trace(
+    command: Annotated[list[str] | None, typer.Argument(
+        metavar="-- COMMAND [ARGS...]", show_default=False, help="the program to trace, after --")] = None,
+    until: Annotated[str, typer.Option(
+        "--until", metavar="exit|first-run", parser=choice(("exit", "first-run"), "a stopping point"),
+        help="stop when the program exits, or once every vCPU it created has entered KVM_RUN (first-run): then "
+             "the program is ended with SIGTERM, or left running with --detach. A VMM started paused (QEMU -S) "
+             "never enters KVM_RUN: add --timeout")] = "exit",
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="with --until first-run: report and leave the program running, in a session of its own "
+                         "(a background minivmm process keeps serving its KVM ioctls, since a seccomp filter "
+                         "cannot be removed)")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", metavar="SECONDS", parser=float_range(0.001, 86400 * 365),
+        help="end the program (SIGTERM, then SIGKILL 5 s later) after this long, or with -p let it go; exit "
+             "status 1")] = None,
+    pid: Annotated[int | None, typer.Option(
+        "-p", "--pid", metavar="PID", parser=process_id,
+        help="trace the running process PID (a VMM after boot: the ioeventfds a guest driver registers, say) "
+             "instead of starting COMMAND; each of its system calls then stops twice, as under strace -p, until "
+             "minivmm trace lets it go (Ctrl-C, SIGTERM, --timeout)")] = None,
+    clock: Annotated[str, typer.Option(
+        "--clock", metavar="auto|kernel|ptrace", parser=choice(("auto", "kernel", "ptrace"), "a clock"),
+        help="where durations come from: the kernel's syscall tracepoints (kernel), the tracer's stops (ptrace), "
+             "or kernel where tracefs is available (auto)")] = "auto",
+    as_json: Json = False,
+    out_format: Format = None,
+    output: ReportTo = None,
+    save_sequence: Annotated[str | None, typer.Option(
+        "--save-sequence", metavar="FILE",
+        help="write the set-up as a sequence file, for `minivmm model --sequence FILE` and `minivmm timing "
+             "--sequence FILE`")] = None,
+    no_explain: Annotated[bool, typer.Option("--no-explain", help="only the trace, no model predictions")] = False,
+    hz: HostHz = None,
+    platform: HostPlatform = None,
+    samples: Samples = 400,
+) -> int:
+    """Trace COMMAND's (or process PID's) KVM ioctls and explain its set-up (see DESCRIPTION)."""
+    args = SimpleNamespace(**locals())  # locals() here: exactly the parameters
+    args.command = command or []
+    return run_command(run, args)
 
 
 def _attach_target(pid: int) -> list[str]:
@@ -139,7 +140,7 @@ def resolve_command(command: list[str]) -> tuple[str, list[str]]:
     return found, command
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
     """Trace, explain, report; return the exit code (see the module docstring)."""
     if args.pid is not None:
         if [c for c in args.command if c != "--"]:
@@ -152,20 +153,13 @@ def run(args: argparse.Namespace) -> int:
         path, argv = resolve_command(args.command)
     if args.detach and args.until != "first-run":
         raise CliError("--detach needs --until first-run (it says when to detach)")
-    if args.json and args.out_format not in (None, "json"):
+    if args.as_json and args.out_format not in (None, "json"):
         raise CliError(f"--json and --format {args.out_format} contradict each other; give one")
-    if args.samples < 10:
-        raise CliError("--samples must be at least 10")
     from minivmm.files import Output
     # Checked before the run (which may take long); written at the end, never through a link the traced
     # program may have planted meanwhile (Output checks the name again then).
     args.sequence_out = Output(args.save_sequence, "--save-sequence") if args.save_sequence is not None else None
     args.report_out = Output(args.output, "--output") if args.output is not None else None
-    from kernel_model.platforms import PLATFORMS
-    if args.platform and args.platform not in PLATFORMS:
-        raise CliError(f"unknown platform {args.platform!r} (known: {', '.join(PLATFORMS)})")
-    if args.hz is not None and not 1 <= args.hz <= 10000:
-        raise CliError("--hz must be between 1 and 10000")
 
     from minivmm.trace.kclock import KernelClockUnavailable
     from minivmm.trace.syscalls import SpawnError
@@ -260,7 +254,7 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
     return "exited", result.exit_code or 0
 
 
-def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
+def _report(args: SimpleNamespace, result: Any, argv: list[str]) -> int:
     """Explain, write the sequence file(s) and the report; print the one-line notes; return the exit code."""
     from minivmm.trace import report
     outcome, code = _outcome_and_code(result)
@@ -280,7 +274,7 @@ def _report(args: argparse.Namespace, result: Any, argv: list[str]) -> int:
         recorded = (info.hz, info.platform) if info.hz and info.platform else None
     if args.sequence_out is not None and not _save_sequences(args.sequence_out, result, exs, recorded, note):
         code = code or int(ExitCode.BAD_INPUT)
-    fmt = args.out_format or ("json" if args.json else "text")
+    fmt = args.out_format or ("json" if args.as_json else "text")
 
     def fill(out: Any) -> None:
         if fmt == "json":
@@ -375,21 +369,20 @@ class _Terminated(Exception):
     """SIGTERM while the explanation is computed."""
 
 
-def _explain(args: argparse.Namespace, result: Any) -> tuple[list[Any], str, dict[str, Any], tuple[int, str] | None,
+def _explain(args: SimpleNamespace, result: Any) -> tuple[list[Any], str, dict[str, Any], tuple[int, str] | None,
                                                         ExitCode | None]:
     """Every VM's explanation, or why there is none (a note, not an error: the trace itself is the
     answer); the traced host's HZ and platform (for a saved sequence); and the exit code to give if
     the user stopped the explanation (Ctrl-C, SIGTERM): the trace is then written without it."""
     import signal as _signal
 
-    from minivmm.host import read_host_info
+    from minivmm.host import modelled_kernel, read_host_info
     from minivmm.trace.explain import explain_all
     info = read_host_info()
-    hz = args.hz or info.hz
-    plat = args.platform or info.platform
+    model = modelled_kernel(args.hz, args.platform, host=info)
+    hz, plat = model.hz, model.platform
     recorded = (info.hz, info.platform) if info.hz and info.platform else None
-    host = {"kernel": info.kernel, "hz": hz, "hz_source": "--hz" if args.hz else info.hz_source,
-            "platform": plat, "platform_source": "--platform" if args.platform else info.backend_module}
+    host = {"kernel": info.kernel, **model._asdict()}
     if hz is None:
         return [], "cannot read CONFIG_HZ (no /proc/config.gz or /boot/config-*); pass --hz", host, recorded, None
 
