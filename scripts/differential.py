@@ -25,9 +25,9 @@ import sys
 
 from kernel_model.differential import StepComparison, generate, summarize
 from kernel_model.profile import load_profile
-from minivmm.cli.progress import ProgressBar
 from minivmm.files import Output
 from minivmm.host import read_host_info
+from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
 from minivmm.timing.differential import run_case
 
@@ -67,7 +67,7 @@ def main() -> int:
         if args.show:
             print(text)
         try:
-            with ProgressBar(name, args.repeat, sys.stderr) as bar:
+            with ProgressBar(name, args.repeat) as bar:
                 res, profile = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c,
                                         interleave=args.interleave, trace_ticks=not args.no_trace,
                                         on_progress=bar.update)

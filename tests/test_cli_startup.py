@@ -84,3 +84,23 @@ def test_help_imports_no_command_implementation(name, tmp_path):
 def test_a_run_of_one_command_builds_that_command_only(tmp_path):
     modules = imported_by(RUNS["model"], tmp_path)
     assert {m for m in modules if m.startswith("minivmm.cli.") and m.endswith("_cmd")} == {"minivmm.cli.model_cmd"}
+
+
+def test_rich_is_imported_only_when_a_bar_is_drawn():
+    """On a terminal the bar is drawn with rich; into a pipe, rich is not even imported (the test above)."""
+    import io
+
+    from minivmm.progress import ProgressBar, Working
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    out = Terminal()
+    with ProgressBar("timing x", 4, out) as bar:
+        for done in range(5):
+            bar.update(done)
+    assert "timing x" in out.getvalue() and "4/4" in out.getvalue()
+    pipe = io.StringIO()
+    with ProgressBar("timing x", 4, pipe) as bar, Working("explaining", pipe):
+        bar.update(4)
+    assert pipe.getvalue() == ""

@@ -104,7 +104,7 @@ def _calibrate(args: SimpleNamespace, hz: int, plat: str, kernel: str, kvm_error
     import json
 
     from kernel_model.profile import default_path, is_profile_file
-    from minivmm.cli.progress import ProgressBar
+    from minivmm.progress import ProgressBar
     from minivmm.files import Output
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.calibrate import CalibrationError, calibrate, describe
@@ -116,7 +116,7 @@ def _calibrate(args: SimpleNamespace, hz: int, plat: str, kernel: str, kvm_error
     if kvm_error:
         raise _kvm_refusal(args.kvm_path, kvm_error)
     try:
-        with ProgressBar("calibrating", args.repeat, sys.stderr) as bar:
+        with ProgressBar("calibrating", args.repeat) as bar:
             cal = calibrate(args.repeat, hz, plat, kernel, args.kvm_path, seed=args.seed, on_progress=bar.update)
         profile = cal.profile
     except KvmUnavailable as e:
@@ -225,7 +225,7 @@ def run(args: SimpleNamespace) -> int:
     from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
     from minivmm.cli import seqinput
-    from minivmm.cli.progress import ProgressBar
+    from minivmm.progress import ProgressBar
     from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
 
     gate = gate_opts.prepare(args)  # --baseline, --threshold, --format: checked (and loaded) first
@@ -264,7 +264,7 @@ def run(args: SimpleNamespace) -> int:
     pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
     partial = None
     try:
-        with ProgressBar(f"timing {seq.name}", repeat, sys.stderr) as bar:
+        with ProgressBar(f"timing {seq.name}", repeat) as bar:
             reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
     except MeasurementInterrupted as e:
         if not e.reps:

@@ -377,6 +377,7 @@ def _explain(args: SimpleNamespace, result: Any) -> tuple[list[Any], str, dict[s
     import signal as _signal
 
     from minivmm.host import modelled_kernel, read_host_info
+    from minivmm.progress import Working
     from minivmm.trace.explain import explain_all
     info = read_host_info()
     model = modelled_kernel(args.hz, args.platform, host=info)
@@ -394,7 +395,9 @@ def _explain(args: SimpleNamespace, result: Any) -> tuple[list[Any], str, dict[s
 
     old = _signal.signal(_signal.SIGTERM, terminated)
     try:
-        return explain_all(result, hz, plat, samples=args.samples, host=recorded), "", host, recorded, None
+        with Working(f"explaining {len(result.events)} KVM ioctls with the kernel model"):  # stops on any exit
+            exs = explain_all(result, hz, plat, samples=args.samples, host=recorded)
+        return exs, "", host, recorded, None
     except KeyboardInterrupt:
         return ([], "explanation interrupted (Ctrl-C): the trace is written without it", host, recorded,
                 ExitCode.INTERRUPTED)
