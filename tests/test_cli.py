@@ -431,3 +431,19 @@ def test_output_writes_the_report_to_a_file_or_the_named_stream(tmp_path, where)
     assert report.startswith("sequence firecracker at HZ=100 on vmx")
     if where == "file":
         assert proc.stdout == "" and os.listdir(tmp_path) == ["model.txt"]
+
+
+def test_a_ctrl_c_that_python_wrapped_in_another_error_is_still_an_interruption(capsys, monkeypatch):
+    """A KeyboardInterrupt raised while a class is made (``__set_name__``, as during a dataclass's import)
+    reaches the command line wrapped in a RuntimeError on Python 3.11: it is still 130, quietly."""
+    from minivmm.cli import app, model_cmd
+
+    def interrupted_import(*args, **kwargs):
+        class Descriptor:
+            def __set_name__(self, owner, name):
+                raise KeyboardInterrupt
+
+        type("Made", (), {"field": Descriptor()})
+    monkeypatch.setattr(model_cmd, "run", interrupted_import)
+    assert app.main(["model"]) == 130
+    assert capsys.readouterr() == ("", "")

@@ -208,6 +208,8 @@ def _report_failure(e: Exception) -> int:
     resource that ran out becomes its one line and exit code; anything else is a bug and is raised."""
     from minivmm.cli.errors import ExitCode, resource_error
     from minivmm.files import FileRefused, WriteFailed
+    if _interrupted(e):
+        return int(ExitCode.INTERRUPTED)
     if isinstance(e, FileRefused):
         _print_error(str(e))
         return int(ExitCode.BAD_INPUT)
@@ -220,6 +222,19 @@ def _report_failure(e: Exception) -> int:
         raise e
     _print_error(str(exhausted))
     return int(exhausted.code)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is a Ctrl-C in another exception's clothes: Python wraps what a class's
+    ``__set_name__`` raises (a KeyboardInterrupt during the import of a dataclass) in a RuntimeError."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _flush_stdout(code: int) -> int:
