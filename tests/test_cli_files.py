@@ -41,6 +41,10 @@ OUTPUTS = {
     "timing --calibrate --profile": lambda p: ["timing", "--calibrate", "-r", "5", *PINNED, "--profile", p],
     "trace -o": lambda p: ["trace", "-o", p, "--", "true"],
     "trace --save-sequence": lambda p: ["trace", "--save-sequence", p, "--", "true"],
+    "timing -o": lambda p: ["timing", "-r", "1", *PINNED, "-o", p],
+    "model -o": lambda p: ["model", "-n", "10", "-o", p],
+    "compare -o": lambda p: ["compare", A, B, "-o", p],
+    "info -o": lambda p: ["info", "-o", p],
 }
 SUFFIX = {"timing --plot": ".png", "compare --plot": ".png", "timing --calibrate --profile": ".json"}
 
