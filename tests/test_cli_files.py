@@ -192,3 +192,19 @@ def test_a_full_disk_on_stdout_is_one_line_and_exit_6_for_every_command(tmp_path
     assert lines == [lines[0]] and lines[0].startswith("minivmm: error: standard output could not be written: "
                                                        "No space left on device (ENOSPC)"), proc.stderr
 
+
+
+@pytest.mark.parametrize("name", [n for n in STDOUT_COMMANDS if n != "trace"])  # trace's code is the program's
+def test_a_reader_that_left_is_quiet_and_the_command_keeps_its_code(name):
+    """stdout a pipe whose reader is gone before anything is written (EPIPE on every write): no error
+    line, and the command's own exit code (0 here), as `minivmm ... | head` users expect."""
+    if name in NEEDS_KVM and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("needs /dev/kvm")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "minivmm", *STDOUT_COMMANDS[name]], stdout=w,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)

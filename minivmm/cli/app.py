@@ -243,7 +243,7 @@ def _flush_stdout(code: int) -> int:
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderLeft):
         _silence_stdout()
     except Exception as e:
         return _report_failure(e)
@@ -255,7 +255,8 @@ def guard_stdout() -> None:
     (one line, exit 6) whichever command wrote, instead of an OSError anywhere in the command.
 
     Only the process's own stdout is wrapped (not a stream a test put there); EPIPE (the reader left)
-    stays a BrokenPipeError, which ends the command quietly."""
+    becomes :class:`ReaderLeft`, which ends the command quietly with exit 0 (click turns a
+    BrokenPipeError it sees into exit 1)."""
     import io
 
     from minivmm.files import WriteFailed
@@ -273,8 +274,8 @@ def guard_stdout() -> None:
         def write(self, data: bytes) -> int | None:  # type: ignore[override]
             try:
                 return super().write(data)
-            except BrokenPipeError:
-                raise
+            except BrokenPipeError:  # not an OSError past here: click would make it exit 1
+                raise ReaderLeft from None
             except OSError as e:
                 raise WriteFailed("standard output", "-", e) from None
 
