@@ -187,7 +187,8 @@ def host_hz() -> tuple[int | None, str | None]:
 
 class ModelledKernel(NamedTuple):
     """The HZ and platform the kernel model runs at, and where each came from, in words the output
-    shows: ``--hz``, ``/proc/config.gz``, ``kvm_intel loaded``, or ``fallback: ...`` (None: not known)."""
+    shows: ``--hz``, ``/proc/config.gz``, ``kvm_intel loaded``, ``the sequence file's host line``, or
+    ``fallback: ...`` (None: not known)."""
 
     hz: int | None
     hz_source: str | None
@@ -200,24 +201,46 @@ class ModelledKernel(NamedTuple):
         return any(s is not None and s.startswith("fallback") for s in (self.hz_source, self.platform_source))
 
 
-def modelled_kernel(hz: int | None, platform: str | None, host: HostInfo | None = None,
-                    fallback: tuple[int, str] | None = None) -> ModelledKernel:
-    """The one rule for the HZ and platform the model runs at (``boot``'s shadow, ``timing``, ``trace``):
-    an option given wins; else the host's (CONFIG_HZ from its kernel config, the platform from the
-    loaded KVM module), from ``host`` when the caller has read it already; else ``fallback`` (HZ,
-    platform) when the caller has one, named as such in the source; else None, for the caller to say
-    what to pass."""
-    if hz is not None:
-        hz_source: str | None = "--hz"
-    else:
-        hz, hz_source = (host.hz, host.hz_source) if host is not None else host_hz()
-        if hz is None and fallback is not None:
-            hz, hz_source = fallback[0], "fallback: CONFIG_HZ unreadable (no /proc/config.gz or /boot/config-*)"
-    if platform is not None:
-        platform_source: str | None = "--platform"
-    else:
-        platform, module = (host.platform, host.backend_module) if host is not None else host_platform()
-        platform_source = None if platform is None else f"{module or 'kvm'} loaded"
-        if platform is None and fallback is not None:
-            platform, platform_source = fallback[1], "fallback: no KVM module loaded (/sys/module)"
+class KernelSource(NamedTuple):
+    """A place the model's HZ and platform may come from when no option gives them: the values it has
+    (None: it does not know that one) and the words the output names each by."""
+
+    hz: int | None
+    hz_source: str
+    platform: str | None
+    platform_source: str
+
+
+def this_host(host: HostInfo | None = None) -> KernelSource:
+    """This host's CONFIG_HZ (from its kernel config) and KVM platform (from the loaded module), from
+    ``host`` when the caller has read it already, else read now (only as far as needed)."""
+    hz, hz_file = (host.hz, host.hz_source) if host is not None else host_hz()
+    platform, module = (host.platform, host.backend_module) if host is not None else host_platform()
+    return KernelSource(hz, hz_file or "the kernel config", platform, f"{module or 'kvm'} loaded")
+
+
+def recorded_host(hz: int | None, platform: str | None) -> KernelSource:
+    """The host a sequence file says it was recorded on (its ``host hz=N platform=NAME`` line, which
+    ``minivmm trace --save-sequence`` writes)."""
+    return KernelSource(hz, "the sequence file's host line", platform, "the sequence file's host line")
+
+
+def fallback(hz: int, platform: str) -> KernelSource:
+    """A stand-in for the HZ and platform this host did not give, named as a fallback in the output."""
+    return KernelSource(hz, "fallback: CONFIG_HZ unreadable (no /proc/config.gz or /boot/config-*)",
+                        platform, "fallback: no KVM module loaded (/sys/module)")
+
+
+def modelled_kernel(hz: int | None, platform: str | None, *defaults: KernelSource) -> ModelledKernel:
+    """The one rule for the HZ and platform the model runs at (every command, and the differential
+    harness): an option given wins; else, for each of the two, the first of ``defaults`` that has it
+    (e.g. :func:`this_host` then a :func:`fallback`; :func:`recorded_host` then the published report's
+    kernel), with its source named; else None, for the caller to say what to pass."""
+    hz_source = "--hz" if hz is not None else None
+    platform_source = "--platform" if platform is not None else None
+    for default in defaults:
+        if hz is None and default.hz is not None:
+            hz, hz_source = default.hz, default.hz_source
+        if platform is None and default.platform is not None:
+            platform, platform_source = default.platform, default.platform_source
     return ModelledKernel(hz, hz_source, platform, platform_source)

@@ -24,9 +24,10 @@ import random
 import sys
 
 from kernel_model.differential import StepComparison, generate, summarize
+from kernel_model.platforms import PLATFORMS
 from kernel_model.profile import load_profile
 from minivmm.files import Output
-from minivmm.host import read_host_info
+from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
 from minivmm.timing.differential import run_case
@@ -39,8 +40,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=100)
     ap.add_argument("--per-rep", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--hz", type=int, default=None, help="default: the host's CONFIG_HZ")
-    ap.add_argument("--platform", default=None, help="default: the host's")
+    ap.add_argument("--hz", type=int, default=None, help="default: the host's CONFIG_HZ (as minivmm timing)")
+    ap.add_argument("--platform", default=None, choices=PLATFORMS,
+                    help="default: the host's loaded KVM module's (as minivmm timing)")
     ap.add_argument("--profile", default=None, help="a host profile (minivmm timing --calibrate)")
     ap.add_argument("--interleave", action="store_true",
                     help="calibrate between the repetitions of each case (one calibration run after each "
@@ -53,9 +55,12 @@ def main() -> int:
     if args.cases < 1 or args.repeat < 2 or args.per_rep < 1:
         ap.error("--cases and --per-rep must be at least 1, --repeat at least 2")
     out = Output(args.json, "--json", suffix=".json") if args.json else None  # refused now, not at the end
-    host = read_host_info()
-    hz = args.hz or host.hz or 250
-    platform = args.platform or host.platform or "pvm"
+    # The host's HZ and platform by minivmm timing's rule: the cases run on this host's KVM, so a model at
+    # any other kernel than the one asked for or found would compare nothing.
+    kernel = modelled_kernel(args.hz, args.platform, this_host(read_host_info()))
+    if kernel.hz is None or kernel.platform is None:
+        ap.error("cannot read this host's CONFIG_HZ or tell its KVM platform: pass --hz and --platform")
+    hz, platform = kernel.hz, kernel.platform
     costs = load_profile(args.profile).costs(hz=hz) if args.profile else None
     load0 = os.getloadavg()[0]
     rng = random.Random(args.seed)
@@ -86,7 +91,8 @@ def main() -> int:
     how = ("calibrated between the repetitions"
            + (f" (ticks: {', '.join(sorted(set(ticks_seen)))})" if ticks_seen else "")
            if args.interleave else args.profile or "none (fixed wake-up cost, a quiet host's ticks)")
-    print(f"\nHZ={hz} {platform}, {args.cases} cases x {args.repeat} repetitions, profile: {how}; "
+    print(f"\nHZ={hz} ({kernel.hz_source}), {platform} ({kernel.platform_source}), {args.cases} cases x "
+          f"{args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"{s['within']}/{s['steps']} steps agree mode by mode (shares of runs per tick mode, and p10/p50/p90 "
           f"within each): {s['share']:.1%}")
@@ -95,7 +101,7 @@ def main() -> int:
     print(f"the host's odd repetitions against its even ones, same rule: {s['host_self_within']}/{s['steps']} "
           f"({s['host_self_share']:.1%})")
     if out is not None:
-        out.write(json.dumps({**s, "hz": hz, "platform": platform, "load": load0, "cases": args.cases,
+        out.write(json.dumps({**s, **kernel._asdict(), "load": load0, "cases": args.cases,
                               "repeat": args.repeat, "all": [r.to_json() for r in results]}, indent=1) + "\n")
     return 0
 

@@ -147,8 +147,8 @@ def run(args: SimpleNamespace) -> int:
         raise CliError(str(e)) from None
     if args.inject is not None and not args.check:
         raise CliError("--inject plants a fault in the shadow: it needs the check on (drop --no-check)")
-    from minivmm.host import modelled_kernel
-    model = modelled_kernel(None, None, fallback=SHADOW_FALLBACK)
+    from minivmm.host import fallback, modelled_kernel, this_host
+    model = modelled_kernel(None, None, this_host(), fallback(*SHADOW_FALLBACK))
     assert model.hz is not None and model.platform is not None  # a fallback was given
     platform, hz = model.platform, model.hz
     config = MachineConfig(mem_size=args.mem, vcpus=args.vcpus, mode=mode, load_addr=args.load_addr,

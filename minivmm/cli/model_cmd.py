@@ -17,19 +17,25 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
+    from minivmm.host import ModelledKernel
+
 
 def _fmt_us(us: float) -> str:
     """12.3 us, 4.56 ms: the unit a person reads at a glance."""
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def render_predictions(predictions: list[Any], out: TextIO, profile: str | None = None) -> None:
-    """Human output: one strace-style block per variant (p50), then percentiles side by side."""
+def render_predictions(predictions: list[Any], out: TextIO, profile: str | None = None,
+                       kernel: ModelledKernel | None = None) -> None:
+    """Human output: one strace-style block per variant (p50), then percentiles side by side; ``kernel``:
+    where the HZ and platform came from, said under the first line."""
     first = predictions[0]
     w = out.write
     how = ("phase-interpolated" if _deterministic(first.sequence) and profile is None else "Monte Carlo")
     w(f"sequence {first.sequence.name} at HZ={first.hz} on {first.platform}: {first.samples} samples "
       f"per variant ({how}), tick phase uniform\n")
+    if kernel is not None:
+        w(f"HZ={kernel.hz} ({kernel.hz_source}), platform {kernel.platform} ({kernel.platform_source})\n")
     if profile is not None:
         w(f"host profile {profile}: timer wake-up latency drawn from its measured distribution\n")
     for pred in predictions:
@@ -106,9 +112,11 @@ HELP = ("Predict each ioctl's latency in a VM set-up sequence with the kernel mo
         "by side. The spread comes from where in a jiffy the sequence starts.")
 
 
+#: The kernel of the published report (Nikita Kalyazin, Feb 13 2026: x86, HZ=100): model's last default.
+PUBLISHED_KERNEL = (100, "vmx")
 #: model's default HZ and platform: a sequence file from `trace --save-sequence` says which host it was
 #: recorded on, and is replayed there; otherwise the published report's kernel.
-RECORDED = "the recording host's, if a sequence file says; else 100 and vmx"
+RECORDED = f"the recording host's, if a sequence file says; else {PUBLISHED_KERNEL[0]} and {PUBLISHED_KERNEL[1]}"
 
 
 def variant_name(text: str) -> str:
@@ -157,6 +165,7 @@ def run(args: SimpleNamespace) -> int:
     from kernel_model.predict import predict
     from kernel_model.variants import MAIN_VARIANTS, get_variant
     from minivmm.cli import seqinput
+    from minivmm.host import KernelSource, modelled_kernel, recorded_host
 
     if args.list_sequences:
         import textwrap
@@ -171,8 +180,11 @@ def run(args: SimpleNamespace) -> int:
         return 0
     seq = seqinput.load(args.sequence)
     # A file from `minivmm trace --save-sequence` says which host it was recorded on: replayed there.
-    args.hz = args.hz or seq.hz or 100
-    args.platform = args.platform or seq.platform or "vmx"
+    published = "the published report's kernel"
+    kernel = modelled_kernel(args.hz, args.platform, recorded_host(seq.hz, seq.platform),
+                             KernelSource(PUBLISHED_KERNEL[0], published, PUBLISHED_KERNEL[1], published))
+    assert kernel.hz is not None and kernel.platform is not None  # the published kernel has both
+    args.hz, args.platform = kernel.hz, kernel.platform
     try:
         get_platform(args.platform)
         names = list(MAIN_VARIANTS) if args.variant == "all" else [get_variant(args.variant).name]
@@ -196,12 +208,13 @@ def run(args: SimpleNamespace) -> int:
         for ex in explanations:
             variants[ex.variant].update(setup_us=ex.setup, explanation=[s.to_json() for s in ex.steps])
         from minivmm.schemas import stamp
-        doc = stamp("model", {"sequence": seq.name, "hz": args.hz, "platform": args.platform,
+        doc = stamp("model", {"sequence": seq.name, "hz": args.hz, "hz_source": kernel.hz_source,
+                              "platform": args.platform, "platform_source": kernel.platform_source,
                               "samples": args.samples, "seed": args.seed, "profile": args.profile,
                               "variants": variants})
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render_predictions(predictions, sys.stdout, args.profile)
+        render_predictions(predictions, sys.stdout, args.profile, kernel)
         render_explanations(explanations, sys.stdout)
     return 0

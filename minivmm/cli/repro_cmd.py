@@ -57,13 +57,13 @@ def run(args: SimpleNamespace) -> int:
     from minivmm import __version__
     from minivmm.cli import seqinput
     from minivmm.files import Output
-    from minivmm.host import modelled_kernel, read_host_info
+    from minivmm.host import modelled_kernel, read_host_info, this_host
     from minivmm.repro.generate import CProgram, ReproError, kvm_cap_name
     from minivmm.repro.origin import Origin, load_with_source
     from minivmm.repro.prediction import ModelSummary
 
     host = read_host_info()
-    model = modelled_kernel(args.hz, args.platform, host=host)
+    model = modelled_kernel(args.hz, args.platform, this_host(host))
     plat, hz = model.platform, model.hz
     if plat is None:
         raise CliError(f"cannot tell the KVM platform from /sys/module; pass --platform {'|'.join(PLATFORMS)}")

@@ -220,7 +220,7 @@ def run(args: SimpleNamespace) -> int:
     _end_with_143_on_sigterm()
 
     from kernel_model.platforms import PLATFORMS, default_sequence
-    from minivmm.host import modelled_kernel, read_host_info
+    from minivmm.host import modelled_kernel, read_host_info, this_host
     from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
@@ -233,7 +233,7 @@ def run(args: SimpleNamespace) -> int:
     samples, plot_path, seed, kvm_path = args.samples, args.plot_path, args.seed, args.kvm_path
     # The user's own arguments are checked first (on any machine), /dev/kvm last.
     host = read_host_info(kvm_path)
-    model = modelled_kernel(hz, platform, host=host)
+    model = modelled_kernel(hz, platform, this_host(host))
     plat, plat_source, host_hz = model.platform, model.platform_source, model.hz
     if plat is None:
         raise gate_opts.host_unreadable(gate, CliError(

@@ -376,11 +376,11 @@ def _explain(args: SimpleNamespace, result: Any) -> tuple[list[Any], str, dict[s
     the user stopped the explanation (Ctrl-C, SIGTERM): the trace is then written without it."""
     import signal as _signal
 
-    from minivmm.host import modelled_kernel, read_host_info
+    from minivmm.host import modelled_kernel, read_host_info, this_host
     from minivmm.progress import Working
     from minivmm.trace.explain import explain_all
     info = read_host_info()
-    model = modelled_kernel(args.hz, args.platform, host=info)
+    model = modelled_kernel(args.hz, args.platform, this_host(info))
     hz, plat = model.hz, model.platform
     recorded = (info.hz, info.platform) if info.hz and info.platform else None
     host = {"kernel": info.kernel, **model._asdict()}
