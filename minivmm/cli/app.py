@@ -5,19 +5,23 @@ every run). typer runs in click's non-standalone mode: click's own error printin
 exits never happen; every failure, a usage error included, ends here as one line ``minivmm: error: ...``
 on stderr in our own wording and a documented exit code (:class:`minivmm.cli.errors.ExitCode`).
 
-A command is a module ``minivmm/cli/<name>_cmd.py`` with ``register(app)``, which adds one typer
-command whose parameters are the shared options of :mod:`minivmm.cli.options` and its own; the
-implementation is imported inside the command function, when it runs. To add one, append its name to
-:data:`COMMANDS`. A run of one command builds that command only (the others cost start-up and are not
-needed); the whole app is built for ``--help``, no command, an unknown one and shell completion.
+A command is a module ``minivmm/cli/<name>_cmd.py`` whose ``COMMAND`` (a :class:`Command`) names a
+typer command function, whose parameters are the shared options of :mod:`minivmm.cli.options` and its
+own, and its help; the implementation is imported inside the command function, when it runs. To add
+one, append its name to :data:`COMMANDS`. A run of one command builds that command only (the others
+cost start-up and are not needed); the whole app is built for ``--help``, no command, an unknown one
+and shell completion.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple  # typer imports typing in every run anyway
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import typer
 
 #: The commands, in the order ``minivmm --help`` lists them; ``NAME`` lives in ``minivmm/cli/NAME_cmd.py``.
@@ -30,6 +34,20 @@ TOP_LEVEL_OPTIONS = ("-h", "--help", "--version", "--install-completion", "--sho
 
 #: The environment variable through which a shell asks for completions (click's rule: _PROG_COMPLETE).
 COMPLETE_VAR = "_MINIVMM_COMPLETE"
+
+
+class Command(NamedTuple):
+    """A command as its module declares it (``COMMAND``): its name, the typer function (whose parameters
+    are its options), its help, the one line ``minivmm --help`` shows, and an epilog. ``interspersed``
+    False ends option parsing at the first argument (``trace [OPTIONS] [--] PROGRAM ARGS``: the program's
+    options are its own)."""
+
+    name: str
+    function: Callable[..., int]
+    help: str
+    short_help: str
+    epilog: str | None = None
+    interspersed: bool = True
 
 
 def epilog() -> str:
@@ -132,7 +150,10 @@ def build_app(only: str | None = None) -> typer.Typer:
         """A pure-Python mini-VMM on /dev/kvm, with an executable model of KVM's io_bus and Tree SRCU."""
 
     for name in COMMANDS if only is None else (only,):
-        importlib.import_module(f"minivmm.cli.{name}_cmd").register(app)
+        command: Command = importlib.import_module(f"minivmm.cli.{name}_cmd").COMMAND
+        settings = None if command.interspersed else {"allow_interspersed_args": False}
+        app.command(command.name, help=command.help, short_help=command.short_help, epilog=command.epilog,
+                    context_settings=settings)(command.function)
     return app
 
 

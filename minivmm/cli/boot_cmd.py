@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from minivmm.cli.app import EPILOG_WIDTH, run_command
+from minivmm.cli.app import EPILOG_WIDTH, Command, run_command
 from minivmm.cli.errors import CliError, ExitCode, exit_code_table, kvm_unavailable, outcome_exit_code
 from minivmm.cli.options import (DEFAULT_KVM, Json, Kvm, choice, float_range, int_range, parse_address,
                                  parse_size)
@@ -45,12 +45,6 @@ def make_tracer(machine: Machine, out: TextIO) -> ExitHook:
             out.flush()
 
     return on_exit
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``boot`` command."""
-    app.command("boot", help=HELP, short_help="boot a flat guest image on KVM and report how the run went",
-                epilog=f"\b\nExit codes:\n{exit_code_table(EPILOG_WIDTH)}")(boot)
 
 
 HELP = ("Boot IMAGE on KVM: print the guest's console output as it comes, then a summary of the run. With "
@@ -211,4 +205,9 @@ def _stdout_writer() -> ConsoleWriter | None:
         return None
 
 
-__all__: list[str] = ["register", "run"]
+COMMAND = Command("boot", boot, HELP,
+                  "boot a flat guest image on KVM and report how the run went",
+                  epilog=f"\b\nExit codes:\n{exit_code_table(EPILOG_WIDTH)}")
+
+
+__all__: list[str] = ["COMMAND", "run"]

@@ -9,18 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError, ExitCode, gate_exit_code
 from minivmm.cli.options import Json, ReportTo, Seed, float_range, percentage
 
 if TYPE_CHECKING:
     from minivmm.files import Output
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``compare`` command."""
-    app.command("compare", help=HELP, short_help="compare timing --json files: which steps changed significantly")(
-        compare)
 
 
 HELP = ("Compare `minivmm timing --json` files of the same sequence: the first is the baseline (A), each other "
@@ -121,3 +115,7 @@ def plot_output(path: str) -> Output:
     except PlotUnavailable as e:
         raise CliError(str(e)) from None
     return out
+
+
+COMMAND = Command("compare", compare, HELP,
+                  "compare timing --json files: which steps changed significantly")

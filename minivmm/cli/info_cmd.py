@@ -5,16 +5,8 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
-import typer
-
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.options import DEFAULT_KVM, Json, Kvm, ReportTo
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``info`` command."""
-    app.command("info", help=HELP, short_help="what the host's KVM offers (API, capabilities, backend, CONFIG_HZ)")(
-        info)
 
 
 HELP = ("Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...), "
@@ -61,3 +53,6 @@ def run(args: SimpleNamespace) -> int:
             w(f"  {name:<32} {param}\n")
     return 0
 
+
+COMMAND = Command("info", info, HELP,
+                  "what the host's KVM offers (API, capabilities, backend, CONFIG_HZ)")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import (Json, Profile, ReportTo, Samples, Seed, choice, complete_sequences,
                                  complete_variants, hz_option, platform_option, sequence_option)
@@ -99,12 +99,6 @@ def render_explanations(explanations: list[Any], out: TextIO) -> None:
 def _deterministic(sequence: Any) -> bool:
     from kernel_model.predict import phase_deterministic
     return phase_deterministic(sequence)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``model`` command."""
-    app.command("model", help=HELP,
-                short_help="predict each set-up ioctl's latency with the kernel model (no /dev/kvm needed)")(model)
 
 
 HELP = ("Predict each ioctl's latency in a VM set-up sequence with the kernel model (no /dev/kvm needed). Shows, "
@@ -218,3 +212,7 @@ def run(args: SimpleNamespace) -> int:
         render_predictions(predictions, sys.stdout, args.profile, kernel)
         render_explanations(explanations, sys.stdout)
     return 0
+
+
+COMMAND = Command("model", model, HELP,
+                  "predict each set-up ioctl's latency with the kernel model (no /dev/kvm needed)")

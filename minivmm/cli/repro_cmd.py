@@ -9,15 +9,9 @@ from typing import Annotated
 
 import typer
 
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import HostHz, HostPlatform, Samples, int_range, output_option, sequence_option
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``repro`` command."""
-    app.command("repro", help=HELP, epilog=EPILOG,
-                short_help="write a set-up sequence as a stand-alone C reproducer (or a KVM selftest)")(repro)
 
 
 HELP = ("Write a VM set-up sequence as one self-contained C file (libc and <linux/kvm.h> only; gcc -O2 -Wall, "
@@ -95,3 +89,8 @@ def run(args: SimpleNamespace) -> int:
            else f"build it with gcc -O2 -Wall -o {os.path.splitext(os.path.basename(args.output))[0]} {args.output}")
     sys.stderr.write(f"minivmm repro: {args.output}: {len(seq.steps)} steps of {seq.name}; {how}\n")
     return 0
+
+
+COMMAND = Command("repro", repro, HELP,
+                  "write a set-up sequence as a stand-alone C reproducer (or a KVM selftest)",
+                  epilog=EPILOG)

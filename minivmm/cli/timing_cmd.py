@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from minivmm.cli import gate_opts
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, resource_error
 from minivmm.cli.options import (DEFAULT_KVM, Format, HostHz, HostPlatform, Json, Kvm, ReportTo, Profile, Samples,
                                  Seed, int_range, percentage, sequence_option)
@@ -29,12 +29,6 @@ def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
     except KvmUnavailable as e:
         return kvm_unavailable(e)
     return CliError(reason, ExitCode.KVM_UNAVAILABLE)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``timing`` command."""
-    app.command("timing", help=HELP, epilog=EPILOG,
-                short_help="time the VM set-up ioctls on this host; name the kernel variant it behaves like")(timing)
 
 
 HELP = ("Time the VM set-up ioctls of a sequence on this host, side by side with the published report (Nikita "
@@ -301,3 +295,7 @@ def run(args: SimpleNamespace) -> int:
     code = gate_opts.emit(args, gate, doc, text)
     return int(ExitCode.INTERRUPTED) if partial else code
 
+
+COMMAND = Command("timing", timing, HELP,
+                  "time the VM set-up ioctls on this host; name the kernel variant it behaves like",
+                  epilog=EPILOG)

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from minivmm.cli.app import run_command
+from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError, ExitCode
 from minivmm.cli.options import (Format, HostHz, HostPlatform, Json, ReportTo, Samples, choice, float_range,
                                  int_range)
@@ -46,12 +46,6 @@ Exit status: the program's own (128+N if signal N killed it); 0 when --until fir
 runnable, ptrace or tracefs refused, an unwritable output file, nothing to save for --save-sequence, a
 COMMAND that made no KVM ioctl); 4 if it made none because /dev/kvm is not accessible; 130/143 if
 minivmm trace was interrupted/terminated. Ending the program means SIGTERM, then SIGKILL 5 s later."""
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``trace`` command."""
-    app.command("trace", help=DESCRIPTION, context_settings={"allow_interspersed_args": False},
-                short_help="trace and explain the KVM set-up of any VMM (QEMU, Firecracker, ...)")(trace)
 
 
 EXAMPLE = "minivmm trace -- qemu-system-x86_64 -enable-kvm ..."
@@ -411,3 +405,8 @@ def _explain(args: SimpleNamespace, result: Any) -> tuple[list[Any], str, dict[s
                 None)
     finally:
         _signal.signal(_signal.SIGTERM, old)
+
+
+COMMAND = Command("trace", trace, DESCRIPTION,
+                  "trace and explain the KVM set-up of any VMM (QEMU, Firecracker, ...)",
+                  interspersed=False)
