@@ -23,7 +23,8 @@ from typing import Any
 
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.vmm.outcome import RunOutcome
-from minivmm.vmm.vcpu_loop import KICK_SIGNAL, RunControl, VcpuRecord, stop_vcpu_threads
+from minivmm.vmm.threads import DaemonThread
+from minivmm.vmm.vcpu_loop import KICK_SIGNAL, OUT_OF_MEMORY, RunControl, VcpuRecord, stop_vcpu_threads
 
 #: The signals that stop a run, and the outcome each means.
 STOP_SIGNALS: dict[int, RunOutcome] = {signal.SIGINT: RunOutcome.INTERRUPTED,
@@ -80,8 +81,12 @@ def install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
                 return
             stop.request(info.si_signo)
 
-    watcher = threading.Thread(target=watch, name="stop-signals", daemon=True)
-    watcher.start()
+    watcher = DaemonThread(watch, name="stop-signals")
+    try:
+        watcher.start()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
 
     def restore() -> None:
         closing.set()
@@ -135,8 +140,9 @@ class VcpuThreads:
         self.vcpus = vcpus
         self.records = records
         self.control = control
-        self.threads = [threading.Thread(target=loop, name=f"vcpu{i}", daemon=True,
-                                         args=(vcpu, records[i], control))
+        # Each thread's ``finished`` is its record's ``done``: set however the thread ends, even if its
+        # loop never began (a MemoryError before run_vcpu's try, or in the thread's bootstrap).
+        self.threads = [DaemonThread(loop, (vcpu, records[i], control), name=f"vcpu{i}", finished=records[i].done)
                         for i, vcpu in enumerate(vcpus)]
         self.started = 0
 
@@ -145,6 +151,17 @@ class VcpuThreads:
         for t in self.threads:
             t.start()
             self.started += 1
+
+    def failure(self) -> BaseException | None:
+        """What a started thread raised instead of reporting in its record: a MemoryError (the process
+        is out of address space, not the guest at fault), or what kept its bootstrap from running its
+        loop. Read after :meth:`stop_and_join`."""
+        for t, record in zip(self.threads[:self.started], self.records):
+            if t.error is not None:
+                return t.error
+            if record.error == OUT_OF_MEMORY:  # its loop said so before the thread stored the exception
+                return MemoryError(f"{t.name}: out of memory")
+        return None
 
     def stop_and_join(self) -> None:
         """Ask every loop to end, kick the started threads out of KVM_RUN and join them."""

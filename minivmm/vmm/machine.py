@@ -176,6 +176,9 @@ class Machine:
                 finally:
                     threads.stop_and_join()
             t_end = time.monotonic_ns()
+            failure = threads.failure()
+            if failure is not None:
+                raise failure  # out of memory is the process's state, not the guest's: the CLI's exit 7
             if self.shadow is not None:
                 # Reported counts are judged only if the guest halted: one stopped early had writes to report.
                 halted = final_outcome(ended, [r.state for r in records], kernel_violation=False) is RunOutcome.HALTED

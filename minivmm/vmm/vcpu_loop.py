@@ -14,8 +14,8 @@ import enum
 import signal
 import threading
 import time
-from typing import Protocol
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from minivmm.kvm.errors import KvmError
 from minivmm.kvm.exits import VcpuExit
@@ -50,6 +50,9 @@ class ExitChecker(Protocol):
         ...
 
 
+#: A record's ``error`` when its loop ran out of memory (the supervisor raises MemoryError for it).
+OUT_OF_MEMORY = "out of memory"
+
 #: The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the EINTR is the point.
 KICK_SIGNAL = signal.SIGUSR1
 
@@ -61,7 +64,16 @@ def block_process_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def stop_vcpu_threads(vcpus: list[Vcpu], threads: list[threading.Thread], done: list[threading.Event]) -> None:
+class Joinable(Protocol):
+    """A started thread as :func:`stop_vcpu_threads` needs it (threading.Thread, DaemonThread)."""
+
+    @property
+    def ident(self) -> int | None: ...
+
+    def join(self, timeout: float | None = None) -> Any: ...
+
+
+def stop_vcpu_threads(vcpus: list[Vcpu], threads: Sequence[Joinable], done: list[threading.Event]) -> None:
     """Kick each vCPU thread out of KVM_RUN until its loop has ended (its ``done`` event is set).
 
     The caller has already told the loops to end. ``immediate_exit`` covers a kick that lands just
@@ -171,6 +183,10 @@ def run_vcpu(vcpu: Vcpu, dispatcher: ExitDispatcher, record: VcpuRecord, control
     except KvmError as e:
         record.state = VcpuState.ERROR
         record.error = str(e)
+    except MemoryError:
+        record.state = VcpuState.ERROR
+        record.error = OUT_OF_MEMORY
+        raise  # the process is out of memory, not the guest at fault: the main thread re-raises it
     except Exception as e:  # a device or hook bug must end this vCPU with a report, not kill the VMM
         record.state = VcpuState.ERROR
         record.error = f"{type(e).__name__}: {e}"
