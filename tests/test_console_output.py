@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from readiness import wait_running_vcpus
 from minivmm.devices.console import Console, ConsoleWriter
 
 #: mov dx, 0xe9; mov al, 'A'; out dx, al; jmp back: floods the debug console forever (real mode)
@@ -75,7 +76,7 @@ def test_a_stalled_stdout_reader_does_not_defeat_timeout_or_sigterm(tmp_path, st
         os.close(w)
         w = -1
         if stop == "sigterm":
-            time.sleep(2)
+            wait_running_vcpus(proc)
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
         elapsed = time.monotonic() - t0

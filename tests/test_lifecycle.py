@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from readiness import takes, wait_until
 
 pytestmark = pytest.mark.kvm
 
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.kvm
 OUT_LOOP = bytes.fromhex("e680ebfc")
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 RUNS = 20
-
-
-def _handles_sigterm(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigBlk:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    except FileNotFoundError:
-        pass
-    return False
 
 
 def _boot(image: str, vcpus: int) -> subprocess.Popen[str]:
@@ -54,10 +44,7 @@ def _signal_at_random(tmp_path, rng: random.Random, double: bool) -> None:
     second = rng.choice(tuple(CODES))
     proc = _boot(str(image), vcpus)
     try:
-        deadline = time.monotonic() + 30
-        while not _handles_sigterm(proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline, "boot never installed its handlers"
-            time.sleep(0.005)
+        wait_until(lambda: takes(proc.pid, signal.SIGTERM), "boot installed its stop handlers", proc)
         time.sleep(rng.uniform(0, 0.5))
         proc.send_signal(first)
         if double:

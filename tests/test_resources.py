@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from conftest import ROOT
+from readiness import wait_running_vcpus
 from minivmm.devices.console import Console
 from minivmm.kvm import Kvm
 from minivmm.kvm.memory import GuestMemory
@@ -82,7 +82,7 @@ def test_a_signal_stops_the_run_reports_and_exits_with_its_code(tmp_path, sig, c
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "minivmm"), "boot", str(image),
                              "--vcpus", "2", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(1.5)
+    wait_running_vcpus(proc, sig)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err

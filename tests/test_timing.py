@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_cli
+from readiness import has_fd, takes, wait_until, wait_vms_closed
 from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES
 from minivmm.timing.compare import Fit, decide, fit
@@ -166,10 +167,10 @@ def test_plot_is_written_atomically_and_only_where_named(tmp_path):
 @pytest.mark.kvm
 def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
     import signal
-    import time
     p = subprocess.Popen([sys.executable, "-m", "minivmm", "timing", "-s", "registrations-first", "-r", "100000",
                           "-n", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    wait_until(lambda: takes(p.pid, signal.SIGINT), "SIGINT taken", p)
+    wait_vms_closed(p)  # one repetition done: there is something to report
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
@@ -184,13 +185,12 @@ def test_ctrl_c_during_timing_reports_what_was_measured_marked_partial():
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_sigterm_during_timing_ends_with_143_and_writes_nothing(tmp_path, calibrate):
     import signal
-    import time
     profile = tmp_path / "p.json"
     args = (["--calibrate", "--profile", str(profile)] if calibrate
             else ["-s", "registrations-first", "--plot", str(tmp_path / "plot.png")])
     p = subprocess.Popen([sys.executable, "-m", "minivmm", "timing", "-r", "100000", *args], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    wait_until(lambda: takes(p.pid, signal.SIGTERM) and has_fd(p.pid, "kvm-vm"), "SIGTERM taken, a VM made", p)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 143, err

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from readiness import children, ignores, wait_until
 from tests.test_trace import SRC, self_timings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -214,10 +215,11 @@ def test_detach_leaves_the_vmm_running(tmp_path: pathlib.Path) -> None:
     assert m, out
     pid = int(m.group(1))
     try:
-        time.sleep(0.3)
-        with open(f"/proc/{pid}/status") as f:
-            state = next(line for line in f if line.startswith("State:"))
-        assert "T (" not in state  # not left stopped
+        for _ in range(30):  # over 0.3 s: not left stopped, and not stopped again a moment later
+            with open(f"/proc/{pid}/status") as f:
+                state = next(line for line in f if line.startswith("State:"))
+            assert "T (" not in state
+            time.sleep(0.01)
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -280,10 +282,10 @@ def _strace_qemu(tmp_path: pathlib.Path, qemu_args: list[str]) -> list[tuple[str
     s = subprocess.Popen(["strace", "-f", "-T", "-e", "trace=ioctl", "-o", str(log), *qemu_args],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(2)
-        children = pathlib.Path(f"/proc/{s.pid}/task/{s.pid}/children").read_text().split()
-        for child in children:
-            os.kill(int(child), signal.SIGTERM)
+        # QEMU's set-up is over once a vCPU has run: its KVM_RUN is in strace's log.
+        wait_until(lambda: log.exists() and "KVM_RUN" in log.read_text(errors="replace"), "QEMU ran a vCPU", s)
+        for child in children(s.pid):
+            os.kill(child, signal.SIGTERM)
         s.wait(timeout=30)
     finally:
         if s.poll() is None:
@@ -340,7 +342,9 @@ def test_ctrl_c_ends_the_program_and_exits_130() -> None:
     ignores it): after a grace period the program is ended, nothing is left behind, exit 130."""
     p = subprocess.Popen(_argv("--no-explain", "--", "/bin/sh", "-c", "trap '' INT; sleep 30"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    time.sleep(1.0)
+    # The traced shell has set its trap (it ignores SIGINT) and started `sleep 30`.
+    wait_until(lambda: any(ignores(c, signal.SIGINT) and children(c) for c in children(p.pid)),
+               "the traced shell ignores SIGINT and runs sleep", p)
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
