@@ -400,6 +400,19 @@ class KvmModel:
         self.alive()
         as_id, slot_id = slot >> 16, slot & 0xFFFF
         name = f"KVM_SET_USER_MEMORY_REGION: slot {slot_id}" + (f" of address space {as_id}" if as_id else "")
+        self._check_memory_region(name, as_id, slot_id, base, size, flags)
+        self.sim.spend(self.costs.set_user_memory_region)
+        key = (as_id, slot_id)
+        old = self.memslots.get(key)
+        if size and (old is None or old.base != base):
+            self.kvm_check_memslot_overlap(name, key, base, size)
+        for _ in range(self._change_memslot(name, key, old, base, size, flags)):
+            self.kvm_swap_active_memslots()
+
+    def _check_memory_region(self, name: str, as_id: int, slot_id: int, base: int, size: int, flags: int) -> None:
+        """The argument checks at the top of __kvm_set_memory_region() and check_memory_region_flags()
+        (virt/kvm/kvm_main.c): page-aligned base and size, an address space and slot id in range, and
+        only the flags modelled (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY); EINVAL otherwise."""
         if base % PAGE_SIZE or size % PAGE_SIZE:
             raise KvmIoctlError(errno.EINVAL, f"{name}: base and size must be multiples of the page size "
                                 f"({PAGE_SIZE})")
@@ -409,37 +422,40 @@ class KvmModel:
             raise KvmIoctlError(errno.EINVAL, f"{name}: slot ids go up to {self.arch.user_mem_slots - 1}")
         if flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY):
             raise KvmIoctlError(errno.EINVAL, f"{name}: flags {flags:#x} not modelled")
-        self.sim.spend(self.costs.set_user_memory_region)
-        key = (as_id, slot_id)
-        old = self.memslots.get(key)
-        if size and (old is None or old.base != base):
-            for (other_as, other_id), other in self.memslots.items():
-                if (other_as, other_id) != key and other_as == as_id and \
-                        base < other.base + other.size and other.base < base + size:
-                    raise KvmIoctlError(errno.EEXIST, f"{name} at {base:#x} overlaps slot {other_id} at "
-                                        f"{other.base:#x}")
+
+    def kvm_check_memslot_overlap(self, name: str, key: tuple[int, int], base: int, size: int) -> None:
+        """Models kvm_check_memslot_overlap() (virt/kvm/kvm_main.c): EEXIST when the range overlaps another
+        memslot of the same address space. Simplified: a scan of every slot, not the kernel's gfn tree."""
+        as_id = key[0]
+        for (other_as, other_id), other in self.memslots.items():
+            if (other_as, other_id) != key and other_as == as_id and \
+                    base < other.base + other.size and other.base < base + size:
+                raise KvmIoctlError(errno.EEXIST, f"{name} at {base:#x} overlaps slot {other_id} at "
+                                    f"{other.base:#x}")
+
+    def _change_memslot(self, name: str, key: tuple[int, int], old: Memslot | None, base: int, size: int,
+                        flags: int) -> int:
+        """Apply the change as __kvm_set_memory_region() classifies it (KVM_MR_DELETE, _CREATE, _MOVE,
+        _FLAGS_ONLY, or nothing for an unchanged region) and return how many memslot swaps
+        kvm_set_memslot() makes for it: two for a delete or a move (invalidate, then commit), one for a
+        create or a flags change, none for no change. EINVAL for a delete of nothing, a size change or a
+        KVM_MEM_READONLY change."""
         if size == 0:
             if old is None:
                 raise KvmIoctlError(errno.EINVAL, f"{name} does not exist")
             del self.memslots[key]
-            swaps = 2
-        elif old is None:
+            return 2
+        if old is None:
             self.memslots[key] = Memslot(base, size, flags)
-            swaps = 1
-        elif old.size != size:
+            return 1
+        if old.size != size:
             raise KvmIoctlError(errno.EINVAL, f"{name} cannot change size")
-        elif (old.flags ^ flags) & KVM_MEM_READONLY:
+        if (old.flags ^ flags) & KVM_MEM_READONLY:
             raise KvmIoctlError(errno.EINVAL, f"{name} cannot change KVM_MEM_READONLY")
-        elif old.base != base:
-            self.memslots[key] = Memslot(base, size, flags)
-            swaps = 2
-        elif old.flags != flags:
-            self.memslots[key] = Memslot(base, size, flags)
-            swaps = 1
-        else:
-            swaps = 0
-        for _ in range(swaps):
-            self.kvm_swap_active_memslots()
+        if old.base == base and old.flags == flags:
+            return 0
+        self.memslots[key] = Memslot(base, size, flags)
+        return 2 if old.base != base else 1
 
     def create_vcpu(self, vcpu_id: int) -> None:
         """KVM_CREATE_VCPU, models kvm_vm_ioctl_create_vcpu(): EEXIST for an id already in use;

@@ -264,60 +264,74 @@ def parse_sequence(text: str, name: str = "file") -> Sequence:
     The sequence ends with the VM's teardown: a ``destroy_vm`` line, which must be the last step, or
     else one added after the last step (its gap the default gap then in force plus any ``sleep``
     after the last step); a ``keep_vm`` line says the sequence keeps its VM instead."""
-    steps: list[Step] = []
-    gap = DEFAULT_GAP_NS
-    extra = 0
-    host: dict[str, Any] = {}
-    keep_line = 0
+    reader = _SequenceReader()
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         words = line.split()
-        op, rest = words[0], words[1:]
         try:
-            if op == "host":
-                if steps or host:
-                    raise ValueError("'host' comes once, before the first step")
-                host = _parse_host(rest)
-                continue
-            if steps and steps[-1].op == TEARDOWN_OP:
-                raise ValueError(f"{TEARDOWN_OP} ends the sequence: nothing may follow it")
-            if op == KEEP_VM:
-                if rest:
-                    raise ValueError(f"'{KEEP_VM}' takes no argument")
-                if keep_line:
-                    raise ValueError(f"'{KEEP_VM}' given twice")
-                keep_line = lineno
-                continue
-            if op == TEARDOWN_OP and keep_line:
-                raise ValueError(f"{TEARDOWN_OP} in a sequence that says {KEEP_VM} (line {keep_line})")
-            if op in ("gap", "sleep"):
-                if len(rest) != 1:
-                    raise ValueError(f"'{op}' takes one duration")
-                if op == "gap":
-                    gap = parse_time(rest[0])
-                else:
-                    extra += parse_time(rest[0])
-                continue
-            if not _OP_WORD.match(op):
-                # Not an op name: say so without quoting the line (it may not be a sequence file at
-                # all, e.g. --sequence /etc/shadow).
-                raise ValueError("not a step: a line starts with an op name (create_vm, memslot, ...)")
-            args = _parse_step(op, rest)
+            reader.read(words[0], words[1:], lineno)
         except ValueError as e:
             raise SequenceError(f"{name}:{lineno}: {e}") from None
-        steps.append(Step(op, args, gap + extra))
-        extra = 0
+    steps = reader.steps
     if not steps:
         raise SequenceError(f"{name}: no steps")
     if steps[0].op != "create_vm":
         raise SequenceError(f"{name}: the first step must be create_vm")
     if any(s.op == "create_vm" for s in steps[1:]):
         raise SequenceError(f"{name}: only one create_vm per sequence")
-    if not keep_line and steps[-1].op != TEARDOWN_OP:
-        steps.append(Step(TEARDOWN_OP, {}, gap + extra))
-    return Sequence(name, f"from {name}", tuple(steps), host.get("hz"), host.get("platform"))
+    if not reader.keep_line and steps[-1].op != TEARDOWN_OP:
+        steps.append(Step(TEARDOWN_OP, {}, reader.gap + reader.extra))
+    return Sequence(name, f"from {name}", tuple(steps), reader.host.get("hz"), reader.host.get("platform"))
+
+
+class _SequenceReader:
+    """What :func:`parse_sequence` has read so far: the steps, the ``gap`` in force, the ``sleep`` time
+    waiting for the next step, the ``host`` line and the line of ``keep_vm`` (0: none)."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self.gap = DEFAULT_GAP_NS
+        self.extra = 0
+        self.host: dict[str, Any] = {}
+        self.keep_line = 0
+
+    def read(self, op: str, rest: list[str], lineno: int) -> None:
+        """One line, a directive or a step; ValueError says what is wrong with it."""
+        if op == "host":
+            if self.steps or self.host:
+                raise ValueError("'host' comes once, before the first step")
+            self.host = _parse_host(rest)
+            return
+        if self.steps and self.steps[-1].op == TEARDOWN_OP:
+            raise ValueError(f"{TEARDOWN_OP} ends the sequence: nothing may follow it")
+        if op == KEEP_VM:
+            if rest:
+                raise ValueError(f"'{KEEP_VM}' takes no argument")
+            if self.keep_line:
+                raise ValueError(f"'{KEEP_VM}' given twice")
+            self.keep_line = lineno
+        elif op in ("gap", "sleep"):
+            if len(rest) != 1:
+                raise ValueError(f"'{op}' takes one duration")
+            if op == "gap":
+                self.gap = parse_time(rest[0])
+            else:
+                self.extra += parse_time(rest[0])
+        else:
+            self.step(op, rest)
+
+    def step(self, op: str, rest: list[str]) -> None:
+        """A step line: the op and its arguments, after the gap in force and any sleeps."""
+        if op == TEARDOWN_OP and self.keep_line:
+            raise ValueError(f"{TEARDOWN_OP} in a sequence that says {KEEP_VM} (line {self.keep_line})")
+        if not _OP_WORD.match(op):
+            # Not an op name: say so without quoting the line (it may not be a sequence file at
+            # all, e.g. --sequence /etc/shadow).
+            raise ValueError("not a step: a line starts with an op name (create_vm, memslot, ...)")
+        self.steps.append(Step(op, _parse_step(op, rest), self.gap + self.extra))
+        self.extra = 0
 
 
 def _parse_host(words: list[str]) -> dict[str, Any]:

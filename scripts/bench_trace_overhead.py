@@ -139,6 +139,39 @@ def load() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def print_figures(conditions: list[str], figures: dict[str, dict[str, float]], attach_rows: dict[str, Samples]) -> None:
+    """The table: each condition's cost against the bare run's, and the -p PID rows (added to ``figures``)."""
+    bare = figures["bare"]
+    head = f"{'':34}" + "".join(f"{n:>18}" for n in conditions)
+    print(head)
+    rows = [("KVM ioctl, QEMU-like set-up", "setup_ns_per_ioctl", "added"),
+            ("KVM_CHECK_EXTENSION loop", "check_ns", "added"),
+            ("getppid in the traced program", "getpid_traced_ns", "ratio"),
+            ("getppid in another process", "getpid_other_ns", "ratio")]
+    for label, key, how in rows:
+        cells = []
+        for name in conditions:
+            v = figures[name][key]
+            if name == "bare":
+                cells.append(f"{v / 1000:.2f} us" if v >= 1000 else f"{v:.0f} ns")
+            elif how == "added":
+                cells.append(f"+{(v - bare[key]) / 1000:.1f} us")
+            else:
+                cells.append(f"{v:.0f} ns ({(v / bare[key] - 1) * 100:+.0f}%)")
+        print(f"{label:34}" + "".join(f"{c:>18}" for c in cells))
+    if attach_rows:
+        print("\nattached to the running program (-p PID: every system call stops at entry and exit)")
+        print(f"{'':34}" + "".join(f"{n + ' -p':>18}" for n in attach_rows))
+        for label, kind, key in (("KVM_CHECK_EXTENSION loop", "check", "check_ns"),
+                                 ("getppid", "getpid", "getpid_traced_ns")):
+            cells = []
+            for name, samples in attach_rows.items():
+                v = per_call_ns(samples[kind])
+                figures.setdefault(f"{name} -p", {})[key] = v
+                cells.append(f"+{(v - bare[key]) / 1000:.1f} us")
+            print(f"{label:34}" + "".join(f"{c:>18}" for c in cells))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -183,38 +216,10 @@ def main() -> int:
                          "check_ns": per_call_ns(traced[name]["check"]),
                          "getpid_traced_ns": per_call_ns(traced[name]["getpid"]),
                          "getpid_other_ns": per_call_ns(other[name]["getpid"])}
-    bare = figures["bare"]
     print(f"load average {load_before} before, {load_after} after; {os.cpu_count()} CPUs; kernel {os.uname().release}")
     print(f"{args.rounds} rounds; per round each condition runs: {' '.join(argv[1:])}; and getppid "
           f"{args.getpids} x {args.batches} in another process while it traces a waiting program\n")
-    head = f"{'':34}" + "".join(f"{n:>18}" for n in conditions)
-    print(head)
-    rows = [("KVM ioctl, QEMU-like set-up", "setup_ns_per_ioctl", "added"),
-            ("KVM_CHECK_EXTENSION loop", "check_ns", "added"),
-            ("getppid in the traced program", "getpid_traced_ns", "ratio"),
-            ("getppid in another process", "getpid_other_ns", "ratio")]
-    for label, key, how in rows:
-        cells = []
-        for name in conditions:
-            v = figures[name][key]
-            if name == "bare":
-                cells.append(f"{v / 1000:.2f} us" if v >= 1000 else f"{v:.0f} ns")
-            elif how == "added":
-                cells.append(f"+{(v - bare[key]) / 1000:.1f} us")
-            else:
-                cells.append(f"{v:.0f} ns ({(v / bare[key] - 1) * 100:+.0f}%)")
-        print(f"{label:34}" + "".join(f"{c:>18}" for c in cells))
-    if attach_rows:
-        print("\nattached to the running program (-p PID: every system call stops at entry and exit)")
-        print(f"{'':34}" + "".join(f"{n + ' -p':>18}" for n in attach_rows))
-        for label, kind, key in (("KVM_CHECK_EXTENSION loop", "check", "check_ns"),
-                                 ("getppid", "getpid", "getpid_traced_ns")):
-            cells = []
-            for name, samples in attach_rows.items():
-                v = per_call_ns(samples[kind])
-                figures.setdefault(f"{name} -p", {})[key] = v
-                cells.append(f"+{(v - bare[key]) / 1000:.1f} us")
-            print(f"{label:34}" + "".join(f"{c:>18}" for c in cells))
+    print_figures(list(conditions), figures, attach_rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load_before": load_before, "load_after": load_after, "argv": argv[1:], "rounds": args.rounds,

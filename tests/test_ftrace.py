@@ -117,16 +117,15 @@ def test_sigint_at_any_moment_with_ftrace_removes_the_instance_and_mount(tmp_pat
     import time
 
     from conftest import ROOT
-    from test_lifecycle import OUT_LOOP, _handles_sigterm
+    from readiness import takes, wait_until
+    from test_lifecycle import OUT_LOOP
     image = tmp_path / "outloop.bin"
     image.write_bytes(OUT_LOOP)
     proc = subprocess.Popen([sys.executable, "-m", "minivmm", "boot", str(image), "--vcpus", "32", "--ftrace",
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        while not _handles_sigterm(proc.pid):
-            assert proc.poll() is None
-            time.sleep(0.005)
+        wait_until(lambda: takes(proc.pid, signal.SIGTERM), "boot installed its stop handlers", proc)
         time.sleep(random.Random(run).uniform(0, 0.6))
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

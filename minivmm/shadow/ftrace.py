@@ -129,12 +129,10 @@ def _exit_name(reason: int, err: int, names: dict[int, str]) -> str:
     return names.get(reason, f"KVM_EXIT_{reason}")
 
 
-def analyse(records: list[Record], overruns: int, vmm_exits: dict[str, int], doorbell_counts: dict[int, int],
-            shadow_addresses: set[int], exit_names: dict[int, str] | None = None) -> FtraceResult:
-    """Compare the kernel's record (in time order) with what the VMM saw and what the shadow knew.
-    ``exit_names``: the kernel's names of exit reasons (default: the session's, else IO and MMIO)."""
-    if exit_names is None:
-        exit_names = _EXIT_NAMES or {lib.KVM_EXIT_IO: "KVM_EXIT_IO", lib.KVM_EXIT_MMIO: "KVM_EXIT_MMIO"}
+def _count_exits(records: list[Record], exit_names: dict[int, str]) -> tuple[int, Counter[str], Counter[int]]:
+    """From the kernel's record: how many events were read, the exits to userspace by reason, and the MMIO
+    writes completed in the kernel (by an ioeventfd) by address. A write is in-kernel when the same thread's
+    next event is not its exit to userspace with KVM_EXIT_MMIO."""
     exits: Counter[str] = Counter()
     in_kernel: Counter[int] = Counter()
     pending: dict[int, int] = {}  # thread -> gpa of an MMIO write not yet known to be in-kernel or exited
@@ -162,6 +160,16 @@ def analyse(records: list[Record], overruns: int, vmm_exits: dict[str, int], doo
             in_kernel[pending.pop(tid)] += 1
     for gpa in pending.values():  # the last write of a thread, with no exit after it
         in_kernel[gpa] += 1
+    return events, exits, in_kernel
+
+
+def analyse(records: list[Record], overruns: int, vmm_exits: dict[str, int], doorbell_counts: dict[int, int],
+            shadow_addresses: set[int], exit_names: dict[int, str] | None = None) -> FtraceResult:
+    """Compare the kernel's record (in time order) with what the VMM saw and what the shadow knew.
+    ``exit_names``: the kernel's names of exit reasons (default: the session's, else IO and MMIO)."""
+    if exit_names is None:
+        exit_names = _EXIT_NAMES or {lib.KVM_EXIT_IO: "KVM_EXIT_IO", lib.KVM_EXIT_MMIO: "KVM_EXIT_MMIO"}
+    events, exits, in_kernel = _count_exits(records, exit_names)
     mismatches = []
     if overruns:
         mismatches.append(f"the trace buffer overran ({overruns} events lost): the record is incomplete")

@@ -169,6 +169,22 @@ class AttachError(RuntimeError):
     """``-p PID`` names no process that can be traced; the message says why."""
 
 
+def _running_process(pid: int) -> _Proc:
+    """A process we attach to: its VM and vCPU fds named from /proc (a vCPU's VM is known only when the
+    process has one VM). Its vCPUs ran long before us: their KVM_RUNs are counted, not recorded."""
+    fds = ProcessFds()
+    for fd, link in sorted(_kvm_fds(pid).items()):
+        if link == LINK_VM:
+            fds.created_vm(fd)
+    vms = list(fds.roles.values())
+    proc = _Proc(pid, fds)
+    for fd, link in sorted(_kvm_fds(pid).items()):
+        if link >= 0:
+            proc.vcpu_fds[fd] = fds.created_vcpu(fd, link, vms[0] if len(vms) == 1 else "vm?")
+            proc.run_done.add(fd)
+    return proc
+
+
 def _tasks(pid: int) -> list[int]:
     """The thread ids of a process (empty if there is no such process)."""
     try:
@@ -318,31 +334,9 @@ class Tracer:
                 if self.clock_choice == "kernel":
                     raise
                 note += f"; the kernel clock is unavailable: {e}"
-        fds = ProcessFds()
-        for fd, link in sorted(_kvm_fds(pid).items()):
-            if link == LINK_VM:
-                fds.created_vm(fd)
-        vms = [r for r in fds.roles.values()]
-        proc = self.procs[pid] = _Proc(pid, fds)
-        for fd, link in sorted(_kvm_fds(pid).items()):
-            if link >= 0:
-                proc.vcpu_fds[fd] = fds.created_vcpu(fd, link, vms[0] if len(vms) == 1 else "vm?")
-                proc.run_done.add(fd)  # it ran long before us: its KVM_RUNs are counted, not recorded
-        seized: set[int] = set()
+        self.procs[pid] = _running_process(pid)
         try:
-            while new := [t for t in _tasks(pid) if t not in seized]:  # threads started meanwhile
-                for tid in new:
-                    seized.add(tid)
-                    try:
-                        ptrace(lib.PTRACE_SEIZE, tid, 0, ATTACH_OPTIONS, "ptrace(PTRACE_SEIZE)")
-                    except TraceOSError as e:
-                        if e.errno == _errno.ESRCH:
-                            continue  # the thread ended
-                        if e.errno in (_errno.EPERM, _errno.EACCES):
-                            raise PtraceDenied(_denied_hint(tid)) from None
-                        raise
-                    self._add(tid, pid)
-                    ptrace(lib.PTRACE_INTERRUPT, tid, 0, 0, "ptrace(PTRACE_INTERRUPT)")
+            self._seize_every_thread(pid)
         except BaseException:
             self._detach_all()
             if self.kclock is not None:
@@ -350,6 +344,23 @@ class Tracer:
             raise
         self._exec_seen = True
         return note
+
+    def _seize_every_thread(self, pid: int) -> None:
+        """PTRACE_SEIZE each thread of ``pid``, threads started meanwhile too, and interrupt each once."""
+        seized: set[int] = set()
+        while new := [t for t in _tasks(pid) if t not in seized]:
+            for tid in new:
+                seized.add(tid)
+                try:
+                    ptrace(lib.PTRACE_SEIZE, tid, 0, ATTACH_OPTIONS, "ptrace(PTRACE_SEIZE)")
+                except TraceOSError as e:
+                    if e.errno == _errno.ESRCH:
+                        continue  # the thread ended
+                    if e.errno in (_errno.EPERM, _errno.EACCES):
+                        raise PtraceDenied(_denied_hint(tid)) from None
+                    raise
+                self._add(tid, pid)
+                ptrace(lib.PTRACE_INTERRUPT, tid, 0, 0, "ptrace(PTRACE_INTERRUPT)")
 
     def _detach_all(self) -> None:
         """Let go of every thread we hold, leaving the process running as before (``-p``): each is
