@@ -96,6 +96,11 @@ def install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
             except ProcessLookupError:
                 pass  # it took a real signal just now, saw closing and has ended
         watcher.join()
+        # A stop signal that came while the watcher was ending is still pending for the process: taken
+        # here, it counts as the run's (first, or "already stopping"), instead of being delivered, once
+        # the old mask is back, as a KeyboardInterrupt at whatever line the caller has reached.
+        while (info := signal.sigtimedwait(signals, 0)) is not None:
+            stop.request(info.si_signo)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return restore
 
