@@ -64,6 +64,7 @@ def test_echo_to_a_plain_stream_is_unchanged():
 
 @pytest.mark.kvm
 @pytest.mark.parametrize("stop", ["timeout", "sigterm"])
+@pytest.mark.slow
 def test_a_stalled_stdout_reader_does_not_defeat_timeout_or_sigterm(tmp_path, stop):
     image = tmp_path / "flood.bin"
     image.write_bytes(FLOOD)

@@ -40,6 +40,7 @@ def assert_classified(report, t0: float) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(list(Mode)), st.binary(min_size=1, max_size=4096))
+@pytest.mark.slow
 def test_random_images_end_in_a_classified_outcome_within_the_timeout(mode, image):
     t0 = time.monotonic()
     report = run(image, mode)

@@ -199,6 +199,7 @@ def test_a_timer_armed_just_past_a_boundary_is_not_counted_a_tick_late():
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     from conftest import run_cli
     out = tmp_path / "p.json"

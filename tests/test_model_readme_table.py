@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
+
 from kernel_model.published import FIGURES
 from devtools.model_table import current_table, published_table, replace_table
 
 README = pathlib.Path(__file__).resolve().parent.parent / "kernel_model" / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_table_matches_the_model():
     text = README.read_text()
     assert current_table(text) == published_table(), (
         "kernel_model/README.md's table is stale: run python scripts/gen_model_readme.py")
 
 
+@pytest.mark.slow
 def test_a_changed_figure_makes_the_table_stale():
     text = README.read_text()
     tampered = text.replace("0.025182 s after", "0.019000 s after")

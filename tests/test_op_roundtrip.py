@@ -80,6 +80,7 @@ def traced_args(seq: Sequence) -> list[tuple[str, dict[str, object]]]:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seq=every_op())
+@pytest.mark.slow
 def test_what_the_host_issues_is_traced_back_to_the_same_arguments(seq: Sequence, tmp_path_factory) -> None:
     from minivmm.host import read_host_info
     from minivmm.trace.explain import build_sequence

@@ -20,6 +20,7 @@ from kernel_model.stats import is_stall, percentile, tick_modes, tick_ns
 from minivmm.cli.app import main
 from minivmm.repro.generate import CProgram, NoCEmitter
 from minivmm.timing.pressure import PressureWindow
+from conftest import QUIET_PRESSURE_PERCENT
 from test_ops import QEMU_LIKE
 
 #: A real set-up: `minivmm trace --until first-run --save-sequence` of QEMU 7.2 (q35, 128 MiB, 2 vCPUs).
@@ -322,11 +323,6 @@ def agreement(timing: list[int], repro: list[int], tick: int, origin: float) -> 
 AGREEMENT_RUNS = {"registrations-first": (25, 10), "arm64-order": (25, 10), "late-registration": (20, 10),
                   "firecracker": (10, 10), "deregistrations-running": (4, 5), "qemu-trace": (12, 10),
                   "churn": (15, 10)}
-
-
-#: Above this CPU pressure (share of the wall time some task waited for a CPU), the two programs' tick-mode
-#: shares are not expected to agree: see test_the_stalled_steps_agree_with_minivmm_timing.
-QUIET_PRESSURE_PERCENT = 5.0
 
 
 #: `minivmm timing`'s measurement (``measure()``) in a process of its own, as the command runs it: a

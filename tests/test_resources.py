@@ -39,6 +39,7 @@ def rss_kib() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_a_thousand_vms_leave_fds_and_rss_unchanged():
     efd = lib.eventfd(0, lib.EFD_CLOEXEC)
     kvm = Kvm()
@@ -110,6 +111,7 @@ def test_no_permission_on_the_kvm_device_is_one_line(tmp_path):
     assert len(lines) == 1 and "not readable and writable" in lines[0]
 
 
+@pytest.mark.slow
 def test_stress_vcpus_with_concurrent_registrations_and_memslot_moves(guest_image):
     """regmulti's vCPUs hammer doorbells and re-register them, while a host thread registers and
     unregisters other ioeventfds and moves a spare memslot; shadow on, bounded in time."""

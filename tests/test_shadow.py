@@ -136,6 +136,7 @@ def test_regloop_runs_clean_with_every_exit_checked(boot, guest_image):
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_regmulti_runs_clean_on_three_vcpus(boot, guest_image):
     report, _ = boot(guest_image("regmulti"), mode=Mode.PROTECTED, vcpus=3, guest_iterations=300, timeout=60)
     assert report.outcome is RunOutcome.HALTED, report.extra["shadow"]["first_violations"]
@@ -203,6 +204,7 @@ def test_a_refused_assign_closes_its_registration_and_puts_nothing_on_the_bus():
 
 @pytest.mark.kvm
 @pytest.mark.parametrize("repetition", range(3))
+@pytest.mark.slow
 def test_the_registration_race_guest_halts_clean_on_three_vcpus(boot, guest_image, repetition):
     # Three vCPUs register, ring, unregister and ring their own slots and ring a partner's: reports run
     # while partners' registrations are in flight. Before registrations were marked open ahead of the

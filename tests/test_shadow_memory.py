@@ -51,6 +51,7 @@ def run_sampling_rss(image: bytes, **config):
     return report, max(samples) - warm
 
 
+@pytest.mark.slow
 def test_an_mmio_walking_guest_does_not_grow_the_vmm(guest_image):
     # 200,000 reads at 200,000 distinct addresses: the per-address cache grew RSS ~28 MiB over this run.
     report, growth = run_sampling_rss(guest_image("mmiowalk"), mode=Mode.LONG, guest_iterations=200_000)
@@ -59,6 +60,7 @@ def test_an_mmio_walking_guest_does_not_grow_the_vmm(guest_image):
     assert growth < BOUND, f"RSS grew {growth / MiB:.1f} MiB"
 
 
+@pytest.mark.slow
 def test_a_register_unregister_loop_does_not_grow_the_vmm(guest_image):
     # 8,000 registrations and deregistrations, 16,000 bus versions: the versions (and the twin's
     # record of its grace periods) grew RSS ~20 MiB over this run.

@@ -60,6 +60,7 @@ def _teardowns(text: str, hz: int, platform: str, variant: str | None) -> tuple[
     return [r.durations_ns[-1] for r in reps], model, chosen
 
 
+@pytest.mark.slow
 def test_the_teardown_timed_on_the_host_agrees_with_the_model():
     """Each host repetition against the model's teardowns for its own gaps: inside the model's tick
     mode (its range over the tick phase, give or take the fixed costs' error), before it, or after it
