@@ -396,8 +396,10 @@ def test_the_stalled_steps_agree_with_minivmm_timing(tmp_path, name):
             ok = is_stall(a) and is_stall(b) and abs(a - b) <= 1.1 * tick
             detail += f" (CPU pressure {pressure:.0f}%: medians compared)"
         assert ok, f"step {i + 1} {step.label}: {detail}"
-        if model["p90_us"] - model["p10_us"] >= tick / 2000 and is_stall(percentile(repro[i], 50)):
-            # The model spreads this stall over the tick phase: so must the program's jitter.
+        quiet = pressure is None or pressure <= QUIET_PRESSURE_PERCENT
+        if quiet and model["p90_us"] - model["p10_us"] >= tick / 2000 and is_stall(percentile(repro[i], 50)):
+            # The model spreads this stall over the tick phase: so must the program's jitter (a quiet
+            # host's claim too: busy, where each run's steps end moves with the load, not the jitter).
             spread = percentile(repro[i], 90) - percentile(repro[i], 10)
             assert spread >= 0.4 * tick, f"step {i + 1} {step.label}: p10-p90 only {spread / 1e6:.2f} ms"
 

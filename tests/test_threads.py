@@ -8,8 +8,10 @@ import sys
 import threading
 from types import SimpleNamespace
 
+import pytest
+
+from minivmm.threads import DaemonThread
 from minivmm.vmm.lifecycle import VcpuThreads, kick_handler
-from minivmm.vmm.threads import DaemonThread
 from minivmm.vmm.vcpu_loop import RunControl, VcpuRecord
 
 
@@ -31,7 +33,7 @@ def test_a_target_that_raises_keeps_its_exception_for_the_starter():
 def test_a_bootstrap_that_fails_before_the_target_runs_still_finishes_the_thread(monkeypatch):
     # What CPython does when the new thread cannot even call its function: report it as unraisable,
     # naming the function. Here the report is made by hand, for a thread that was never started.
-    from minivmm.vmm import threads
+    from minivmm import threads
     t = DaemonThread(lambda: None, name="t")
     threads._watch_unraisable()
     passed_on = []
@@ -65,3 +67,13 @@ def test_a_vcpu_loop_out_of_memory_is_raised_on_the_main_thread_not_waited_for()
         stopper.start()
         assert finished.wait(10), "stop_and_join waited for a thread that had already died"
     assert isinstance(threads.failure(), MemoryError)
+
+
+def test_threads_that_would_not_fit_under_rlimit_as_are_refused_before_any_starts():
+    from minivmm.threads import THREAD_HEADROOM, THREAD_STACK, reserve_address_space
+    per_thread = THREAD_STACK + THREAD_HEADROOM
+    reserve_address_space(8, limit=100 * per_thread, in_use=92 * per_thread)  # fits exactly
+    with pytest.raises(MemoryError, match="8 thread"):
+        reserve_address_space(8, limit=100 * per_thread, in_use=92 * per_thread + 1)
+    import resource
+    reserve_address_space(10_000, limit=resource.RLIM_INFINITY)  # no limit, no refusal

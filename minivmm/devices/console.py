@@ -15,6 +15,8 @@ import signal
 import threading
 from typing import Protocol
 
+from minivmm.threads import DaemonThread
+
 DEFAULT_CAPTURE_LIMIT = 1 << 20
 #: How many bytes may wait for a slow reader before the echo drops output (a pipe holds 64 KiB more).
 DEFAULT_ECHO_BACKLOG = 1 << 16
@@ -46,7 +48,7 @@ class ConsoleWriter:
         self._pending = 0
         self._closing = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="console-writer", daemon=True)
+        self._thread = DaemonThread(self._run, name="console-writer")
         self._thread.start()
 
     def write(self, data: bytes, *, keep: bool = False) -> None:

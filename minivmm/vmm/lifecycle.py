@@ -23,7 +23,7 @@ from typing import Any
 
 from minivmm.kvm.vcpu import Vcpu
 from minivmm.vmm.outcome import RunOutcome
-from minivmm.vmm.threads import DaemonThread
+from minivmm.threads import DaemonThread, reserve_address_space
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL, OUT_OF_MEMORY, RunControl, VcpuRecord, stop_vcpu_threads
 
 #: The signals that stop a run, and the outcome each means.
@@ -152,7 +152,9 @@ class VcpuThreads:
         self.started = 0
 
     def start(self) -> None:
-        """Start every thread (each blocks the stop signals first thing: see ``run_vcpu``)."""
+        """Start every thread (each blocks the stop signals first thing: see ``run_vcpu``); MemoryError
+        before the first if they would not all fit in the address space left."""
+        reserve_address_space(len(self.threads))
         for t in self.threads:
             t.start()
             self.started += 1
