@@ -211,7 +211,7 @@ def run_python_inline(guest: str) -> Sample:
                 counts[cls] = 1
             if routes.table is not bus.table:
                 routes.renew()
-            if routes.writes[exit_[0] << 4 | exit_[1]] is None:
+            if routes.writes[exit_[1]][exit_[0]] is None:
                 stats.unclaimed += 1
             if control.stopping:
                 break

@@ -11,7 +11,10 @@ Devices that keep state take their own lock inside ``read``/``write``.
 from __future__ import annotations
 
 import bisect
+import operator
 import threading
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple, Protocol
 
 
@@ -27,6 +30,43 @@ class BusDevice(Protocol):
     def write(self, offset: int, data: bytes) -> None:
         """Handle a write of ``data`` at ``offset``."""
         ...
+
+
+class DirectAccess(Protocol):
+    """What a device may add to :class:`BusDevice`: for one access (``offset`` and ``size``), a handler
+    that runs no Python code, or None where the access needs the device's own ``read``/``write``.
+
+    The exit dispatcher binds one handler per access it routes (see ``minivmm.vmm.dispatch``): a
+    device method is a Python frame on every exit that reaches it, which on the exit path (caches
+    cold after the guest ran) costs a good part of what minivmm adds to an exit. A direct handler
+    does exactly what ``write(offset, data)`` (for ``data`` of ``size`` bytes) or ``read(offset,
+    size)`` would, as C calls only (:func:`store_into`, :func:`copy_from`).
+    """
+
+    def direct_writer(self, offset: int, size: int) -> Callable[[bytes], object] | None:
+        """A handler equal to ``write(offset, data)`` for data of exactly ``size`` bytes, or None."""
+        ...
+
+    def direct_reader(self, offset: int, size: int) -> Callable[[], bytes] | None:
+        """A handler equal to ``read(offset, size)``, or None."""
+        ...
+
+
+def store_into(memory: bytearray, offset: int, size: int) -> Callable[[bytes], object]:
+    """A direct writer: ``memory[offset:offset + size] = data``, for data of exactly ``size`` bytes (any
+    other length raises ValueError: the memory never changes size).
+
+    ``operator.setitem`` on a view made once: the view takes the bytes as they are (a bytearray's own
+    slice store first copies them into a new bytearray) and the call passes its arguments without
+    building a tuple (a bound ``__setitem__`` builds one). The view pins ``memory``'s size.
+    """
+    return partial(operator.setitem, memoryview(memory)[offset:offset + size], slice(None))
+
+
+def copy_from(memory: bytearray, offset: int, size: int) -> Callable[[], bytes]:
+    """A direct reader: ``bytes(memory[offset:offset + size])`` as they are at each call (a view's
+    ``tobytes``, bound once)."""
+    return memoryview(memory)[offset:offset + size].tobytes
 
 
 class BusError(ValueError):

@@ -8,7 +8,9 @@ is always empty, so a guest that polls LSR before each byte never waits.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+from minivmm.devices.bus import store_into
 from minivmm.devices.console import Console
 
 COM1_PORT = 0x3F8
@@ -19,6 +21,9 @@ LCR_DLAB = 0x80
 LSR_THRE = 0x20  # transmit holding register empty
 LSR_TEMT = 0x40  # transmitter empty
 IIR_NO_INTERRUPT = 0x01
+#: The registers whose write is a plain store of the byte (THR and IER depend on LCR.DLAB; LSR is
+#: read-only; a write at IIR's offset is FCR, which this UART ignores).
+STORED_REGISTERS = frozenset((LCR, MCR, MSR, SCR))
 
 
 class Serial16550:
@@ -69,5 +74,17 @@ class Serial16550:
                     return
             self.console.put(bytes((value,)))  # outside the lock: the console has its own
             return
-        if reg < UART_REGISTERS and reg != LSR and reg != IIR:  # LSR is read-only; a write at 2 is FCR
+        if reg in STORED_REGISTERS:
             self._regs[reg] = value  # one byte store, atomic under the GIL: no lock needed
+
+    def direct_writer(self, offset: int, size: int) -> Callable[[bytes], object] | None:
+        """A one-byte write of a stored register as a bound store of that byte (what ``_write_reg`` does,
+        with no Python frame: a guest's loop on the scratch register exits on every write); None for
+        anything else."""
+        if size == 1 and offset in STORED_REGISTERS:
+            return store_into(self._regs, offset, 1)
+        return None
+
+    def direct_reader(self, offset: int, size: int) -> Callable[[], bytes] | None:
+        """None: reads take the register lock (DLAB decides what THR and IER read)."""
+        return None

@@ -276,6 +276,15 @@ def _word_fields(fields: dict[str, tuple[int, Any]], names: tuple[str, ...]) -> 
     return word, shifts
 
 
+def _item_index(fields: dict[str, tuple[int, Any]], name: str, size: int) -> int:
+    """The index of field ``name`` in a view of ``kvm_run`` as unsigned items of ``size`` bytes (the
+    field is one such item, aligned), from cffi's offset and size."""
+    offset, ctype = fields[name]
+    if ffi.sizeof(ctype) != size or offset % size:
+        raise ImportError(f"kvm_run's {name} is not one aligned {size}-byte item: the decoder's reads need re-deriving")
+    return offset // size
+
+
 if sys.byteorder != "little":  # the word reads below take fields out of little-endian words
     raise ImportError("minivmm's exit decoder reads kvm_run as little-endian words")
 #: ``struct kvm_run``'s io member, direction to count, is one 8-byte word: its value is the memo key of
@@ -284,9 +293,10 @@ _IO_WORD, _IO_SHIFTS = _word_fields(_IO, ("direction", "size", "port", "count"))
 _DIR_SHIFT, _SIZE_SHIFT, _PORT_SHIFT, _COUNT_SHIFT = (_IO_SHIFTS[f] for f in ("direction", "size", "port", "count"))
 _DATA_OFFSET_WORD = _word_fields(_IO, ("data_offset",))[0]
 _MMIO_ADDR_WORD = _word_fields(_MMIO, ("phys_addr",))[0]
-#: mmio's len and is_write share one word: with the address, the memo key of an MMIO read.
-_MMIO_LEN_WORD, _MMIO_LEN_SHIFTS = _word_fields(_MMIO, ("len", "is_write"))
-_IS_WRITE_SHIFT, _LEN_SHIFT = _MMIO_LEN_SHIFTS["is_write"], _MMIO_LEN_SHIFTS["len"]
+#: mmio's len and is_write, read as items of their own size: small values, which Python does not
+#: allocate (shifting them out of their 8-byte word would build a big int per exit).
+_MMIO_LEN_U32 = _item_index(_MMIO, "len", 4)
+_MMIO_IS_WRITE_U8 = _item_index(_MMIO, "is_write", 1)
 _MMIO_DATA_AT = _MMIO["data"][0]
 _REASON_U32 = _EXIT_REASON_AT // 4
 #: An IO item of this many bytes is read as one unsigned int of a view of the mapping ("B", "H", "I").
@@ -314,14 +324,15 @@ class ExitDecoder:
     decode would build.
     """
 
-    __slots__ = ("run", "fd", "_bytes", "_size", "_u32", "_u64", "_items", "_io_memo", "_mmio_memo")
+    __slots__ = ("run_struct", "fd", "_bytes", "_size", "_u8", "_u32", "_u64", "_items", "_io_memo", "_mmio_memo")
 
     def __init__(self, run: Any, size: int, fd: int = -1) -> None:
-        self.run = run
+        self.run_struct = run
         self.fd = fd
         self._size = size
         self._bytes = ffi.buffer(run, size)
         view = memoryview(self._bytes)
+        self._u8 = view
         self._u32 = view[:size - size % 4].cast("I")
         self._u64 = view[:size - size % 8].cast("Q")
         #: IO item size -> a view of the mapping in unsigned items of that size.
@@ -329,16 +340,22 @@ class ExitDecoder:
         #: io word -> the IoIn it describes or, for an ``out`` of one item, ``(data_offset, the items view,
         #: the item's index in it, {item value: IoOut})``.
         self._io_memo: dict[int, Any] = {}
-        #: MMIO address -> (the len/is_write word, the MmioRead it describes).
-        self._mmio_memo: dict[int, tuple[int, MmioRead]] = {}
+        #: MMIO address -> the last MmioRead there (a read of another length there replaces it).
+        self._mmio_memo: dict[int, MmioRead] = {}
 
-    def decode(self, enter: bool = False) -> VcpuExit:
-        """Return the current exit as a value.
+    def decode(self) -> VcpuExit:
+        """Return the exit ``kvm_run`` holds now as a value (without running the vCPU)."""
+        return self.run(False)
 
-        With ``enter``, first run the vCPU until its next exit to userspace (KVM_RUN on ``fd``): this is
-        ``Vcpu.run``, so that entering the guest and decoding its exit take one Python frame, not two.
-        EINTR (a signal, or ``immediate_exit`` set) is not an error: it returns ``Interrupted``; any
-        other failure raises through the one errno choke point (``raise_for``).
+    def run(self, enter: bool = True) -> VcpuExit:
+        """Run the vCPU until its next exit to userspace (KVM_RUN on ``fd``), and return that exit as a
+        value; with ``enter`` False, only decode the exit ``kvm_run`` holds now.
+
+        This bound method is ``Vcpu.run``, so that entering the guest and decoding its exit take one
+        Python frame, and the vCPU loop's call to it is a plain Python-to-Python call (which CPython
+        runs without re-entering the interpreter from C, unlike a call through a ``partial``). EINTR
+        (a signal, or ``immediate_exit`` set) is not an error: it returns ``Interrupted``; any other
+        failure raises through the one errno choke point (``raise_for``).
         """
         if enter and _ioctl_val(self.fd, _KVM_RUN, 0) < 0:
             err = ffi.errno
@@ -359,23 +376,22 @@ class ExitDecoder:
                         return exit_  # type: ignore[no-any-return]
             return self._decode_io(io)
         if reason == _EXIT_MMIO:
-            word = self._u64[_MMIO_LEN_WORD]
-            if not word >> _IS_WRITE_SHIFT & 0xFF:
+            length = self._u32[_MMIO_LEN_U32]
+            if not self._u8[_MMIO_IS_WRITE_U8]:
                 addr = self._u64[_MMIO_ADDR_WORD]
                 known_read = self._mmio_memo.get(addr)
-                if known_read is not None and known_read[0] == word:
-                    return known_read[1]
-                read = _new(MmioRead, (addr, word >> _LEN_SHIFT & 0xFFFFFFFF))
-                _remember(self._mmio_memo, addr, (word, read))
+                if known_read is not None and known_read[1] == length:
+                    return known_read
+                read = _new(MmioRead, (addr, length))
+                _remember(self._mmio_memo, addr, read)
                 return read
-            length = word >> _LEN_SHIFT & 0xFFFFFFFF
             data = self._bytes[_MMIO_DATA_AT:_MMIO_DATA_AT + (length if length < 8 else 8)]
             return _new(MmioWrite, (self._u64[_MMIO_ADDR_WORD], data))
         if reason == _EXIT_HLT:
             return HLT
         if reason == _EXIT_SHUTDOWN:
             return SHUTDOWN
-        run = self.run
+        run = self.run_struct
         if reason == _EXIT_FAIL_ENTRY:
             fe = run.fail_entry
             return FailEntry(fe.hardware_entry_failure_reason, fe.cpu)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from minivmm.kvm.exits import ExitDecoder, VcpuExit
@@ -37,9 +36,9 @@ class Vcpu:
         self._mmio_data: Any = ffi.buffer(self.run_struct.mmio.data)
         #: Wrapper over KVM_RUN: ``run()`` enters the guest until the next exit to userspace and returns
         #: that exit decoded; EINTR (a signal, or ``immediate_exit`` set) is not an error, it returns
-        #: ``Interrupted``. It is the decoder's ``decode(enter=True)`` (a ``partial``, no frame of its
-        #: own): entry and decode are one Python frame on the exit path.
-        self.run: Callable[[], VcpuExit] = partial(ExitDecoder(self.run_struct, mmap_size, fd).decode, True)
+        #: ``Interrupted``. It is the decoder's own ``run`` (a bound method, no frame of its own): entry
+        #: and decode are one Python frame on the exit path.
+        self.run: Callable[[], VcpuExit] = ExitDecoder(self.run_struct, mmap_size, fd).run
 
     @property
     def immediate_exit(self) -> bool:

@@ -95,9 +95,33 @@ ROUTE_LIMIT = 4096
 
 
 class _Routes(dict):  # type: ignore[type-arg]  # int -> Writer | Reader | None; see RouteTable
-    """One direction's routes of a :class:`RouteTable`: ``routes[addr << 4 | size]`` is the bound
-    handler, or None if unclaimed. A key not yet seen is resolved by ``__missing__`` (the dict's own
-    miss path, so a hit costs one C-level lookup and no Python frame)."""
+    """The routes of one direction and one access size in a :class:`RouteTable`: ``routes[addr]`` is
+    the bound handler, or None if unclaimed. A key not yet seen is resolved by ``__missing__`` (the
+    dict's own miss path, so a hit costs one C-level lookup and no Python frame)."""
+
+    __slots__ = ("table", "size", "bind")
+
+    def __init__(self, table: BusTable, size: int, bind: Callable[[BusDevice, int, int], Any]) -> None:
+        super().__init__()
+        self.table = table
+        self.size = size
+        self.bind = bind
+
+    def __missing__(self, addr: int) -> Any:
+        size = self.size
+        hit = resolve_in(self.table, addr, size)  # the bus's one claim rule, on the version this table is for
+        route = self.bind(hit[0], hit[1], size) if hit is not None else None
+        if len(self) >= ROUTE_LIMIT:
+            self.clear()
+        self[addr] = route
+        return route
+
+
+class _RoutesBySize(dict):  # type: ignore[type-arg]  # int -> _Routes
+    """One direction's routes of a :class:`RouteTable`, by access size: ``by_size[size][addr]``. Two
+    lookups rather than one on a combined key: an MMIO address shifted to make room for the size is
+    a big int, which Python allocates (twice: the shift and the or) on every exit. Sizes come from
+    ``kvm_run`` (1 to 8), so this holds a handful of tables."""
 
     __slots__ = ("table", "bind")
 
@@ -106,22 +130,21 @@ class _Routes(dict):  # type: ignore[type-arg]  # int -> Writer | Reader | None;
         self.table = table
         self.bind = bind
 
-    def __missing__(self, key: int) -> Any:
-        addr, size = key >> 4, key & 0xF
-        hit = resolve_in(self.table, addr, size)  # the bus's one claim rule, on the version this table is for
-        route = self.bind(hit[0], hit[1], size) if hit is not None else None
-        if len(self) >= ROUTE_LIMIT:
-            self.clear()
-        self[key] = route
-        return route
+    def __missing__(self, size: int) -> _Routes:
+        routes = self[size] = _Routes(self.table, size, self.bind)
+        return routes
 
 
 def _bind_write(device: BusDevice, offset: int, size: int) -> Writer:
-    return partial(device.write, offset)
+    direct = getattr(device, "direct_writer", None)  # optional: see DirectAccess
+    writer = direct(offset, size) if direct is not None else None
+    return writer if writer is not None else partial(device.write, offset)
 
 
 def _bind_read(device: BusDevice, offset: int, size: int) -> Reader:
-    return partial(device.read, offset, size)
+    direct = getattr(device, "direct_reader", None)
+    reader = direct(offset, size) if direct is not None else None
+    return reader if reader is not None else partial(device.read, offset, size)
 
 
 class RouteTable:
@@ -132,7 +155,7 @@ class RouteTable:
     :meth:`renew` starts them afresh for the new version, and they fill again as accesses come. Every
     answer comes from the bus's one claim rule (:func:`~minivmm.devices.bus.resolve_in`) on that
     version; this only saves asking again. Not shared: each vCPU's dispatcher has its own, so no lock
-    is taken. ``writes`` and ``reads`` map ``addr << 4 | size`` (size <= 8) to the bound handler or None.
+    is taken. ``writes[size][addr]`` and ``reads[size][addr]`` are the bound handler or None.
     """
 
     __slots__ = ("bus", "table", "writes", "reads")
@@ -144,8 +167,8 @@ class RouteTable:
     def renew(self) -> None:
         """Forget every route: from now on they are the bus's answers on its current version."""
         table = self.table = self.bus.table
-        self.writes = _Routes(table, _bind_write)
-        self.reads = _Routes(table, _bind_read)
+        self.writes = _RoutesBySize(table, _bind_write)
+        self.reads = _RoutesBySize(table, _bind_read)
 
 
 class ExitDispatcher:
@@ -209,7 +232,7 @@ class ExitDispatcher:
         if routes.table is not self.pio_bus.table:
             routes.renew()
         port, size = e[0], e[1]
-        write = routes.writes[port << 4 | size]
+        write = routes.writes[size][port]
         if write is None:
             if stats.unclaimed >= FIRST_UNCLAIMED_KEPT:  # past the kept few, counting is all (inline:
                 stats.unclaimed += 1                     # a loop to an unclaimed port comes here each exit)
@@ -228,7 +251,7 @@ class ExitDispatcher:
         if routes.table is not self.pio_bus.table:
             routes.renew()
         port, size, count = e[0], e[1], e[2]
-        read = routes.reads[port << 4 | size]
+        read = routes.reads[size][port]
         if read is None:
             completer.complete_io_in(bytes(size * count))
             return self._unclaimed(stats, "pio", port, size, False)
@@ -240,7 +263,7 @@ class ExitDispatcher:
         if routes.table is not self.mmio_bus.table:
             routes.renew()
         addr, data = e[0], e[1]
-        write = routes.writes[addr << 4 | len(data)]
+        write = routes.writes[len(data)][addr]
         if write is None:
             if stats.unclaimed >= FIRST_UNCLAIMED_KEPT:
                 stats.unclaimed += 1
@@ -254,7 +277,7 @@ class ExitDispatcher:
         if routes.table is not self.mmio_bus.table:
             routes.renew()
         addr, length = e[0], e[1]
-        read = routes.reads[addr << 4 | length]
+        read = routes.reads[length][addr]
         if read is None:
             completer.complete_mmio_read(bytes(length))
             return self._unclaimed(stats, "mmio", addr, length, False)
