@@ -65,3 +65,16 @@ def test_tracer_records_strace_style_lines():
     assert line.startswith(f"ioctl({tracer.records[1].fd}, KVM_CREATE_VCPU, 0) = ")
     assert line.endswith(">") and "<0.0" in line
     assert all(r.elapsed_ns > 0 for r in tracer.records)
+
+
+def test_mmio_read_answers_land_in_kvm_run_cut_to_its_data_field_and_stop_after_close():
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(0)
+        vcpu.complete_mmio_read(b"\x11\x22\x33\x44")
+        assert bytes(vcpu.run_struct.mmio.data)[:4] == b"\x11\x22\x33\x44"
+        vcpu.run_struct.mmio.len = 0x77
+        vcpu.complete_mmio_read(bytes(range(1, 11)))  # longer than mmio.data: cut to its 8 bytes
+        assert bytes(vcpu.run_struct.mmio.data) == bytes(range(1, 9)) and vcpu.run_struct.mmio.len == 0x77
+        vcpu.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            vcpu.complete_mmio_read(b"\x01")
