@@ -311,7 +311,7 @@ class ExitDecoder:
 
     Built once per vCPU: views of the whole mapping are made here, not on every exit. ``run`` is a
     ``struct kvm_run *`` over a mapping of ``size`` bytes (IO data lives at ``io.data_offset`` from the
-    start of the mapping); ``fd`` is the vCPU's, for ``decode(enter=True)``.
+    start of the mapping); ``fd`` is the vCPU's, for :meth:`run`.
 
     The decode is on every exit's path (scripts/bench_exits.py). Right after the guest ran, the CPU's
     caches are cold, and then what an exit costs is mostly how many objects it builds and how much

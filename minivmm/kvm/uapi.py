@@ -1,9 +1,9 @@
 """The compiled KVM uapi (``<linux/kvm.h>`` through cffi) and the one errno choke point.
 
 Every ioctl minivmm issues goes through :func:`ioctl_ptr` or :func:`ioctl_val` (``Vcpu.run``, the exit
-decoder's ``decode(enter=True)``, calls the
-same C wrapper directly on its hot path and raises through :func:`raise_for`): a negative return
-becomes a :class:`~minivmm.kvm.errors.KvmError` naming the ioctl, with the kernel's errno.
+decoder's bound ``run``, calls the same C wrapper directly on its hot path and raises through
+:func:`raise_for`): a negative return becomes a :class:`~minivmm.kvm.errors.KvmError` naming the ioctl,
+with the kernel's errno.
 
 An :class:`IoctlTracer` handed to these functions switches them to the timed C wrapper, which reads
 CLOCK_MONOTONIC right beside the system call, and records one :class:`IoctlRecord` per call. This is

@@ -85,8 +85,9 @@ def _verdict(v: Verdict) -> Handler:
 
 
 #: A device's handler bound to one access, ready to call: a write's takes the data, a read's nothing (it
-#: returns the bytes read). ``functools.partial`` of the device's method with the offset (and a read's
-#: size) bound: calling one runs no Python frame of its own.
+#: returns the bytes read). The device's direct handler if it offers one (see ``DirectAccess``: no Python
+#: frame at all), else ``functools.partial`` of the device's method with the offset (and a read's size)
+#: bound: calling one runs no Python frame of its own before the method's.
 Writer = Callable[[bytes], None]
 Reader = Callable[[], bytes]
 #: Past this many remembered accesses a route table starts afresh: a guest walking ever-new MMIO
@@ -176,7 +177,8 @@ class ExitDispatcher:
 
     Make one per vCPU: each keeps its own :class:`RouteTable` per bus. The handler of a bus exit is one
     Python frame: the route table's version check and lookup are inline, and the device's bound
-    handler it finds is a ``partial`` (no frame of its own before the device's method).
+    handler it finds is its direct handler (no frame) or a ``partial`` (no frame of its own before the
+    device's method).
     """
 
     def __init__(self, pio_bus: Bus, mmio_bus: Bus, strict: bool = False) -> None:
