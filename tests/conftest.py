@@ -11,6 +11,11 @@ import pytest
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 
+# numpy (imported by the plot tests, through matplotlib) starts OpenBLAS worker threads that block no
+# signal. A test that blocks a signal in its own threads and sends it to the process (test_lifecycle)
+# then has it delivered to one of them, and the process dies of it. One BLAS thread starts none.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: Above this CPU pressure (the share of the wall time some task waited for a CPU, /proc/pressure/cpu), a

@@ -111,3 +111,38 @@ def test_compare_modes_checks_each_modes_share_and_quantiles():
     rare = compare_modes(mixture(400, 0.01), mixture(400, 0.01), tick, 3e6)
     assert rare.within_ok[1] is None  # too few samples in the slipped mode to compare its quantiles
     assert "mode 1" in rare.describe()
+
+
+def test_trimmed_mean_drops_the_ends_and_moves_by_the_share_that_moved():
+    from kernel_model.stats import trimmed_mean
+    assert trimmed_mean([1, 2, 3, 4, 100], 0.2) == 3
+    assert trimmed_mean([5], 0.1) == 5
+    jiffy = 4_000_000
+    half = [6_000_000] * 50 + [10_000_000] * 50
+    moved = [6_000_000] * 45 + [10_000_000] * 55  # five samples a jiffy later
+    assert trimmed_mean(moved) - trimmed_mean(half) == pytest.approx(jiffy * 5 / 80)  # not a whole jiffy
+    with pytest.raises(ValueError):
+        trimmed_mean([])
+
+
+def test_student_t_density_and_distribution_agree_with_closed_forms():
+    import math
+
+    from kernel_model.stats import student_t_cdf, student_t_logpdf
+    assert student_t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    assert student_t_cdf(-2.0, 2) == pytest.approx(0.5 * (1 - 2 / math.sqrt(6)))
+    assert math.exp(student_t_logpdf(0.0, 1)) == pytest.approx(1 / math.pi)
+    for df in (1, 2, 3, 5, 30):
+        assert student_t_cdf(0.0, df) == pytest.approx(0.5)
+        h = 1e-5
+        for z in (-7.0, -1.0, 0.3, 2.0):  # the distribution's slope is the density
+            slope = (student_t_cdf(z + h, df) - student_t_cdf(z - h, df)) / (2 * h)
+            assert slope == pytest.approx(math.exp(student_t_logpdf(z, df)), rel=1e-4)
+    assert 0 < student_t_cdf(-1e6, 3) < 1e-15  # the far tail keeps its digits
+
+
+def test_ks_critical_is_exact_for_one_sample_and_shrinks_with_more():
+    from kernel_model.stats import ks_critical
+    assert ks_critical(1, 0.01) == pytest.approx(0.995)
+    assert ks_critical(100, 0.05) == pytest.approx(1.358 / (10 + 0.12 + 0.011), rel=0.01)
+    assert ks_critical(1000, 0.01) < ks_critical(100, 0.01) < ks_critical(10, 0.01)

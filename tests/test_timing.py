@@ -12,30 +12,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from readiness import has_fd, takes, wait_until, wait_vms_closed
-from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES
-from minivmm.timing.compare import Fit, decide, fit
-
-
-def test_fit_is_zero_for_a_perfect_match_and_grows_with_the_ratio():
-    p = predict(SEQUENCES["registrations-first"], "call_srcu", 250, "pvm", samples=300)
-    measured = [sp.durations for sp in p.steps]
-    assert fit(measured, p).score < 0.02
-    doubled = [[2 * d for d in sp.durations] for sp in p.steps]
-    assert abs(fit(doubled, p).score - 0.693) < 0.03
-    # Noise around a fixed-cost step does not count, a shifted median does.
-    noisy = [[d * (1 + (i % 3) / 2) if sp.stats()["p90"] == sp.stats()["p10"] else d
-              for i, d in enumerate(sp.durations)] for sp in p.steps]
-    fixed = [i for i, sp in enumerate(p.steps) if sp.stats()["p90"] == sp.stats()["p10"]]
-    assert fixed and fit(noisy, p).per_step[fixed[0]] == pytest.approx(abs(__import__("math").log(1.5)), abs=0.01)
-
-
-def test_decide_names_the_best_says_when_nothing_fits_and_reports_ties():
-    v = decide([Fit("sync", 2.0, []), Fit("call_srcu", 0.2, []), Fit("call_srcu_expedited", 0.22, [])])
-    assert v.variant == "call_srcu" and v.matches_well and v.ties == ["call_srcu_expedited"]
-    assert "cannot tell" in v.text
-    bad = decide([Fit("sync", 2.0, []), Fit("call_srcu", 1.1, [])])
-    assert bad.variant is None and not bad.matches_well and "No kernel variant matches" in bad.text
 
 
 def test_timing_bad_input_is_one_line(tmp_path):
@@ -74,7 +51,9 @@ def test_timing_json_has_a_verdict_samples_and_predictions(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert "variant" in data["verdict"] and data["verdict"]["text"]
-    assert set(data["verdict"]["fit"]) == {"sync", "call_srcu", "created_vcpus", "call_srcu_expedited"}
+    assert set(data["verdict"]["posterior"]) == {"sync", "call_srcu", "created_vcpus", "call_srcu_expedited"}
+    assert abs(sum(data["verdict"]["posterior"].values()) - 1) < 1e-9
+    assert set(data["host"]) >= {"cpu_pressure_pct", "load_average"}
     memslot = next(s for s in data["steps"] if s["op"] == "memslot")
     assert len(memslot["samples_ns"]) == 12
     assert {"sync", "call_srcu"} <= memslot["predicted"].keys()

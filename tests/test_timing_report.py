@@ -81,8 +81,19 @@ def test_too_few_repetitions_are_warned_about_and_the_verdict_says_why():
 
 def test_a_partial_run_says_so_at_the_top_and_at_the_end():
     text = report(n=25, partial=100)
-    assert text.splitlines()[3].startswith("warning: partial results: interrupted (Ctrl-C) after 25 of 100")
+    assert text.splitlines()[3].startswith("load: ")
+    assert text.splitlines()[4].startswith("warning: partial results: interrupted (Ctrl-C) after 25 of 100")
     assert text.rstrip().endswith("(partial: interrupted after 25 of 100 repetitions)")
+
+
+def test_the_load_is_stated_and_a_busy_host_is_warned_about_in_one_line():
+    quiet = report(cpu_pressure_pct=3.5, load_average=(0.5, 0.4, 0.3))
+    assert "load: CPU pressure 3.5% (PSI some, over the run), load average 0.50 0.40 0.30" in quiet
+    assert "warning:" not in quiet
+    busy = [x for x in report(cpu_pressure_pct=49.0, load_average=(4.0, 3.0, 2.0)).splitlines()
+            if x.startswith("warning:")]
+    assert len(busy) == 1 and "busy (CPU pressure 49% over the run, above 20%)" in busy[0]
+    assert "may reflect the load" in busy[0]
 
 
 def test_the_published_stall_is_set_against_the_range_the_timer_rule_allows():

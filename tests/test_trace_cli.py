@@ -76,7 +76,8 @@ def test_json_document(prog: str, tmp_path: pathlib.Path) -> None:
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     validate_trace(doc)
-    assert doc["schema_version"] == 2 and doc["outcome"] == "exited" and doc["exit_code"] == 0
+    assert doc["schema_version"] == 3 and doc["outcome"] == "exited" and doc["exit_code"] == 0
+    assert set(doc["host"]) >= {"cpu_pressure_pct", "load_average"}
     assert doc["tracee"]["exit_code"] == 0 and doc["clock"]["source"] in ("kernel", "ptrace")
     names = [i["request"] for i in doc["ioctls"]]
     assert names[:2] == ["KVM_GET_API_VERSION", "KVM_CREATE_VM"] and names.count("KVM_IOEVENTFD") == 2

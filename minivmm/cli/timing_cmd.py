@@ -190,7 +190,7 @@ def _make_config_directory(path: str) -> None:
             "check XDG_CONFIG_HOME and HOME, or give --profile FILE.json)") from None
 
 
-def _end_with_143_on_sigterm() -> None:
+def _end_with_143_on_sigterm() -> object:
     """SIGTERM ends the command as Ctrl-C does, with the exit code the table gives it (143).
 
     Python's default for SIGTERM kills the process where it stands: the kernel then closes the VM,
@@ -204,14 +204,24 @@ def _end_with_143_on_sigterm() -> None:
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(int(ExitCode.TERMINATED))
 
-    signal.signal(signal.SIGTERM, terminate)
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def run(args: SimpleNamespace) -> int:
-    """Measure, compare with the model and the published report, print the verdict."""
-    import os
+    """Measure, compare with the model and the published report, print the verdict. The SIGTERM
+    handler is the command's own: the one before it is put back on the way out (a caller that runs
+    the command in its own process, as the tests do, keeps its handler)."""
+    import signal
 
-    _end_with_143_on_sigterm()
+    previous = _end_with_143_on_sigterm()
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+
+
+def _run(args: SimpleNamespace) -> int:
+    import os
 
     from kernel_model.platforms import PLATFORMS, default_sequence
     from minivmm.host import modelled_kernel, read_host_info, this_host

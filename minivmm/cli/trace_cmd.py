@@ -159,10 +159,12 @@ def run(args: SimpleNamespace) -> int:
     from minivmm.trace.syscalls import SpawnError
     from minivmm.trace.tracer import AttachError, PtraceDenied, Tracer, spawn_failure_message
 
+    from minivmm.timing.pressure import LoadWindow
     detach_pipe: list[int] = []
+    load = LoadWindow.start()  # how busy the CPUs were while the program ran, for the report
 
     def on_detach(result: Any) -> None:
-        code = _report(args, result, argv)
+        code = _report(args, result, argv, load.end())
         _hand_back(detach_pipe, code)
 
     if args.detach:
@@ -184,7 +186,7 @@ def run(args: SimpleNamespace) -> int:
         os._exit(0)  # the background servicer: the tracee is gone, the report was given long ago
     if result.attached and result.detached:
         _note(f"let go of pid {result.pid}, which keeps running")
-    return _report(args, result, argv)
+    return _report(args, result, argv, load.end())
 
 
 def _attached(pid: int, threads: int) -> None:
@@ -248,8 +250,10 @@ def _outcome_and_code(result: Any) -> tuple[str, int]:
     return "exited", result.exit_code or 0
 
 
-def _report(args: SimpleNamespace, result: Any, argv: list[str]) -> int:
-    """Explain, write the sequence file(s) and the report; print the one-line notes; return the exit code."""
+def _report(args: SimpleNamespace, result: Any, argv: list[str], load: Any = None) -> int:
+    """Explain, write the sequence file(s) and the report; print the one-line notes; return the exit code.
+    ``load`` (a :class:`minivmm.timing.pressure.Load`) is how busy the host was during the trace, if
+    measured."""
     from minivmm.trace import report
     outcome, code = _outcome_and_code(result)
     exs: list[Any] = []
@@ -262,6 +266,8 @@ def _report(args: SimpleNamespace, result: Any, argv: list[str]) -> int:
             code = int(stopped)
     elif not result.events:
         note = "no KVM ioctls"
+    if load is not None:
+        host.update(load.to_json())
     if args.sequence_out is not None and recorded is None:
         from minivmm.host import read_host_info
         info = read_host_info()
@@ -277,7 +283,7 @@ def _report(args: SimpleNamespace, result: Any, argv: list[str]) -> int:
             from minivmm.compare.openmetrics import trace_openmetrics
             out.write(trace_openmetrics(report.to_json(result, exs, note, outcome, code, host, ioctls=False)))
         else:
-            report.render_text(result, exs, note, out)
+            report.render_text(result, exs, note, out, load)
 
     if args.report_out is not None:
         args.report_out.write_text_from(fill)  # streamed into the file: a long trace is never held whole

@@ -50,6 +50,7 @@ class TimingDocument:
     steps: list[StepSamples]
     data: dict[str, Any]
     cpu_pressure_pct: float | None = None
+    load_average: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> list[tuple[str, str]]:

@@ -19,14 +19,15 @@ from typing import Any
 
 #: The current version of each kind of document. A command's output carries exactly this version.
 #: Version 2 of model, timing, compare and trace: ``step`` is the step's number, from 1
-#: (:func:`kernel_model.sequences.step_number`), no longer its 0-based position.
+#: (:func:`kernel_model.sequences.step_number`), no longer its 0-based position. Version 3 of timing and
+#: trace: the verdict from likelihoods replaces the mean log ratio ``fit``, and ``host.load_average``.
 SCHEMA_VERSIONS: dict[str, int] = {
     "boot": 1,
     "info": 1,
     "model": 2,
-    "timing": 2,
+    "timing": 3,
     "compare": 2,
-    "trace": 2,
+    "trace": 3,
     "repro": 1,
     "churn": 1,
 }

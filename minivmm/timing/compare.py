@@ -1,17 +1,13 @@
-"""Measured against modelled: predictions for this host, goodness of fit per variant, the verdict.
+"""Measured against modelled: predictions for this host and the verdict (which variant the host
+behaves like, and how strongly: :mod:`minivmm.timing.verdict`).
 
-The fit of a variant is the mean over every step of ``|ln(measured / predicted)|``: 0 is a perfect
-match, 0.1 means ~10% apart, 0.69 a factor of two. Where the model predicts a distribution (a stall
-whose length depends on the tick phase) the step's error is the mean over p10, p50 and p90; where it
-predicts one value (an ioctl's fixed cost, ``Costs``) only the medians are compared, since the model
-makes no claim about the host's scheduling noise around that value. A log ratio lets a 1 µs ioctl and
-a 6 ms stall count alike, and a variant that misses a stall (or invents one) is off by a factor of
-~100 on that step, which no small baseline error hides.
+The model predicts each step with the gaps actually measured, under every main variant; the verdict
+weighs the measured samples against those predictions, over the steps where the variants differ,
+with the noise model of :mod:`minivmm.timing.noise` (a host profile's where it carries one).
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,15 +15,12 @@ from typing import Any
 from kernel_model.costs import Costs
 from kernel_model.predict import Prediction, phase_deterministic, predict
 from kernel_model.published import PublishedFigure, figures_for
-from kernel_model.sequences import Sequence, step_number, with_gaps
-from kernel_model.stats import PERCENTILES, longest_stall, quantiles
-from kernel_model.variants import MAIN_VARIANTS, VARIANTS
+from kernel_model.sequences import Sequence, step_name, step_number, with_gaps
+from kernel_model.stats import longest_stall, quantiles
+from kernel_model.variants import MAIN_VARIANTS
+from minivmm.timing.noise import DEFAULT, NoiseModel
 from minivmm.timing.runner import Repetition
-
-#: Below this fit the best variant "matches well"; above it the report says nothing matches well.
-GOOD_FIT = 0.5
-#: Variants whose fit is within this of the best one cannot be told apart by this sequence.
-TIE = 0.05
+from minivmm.timing.verdict import Verdict, describe, judge, separating_named_step
 
 
 @dataclass(frozen=True)
@@ -54,26 +47,8 @@ class TimingHost:
     profile: str | None = None
     #: The CPUs' pressure (PSI "some", %) while measuring: above 20% the gate calls a run unusable.
     cpu_pressure_pct: float | None = None
-
-
-@dataclass
-class Fit:
-    """How well one variant's predictions match the measurements."""
-
-    variant: str
-    score: float
-    per_step: list[float]
-
-
-@dataclass
-class Verdict:
-    """Which variant the host behaves like, and how sure that is."""
-
-    variant: str | None
-    matches_well: bool
-    ties: list[str]
-    fits: dict[str, float]
-    text: str
+    #: The load average (1, 5, 15 minutes) at the end of the measurement.
+    load_average: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -85,52 +60,17 @@ class Comparison:
     measured: list[list[int]]
     gaps_ns: list[int]
     predictions: dict[str, Prediction]
-    fits: list[Fit]
     verdict: Verdict
     stalled_step: int | None
     published: dict[int, list[PublishedFigure]] = field(default_factory=dict)
 
 
-def fit(measured: list[list[int]], prediction: Prediction) -> Fit:
-    """The mean |ln(measured/predicted)| over steps and quantiles (see the module docstring)."""
-    per_step = []
-    for samples, sp in zip(measured, prediction.steps):
-        m, p = quantiles(samples), sp.stats()
-        spread = p["p90"] > 1.01 * p["p10"]
-        qs = PERCENTILES if spread else (50,)
-        per_step.append(statistics.fmean(
-            abs(math.log(max(m[f"p{q}"], 0.01) / max(p[f"p{q}"], 0.01))) for q in qs))
-    return Fit(prediction.variant, statistics.fmean(per_step), per_step)
-
-
-def decide(fits: list[Fit]) -> Verdict:
-    """Name the best-fitting variant; say when it does not fit well or cannot be told from another."""
-    ranked = sorted(fits, key=lambda f: f.score)
-    best = ranked[0]
-    ties = [f.variant for f in ranked[1:] if f.score - best.score <= TIE]
-    scores = {f.variant: round(f.score, 3) for f in ranked}
-    desc = VARIANTS[best.variant]
-    if best.score > GOOD_FIT:
-        text = (f"No kernel variant matches the host well: the closest, {best.variant}, is off by "
-                f"{best.score:.2f} (mean |ln ratio|; {GOOD_FIT} or less counts as a match). The host may run "
-                "a kernel the model does not know, or its costs differ from the model's.")
-        return Verdict(None, False, ties, scores, text)
-    text = (f"The host behaves like {best.variant} ({desc.source}: {desc.description}); "
-            f"fit {best.score:.2f}")
-    others = [f for f in ranked[1:] if f.variant not in ties]
-    if others:
-        text += f", next best {others[0].variant} at {others[0].score:.2f}"
-    text += "."
-    if ties:
-        text += (f" This sequence cannot tell it from {', '.join(ties)} (fit within {TIE}): a sequence "
-                 "whose memslot update follows the registrations (registrations-first) separates them.")
-    return Verdict(best.variant, True, ties, scores, text)
-
-
 def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, samples: int,
-            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS, costs: Costs | None = None) -> Comparison:
-    """Predict the sequence for this host with the gaps actually measured, and fit each variant.
-    ``costs`` (e.g. a host profile's) replaces the model's defaults."""
+            seed: int = 0, variants: tuple[str, ...] = MAIN_VARIANTS, costs: Costs | None = None,
+            noise: NoiseModel = DEFAULT, labels: list[str] | None = None) -> Comparison:
+    """Predict the sequence for this host with the gaps actually measured, and judge each variant.
+    ``costs`` (e.g. a host profile's) replaces the model's defaults; ``noise`` is the noise model
+    (:mod:`minivmm.timing.noise`); ``labels`` name the steps in the verdict (default: ``#i label``)."""
     n = len(seq.steps)
     measured = [[r.durations_ns[i] for r in reps] for i in range(n)]
     gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(n)]
@@ -139,7 +79,8 @@ def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, sampl
         samples = min(samples, 200)  # Monte Carlo with running vCPUs: ~10 ms per sample
     predictions = {v: predict(host_seq, v, hz, platform, samples=samples, seed=seed, costs=costs)
                    for v in variants}
-    fits = [fit(measured, predictions[v]) for v in variants]
+    verdict = judge_predictions(measured, predictions, noise, hz, platform,
+                                labels or [step_name(i, s.label) for i, s in enumerate(seq.steps)])
     stalled = None
     if "call_srcu" in predictions:
         # The stall the published reports describe is a set-up step's; the teardown's wait is its own.
@@ -155,7 +96,21 @@ def compare(seq: Sequence, reps: list[Repetition], hz: int, platform: str, sampl
             figs = figures_for("next_vcpu")
         if figs:
             published[i] = figs
-    return Comparison(seq, reps, measured, gaps, predictions, fits, decide(fits), stalled, published)
+    return Comparison(seq, reps, measured, gaps, predictions, verdict, stalled, published)
+
+
+def judge_predictions(measured: list[list[int]], predictions: dict[str, Prediction], noise: NoiseModel,
+                      hz: int, platform: str, labels: list[str]) -> Verdict:
+    """The verdict (:func:`minivmm.timing.verdict.judge`) with its sentence; where the variants tie and
+    no step of this sequence separates them, the step of a named sequence that does."""
+    first = next(iter(predictions.values()))
+    verdict = judge(measured, {v: [sp.durations for sp in p.steps] for v, p in predictions.items()}, noise, labels,
+                    [sp.step.op for sp in first.steps])
+    if verdict.ties and verdict.separation is None:
+        verdict.separation = separating_named_step(verdict.best, verdict.ties[0], hz, platform, noise)
+    p50s = {v: [sp.stats()["p50"] for sp in p.steps] for v, p in predictions.items()}
+    verdict.text = describe(verdict, measured, p50s)
+    return verdict
 
 
 def with_units(stats: dict[str, float], unit: str = "us") -> dict[str, float]:
@@ -182,11 +137,9 @@ def to_json(c: Comparison, host: TimingHost, overhead: dict[str, float]) -> dict
                            "after_s": f.after_s, "source": f.source} for f in c.published.get(i, [])],
             "stalled": i == c.stalled_step,
         })
-    v = c.verdict
     return stamp("timing", {
         "sequence": c.sequence.name, "repetitions": len(c.repetitions), "host": asdict(host),
         "timer_overhead_ns": overhead,
-        "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
-                    "text": v.text},
+        "verdict": c.verdict.to_json(),
         "strace_example": [r.strace_line() for r in c.repetitions[0].records if r is not None],
         "steps": steps})

@@ -7,11 +7,13 @@ the CPUs were: near 0 on a quiet host, tens of percent when other work competes.
 because a grace period ends in a kworker that must get a CPU: on a contended host the tick-bound
 stall stretches (this project's machine, with other test suites running, measured the first memslot's
 stall 3 ms longer at 60-90% pressure), so a comparison or a gate decision made then says more about the
-load than about the kernel.
+load than about the kernel. Every report (``timing``, ``trace``, ``compare``) states the pressure and the
+load average of its run (:class:`Load`), and warns in one line above :data:`BUSY_PRESSURE_PCT`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -51,3 +53,81 @@ class PressureWindow:
         if self.start_total_us is None or end is None or elapsed_us <= 0:
             return None
         return round(min(100.0, max(0.0, (end - self.start_total_us) / elapsed_us * 100)), 1)
+
+
+#: CPU pressure (percent of a run's wall time some task waited for a CPU) above which a run was made
+#: on a busy host: every report warns, and the gate calls the measurement unusable. Quiet hosts stay
+#: in single digits; at 20% a grace period's kworker already waits for a CPU now and then.
+BUSY_PRESSURE_PCT = 20.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """How busy the host was during a run: CPU pressure (PSI "some", % of the run's wall time; None
+    without PSI) and the load average (1, 5, 15 minutes) at its end (None where unreadable)."""
+
+    cpu_pressure_pct: float | None
+    load_average: tuple[float, float, float] | None
+
+    @property
+    def busy(self) -> bool:
+        """Over :data:`BUSY_PRESSURE_PCT`; without PSI, a 1-minute load average above the CPU count."""
+        if self.cpu_pressure_pct is not None:
+            return self.cpu_pressure_pct > BUSY_PRESSURE_PCT
+        if self.load_average is not None:
+            return self.load_average[0] > (os.cpu_count() or 1)
+        return False
+
+    def describe(self) -> str:
+        """``CPU pressure 13.2% (PSI some, over the run), load average 2.31 2.05 1.10``."""
+        parts = []
+        if self.cpu_pressure_pct is not None:
+            parts.append(f"CPU pressure {self.cpu_pressure_pct:g}% (PSI some, over the run)")
+        else:
+            parts.append("CPU pressure not measured (no /proc/pressure/cpu)")
+        if self.load_average is not None:
+            parts.append("load average " + " ".join(f"{x:.2f}" for x in self.load_average)
+                         + f" on {os.cpu_count() or 1} CPUs")
+        return ", ".join(parts)
+
+    def warning(self) -> str | None:
+        """One line when the host was busy (:attr:`busy`), else None."""
+        if not self.busy:
+            return None
+        if self.cpu_pressure_pct is not None:
+            why = f"CPU pressure {self.cpu_pressure_pct:g}% over the run, above {BUSY_PRESSURE_PCT:g}%"
+        else:
+            assert self.load_average is not None  # busy without PSI means a load average was read
+            why = f"load average {self.load_average[0]:.2f} above {os.cpu_count() or 1} CPUs"
+        return (f"the host was busy ({why}): grace periods end late under load, so the stalls and the "
+                "verdict may reflect the load rather than the kernel")
+
+    def to_json(self) -> dict[str, object]:
+        """``{"cpu_pressure_pct": ..., "load_average": [...]}``."""
+        return {"cpu_pressure_pct": self.cpu_pressure_pct,
+                "load_average": list(self.load_average) if self.load_average is not None else None}
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """``os.getloadavg()``, or None where it cannot be read."""
+    try:
+        a, b, c = os.getloadavg()
+    except OSError:
+        return None
+    return (round(a, 2), round(b, 2), round(c, 2))
+
+
+@dataclass
+class LoadWindow:
+    """Started before a run; :meth:`end` gives its :class:`Load`."""
+
+    pressure: PressureWindow
+
+    @classmethod
+    def start(cls, path: str = PSI_CPU) -> LoadWindow:
+        """Begin measuring now."""
+        return cls(PressureWindow.start(path))
+
+    def end(self) -> Load:
+        """The load over the run until now."""
+        return Load(self.pressure.percent(), load_average())

@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import TextIO
 
 from kernel_model.stats import STALL_NS, is_stall, quantiles
+from minivmm.kvm.uapi import IoctlRecord
 from minivmm.timing.compare import Comparison, TimingHost
+from minivmm.timing.pressure import Load
+from minivmm.timing.verdict import render_table
 
 #: Fewer repetitions than this cannot estimate p10 and p90, which the fit compares: the 10% tails would
 #: rest on one or two samples each.
@@ -29,17 +32,23 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
       f"({host.platform_source})\n")
     w(f"timer overhead: {overhead['p50_ns'] / 1000:.2f} us per timed ioctl (median; min "
       f"{overhead['min_ns'] / 1000:.2f} us; the clock reads sit beside the system call)\n")
+    w(f"load: {host_load(host).describe()}\n")
     for line in warnings(c, host):
         w(f"warning: {line}\n")
 
     w("\none repetition, strace -T style (the median one for the stalled step):\n")
     i_rep = _median_repetition(c)
     rep = c.repetitions[i_rep]
-    # The teardown's close() prints with the VM's fd number, as KVM_CREATE_VM returned it.
-    created = next((r for r in rep.records if r is not None and r.name == "KVM_CREATE_VM"), None)
-    fds = {"vm": created.ret} if created is not None else {}
+    # fds by role (vm, vcpu0), as trace shows them: the teardown's close() names the VM fd as the ioctls do.
+    roles = fd_roles(rep.records)
     for step, rec, d in zip(seq.steps, rep.records, rep.durations_ns):
-        w((rec.strace_line() if rec is not None else step.strace(d / 1e9, fds)) + "\n")
+        if rec is not None:
+            w(strace_line(rec, roles) + "\n")
+        elif step.op == "ioctl":  # replayed, never issued: the host paused for the traced cost
+            w(f"pause <{d / 1e9:.6f}> (not issued: {step.args['name']}, replayed as a pause of its traced "
+              f"cost <{step.args['cost'] / 1e9:.6f}>)\n")
+        else:
+            w(step.strace(d / 1e9) + "\n")
 
     labels = [s.label for s in seq.steps]
     width = max(len(x) for x in labels) + 2
@@ -67,16 +76,39 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
     if c.published:
         render_published(c, host, stalls, labels, out)
 
-    w("\nfit per variant (mean |ln(measured/predicted)| over the steps: p10/p50/p90 where the model predicts a "
-      "spread, the median where it predicts one value; 0 is perfect)\n")
-    for fit in sorted(c.fits, key=lambda f: f.score):
-        w(f"  {fit.variant:<22} {fit.score:.3f}\n")
+    render_table(c.verdict, out)
     w(f"\nverdict: {c.verdict.text}\n")
     if len(c.repetitions) < MIN_REPEAT:
         w(f"(with {len(c.repetitions)} repetitions the fit rests on too few samples to decide: "
           f"run --repeat {MIN_REPEAT} or more; the default is 100)\n")
     if host.partial:
         w(f"(partial: interrupted after {len(c.repetitions)} of {host.partial} repetitions)\n")
+
+
+def host_load(host: TimingHost) -> Load:
+    """The run's load, as the host facts carry it."""
+    return Load(host.cpu_pressure_pct, host.load_average)
+
+
+def fd_roles(records: list[IoctlRecord | None]) -> dict[int, str]:
+    """fd -> role (``system``, ``vm``, ``vcpuN``) from one repetition's records, as ``minivmm trace``
+    names them: the fd KVM_CREATE_VM was issued on, the fd it returned, each KVM_CREATE_VCPU's."""
+    roles: dict[int, str] = {}
+    for rec in records:
+        if rec is None or rec.ret < 0:
+            continue
+        if rec.name == "KVM_CREATE_VM":
+            roles.setdefault(rec.fd, "system")
+            roles[rec.ret] = "vm"
+        elif rec.name == "KVM_CREATE_VCPU":
+            roles[rec.ret] = f"vcpu{rec.arg}"
+    return roles
+
+
+def strace_line(rec: IoctlRecord, roles: dict[int, str]) -> str:
+    """``ioctl(vm, KVM_CREATE_VCPU, 0) = 12 <0.000070>``: strace -T's form with the fd's role."""
+    result = str(rec.ret) if rec.ret >= 0 else f"-1 {rec.errno}"
+    return f"ioctl({roles.get(rec.fd, rec.fd)}, {rec.name}, {rec.arg}) = {result} <{rec.elapsed_ns / 1e9:.6f}>"
 
 
 def measured_stalls(c: Comparison) -> set[int]:
@@ -89,6 +121,9 @@ def warnings(c: Comparison, host: TimingHost) -> list[str]:
     """What makes this run's answer weaker than it looks: an --hz or --platform that is not the host's
     (the model then predicts another kernel than the one measured), too few repetitions, a partial run."""
     out = []
+    busy = host_load(host).warning()
+    if busy:
+        out.append(busy)
     if host.partial:
         out.append(f"partial results: interrupted (Ctrl-C) after {len(c.repetitions)} of {host.partial} "
                    "repetitions; what follows is what was measured until then")

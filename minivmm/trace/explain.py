@@ -253,7 +253,8 @@ def explain(result: TraceResult, hz: int, platform: str, samples: int = 400, see
     ex = build_sequence(result, vm=vm, host=host)
     ex.hz, ex.platform = hz, platform
     rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(ex.measured_ns))
-    ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed)
+    labels = [step_ref(ex, i) for i in range(len(ex.sequence.steps))]  # the verdict names steps as the report does
+    ex.comparison = compare(ex.sequence, [rep], hz, platform, samples, seed, labels=labels)
     _attribute(ex, result, seed)
     if getattr(result, "srcu", None) is not None:
         ex.kernel_checks = srcu_check.check_stalls(ex, result, stalled_steps(ex))
@@ -280,11 +281,12 @@ ATTRIBUTION_SAMPLES = 20
 
 
 def _attribute(ex: Explanation, result: TraceResult, seed: int) -> None:
-    """For each stalled step: which kernel variant's prediction comes closest to what was measured, and,
-    under that variant, which grace period the step waited for and which earlier ioctl started it. The
-    attribution is the kernel model's own (``kernel_model.explain``: every grace-period request and
-    wait is tagged with the step that issued it); the time between the two ioctls is the measured one.
-    A stall that no variant predicts is said to be unexplained, rather than pinned on anything."""
+    """For each stalled step: the variant the verdict names, where it predicts a stall there, else the
+    kernel variant whose prediction comes closest to what was measured; and, under that variant, which
+    grace period the step waited for and which earlier ioctl started it. The attribution is the kernel
+    model's own (``kernel_model.explain``: every grace-period request and wait is tagged with the step
+    that issued it); the time between the two ioctls is the measured one. A stall that no variant
+    predicts is said to be unexplained, rather than pinned on anything."""
     c = ex.comparison
     stalls = stalled_steps(ex)
     if not stalls:
@@ -296,7 +298,11 @@ def _attribute(ex: Explanation, result: TraceResult, seed: int) -> None:
     for i in stalls:
         p50 = {v: max(p.steps[i].stats()["p50"], 0.01) for v, p in c.predictions.items()}
         measured_us = max(ex.measured_ns[i] / 1000, 0.01)
-        closest[i] = min(p50, key=lambda v: abs(math.log(measured_us / p50[v]))), p50
+        best = min(p50, key=lambda v: abs(math.log(measured_us / p50[v])))
+        judged = c.verdict.best
+        if judged in p50 and is_stall(p50[judged] * 1000):
+            best = judged  # the variant the verdict names explains the stall, if it predicts one here
+        closest[i] = best, p50
     wanted = {best for i, (best, p50) in closest.items()
               if ex.sequence.steps[i].op != "ioctl" and is_stall(p50[best] * 1000)}
     per_variant: dict[str, Any] = {}

@@ -10,6 +10,8 @@ import signal
 from typing import Any, TextIO
 
 from kernel_model.sequences import step_number
+from minivmm.timing.pressure import Load
+from minivmm.timing.verdict import render_table
 from minivmm.trace.eventlog import EventLog
 from minivmm.trace.explain import Explanation, VmTrace, ioctl_ref, main_vm, stalled_steps, step_ref, vms_of
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TeardownCall, TraceResult
@@ -87,11 +89,17 @@ def vm_lines(vms: list[VmTrace], explained: bool) -> list[str]:
             for vm in vms]
 
 
-def render_text(r: TraceResult, exs: list[Explanation], note: str, out: TextIO) -> None:
-    """The trace lines, the VMs, then each VM's explanation (the one whose vCPUs ran first)."""
+def render_text(r: TraceResult, exs: list[Explanation], note: str, out: TextIO, load: Load | None = None) -> None:
+    """The trace lines, the VMs, then each VM's explanation (the one whose vCPUs ran first); ``load`` (how
+    busy the host was) is stated at the top."""
     w = out.write
     w(f"minivmm trace: {' '.join(r.argv)}\n")
     w(f"clock: {r.clock_note}\n")
+    if load is not None:
+        w(f"load: {load.describe()}\n")
+        busy = load.warning()
+        if busy:
+            w(f"warning: {busy}\n")
     if r.compat_calls and r.clock is Clock.KERNEL:
         w(f"clock: {r.compat_calls} KVM ioctls made through a 32-bit ABI (i386, x32) are timed by the tracer's "
           "stops: the kernel's syscall tracepoints do not report them\n")
@@ -186,6 +194,7 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
         w(f"  {td.sentence}\n")
     elif ex.teardown_note:
         w(f"\nteardown: {ex.teardown_note}\n")
+    render_table(c.verdict, out)
     w(f"\nverdict: {c.verdict.text}\n")
     w("(one trace is one sample: a stall's length depends on where in a jiffy it began; `minivmm timing "
       "--sequence FILE` with a file from --save-sequence measures the distribution)\n")
@@ -275,7 +284,6 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
                       "stalled": i in stalls, "attribution": ex.attributions.get(i, []),
                       "grace_period": ex.attribution_detail.get(i),
                       "kernel": ex.kernel_checks[i].to_json() if i in ex.kernel_checks else None})
-    v = c.verdict
     return {"hz": ex.hz, "platform": ex.platform, "sequence_text": ex.sequence_text, "steps": steps,
             "setup": {"measured_us": ex.setup_measured_ns() / 1000,
                       "predicted_us": {k: _us_keys(q) for k, q in ex.setup_predicted().items()}},
@@ -283,8 +291,7 @@ def explanation_json(r: TraceResult, ex: Explanation) -> dict[str, Any]:
             "attribution_note": ex.attribution_note or None, "kernel_check_note": ex.kernel_note or None,
             "teardown": None if ex.teardown is None else {
                 **ex.teardown.to_json(), "predicted": {k: _us_keys(q) for k, q in ex.teardown.predicted.items()}},
-            "verdict": {"variant": v.variant, "matches_well": v.matches_well, "ties": v.ties, "fit": v.fits,
-                        "text": v.text}}
+            "verdict": c.verdict.to_json()}
 
 
 def _us_keys(q: dict[str, float]) -> dict[str, float]:
