@@ -171,7 +171,9 @@ def read_text(path: str, what: str, limit: int) -> str:
 
 def read_json(path: str, what: str, limit: int = DOCUMENT_MAX) -> Any:
     """The JSON value in the regular file ``path`` (see :func:`read_bytes`), nested at most
-    :data:`JSON_MAX_DEPTH` levels. A document cut short says so (an interrupted run wrote it)."""
+    :data:`JSON_MAX_DEPTH` levels, its numbers finite and its integers at most
+    :data:`JSON_MAX_INT_DIGITS` digits (NaN, Infinity, 1e400 and a 400-digit integer are refused, not
+    passed on to overflow later). A document cut short says so (an interrupted run wrote it)."""
     import json
 
     data = read_bytes(path, what, limit)
@@ -185,12 +187,40 @@ def read_json(path: str, what: str, limit: int = DOCUMENT_MAX) -> Any:
         raise FileRefused(what, path, f"is not JSON this reader accepts (nested more than {JSON_MAX_DEPTH} "
                                       "levels deep)")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except _NumberRefused as e:
+        raise FileRefused(what, path, f"is not JSON this reader accepts ({e})") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip()):
             raise FileRefused(what, path, f"is truncated, so not JSON (it ends mid-document after {len(data)} "
                                           "bytes: was the run that wrote it interrupted?)") from None
         raise FileRefused(what, path, f"is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+#: The most digits an integer in a JSON input may have: every count, size and duration minivmm reads fits
+#: in 64 bits (20 digits); Python would parse a 4,000-digit one and stop with an error at 4,301.
+JSON_MAX_INT_DIGITS = 20
+
+
+class _NumberRefused(ValueError):
+    """A number no minivmm JSON input holds: NaN, an infinity, one out of float range, or too long."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NumberRefused(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NumberRefused(f"the number {text[:24]}{'...' if len(text) > 24 else ''} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > JSON_MAX_INT_DIGITS:
+        raise _NumberRefused(f"an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
 
 
 def json_depth_exceeds(text: str, depth: int) -> bool:

@@ -40,6 +40,18 @@ def planted(jiffies: float = 2, step: int = MEMSLOT, source: pathlib.Path = B) -
     return doc
 
 
+def noisy_pair() -> tuple[dict, dict]:
+    """Ten repetitions a side, the memslot spread over five jiffies and a third slower on average: too
+    few and too spread for the test to confirm the change. The gate's answer is unusable."""
+    spread = [2_000_000 * (1 + k) for k in range(10)]
+    base, noisy = recorded(A), recorded(B)
+    for doc, samples in ((base, spread), (noisy, [x * 4 // 3 for x in reversed(spread)])):
+        for s in doc["steps"]:
+            s["samples_ns"] = s["samples_ns"][:10]
+        doc["steps"][MEMSLOT]["samples_ns"] = samples
+    return base, noisy
+
+
 def test_two_recorded_runs_show_no_significant_change():
     c = compare_documents([load_timing(str(A)), load_timing(str(B))])
     assert c.summary == "no significant change" and not c.changed and not c.warnings
@@ -51,13 +63,13 @@ def test_a_planted_two_jiffy_regression_is_caught_and_named(tmp_path):
     c = compare_documents([load_timing(str(A)), load_timing(write(tmp_path, "slow.json", planted()))])
     assert [ch.step.index for ch in c.changed] == [MEMSLOT]
     ch = c.changed[0]
-    assert ch.direction == "slower" and ch.cliffs_delta > 0.9 and ch.p_adjusted < 1e-6
+    assert ch.direction == "slower" and ch.cliffs_delta > 0.9 and ch.p_adjusted < 0.01
     assert ch.ci_low_us <= 8000 <= ch.ci_high_us  # 2 jiffies at HZ=250
     assert "#9 KVM_SET_USER_MEMORY_REGION, slot 0" in c.summary and "slower" in c.summary
     doc = to_json(c)
     validate(doc)
     assert doc["changed"] == [{"file": 1, "step": MEMSLOT + 1, "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
-                               "direction": "slower", "delta_p50_us": ch.delta_p50_us}]
+                               "direction": "slower", "delta_us": ch.delta_us}]
 
 
 def test_a_regression_in_a_microsecond_step_is_caught_too(tmp_path):
@@ -145,7 +157,7 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[str, str]]:
         "other-kind": (write(tmp_path, "model.json", {"schema_version": 1, "kind": "model"}), "is a 'model' document"),
         "future": (write(tmp_path, "future.json", future), "newer than this minivmm reads"),
         "no-samples": (write(tmp_path, "nosamples.json", no_samples), "steps[4].samples_ns is missing"),
-        "float-samples": (write(tmp_path, "floats.json", floats), "non-negative integers"),
+        "float-samples": (write(tmp_path, "floats.json", floats), "must hold integers from 0"),
         "zero-hz": (write(tmp_path, "hz0.json", zero_hz), "host.hz is 0"),
         "fifo": (str(tmp_path / "fifo"), "not a regular file"),
     }
@@ -193,12 +205,8 @@ def test_gate_is_unusable_when_too_few_samples_or_too_noisy(tmp_path):
         s["samples_ns"] = s["samples_ns"][:5]
     r = decide(base, parse_timing(few, "few.json"))
     assert r.outcome is GateOutcome.UNUSABLE and "too few repetitions" in r.text
-    # The memslot step slower by a quarter in median but with a sample this small and spread the test
-    # cannot confirm it: unusable, not "pass" and not "regressed".
-    noisy = recorded(B)
-    s = noisy["steps"][MEMSLOT]
-    s["samples_ns"] = [x * 3 if i % 2 else x // 2 for i, x in enumerate(s["samples_ns"])]
-    r = decide(base, parse_timing(noisy, "noisy.json"))
+    small_base, small_noisy = noisy_pair()
+    r = decide(parse_timing(small_base, "base.json"), parse_timing(small_noisy, "noisy.json"))
     assert r.outcome is GateOutcome.UNUSABLE and "too noisy to decide" in r.text and "#9" in r.text
 
 
@@ -326,7 +334,7 @@ def test_a_busy_host_is_warned_about_and_makes_the_gate_unusable(tmp_path):
     assert doc.cpu_pressure_pct == 64.3
     validate(busy, "timing")
     c = compare_documents([load_timing(str(A)), doc])
-    assert any("busy host" in w and "64.3%" in w for w in c.warnings)
+    assert any("host was busy" in w and "64.3%" in w for w in c.warnings)
     validate(to_json(c))
     r = decide(load_timing(str(A)), doc)
     assert r.outcome is GateOutcome.UNUSABLE and "busy host" in r.text and r.regressed

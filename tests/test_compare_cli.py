@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from jsonschemas import validate
 from minivmm.cli.app import main
-from test_compare import A, B, MEMSLOT, _bad_files, planted, recorded, write
+from test_compare import A, B, MEMSLOT, _bad_files, noisy_pair, planted, recorded, write
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -66,10 +66,9 @@ def test_gate_exit_codes_on_recorded_runs(capsys, tmp_path):
         s["samples_ns"] = s["samples_ns"][:4]
     code, out, _ = cli(capsys, "compare", "--gate", str(A), write(tmp_path, "few.json", few))
     assert code == 125 and "too few repetitions" in out
-    noisy = recorded(B)
-    s = noisy["steps"][MEMSLOT]
-    s["samples_ns"] = [x * 3 if i % 2 else x // 2 for i, x in enumerate(s["samples_ns"])]
-    code, out, _ = cli(capsys, "compare", "--gate", "--json", str(A), write(tmp_path, "noisy.json", noisy))
+    base, noisy = noisy_pair()
+    code, out, _ = cli(capsys, "compare", "--gate", "--json", write(tmp_path, "base.json", base),
+                       write(tmp_path, "noisy.json", noisy))
     assert code == 125
     doc = json.loads(out)
     validate(doc)

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
     except ReaderLeft:
-        _silence_stdout()
+        silence_stdout()
         return int(ExitCode.OK)  # the reader went away (e.g. `| head`): not our failure
     except Exception as e:  # the last resort: what a file, the output or the process's limits refused
         return _report_failure(e)
@@ -235,7 +235,7 @@ def _report_failure(e: Exception) -> int:
         _print_error(str(e))
         return int(ExitCode.BAD_INPUT)
     if isinstance(e, WriteFailed):
-        _silence_stdout()  # what is still buffered for stdout must not fail again at exit
+        silence_stdout()  # what is still buffered for stdout must not fail again at exit
         _print_error(str(e))
         return int(ExitCode.WRITE_FAILED)
     exhausted = resource_error(e)
@@ -265,7 +265,7 @@ def _flush_stdout(code: int) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()
     except (BrokenPipeError, ReaderLeft):
-        _silence_stdout()
+        silence_stdout()
     except Exception as e:
         return _report_failure(e)
     return code
@@ -315,7 +315,7 @@ def _print_error(message: str) -> None:
         pass
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """After EPIPE on stdout, point it at /dev/null so the interpreter's final flush cannot fail again."""
     import os
     try:

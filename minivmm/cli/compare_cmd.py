@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 
 HELP = ("Compare `minivmm timing --json` files of the same sequence: the first is the baseline (A), each other "
-        "file is compared with it. Per step: p10/p50/p90 of each file; per compared file: the change of the "
-        "median with its bootstrap confidence interval, Cliff's delta (effect size) and the Mann-Whitney "
-        "p-value after Holm's adjustment over all the steps. A step changed significantly when p < --alpha and "
-        "its median moved by at least --threshold of A's median and at least --floor-us. Files of different "
+        "file is compared with it. Per step: p10/p50/p90 of each file; per compared file: the change of the 10% "
+        "trimmed mean with its bootstrap confidence interval, Cliff's delta (effect size) and the permutation "
+        "test's p-value after Holm's adjustment over all the steps. A step changed significantly when p < --alpha "
+        "and its trimmed mean moved by at least --threshold of A's and at least --floor-us. Files of different "
         "sequences are refused; a different HZ, platform or kernel is warned about. Exits 0 once compared "
         "(whatever changed); with --gate, exits 0 (no regression), 1 (a step regressed) or 125 (unusable: too "
         "few repetitions or too noisy), as `timing --baseline` does.")
@@ -40,11 +40,11 @@ def compare(
         help="family-wise significance level, after Holm's adjustment")] = None,
     threshold: Annotated[float | None, typer.Option(
         "--threshold", metavar="N%", parser=percentage, show_default="10%; with --gate 20%",
-        help="minimum change of the median that counts, relative to the baseline's")] = None,
+        help="minimum change of a step's trimmed mean that counts, relative to the baseline's")] = None,
     floor_us: Annotated[float | None, typer.Option(
         "--floor-us", metavar="US", parser=float_range(0.0), show_default="a tenth of a jiffy at the baseline's HZ",
-        help="minimum change of the median that counts, in microseconds (on a quiet host 20 catches "
-             "microsecond-scale changes)")] = None,
+        help="minimum change of a step's trimmed mean that counts, in microseconds (400 at HZ=250; on a quiet "
+             "host 20 catches microsecond-scale changes)")] = None,
     seed: Seed = 0,
     gate: Annotated[bool, typer.Option(
         "--gate", help="decide as `timing --baseline` does, on two recorded files BASELINE CURRENT: exit 0, 1 "
@@ -57,7 +57,13 @@ def compare(
 
 
 def run(args: SimpleNamespace) -> int:
-    """Load, compare, print; with ``--gate``, map the decision to its exit code."""
+    """Load, compare, print; with ``--gate``, map the decision to its exit code (and keep 1 for "a step
+    regressed" only: :func:`minivmm.cli.gate_opts.guarded`)."""
+    from minivmm.cli.gate_opts import guarded
+    return guarded(args.gate, lambda: _run(args))
+
+
+def _run(args: SimpleNamespace) -> int:
     from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, NotComparable, Settings,
                                     compare_documents, render, to_json)
     from minivmm.compare.documents import DocumentError, load_timing
@@ -91,17 +97,23 @@ def run(args: SimpleNamespace) -> int:
     if plot_out is not None:
         from minivmm.compare.plot import plot
         plot_out.write_with(lambda f: plot(comparison, f))
-    if args.as_json:
-        import json
-        json.dump(to_json(comparison, result.to_json() if args.gate else None), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render(comparison, sys.stdout)
-        if args.gate:
-            sys.stdout.write(f"gate: {result.text}\n")
-        if plot_out is not None and plot_out.stream is None:
-            sys.stdout.write(f"plot: {args.plot_path}\n")
-    return gate_exit_code(result.outcome.value) if args.gate else int(ExitCode.OK)
+    def write() -> None:
+        from minivmm.safetext import safe
+        if args.as_json:
+            import json
+            json.dump(to_json(comparison, result.to_json() if args.gate else None), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            render(comparison, sys.stdout)
+            if args.gate:
+                sys.stdout.write(f"gate: {safe(result.text)}\n")
+            if plot_out is not None and plot_out.stream is None:
+                sys.stdout.write(f"plot: {safe(args.plot_path)}\n")
+    if not args.gate:
+        write()
+        return int(ExitCode.OK)
+    from minivmm.cli.gate_opts import write_output
+    return write_output(gate_exit_code(result.outcome.value), write)
 
 
 def plot_output(path: str) -> Output:

@@ -7,6 +7,10 @@ threshold, 1 when one did (named), 125 when the measurement was unusable (too fe
 noisy to decide, /dev/kvm missing, the kernel refusing a step): bisect's "skip", since that commit can
 be neither good nor bad. A baseline that cannot be read, or that times another sequence, is bad input
 (exit 2) and is checked before anything is measured.
+
+1 means only "a step regressed" (:func:`guarded`): under a gate, every error is 2 (bad input) or 125
+(unusable), never 1, whatever raised it, a bug included; and the decision is the exit status even
+when the reader of the output has gone (``compare --gate | head``: :func:`write_output`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,47 @@ def host_unreadable(gate: Gate | None, error: CliError, kvm_error: str | None = 
     return CliError(f"{kvm_error or error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
 
 
+def guarded(under_gate: bool, body: Callable[[], int]) -> int:
+    """Run a command's ``body`` under the gate's exit-code contract when ``under_gate``.
+
+    A CliError that would exit 1 (the host refused a step, say) becomes 125; any exception that is not
+    already one of the command line's own errors (bad input, a failed write, a resource that ran out)
+    is a bug, and becomes one line and 125 instead of a traceback and 1: a bisect skips the commit
+    rather than calling it bad."""
+    if not under_gate:
+        return body()
+    from minivmm.cli.app import ReaderLeft
+    from minivmm.cli.errors import resource_error
+    from minivmm.files import FileRefused, WriteFailed
+    try:
+        return body()
+    except CliError as e:
+        if e.code == ExitCode.GUEST_FAILED:
+            raise CliError(f"{e} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE) from None
+        raise
+    except (FileRefused, WriteFailed, BrokenPipeError, ReaderLeft):
+        raise
+    except Exception as e:
+        if resource_error(e) is not None:
+            raise
+        from minivmm.safetext import safe
+        raise CliError(f"internal error: {type(e).__name__}: {safe(e)} (a bug in minivmm; the measurement is "
+                       "unusable: gate exit 125)", ExitCode.UNUSABLE) from None
+
+
+def write_output(code: int, write: Callable[[], None]) -> int:
+    """Write the output with ``write`` and return ``code``, the decision, even if the reader of standard
+    output has gone (EPIPE, which stdout raises as :class:`minivmm.cli.app.ReaderLeft`): the exit status of
+    ``compare --gate | head`` is the gate's."""
+    from minivmm.cli.app import ReaderLeft, silence_stdout
+    try:
+        write()
+        sys.stdout.flush()
+    except (BrokenPipeError, ReaderLeft):
+        silence_stdout()
+    return code
+
+
 def emit(args: SimpleNamespace, gate: Gate | None, doc: dict[str, Any], render_text: Callable[[], None]) -> int:
     """Decide the gate (if any), write the output in ``args.out_format``, return the exit code."""
     code = int(ExitCode.OK)
@@ -91,24 +136,30 @@ def emit(args: SimpleNamespace, gate: Gate | None, doc: dict[str, Any], render_t
             raise CliError(f"--baseline: {e}") from None
         doc["gate"] = result.to_json()
         code = gate_exit_code(result.outcome.value)
-    out = sys.stdout
-    if args.out_format == "json":
-        import json
-        json.dump(doc, out, indent=2)
-        out.write("\n")
-    elif args.out_format == "openmetrics":
-        from minivmm.compare.openmetrics import timing_openmetrics
-        out.write(timing_openmetrics(doc))
-    else:
-        render_text()
-        if result is not None:
-            out.write(f"\ngate against {result.baseline} "
-                      f"(threshold {result.threshold:.0%}, floor {result.floor_us:g} us, alpha {result.alpha:g}):\n")
-            for w in result.warnings:
-                out.write(f"warning: {w}\n")
-            out.write(f"gate: {result.text}\n")
-    if result is not None and args.out_format != "text":
-        for w in result.warnings:
-            print(f"minivmm: warning: {w}", file=sys.stderr)
-        print(f"minivmm: gate: {result.text}", file=sys.stderr)
-    return code
+
+    def write() -> None:
+        from minivmm.safetext import safe
+        out = sys.stdout
+        if args.out_format == "json":
+            import json
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+        elif args.out_format == "openmetrics":
+            from minivmm.compare.openmetrics import timing_openmetrics
+            out.write(timing_openmetrics(doc))
+        else:
+            render_text()
+            if result is not None:
+                out.write(f"\ngate against {safe(result.baseline)} (threshold {result.threshold:.0%}, floor "
+                          f"{result.floor_us:g} us, alpha {result.alpha:g}):\n")
+                for w in result.warnings:
+                    out.write(f"warning: {safe(w)}\n")
+                out.write(f"gate: {safe(result.text)}\n")
+        if result is not None and args.out_format != "text":
+            try:
+                for w in result.warnings:
+                    print(f"minivmm: warning: {safe(w)}", file=sys.stderr)
+                print(f"minivmm: gate: {safe(result.text)}", file=sys.stderr)
+            except OSError:
+                pass  # stderr gone: the exit status still says it
+    return write_output(code, write)

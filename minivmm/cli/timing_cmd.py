@@ -83,8 +83,8 @@ def timing(
              "(unusable measurement: git bisect run's skip). --sequence defaults to the baseline's")] = None,
     threshold: Annotated[float | None, typer.Option(
         "--threshold", metavar="N%", parser=percentage, show_default="20%",
-        help="with --baseline: how much slower (median, relative to the baseline's) a step must be to count "
-             "as regressed")] = None,
+        help="with --baseline: how much slower (its 10% trimmed mean, relative to the baseline's) a step must "
+             "be to count as regressed")] = None,
     output: ReportTo = None,
 ) -> int:
     """Time a sequence on this host (see HELP)."""
@@ -215,7 +215,7 @@ def run(args: SimpleNamespace) -> int:
 
     previous = _end_with_143_on_sigterm()
     try:
-        return _run(args)
+        return gate_opts.guarded(args.baseline is not None, lambda: _run(args))
     finally:
         signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 

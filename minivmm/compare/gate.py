@@ -5,15 +5,18 @@ exit-code contract of ``minivmm timing --baseline`` can be tested with recorded 
 it on a recorded current document. The CLI maps the outcome to an exit code (0 pass, 1 regressed,
 125 unusable: ``git bisect run``'s skip); nothing here knows exit codes.
 
-A step *regressed* when it changed significantly (see :mod:`minivmm.compare.ab`: Mann-Whitney,
-Holm-adjusted over the steps, at ``alpha``) towards slower, by at least ``threshold`` of the
-baseline's median and at least ``floor_us`` (default: a tenth of a jiffy at the baseline's HZ). The
-measurement is *unusable* when it cannot decide: fewer than :data:`~minivmm.compare.ab.MIN_SAMPLES`
-repetitions in either document, or a step whose median moved past the threshold without the test
-confirming it (too noisy: repeat with more repetitions, on a quieter host), or a run made on a busy
-host (CPU pressure over :data:`~minivmm.compare.ab.BUSY_PRESSURE_PCT`, where grace periods end late:
-that wins even over a regression, which the load alone can produce). A confirmed regression wins over
-an undecided step: one is enough to call the commit bad.
+A step *regressed* when it changed significantly (see :mod:`minivmm.compare.ab`: the permutation test
+of its 10% trimmed mean, Holm-adjusted over the steps, at ``alpha``) towards slower, by at least
+``threshold`` of the baseline's trimmed mean and at least ``floor_us`` (default: a tenth of a jiffy at
+the baseline's HZ). The trimmed mean, not the median: a grace-period wait is bimodal by tick phase and
+its median jumps a jiffy when a few samples change mode, which is how two runs of one kernel looked
+like a 42% regression. The measurement is *unusable* when it cannot decide: fewer than
+:data:`~minivmm.compare.ab.MIN_SAMPLES` repetitions in either document, or a step whose trimmed mean
+moved past the threshold without the test confirming it (too noisy: repeat with more repetitions, on a
+quieter host), or a run made on a busy host (CPU pressure over
+:data:`~minivmm.timing.pressure.BUSY_PRESSURE_PCT`, where grace periods end late: that wins even over a
+regression, which the load alone can produce). A confirmed regression wins over an undecided step: one
+is enough to call the commit bad. ``scripts/aa_gate.py`` measures the false-alarm rate and the power.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.compare.ab import (BUSY_PRESSURE_PCT, DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange,
-                                compare_documents, fmt_delta)
+from minivmm.compare.ab import (DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange, compare_documents,
+                                document_load, fmt_delta)
 from minivmm.compare.documents import TimingDocument
+from minivmm.safetext import safe
+from minivmm.timing.pressure import BUSY_PRESSURE_PCT
 
 #: ``--threshold``'s default: a step must get 20% slower (and significantly so) to fail the gate.
 DEFAULT_THRESHOLD = 0.20
@@ -79,10 +84,12 @@ def parse_threshold(text: str) -> float:
 
 
 def decide(baseline: TimingDocument, current: TimingDocument, threshold: float = DEFAULT_THRESHOLD,
-           alpha: float = DEFAULT_ALPHA, floor_us: float | None = None, seed: int = 0) -> GateResult:
+           alpha: float = DEFAULT_ALPHA, floor_us: float | None = None, seed: int = 0,
+           resamples: int = Settings.resamples) -> GateResult:
     """Did ``current`` regress against ``baseline``? Raises :class:`~minivmm.compare.ab.NotComparable`
-    when they time different sequences (bad input, not a measurement problem)."""
-    settings = Settings(alpha=alpha, threshold=threshold, floor_us=floor_us, seed=seed)
+    when they time different sequences (bad input, not a measurement problem). ``resamples``: the
+    bootstrap intervals' (they are shown, they decide nothing)."""
+    settings = Settings(alpha=alpha, threshold=threshold, floor_us=floor_us, seed=seed, resamples=resamples)
     c = compare_documents([baseline, current], settings)
     floor = c.settings.floor_us or 0.0
 
@@ -92,25 +99,25 @@ def decide(baseline: TimingDocument, current: TimingDocument, threshold: float =
                           undecided or [], c)
 
     few = [d for d in (baseline, current) if min(len(s.samples_ns) for s in d.steps) < MIN_SAMPLES]
-    busy = [d for d in (baseline, current) if d.cpu_pressure_pct is not None and d.cpu_pressure_pct > BUSY_PRESSURE_PCT]
-    regressed = [ch for ch in c.changes if ch.significant and ch.delta_p50_us > 0]
-    undecided = [ch for ch in c.changes if not ch.significant and ch.delta_p50_us >= ch.needed_us]
+    busy = [d for d in (baseline, current) if document_load(d).busy]
+    regressed = [ch for ch in c.changes if ch.significant and ch.delta_us > 0]
+    undecided = [ch for ch in c.changes if not ch.significant and ch.delta_us >= ch.needed_us]
     if busy:
-        reason = ", ".join(f"{d.path} at {d.cpu_pressure_pct:g}%" for d in busy)
-        return result(GateOutcome.UNUSABLE, f"unusable: measured on a busy host (CPU pressure {reason}, over "
-                      f"{BUSY_PRESSURE_PCT:g}%: grace periods end late under load, so a slower step says more "
+        reason = ", ".join(f"{safe(d.path)}: {document_load(d).describe()}" for d in busy)
+        return result(GateOutcome.UNUSABLE, f"unusable: measured on a busy host ({reason}; over "
+                      f"{BUSY_PRESSURE_PCT:g}% CPU pressure grace periods end late, so a slower step says more "
                       "about the load than the kernel); rerun on a quiet host", regressed, undecided)
     if regressed:
-        names = "; ".join(f"{ch.step.name} {fmt_delta(ch.delta_p50_us)} "
+        names = "; ".join(f"{safe(ch.step.name)} {fmt_delta(ch.delta_us)} "
                           f"({(ch.change or 0) * 100:+.0f}%, p={ch.p_adjusted:.2g})" for ch in regressed)
         return result(GateOutcome.REGRESSED, f"regressed: {names} (threshold {threshold:.0%})", regressed,
                       undecided)
     if few:
-        reason = ", ".join(f"{d.path} has {min(len(s.samples_ns) for s in d.steps)}" for d in few)
+        reason = ", ".join(f"{safe(d.path)} has {min(len(s.samples_ns) for s in d.steps)}" for d in few)
         return result(GateOutcome.UNUSABLE, f"unusable: too few repetitions to decide ({reason}; at least "
                       f"{MIN_SAMPLES} needed)")
     if undecided:
-        names = "; ".join(f"{ch.step.name} {fmt_delta(ch.delta_p50_us)} "
+        names = "; ".join(f"{safe(ch.step.name)} {fmt_delta(ch.delta_us)} "
                           f"({(ch.change or 0) * 100:+.0f}%) but p={ch.p_adjusted:.2g}" for ch in undecided)
         return result(GateOutcome.UNUSABLE, f"unusable: too noisy to decide: {names}; repeat with more "
                       "repetitions on a quieter host", undecided=undecided)

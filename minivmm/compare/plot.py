@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from minivmm.compare.ab import Comparison, StepChange, fmt_delta
-from kernel_model.stats import median, percentile
+from minivmm.compare.ab import Comparison, StepChange, fmt_delta, trimmed
+from kernel_model.stats import percentile
 
 #: At most this many panels: a mail reader scrolls no further, and the summary line names every change.
 MAX_PANELS = 4
@@ -26,7 +26,7 @@ def chosen_steps(c: Comparison) -> tuple[list[StepChange], bool]:
                 seen.add(ch.step.index)
                 out.append(ch)
         return out[:MAX_PANELS], True
-    return [max(c.changes, key=lambda ch: (abs(ch.cliffs_delta), abs(ch.delta_p50_us)))], False
+    return [max(c.changes, key=lambda ch: (abs(ch.cliffs_delta), abs(ch.delta_us)))], False
 
 
 def plot(c: Comparison, target: str | BinaryIO) -> None:
@@ -58,7 +58,7 @@ def plot(c: Comparison, target: str | BinaryIO) -> None:
             ax.hist(xs, bins=bins, histtype="stepfilled", alpha=0.25, color=colour)
             ax.hist(xs, bins=bins, histtype="step", linewidth=1.6, color=colour,
                     label=f"{name}: {c.docs[k].path} (n={len(xs)})")
-            ax.axvline(median(xs), color=colour, linewidth=1.2, linestyle="--")
+            ax.axvline(trimmed(xs), color=colour, linewidth=1.2, linestyle="--")
         jiffy = jiffy_ms * 1e6 / scale
         ticks = [j * jiffy for j in range(max(1, int(lo // jiffy)), int(hi // jiffy) + 2)
                  if lo - 0.05 * span <= j * jiffy <= hi + 0.05 * span]
@@ -71,9 +71,9 @@ def plot(c: Comparison, target: str | BinaryIO) -> None:
         ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
         pct = f" ({ch.change * 100:+.0f}%)" if ch.change is not None else ""
         pair = f" ({names[ch.file]} vs A)" if len(c.docs) > 2 else ""
-        ax.set_title(f"{ch.step.name}{pair}: median {fmt_delta(ch.delta_p50_us)}{pct}, "
+        ax.set_title(f"{ch.step.name}{pair}: trimmed mean {fmt_delta(ch.delta_us)}{pct}, "
                      f"Cliff's d {ch.cliffs_delta:+.2f}, p={ch.p_adjusted:.2g}", fontsize=10)
-        ax.set_xlabel(f"duration ({unit}); dashed: medians; {note}", fontsize=9)
+        ax.set_xlabel(f"duration ({unit}); dashed: trimmed means; {note}", fontsize=9)
         ax.set_ylabel("repetitions", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=8, loc="best", framealpha=0.8)

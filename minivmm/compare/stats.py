@@ -8,17 +8,19 @@ long right tail from the host's scheduling. So the tests here make no assumption
   correction (ticks make ties) and the normal approximation with continuity correction, as
   ``scipy.stats.mannwhitneyu(..., method="asymptotic")`` computes it.
 - :func:`cliffs_delta`: the effect size that goes with it, P(B > A) - P(B < A), in [-1, 1].
-- :func:`bootstrap_median_diff`: a percentile-bootstrap confidence interval for median(B) - median(A),
-  as Firecracker's A/B tests report the change of a statistic with its interval.
 - :func:`holm`: Holm's step-down adjustment of p-values, so that testing every step of a sequence at
   once keeps the family-wise error rate at alpha.
+- :func:`permutation_test`: the two-sided permutation test of a difference of a statistic (the gate's
+  is the trimmed mean, :func:`kernel_model.stats.trimmed_mean`): exact under "both samples come from
+  one distribution", whatever its shape, ticks and modes included.
+- :func:`bootstrap_diff`: a percentile-bootstrap interval for the difference of any statistic.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kernel_model.stats import percentile
@@ -99,48 +101,6 @@ def effect_label(delta: float) -> str:
     return "large"
 
 
-def bootstrap_medians(values: Sequence[float], resamples: int, rng: random.Random) -> list[float]:
-    """The medians of ``resamples`` bootstrap resamples of ``values`` (each n draws with replacement),
-    drawn exactly but without building the resamples.
-
-    The k-th smallest of n draws from the empirical distribution is F^-1(U_(k)), where U_(k), the k-th
-    smallest of n uniforms, is Beta(k, n + 1 - k); for an even n the next one is U_(k) plus (1 - U_(k))
-    times the smallest of the n - k uniforms above it, Beta(1, n - k). So each resample costs two beta
-    draws instead of n draws and a sort: the same distribution, and 100 000 repetitions stay fast."""
-    s = sorted(values)
-    n = len(s)
-    if n == 0:
-        raise ValueError("bootstrap of no values")
-    k = (n + 1) // 2  # the (lower) middle rank, 1-based
-    out = []
-    for _ in range(resamples):
-        u = rng.betavariate(k, n + 1 - k)
-        low = s[min(int(u * n), n - 1)]
-        if n % 2:
-            out.append(float(low))
-        else:
-            v = u + (1 - u) * rng.betavariate(1, n - k)
-            out.append((low + s[min(int(v * n), n - 1)]) / 2)
-    return out
-
-
-def bootstrap_median_diff(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
-                          resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A percentile-bootstrap interval for median(b) - median(a): resample each sample with replacement
-    ``resamples`` times (see :func:`bootstrap_medians`) and take the central ``confidence`` share of the
-    medians' differences. Seeded, so a comparison prints the same interval every time."""
-    if not a or not b:
-        raise ValueError("bootstrap needs two non-empty samples")
-    if not 0 < confidence < 1:
-        raise ValueError("confidence must be between 0 and 1")
-    rng = random.Random(seed)
-    med_a = bootstrap_medians(a, resamples, rng)
-    med_b = bootstrap_medians(b, resamples, rng)
-    diffs = [y - x for x, y in zip(med_a, med_b)]
-    tail = (1 - confidence) / 2 * 100
-    return percentile(diffs, tail), percentile(diffs, 100 - tail)
-
-
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (same order as given): the k-th smallest is multiplied by
     (m - k + 1), kept monotone, capped at 1. A step is significant at family-wise level alpha when its
@@ -153,3 +113,46 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - k) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], statistic: Callable[[Sequence[float]], float],
+                     permutations: int = 10_000, seed: int = 0, enough: int = 100) -> float:
+    """The two-sided permutation p-value of ``statistic(b) - statistic(a)``: the share of random
+    relabellings of the pooled samples whose difference is at least as far from 0 as the observed one,
+    counted as (1 + extreme) / (1 + permutations) so it is never 0.
+
+    It stops early once ``enough`` relabellings were as extreme: the p-value is then known to be at
+    least about enough / permutations, well above any level a caller tests at, and the remaining
+    relabellings would only refine a number that decides nothing. Seeded: the same samples give the
+    same p-value."""
+    if not a or not b:
+        raise ValueError("a permutation test needs two non-empty samples")
+    observed = abs(statistic(b) - statistic(a))
+    pooled = list(a) + list(b)
+    n_a = len(a)
+    rng = random.Random(seed)
+    extreme = 0
+    done = 0
+    tolerance = 1e-9 * max(1.0, observed)  # equal differences, up to rounding, count as extreme
+    while done < permutations:
+        rng.shuffle(pooled)
+        if abs(statistic(pooled[n_a:]) - statistic(pooled[:n_a])) >= observed - tolerance:
+            extreme += 1
+        done += 1
+        if extreme >= enough:
+            break
+    return (1 + extreme) / (1 + done)
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], statistic: Callable[[Sequence[float]], float],
+                   confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap interval for ``statistic(b) - statistic(a)``: each sample resampled with
+    replacement ``resamples`` times, the central ``confidence`` share of the differences. Seeded."""
+    if not a or not b:
+        raise ValueError("bootstrap needs two non-empty samples")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be between 0 and 1")
+    rng = random.Random(seed)
+    diffs = [statistic(rng.choices(b, k=len(b))) - statistic(rng.choices(a, k=len(a))) for _ in range(resamples)]
+    tail = (1 - confidence) / 2 * 100
+    return percentile(diffs, tail), percentile(diffs, 100 - tail)

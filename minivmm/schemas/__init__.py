@@ -26,7 +26,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "info": 1,
     "model": 2,
     "timing": 3,
-    "compare": 2,
+    "compare": 3,
     "trace": 3,
     "repro": 1,
     "churn": 1,
