@@ -245,33 +245,44 @@ def test_openmetrics_parses_with_the_official_parsers():
     doc = recorded()
     text = timing_openmetrics(doc)
     families = {f.name: f for f in openmetrics(text)}
-    assert set(families) == {"minivmm_timing_step_p10_seconds", "minivmm_timing_step_p50_seconds",
-                             "minivmm_timing_step_p90_seconds", "minivmm_timing_repetitions"}
-    p50 = families["minivmm_timing_step_p50_seconds"]
-    assert p50.type == "gauge" and p50.unit == "seconds" and len(p50.samples) == 11
-    memslot = next(s for s in p50.samples if s.labels["step"] == str(MEMSLOT + 1))
-    assert memslot.labels == {"sequence": "registrations-first", "kernel": doc["host"]["kernel"], "hz": "250",
-                              "platform": "pvm", "verdict": doc["verdict"]["variant"], "step": "9",
-                              "op": "memslot", "ioctl": "KVM_SET_USER_MEMORY_REGION, slot 0"}
-    assert memslot.value == pytest.approx(doc["steps"][MEMSLOT]["measured"]["p50_us"] / 1e6)
+    assert set(families) == {"minivmm_timing_step_duration_seconds", "minivmm_timing_other_steps_duration_seconds",
+                             "minivmm_timing_other_steps", "minivmm_timing_verdict", "minivmm_timing_verdict_posterior"}
+    steps = families["minivmm_timing_step_duration_seconds"]
+    assert steps.type == "summary" and steps.unit == "seconds"
+    # One series per step that stalls or tells the variants apart; KVM_CREATE_VM and the vCPUs are summed.
+    shown = {s.labels["step"] for s in steps.samples}
+    discriminating = {str(d["step"]) for d in doc["verdict"]["discriminating_steps"]}
+    assert str(MEMSLOT + 1) in shown and shown == discriminating | {str(MEMSLOT + 1)} and "1" not in shown
+    memslot = {s.labels.get("quantile", s.name): s for s in steps.samples if s.labels["step"] == str(MEMSLOT + 1)}
+    assert memslot["0.5"].labels == {"sequence": "registrations-first", "kernel": doc["host"]["kernel"], "hz": "250",
+                                     "platform": "pvm", "step": "9", "op": "memslot",
+                                     "ioctl": "KVM_SET_USER_MEMORY_REGION, slot 0", "quantile": "0.5"}
+    samples = doc["steps"][MEMSLOT]["samples_ns"]
+    assert memslot["0"].value == min(samples) / 1e9 and memslot["1"].value == max(samples) / 1e9
+    assert memslot["minivmm_timing_step_duration_seconds_count"].value == len(samples)
+    assert memslot["minivmm_timing_step_duration_seconds_sum"].value == sum(samples) / 1e9
+    others = families["minivmm_timing_other_steps"].samples[0].value
+    assert others == len(doc["steps"]) - len(shown)
+    (verdict,) = families["minivmm_timing_verdict"].samples
+    assert verdict.name == "minivmm_timing_verdict_info" and verdict.labels["variant"] == "call_srcu"
+    assert "verdict" not in memslot["0.5"].labels  # a new verdict starts no new step series
+    # Exact values: the shortest decimal of ns / 1e9, no float noise.
+    assert "99999" not in text and "00000001" not in text
     # node_exporter's textfile collector reads the Prometheus text format: the same file parses there.
-    assert {f.name for f in prometheus_text(text)} >= {"minivmm_timing_step_p50_seconds"}
+    assert {f.name for f in prometheus_text(text)} >= {"minivmm_timing_step_duration_seconds"}
 
 
-def test_openmetrics_escapes_label_values_and_refuses_bad_names():
+def test_openmetrics_labels_are_printable_utf_8():
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 
-    from minivmm.compare.openmetrics import Family, render
-
-    fam = Family("minivmm_x_seconds", "help", unit="seconds", samples=[({"ioctl": 'a "b"\\c\nd'}, 1.5)])
-    (parsed,) = openmetrics(render([fam]))
-    assert parsed.samples[0].labels["ioctl"] == 'a "b"\\c\nd'
-    with pytest.raises(ValueError):
-        Family("1bad", "help")
-    with pytest.raises(ValueError):
-        Family("minivmm_x", "help", unit="seconds")
-    with pytest.raises(ValueError):
-        render([Family("minivmm_y", "h", samples=[({"__x": "1"}, 1.0)])])
+    from minivmm.compare.openmetrics import trace_openmetrics
+    doc = {"command": ["/opt/\udc80vmm\x1b]0;t\x07"], "host": {"kernel": "6.18\r", "hz": 250, "platform": "pvm"},
+           "ioctls": [], "explanation": None}
+    text = trace_openmetrics(doc)
+    text.encode("utf-8")  # a lone surrogate would not encode
+    assert not any(c in text for c in ("\x1b", "\x07", "\r"))
+    (family,) = [f for f in openmetrics(text) if f.name == "minivmm_trace_ioctls"]
+    assert family.samples[0].labels["program"] == "\\udc80vmm\\x1b]0;t\\x07"
 
 
 def test_plot_draws_the_changed_step(tmp_path):
@@ -302,27 +313,37 @@ def test_the_default_floor_is_a_tenth_of_a_jiffy_and_sub_floor_changes_are_shown
 
 
 def test_trace_documents_export_to_openmetrics_too():
-    """The shape of ``minivmm trace --json`` (the trace helper's document): one value per step."""
+    """The shape of ``minivmm trace --json``: gauges, one value per step that stalls or discriminates,
+    the rest summed."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 
     from minivmm.compare.openmetrics import trace_openmetrics
 
     doc = {"schema_version": 2, "command": ["/usr/bin/firecracker", "--api-sock", "x"],
-           "host": {"kernel": "6.18.0", "hz": 250, "platform": "pvm"},
+           "host": {"kernel": "6.18.0", "hz": 250, "platform": "pvm", "cpu_pressure_pct": 12.5},
            "ioctls": [{"index": i} for i in range(14)],
            "explanation": {"hz": 250, "platform": "pvm",
                            "steps": [{"step": 1, "op": "create_vm", "label": "KVM_CREATE_VM", "measured_us": 210.0},
-                                     {"step": 2, "op": "memslot", "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
+                                     {"step": 2, "op": "ioeventfd", "label": "KVM_IOEVENTFD", "measured_us": 1.061},
+                                     {"step": 3, "op": "memslot", "label": "KVM_SET_USER_MEMORY_REGION, slot 0",
                                       "measured_us": 5880.0}],
-                           "setup": {"measured_us": 6400.0}, "verdict": {"variant": "call_srcu"}}}
-    families = {f.name: f for f in openmetrics(trace_openmetrics(doc))}
-    step = families["minivmm_trace_step_seconds"].samples[1]
-    assert step.value == pytest.approx(0.00588) and step.labels["program"] == "firecracker"
-    assert step.labels["verdict"] == "call_srcu" and step.labels["hz"] == "250"
-    assert families["minivmm_trace_setup_seconds"].samples[0].value == pytest.approx(0.0064)
+                           "setup": {"measured_us": 6400.0},
+                           "verdict": {"variant": "call_srcu", "posterior": {"call_srcu": 1.0, "sync": 0.0},
+                                       "discriminating_steps": [{"step": 2}]}}}
+    text = trace_openmetrics(doc)
+    families = {f.name: f for f in openmetrics(text)}
+    steps = families["minivmm_trace_step_duration_seconds"].samples
+    assert [s.labels["step"] for s in steps] == ["2", "3"]  # the discriminating step and the stall
+    assert steps[0].value == 1.061e-06 and "1.061e-06" in text  # exact, no float noise
+    assert steps[1].labels["program"] == "firecracker" and steps[1].labels["hz"] == "250"
+    assert families["minivmm_trace_other_steps_duration_seconds"].samples[0].value == 0.00021
+    assert families["minivmm_trace_setup_duration_seconds"].samples[0].value == pytest.approx(0.0064)
     assert families["minivmm_trace_ioctls"].samples[0].value == 14
+    assert families["minivmm_trace_cpu_pressure_ratio"].samples[0].value == 0.125
+    assert families["minivmm_trace_verdict"].samples[0].labels["variant"] == "call_srcu"
     doc["explanation"] = None
-    assert [f.name for f in openmetrics(trace_openmetrics(doc))] == ["minivmm_trace_ioctls"]
+    assert {f.name for f in openmetrics(trace_openmetrics(doc))} == {"minivmm_trace_ioctls",
+                                                                     "minivmm_trace_cpu_pressure_ratio"}
 
 
 def test_a_busy_host_is_warned_about_and_makes_the_gate_unusable(tmp_path):

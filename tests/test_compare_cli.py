@@ -158,7 +158,7 @@ def test_timing_gate_and_openmetrics_on_the_host(tmp_path):
     proc = run_cli("timing", "-r", "3", "-n", "50", "--format", "openmetrics", timeout=180)
     assert proc.returncode == 0, proc.stderr
     names = {f.name for f in text_string_to_metric_families(proc.stdout)}
-    assert "minivmm_timing_step_p50_seconds" in names and proc.stdout.endswith("# EOF\n")
+    assert "minivmm_timing_step_duration_seconds" in names and proc.stdout.endswith("# EOF\n")
 
 
 def test_compare_help_fits_80_columns():

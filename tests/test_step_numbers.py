@@ -70,8 +70,8 @@ def test_a_stalled_step_has_one_number_everywhere():
     write_json(r, to_json(r, [ex], "", "exited", 0, {"hz": 250, "platform": "vmx"}, ioctls=False), streamed)
     assert json.loads(streamed.getvalue())["ioctls"] == doc["ioctls"]
 
-    steps = next(f for f in trace_families(doc) if f.name == "minivmm_trace_step_seconds")
-    assert [lab["step"] for lab, _ in steps.samples if lab["op"] == "memslot"] == [str(number)]
+    steps = next(f for f in trace_families(doc) if f.name == "minivmm_trace_step_duration_seconds")
+    assert [s.labels["step"] for s in steps.samples if s.labels["op"] == "memslot"] == [str(number)]
 
     # model --explain of the sequence the trace saved: the same number.
     model = explain_variant(ex.sequence, "call_srcu", 250, "vmx", samples=30)

@@ -44,6 +44,8 @@ def prepare(args: SimpleNamespace) -> Gate | None:
     if args.as_json and args.out_format not in (None, "json"):
         raise CliError(f"--json cannot be used with --format {args.out_format}")
     args.out_format = "json" if args.as_json else args.out_format or "text"
+    if args.out_format == "openmetrics":
+        check_metrics_available()
     if args.baseline is None:
         if args.threshold is not None:
             raise CliError("--threshold needs --baseline (the run to compare with)")
@@ -78,6 +80,15 @@ def host_unreadable(gate: Gate | None, error: CliError, kvm_error: str | None = 
     if gate is None:
         return error
     return CliError(f"{kvm_error or error} (the measurement is unusable: gate exit 125)", ExitCode.UNUSABLE)
+
+
+def check_metrics_available() -> None:
+    """Refuse ``--format openmetrics`` before any work when prometheus_client is not installed."""
+    from minivmm.compare.openmetrics import MetricsUnavailable, check_available
+    try:
+        check_available()
+    except MetricsUnavailable as e:
+        raise CliError(str(e)) from None
 
 
 def guarded(under_gate: bool, body: Callable[[], int]) -> int:

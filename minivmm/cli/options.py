@@ -206,8 +206,9 @@ FORMATS = ("text", "json", "openmetrics")
 #: ``--format``: text, json (as --json) or openmetrics.
 Format = Annotated[str | None, typer.Option(
     "--format", metavar="FORMAT", parser=choice(FORMATS, "an output format"), show_default="text",
-    help="text, json (as --json) or openmetrics (Prometheus node_exporter textfile collector: one gauge per "
-         "step)")]
+    help="text, json (as --json) or openmetrics (Prometheus node_exporter textfile collector, needs the metrics "
+         "extra: a summary per step that stalls or discriminates, the rest summed, the verdict as an info "
+         "metric)")]
 
 #: ``-s/--sequence``: a named sequence or a sequence file.
 def sequence_option(default_help: str) -> Any:

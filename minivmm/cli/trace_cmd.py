@@ -149,6 +149,9 @@ def run(args: SimpleNamespace) -> int:
         raise CliError("--detach needs --until first-run (it says when to detach)")
     if args.as_json and args.out_format not in (None, "json"):
         raise CliError(f"--json and --format {args.out_format} contradict each other; give one")
+    if args.out_format == "openmetrics":
+        from minivmm.cli.gate_opts import check_metrics_available
+        check_metrics_available()
     from minivmm.files import Output
     # Checked before the run (which may take long); written at the end, never through a link the traced
     # program may have planted meanwhile (Output checks the name again then).

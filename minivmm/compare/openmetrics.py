@@ -1,118 +1,179 @@
-"""Fleet export: timing figures in the OpenMetrics text format, for Prometheus node_exporter's textfile
-collector (``--collector.textfile.directory``). minivmm runs no server: a cron job or a systemd timer
-writes the file, the collector the fleet already runs serves it.
+"""Fleet export: timing and trace figures in the OpenMetrics text format, for Prometheus node_exporter's
+textfile collector (``--collector.textfile.directory``). minivmm runs no server: a cron job or a
+systemd timer writes the file, the collector the fleet already runs serves it.
 
-The output is valid OpenMetrics (``# EOF`` last) and valid Prometheus text exposition (the ``# UNIT``
-and ``# EOF`` lines are comments there), which is what the textfile collector reads. Families are
-named after what they measure, not after a step: ``minivmm_timing_step_p50_seconds`` holds one gauge
-per step (label ``step``), so one query covers every sequence and every host; the labels carry the
-sequence, the step's number (from 1: ``kernel_model.sequences.step_number``), op and ioctl, the kernel
-release, CONFIG_HZ, the platform and the verdict (the kernel variant the host behaves like, or
-``none``).
+Generated with ``prometheus_client`` (the optional ``metrics`` extra: ``pip install
+'minivmm[metrics]'``), the Prometheus way:
 
-:func:`render` and :class:`Family` are generic; :func:`trace_openmetrics` does the same for a
-``minivmm trace --json`` document (one traced run: one value per step, no quantiles).
+- one family per measured quantity: ``minivmm_timing_step_duration_seconds`` is a summary whose
+  ``quantile`` label says which (0 the minimum, 0.1, 0.5, 0.9, 1 the maximum), with ``_count`` (the
+  repetitions) and ``_sum``; a trace, one sample per step, gives gauges;
+- labels say what was measured (sequence or traced program, step, op, ioctl, kernel release,
+  CONFIG_HZ, platform), never the result: the verdict is an info metric of its own,
+  ``minivmm_timing_verdict_info{variant="call_srcu"} 1``, so a new verdict does not start new series;
+- a series per step only for the steps that stall (median 1 ms or more) or that tell the kernel
+  variants apart (the verdict's discriminating steps); the others are summed into one
+  (``..._other_steps_duration_seconds``), with their number beside it: a traced QEMU has 230 set-up
+  steps, most of them ioctls the model does not model;
+- exact values: every duration is an integer of nanoseconds over 1e9 (a quantile between two samples
+  rounded to the nanosecond, the clock's resolution), written as the shortest decimal that reads back
+  as it (``1.061e-06``, not ``1.0609999999999999e-06``).
+
+Every label value goes through :func:`minivmm.safetext.safe` (a traced program's name may hold
+anything): no control character reaches the file, and it is valid UTF-8.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kernel_model.stats import percentile
+from kernel_model.stats import is_stall, median, percentile_sorted
+from minivmm.safetext import safe
 
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-@dataclass
-class Family:
-    """One metric family: a name, its help text, its type and unit, and its samples (labels, value)."""
-
-    name: str
-    help: str
-    type: str = "gauge"
-    unit: str = ""
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
-            raise ValueError(f"invalid metric name {self.name!r}")
-        if self.unit and not self.name.endswith("_" + self.unit):
-            raise ValueError(f"OpenMetrics wants a family with unit {self.unit!r} to end in _{self.unit}")
+#: The summary quantiles: the minimum, p10, p50, p90 and the maximum.
+QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 
-def escape(value: str) -> str:
-    """A label value as the text formats quote it (backslash, double quote and newline escaped)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class MetricsUnavailable(RuntimeError):
+    """prometheus_client is not installed; the message says how to install it."""
 
 
-def _help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def check_available() -> None:
+    """Raise :class:`MetricsUnavailable` unless ``prometheus_client`` can be imported."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise MetricsUnavailable("--format openmetrics needs prometheus_client: pip install 'minivmm[metrics]'") \
+            from None
 
 
-def _value(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+def label(value: object) -> str:
+    """A label value: printable, valid UTF-8 (:func:`minivmm.safetext.safe`)."""
+    return safe(value)
 
 
-def render(families: list[Family]) -> str:
-    """The families as OpenMetrics text, ending with ``# EOF``."""
-    lines = []
-    seen: set[str] = set()
-    for fam in families:
-        if fam.name in seen:
-            raise ValueError(f"metric family {fam.name!r} twice")
-        seen.add(fam.name)
-        lines.append(f"# HELP {fam.name} {_help(fam.help)}")
-        lines.append(f"# TYPE {fam.name} {fam.type}")
-        if fam.unit:
-            lines.append(f"# UNIT {fam.name} {fam.unit}")
-        for labels, value in fam.samples:
-            bad = [k for k in labels if not _LABEL.fullmatch(k) or k.startswith("__")]
-            if bad:
-                raise ValueError(f"invalid label name {bad[0]!r}")
-            body = ",".join(f'{k}="{escape(str(v))}"' for k, v in labels.items())
-            lines.append(f"{fam.name}{{{body}}} {_value(value)}" if body else f"{fam.name} {_value(value)}")
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
+def seconds(ns: float) -> float:
+    """Nanoseconds as seconds: an integer (or half-integer) of ns over 1e9 is the closest double to the
+    exact decimal, so its shortest repr is that decimal."""
+    return ns / 1e9
 
 
 def host_labels(host: Mapping[str, Any]) -> dict[str, str]:
-    """The labels every family of one run shares: kernel release, CONFIG_HZ and platform."""
-    return {"kernel": str(host.get("kernel") or "unknown"), "hz": str(host.get("hz") or "unknown"),
-            "platform": str(host.get("platform") or "unknown")}
+    """The labels every series of one run shares: kernel release, CONFIG_HZ and platform."""
+    return {"kernel": label(host.get("kernel") or "unknown"), "hz": label(host.get("hz") or "unknown"),
+            "platform": label(host.get("platform") or "unknown")}
 
 
-def timing_families(doc: Mapping[str, Any]) -> list[Family]:
-    """The families of a ``minivmm timing --json`` document: p10, p50 and p90 of each step (seconds, from
-    the raw samples) and the number of repetitions."""
-    verdict = doc.get("verdict", {}).get("variant") or "none"
-    common = {"sequence": str(doc["sequence"]), **host_labels(doc["host"]), "verdict": str(verdict)}
-    quantile_families = {q: Family(f"minivmm_timing_step_p{q}_seconds",
-                                   f"p{q} of the step's ioctl duration over the repetitions (minivmm timing)",
-                                   unit="seconds") for q in (10, 50, 90)}
-    for step in doc["steps"]:
-        labels = {**common, "step": str(step["step"]), "op": str(step["op"]), "ioctl": str(step["label"])}
-        for q, fam in quantile_families.items():
-            fam.samples.append((labels, percentile(step["samples_ns"], q) / 1e9))
-    reps = Family("minivmm_timing_repetitions", "Repetitions of the sequence behind the quantiles (minivmm timing)")
-    reps.samples.append((common, float(doc["repetitions"])))
-    families = [*quantile_families.values(), reps]
+class _Families:
+    """Builds prometheus_client metric families with one set of shared labels."""
+
+    def __init__(self, prefix: str, common: dict[str, str]) -> None:
+        from prometheus_client.core import Metric
+        self.metric = Metric
+        self.prefix = prefix
+        self.common = common
+        self.families: list[Any] = []
+
+    def summary(self, name: str, doc: str, series: Iterable[tuple[dict[str, str], list[int]]]) -> None:
+        """A summary of durations (ns samples per series): quantiles, count and sum, in seconds."""
+        full = f"{self.prefix}_{name}_seconds"
+        m = self.metric(full, doc, "summary", unit="seconds")
+        for labels, samples_ns in series:
+            labels = {**self.common, **labels}
+            ordered = sorted(samples_ns)
+            for q in QUANTILES:
+                at_ns = round(percentile_sorted(ordered, q * 100))  # to the clock's nanosecond: exact
+                m.add_sample(full, {**labels, "quantile": f"{q:g}"}, seconds(at_ns))
+            m.add_sample(f"{full}_count", labels, float(len(ordered)))
+            m.add_sample(f"{full}_sum", labels, seconds(sum(ordered)))
+        self.families.append(m)
+
+    def gauge(self, name: str, doc: str, series: Iterable[tuple[dict[str, str], float]], unit: str = "") -> None:
+        """A gauge family."""
+        full = f"{self.prefix}_{name}" + (f"_{unit}" if unit else "")
+        m = self.metric(full, doc, "gauge", unit=unit)
+        for labels, value in series:
+            m.add_sample(full, {**self.common, **labels}, float(value))
+        self.families.append(m)
+
+    def info(self, name: str, doc: str, values: dict[str, str]) -> None:
+        """An info metric: ``<prefix>_<name>_info{...} 1``."""
+        full = f"{self.prefix}_{name}"
+        m = self.metric(full, doc, "info")
+        m.add_sample(f"{full}_info", {**self.common, **{k: label(v) for k, v in values.items()}}, 1.0)
+        self.families.append(m)
+
+    def verdict(self, verdict: Mapping[str, Any] | None, what: str) -> None:
+        """The verdict as an info metric and the posterior per variant as a gauge."""
+        if not verdict:
+            return
+        self.info("verdict", f"The kernel variant the host behaves like ({what}); variant none when none "
+                  "matches well", {"variant": verdict.get("variant") or "none"})
+        posterior = verdict.get("posterior")
+        if isinstance(posterior, dict):
+            self.gauge("verdict_posterior", f"Posterior of each kernel variant under a uniform prior ({what})",
+                       (({"variant": label(v)}, p) for v, p in posterior.items()))
+
+    def load(self, host: Mapping[str, Any], what: str) -> None:
+        """The CPU pressure and the load average the run was measured under, where known."""
+        pressure = host.get("cpu_pressure_pct")
+        if isinstance(pressure, (int, float)):
+            self.gauge("cpu_pressure", f"Share of the run's wall time some task waited for a CPU, PSI ({what})",
+                       [({}, pressure / 100)], unit="ratio")
+        load = host.get("load_average")
+        if isinstance(load, list) and load:
+            self.gauge("load_average_1m", f"1-minute load average at the end of the run ({what})", [({}, load[0])])
+
+
+def shown_steps(steps: list[Mapping[str, Any]], verdict: Mapping[str, Any] | None,
+                duration_ns: Any) -> list[int]:
+    """The positions of the steps that get a series of their own: those that stall (median 1 ms or
+    more) and those the verdict found discriminating (by step number, as documents give it)."""
+    discriminating = {d["step"] for d in (verdict or {}).get("discriminating_steps", []) if isinstance(d, dict)}
+    return [i for i, st in enumerate(steps) if st.get("step") in discriminating or is_stall(duration_ns(st))]
+
+
+def render(families: list[Any]) -> str:
+    """The families as OpenMetrics text (``# EOF`` last), by prometheus_client."""
+    from prometheus_client.openmetrics.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    class Collector:
+        def collect(self) -> list[Any]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    text: bytes = generate_latest(registry)  # type: ignore[no-untyped-call]
+    return text.decode("utf-8")
+
+
+def timing_families(doc: Mapping[str, Any]) -> list[Any]:
+    """The families of a ``minivmm timing --json`` document (see the module docstring)."""
+    f = _Families("minivmm_timing", {"sequence": label(doc["sequence"]), **host_labels(doc["host"])})
+    steps = doc["steps"]
+    verdict = doc.get("verdict")
+    shown = shown_steps(steps, verdict, lambda st: median(st["samples_ns"]))
+    f.summary("step_duration", "Duration of a set-up step's ioctl over the repetitions (minivmm timing): the "
+              "steps that stall or tell the kernel variants apart",
+              (({"step": str(steps[i]["step"]), "op": label(steps[i]["op"]), "ioctl": label(steps[i]["label"])},
+                steps[i]["samples_ns"]) for i in shown))
+    others = [st for i, st in enumerate(steps) if i not in shown]
+    if others:
+        per_repetition = [sum(vals) for vals in zip(*(st["samples_ns"] for st in others))]
+        f.summary("other_steps_duration", "The other set-up steps' ioctls summed, per repetition (minivmm "
+                  "timing)", [({}, per_repetition)])
+    f.gauge("other_steps", "How many steps other_steps_duration sums (minivmm timing)", [({}, len(others))])
+    f.verdict(verdict, "minivmm timing")
+    f.load(doc["host"], "minivmm timing")
     gate = doc.get("gate")
-    if gate is not None:  # timing --baseline: 1 when a step regressed, labelled with the outcome
-        fam = Family("minivmm_timing_gate_regressed",
-                     "1 when a step regressed significantly against the baseline (minivmm timing --baseline)")
-        regressed = 1.0 if gate["outcome"] == "regressed" else 0.0
-        fam.samples.append(({**common, "outcome": str(gate["outcome"])}, regressed))
-        families.append(fam)
-    return families
+    if gate is not None:  # timing --baseline
+        f.gauge("gate_regressed", "1 when a step regressed significantly against the baseline (minivmm timing "
+                "--baseline)", [({}, 1.0 if gate["outcome"] == "regressed" else 0.0)])
+        f.info("gate", "The regression gate's outcome: pass, regressed or unusable (minivmm timing --baseline)",
+               {"outcome": gate["outcome"]})
+    return f.families
 
 
 def timing_openmetrics(doc: Mapping[str, Any]) -> str:
@@ -120,32 +181,39 @@ def timing_openmetrics(doc: Mapping[str, Any]) -> str:
     return render(timing_families(doc))
 
 
-def trace_families(doc: Mapping[str, Any]) -> list[Family]:
-    """The families of a ``minivmm trace --json`` document: the traced program's set-up ioctls, each
-    step's measured duration (one trace is one sample: no quantiles), the whole set-up, and the number
-    of KVM ioctls seen. Labels: the traced program, kernel, HZ, platform, verdict, and per step its
-    number, op and ioctl. Without an explanation (HZ or platform unknown) only the ioctl count is given."""
+def trace_families(doc: Mapping[str, Any]) -> list[Any]:
+    """The families of a ``minivmm trace --json`` document: one traced run, so gauges, one value per
+    step. Without an explanation (HZ or platform unknown) only the ioctl count and the load."""
     host = doc.get("host") or {}
     ex = doc.get("explanation") or None
     argv = doc.get("command") or ["unknown"]
     program = str(argv[0]).rsplit("/", 1)[-1] or "unknown"
     labels = host_labels({**host, **({"hz": ex.get("hz"), "platform": ex.get("platform")} if ex else {})})
-    verdict = ((ex or {}).get("verdict") or {}).get("variant") or "none"
-    common = {"program": program, **labels, "verdict": str(verdict)}
-    ioctls = Family("minivmm_trace_ioctls", "KVM ioctls the traced program issued (minivmm trace)")
-    count = doc.get("ioctl_count", len(doc.get("ioctls") or []))
-    ioctls.samples.append((common, float(count)))
+    f = _Families("minivmm_trace", {"program": label(program), **labels})
+    count = doc.get("ioctl_count", len(doc.get("ioctls") or []))  # a streamed document gives the count
+    f.gauge("ioctls", "KVM ioctls the traced program issued (minivmm trace)", [({}, count)])
+    f.load(host, "minivmm trace")
     if ex is None:
-        return [ioctls]
-    steps = Family("minivmm_trace_step_seconds", "Duration of each set-up step's ioctl in one traced run "
-                   "(minivmm trace)", unit="seconds")
-    for st in ex.get("steps", []):
-        steps.samples.append(({**common, "step": str(st["step"]), "op": str(st["op"]), "ioctl": str(st["label"])},
-                              float(st["measured_us"]) / 1e6))
-    setup = Family("minivmm_trace_setup_seconds", "KVM_CREATE_VM to the end of the last set-up step, one traced "
-                   "run (minivmm trace)", unit="seconds")
-    setup.samples.append((common, float(ex["setup"]["measured_us"]) / 1e6))
-    return [steps, setup, ioctls]
+        return f.families
+    steps = ex.get("steps", [])
+
+    def ns(st: Mapping[str, Any]) -> int:
+        return round(float(st["measured_us"]) * 1000)  # microseconds of integer nanoseconds: exact
+    verdict = ex.get("verdict")
+    shown = shown_steps(steps, verdict, ns)
+    f.gauge("step_duration", "Duration of a set-up step's ioctl in one traced run (minivmm trace): the steps "
+            "that stall or tell the kernel variants apart",
+            (({"step": str(steps[i]["step"]), "op": label(steps[i]["op"]), "ioctl": label(steps[i]["label"])},
+              seconds(ns(steps[i]))) for i in shown), unit="seconds")
+    others = [st for i, st in enumerate(steps) if i not in shown]
+    f.gauge("other_steps_duration", "The other set-up steps' ioctls summed, one traced run (minivmm trace)",
+            [({}, seconds(sum(ns(st) for st in others)))], unit="seconds")
+    f.gauge("other_steps", "How many steps other_steps_duration sums (minivmm trace)", [({}, len(others))])
+    setup_ns = round(float(ex["setup"]["measured_us"]) * 1000)
+    f.gauge("setup_duration", "KVM_CREATE_VM to the end of the last set-up step, one traced run (minivmm trace)",
+            [({}, seconds(setup_ns))], unit="seconds")
+    f.verdict(verdict, "minivmm trace")
+    return f.families
 
 
 def trace_openmetrics(doc: Mapping[str, Any]) -> str:

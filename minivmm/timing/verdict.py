@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from kernel_model.sequences import step_number
 from kernel_model.stats import is_stall, ks_critical, quantiles
 from kernel_model.variants import VARIANTS
 from minivmm.timing.noise import NoiseModel
@@ -347,7 +348,7 @@ class Separation:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"variants": list(self.variants), "sequence": self.sequence, "step": self.step,
+        return {"variants": list(self.variants), "sequence": self.sequence, "step": step_number(self.step),
                 "label": self.label, "p50_us": list(self.p50_us), "divergence_nats": self.divergence,
                 "in_this_sequence": self.in_this_sequence}
 
@@ -384,11 +385,12 @@ class Verdict:
             "ties": self.ties, "runner_up": self.runner_up, "llr_to_runner_up": _finite(self.llr_to_runner_up),
             "posterior": {vf.variant: vf.posterior for vf in self.variants},
             "log_likelihood": {vf.variant: _finite(vf.log_likelihood) for vf in self.variants},
-            "fits": {vf.variant: {"fits": vf.fits, "misses": vf.misses} for vf in self.variants},
+            "fits": {vf.variant: {"fits": vf.fits, "misses": [step_number(i) for i in vf.misses]}
+                     for vf in self.variants},
             "discriminating_steps": [
-                {"step": i, "label": self.labels[i],
+                {"step": step_number(i), "label": self.labels[i],
                  "variants": {v: self.fits[i, v].to_json() for v in self.posterior}} for i in self.discriminating],
-            "unexplained_steps": self.unexplained,
+            "unexplained_steps": [step_number(i) for i in self.unexplained],
             "samples_per_step": self.samples_per_step, "noise": self.noise.to_json(),
             "separation": self.separation.to_json() if self.separation else None, "text": self.text}
 
@@ -452,7 +454,7 @@ def judge(measured: list[list[int]], predicted: dict[str, list[list[int]]], nois
     ties = [v for v in order[1:] if ll[best] - ll[v] < TIE_LLR]
     matches = vfits[0].fits and len(unexplained) < max(1, len(steps))
     verdict = Verdict(best if matches else None, best, matches, ties, runner, llr, vfits, steps, unexplained,
-                      fits, noise, n_min, labels=list(labels or [f"#{i}" for i in range(len(measured))]))
+                      fits, noise, n_min, labels=list(labels or [f"#{step_number(i)}" for i in range(len(measured))]))
     if ties:
         verdict.separation = separating_step(best, ties[0], preds, verdict.labels)
     return verdict
@@ -606,5 +608,5 @@ def tie_text(v: Verdict) -> str:
         return (head + f": {sep.label} is where they differ most ({a} predicts {fmt_us(pa)}, {b} "
                 f"{fmt_us(pb)}), and its samples fit both.")
     return (head + f": no step of this sequence separates them; {sep.label} in the {sep.sequence} sequence "
-            f"(step #{sep.step}) does ({a} predicts {fmt_us(pa)}, {b} {fmt_us(pb)}).")
+            f"(step #{step_number(sep.step)}) does ({a} predicts {fmt_us(pa)}, {b} {fmt_us(pb)}).")
 
