@@ -110,6 +110,29 @@ def test_registration_faults_are_caught_by_reconciliation(inject, rule):
     assert shadow.violations and shadow.violations[0].rule is rule
 
 
+@pytest.mark.parametrize("inject", list(Injection))
+def test_a_fault_the_guest_never_exercised_is_reported_as_such(inject):
+    import io
+
+    from minivmm.vmm.report import render_shadow
+    shadow, _, ev = shadow_with_doorbell(inject)
+    register(shadow, ev)  # before the guest runs, and never deregistered: no fault can act
+    shadow.vm_running()
+    summary = shadow.summary()
+    assert summary.inject_exercised is False and summary.to_json()["inject_exercised"] is False
+    out = io.StringIO()
+    render_shadow(summary, out)
+    assert f"[fault {inject.value} planted, never exercised]" in out.getvalue()
+    assert "this run did not test the checker" in out.getvalue()
+    # A run where it acted says so too.
+    shadow, _, ev = shadow_with_doorbell(inject)
+    shadow.vm_running()
+    register(shadow, ev)
+    unregister(shadow, ev)
+    assert shadow.summary().inject_exercised is True
+    assert ShadowChecker().summary().inject_exercised is None
+
+
 def test_stale_bus_fault_is_caught_by_the_exit_check():
     shadow, _, ev = shadow_with_doorbell(Injection.STALE_BUS)
     register(shadow, ev)

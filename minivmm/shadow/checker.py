@@ -178,6 +178,9 @@ class ShadowChecker:
         self.model = KvmModel(Sim(hz, 0.0), get_variant(variant), get_platform(platform), InvariantChecker())
         self.inject = inject
         self._injected = False
+        #: Whether the planted fault ever acted: a guest that registers (or deregisters) nothing while it
+        #: runs never gives it the chance, and its "no violation" then tests nothing.
+        self.inject_exercised = False
         self._running = False
         self._delayed: list[IoEvent] = []
         self._unmarked: set[IoEvent] = set()  # registrations an injected fault keeps the shadow from seeing
@@ -302,6 +305,7 @@ class ShadowChecker:
             armed = self._running and not self._injected  # faults target a registration made at run time
             if armed and self.inject in (Injection.DROP_REGISTRATION, Injection.DELAY_REGISTRATION):
                 self._injected = True
+                self.inject_exercised = True
                 self._unmarked.add(event)
                 if self.inject is Injection.DELAY_REGISTRATION:
                     self._delayed.append(event)
@@ -341,6 +345,7 @@ class ShadowChecker:
         """A deregistration is about to be issued: take the device off the bus versions first."""
         with self._lock:
             if self.inject is Injection.STALE_BUS:
+                self.inject_exercised = True
                 return
             key = (event.addr, event.length, event.datamatch, event.pio)
             if key not in self._devices:
@@ -508,7 +513,8 @@ class ShadowChecker:
         """The shadow section of the run report."""
         from minivmm.shadow.summary import ShadowSummary
         return ShadowSummary(
-            inject=self.inject.value if self.inject else None, exits_checked=self.exits_checked,
+            inject=self.inject.value if self.inject else None,
+            inject_exercised=self.inject_exercised if self.inject else None, exits_checked=self.exits_checked,
             exits_not_judged=self.exits_not_judged, registrations_mirrored=self.registrations_mirrored,
             deregistrations_mirrored=self.deregistrations_mirrored,
             in_kernel_completions_reconciled=self.completions_reconciled, reconciliations=self.reconciliations,

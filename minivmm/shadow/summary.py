@@ -40,6 +40,8 @@ class ShadowSummary:
 
     #: The fault ``--inject`` planted, if any.
     inject: str | None
+    #: Whether it ever acted (None without one): False means the run did not test the checker.
+    inject_exercised: bool | None
     #: Bus (PIO and MMIO) exits the check saw; of those, how many it could not judge.
     exits_checked: int
     exits_not_judged: int
@@ -61,7 +63,8 @@ class ShadowSummary:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (``minivmm boot --json``'s ``shadow`` section)."""
-        return {"enabled": True, "inject": self.inject, "exits_checked": self.exits_checked,
+        return {"enabled": True, "inject": self.inject, "inject_exercised": self.inject_exercised,
+                "exits_checked": self.exits_checked,
                 "exits_not_judged": self.exits_not_judged,
                 "registrations_mirrored": self.registrations_mirrored,
                 "deregistrations_mirrored": self.deregistrations_mirrored,

@@ -280,6 +280,8 @@ def render_shadow(sh: ShadowSummary | None, out: TextIO) -> None:
         w("shadow     off (--no-check)\n")
         return
     inject = f" [fault injected: {sh.inject}]" if sh.inject else ""
+    if sh.inject and not sh.inject_exercised:
+        inject = f" [fault {sh.inject} planted, never exercised]"
     w(f"shadow     {sh.exits_checked} exits checked against {sh.bus_versions} bus versions; "
       f"{sh.registrations_mirrored} registrations and {sh.deregistrations_mirrored} deregistrations "
       f"mirrored; {sh.in_kernel_completions_reconciled} in-kernel completions reconciled{inject}\n")
@@ -288,6 +290,10 @@ def render_shadow(sh: ShadowSummary | None, out: TextIO) -> None:
           "the first:\n")
         for g in sh.first_guest_errors:
             w(f"           - {g.rule.value}: {g.message}\n")
+    if sh.inject and not sh.inject_exercised:
+        what = "deregistered no device" if sh.inject == "stale-bus" else "registered no device after it started"
+        w(f"           the guest {what}, so the {sh.inject} fault never acted: this run did not test the "
+          "checker\n")
     if not sh.violations:
         w("           no violation\n")
         return
