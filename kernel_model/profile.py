@@ -16,7 +16,10 @@ The file is JSON::
      "ticks": {"nr_cpus": 2,                      # how the CPUs ticked (kernel_model.tick.TickEnvironment)
                "caller_on_boot_cpu": 0.5, "caller_keeps_tick": 0.4, "other_tick_share": 0.3,
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
-               "measured_with": "tracefs"}}       # or "" (not measured: no tracefs; a quiet host)
+               "measured_with": "tracefs"},       # or "" (not measured: no tracefs; a quiet host)
+     "fixed_cost_scatter": {"scale": 0.12, "df": 3}}  # Student's t of ln(duration / its median) of the
+                                                  # calibration's fixed-cost ioctls: this host's scatter
+                                                  # around a fixed cost (optional; minivmm.timing.noise)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -92,6 +95,10 @@ class HostProfile:
     #: How ``ticks`` was measured: "tracefs" (the tick handlers traced), or "" (not measured: the
     #: defaults, a quiet host).
     ticks_measured_with: str = ""
+    #: The scatter of this host's fixed-cost ioctls around their own medians, as Student's t on
+    #: ln(duration / median): (scale, degrees of freedom); None in a profile made without it. The
+    #: verdict's noise model takes it (``minivmm.timing.noise``).
+    fixed_cost_scatter: tuple[float, int] | None = None
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -117,7 +124,9 @@ class HostProfile:
                 "kernel": self.kernel, "created": self.created, "loadavg": list(self.loadavg),
                 "calibration_runs": self.calibration_runs, "timer_latency_ns": list(self.timer_latency_ns),
                 "wakeup_latency_ns": list(self.wakeup_latency_ns),
-                "ticks": {**self.ticks._asdict(), "measured_with": self.ticks_measured_with}}
+                "ticks": {**self.ticks._asdict(), "measured_with": self.ticks_measured_with},
+                **({"fixed_cost_scatter": {"scale": self.fixed_cost_scatter[0], "df": self.fixed_cost_scatter[1]}}
+                   if self.fixed_cost_scatter else {})}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
@@ -148,8 +157,15 @@ class HostProfile:
         if not isinstance(load, list) or len(load) != 3 or not all(isinstance(x, (int, float)) for x in load):
             raise ProfileError(f"{where}: loadavg must be three numbers")
         ticks, measured = _ticks(data.get("ticks", {}), where)
+        scatter = data.get("fixed_cost_scatter")
+        if scatter is not None:
+            scale, df = (scatter.get("scale"), scatter.get("df")) if isinstance(scatter, dict) else (None, None)
+            if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 10
+                    or isinstance(df, bool) or not isinstance(df, int) or not 1 <= df <= 1000):
+                raise ProfileError(f"{where}: fixed_cost_scatter must hold a scale (0 to 10) and df (1 to 1000)")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
-                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), ticks, measured)
+                   (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), ticks, measured,
+                   None if scatter is None else (float(scatter["scale"]), int(scatter["df"])))
 
 
 def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:

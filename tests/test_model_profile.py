@@ -208,6 +208,15 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     prof = load_profile(str(out))
     assert prof.calibration_runs == 80 and len(prof.timer_latency_ns) > 2 and prof.wakeup_latency_ns
     assert "host profile:" in proc.stdout
+    scale, df = prof.fixed_cost_scatter or (0.0, 0)
+    assert scale > 0 and df >= 1  # the host's scatter around a fixed cost, for the verdict's noise
+    # --json: the same calibration as one document.
+    proc = run_cli("timing", "--calibrate", "--repeat", "40", "--profile", str(out), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    from jsonschemas import validate
+    validate(doc, "calibration")
+    assert doc["profile_path"] == str(out) and doc["summary"]["runs"] == 40
     foreign = tmp_path / "notes.json"
     foreign.write_text('{"mine": true}')
     proc = run_cli("timing", "--calibrate", "--repeat", "5", "--profile", str(foreign))
@@ -224,6 +233,29 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
 
 
 # --- the tick slip, from the CPUs' ticks and the do_timer duty -------------------------------------
+
+def test_a_profile_keeps_its_fixed_cost_scatter_and_refuses_a_bad_one():
+    prof = HostProfile(250, "pvm", "6.18", "now", (0.1, 0.1, 0.1), 10, (1, 2), fixed_cost_scatter=(0.12, 3))
+    data = prof.to_json()
+    assert data["fixed_cost_scatter"] == {"scale": 0.12, "df": 3}
+    assert HostProfile.from_json(data).fixed_cost_scatter == (0.12, 3)
+    assert HostProfile.from_json({k: v for k, v in data.items() if k != "fixed_cost_scatter"}).fixed_cost_scatter \
+        is None
+    for bad in ({"scale": 0, "df": 3}, {"scale": 0.1, "df": 0}, {"scale": "x", "df": 3}, [0.1, 3]):
+        with pytest.raises(ProfileError, match="fixed_cost_scatter"):
+            HostProfile.from_json({**data, "fixed_cost_scatter": bad})
+
+
+def test_the_calibration_fits_the_scatter_of_its_registrations():
+    from minivmm.timing.calibrate import fixed_cost_scatter
+    rng = random.Random(3)
+    runs = [CalibrationRun(t_reg_ns=10**9 * i, t_end_ns=10**9 * i + 5_000_000, t_reg_end_ns=10**9 * i + 1000
+                           + rng.randrange(200), t_reg2_ns=10**9 * i + 6_000_000,
+                           t_reg2_end_ns=10**9 * i + 6_001_500 + rng.randrange(300)) for i in range(1, 200)]
+    scale, df = fixed_cost_scatter(runs) or (0.0, 0)
+    assert 0.01 < scale < 0.2 and df >= 1
+    assert fixed_cost_scatter(runs[:3]) is None
+
 
 def _vm(env: TickEnvironment, seed: int = 0):
     from kernel_model.kvm_main import KvmModel
@@ -316,3 +348,16 @@ def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     for old in (1, 2):
         with pytest.raises(ProfileError, match=f"older minivmm \\(format version {old}.*timing --calibrate"):
             HostProfile.from_json({**data, "version": old})
+
+
+def test_a_profile_from_another_hz_or_platform_is_warned_about_in_one_line(tmp_path, capsys):
+    from minivmm.cli.app import main
+    prof = HostProfile(250, "pvm", "6.18", "now", (0.1, 0.1, 0.1), 10, (40_000, 60_000))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof.to_json()))
+    assert main(["model", "--profile", str(path), "--hz", "100", "--platform", "vmx", "-n", "20"]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("minivmm: warning:")]
+    assert len(err) == 1 and "calibrated at HZ=250 on pvm, this run models HZ=100 on vmx" in err[0]
+    assert "rescaled to HZ=100" in err[0] and "did not measure" in err[0]
+    assert main(["model", "--profile", str(path), "--hz", "250", "--platform", "pvm", "-n", "20"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -147,3 +147,19 @@ def test_the_plot_a_kernel_engineer_can_put_in_a_mail(monkeypatch):
     legend_box = fig.legends[0].get_window_extent()
     for ax in fig.axes:
         assert not legend_box.overlaps(ax.get_window_extent())
+
+
+def test_a_replayed_step_is_shown_as_the_pause_it_was_and_fds_by_their_role():
+    from kernel_model.sequences import parse_sequence
+    from minivmm.kvm.uapi import IoctlRecord
+    from minivmm.timing.strace_lines import repetition_lines
+
+    seq = parse_sequence("create_vm\nioctl name=KVM_SET_CPUID2 cost=83us\nvcpu id=0\n", "traced")
+    rep = Repetition([220_000, 84_100, 70_000], [0, 10_000, 10_000],
+                     [IoctlRecord(3, "KVM_CREATE_VM", "0", 4, 0, 220_000), None,
+                      IoctlRecord(4, "KVM_CREATE_VCPU", "0", 12, 0, 70_000)])
+    lines = repetition_lines(seq, rep)
+    assert lines[0] == "ioctl(system, KVM_CREATE_VM, 0) = 4 <0.000220>"
+    assert lines[1] == ("pause <0.000084> (not issued: KVM_SET_CPUID2, replayed as a pause of its traced cost "
+                        "<0.000083>)")
+    assert lines[2] == "ioctl(vm, KVM_CREATE_VCPU, 0) = 12 <0.000070>"

@@ -185,7 +185,7 @@ def run(args: SimpleNamespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     seqinput.refuse_what_the_kernel_refuses(seq, args.platform)
-    costs = seqinput.profile_costs(args.profile, args.hz)
+    costs = seqinput.profile_costs(args.profile, args.hz, args.platform)
     explanations: list[Any] = []
     if args.explain:
         from kernel_model.explain import explain_variant

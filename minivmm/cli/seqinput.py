@@ -15,6 +15,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 
 if TYPE_CHECKING:
     from kernel_model.costs import Costs
+    from kernel_model.profile import HostProfile
     from kernel_model.sequences import Sequence
 
 
@@ -50,13 +51,46 @@ def to_file_text(seq: Sequence) -> str:
     return format_sequence(seq)
 
 
-def profile_costs(path: str | None, hz: int) -> Costs | None:
+def profile_costs(path: str | None, hz: int, platform: str | None = None) -> Costs | None:
     """The model's Costs from ``--profile FILE`` at ``hz`` (None without one), for ``model`` and
-    ``timing`` alike; a file that is not a usable host profile is a ``CliError`` (one line, exit 2)."""
+    ``timing`` alike; a file that is not a usable host profile is a ``CliError`` (one line, exit 2).
+    A profile calibrated at another HZ or on another platform than the one modelled is used (that is
+    how a host's latencies are tried against a kernel it does not run), with one line on stderr
+    saying so: its whole jiffies are rescaled to ``hz``, an assumption."""
+    profile = load_profile(path)
+    if profile is None:
+        return None
+    warning = profile_mismatch(profile, path or "", hz, platform)
+    if warning:
+        import sys
+        try:
+            sys.stderr.write(f"minivmm: warning: {warning}\n")
+        except OSError:
+            pass
+    return profile.costs(hz=hz)
+
+
+def load_profile(path: str | None) -> HostProfile | None:
+    """The host profile at ``path`` (None without one); ``CliError`` (one line, exit 2) if unusable."""
     if path is None:
         return None
-    from kernel_model.profile import ProfileError, load_profile
+    from kernel_model.profile import ProfileError
+    from kernel_model.profile import load_profile as load
     try:
-        return load_profile(path).costs(hz=hz)
+        return load(path)
     except ProfileError as e:
         raise CliError(str(e)) from None
+
+
+def profile_mismatch(profile: HostProfile, path: str, hz: int, platform: str | None) -> str | None:
+    """One line when ``profile`` was calibrated at another HZ or platform than the run models."""
+    from minivmm.safetext import safe
+    other_hz = profile.hz != hz
+    other_platform = bool(platform and profile.platform and profile.platform != platform)
+    if not (other_hz or other_platform):
+        return None
+    modelled = f"HZ={hz}" + (f" on {platform}" if platform else "")
+    return (f"the host profile {safe(path)} was calibrated at HZ={profile.hz} on {safe(profile.platform)}, this run "
+            f"models {modelled}: its latencies are used as measured" + (
+                f", whole jiffies rescaled to HZ={hz} (an assumption)" if other_hz else "")
+            + (", on a platform whose KVM backend it did not measure" if other_platform else ""))

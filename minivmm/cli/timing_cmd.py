@@ -17,6 +17,7 @@ from minivmm.cli.options import (DEFAULT_KVM, Format, HostHz, HostPlatform, Json
 
 if TYPE_CHECKING:
     from minivmm.host import HostInfo, ModelledKernel
+    from minivmm.timing.noise import NoiseModel
 
 
 def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
@@ -121,6 +122,21 @@ def _calibrate(args: SimpleNamespace, hz: int, plat: str, kernel: str, kvm_error
     except CalibrationError as e:
         raise CliError(f"calibration: {e}", ExitCode.GUEST_FAILED) from None
     out.write(json.dumps(profile.to_json(), indent=1) + "\n")
+    if args.as_json or args.out_format == "json":
+        from minivmm.schemas import stamp
+        from minivmm.timing.calibrate import late_shares
+        q = profile.timer_latency_ns
+        n = len(q) - 1
+        first, second = late_shares(cal.runs, hz)
+        summary = {"runs": len(cal.runs), "hz": hz, "platform": plat, "load_average": list(profile.loadavg),
+                   "timer_latency_us": {"p50": q[n // 2] / 1000, "p90": q[n * 9 // 10] / 1000,
+                                        "p99": q[n * 99 // 100] / 1000, "max": q[n] / 1000},
+                   "late_memslot_share": {"first": first, "second": second},
+                   "ticks_measured_with": profile.ticks_measured_with or None}
+        json.dump(stamp("calibration", {"profile_path": path, "summary": summary, "profile": profile.to_json()}),
+                  sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
     sys.stdout.write(f"host profile: {path}\n{describe(profile, cal.runs, cal.ticks)}"
                      f"use it with: minivmm model --profile {path} / minivmm timing --profile {path}\n")
     return 0
@@ -144,7 +160,7 @@ def _churn(args: SimpleNamespace, host: HostInfo, model: ModelledKernel) -> int:
             raise CliError(f"--churn cannot be used with {option} (it reports rates, not steps)")
     hz, plat, plat_source = model.hz, model.platform, model.platform_source
     assert hz is not None and plat is not None and plat_source is not None  # run() refused unknown ones
-    costs = seqinput.profile_costs(args.profile, hz)
+    costs = seqinput.profile_costs(args.profile, hz, plat)
     seq = seqinput.load("churn" if args.sequence == "auto" else args.sequence)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
     if host.kvm_error:
@@ -176,6 +192,18 @@ def _churn(args: SimpleNamespace, host: HostInfo, model: ModelledKernel) -> int:
     else:
         render(comparison, facts, sys.stdout)
     return 0
+
+
+def _noise(profile_path: str | None) -> NoiseModel:
+    """The verdict's noise model: the default, with the host profile's fixed-cost scatter where it has
+    one (:mod:`minivmm.timing.noise`)."""
+    from minivmm.cli import seqinput
+    from minivmm.timing.noise import DEFAULT, StudentT
+    profile = seqinput.load_profile(profile_path)
+    if profile is None or profile.fixed_cost_scatter is None:
+        return DEFAULT
+    scale, df = profile.fixed_cost_scatter
+    return DEFAULT.with_scatter(StudentT(0.0, scale, df), f"scatter: the host profile {profile_path}")
 
 
 def _make_config_directory(path: str) -> None:
@@ -253,7 +281,7 @@ def _run(args: SimpleNamespace) -> int:
         return _churn(args, host, model)
     if args.threads is not None:
         raise CliError("--threads needs --churn (the parallel run of the churn)")
-    costs = seqinput.profile_costs(args.profile, host_hz)
+    costs = seqinput.profile_costs(args.profile, host_hz, plat)
     name = sequence if sequence != "auto" else default_sequence(plat)
     seq = seqinput.load(name)
     seqinput.refuse_what_the_kernel_refuses(seq, plat)
@@ -264,8 +292,8 @@ def _run(args: SimpleNamespace) -> int:
     if host.kvm_error:
         raise gate_opts.unusable(gate, _kvm_refusal(kvm_path, host.kvm_error))
 
-    from minivmm.timing.pressure import PressureWindow
-    pressure = PressureWindow.start()  # how busy the CPUs are while we measure (PSI), for the JSON and the gate
+    from minivmm.timing.pressure import LoadWindow
+    window = LoadWindow.start()  # how busy the CPUs are while we measure (PSI, load average): report, JSON, gate
     partial = None
     try:
         with ProgressBar(f"timing {seq.name}", repeat) as bar:
@@ -281,13 +309,13 @@ def _run(args: SimpleNamespace) -> int:
     except KvmError as e:
         refused = CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", ExitCode.GUEST_FAILED)
         raise resource_error(e) or gate_opts.unusable(gate, refused) from None
-    cpu_pressure_pct = pressure.percent()
-    comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs)
+    load = window.end()
+    comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs, noise=_noise(args.profile))
     facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=host_hz,
                        hz_source=model.hz_source, platform=plat, platform_source=plat_source,
                        backend_module=host.backend_module, srcutree_params=host.srcutree_params, jitter=jitter,
                        host_hz=host.hz, host_platform=host.platform, partial=partial, profile=args.profile,
-                       cpu_pressure_pct=cpu_pressure_pct)
+                       cpu_pressure_pct=load.cpu_pressure_pct, load_average=load.load_average)
     if plot_out is not None:
         from minivmm.timing.plot import plot
         plot_out.write_with(lambda f: plot(comparison, f, host_hz, plat))

@@ -179,7 +179,7 @@ def parse_timing(data: Any, path: str, what: str = "file") -> TimingDocument:
         raise DocumentError(f"{what} {safe(path)}: does not match the timing schema: host.cpu_pressure_pct should be "
                             f"a percentage, is {json.dumps(pressure)[:40]}")
     load = host.get("load_average")
-    if load is not None and (not isinstance(load, list) or len(load) != 3 or not all(
+    if load is not None and (not isinstance(load, (list, tuple)) or len(load) != 3 or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1e6 for x in load)):
         raise DocumentError(f"{what} {safe(path)}: does not match the timing schema: host.load_average should be "
                             f"three load averages, is {json.dumps(load)[:40]}")

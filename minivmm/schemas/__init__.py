@@ -3,7 +3,7 @@
 Every document is a JSON object whose first two keys are ``schema_version`` (an integer, raised when a
 field is renamed, removed or changes meaning; adding a field does not raise it) and ``kind`` (which
 command made it: ``boot``, ``info``, ``model``, ``timing``, ``compare``, ``trace``, ``repro``; ``churn`` is
-``timing --churn``). Durations carry their
+``timing --churn``, ``calibration`` is ``timing --calibrate``). Durations carry their
 unit in the field name (``_ns``, ``_us``, ``_ms``, ``_s``). ``<kind>.schema.json`` in this package
 describes each kind (JSON Schema draft 2020-12); the tests validate every output against it.
 
@@ -20,7 +20,8 @@ from typing import Any
 #: The current version of each kind of document. A command's output carries exactly this version.
 #: Version 2 of model, timing, compare and trace: ``step`` is the step's number, from 1
 #: (:func:`kernel_model.sequences.step_number`), no longer its 0-based position. Version 3 of timing and
-#: trace: the verdict from likelihoods replaces the mean log ratio ``fit``, and ``host.load_average``.
+#: trace: the verdict from likelihoods replaces the mean log ratio ``fit``, and ``host.load_average``;
+#: compare version 3: each step's change is of its trimmed mean (``delta_us``), by a permutation test.
 SCHEMA_VERSIONS: dict[str, int] = {
     "boot": 1,
     "info": 1,
@@ -30,6 +31,7 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "trace": 3,
     "repro": 1,
     "churn": 1,
+    "calibration": 1,
 }
 
 #: The oldest version of a kind that readers still take, where it is older than the current one: a

@@ -332,7 +332,8 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
         load = (0.0, 0.0, 0.0)
     env, how = (ticks.env, "tracefs") if ticks is not None and ticks.env is not None else (TickEnvironment(), "")
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
-                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (), env, how)
+                       tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (), env, how,
+                       fixed_cost_scatter(runs))
 
 
 class Calibration(NamedTuple):
@@ -410,3 +411,24 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
                      f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip); "
                      f"the model with these ticks: {model[0]:.1%} first, {model[1]:.1%} second")
     return "\n".join(lines) + "\n"
+
+
+def fixed_cost_scatter(runs: list[CalibrationRun]) -> tuple[float, int] | None:
+    """This host's scatter around a fixed cost, for the verdict's noise model: Student's t fitted to
+    ln(duration / median) of each run's two registrations (KVM_IOEVENTFD, whose cost does not depend
+    on the tick phase), each against the median of its own kind. None with too few runs to fit."""
+    import math
+    import statistics
+
+    from minivmm.timing.noise import fit_t
+
+    residuals = []
+    for kind in ((r.t_reg_ns, r.t_reg_end_ns) for r in runs), ((r.t_reg2_ns, r.t_reg2_end_ns) for r in runs):
+        durations = [end - start for start, end in kind if start and end > start]
+        if durations:
+            mid = statistics.median(durations)
+            residuals += [math.log(d / mid) for d in durations]
+    if len(residuals) < 10:
+        return None
+    t = fit_t(residuals, center=False)
+    return (t.scale, t.df)

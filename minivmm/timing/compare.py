@@ -125,6 +125,7 @@ def to_json(c: Comparison, host: TimingHost, overhead: dict[str, float]) -> dict
     so that ``minivmm compare`` and the gate can test on them; the quantiles beside them are in
     microseconds."""
     from minivmm.schemas import stamp
+    from minivmm.timing.strace_lines import repetition_lines
 
     steps = []
     for i, step in enumerate(c.sequence.steps):
@@ -141,5 +142,5 @@ def to_json(c: Comparison, host: TimingHost, overhead: dict[str, float]) -> dict
         "sequence": c.sequence.name, "repetitions": len(c.repetitions), "host": asdict(host),
         "timer_overhead_ns": overhead,
         "verdict": c.verdict.to_json(),
-        "strace_example": [r.strace_line() for r in c.repetitions[0].records if r is not None],
+        "strace_example": repetition_lines(c.sequence, c.repetitions[0]),
         "steps": steps})

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import TextIO
 
 from kernel_model.stats import STALL_NS, is_stall, quantiles
-from minivmm.kvm.uapi import IoctlRecord
 from minivmm.timing.compare import Comparison, TimingHost
 from minivmm.timing.pressure import Load
+from minivmm.timing.strace_lines import repetition_lines
 from minivmm.timing.verdict import render_table
 
 #: Fewer repetitions than this cannot estimate p10 and p90, which the fit compares: the 10% tails would
@@ -39,16 +39,8 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
     w("\none repetition, strace -T style (the median one for the stalled step):\n")
     i_rep = _median_repetition(c)
     rep = c.repetitions[i_rep]
-    # fds by role (vm, vcpu0), as trace shows them: the teardown's close() names the VM fd as the ioctls do.
-    roles = fd_roles(rep.records)
-    for step, rec, d in zip(seq.steps, rep.records, rep.durations_ns):
-        if rec is not None:
-            w(strace_line(rec, roles) + "\n")
-        elif step.op == "ioctl":  # replayed, never issued: the host paused for the traced cost
-            w(f"pause <{d / 1e9:.6f}> (not issued: {step.args['name']}, replayed as a pause of its traced "
-              f"cost <{step.args['cost'] / 1e9:.6f}>)\n")
-        else:
-            w(step.strace(d / 1e9) + "\n")
+    for line in repetition_lines(seq, rep):
+        w(line + "\n")
 
     labels = [s.label for s in seq.steps]
     width = max(len(x) for x in labels) + 2
@@ -88,27 +80,6 @@ def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: Tex
 def host_load(host: TimingHost) -> Load:
     """The run's load, as the host facts carry it."""
     return Load(host.cpu_pressure_pct, host.load_average)
-
-
-def fd_roles(records: list[IoctlRecord | None]) -> dict[int, str]:
-    """fd -> role (``system``, ``vm``, ``vcpuN``) from one repetition's records, as ``minivmm trace``
-    names them: the fd KVM_CREATE_VM was issued on, the fd it returned, each KVM_CREATE_VCPU's."""
-    roles: dict[int, str] = {}
-    for rec in records:
-        if rec is None or rec.ret < 0:
-            continue
-        if rec.name == "KVM_CREATE_VM":
-            roles.setdefault(rec.fd, "system")
-            roles[rec.ret] = "vm"
-        elif rec.name == "KVM_CREATE_VCPU":
-            roles[rec.ret] = f"vcpu{rec.arg}"
-    return roles
-
-
-def strace_line(rec: IoctlRecord, roles: dict[int, str]) -> str:
-    """``ioctl(vm, KVM_CREATE_VCPU, 0) = 12 <0.000070>``: strace -T's form with the fd's role."""
-    result = str(rec.ret) if rec.ret >= 0 else f"-1 {rec.errno}"
-    return f"ioctl({roles.get(rec.fd, rec.fd)}, {rec.name}, {rec.arg}) = {result} <{rec.elapsed_ns / 1e9:.6f}>"
 
 
 def measured_stalls(c: Comparison) -> set[int]:
