@@ -349,10 +349,16 @@ def test_trace_documents_export_to_openmetrics_too():
 def test_a_busy_host_is_warned_about_and_makes_the_gate_unusable(tmp_path):
     """CPU pressure over 20% while measuring: compare says so, the gate will not decide (not even on a
     real-looking regression, which the load alone produces on the stall step)."""
+    import io
     busy = planted()
     busy["host"]["cpu_pressure_pct"] = 64.3
+    busy["host"]["load_average"] = [5.5, 4.0, 3.0]
     doc = load_timing(write(tmp_path, "busy.json", busy))
-    assert doc.cpu_pressure_pct == 64.3
+    assert doc.cpu_pressure_pct == 64.3 and doc.load_average == (5.5, 4.0, 3.0)
+    out = io.StringIO()
+    render(compare_documents([load_timing(str(A)), doc]), out)
+    assert "load: CPU pressure 64.3% (PSI some, over the run), load average 5.50 4.00 3.00" in out.getvalue()
+    assert "load: CPU pressure not recorded" in out.getvalue()  # A says nothing about its load
     validate(busy, "timing")
     c = compare_documents([load_timing(str(A)), doc])
     assert any("host was busy" in w and "64.3%" in w for w in c.warnings)

@@ -271,7 +271,7 @@ def render(c: Comparison, out: TextIO) -> None:
     for name, d in zip(names, docs):
         role = "baseline" if d is docs[0] else "compared with A"
         w(f"  {name} = {safe(d.path)}: {d.repetitions} repetitions, kernel {safe(d.kernel)}, HZ={d.hz}, "
-          f"{safe(d.platform)} ({role}); load: {document_load(d).describe()}\n")
+          f"{safe(d.platform)} ({role}); load: {document_load(d).describe('not recorded')}\n")
     for text in c.warnings:
         w(f"warning: {safe(text)}\n")
     labels = [safe(st.name) for st in docs[0].steps]

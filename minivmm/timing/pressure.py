@@ -78,13 +78,14 @@ class Load:
             return self.load_average[0] > (os.cpu_count() or 1)
         return False
 
-    def describe(self) -> str:
-        """``CPU pressure 13.2% (PSI some, over the run), load average 2.31 2.05 1.10``."""
+    def describe(self, missing: str = "not measured (no /proc/pressure/cpu)") -> str:
+        """``CPU pressure 13.2% (PSI some, over the run), load average 2.31 2.05 1.10 on 2 CPUs``;
+        ``missing`` says why there is no pressure when there is none."""
         parts = []
         if self.cpu_pressure_pct is not None:
             parts.append(f"CPU pressure {self.cpu_pressure_pct:g}% (PSI some, over the run)")
         else:
-            parts.append("CPU pressure not measured (no /proc/pressure/cpu)")
+            parts.append(f"CPU pressure {missing}")
         if self.load_average is not None:
             parts.append("load average " + " ".join(f"{x:.2f}" for x in self.load_average)
                          + f" on {os.cpu_count() or 1} CPUs")
