@@ -191,7 +191,8 @@ def read_json(path: str, what: str, limit: int = DOCUMENT_MAX) -> Any:
     except _NumberRefused as e:
         raise FileRefused(what, path, f"is not JSON this reader accepts ({e})") from None
     except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
+        # Cut short: the parser ran off the end, or a string opened and never closed (it runs to the end).
+        if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):
             raise FileRefused(what, path, f"is truncated, so not JSON (it ends mid-document after {len(data)} "
                                           "bytes: was the run that wrote it interrupted?)") from None
         raise FileRefused(what, path, f"is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
