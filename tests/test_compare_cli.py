@@ -190,3 +190,19 @@ def test_timing_gate_on_a_kernel_without_kvm_or_config_is_unusable_not_bad(capsy
     code, _, err = cli(capsys, "timing", "-r", "1", "--platform", "pvm")
     assert code == 2
     one_line_error(err, "cannot read CONFIG_HZ")
+
+
+def test_openmetrics_without_prometheus_client_is_one_line_before_any_work(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_prometheus(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name.startswith("prometheus_client"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_prometheus)
+    code, out, err = cli(capsys, "timing", "--format", "openmetrics", "--platform", "pvm", "--hz", "250", "-r", "1",
+                         "--kvm", "/nonexistent/kvm")
+    assert code == 2 and out == ""
+    one_line_error(err, "pip install 'minivmm[metrics]'")

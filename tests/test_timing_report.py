@@ -163,3 +163,14 @@ def test_a_replayed_step_is_shown_as_the_pause_it_was_and_fds_by_their_role():
     assert lines[1] == ("pause <0.000084> (not issued: KVM_SET_CPUID2, replayed as a pause of its traced cost "
                         "<0.000083>)")
     assert lines[2] == "ioctl(vm, KVM_CREATE_VCPU, 0) = 12 <0.000070>"
+
+
+def test_the_timing_document_is_read_back_as_the_gate_reads_it_before_any_json_round_trip():
+    """timing --baseline gates on its own document as built (tuples, not lists): it must parse."""
+    from minivmm.compare.documents import parse_timing
+    from minivmm.timing.compare import to_json
+    seq = SEQUENCES["registrations-first"]
+    h = host(cpu_pressure_pct=5.0, load_average=(0.5, 0.4, 0.3))
+    doc = to_json(compare(seq, reps(seq, 12), h.hz, h.platform, 50), h, OVERHEAD)
+    parsed = parse_timing(doc, "this run")
+    assert parsed.load_average == (0.5, 0.4, 0.3) and parsed.cpu_pressure_pct == 5.0

@@ -278,9 +278,9 @@ class StepFit:
     against the bias distribution (``bias_p``, two-sided), and their spread, with that bias removed,
     against the prediction's: ``shares`` of the samples below the predicted p10/p50/p90 must stay
     within ``critical`` of 0.1/0.5/0.9 (``distance`` is the largest gap; ``critical`` is the
-    Kolmogorov-Smirnov critical value at ``alpha``, never less than :data:`FIT_FLOOR`)."""
+    Kolmogorov-Smirnov critical value at ``alpha``, never less than :data:`FIT_FLOOR`). The step's
+    part of the likelihood is not here: steps of one op share a bias (:func:`bias_groups`)."""
 
-    log_likelihood: float
     n: int
     alpha: float
     tail_p: float = 1.0
@@ -299,23 +299,22 @@ class StepFit:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"fits": self.fits, "log_likelihood": _finite(self.log_likelihood), "tail_p": self.tail_p,
+        return {"fits": self.fits, "tail_p": self.tail_p,
                 "bias": self.bias, "bias_p": self.bias_p, "shares_below_p10_p50_p90": self.shares,
                 "share_distance": self.distance, "critical": self.critical}
 
 
 def step_fit(m: Measured, p: Predictive, alpha: float) -> StepFit:
     """The :class:`StepFit` of the samples ``m`` under ``p`` at level ``alpha``."""
-    ll = log_likelihood(m, p)
     if m.n == 1:
         y = m.points[0][0] * m.h
-        return StepFit(ll, 1, alpha, tail_p=min(1.0, 2 * min(p.cdf(y), p.sf(y))))
+        return StepFit(1, alpha, tail_p=min(1.0, 2 * min(p.cdf(y), p.sf(y))))
     bias = implied_bias(m, p)
     b = p.noise.bias
     bias_p = min(1.0, 2 * min(b.cdf(bias), b.sf(bias)))
     lo, hi = p.span()
     distance, shares = share_distance(m, shape_cdf(p, bias), lo + bias, hi + bias)
-    return StepFit(ll, m.n, alpha, bias=bias, bias_p=bias_p, distance=distance, shares=shares,
+    return StepFit(m.n, alpha, bias=bias, bias_p=bias_p, distance=distance, shares=shares,
                    critical=max(ks_critical(m.n, alpha), FIT_FLOOR))
 
 
