@@ -19,10 +19,10 @@ as ``minivmm timing -r 30`` does, each with its CPU pressure and load average), 
   fixed-cost step (the first KVM_CREATE_VCPU) waiting for a normal grace period it did not wait for,
   (1, 2] jiffies by tick phase. Power is the share called "regressed".
 
-``moderate`` adds, for the duration of its runs, one busy-loop process per CPU, each busy 3 ms out of
-every 10 (the CPU pressure it gives depends on what else runs: the figures printed are the ones
-measured). ``--save DIR`` keeps every run as a timing document (``--load-from DIR`` evaluates them
-again without measuring). Needs /dev/kvm unless ``--load-from``.
+``moderate`` adds, for the duration of its runs, one busy-loop process per CPU, each busy
+``--moderate-duty`` of every 10 ms (default 0.3; the CPU pressure it gives depends on what else runs:
+the figures printed are the ones measured). ``--save DIR`` keeps every run as a timing document
+(``--load-from DIR`` evaluates them again without measuring). Needs /dev/kvm unless ``--load-from``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kernel_model.sequences import SEQUENCES
+from kernel_model.sequences import SEQUENCES, step_name, step_number
 from kernel_model.stats import median, tick_ns
 from minivmm.compare.documents import TimingDocument, parse_timing
 from minivmm.compare.gate import GateOutcome, decide
@@ -59,12 +59,12 @@ while True:
 
 
 @contextmanager
-def background_load(level: str) -> Iterator[None]:
-    """``quiet``: nothing added; ``moderate``: one busy-loop process per CPU at a 30% duty cycle."""
+def background_load(level: str, duty: float) -> Iterator[None]:
+    """``quiet``: nothing added; ``moderate``: one busy-loop process per CPU, busy ``duty`` of the time."""
     procs: list[subprocess.Popen[bytes]] = []
     if level == "moderate":
         for _ in range(os.cpu_count() or 1):
-            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(duty=0.3)]))
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(duty=duty)]))
     elif level != "quiet":
         raise SystemExit(f"unknown load level {level!r} (quiet, moderate)")
     try:
@@ -90,8 +90,8 @@ def measure_runs(sequence: str, runs: int, repeat: int, hz: int, platform: str, 
         docs.append({
             "schema_version": 2, "kind": "timing", "sequence": sequence, "repetitions": repeat,
             "host": {"kernel": kernel, "hz": hz, "platform": platform, "jitter": True, **load.to_json()},
-            "steps": [{"step": i, "op": s.op, "label": s.label, "samples_ns": [rep.durations_ns[i] for rep in reps]}
-                      for i, s in enumerate(seq.steps)]})
+            "steps": [{"step": step_number(i), "op": s.op, "label": s.label,
+                       "samples_ns": [rep.durations_ns[i] for rep in reps]} for i, s in enumerate(seq.steps)]})
         print(f"\r  run {r + 1}/{runs}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return docs
@@ -168,8 +168,9 @@ def evaluate(level: str, docs: list[dict[str, Any]], seed: int) -> None:
     fixed = steps.index("vcpu")
     n = int(docs[0]["repetitions"])
     plants = {
-        f"step #{stalled} ({docs[0]['steps'][stalled]['label']}) one jiffy longer": (stalled, lambda: [jiffy] * n),
-        f"step #{fixed} ({docs[0]['steps'][fixed]['label']}) waits (1, 2] jiffies more":
+        f"step {step_name(stalled, docs[0]['steps'][stalled]['label'])} one jiffy longer":
+            (stalled, lambda: [jiffy] * n),
+        f"step {step_name(fixed, docs[0]['steps'][fixed]['label'])} waits (1, 2] jiffies more":
             (fixed, lambda: [int(jiffy * (1 + rng.random())) for _ in range(n)]),
     }
     for name, (step, extra) in plants.items():
@@ -187,6 +188,8 @@ def main() -> int:
     parser.add_argument("--sequence", default="registrations-first")
     parser.add_argument("--loads", default="quiet,moderate")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--moderate-duty", type=float, default=0.3, metavar="SHARE",
+                        help="the share of each 10 ms the moderate load's busy loops run (default: 0.3)")
     parser.add_argument("--save", default=None, metavar="DIR")
     parser.add_argument("--load-from", default=None, metavar="DIR")
     args = parser.parse_args()
@@ -200,7 +203,7 @@ def main() -> int:
             if host.hz is None or host.platform is None or host.kvm_error:
                 print("needs /dev/kvm, CONFIG_HZ and a known KVM platform", file=sys.stderr)
                 return 2
-            with background_load(level):
+            with background_load(level, args.moderate_duty):
                 time.sleep(1)  # let the load settle before the first run
                 docs = measure_runs(args.sequence, args.runs, args.repeat, host.hz, host.platform,
                                     host.kernel or "", args.seed)
