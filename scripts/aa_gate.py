@@ -45,6 +45,7 @@ from kernel_model.sequences import SEQUENCES, step_name, step_number
 from kernel_model.stats import median, tick_ns
 from minivmm.compare.documents import TimingDocument, parse_timing
 from minivmm.compare.gate import GateOutcome, decide
+from minivmm.schemas import SCHEMA_VERSIONS
 from minivmm.timing.pressure import BUSY_PRESSURE_PCT, LoadWindow
 
 BUSY_LOOP = """
@@ -85,10 +86,11 @@ def measure_runs(sequence: str, runs: int, repeat: int, hz: int, platform: str, 
     docs = []
     for r in range(runs):
         window = LoadWindow.start()
-        reps, _ = measure(seq, repeat, jitter=True, hz=hz, seed=seed + r)
+        reps, _ = measure(seq, repeat, jitter=True, hz=hz, seed=seed + r, platform=platform)
         load = window.end()
         docs.append({
-            "schema_version": 2, "kind": "timing", "sequence": sequence, "repetitions": repeat,
+            "schema_version": SCHEMA_VERSIONS["timing"], "kind": "timing", "sequence": sequence,
+            "repetitions": repeat,
             "host": {"kernel": kernel, "hz": hz, "platform": platform, "jitter": True, **load.to_json()},
             "steps": [{"step": step_number(i), "op": s.op, "label": s.label,
                        "samples_ns": [rep.durations_ns[i] for rep in reps]} for i, s in enumerate(seq.steps)]})

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES, SequenceError, validate, with_gaps
-from kernel_model.stats import percentile
+from kernel_model.stats import is_stall, median, percentile
 from minivmm.host import read_host_info
 from minivmm.timing.noise import fit
 from minivmm.timing.pressure import PressureWindow
@@ -41,12 +40,12 @@ def residuals_of(name: str, repeat: int, variant: str, hz: int, platform: str) -
 
     seq = SEQUENCES[name]
     reps, _ = measure(seq, repeat, jitter=True, hz=hz, seed=1)
-    gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(len(seq.steps))]
+    gaps = [int(median(r.gaps_ns[i] for r in reps)) for i in range(len(seq.steps))]
     pred = predict(with_gaps(seq, gaps), variant, hz, platform, samples=200)
     out = []
     for i, sp in enumerate(pred.steps):
         lo, hi = min(sp.durations), max(sp.durations)
-        if hi > lo * 1.01 or hi >= 1_000_000:
+        if hi > lo * 1.01 or is_stall(hi):
             continue  # a spread over tick phases, or a stall: not a fixed cost
         out.append([math.log(max(r.durations_ns[i], 1) / hi) for r in reps])
     return out
@@ -72,7 +71,7 @@ def main() -> int:
             continue
         r = residuals_of(name, args.repeat, args.variant, host.hz, host.platform)
         print(f"{name}: {len(r)} fixed-cost steps, their median log-ratios "
-              + " ".join(f"{statistics.median(s):+.2f}" for s in r))
+              + " ".join(f"{median(s):+.2f}" for s in r))
         steps += r
     pressure = window.percent()
     load = os.getloadavg()
