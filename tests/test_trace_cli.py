@@ -67,6 +67,7 @@ def test_text_output_and_exit_status(prog: str) -> None:
                      r"memory_size=2097152, userspace_addr=0x[0-9a-f]+\}\) = 0 <", out)
     assert "ioctl(system, KVM_CREATE_VM, 0) = " in out
     assert "clock: " in out and "exited with 6 ---" in out
+    assert "\nload: CPU pressure " in out  # the load the trace ran under, as timing states it
     assert "--- explanation" in out and "verdict:" in out and "whole set-up" in out
 
 
