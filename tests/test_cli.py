@@ -318,7 +318,8 @@ def test_help_and_readme_cite_messages_not_internal_numbers():
     """Every place the project cites the mailing list for a reader (README, each command's --help) names
     the message, never an internal 'seed NNN' number."""
     from conftest import ROOT
-    texts = {"README.md": (ROOT / "README.md").read_text()}
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    texts = {str(path.relative_to(ROOT)): path.read_text() for path in pages}
     top = run_cli("--help").stdout
     commands = re.findall(r"^  ([a-z]+) ", top.split("Commands:", 1)[1], re.M)
     assert {"boot", "timing", "model", "info"} <= set(commands)

@@ -51,7 +51,7 @@ def test_the_readme_exit_code_table_is_the_exit_code_enum():
     from conftest import run_cli
     from minivmm.cli.errors import ExitCode
     text = (ROOT / "README.md").read_text()
-    section = text.split("### Exit codes\n", 1)[1].strip().split("\n\n", 1)[0]
+    section = text.split("## Exit codes\n", 1)[1].strip().split("\n\n", 1)[0]
     rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
     assert [(int(code), " ".join(meaning.split())) for code, meaning in rows] == \
         [(int(c), c.description) for c in ExitCode]

@@ -420,9 +420,9 @@ def test_the_program_keeps_every_gap_as_written(tmp_path):
 
 
 def test_the_readme_shows_what_repro_writes(tmp_path, capsys):
-    """The README's excerpt of the file for registrations-first is what the command writes (at the HZ and
-    platform the README's machine has); the paragraph naming that machine aside."""
-    text = (ROOT / "README.md").read_text()
+    """docs/repro.md's excerpt of the file for registrations-first is what the command writes (at the HZ and
+    platform the page's machine has); the paragraph naming that machine aside."""
+    text = (ROOT / "docs" / "repro.md").read_text()
     sample = text.split("$ minivmm repro --sequence registrations-first -o repro.c\n", 1)[1].split("```", 1)[0]
     assert main(["repro", "--sequence", "registrations-first", "--hz", "250", "--platform", "pvm"]) == 0
     written = capsys.readouterr().out.splitlines()
@@ -451,9 +451,9 @@ def test_compare_reads_a_reproducers_document_as_a_timing_one_and_the_harness_sh
 
 @pytest.mark.kvm
 def test_the_readme_shows_what_the_program_prints(tmp_path):
-    """The README's run of the program has the lines a real run prints, the numbers (and whatever this
+    """docs/repro.md's run of the program has the lines a real run prints, the numbers (and whatever this
     host stalls on) aside."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "repro.md").read_text()
     sample = text.split("$ gcc -O2 -Wall -o repro repro.c && ./repro\n", 1)[1].split("```", 1)[0].splitlines()
     exe = tmp_path / "repro"
     gcc(write_repro(tmp_path, "registrations-first", model_host=True), exe)

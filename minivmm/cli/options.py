@@ -215,5 +215,5 @@ def sequence_option(default_help: str) -> Any:
     """``-s/--sequence NAME|FILE``; ``default_help`` says what the default is."""
     return typer.Option("-s", "--sequence", metavar="NAME|FILE", autocompletion=complete_sequences,
                         show_default=default_help,
-                        help="a named sequence (minivmm model --list-sequences) or a sequence file (README.md, "
+                        help="a named sequence (minivmm model --list-sequences) or a sequence file (docs/model.md, "
                              "'Sequence files')")

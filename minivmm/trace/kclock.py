@@ -10,7 +10,7 @@ request's type), and on the way out every ioctl's result (the exit event has no 
 with them the tracee's ``close()`` calls and ``exit_group`` (for its teardown), nothing else.
 
 Enabling any syscall tracepoint puts every task of the host on the kernel's slower system-call path
-while the instance exists (the tracepoints are called from it); README "Accuracy and cost" gives the
+while the instance exists (the tracepoints are called from it); docs/trace.md, "Accuracy and cost", gives the
 measured price.
 
 The instance (and the tracefs mount, if we made it) is removed in every case: :class:`KernelClock` is
