@@ -21,10 +21,28 @@ from kernel_model import coalesced_mmio, eventfd, irqchip, srcutree
 from kernel_model.arch.x86 import X86
 from kernel_model.costs import Costs
 from kernel_model.invariants import InvariantChecker, ViolationKind
-from kernel_model.kvm_host import (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, PAGE_SIZE, KvmArch, KvmIoctlError,
-                                   Memslot, x86_only)
-from kernel_model.kvm_io_bus import (NR_IOBUS_DEVS, Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, KvmIoRange,
-                                     __kvm_io_bus_read, __kvm_io_bus_write, claimant, insert_range, remove_range)
+from kernel_model.kvm_host import (
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    PAGE_SIZE,
+    KvmArch,
+    KvmIoctlError,
+    Memslot,
+    x86_only,
+)
+from kernel_model.kvm_io_bus import (
+    NR_IOBUS_DEVS,
+    Ioeventfd,
+    KvmBus,
+    KvmIoBus,
+    KvmIoDevice,
+    KvmIoRange,
+    __kvm_io_bus_read,
+    __kvm_io_bus_write,
+    claimant,
+    insert_range,
+    remove_range,
+)
 from kernel_model.platforms import Arch, Platform
 from kernel_model.sim import Sim
 from kernel_model.variants import Variant

@@ -24,8 +24,8 @@ from typing import Any, Literal, NamedTuple
 
 from kernel_model import kvm_uapi
 from kernel_model.csource import CEmitter, CNames, CStep, c_call, c_close, c_hex, c_ioctl
-from kernel_model.kvm_main import KvmModel
 from kernel_model.kvm_host import KVM_CAP_SPLIT_IRQCHIP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kernel_model.kvm_main import KvmModel
 from kernel_model.kvm_uapi import UapiStruct
 
 #: The arguments of one step, by name, after parsing (ints, bools, names).

@@ -32,6 +32,7 @@ from kernel_model.sim import NSEC_PER_SEC, Sim
 from kernel_model.stats import quantiles
 from kernel_model.variants import get_variant
 
+
 @dataclass
 class StepPrediction:
     """The predicted durations (ns) of one step over every sample."""

@@ -27,7 +27,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-
 #: The stack of each of the VMM's own threads. Their Python code needs little C stack (3.11 runs Python
 #: calls without recursing in C); the deepest C is a device's or the disassembler's, far below this.
 THREAD_STACK = 2 << 20

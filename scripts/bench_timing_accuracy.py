@@ -15,8 +15,8 @@ import argparse
 import sys
 
 from kernel_model.sequences import load_sequence
-from minivmm.host import read_host_info
 from kernel_model.stats import quantiles
+from minivmm.host import read_host_info
 from minivmm.timing.compare import compare
 from minivmm.timing.runner import measure
 

@@ -49,8 +49,8 @@ def _tracefs_unusable_reason() -> str | None:
     timer tracepoints the tick trace records."""
     if os.geteuid() != 0:
         return "tracefs needs root"
-    from minivmm.tracefs import Session, TracefsUnavailable
     from minivmm.timing import ticktrace
+    from minivmm.tracefs import Session, TracefsUnavailable
     try:
         with Session.open() as session:
             inst = session.instance("probe")

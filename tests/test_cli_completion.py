@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from kernel_model.platforms import PLATFORMS
 from kernel_model.sequences import SEQUENCES
 from kernel_model.variants import VARIANTS

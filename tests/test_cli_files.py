@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 A = str(ROOT / "tests" / "data" / "timing-a.json")

@@ -8,9 +8,9 @@ import json
 import pathlib
 
 import pytest
-
 from conftest import ROOT
 from jsonschemas import validate
+
 from minivmm.compare.ab import NotComparable, Settings, compare_documents, render, to_json
 from minivmm.compare.documents import DocumentError, load_timing, parse_timing
 from minivmm.compare.gate import GateOutcome, decide, parse_threshold

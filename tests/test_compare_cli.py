@@ -7,11 +7,11 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli
 from jsonschemas import validate
+from test_compare import MEMSLOT, A, B, _bad_files, noisy_pair, planted, recorded, write
+
 from minivmm.cli.app import main
-from test_compare import A, B, MEMSLOT, _bad_files, noisy_pair, planted, recorded, write
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -7,10 +7,16 @@ import random
 
 import pytest
 
-from kernel_model.stats import median, percentile
-from kernel_model.stats import trimmed_mean
-from minivmm.compare.stats import (bootstrap_diff, cliffs_delta, effect_label, holm, mann_whitney, permutation_test,
-                                   ranks)
+from kernel_model.stats import median, percentile, trimmed_mean
+from minivmm.compare.stats import (
+    bootstrap_diff,
+    cliffs_delta,
+    effect_label,
+    holm,
+    mann_whitney,
+    permutation_test,
+    ranks,
+)
 
 # A tick-bound bimodal step: 4 or 5 ms in two runs with different mixes (many ties).
 BIMODAL_A = [4000 + 1000 * (i % 2) for i in range(30)]

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 from readiness import wait_running_vcpus
+
 from minivmm.devices.console import Console, ConsoleWriter
 
 #: mov dx, 0xe9; mov al, 'A'; out dx, al; jmp back: floods the debug console forever (real mode)

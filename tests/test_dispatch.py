@@ -7,8 +7,19 @@ import pytest
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
 from minivmm.devices.serial import COM1_PORT, Serial16550
-from minivmm.kvm.exits import (HLT, INTERRUPTED, FailEntry, InternalError, IoIn, IoOut, MmioRead, MmioWrite,
-                               Shutdown, SystemEvent, Unsupported)
+from minivmm.kvm.exits import (
+    HLT,
+    INTERRUPTED,
+    FailEntry,
+    InternalError,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unsupported,
+)
 from minivmm.vmm.dispatch import DispatchStats, ExitDispatcher, Verdict
 
 

@@ -7,9 +7,26 @@ from typing import get_args
 import pytest
 
 from minivmm.devices.bus import Bus
-from minivmm.kvm.exits import (EXIT_KINDS, EXIT_TYPES, MMIO_EXITS, PIO_EXITS, FailEntry, Hlt, InternalError,
-                               Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown, SystemEvent,
-                               Unsupported, VcpuExit, describe_exit, exit_kind)
+from minivmm.kvm.exits import (
+    EXIT_KINDS,
+    EXIT_TYPES,
+    MMIO_EXITS,
+    PIO_EXITS,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Interrupted,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unsupported,
+    VcpuExit,
+    describe_exit,
+    exit_kind,
+)
 from minivmm.vmm.dispatch import FIXED_VERDICTS, DispatchStats, ExitDispatcher, Verdict
 
 #: One example value of each kind, built by hand.

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from minivmm.kvm.exits import (HLT, INTERRUPTED, ExitReason, FailEntry, InternalError, IoIn, IoOut,
-                               MmioRead, MmioWrite, Shutdown, SystemEvent, Unsupported, decode_exit,
-                               describe_exit, exit_kind, exit_reason_name)
+from minivmm.kvm.exits import (
+    HLT,
+    INTERRUPTED,
+    ExitReason,
+    FailEntry,
+    InternalError,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unsupported,
+    decode_exit,
+    describe_exit,
+    exit_kind,
+    exit_reason_name,
+)
 from minivmm.kvm.uapi import ffi, lib
 
 RUN_SIZE = 4096

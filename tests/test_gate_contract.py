@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ROOT
-from minivmm.cli.app import main
 from test_compare import A, B, planted, recorded, write
+
+from minivmm.cli.app import main
 
 TERMINAL_CONTROLS = ("\x1b", "\x07", "\r", "\x9b")
 

@@ -8,7 +8,7 @@ import pytest
 
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.image import ImageError, check_placement, read_image
-from minivmm.vmm.layout import MiB, SYSTEM_AREA_SIZE
+from minivmm.vmm.layout import SYSTEM_AREA_SIZE, MiB
 
 
 def test_missing(tmp_path):

@@ -17,7 +17,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 from readiness import takes, wait_until
 

@@ -10,9 +10,19 @@ from hypothesis import strategies as st
 
 from kernel_model.invariants import InvariantChecker
 from kernel_model.kvm_host import KvmIoctlError
+from kernel_model.kvm_io_bus import (
+    NR_IOBUS_DEVS,
+    InKernelDevice,
+    Ioeventfd,
+    KvmBus,
+    KvmIoBus,
+    KvmIoRange,
+    claimant,
+    insert_range,
+    kvm_io_bus_cmp,
+    kvm_io_bus_get_first_dev,
+)
 from kernel_model.kvm_main import KvmModel
-from kernel_model.kvm_io_bus import (NR_IOBUS_DEVS, InKernelDevice, Ioeventfd, KvmBus, KvmIoBus, KvmIoRange,
-                                     claimant, insert_range, kvm_io_bus_cmp, kvm_io_bus_get_first_dev)
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant

@@ -15,8 +15,15 @@ from kernel_model.profile import HostProfile, ProfileError, load_profile, quanti
 from kernel_model.sequences import SEQUENCES
 from kernel_model.sim import Sim
 from kernel_model.tick import TickEnvironment
-from minivmm.timing.calibrate import (CalibrationError, CalibrationRun, TickGrid, estimate_tick_offset,
-                                      model_chain_ns, resolved_latency, timer_latencies)
+from minivmm.timing.calibrate import (
+    CalibrationError,
+    CalibrationRun,
+    TickGrid,
+    estimate_tick_offset,
+    model_chain_ns,
+    resolved_latency,
+    timer_latencies,
+)
 
 TICK = 4_000_000  # HZ=250
 

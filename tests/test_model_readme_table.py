@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from kernel_model.published import FIGURES
 from devtools.model_table import current_table, published_table, replace_table
+from kernel_model.published import FIGURES
 
 README = pathlib.Path(__file__).resolve().parent.parent / "kernel_model" / "README.md"
 

@@ -5,8 +5,8 @@ by where it came from."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
+
 from minivmm import host
 
 

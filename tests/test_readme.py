@@ -29,7 +29,6 @@ def test_ci_runs_the_readme_commands_verbatim():
 def test_the_readme_boot_sample_is_what_boot_prints():
     """The sample in 'What a boot looks like' stays current: the same lines as a real run, timings aside."""
     import pytest
-
     from conftest import KVM_SKIP_REASON, run_cli
     if KVM_SKIP_REASON:
         pytest.skip(f"needs /dev/kvm: {KVM_SKIP_REASON}")
@@ -49,6 +48,7 @@ def test_the_readme_boot_sample_is_what_boot_prints():
 def test_the_readme_exit_code_table_is_the_exit_code_enum():
     """README's "Exit codes" table and ``minivmm --help`` both say what ``ExitCode`` says, row for row."""
     from conftest import run_cli
+
     from minivmm.cli.errors import ExitCode
     text = (ROOT / "README.md").read_text()
     section = text.split("## Exit codes\n", 1)[1].strip().split("\n\n", 1)[0]

@@ -9,8 +9,7 @@ from minivmm.devices.control import DynamicDoorbellCounts
 from minivmm.kvm.exits import HLT, IoOut, Shutdown
 from minivmm.shadow.ftrace import FtraceResult
 from minivmm.vmm.boot import Mode
-from minivmm.vmm.report import (REGISTER_NAMES, MachineSnapshot, RunOutcome, RunTimes, VcpuSnapshot,
-                                build_report, render)
+from minivmm.vmm.report import REGISTER_NAMES, MachineSnapshot, RunOutcome, RunTimes, VcpuSnapshot, build_report, render
 from minivmm.vmm.vcpu_loop import VcpuRecord, VcpuState
 
 TIMES = RunTimes(start=0, ready=2_000_000, run=3_000_000, end=13_000_000)

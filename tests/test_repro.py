@@ -11,17 +11,16 @@ import re
 import subprocess
 
 import pytest
-
-from conftest import ROOT, run_cli
+from conftest import QUIET_PRESSURE_PERCENT, ROOT, run_cli
 from jsonschemas import validate
+from test_ops import QEMU_LIKE
+
 from kernel_model.ops import OPS
 from kernel_model.sequences import SEQUENCES, parse_sequence
 from kernel_model.stats import is_stall, percentile, tick_modes, tick_ns
 from minivmm.cli.app import main
 from minivmm.repro.generate import CProgram, NoCEmitter
 from minivmm.timing.pressure import PressureWindow
-from conftest import QUIET_PRESSURE_PERCENT
-from test_ops import QEMU_LIKE
 
 #: A real set-up: `minivmm trace --until first-run --save-sequence` of QEMU 7.2 (q35, 128 MiB, 2 vCPUs).
 QEMU_TRACE = ROOT / "tests" / "data" / "qemu-q35.seq"

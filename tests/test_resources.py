@@ -10,9 +10,9 @@ import sys
 import threading
 
 import pytest
-
 from conftest import ROOT
 from readiness import wait_running_vcpus
+
 from minivmm.devices.console import Console
 from minivmm.kvm import Kvm
 from minivmm.kvm.memory import GuestMemory

@@ -7,9 +7,9 @@ import json
 
 import jsonschema
 import pytest
-
 from conftest import ROOT, run_cli
 from jsonschemas import validate
+
 from minivmm.schemas import SCHEMA_VERSIONS, schema, stamp
 
 DATA = ROOT / "tests" / "data"

@@ -6,8 +6,18 @@ import random
 
 import pytest
 
-from kernel_model.stats import (STALL_NS, TickModes, is_stall, percentile, percentile_sorted, quantiles, share_below,
-                                tick_mode, tick_modes, tick_ns)
+from kernel_model.stats import (
+    STALL_NS,
+    TickModes,
+    is_stall,
+    percentile,
+    percentile_sorted,
+    quantiles,
+    share_below,
+    tick_mode,
+    tick_modes,
+    tick_ns,
+)
 
 
 def test_percentile_interpolates_between_closest_ranks():

@@ -7,10 +7,10 @@ from __future__ import annotations
 import io
 import json
 
-from kernel_model.explain import explain_variant
-from kernel_model.sequences import SEQUENCES, step_name, step_number
 from test_trace_explain import synthetic_trace
 
+from kernel_model.explain import explain_variant
+from kernel_model.sequences import SEQUENCES, step_name, step_number
 from minivmm.compare.openmetrics import trace_families
 from minivmm.trace.explain import explain
 from minivmm.trace.report import render_explanation, to_json, write_json

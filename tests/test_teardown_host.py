@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from kernel_model.sequences import parse_sequence
 from kernel_model.stats import tick_modes, tick_ns
 

@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import QUIET_PRESSURE_PERCENT
+
 from minivmm.timing import ticktrace
 from minivmm.timing.pressure import PressureWindow
 from minivmm.tracefs import Record

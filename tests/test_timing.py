@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
 from readiness import has_fd, takes, wait_until, wait_vms_closed
+
 from kernel_model.sequences import SEQUENCES
 
 

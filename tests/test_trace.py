@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from minivmm.trace.kclock import ENTER, EXIT, spans_of
-from minivmm.tracefs import Record
 from minivmm.trace.syscalls import SpawnError
 from minivmm.trace.tracer import Clock, StopReason, Tracer
+from minivmm.tracefs import Record
 
 pytestmark = pytest.mark.kvm
 SRC = pathlib.Path(__file__).with_name("trace_prog.c")

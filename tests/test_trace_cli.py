@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from readiness import children, ignores, wait_until
+
 from tests.test_trace import SRC, self_timings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ by the kernel model to the registration whose grace period it waited for."""
 
 from __future__ import annotations
 
-from minivmm.trace import decode
 from kernel_model.stats import STALL_NS
-from minivmm.trace.explain import build_sequence, explain, ioctl_ref
 from minivmm.kvm.uapi import ffi, ioctl_name, lib, request_number
+from minivmm.trace import decode
+from minivmm.trace.explain import build_sequence, explain, ioctl_ref
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TraceResult
 
 

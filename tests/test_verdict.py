@@ -10,14 +10,23 @@ import math
 import random
 
 import pytest
-
 from conftest import ROOT
+
 from kernel_model.predict import predict
 from kernel_model.sequences import SEQUENCES, parse_sequence
 from kernel_model.variants import MAIN_VARIANTS
 from minivmm.timing.noise import DEFAULT, NoiseModel, StudentT, fit, fit_t
-from minivmm.timing.verdict import (TIE_LLR, Measured, Predictive, cdf_distance, discriminating_steps, judge,
-                                    log_likelihood, separating_named_step, step_fit)
+from minivmm.timing.verdict import (
+    TIE_LLR,
+    Measured,
+    Predictive,
+    cdf_distance,
+    discriminating_steps,
+    judge,
+    log_likelihood,
+    separating_named_step,
+    step_fit,
+)
 
 NOISE = NoiseModel(StudentT(0.0, 0.2, 3), StudentT(0.0, 0.1, 3), "test")
 # Noise models around the shipped default: the verdicts below must not hang on its exact figures.

@@ -10,15 +10,14 @@ import typer
 
 from minivmm.cli.app import EPILOG_WIDTH, Command, run_command
 from minivmm.cli.errors import CliError, ExitCode, exit_code_table, kvm_unavailable, outcome_exit_code
-from minivmm.cli.options import (DEFAULT_KVM, Json, Kvm, choice, float_range, int_range, parse_address,
-                                 parse_size)
+from minivmm.cli.options import DEFAULT_KVM, Json, Kvm, choice, float_range, int_range, parse_address, parse_size
 from minivmm.vmm.layout import DEFAULT_LOAD_ADDR
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:  # the VMM is imported when a run starts, not when the command line is parsed
-    from minivmm.devices.console import ConsoleWriter
     from typing import TextIO
 
+    from minivmm.devices.console import ConsoleWriter
     from minivmm.kvm.exits import VcpuExit
     from minivmm.kvm.vcpu import Vcpu
     from minivmm.vmm.machine import Machine

@@ -64,8 +64,15 @@ def run(args: SimpleNamespace) -> int:
 
 
 def _run(args: SimpleNamespace) -> int:
-    from minivmm.compare.ab import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, NotComparable, Settings,
-                                    compare_documents, render, to_json)
+    from minivmm.compare.ab import (
+        DEFAULT_ALPHA,
+        DEFAULT_THRESHOLD,
+        NotComparable,
+        Settings,
+        compare_documents,
+        render,
+        to_json,
+    )
     from minivmm.compare.documents import DocumentError, load_timing
     from minivmm.compare.gate import DEFAULT_THRESHOLD as GATE_THRESHOLD
     from minivmm.compare.gate import decide

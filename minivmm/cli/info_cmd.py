@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from minivmm.cli.app import Command, run_command
 from minivmm.cli.options import DEFAULT_KVM, Json, Kvm, ReportTo
 
-
 HELP = ("Show the KVM API version, the capabilities minivmm uses, the KVM backend (intel, amd, pvm ...), "
         "CONFIG_HZ and the Tree SRCU parameters: the facts that decide ioctl latencies. A missing /dev/kvm is "
         "reported, not an error.")

@@ -10,8 +10,19 @@ import typer
 
 from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError
-from minivmm.cli.options import (Json, Profile, ReportTo, Samples, Seed, choice, complete_sequences,
-                                 complete_variants, hz_option, platform_option, sequence_option)
+from minivmm.cli.options import (
+    Json,
+    Profile,
+    ReportTo,
+    Samples,
+    Seed,
+    choice,
+    complete_sequences,
+    complete_variants,
+    hz_option,
+    platform_option,
+    sequence_option,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError
 from minivmm.cli.options import HostHz, HostPlatform, Samples, int_range, output_option, sequence_option
 
-
 HELP = ("Write a VM set-up sequence as one self-contained C file (libc and <linux/kvm.h> only; gcc -O2 -Wall, "
         "also -static) that runs it in a fresh VM per repetition, each at a random point in a jiffy, times each "
         "ioctl beside the system call, and prints one repetition strace -T style and min/p10/p50/p90/max per "

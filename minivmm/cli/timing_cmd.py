@@ -12,12 +12,28 @@ import typer
 from minivmm.cli import gate_opts
 from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError, ExitCode, kvm_unavailable, resource_error
-from minivmm.cli.options import (DEFAULT_KVM, Format, HostHz, HostPlatform, Json, Kvm, ReportTo, Profile, Samples,
-                                 Seed, int_range, percentage, sequence_option)
+from minivmm.cli.options import (
+    DEFAULT_KVM,
+    Format,
+    HostHz,
+    HostPlatform,
+    Json,
+    Kvm,
+    Profile,
+    ReportTo,
+    Samples,
+    Seed,
+    int_range,
+    percentage,
+    sequence_option,
+)
 
 if TYPE_CHECKING:
+    from kernel_model.sequences import Sequence
     from minivmm.host import HostInfo, ModelledKernel
     from minivmm.timing.noise import NoiseModel
+    from minivmm.timing.pressure import Load
+    from minivmm.timing.runner import Repetition
 
 
 def _kvm_refusal(kvm_path: str, reason: str) -> CliError:
@@ -99,9 +115,9 @@ def _calibrate(args: SimpleNamespace, hz: int, plat: str, kernel: str, kvm_error
     import json
 
     from kernel_model.profile import default_path, is_profile_file
-    from minivmm.progress import ProgressBar
     from minivmm.files import Output
     from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.progress import ProgressBar
     from minivmm.timing.calibrate import CalibrationError, calibrate, describe
 
     path = args.profile or default_path()
@@ -248,17 +264,44 @@ def run(args: SimpleNamespace) -> int:
         signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
+def _measure(seq: Sequence, args: SimpleNamespace, gate: gate_opts.Gate | None,
+             host_hz: int) -> tuple[list[Repetition], dict[str, float], int | None, Load]:
+    """The host measurement with the load while it ran: (repetitions, timer overhead, the requested count
+    when an interrupt cut it short else None, load); the host's refusals as timing's errors."""
+    from minivmm.kvm.errors import KvmError, KvmUnavailable
+    from minivmm.progress import ProgressBar
+    from minivmm.timing.pressure import LoadWindow
+    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
+
+    repeat = args.repeat
+    window = LoadWindow.start()  # how busy the CPUs are while we measure (PSI, load average): report, JSON, gate
+    partial = None
+    try:
+        with ProgressBar(f"timing {seq.name}", repeat) as bar:
+            reps, overhead = measure(seq, repeat, args.jitter, host_hz, args.kvm_path, on_progress=bar.update,
+                                     seed=args.seed)
+    except MeasurementInterrupted as e:
+        if not e.reps:
+            raise KeyboardInterrupt from None  # nothing measured: nothing to report
+        reps, overhead, partial = e.reps, e.overhead, repeat
+    except SequenceUnrunnable as e:
+        raise CliError(f"sequence {seq.name}: {e}") from None
+    except KvmUnavailable as e:
+        raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
+    except KvmError as e:
+        refused = CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", ExitCode.GUEST_FAILED)
+        raise resource_error(e) or gate_opts.unusable(gate, refused) from None
+    return reps, overhead, partial, window.end()
+
+
 def _run(args: SimpleNamespace) -> int:
     import os
 
     from kernel_model.platforms import PLATFORMS, default_sequence
+    from minivmm.cli import seqinput
     from minivmm.host import modelled_kernel, read_host_info, this_host
-    from minivmm.kvm.errors import KvmError, KvmUnavailable
     from minivmm.timing.compare import TimingHost, compare, to_json
     from minivmm.timing.report import render
-    from minivmm.cli import seqinput
-    from minivmm.progress import ProgressBar
-    from minivmm.timing.runner import MeasurementInterrupted, SequenceUnrunnable, measure
 
     gate = gate_opts.prepare(args)  # --baseline, --threshold, --format: checked (and loaded) first
     sequence, repeat, jitter, hz, platform = args.sequence, args.repeat, args.jitter, args.hz, args.platform
@@ -292,24 +335,7 @@ def _run(args: SimpleNamespace) -> int:
     if host.kvm_error:
         raise gate_opts.unusable(gate, _kvm_refusal(kvm_path, host.kvm_error))
 
-    from minivmm.timing.pressure import LoadWindow
-    window = LoadWindow.start()  # how busy the CPUs are while we measure (PSI, load average): report, JSON, gate
-    partial = None
-    try:
-        with ProgressBar(f"timing {seq.name}", repeat) as bar:
-            reps, overhead = measure(seq, repeat, jitter, host_hz, kvm_path, on_progress=bar.update, seed=seed)
-    except MeasurementInterrupted as e:
-        if not e.reps:
-            raise KeyboardInterrupt from None  # nothing measured: nothing to report
-        reps, overhead, partial = e.reps, e.overhead, repeat
-    except SequenceUnrunnable as e:
-        raise CliError(f"sequence {seq.name}: {e}") from None
-    except KvmUnavailable as e:
-        raise gate_opts.unusable(gate, kvm_unavailable(e)) from None
-    except KvmError as e:
-        refused = CliError(f"sequence {seq.name}: {e.strerror} (the host refused this step)", ExitCode.GUEST_FAILED)
-        raise resource_error(e) or gate_opts.unusable(gate, refused) from None
-    load = window.end()
+    reps, overhead, partial, load = _measure(seq, args, gate, host_hz)
     comparison = compare(seq, reps, host_hz, plat, samples, seed, costs=costs, noise=_noise(args.profile))
     facts = TimingHost(kernel=host.kernel, machine=os.uname().machine, hz=host_hz,
                        hz_source=model.hz_source, platform=plat, platform_source=plat_source,

@@ -24,8 +24,7 @@ import typer
 
 from minivmm.cli.app import Command, run_command
 from minivmm.cli.errors import CliError, ExitCode
-from minivmm.cli.options import (Format, HostHz, HostPlatform, Json, ReportTo, Samples, choice, float_range,
-                                 int_range)
+from minivmm.cli.options import Format, HostHz, HostPlatform, Json, ReportTo, Samples, choice, float_range, int_range
 
 DESCRIPTION = """\
 Start COMMAND (a VMM: QEMU, Firecracker, crosvm, cloud-hypervisor, minivmm boot ...) and record every
@@ -158,11 +157,10 @@ def run(args: SimpleNamespace) -> int:
     args.sequence_out = Output(args.save_sequence, "--save-sequence") if args.save_sequence is not None else None
     args.report_out = Output(args.output, "--output") if args.output is not None else None
 
+    from minivmm.timing.pressure import LoadWindow
     from minivmm.trace.kclock import KernelClockUnavailable
     from minivmm.trace.syscalls import SpawnError
     from minivmm.trace.tracer import AttachError, PtraceDenied, Tracer, spawn_failure_message
-
-    from minivmm.timing.pressure import LoadWindow
     detach_pipe: list[int] = []
     load = LoadWindow.start()  # how busy the CPUs were while the program ran, for the report
 
@@ -293,6 +291,13 @@ def _report(args: SimpleNamespace, result: Any, argv: list[str], load: Any = Non
     else:
         fill(sys.stdout)
         sys.stdout.flush()
+    _closing_lines(args, result, argv, outcome, code, exs, note)
+    return code
+
+
+def _closing_lines(args: SimpleNamespace, result: Any, argv: list[str], outcome: str, code: int, exs: list[Any],
+                   note: str) -> None:
+    """The one-line notes and errors on stderr after the report: how the program ended, what was followed."""
     if outcome == "no_kvm_ioctls":
         status = (f"was killed by signal {result.exit_signal}" if result.exit_signal is not None
                   else f"ended with exit status {result.exit_code}")
@@ -314,7 +319,6 @@ def _report(args: SimpleNamespace, result: Any, argv: list[str], load: Any = Non
               + ("" if result.events else " (it had issued no KVM ioctl)"))
     if exs == [] and note.startswith("explanation "):
         _note(note)
-    return code
 
 
 def _save_sequences(output: Any, result: Any, exs: list[Any], recorded: tuple[int, str] | None, note: str) -> bool:

@@ -28,8 +28,8 @@ alarm rate) and how often it catches an extra grace-period wait (the power).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kernel_model.sequences import step_number

@@ -27,8 +27,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.compare.ab import (DEFAULT_ALPHA, MIN_SAMPLES, Comparison, Settings, StepChange, compare_documents,
-                                document_load, fmt_delta)
+from minivmm.compare.ab import (
+    DEFAULT_ALPHA,
+    MIN_SAMPLES,
+    Comparison,
+    Settings,
+    StepChange,
+    compare_documents,
+    document_load,
+    fmt_delta,
+)
 from minivmm.compare.documents import TimingDocument
 from minivmm.safetext import safe
 from minivmm.timing.pressure import BUSY_PRESSURE_PCT

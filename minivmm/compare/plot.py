@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from minivmm.compare.ab import Comparison, StepChange, fmt_delta, trimmed
 from kernel_model.stats import percentile
+from minivmm.compare.ab import Comparison, StepChange, fmt_delta, trimmed
 
 #: At most this many panels: a mail reader scrolls no further, and the summary line names every change.
 MAX_PANELS = 4

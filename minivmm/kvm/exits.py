@@ -347,7 +347,9 @@ class ExitDecoder:
         """Return the exit ``kvm_run`` holds now as a value (without running the vCPU)."""
         return self.run(False)
 
-    def run(self, enter: bool = True) -> VcpuExit:
+    # The hot path: one frame per exit by design (a helper call costs ~0.15 us on a cold exit), so it
+    # stays above the complexity limit.
+    def run(self, enter: bool = True) -> VcpuExit:  # noqa: C901
         """Run the vCPU until its next exit to userspace (KVM_RUN on ``fd``), and return that exit as a
         value; with ``enter`` False, only decode the exit ``kvm_run`` holds now.
 

@@ -8,8 +8,8 @@ import stat
 from typing import Any
 
 from minivmm.kvm.errors import KvmError, KvmUnavailable
-from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.uapi import IoctlTracer, ffi, ioctl_ptr, ioctl_val, lib
 from minivmm.kvm.vm import Vm, VmObserver
 
 

@@ -44,13 +44,13 @@ import enum
 import threading
 from bisect import bisect_right
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, NamedTuple
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kernel_model.invariants import InvariantChecker
 from kernel_model.kvm_host import KvmIoctlError
-from kernel_model.kvm_main import KvmModel
 from kernel_model.kvm_io_bus import Ioeventfd, KvmBus, KvmIoBus, KvmIoDevice, first_taker, offered_devices
+from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.sim import Sim
 from kernel_model.variants import get_variant

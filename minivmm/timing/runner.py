@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from kernel_model.sequences import Sequence, validate
 from kernel_model.sim import SLEEP_ABOVE_NS, SPIN_LAST_NS
-from minivmm.kvm.system import Kvm
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.kvm.system import Kvm
 from minivmm.kvm.uapi import IoctlRecord, IoctlTracer, ioctl_val, lib
 from minivmm.timing.host_ops import HostState, SequenceUnrunnable, host_step
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from kernel_model.sequences import step_number

@@ -26,7 +26,6 @@ from minivmm.trace import srcu_check
 from minivmm.trace.syscalls import KVMIO
 from minivmm.tracefs import COMMIT_SLACK_NS, Instance, Record, Session, TracefsUnavailable
 
-
 BUFFER_KB_PER_CPU = 16384
 ENTER, EXIT = "syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl"
 CLOSE, CLOSED, EXIT_GROUP = "syscalls/sys_enter_close", "syscalls/sys_exit_close", "syscalls/sys_enter_exit_group"

@@ -16,6 +16,7 @@ from minivmm.trace.eventlog import EventLog
 from minivmm.trace.explain import Explanation, VmTrace, ioctl_ref, main_vm, stalled_steps, step_ref, vms_of
 from minivmm.trace.tracer import Clock, IoctlEvent, StopReason, TeardownCall, TraceResult
 
+
 def _sig(n: int | None) -> str:
     if n is None:
         return "?"

@@ -7,13 +7,26 @@ bus). Reads are answered through the ``completer`` (the vCPU, or a test double) 
 from __future__ import annotations
 
 import enum
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from minivmm.devices.bus import Bus, BusDevice, BusTable, resolve_in
-from minivmm.kvm.exits import (EXIT_TYPES, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
-                               MmioWrite, Shutdown, SystemEvent, Unsupported, VcpuExit)
+from minivmm.kvm.exits import (
+    EXIT_TYPES,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Interrupted,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unsupported,
+    VcpuExit,
+)
 
 
 class Completer(Protocol):

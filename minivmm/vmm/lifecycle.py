@@ -22,8 +22,8 @@ from types import FrameType
 from typing import Any
 
 from minivmm.kvm.vcpu import Vcpu
-from minivmm.vmm.outcome import RunOutcome
 from minivmm.threads import DaemonThread, reserve_address_space
+from minivmm.vmm.outcome import RunOutcome
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL, OUT_OF_MEMORY, RunControl, VcpuRecord, stop_vcpu_threads
 
 #: The signals that stop a run, and the outcome each means.

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from minivmm.devices.bus import Bus
 from minivmm.devices.console import Console
-from minivmm.devices.debugcon import DEBUGCON_PORT, DebugCon
 from minivmm.devices.control import CONTROL_SIZE, ControlDevice, DynamicDoorbellRegion, DynamicDoorbells
+from minivmm.devices.debugcon import DEBUGCON_PORT, DebugCon
 from minivmm.devices.doorbell import DOORBELL_SIZE, DOORBELL_WRITE_LEN, Doorbell
 from minivmm.devices.scratch import SCRATCH_SIZE, Scratch
 from minivmm.devices.serial import COM1_PORT, UART_REGISTERS, Serial16550
@@ -32,8 +32,16 @@ from minivmm.vmm import boot
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.dispatch import ExitDispatcher
 from minivmm.vmm.image import check_placement
-from minivmm.vmm.layout import (CONTROL_BASE, DEFAULT_LOAD_ADDR, DEFAULT_MEM_SIZE, DOORBELL_BASE,
-                                DYNAMIC_DOORBELL_BASE, DYNAMIC_DOORBELL_STRIDE, RAM_SLOT, SCRATCH_BASE)
+from minivmm.vmm.layout import (
+    CONTROL_BASE,
+    DEFAULT_LOAD_ADDR,
+    DEFAULT_MEM_SIZE,
+    DOORBELL_BASE,
+    DYNAMIC_DOORBELL_BASE,
+    DYNAMIC_DOORBELL_STRIDE,
+    RAM_SLOT,
+    SCRATCH_BASE,
+)
 from minivmm.vmm.lifecycle import StopRequest, VcpuThreads, kick_handler, stop_signals
 from minivmm.vmm.outcome import RunOutcome, final_outcome
 from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, run_vcpu
@@ -41,6 +49,7 @@ from minivmm.vmm.vcpu_loop import ExitHook, RunControl, VcpuRecord, VcpuState, r
 if TYPE_CHECKING:  # the shadow (and the kernel model under it) is imported only when a run uses it
     from minivmm.shadow.checker import ShadowChecker
     from minivmm.shadow.ftrace import FtraceResult, FtraceSession
+
     # The report is imported when the run is over (see minivmm.vmm.outcome for why that is free).
     from minivmm.vmm.report import MachineSnapshot, RunReport, VcpuSnapshot
 
