@@ -4,7 +4,7 @@
     python3 scripts/soak.py [--minutes 10] [--cases regrace,liar,mmiowalk,regloop,regmulti]
                             [--rss-bound-mib 5] [--ftrace]
 
-The cases (issue 10's reproducers, and regmulti):
+The cases (the shadow's hostile reproducers, and regmulti):
 
     regrace   guest/regrace.bin, 3 vCPUs: registrations race with reports (a false violation, exit 3,
               is what the old shadow made of it); must halt clean

@@ -1,4 +1,4 @@
-"""Corrections to the kernel model found in review (issue 13 point 4), each against the kernel rule."""
+"""Corrections to the kernel model found in review, each against the kernel rule."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def test_no_check_turns_the_shadow_off(boot, guest_image):
     assert report.outcome is RunOutcome.HALTED and report.extra["shadow"] == {"enabled": False}
 
 
-# --- soundness under any interleaving (issue 10, 2a) ---------------------------------------------
+# --- soundness under any interleaving ----------------------------------------------------
 
 def test_a_completion_while_the_assign_is_in_flight_is_accounted():
     shadow, counter, ev = shadow_with_doorbell()
@@ -242,7 +242,7 @@ def test_the_registration_race_guest_halts_clean_on_three_vcpus(boot, guest_imag
     assert dyn["kernel_counted"] >= 3 * 600  # each vCPU's first write after its acknowledged registration
 
 
-# --- one claim rule: the model's kvm_io_bus lookup (issue 10, 2b) ----------------------------------
+# --- one claim rule: the model's kvm_io_bus lookup -----------------------------------------
 
 def test_the_exit_check_uses_the_kernels_lookup_not_a_scan():
     # Registered in this order, kvm_io_bus_cmp() is not monotonic over the sorted array and the
@@ -258,7 +258,7 @@ def test_the_exit_check_uses_the_kernels_lookup_not_a_scan():
         assert shadow.violation_count == flagged, order
 
 
-# --- a guest's false count about itself is its own error (issue 10, 2c) ------------------------------
+# --- a guest's false count about itself is its own error -------------------------------------
 
 # movl $0x03000005, 0xd0002000 (CONTROL's CMD: "I wrote doorbell slot 0 five times"); hlt
 LYING_GUEST = bytes.fromhex("c705" "002000d0" "05000003" "f4")
@@ -320,7 +320,7 @@ def test_a_lying_guest_exits_5_from_the_cli(tmp_path):
     assert "guest-report-does-not-add-up" in proc.stdout and "Traceback" not in proc.stderr
 
 
-# --- the exit check's cache: per bus version, bounded by the bus (issue 10 point 3, issue 14) --------
+# --- the exit check's cache: per bus version, bounded by the bus ------------------------------------
 
 def test_a_datamatch_ioeventfd_claims_only_its_value_and_the_verdict_is_cached_per_version():
     shadow = ShadowChecker()
@@ -371,7 +371,7 @@ def test_versions_no_window_can_reach_are_pruned_and_a_finished_vcpu_pins_none()
     assert shadow.versions_kept <= 3     # now only vCPU 0's window counts
 
 
-# --- the exit registry decides what is judged (issue 9, point 1) -----------------------------------
+# --- the exit registry decides what is judged ----------------------------------------------------
 
 @pytest.mark.parametrize("cls", EXIT_TYPES, ids=lambda c: c.__name__)
 def test_the_shadow_judges_exactly_the_bus_exits_of_the_registry(cls):

@@ -1,4 +1,4 @@
-"""Bounded memory for whatever a guest drives (issue 10, point 3): with the shadow on, a guest that
+"""Bounded memory for whatever a guest drives: with the shadow on, a guest that
 reads ever-new MMIO addresses, or registers and unregisters doorbells in a loop, must not grow the
 VMM's resident memory. Each run is long enough that the old per-address claim cache or the unpruned
 bus versions grew RSS by tens of MiB; now it stays within a few."""
