@@ -144,8 +144,8 @@ def complete_variants(incomplete: str) -> list[str]:
 
 #: ``--json``: one JSON document instead of text (every command that reports).
 Json = Annotated[bool, typer.Option(
-    "--json", help="print one JSON document instead of text (schema_version 1; its JSON Schema is in "
-                   "minivmm/schemas/)")]
+    "--json", help="print one JSON document instead of text (its schema_version and kind first; its JSON "
+                   "Schema is in minivmm/schemas/)")]
 
 HZ_RANGE = int_range(1, 10000)
 
