@@ -105,3 +105,41 @@ def wait_vms_closed(proc: subprocess.Popen[str], count: int = 1) -> None:
         return seen["closed"] >= count
 
     wait_until(closed_enough, f"{count} VM(s) created and closed", proc)
+
+
+def in_single_threaded_child(body: Callable[[], None], timeout: float = READY_TIMEOUT) -> None:
+    """Run ``body`` in a forked child, where it is the only thread, and fail with its error if it fails.
+
+    A test that sends a process-directed signal to itself relies on every thread blocking it, as
+    minivmm's threads do (they start after the mask is set). The test runner may have threads of its own
+    (pytest-xdist's worker has one) that block nothing, and the kernel may deliver the signal to one of
+    them, whose default action ends the runner. A forked child has only the forking thread."""
+    import traceback
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report any failure through the pipe, never return into the runner
+        code = 0
+        try:
+            os.close(read_end)
+            body()
+        except BaseException:  # noqa: BLE001 - everything is reported to the parent
+            os.write(write_end, traceback.format_exc().encode(errors="replace"))
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            raise AssertionError(f"the forked test did not end within {timeout:.0f} s")
+        time.sleep(POLL)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise AssertionError(f"in the forked child (status {os.waitstatus_to_exitcode(status)}):\n{report}")

@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import ROOT
-from readiness import takes, wait_until
+from readiness import in_single_threaded_child, takes, wait_until
 
 pytestmark = pytest.mark.kvm
 
@@ -93,33 +93,37 @@ def test_sigint_before_the_vcpus_start_still_reports_and_releases(tmp_path):
 
 
 def test_stop_signals_record_the_first_and_put_everything_back():
-    import os
+    def body() -> None:
+        import os
 
-    from minivmm.vmm.lifecycle import StopRequest, stop_signals
-    from minivmm.vmm.report import RunOutcome
-    handler_before = signal.getsignal(signal.SIGINT)
-    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
-    with stop_signals(StopRequest()) as stop:
-        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
-        os.kill(os.getpid(), signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while stop.signum is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)  # a second signal: already stopping
-        time.sleep(0.05)
-        assert stop.signum == signal.SIGTERM and stop.outcome is RunOutcome.TERMINATED
-    assert signal.getsignal(signal.SIGINT) is handler_before
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask_before
+        from minivmm.vmm.lifecycle import StopRequest, stop_signals
+        from minivmm.vmm.report import RunOutcome
+        handler_before = signal.getsignal(signal.SIGINT)
+        mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        with stop_signals(StopRequest()) as stop:
+            assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while stop.signum is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: already stopping
+            time.sleep(0.05)
+            assert stop.signum == signal.SIGTERM and stop.outcome is RunOutcome.TERMINATED
+        assert signal.getsignal(signal.SIGINT) is handler_before
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask_before
+    in_single_threaded_child(body)
 
 
 def test_stop_signals_arriving_as_the_handlers_are_removed_are_the_run_s_not_a_keyboardinterrupt():
-    import os
+    def body() -> None:
+        import os
 
-    from minivmm.vmm.lifecycle import StopRequest, stop_signals
-    for _ in range(50):
-        with stop_signals(StopRequest()) as stop:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGINT)  # the block ends at once: the watcher may not have taken them
-        # Both were taken while the handlers were in place (two pending together come lowest-numbered first).
-        assert stop.signum in (signal.SIGTERM, signal.SIGINT)
-        assert not signal.sigpending() & {signal.SIGTERM, signal.SIGINT}
+        from minivmm.vmm.lifecycle import StopRequest, stop_signals
+        for _ in range(50):
+            with stop_signals(StopRequest()) as stop:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)  # the block ends at once: the watcher may not have taken them
+            # Both were taken while the handlers were in place (two pending together come lowest-numbered first).
+            assert stop.signum in (signal.SIGTERM, signal.SIGINT)
+            assert not signal.sigpending() & {signal.SIGTERM, signal.SIGINT}
+    in_single_threaded_child(body)
