@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def assert_one_line_error(proc, code: int, *fragments: str) -> None:
@@ -441,3 +443,18 @@ def test_a_ctrl_c_that_python_wrapped_in_another_error_is_still_an_interruption(
     monkeypatch.setattr(model_cmd, "run", interrupted_import)
     assert app.main(["model"]) == 130
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("module", ["typer", "minivmm._kvm"])
+def test_a_broken_installation_is_one_line_and_exit_4(module, tmp_path):
+    # A required package that cannot be imported (a partial install, a venv without its dependencies)
+    # is the installation's fault: one line naming it and the repair, the "cannot run here" code.
+    blocker = (f"import sys; sys.modules[{module!r}] = None; "
+               "sys.argv = ['minivmm', 'boot', " + repr(str(ROOT / "guest" / "hello.bin")) + "]; "
+               "from minivmm.cli.app import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"minivmm: error: the installation is incomplete: cannot import {module}")
+    assert "reinstall" in line

@@ -64,13 +64,18 @@ EPILOG_WIDTH = 76
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (``console_main`` exits with it)."""
+    from minivmm.cli.errors import CliError, ExitCode, missing_module_error
     try:
         # Imports happen here, under the handler, so that a Ctrl-C during start-up ends quietly too.
         import typer
-
-        from minivmm.cli.errors import CliError, ExitCode
     except KeyboardInterrupt:
         return 130
+    except ImportError as e:
+        missing = missing_module_error(e)
+        if missing is None:
+            raise
+        _print_error(str(missing))
+        return int(missing.code)
     words = sys.argv[1:] if argv is None else list(argv)
     try:
         guard_stdout()
@@ -227,10 +232,15 @@ def _param_name(param: object) -> str | None:
 def _report_failure(e: Exception) -> int:
     """An exception no command turned into a CliError: a file refused, an output that failed, or a
     resource that ran out becomes its one line and exit code; anything else is a bug and is raised."""
-    from minivmm.cli.errors import ExitCode, resource_error
+    from minivmm.cli.errors import ExitCode, missing_module_error, resource_error
     from minivmm.files import FileRefused, WriteFailed
     if _interrupted(e):
         return int(ExitCode.INTERRUPTED)
+    if isinstance(e, ImportError):
+        missing = missing_module_error(e)
+        if missing is not None:  # a dependency imported only by the command that needs it
+            _print_error(str(missing))
+            return int(missing.code)
     if isinstance(e, FileRefused):
         _print_error(str(e))
         return int(ExitCode.BAD_INPUT)

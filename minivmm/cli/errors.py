@@ -35,7 +35,7 @@ class ExitCode(enum.IntEnum):
     VIOLATION = 3, ("the kernel broke a rule: the shadow (or the --ftrace cross-check) found a violation, and "
                     "only that")
     KVM_UNAVAILABLE = 4, ("cannot run here: /dev/kvm (or --kvm) missing or not accessible (the KVM selftests' "
-                          "skip code)")
+                          "skip code), or the installation is incomplete (a required package is missing)")
     GUEST_ERROR = 5, ("the guest broke the VMM's protocol (e.g. the counts it reports about itself do not add "
                       "up): a guest error, not a kernel one")
     WRITE_FAILED = 6, ("the output could not be written (standard output or a file: disk full, I/O error); a "
@@ -111,6 +111,23 @@ def kvm_unavailable(e: OSError) -> CliError:
         return exhausted
     code = ExitCode.KVM_UNAVAILABLE if e.errno in _CANNOT_RUN_HERE else ExitCode.BAD_INPUT
     return CliError(e.strerror or str(e), code)
+
+
+#: The modules minivmm cannot run without: its dependencies (pyproject.toml) and theirs, and its two
+#: compiled cffi modules. One of them missing is a broken installation, not a bug in minivmm.
+REQUIRED_MODULES = frozenset({"typer", "rich", "shellingham", "annotated_doc", "cffi", "_cffi_backend", "pycparser",
+                              "capstone", "minivmm._kvm", "minivmm._trace"})
+
+
+def missing_module_error(e: ImportError) -> CliError | None:
+    """The one-line error (exit 4) for a required module that cannot be imported, naming it and the
+    command that repairs the installation; None for any other import error (an optional package, such
+    as matplotlib for --plot, is reported by the command that needs it)."""
+    name = e.name or ""
+    if name not in REQUIRED_MODULES and name.partition(".")[0] not in REQUIRED_MODULES:
+        return None
+    return CliError(f"the installation is incomplete: cannot import {name} ({e}); reinstall minivmm "
+                    "(pip install . in its source tree)", ExitCode.KVM_UNAVAILABLE)
 
 
 def resource_error(e: BaseException) -> CliError | None:
