@@ -76,6 +76,21 @@ def test_a_show_sequence_sample_is_what_the_command_prints():
             assert run_cli("model", "--show-sequence", name).stdout == shown, (page.name, name)
 
 
+def test_model_samples_are_what_the_command_prints():
+    # A sample of `minivmm model` (deterministic: the model's seed is fixed) shows some of its lines,
+    # "..." standing for the rest; each line shown must begin a line the command prints now.
+    samples = re.findall(r"```text\n\$ minivmm (model [^\n]*)\n(.*?)```", (DOCS / "model.md").read_text(), re.S)
+    assert samples, "docs/model.md has no `minivmm model` sample"
+    for command, shown in samples:
+        if "--show-sequence" in command:
+            continue  # checked whole above
+        printed = run_cli(*command.split()).stdout.splitlines()
+        for line in shown.splitlines():
+            head = line.removesuffix("...").rstrip()
+            if head:
+                assert any(out.startswith(head) for out in printed), (command, line)
+
+
 def test_the_readme_s_first_runs_use_options_that_exist():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("A few first runs:", 1)[1].split("```", 2)[1]

@@ -23,17 +23,13 @@ from minivmm.cli.options import (
     platform_option,
     sequence_option,
 )
+from minivmm.durations import fmt_us
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); mypy knows the name
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
     from minivmm.host import ModelledKernel
-
-
-def _fmt_us(us: float) -> str:
-    """12.3 us, 4.56 ms: the unit a person reads at a glance."""
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
 def render_predictions(predictions: list[Any], out: TextIO, profile: str | None = None,
@@ -54,7 +50,7 @@ def render_predictions(predictions: list[Any], out: TextIO, profile: str | None 
         for sp in pred.steps:
             w(sp.step.strace(sp.stats()["p50"] / 1e6) + "\n")
     labels = [sp.step.label for sp in first.steps]
-    cells = [[f"{_fmt_us(st['p50'])} [{_fmt_us(st['p10'])} - {_fmt_us(st['p90'])}]"
+    cells = [[f"{fmt_us(st['p50'])} [{fmt_us(st['p10'])} - {fmt_us(st['p90'])}]"
               for st in (p.steps[i].stats() for p in predictions)] for i in range(len(labels))]
     width = max(len(label) for label in labels + ["step"])
     col = max([len(c) for row in cells for c in row] + [len(p.variant) for p in predictions]
@@ -98,11 +94,11 @@ def render_explanations(explanations: list[Any], out: TextIO) -> None:
     w = out.write
     for ex in explanations:
         st = ex.setup
-        w(f"\n# variant {ex.variant}: why each step took its time; whole set-up {_fmt_us(st['p50'])} "
-          f"[{_fmt_us(st['p10'])} - {_fmt_us(st['p90'])}] (p50 [p10 - p90])\n")
+        w(f"\n# variant {ex.variant}: why each step took its time; whole set-up {fmt_us(st['p50'])} "
+          f"[{fmt_us(st['p10'])} - {fmt_us(st['p90'])}] (p50 [p10 - p90])\n")
         shown = [s for s in ex.steps if s.waited_for_gp or not s.modelled]
         for s in shown:
-            w(f"{step_name(s.index, s.label)}: p50 {_fmt_us(s.p50_us)}: {s.describe()}\n")
+            w(f"{step_name(s.index, s.label)}: p50 {fmt_us(s.p50_us)}: {s.describe()}\n")
         if not shown:
             w("no step waited for a grace period\n")
 

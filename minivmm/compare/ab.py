@@ -36,6 +36,7 @@ from kernel_model.sequences import step_number
 from kernel_model.stats import percentile, trimmed_mean
 from minivmm.compare.documents import StepSamples, TimingDocument
 from minivmm.compare.stats import bootstrap_diff, cliffs_delta, effect_label, holm, permutation_test
+from minivmm.durations import fmt_delta
 from minivmm.safetext import safe
 from minivmm.timing.pressure import Load
 
@@ -124,18 +125,6 @@ class Comparison:
             return "no significant change"
         paths = [d.path for d in self.docs]
         return "changed significantly: " + "; ".join(c.describe(paths) for c in self.changed)
-
-
-def fmt_us(us: float) -> str:
-    """0.05 us, 28.2 us, 5.71 ms: a duration for people (a sub-µs change of a 1 µs ioctl stays visible)."""
-    if abs(us) >= 1000:
-        return f"{us / 1000:.2f} ms"
-    return f"{us:.2f} us" if abs(us) < 10 else f"{us:.1f} us"
-
-
-def fmt_delta(us: float) -> str:
-    """A signed change: +8.02 ms, -1.5 us."""
-    return ("+" if us >= 0 else "-") + fmt_us(abs(us))
 
 
 def check_comparable(docs: list[TimingDocument]) -> None:

@@ -35,9 +35,9 @@ from minivmm.compare.ab import (
     StepChange,
     compare_documents,
     document_load,
-    fmt_delta,
 )
 from minivmm.compare.documents import TimingDocument
+from minivmm.durations import fmt_delta
 from minivmm.safetext import safe
 from minivmm.timing.pressure import BUSY_PRESSURE_PCT
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from kernel_model.stats import percentile
-from minivmm.compare.ab import Comparison, StepChange, fmt_delta, trimmed
+from minivmm.compare.ab import Comparison, StepChange, trimmed
+from minivmm.durations import fmt_delta
 
 #: At most this many panels: a mail reader scrolls no further, and the summary line names every change.
 MAX_PANELS = 4

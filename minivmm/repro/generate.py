@@ -19,9 +19,9 @@ from kernel_model.ops import LOOP_ADDR
 from kernel_model.platforms import Arch, get_platform
 from kernel_model.sequences import Sequence, Step, format_step, step_number
 from kernel_model.variants import VARIANTS
+from minivmm.durations import fmt_us
 from minivmm.repro.origin import Origin
 from minivmm.repro.prediction import ModelSummary
-from minivmm.timing.report import fmt_us
 
 #: Harness parts a step may need beyond the core, in the order they are written.
 PARTS = ("memory", "loop_guest", "eventfd", "vcpu_thread", "pause", "teardown")

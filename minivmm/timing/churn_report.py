@@ -15,9 +15,9 @@ from kernel_model.published import FIRECRACKER_CREATION_RATE
 from kernel_model.sequences import Sequence, with_gaps
 from kernel_model.stats import median
 from kernel_model.variants import MAIN_VARIANTS
+from minivmm.durations import fmt_us
 from minivmm.timing.churn import ChurnRun
 from minivmm.timing.compare import TimingHost
-from minivmm.timing.report import fmt_us
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from kernel_model.stats import STALL_NS, is_stall, quantiles
+from minivmm.durations import fmt_us
 from minivmm.timing.compare import Comparison, TimingHost
 from minivmm.timing.pressure import Load
 from minivmm.timing.strace_lines import repetition_lines
@@ -14,11 +15,6 @@ from minivmm.timing.verdict import render_table
 #: Fewer repetitions than this cannot estimate p10 and p90, which the fit compares: the 10% tails would
 #: rest on one or two samples each.
 MIN_REPEAT = 20
-
-
-def fmt_us(us: float) -> str:
-    """A duration for people: µs below a millisecond, ms above."""
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.1f} us"
 
 
 def render(c: Comparison, host: TimingHost, overhead: dict[str, float], out: TextIO) -> None:

@@ -47,6 +47,7 @@ from typing import Any, TextIO
 from kernel_model.sequences import step_number
 from kernel_model.stats import is_stall, ks_critical, quantiles
 from kernel_model.variants import VARIANTS
+from minivmm.durations import fmt_us
 from minivmm.timing.noise import NoiseModel
 
 #: Two predictive distributions differ at a step when their cumulative probabilities differ by more
@@ -527,11 +528,6 @@ def strength(llr: float) -> str:
     if llr < 5:
         return "strong"
     return "very strong"
-
-
-def fmt_us(us: float) -> str:
-    """A duration for people: µs below a millisecond, ms above."""
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.1f} us"
 
 
 def fmt_posterior(p: float) -> str:

@@ -10,6 +10,7 @@ import signal
 from typing import Any, TextIO
 
 from kernel_model.sequences import step_number
+from minivmm.durations import fmt_us
 from minivmm.timing.pressure import Load
 from minivmm.timing.verdict import render_table
 from minivmm.trace.eventlog import EventLog
@@ -24,11 +25,6 @@ def _sig(n: int | None) -> str:
         return signal.Signals(n).name
     except ValueError:
         return f"signal {n}"
-
-
-def _fmt_us(us: float) -> str:
-    """12 us, 4.56 ms: the unit a person reads at a glance."""
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.1f} us"
 
 
 def ioctl_line(ev: IoctlEvent, t0_ns: int) -> str:
@@ -156,8 +152,8 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     w("step".ljust(width) + "measured".rjust(col) + "".join(v.rjust(col) for v in variants)
       + "   (predicted p50)\n")
     for i in shown:
-        row = labels[i].ljust(width) + _fmt_us(ex.measured_ns[i] / 1000).rjust(col)
-        row += "".join(_fmt_us(c.predictions[v].steps[i].stats()["p50"]).rjust(col) for v in variants)
+        row = labels[i].ljust(width) + fmt_us(ex.measured_ns[i] / 1000).rjust(col)
+        row += "".join(fmt_us(c.predictions[v].steps[i].stats()["p50"]).rjust(col) for v in variants)
         w(row + "\n")
     fixed = sum(1 for s in ex.sequence.steps if s.op == "ioctl")
     if fixed:
@@ -170,7 +166,7 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
     stalls = stalled_steps(ex)
     w("\nstalls (measured >= 1 ms):" + (" none\n" if not stalls else "\n"))
     for i in stalls:
-        w(f"  {step_ref(ex, i)}: {_fmt_us(ex.measured_ns[i] / 1000)}\n")
+        w(f"  {step_ref(ex, i)}: {fmt_us(ex.measured_ns[i] / 1000)}\n")
         for sentence in ex.attributions.get(i, []):
             w(f"      {sentence}\n")
         check = ex.kernel_checks.get(i)
@@ -184,14 +180,14 @@ def render_explanation(r: TraceResult, ex: Explanation, out: TextIO) -> None:
         w("  (\"waited\" is the model's figure; the kernel line is what its SRCU timer and workqueue events "
           "recorded)\n")
     w(f"\nwhole set-up (KVM_CREATE_VM to the end of the last step): measured "
-      f"{_fmt_us(ex.setup_measured_ns() / 1000)}; predicted p50 [p10 - p90]:\n")
+      f"{fmt_us(ex.setup_measured_ns() / 1000)}; predicted p50 [p10 - p90]:\n")
     for v, q in ex.setup_predicted().items():
-        w(f"  {v:<22} {_fmt_us(q['p50'])} [{_fmt_us(q['p10'])} - {_fmt_us(q['p90'])}]\n")
+        w(f"  {v:<22} {fmt_us(q['p50'])} [{fmt_us(q['p10'])} - {fmt_us(q['p90'])}]\n")
     if ex.teardown is not None:
         td = ex.teardown
         w(f"\nteardown: {td.headline()}; predicted p50 [p10 - p90]:\n")
         for v, q in td.predicted.items():
-            w(f"  {v:<22} {_fmt_us(q['p50'])} [{_fmt_us(q['p10'])} - {_fmt_us(q['p90'])}]\n")
+            w(f"  {v:<22} {fmt_us(q['p50'])} [{fmt_us(q['p10'])} - {fmt_us(q['p90'])}]\n")
         w(f"  {td.sentence}\n")
     elif ex.teardown_note:
         w(f"\nteardown: {ex.teardown_note}\n")
