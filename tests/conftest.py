@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+from minivmm.timing.pressure import Load
 
 # numpy (imported by the plot tests, through matplotlib) starts OpenBLAS worker threads that block no
 # signal. A test that blocks a signal in its own threads and sends it to the process (test_lifecycle)
@@ -22,6 +23,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: test comparing tick-slip shares between two programs, or between the host and the model, is outside
 #: what it claims: each program's overhead, and load the model does not model, decide those shares.
 QUIET_PRESSURE_PERCENT = 5.0
+#: Above this 1-minute load average, less the tasks the test itself keeps running, other tasks competed.
+QUIET_OTHER_TASKS = 0.5
+
+
+def quiet_host(load: Load, own_tasks: int = 1) -> bool:
+    """Whether nothing but the test ran while it measured (the one rule of every quiet-host claim): CPU
+    pressure at most QUIET_PRESSURE_PERCENT, and the load average, less the ``own_tasks`` the test keeps
+    running, at most QUIET_OTHER_TASKS. A host that cannot say (no PSI, no load average) counts as quiet:
+    the claim is then tested, not skipped."""
+    pressure = load.cpu_pressure_pct or 0.0
+    others = load.load_average[0] - own_tasks if load.load_average else 0.0
+    return pressure <= QUIET_PRESSURE_PERCENT and others <= QUIET_OTHER_TASKS
 GUEST = ROOT / "guest"
 
 

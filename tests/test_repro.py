@@ -11,7 +11,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import QUIET_PRESSURE_PERCENT, ROOT, run_cli
+from conftest import ROOT, quiet_host, run_cli
 from jsonschemas import validate
 from test_ops import QEMU_LIKE
 
@@ -20,7 +20,7 @@ from kernel_model.sequences import SEQUENCES, parse_sequence
 from kernel_model.stats import is_stall, percentile, tick_modes, tick_ns
 from minivmm.cli.app import main
 from minivmm.repro.generate import CProgram, NoCEmitter
-from minivmm.timing.pressure import PressureWindow
+from minivmm.timing.pressure import LoadWindow
 
 #: A real set-up: `minivmm trace --until first-run --save-sequence` of QEMU 7.2 (q35, 128 MiB, 2 vCPUs).
 QEMU_TRACE = ROOT / "tests" / "data" / "qemu-q35.seq"
@@ -358,7 +358,7 @@ def test_the_stalled_steps_agree_with_minivmm_timing(tmp_path, name):
     batches, size = AGREEMENT_RUNS[name]
     timing: list[list[int]] = [[] for _ in seq.steps]
     repro: list[list[int]] = [[] for _ in seq.steps]
-    window = PressureWindow.start()
+    window = LoadWindow.start()
     child = subprocess.Popen([sys.executable, "-c", TIMING_BATCHES, sequence_arg(name, tmp_path)], cwd=ROOT,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdin is not None and child.stdout is not None
@@ -375,7 +375,8 @@ def test_the_stalled_steps_agree_with_minivmm_timing(tmp_path, name):
     finally:
         child.stdin.close()
         assert child.wait(timeout=60) == 0
-    pressure = window.percent()
+    load = window.end()
+    quiet = quiet_host(load)  # the programs take turns: one task of the test's runs at a time
     tick = tick_ns(doc["host"]["hz"])
     for i, (step, r) in enumerate(zip(seq.steps, doc["steps"])):
         predicted = r["predicted"]
@@ -386,16 +387,15 @@ def test_the_stalled_steps_agree_with_minivmm_timing(tmp_path, name):
         model = predicted["call_srcu"]
         origin = model["min_us"] * 1000 if is_stall(model["p50_us"] * 1000) else min(min(timing[i]), min(repro[i]))
         ok, detail = agreement(timing[i], repro[i], tick, origin)
-        if not ok and pressure is not None and pressure > QUIET_PRESSURE_PERCENT:
+        if not ok and not quiet:
             # On a busy host each program's own overhead between ioctls decides how many stalls slip a
             # tick, and the two programs' overheads differ: the shares of the modes are a quiet host's
             # claim. Busy, both must still see this step stall, their medians at most a tick apart (a
             # slip of one tick more on one side), give or take a tenth.
             a, b = percentile(timing[i], 50), percentile(repro[i], 50)
             ok = is_stall(a) and is_stall(b) and abs(a - b) <= 1.1 * tick
-            detail += f" (CPU pressure {pressure:.0f}%: medians compared)"
+            detail += f" ({load.describe()}: medians compared)"
         assert ok, f"step {i + 1} {step.label}: {detail}"
-        quiet = pressure is None or pressure <= QUIET_PRESSURE_PERCENT
         if quiet and model["p90_us"] - model["p10_us"] >= tick / 2000 and is_stall(percentile(repro[i], 50)):
             # The model spreads this stall over the tick phase: so must the program's jitter (a quiet
             # host's claim too: busy, where each run's steps end moves with the load, not the jitter).
