@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,7 +101,7 @@ def measure_runs(sequence: str, runs: int, repeat: int, hz: int, platform: str, 
 
 def planted(doc: dict[str, Any], step: int, extra: list[int]) -> dict[str, Any]:
     """``doc`` with ``extra[k]`` ns added to sample k of ``step``."""
-    out = json.loads(json.dumps(doc))
+    out: dict[str, Any] = json.loads(json.dumps(doc))
     s = out["steps"][step]
     s["samples_ns"] = [x + e for x, e in zip(s["samples_ns"], extra)]
     return out
@@ -169,7 +169,7 @@ def evaluate(level: str, docs: list[dict[str, Any]], seed: int) -> None:
     stalled = steps.index("memslot")
     fixed = steps.index("vcpu")
     n = int(docs[0]["repetitions"])
-    plants = {
+    plants: dict[str, tuple[int, Callable[[], list[int]]]] = {
         f"step {step_name(stalled, docs[0]['steps'][stalled]['label'])} one jiffy longer":
             (stalled, lambda: [jiffy] * n),
         f"step {step_name(fixed, docs[0]['steps'][fixed]['label'])} waits (1, 2] jiffies more":

@@ -37,7 +37,7 @@ def run_cpu_per_exit(check: bool) -> float:
     """One run of pioloop: CPU ns per exit."""
     from minivmm.devices.console import Console
     from minivmm.vmm.machine import Machine, MachineConfig
-    from minivmm.vmm.report import RunOutcome
+    from minivmm.vmm.outcome import RunOutcome
 
     with Machine(MachineConfig(timeout=120, check=check), IMAGE.read_bytes(), Console()) as machine:
         c0 = cpu_seconds()

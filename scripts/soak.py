@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from minivmm.devices.console import Console
 from minivmm.vmm.boot import Mode
 from minivmm.vmm.machine import Machine, MachineConfig
-from minivmm.vmm.report import RunOutcome, RunReport
+from minivmm.vmm.outcome import RunOutcome
+from minivmm.vmm.report import RunReport
 
 GUEST = pathlib.Path(__file__).resolve().parent.parent / "guest"
 #: movl $0x03000005, 0xd0002000 ("I wrote doorbell slot 0 five times"); hlt   (protected mode)

@@ -50,7 +50,7 @@ def batch_stats(batches: list[list[int]]) -> dict[str, tuple[float, float, float
     out = {}
     for key, values in per_stat.items():
         v = sorted(values)
-        out[key] = (percentile(v, 10), percentile(v, 50), percentile(v, 90))  # type: ignore[arg-type]
+        out[key] = (percentile(v, 10), percentile(v, 50), percentile(v, 90))
     return out
 
 
