@@ -31,6 +31,7 @@ from kernel_model.predict import predict
 from kernel_model.sequences import Sequence, Step
 from kernel_model.stats import quantiles
 from kernel_model.variants import MAIN_VARIANTS
+from minivmm.durations import fmt_us
 from minivmm.trace import decode
 from minivmm.trace.fds import vm_of_role
 from minivmm.trace.tracer import IoctlEvent, TeardownCall, TraceResult
@@ -126,7 +127,7 @@ class TeardownExplanation:
 
 
 def _fmt_ns(ns: float) -> str:
-    return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.0f} us"
+    return fmt_us(ns / 1000)
 
 
 def explain_teardown(result: TraceResult, vm: Any, hz: int, platform: str, samples: int = 200, seed: int = 0,
