@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import quiet_host, run_cli
 
 from kernel_model.sequences import parse_sequence
 from kernel_model.stats import tick_modes, tick_ns
@@ -73,9 +73,13 @@ def test_the_teardown_timed_on_the_host_agrees_with_the_model():
     tick = tick_ns(hz)
     tolerance = max(300_000, tick // 10)
     # The variant this host behaves like, decided by the first scenario, where the variants differ.
+    from minivmm.timing.pressure import LoadWindow
+
     variant = None
     for name, text in SCENARIOS.items():
+        window = LoadWindow.start()
         host, model, variant = _teardowns(text, hz, platform, variant)
+        load = window.end()
         early = inside = 0
         transform: list[float] = []
         for x, own in zip(host, model):
@@ -86,7 +90,7 @@ def test_the_teardown_timed_on_the_host_agrees_with_the_model():
                 if max(own) - min(own) > tick / 2:
                     transform.append(sum(1 for m in own if m < x) / len(own))
         modes = tick_modes(host, tick, min(min(own) for own in model))
-        why = (name, variant, early, inside, len(host), transform, modes.shares[:4])
+        why = (name, variant, early, inside, len(host), transform, modes.shares[:4], load.describe())
         # Nothing ends the wait before the callbacks it waits for have run.
         assert early <= 0.05 * len(host), why
         # A share inside the model's mode; the rest a tick or two later, which depends on the host's
@@ -95,9 +99,11 @@ def test_the_teardown_timed_on_the_host_agrees_with_the_model():
         # wrong variant puts none inside.
         assert inside >= 0.1 * len(host), why
         # Inside, the host's spread over the phase is the model's: the transform's median is near one
-        # half (late wake-ups push it up a little on a busy host; a mode in the wrong place, to 0 or 1).
+        # half (a mode in the wrong place puts it near 0 or 1). On a busy host, late wake-ups (not
+        # modelled without a profile) push it up: there only the wrong place is ruled out.
         if len(transform) >= 8:
-            assert 0.15 <= median(transform) <= 0.85, why
+            low, high = (0.15, 0.85) if quiet_host(load) else (0.1, 0.95)
+            assert low <= median(transform) <= high, why
 
 
 def test_timing_reports_the_teardown_as_a_step_with_its_close():
