@@ -81,19 +81,31 @@ def test_timers_slip_where_the_rule_says_and_as_often_as_the_model_with_the_same
     from kernel_model.costs import Costs
     from kernel_model.predict import simulate_once
     from kernel_model.sequences import parse_sequence, with_gaps
-    from kernel_model.stats import shares_agree
-    from minivmm.timing.calibrate import calibrate
-    from minivmm.timing.runner import SequenceRunner
 
     # Where: in a traced calibration, a timer that slipped is one the rule allows (its CPU's periodic
-    # handler ran first, another CPU's too), but for a few.
-    cal = calibrate(300, 250, "pvm", "test")
+    # handler ran first, another CPU's too), but for a few. On a busy host a few more slip where the
+    # rule does not allow it (the timer softirq waits for a CPU, or for ksoftirqd): load the model's
+    # ticks do not model.
+    from kernel_model.stats import shares_agree, tick_ns
+    from minivmm.host import read_host_info
+    from minivmm.timing.calibrate import calibrate
+    from minivmm.timing.runner import SequenceRunner
+    info = read_host_info()
+    if info.hz is None or info.platform is None:
+        pytest.skip("a host whose HZ or KVM platform cannot be read cannot be compared with the model")
+    hz, platform, tick = info.hz, info.platform, tick_ns(info.hz)
+    cal_window = LoadWindow.start()
+    cal = calibrate(300, hz, platform, "test")
+    cal_load = cal_window.end()
     if cal.ticks.env is None:
         pytest.skip(f"the ticks were not traced: {cal.ticks.why_not}")
     fates = [f for f in cal.ticks.first + cal.ticks.second if f is not None and f.late_ticks is not None]
     slipped = [f for f in fates if f.late_ticks]
     forbidden = [f for f in fates if not f.rule_allows_slip]
-    assert sum(not f.rule_allows_slip for f in slipped) <= max(2, 0.05 * len(forbidden))
+    outside_rule = sum(not f.rule_allows_slip for f in slipped)
+    allowed_share = 0.05 if quiet_host(cal_load) else 0.15
+    assert outside_rule <= max(2, allowed_share * len(forbidden)), \
+        f"{outside_rule} of {len(forbidden)} timers the rule keeps on time slipped ({cal_load.describe()})"
 
     # How often: a sequence the calibration does not run (the caller pauses 1 ms between registration
     # and memslot), traced; its ticks measured from its own runs (the load of a shared host moves
@@ -101,13 +113,13 @@ def test_timers_slip_where_the_rule_says_and_as_often_as_the_model_with_the_same
     seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nsleep 1ms\nmemslot slot=0 base=0 size=2M\n")
     runner = SequenceRunner(seq)
     rng = random.Random(5)
-    tracer = ticktrace.TickTracer(TICK)
+    tracer = ticktrace.TickTracer(tick)
     reps = []
     window = LoadWindow.start()
     try:
         with tracer:
             for _ in range(300):
-                time.sleep(rng.random() / 250)
+                time.sleep(rng.random() / hz)
                 reps.append(runner.run_once())
                 tracer.poll()
     finally:
@@ -120,12 +132,12 @@ def test_timers_slip_where_the_rule_says_and_as_often_as_the_model_with_the_same
     assert len(host) >= 250
     offset = rec.grid_offset()
     env = ticktrace.tick_environment(rec, host, nr_cpus, [(f.armed_ns, offset + (f.bucket_tick + (f.late_ticks or 0))
-                                                           * TICK) for f in host])
+                                                           * tick) for f in host])
     host_share = sum(bool(f.late_ticks) for f in host) / len(host)
     model_runs = model_slips = 0
     for rep in reps:
         for _ in range(5):
-            _, kvm = simulate_once(with_gaps(seq, rep.gaps_ns), "call_srcu", 250, "pvm", rng.random(), rng,
+            _, kvm = simulate_once(with_gaps(seq, rep.gaps_ns), "call_srcu", hz, platform, rng.random(), rng,
                                    Costs(cpus=env))
             model_runs += 1
             model_slips += kvm.sim.ticks.slips > 0
