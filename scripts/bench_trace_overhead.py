@@ -142,7 +142,7 @@ def load() -> str:
 def print_figures(conditions: list[str], figures: dict[str, dict[str, float]], attach_rows: dict[str, Samples]) -> None:
     """The table: each condition's cost against the bare run's, and the -p PID rows (added to ``figures``)."""
     bare = figures["bare"]
-    head = f"{'':34}" + "".join(f"{n:>18}" for n in conditions)
+    head = f"{'':34}" + "".join(f" {n:>17}" for n in conditions)
     print(head)
     rows = [("KVM ioctl, QEMU-like set-up", "setup_ns_per_ioctl", "added"),
             ("KVM_CHECK_EXTENSION loop", "check_ns", "added"),
@@ -158,7 +158,7 @@ def print_figures(conditions: list[str], figures: dict[str, dict[str, float]], a
                 cells.append(f"+{(v - bare[key]) / 1000:.1f} us")
             else:
                 cells.append(f"{v:.0f} ns ({(v / bare[key] - 1) * 100:+.0f}%)")
-        print(f"{label:34}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{label:34}" + "".join(f" {c:>17}" for c in cells))
     if attach_rows:
         print("\nattached to the running program (-p PID: every system call stops at entry and exit)")
         print(f"{'':34}" + "".join(f"{n + ' -p':>18}" for n in attach_rows))
