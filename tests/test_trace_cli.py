@@ -231,9 +231,15 @@ def test_detach_leaves_the_vmm_running(tmp_path: pathlib.Path) -> None:
 
 def test_strace_and_trace_agree_loosely_on_the_stall(prog: str) -> None:
     """Both tools time the same kind of run; the stalled memslot is >= 1 jiffy-scale in both or in neither.
-    (Loose by design: two runs, two tick phases.)"""
+    (Loose by design: two runs, two tick phases.) On a busy host a run preempted for a few ms between
+    its registrations and its memslot finds the grace period over and does not stall: there only
+    strace's interval is checked against the program's own."""
+    from conftest import quiet_host
+
+    from minivmm.timing.pressure import LoadWindow
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
+    window = LoadWindow.start()
     p = run_trace("--json", "--no-explain", "--", prog, "6", "0")
     doc = json.loads(p.stdout.split("done 6\n", 1)[1])
     ours = next(i for i in doc["ioctls"] if i["request"] == "KVM_SET_USER_MEMORY_REGION")["duration_us"]
@@ -243,7 +249,8 @@ def test_strace_and_trace_agree_loosely_on_the_stall(prog: str) -> None:
     theirs = float(m.group(1)) * 1e6
     own = dict(self_timings(s.stderr))["KVM_SET_USER_MEMORY_REGION"] / 1000
     assert theirs <= own * 1.01 + 50  # strace's interval lies inside the program's own
-    assert (ours > 1000) == (theirs > 1000) or abs(ours - theirs) < 5000
+    if quiet_host(window.end()):
+        assert (ours > 1000) == (theirs > 1000) or abs(ours - theirs) < 5000
 
 
 QEMU = shutil.which("qemu-system-x86_64")
