@@ -64,18 +64,15 @@ EPILOG_WIDTH = 76
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (``console_main`` exits with it)."""
-    from minivmm.cli.errors import CliError, ExitCode, missing_module_error
     try:
         # Imports happen here, under the handler, so that a Ctrl-C during start-up ends quietly too.
         import typer
+
+        from minivmm.cli.errors import CliError, ExitCode
     except KeyboardInterrupt:
         return 130
-    except ImportError as e:
-        missing = missing_module_error(e)
-        if missing is None:
-            raise
-        _print_error(str(missing))
-        return int(missing.code)
+    except ImportError as e:  # a broken installation: one line (any other ImportError is raised there)
+        return _report_failure(e)
     words = sys.argv[1:] if argv is None else list(argv)
     try:
         guard_stdout()
