@@ -128,6 +128,18 @@ def test_save_sequence_without_the_explanation(prog: str, tmp_path: pathlib.Path
     assert "--- explanation" not in p.stdout and "create_vm" in seq.read_text()
 
 
+def test_poll_us_zero_traces_as_the_default_does_and_a_bad_value_is_one_line(prog: str) -> None:
+    calls = []
+    for poll in ("0", "50"):
+        p = run_trace("--poll-us", poll, "--no-explain", "--", prog, "3", "6")
+        assert p.returncode == 6, p.stderr
+        calls.append(re.findall(r"ioctl\((\w+), (KVM_\w+)", p.stdout))
+    assert calls[0] == calls[1] and ("vm", "KVM_IOEVENTFD") in calls[0]
+    for bad in ("20000", "-1", "soon"):
+        p = run_trace("--poll-us", bad, "--", prog)
+        assert p.returncode == 2 and "--poll-us" in one_error_line(p)
+
+
 def test_no_command() -> None:
     p = run_trace()
     assert p.returncode == 2 and "no COMMAND" in one_error_line(p)

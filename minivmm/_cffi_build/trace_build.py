@@ -6,9 +6,12 @@ ptrace, waitpid, process_vm_readv, seccomp and prctl, with every constant and st
 knows of ``<linux/kvm.h>`` (request and capability names, argument struct layouts) is in
 ``minivmm._kvm``, built from the one description in kvm_header.py.
 
-The one piece of C that is not a declaration is ``minivmm_trace_spawn``: between ``fork()`` and
-``execve()`` the child may only make async-signal-safe calls, so the child's set-up (seccomp filter,
-stop for the tracer, exec) is written in C and never returns to Python.
+Two pieces of C are not declarations. ``minivmm_trace_spawn``: between ``fork()`` and ``execve()`` the
+child may only make async-signal-safe calls, so the child's set-up (seccomp filter, stop for the tracer,
+exec) is written in C and never returns to Python. ``minivmm_trace_wait``/``minivmm_trace_stop``: the
+part of a KVM ioctl's seccomp stop the tracee waits for (registers, argument struct, PTRACE_CONT) runs
+without the interpreter; the tracer decides in Python, through ``struct minivmm_fast``, which stops it
+may end there.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ PRELUDE = """
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <time.h>
+#include <sched.h>
 """
 
 SPAWN = r"""
@@ -90,6 +95,155 @@ static long minivmm_ptrace(long request, int pid, void *addr, void *data)
 static int minivmm_tgkill(int tgid, int tid, int sig)
 {
     return (int)syscall(SYS_tgkill, tgid, tid, sig);
+}
+"""
+
+STOP = r"""
+/*
+ * The tracer's hot path in C: the seccomp stop of a KVM ioctl (see minivmm/trace/tracer.py). What the
+ * tracee waits for while it is stopped is done here, without the interpreter: the registers, the
+ * argument struct, and, when nothing else must be learnt first, PTRACE_CONT. The tracer's bookkeeping
+ * (Python) follows while the tracee runs.
+ */
+#define MINIVMM_FAST_FDS 1024
+#define MINIVMM_RAW_MAX 4096
+/* raw_len when no bytes were taken: the request has no argument struct / the struct is unreadable
+   (a bad pointer: the kernel answers EFAULT) / the tracer must take it itself (an _IOC_NR shared by
+   two decoded requests). */
+#define MINIVMM_RAW_NONE (-1)
+#define MINIVMM_RAW_UNREADABLE (-2)
+#define MINIVMM_RAW_LEFT (-3)
+
+/* What the tracer tells the stop path; written only by the tracer's thread between stops. */
+struct minivmm_fast {
+    int one_stop;                   /* a native KVM ioctl needs no exit stop (kernel clock, spawned) */
+    int64_t poll_ns;                /* after a stop, poll this long for the next before sleeping */
+    uint32_t kvm_run;               /* KVM_RUN's request number */
+    uint32_t request_of_nr[256];    /* by _IOC_NR: the decoded request with that number */
+    int32_t size_of_nr[256];        /* its argument struct's size; 0: none; -1: ambiguous nr */
+    /* Per fd, true in every traced process: what the fd is is known / it is a vCPU whose first
+       KVM_RUN has returned (its later KVM_RUNs are only counted). */
+    unsigned char link_known[MINIVMM_FAST_FDS];
+    unsigned char run_done[MINIVMM_FAST_FDS];
+};
+
+/* One waitpid report, and for a KVM ioctl's seccomp stop what it was and what was done. */
+struct minivmm_stop {
+    int tid;
+    int status;
+    int64_t now_ns;                 /* CLOCK_MONOTONIC when waitpid returned */
+    int seccomp;                    /* 1: the fields below are set; 0: not a seccomp stop */
+    int error;                      /* errno of PTRACE_GETREGS or the resume (seccomp stays 0 / resumed 0) */
+    int compat;                     /* a 32-bit ABI (i386 or x32) */
+    uint32_t fd;
+    uint32_t request;
+    uint64_t arg;
+    int resumed;                    /* resumed with PTRACE_CONT here */
+    int later_run;                  /* a KVM_RUN after its vCPU's first returned (resumed, not recorded) */
+    int raw_len;                    /* bytes in raw, or MINIVMM_RAW_* */
+    unsigned char raw[MINIVMM_RAW_MAX];
+};
+
+static int64_t minivmm_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void minivmm_capture(struct minivmm_stop *stop, const struct minivmm_fast *fast)
+{
+    unsigned nr = stop->request & 0xFF;
+    int32_t size = fast->request_of_nr[nr] == stop->request ? fast->size_of_nr[nr] : 0;
+    if (size < 0 || size > MINIVMM_RAW_MAX) {
+        stop->raw_len = MINIVMM_RAW_LEFT;
+        return;
+    }
+    if (size == 0) {
+        stop->raw_len = MINIVMM_RAW_NONE;
+        return;
+    }
+    struct iovec local = { stop->raw, (size_t)size };
+    struct iovec remote = { (void *)(uintptr_t)stop->arg, (size_t)size };
+    stop->raw_len = process_vm_readv(stop->tid, &local, 1, &remote, 1, 0) == size ? size : MINIVMM_RAW_UNREADABLE;
+}
+
+/* At a KVM ioctl's seccomp stop of `tid`: fill `stop`; resume the tracee when `fast` says nothing else
+   must happen first. Returns 0, or -1 with stop->error set when the registers cannot be read. */
+static int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast)
+{
+    struct user_regs_struct regs;
+    stop->tid = tid;
+    stop->seccomp = 0;
+    stop->resumed = 0;
+    stop->later_run = 0;
+    stop->error = 0;
+    if (ptrace(PTRACE_GETREGS, tid, NULL, &regs) != 0) {
+        stop->error = errno;
+        return -1;
+    }
+    /* Which ABI: the filter stops only ioctl, whose number differs in each (orig_rax holds it). */
+    stop->compat = regs.orig_rax != SYS_ioctl;
+    if (stop->compat && (long)regs.orig_rax == MINIVMM_NR_IOCTL_I386) {
+        stop->fd = (uint32_t)regs.rbx;
+        stop->request = (uint32_t)regs.rcx;
+        stop->arg = (uint32_t)regs.rdx;
+    } else {
+        stop->fd = (uint32_t)regs.rdi;
+        stop->request = (uint32_t)regs.rsi;
+        stop->arg = stop->compat ? (uint32_t)regs.rdx : regs.rdx;
+    }
+    stop->seccomp = 1;
+    int fast_fd = !stop->compat && stop->fd < MINIVMM_FAST_FDS;
+    if (stop->request == fast->kvm_run) {
+        stop->raw_len = MINIVMM_RAW_NONE;
+        if (!(fast_fd && fast->run_done[stop->fd]))
+            return 0;
+        stop->later_run = 1;
+    } else {
+        minivmm_capture(stop, fast);
+        if (!(fast->one_stop && fast_fd && fast->link_known[stop->fd] && stop->raw_len != MINIVMM_RAW_LEFT))
+            return 0;
+    }
+    if (ptrace(PTRACE_CONT, tid, NULL, NULL) != 0 && errno != ESRCH) {  /* ESRCH: killed meanwhile */
+        stop->error = errno;
+        return 0;
+    }
+    stop->resumed = 1;
+    return 0;
+}
+
+/* waitpid(-1, __WALL) into `stop` (polled with WNOHANG for fast->poll_ns first), and at a seccomp
+   stop minivmm_trace_stop. Returns the tid, or -1 with errno (EINTR: a signal for the tracer; ECHILD:
+   nothing left to wait for). A signal for the tracer while it polls waits for the poll's end. */
+static int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fast *fast)
+{
+    int status;
+    int tid = 0;
+    if (fast->poll_ns > 0) {
+        /* On a host whose idle CPUs halt (a guest without halt-polling, say), a tracer that sleeps
+           between two close stops is woken from a halted CPU each time: polling a few tens of us
+           answers the next stop at once, as KVM's own halt-polling does for a vCPU. */
+        int64_t until = minivmm_now_ns() + fast->poll_ns;
+        for (;;) {
+            tid = waitpid(-1, &status, __WALL | WNOHANG);
+            if (tid != 0 || minivmm_now_ns() >= until)
+                break;
+            sched_yield();
+        }
+    }
+    if (tid == 0)
+        tid = waitpid(-1, &status, __WALL);
+    if (tid < 0)
+        return -1;
+    stop->now_ns = minivmm_now_ns();
+    stop->tid = tid;
+    stop->status = status;
+    stop->seccomp = 0;
+    stop->error = 0;
+    if (status >> 8 == (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)) && WIFSTOPPED(status))
+        minivmm_trace_stop(tid, stop, fast);
+    return tid;
 }
 """
 
@@ -170,6 +324,41 @@ int waitpid(int pid, int *status, int options);
 ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                          const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
 int kill(int pid, int sig);
+
+/* --- the seccomp stop's hot path (STOP) --- */
+#define MINIVMM_FAST_FDS ...
+#define MINIVMM_RAW_MAX ...
+#define MINIVMM_RAW_NONE ...
+#define MINIVMM_RAW_UNREADABLE ...
+#define MINIVMM_RAW_LEFT ...
+struct minivmm_fast {
+    int one_stop;
+    int64_t poll_ns;
+    uint32_t kvm_run;
+    uint32_t request_of_nr[...];
+    int32_t size_of_nr[...];
+    unsigned char link_known[...];
+    unsigned char run_done[...];
+    ...;
+};
+struct minivmm_stop {
+    int tid;
+    int status;
+    int64_t now_ns;
+    int seccomp;
+    int error;
+    int compat;
+    uint32_t fd;
+    uint32_t request;
+    uint64_t arg;
+    int resumed;
+    int later_run;
+    int raw_len;
+    unsigned char raw[...];
+    ...;
+};
+int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast);
+int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fast *fast);
 """
 
 
@@ -191,7 +380,7 @@ ffi.cdef(CDEF)
 # tell the three apart by it).
 ABIS = (f"#define MINIVMM_NR_IOCTL_I386 ({_abi_number('asm/unistd_32.h', '__NR_ioctl')})\n"
         f"#define MINIVMM_NR_IOCTL_X32 ({_abi_number('asm/unistd_x32.h', '__NR_ioctl')})\n")
-ffi.set_source("minivmm._trace", PRELUDE + ABIS + SPAWN)
+ffi.set_source("minivmm._trace", PRELUDE + ABIS + SPAWN + STOP)
 
 if __name__ == "__main__":
     ffi.compile(verbose=True)

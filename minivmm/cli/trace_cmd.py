@@ -80,6 +80,11 @@ def trace(
         "--clock", metavar="auto|kernel|ptrace", parser=choice(("auto", "kernel", "ptrace"), "a clock"),
         help="where durations come from: the kernel's syscall tracepoints (kernel), the tracer's stops (ptrace), "
              "or kernel where tracefs is available (auto)")] = "auto",
+    poll_us: Annotated[float, typer.Option(
+        "--poll-us", metavar="US", parser=float_range(0, 10_000),
+        help="after each KVM ioctl's stop, how long minivmm trace polls for the next before it sleeps: the "
+             "traced program's calls cost less where idle CPUs halt (a VM host), for up to this much of the "
+             "tracer's CPU time per stop; 0 sleeps at once")] = 50.0,
     as_json: Json = False,
     out_format: Format = None,
     output: ReportTo = None,
@@ -174,7 +179,8 @@ def run(args: SimpleNamespace) -> int:
             return code
     tracer = Tracer(path, argv, until_first_run=args.until == "first-run", detach=args.detach,
                     timeout_s=args.timeout, clock=args.clock, on_detach=on_detach if args.detach else None,
-                    attach_pid=args.pid, on_start=_attached if args.pid is not None else None)
+                    attach_pid=args.pid, on_start=_attached if args.pid is not None else None,
+                    poll_ns=round(args.poll_us * 1000))
     try:
         result = tracer.run()
     except (PtraceDenied, AttachError) as e:

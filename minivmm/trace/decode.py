@@ -50,6 +50,11 @@ STRUCTS: dict[int, UapiStruct] = {_req(name): struct for name, struct in kvm_uap
 UNREADABLE = b""
 
 
+def struct_size(struct: UapiStruct) -> int:
+    """Bytes of ``struct``'s argument as this host's compiler lays it out (what :func:`capture` reads)."""
+    return int(ffi.sizeof(struct.ctype))
+
+
 def capture(pid: int, request: int, arg: int) -> bytes | None:
     """At the tracee's stop: copy the argument struct out of its memory (None if the request has none).
 
@@ -59,7 +64,7 @@ def capture(pid: int, request: int, arg: int) -> bytes | None:
     if struct is None:
         return None
     try:
-        return read_memory(pid, arg, ffi.sizeof(struct.ctype))
+        return read_memory(pid, arg, struct_size(struct))
     except TraceOSError:
         return UNREADABLE
 

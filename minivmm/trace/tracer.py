@@ -1,12 +1,15 @@
 """The tracer: run COMMAND under ptrace with a seccomp filter that stops it only on KVM ioctls.
 
 How a KVM ioctl is seen: the filter (:func:`minivmm.trace.syscalls.seccomp_kvm_filter`) returns
-SECCOMP_RET_TRACE for it, the tracee stops (PTRACE_EVENT_SECCOMP), the tracer reads the registers and
-the argument struct, notes what the fd pointed to, and resumes it with PTRACE_CONT: one stop per KVM
-ioctl. The kernel clock (:mod:`minivmm.trace.kclock`) gives the call's duration and result afterwards,
-and the fd's role follows from the results in the kernel's order (:mod:`minivmm.trace.fds`). Without
-the kernel clock (or for a 32-bit call, which the syscall tracepoints do not report), the call is also
-stopped at its exit (PTRACE_SYSCALL), where the tracer reads the result and its own clock.
+SECCOMP_RET_TRACE for it, the tracee stops (PTRACE_EVENT_SECCOMP), the tracer reads the registers and the
+argument struct, notes what the fd pointed to, and resumes it with PTRACE_CONT: one stop per KVM ioctl.
+What the tracee waits for runs in C (``minivmm_trace_wait`` in ``minivmm._trace``: registers, struct, and
+PTRACE_CONT once the fd is known), steered by ``struct minivmm_fast``, which this module keeps true; the
+bookkeeping (Python) follows while the tracee runs. The kernel clock (:mod:`minivmm.trace.kclock`) gives
+the call's duration and result afterwards, and the fd's role follows from the results in the kernel's
+order (:mod:`minivmm.trace.fds`). Without the kernel clock (or for a 32-bit call, which the syscall
+tracepoints do not report), the call is also stopped at its exit (PTRACE_SYSCALL), where the tracer reads
+the result and its own clock.
 
 Every other system call runs without stopping. Threads and children are followed
 (PTRACE_O_TRACECLONE/FORK/VFORK, the filter is inherited); PTRACE_O_EXITKILL kills the tracees if the
@@ -65,6 +68,14 @@ __all__ = ["AttachError", "Clock", "IoctlEvent", "PtraceDenied", "StopReason", "
 
 #: After every vCPU has entered KVM_RUN, how long to wait for the first exits before stopping anyway.
 FIRST_RUN_GRACE_NS = 200_000_000
+#: After a stop, how long the tracer polls (waitpid WNOHANG, yielding the CPU between tries) for the next
+#: before it sleeps in waitpid. Where idle CPUs halt (a VM host without guest halt-polling), a sleeping
+#: tracer and a stopped tracee are each woken from a halted CPU at every stop, which costs more than the
+#: stop itself; polling answers the next stop at once, and yielding lets a tracee woken on the tracer's
+#: CPU run there at once (a poll without it made a set-up's calls wait out the window). Measured by
+#: scripts/bench_trace_overhead.py: a tight loop of KVM ioctls costs less than half as much per call.
+#: The price: up to this much of the tracer's CPU time after each stop, none while no KVM ioctl comes.
+POLL_STOPS_NS = 50_000
 #: After SIGTERM (ours), how long the VMM has before SIGKILL.
 TERM_GRACE_NS = 5_000_000_000
 #: After the user's Ctrl-C (which the tracee usually got from the terminal too), before our SIGTERM.
@@ -84,6 +95,35 @@ _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _KVM_RUN = decode.KVM_RUN
 _CREATE_VM, _CREATE_VCPU = decode.KVM_CREATE_VM, decode.KVM_CREATE_VCPU
 _NR_IOCTL, _NR_IOCTL_I386 = lib.SYS_ioctl, lib.MINIVMM_NR_IOCTL_I386
+_FAST_FDS = lib.MINIVMM_FAST_FDS
+
+
+def _fast_table() -> Any:
+    """A ``struct minivmm_fast`` with what never changes: KVM_RUN's number and, by _IOC_NR, each decoded
+    request's argument struct size (-1 where two decoded requests share a number, or a struct would not
+    fit: the tracer takes those itself). No fd is known yet and ``one_stop`` is off."""
+    fast = ffi.new("struct minivmm_fast *")
+    fast.kvm_run = _KVM_RUN & 0xFFFFFFFF
+    for request, struct in decode.STRUCTS.items():
+        nr, size = request & 0xFF, decode.struct_size(struct)
+        taken = fast.request_of_nr[nr] != 0 or fast.size_of_nr[nr] != 0
+        fast.request_of_nr[nr] = request
+        fast.size_of_nr[nr] = -1 if taken or size > lib.MINIVMM_RAW_MAX else size
+    return fast
+
+
+def _stop_struct(stop: Any) -> bytes | None:
+    """The argument struct's bytes as :func:`decode.capture` gives them, from what the C path took."""
+    raw_len = stop.raw_len
+    if raw_len >= 0:
+        return bytes(ffi.unpack(stop.raw, raw_len))
+    if raw_len == lib.MINIVMM_RAW_LEFT:
+        return decode.capture(stop.tid, stop.request, stop.arg)
+    return decode.UNREADABLE if raw_len == lib.MINIVMM_RAW_UNREADABLE else None
+
+
+#: For stops taken outside the loop (``_take_stop``): the C path reads, and never resumes (no fd is known).
+_READ_ONLY = _fast_table()
 
 
 class PtraceDenied(RuntimeError):
@@ -255,8 +295,10 @@ class Tracer:
     def __init__(self, path: str, argv: list[str], env: dict[str, str] | None = None, *,
                  until_first_run: bool = False, detach: bool = False, timeout_s: float | None = None,
                  clock: str = "auto", on_detach: Any = None, limit: int = DEFAULT_LIMIT,
-                 attach_pid: int | None = None, on_start: Any = None) -> None:
+                 attach_pid: int | None = None, on_start: Any = None, poll_ns: int = POLL_STOPS_NS) -> None:
         self.path, self.argv = path, argv
+        #: After a stop, how long the tracer polls for the next one before it sleeps (see POLL_STOPS_NS).
+        self.poll_ns = poll_ns
         #: Called with (pid, threads) once tracing has begun (-p: every thread is held).
         self.on_start = on_start
         #: ``-p PID``: trace a running process (its threads seized as they are) instead of starting one.
@@ -291,6 +333,9 @@ class Tracer:
         self._creating: set[int] = set()   # KVM_CREATE_VCPU rows whose result is not known yet
         self._next_poll = 0
         self._next_check = 0   # when the loop next looks at its deadlines (and the kernel's record)
+        #: What the C stop path may do alone (see _refresh_fast), and where it reports a stop.
+        self._fast = _fast_table()
+        self._stop = ffi.new("struct minivmm_stop *")
         #: The SRCU grace-period machinery's own record, for the traced threads (``self.tgid``'s keys).
         self.srcu = SrcuTimeline(threads=self.tgid)
 
@@ -418,6 +463,25 @@ class Tracer:
         self.tgid[tid] = tgid
         if tgid not in self.procs:
             self.procs[tgid] = _Proc(tgid, fds)
+            self._clear_fast()  # it knows none of its fds yet
+
+    # --- what the C stop path may do alone ---------------------------------------------------------------
+
+    def _clear_fast(self) -> None:
+        """Every fd back to the Python path (a process was added, or exec'd)."""
+        ffi.memmove(self._fast.link_known, bytes(_FAST_FDS), _FAST_FDS)
+        ffi.memmove(self._fast.run_done, bytes(_FAST_FDS), _FAST_FDS)
+
+    def _refresh_fast(self, fd: int) -> None:
+        """After a change to what a process knows of ``fd``: may the C stop path resume its KVM ioctls
+        alone? Only where that holds in every traced process (the C path does not know which process a
+        thread belongs to), and never under ``-p`` (every stop there is a syscall stop, resumed with
+        PTRACE_SYSCALL and paired with its exit by the tracer)."""
+        if not 0 <= fd < _FAST_FDS or self.attach_pid is not None:
+            return
+        procs = [p for tgid, p in self.procs.items() if tgid not in self._gone_ns]
+        self._fast.link_known[fd] = all(fd in p.links for p in procs)
+        self._fast.run_done[fd] = all(fd in p.run_done for p in procs)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -483,29 +547,30 @@ class Tracer:
         assert result is not None
         # The hot path: a KVM ioctl's seccomp stop goes straight to _on_seccomp; the flags and deadlines
         # are looked at only when a signal came or one is due.
-        seccomp_stop = (signal.SIGTRAP | (lib.PTRACE_EVENT_SECCOMP << 8)) << 8 | 0x7F
-        tgid = self.tgid
+        stop, fast, wait = self._stop, self._fast, lib.minivmm_trace_wait
+        fast.one_stop = self.kclock is not None and self.attach_pid is None
+        # Polling only pays where the tracee can run meanwhile: not on one CPU.
+        fast.poll_ns = self.poll_ns if len(os.sched_getaffinity(0)) > 1 else 0
         while self.alive:
             if self._flags or time.monotonic_ns() >= self._next_check:
                 self._check_flags_and_deadlines()
                 if not self.alive or result.detached:
                     break
                 self._arm_timer()  # after the check: a deadline it has just set must wake the wait below
-            try:
-                tid, status = waitpid(-1, WALL)
-            except TraceOSError as e:
-                if e.errno == _errno.EINTR:
+            tid = wait(stop, fast)
+            if tid < 0:
+                err = ffi.errno
+                if err == _errno.EINTR:
                     continue
-                if e.errno == _errno.ECHILD:
+                if err == _errno.ECHILD:
                     self.alive.clear()
                     break
-                raise
-            now = time.monotonic_ns()
+                raise TraceOSError("waitpid", err)
             result.stops += 1
-            if status == seccomp_stop and tid in tgid:
-                self._on_seccomp(tid, now)
+            if stop.seccomp:
+                self._on_seccomp(stop)
             else:
-                self._handle(tid, status, now)
+                self._handle(tid, stop.status, stop.now_ns)
 
     def _deadline(self, name: str, at: int, keep: bool = False) -> None:
         """Set deadline ``name`` (``keep``: unless it is set already) and make sure the loop wakes for it."""
@@ -616,7 +681,7 @@ class Tracer:
         sig = os.WSTOPSIG(status)
         event = (status >> 16) & 0xFF
         if event == lib.PTRACE_EVENT_SECCOMP:
-            self._on_seccomp(tid, now)
+            self._take_stop(tid, now)
         elif sig == (signal.SIGTRAP | 0x80):
             if self.attach_pid is not None:
                 self._on_attached_syscall(tid, now)
@@ -646,6 +711,7 @@ class Tracer:
             proc.links.clear()
             for fd in list(proc.vcpu_fds):
                 proc.forget_vcpu(fd)
+            self._clear_fast()
             self._resume(tid)
         elif event == lib.PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:
@@ -660,18 +726,32 @@ class Tracer:
                 self.result.signals.append((tid, sig))
             self._resume(tid, None, sig)
 
-    def _on_seccomp(self, tid: int, now: int) -> None:
+    def _take_stop(self, tid: int, now: int) -> None:
+        """A KVM ioctl's stop that the C path did not take (a syscall stop under ``-p``, or a seccomp stop
+        whose registers it could not read): read it now, resuming nothing."""
+        stop = self._stop
+        if lib.minivmm_trace_stop(tid, stop, _READ_ONLY) != 0:
+            if stop.error == _errno.ESRCH:
+                return  # killed meanwhile (SIGKILL, exit_group): its exit is reported
+            raise TraceOSError("ptrace(PTRACE_GETREGS)", stop.error)
+        stop.now_ns = now
+        self._on_seccomp(stop)
+
+    def _on_seccomp(self, stop: Any) -> None:
         """A KVM ioctl is about to enter the kernel: take what only this moment can tell (the struct it
-        points to, what the fd is), let it go, then note it (the tracee runs meanwhile)."""
+        points to, what the fd is), let it go, then note it (the tracee runs meanwhile). The C stop path
+        has read the registers and the struct, and has resumed the tracee already where
+        ``self._fast`` allowed it (``stop.resumed``)."""
         assert self.result is not None
-        regs = getregs(tid)
-        # Which ABI: the filter stops only ioctl, whose number differs in each (orig_rax holds it).
-        compat = int(regs.orig_rax) != _NR_IOCTL
-        if compat and int(regs.orig_rax) == _NR_IOCTL_I386:
-            fd, request, arg = int(regs.rbx) & 0xFFFFFFFF, int(regs.rcx) & 0xFFFFFFFF, int(regs.rdx) & 0xFFFFFFFF
-        else:
-            fd, request = int(regs.rdi) & 0xFFFFFFFF, int(regs.rsi) & 0xFFFFFFFF
-            arg = int(regs.rdx) & (0xFFFFFFFF if compat else 0xFFFFFFFFFFFFFFFF)
+        tid, now, compat, request, arg = stop.tid, stop.now_ns, bool(stop.compat), stop.request, stop.arg
+        fd = stop.fd
+        if stop.error:
+            raise TraceOSError("ptrace(PTRACE_CONT)", stop.error)
+        if stop.later_run:
+            self.result.later_kvm_runs += 1
+            return
+        if tid not in self.tgid:
+            self._add(tid, _tgid_of(tid))
         tgid = self.tgid[tid]
         proc = self.procs[tgid]
         first_run = request == _KVM_RUN
@@ -679,19 +759,21 @@ class Tracer:
             self.result.later_kvm_runs += 1
             self._resume(tid)
             return
-        raw = decode.capture(tid, request, arg)
+        raw = _stop_struct(stop)
         link = proc.links.get(fd)
         if link is None:
             link = link_kind(tid, fd)
             if self.kclock is not None:  # the kernel's record of close() keeps this cache true
                 proc.links[fd] = link
+                self._refresh_fast(fd)
         # With the kernel clock, one stop: its record gives the duration and the result, and the fd's
         # role follows in the kernel's order (_on_kernel). Only a vCPU's KVM_RUN until its first returns
         # is also stopped at its exit (one more stop per vCPU): whether it returned an exit decides
         # --until first-run, and which later KVM_RUNs are not recorded, at once.
         # A 32-bit call (i386, x32) is not reported by the syscall tracepoints: its exit stop is its clock.
         exit_stop = first_run or compat or self.kclock is None or self.attach_pid is not None
-        self._resume(tid, lib.PTRACE_SYSCALL if exit_stop else lib.PTRACE_CONT)
+        if not stop.resumed:
+            self._resume(tid, lib.PTRACE_SYSCALL if exit_stop else lib.PTRACE_CONT)
         if first_run:
             # Until a KVM_RUN of this vCPU has returned an exit (QEMU's first ones often return EINTR:
             # it kicks its vCPUs while starting), each one is recorded as its first.
@@ -728,7 +810,7 @@ class Tracer:
         if nr in IOCTL_NUMBERS:
             request = int(regs.rcx if nr == _NR_IOCTL_I386 else regs.rsi) & 0xFFFFFFFF
             if (request >> 8) & 0xFF == KVMIO:
-                self._on_seccomp(tid, now)
+                self._take_stop(tid, now)
                 return
         self._resume(tid)
 
@@ -805,11 +887,13 @@ class Tracer:
         proc = self.procs.get(tgid)
         if proc is not None:
             proc.links.pop(fd, None)
+            self._refresh_fast(fd)
         role = proc.fds.closed(fd) if proc is not None else None
         if proc is None or role is None:
             self._closing[tid] = -1
             return
         proc.forget_vcpu(fd)
+        self._refresh_fast(fd)
         self.result.teardown.append(TeardownCall("close", tgid, tid, fd, role, ts))
         self._closing[tid] = len(self.result.teardown) - 1
 
@@ -828,6 +912,7 @@ class Tracer:
                 log.set_first_run(row, False)  # its vCPU's first run had ended before it began
             elif ret >= 0:
                 proc.run_done.add(fd)
+                self._refresh_fast(fd)
                 if self.until_first_run and self._all_vcpus_started() and self._all_first_runs_done():
                     self._first_run_reached()
 

@@ -1,0 +1,133 @@
+"""The tracer's stop path in C (``minivmm_trace_wait``/``minivmm_trace_stop``) and what steers it.
+
+The C path may end a KVM ioctl's seccomp stop on its own (PTRACE_CONT) only where the tracer has said it
+may, through ``struct minivmm_fast``: these tests hold the table to decode's structs, the per-fd bits to
+"true in every traced process", and the traces it produces to those of the path that leaves every stop
+to Python.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+import pytest
+
+from minivmm._trace import lib
+from minivmm.trace import decode
+from minivmm.trace.tracer import Clock, Tracer, _fast_table, _Proc, _stop_struct
+from tests.test_trace import trace_prog  # noqa: F401  (the fixture)
+
+
+def test_the_table_gives_each_decoded_struct_its_size_and_leaves_shared_numbers_to_python() -> None:
+    fast = _fast_table()
+    by_nr = collections.Counter(request & 0xFF for request in decode.STRUCTS)
+    assert decode.STRUCTS, "no decoded request: the table would say nothing"
+    for request, struct in decode.STRUCTS.items():
+        nr = request & 0xFF
+        assert fast.request_of_nr[nr] in decode.STRUCTS
+        if by_nr[nr] == 1:
+            assert (fast.request_of_nr[nr], fast.size_of_nr[nr]) == (request, decode.struct_size(struct))
+        else:
+            assert fast.size_of_nr[nr] == -1  # two requests, one number: the tracer reads it itself
+    assert fast.kvm_run == decode.KVM_RUN and fast.one_stop == 0
+    assert not any(fast.link_known) and not any(fast.run_done)
+
+
+def _tracer(**kw: object) -> Tracer:
+    return Tracer("/bin/true", ["true"], **kw)  # type: ignore[arg-type]  # never run: its bookkeeping only
+
+
+def test_an_fd_is_left_to_c_only_where_every_live_process_knows_it() -> None:
+    t = _tracer()
+    t._add(100, 100)
+    a = t.procs[100]
+    a.links[5] = 1
+    t._refresh_fast(5)
+    assert t._fast.link_known[5] == 1 and t._fast.run_done[5] == 0
+    a.run_done.add(5)
+    t._refresh_fast(5)
+    assert t._fast.run_done[5] == 1
+    t._add(200, 200)  # a second process (a fork): it knows none of its fds yet
+    assert t._fast.link_known[5] == 0 and t._fast.run_done[5] == 0
+    t._refresh_fast(5)
+    assert t._fast.link_known[5] == 0
+    t.procs[200].links[5] = 1
+    t._refresh_fast(5)
+    assert t._fast.link_known[5] == 1 and t._fast.run_done[5] == 0
+    t._gone_ns[200] = 1  # the second process has exited: only the first counts
+    t._refresh_fast(5)
+    assert t._fast.run_done[5] == 1
+    a.links.pop(5)  # the kernel recorded close(5)
+    t._refresh_fast(5)
+    assert t._fast.link_known[5] == 0
+    t._refresh_fast(1 << 20)  # past the table: left to Python, no error
+    t._add(101, 100)  # a thread of a known process changes nothing
+    assert t._fast.run_done[5] == 1
+
+
+def test_an_exec_clears_every_fd() -> None:
+    t = _tracer()
+    t._add(100, 100)
+    for fd in (3, 4):
+        t.procs[100].links[fd] = 1
+        t._refresh_fast(fd)
+    t._clear_fast()
+    assert not any(t._fast.link_known) and not any(t._fast.run_done)
+
+
+def test_attached_stops_are_never_left_to_c() -> None:
+    t = _tracer(attach_pid=os.getpid())
+    proc = _Proc(100)
+    proc.links[5] = 1
+    proc.run_done.add(5)
+    t.procs[100] = proc
+    t._refresh_fast(5)
+    assert t._fast.link_known[5] == 0 and t._fast.run_done[5] == 0
+
+
+class _Counting(Tracer):
+    """Counts the stops the C path resumed on its own; where it did not (the tracee still waits), reads
+    the argument struct again the Python way and keeps what differs from what C took."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.ended_in_c: collections.Counter[str] = collections.Counter()
+        self.struct_differs: list[int] = []
+
+    def _on_seccomp(self, stop: Any) -> None:
+        self.ended_in_c["resumed" if stop.resumed else "left"] += 1
+        if not stop.resumed and _stop_struct(stop) != decode.capture(stop.tid, stop.request, stop.arg):
+            self.struct_differs.append(stop.request)
+        super()._on_seccomp(stop)
+
+
+def _events(t: Tracer) -> list[tuple[object, ...]]:
+    """Each call as decoded, less what differs from run to run (the memslot's address: ASLR)."""
+    assert t.result is not None
+    return [(e.name, e.role, e.ret, {k: v for k, v in e.decoded.fields.items() if k != "userspace_addr"})
+            for e in t.result.events]
+
+
+@pytest.mark.kvm
+def test_c_ends_the_stops_it_may_and_the_trace_is_the_same(trace_prog: str,  # noqa: F811
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    kernel = _Counting(trace_prog, [trace_prog, "6", "0"])
+    kernel.run()
+    if kernel.result is None or kernel.result.clock is not Clock.KERNEL:
+        pytest.skip("the kernel clock is unavailable here (tracefs): every stop is the tracer's")
+    # Each fd's first KVM ioctl waits for the tracer (what the fd is comes from /proc); the later ones on
+    # it (the VM's ioeventfds, memslot, vCPU) end in C.
+    assert kernel.ended_in_c["resumed"] >= 6, kernel.ended_in_c
+    assert kernel.ended_in_c["left"] >= 2, kernel.ended_in_c
+    slow = _Counting(trace_prog, [trace_prog, "6", "0"], clock="ptrace", poll_ns=0)
+    slow.run()
+    assert slow.ended_in_c["resumed"] == 0, slow.ended_in_c  # every call has an exit stop: none ends in C
+    assert slow.struct_differs == [] and kernel.struct_differs == []
+    assert _events(kernel) == _events(slow)
+    capfd.readouterr()
+
+
+def test_the_stop_layout_has_room_for_every_decoded_struct() -> None:
+    assert max(decode.struct_size(s) for s in decode.STRUCTS.values()) <= lib.MINIVMM_RAW_MAX
