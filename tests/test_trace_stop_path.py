@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import subprocess
 from typing import Any
 
 import pytest
@@ -131,3 +132,42 @@ def test_c_ends_the_stops_it_may_and_the_trace_is_the_same(trace_prog: str,  # n
 
 def test_the_stop_layout_has_room_for_every_decoded_struct() -> None:
     assert max(decode.struct_size(s) for s in decode.STRUCTS.values()) <= lib.MINIVMM_RAW_MAX
+
+
+class _CountingAttached(Tracer):
+    """Counts the stops the tracer's Python saw (the others the C path passed on its own)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.seen_by_python = 0
+
+    def _handle(self, tid: int, status: int, now: int) -> None:
+        self.seen_by_python += 1
+        super()._handle(tid, status, now)
+
+
+@pytest.mark.kvm
+def test_attached_c_passes_other_system_calls_and_leaves_kvm_ioctls_to_python(trace_prog: str) -> None:  # noqa: F811
+    vmm = subprocess.Popen([trace_prog, "attach"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    assert vmm.stdin is not None and vmm.stdout is not None
+    try:
+        assert vmm.stdout.readline().strip() == "ready"
+
+        def go(_pid: int, _threads: int) -> None:
+            vmm.stdin.write("x")  # type: ignore[union-attr]
+            vmm.stdin.flush()  # type: ignore[union-attr]
+
+        t = _CountingAttached("", ["attach"], attach_pid=vmm.pid, on_start=go, timeout_s=1.0)
+        r = t.run()
+        assert vmm.stdout.readline().strip() == "registered"
+    finally:
+        vmm.stdin.close()
+        vmm.wait(timeout=30)
+    # The three ioeventfd calls, each stopped at its entry and exit by the tracer's Python ...
+    io = [(e.decoded.fields["addr"], e.decoded.fields["deassign"], e.ret)
+          for e in r.events if e.name == "KVM_IOEVENTFD"]
+    assert io == [(0x6008, False, 0), (0xFE003000, False, 0), (0x6008, True, 0)]
+    # ... while the program's other system calls (eventfd, its writes to stderr and stdout, read) were
+    # passed in C: every stop counts, and those never reached Python.
+    assert r.stops - t.seen_by_python >= 6, (r.stops, t.seen_by_python)

@@ -118,6 +118,8 @@ STOP = r"""
 struct minivmm_fast {
     int one_stop;                   /* a native KVM ioctl needs no exit stop (kernel clock, spawned) */
     int64_t poll_ns;                /* after a stop, poll this long for the next before sleeping */
+    int attached;                   /* -p: every system call stops at its entry and exit (no filter) */
+    uint32_t kvm_type;              /* KVMIO, the _IOC_TYPE of every KVM request */
     uint32_t kvm_run;               /* KVM_RUN's request number */
     uint32_t request_of_nr[256];    /* by _IOC_NR: the decoded request with that number */
     int32_t size_of_nr[256];        /* its argument struct's size; 0: none; -1: ambiguous nr */
@@ -140,6 +142,7 @@ struct minivmm_stop {
     uint64_t arg;
     int resumed;                    /* resumed with PTRACE_CONT here */
     int later_run;                  /* a KVM_RUN after its vCPU's first returned (resumed, not recorded) */
+    int passed;                     /* -p: a stop at another system call's entry or exit, resumed here */
     int raw_len;                    /* bytes in raw, or MINIVMM_RAW_* */
     unsigned char raw[MINIVMM_RAW_MAX];
 };
@@ -213,6 +216,26 @@ static int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct m
     return 0;
 }
 
+/* -p: a syscall stop (entry or exit) of anything but a KVM ioctl is resumed here with PTRACE_SYSCALL
+   (stop->passed), as the tracer would; a KVM ioctl's, or one whose registers cannot be read, is left to
+   the tracer, which pairs its entry with its exit. An ioctl is told from its number in each ABI (the
+   i386 one takes its request in ecx), as minivmm.trace.syscalls.IOCTL_NUMBERS does. */
+static void minivmm_pass_syscall(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast)
+{
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, tid, NULL, &regs) != 0)
+        return;
+    long nr = (long)regs.orig_rax;
+    if (nr == SYS_ioctl || nr == MINIVMM_NR_IOCTL_X32 || nr == MINIVMM_NR_IOCTL_I386) {
+        uint32_t request = (uint32_t)(nr == MINIVMM_NR_IOCTL_I386 ? regs.rcx : regs.rsi);
+        if (((request >> 8) & 0xFF) == fast->kvm_type)
+            return;
+    }
+    if (ptrace(PTRACE_SYSCALL, tid, NULL, NULL) != 0 && errno != ESRCH)
+        return;  /* the tracer tries again and reports the error */
+    stop->passed = 1;
+}
+
 /* waitpid(-1, __WALL) into `stop` (polled with WNOHANG for fast->poll_ns first), and at a seccomp
    stop minivmm_trace_stop. Returns the tid, or -1 with errno (EINTR: a signal for the tracer; ECHILD:
    nothing left to wait for). A signal for the tracer while it polls waits for the poll's end. */
@@ -241,8 +264,11 @@ static int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fa
     stop->status = status;
     stop->seccomp = 0;
     stop->error = 0;
+    stop->passed = 0;
     if (status >> 8 == (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)) && WIFSTOPPED(status))
         minivmm_trace_stop(tid, stop, fast);
+    else if (fast->attached && WIFSTOPPED(status) && WSTOPSIG(status) == (SIGTRAP | 0x80))
+        minivmm_pass_syscall(tid, stop, fast);
     return tid;
 }
 """
@@ -334,6 +360,8 @@ int kill(int pid, int sig);
 struct minivmm_fast {
     int one_stop;
     int64_t poll_ns;
+    int attached;
+    uint32_t kvm_type;
     uint32_t kvm_run;
     uint32_t request_of_nr[...];
     int32_t size_of_nr[...];
@@ -353,6 +381,7 @@ struct minivmm_stop {
     uint64_t arg;
     int resumed;
     int later_run;
+    int passed;
     int raw_len;
     unsigned char raw[...];
     ...;

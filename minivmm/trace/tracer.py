@@ -104,6 +104,7 @@ def _fast_table() -> Any:
     fit: the tracer takes those itself). No fd is known yet and ``one_stop`` is off."""
     fast = ffi.new("struct minivmm_fast *")
     fast.kvm_run = _KVM_RUN & 0xFFFFFFFF
+    fast.kvm_type = KVMIO
     for request, struct in decode.STRUCTS.items():
         nr, size = request & 0xFF, decode.struct_size(struct)
         taken = fast.request_of_nr[nr] != 0 or fast.size_of_nr[nr] != 0
@@ -549,6 +550,7 @@ class Tracer:
         # are looked at only when a signal came or one is due.
         stop, fast, wait = self._stop, self._fast, lib.minivmm_trace_wait
         fast.one_stop = self.kclock is not None and self.attach_pid is None
+        fast.attached = self.attach_pid is not None
         # Polling only pays where the tracee can run meanwhile: not on one CPU.
         fast.poll_ns = self.poll_ns if len(os.sched_getaffinity(0)) > 1 else 0
         while self.alive:
@@ -569,7 +571,7 @@ class Tracer:
             result.stops += 1
             if stop.seccomp:
                 self._on_seccomp(stop)
-            else:
+            elif not stop.passed:
                 self._handle(tid, stop.status, stop.now_ns)
 
     def _deadline(self, name: str, at: int, keep: bool = False) -> None:
