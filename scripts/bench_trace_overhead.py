@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""What tracing costs the traced program and the rest of the host: ``minivmm trace`` beside ``strace -f -T
--e trace=ioctl`` and beside no tracer at all, in one run (a benchmark, not a test: figures vary by host
-and load; the load average is printed with them).
+"""What tracing costs the traced program and the rest of the host: ``minivmm trace`` (with the kernel
+clock, and with ``--clock ptrace``: no syscall tracepoints, a second stop per KVM ioctl instead) beside
+``strace -f -T -e trace=ioctl`` and beside no tracer at all, in one run (a benchmark, not a test: figures
+vary by host and load; the load average is printed with them).
 
 The program (scripts/trace_overhead_prog.c, built here with ``gcc -static``) times its own calls with
 clock_gettime, so the cost a tracer adds is what the program sees, stops included:
@@ -60,7 +61,9 @@ def tracers(tmp: str) -> dict[str, Callable[[list[str]], list[str]]]:
     report = os.path.join(tmp, "report.txt")
     out = {"bare": lambda argv: argv,
            "minivmm trace": lambda argv: [sys.executable, "-m", "minivmm", "trace", "--no-explain", "-o", report,
-                                          "--", *argv]}
+                                          "--", *argv],
+           "--clock ptrace": lambda argv: [sys.executable, "-m", "minivmm", "trace", "--no-explain", "-o", report,
+                                           "--clock", "ptrace", "--", *argv]}
     if shutil.which("strace"):
         out["strace -f -T"] = lambda argv: ["strace", "-f", "-T", "-e", "trace=ioctl", "-o",
                                             os.path.join(tmp, "strace.txt"), *argv]
