@@ -1,4 +1,4 @@
-"""The tracer's stop path in C (``minivmm_trace_wait``/``minivmm_trace_stop``) and what steers it.
+"""The tracer's stop path in C (``minivmm_trace_wait`` and the stops it takes) and what steers it.
 
 The C path may end a KVM ioctl's seccomp stop on its own (PTRACE_CONT) only where the tracer has said it
 may, through ``struct minivmm_fast``: these tests hold the table to decode's structs, the per-fd bits to
@@ -97,6 +97,10 @@ class _Counting(Tracer):
         self.ended_in_c: collections.Counter[str] = collections.Counter()
         self.struct_differs: list[int] = []
 
+    def _on_syscall_exit(self, tid: int, now: int, resumed_with: int | None = None) -> None:
+        self.ended_in_c["exit resumed" if resumed_with is not None else "exit left"] += 1
+        super()._on_syscall_exit(tid, now, resumed_with)
+
     def _on_seccomp(self, stop: Any) -> None:
         self.ended_in_c["resumed" if stop.resumed else "left"] += 1
         if not stop.resumed and _stop_struct(stop) != decode.capture(stop.tid, stop.request, stop.arg):
@@ -125,6 +129,9 @@ def test_c_ends_the_stops_it_may_and_the_trace_is_the_same(trace_prog: str,  # n
     slow = _Counting(trace_prog, [trace_prog, "6", "0"], clock="ptrace", poll_ns=0)
     slow.run()
     assert slow.ended_in_c["resumed"] == 0, slow.ended_in_c  # every call has an exit stop: none ends in C
+    # ... where C reads the result and resumes (no KVM_RUN here, whose exit the tracer takes itself).
+    assert slow.ended_in_c["exit resumed"] == len(slow.result.events) == 10, slow.ended_in_c  # type: ignore[union-attr]
+    assert kernel.ended_in_c["exit resumed"] == 0  # the kernel clock: no exit stop at all
     assert slow.struct_differs == [] and kernel.struct_differs == []
     assert _events(kernel) == _events(slow)
     capfd.readouterr()

@@ -143,6 +143,8 @@ struct minivmm_stop {
     int resumed;                    /* resumed with PTRACE_CONT here */
     int later_run;                  /* a KVM_RUN after its vCPU's first returned (resumed, not recorded) */
     int passed;                     /* -p: a stop at another system call's entry or exit, resumed here */
+    int exited;                     /* a KVM ioctl's exit stop (not -p, not KVM_RUN): ret read, resumed */
+    int64_t ret;                    /* its result, as the ABI returns it (sign-extended) */
     int raw_len;                    /* bytes in raw, or MINIVMM_RAW_* */
     unsigned char raw[MINIVMM_RAW_MAX];
 };
@@ -236,6 +238,25 @@ static void minivmm_pass_syscall(int tid, struct minivmm_stop *stop, const struc
     stop->passed = 1;
 }
 
+/* Not -p: a syscall stop is always the exit stop the tracer asked for (PTRACE_SYSCALL at a KVM ioctl's
+   seccomp stop, where there is no kernel clock or the call is 32-bit). Its result is read and the tracee
+   resumed here (stop->exited), except a KVM_RUN's: whether a first run returned an exit decides what
+   the tracer does next, before the vCPU goes on. */
+static void minivmm_exit_stop(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast)
+{
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, tid, NULL, &regs) != 0)
+        return;
+    int i386 = (long)regs.orig_rax == MINIVMM_NR_IOCTL_I386;
+    uint32_t request = (uint32_t)(i386 ? regs.rcx : regs.rsi);
+    if (request == fast->kvm_run)
+        return;
+    stop->ret = i386 ? (int64_t)(int32_t)regs.rax : (int64_t)regs.rax;
+    if (ptrace(PTRACE_CONT, tid, NULL, NULL) != 0 && errno != ESRCH)
+        return;  /* the tracer reads it again and reports the error */
+    stop->exited = 1;
+}
+
 /* waitpid(-1, __WALL) into `stop` (polled with WNOHANG for fast->poll_ns first), and at a seccomp
    stop minivmm_trace_stop. Returns the tid, or -1 with errno (EINTR: a signal for the tracer; ECHILD:
    nothing left to wait for). A signal for the tracer while it polls waits for the poll's end. */
@@ -265,10 +286,15 @@ static int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fa
     stop->seccomp = 0;
     stop->error = 0;
     stop->passed = 0;
+    stop->exited = 0;
     if (status >> 8 == (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)) && WIFSTOPPED(status))
         minivmm_trace_stop(tid, stop, fast);
-    else if (fast->attached && WIFSTOPPED(status) && WSTOPSIG(status) == (SIGTRAP | 0x80))
-        minivmm_pass_syscall(tid, stop, fast);
+    else if (WIFSTOPPED(status) && WSTOPSIG(status) == (SIGTRAP | 0x80)) {
+        if (fast->attached)
+            minivmm_pass_syscall(tid, stop, fast);
+        else
+            minivmm_exit_stop(tid, stop, fast);
+    }
     return tid;
 }
 """
@@ -382,6 +408,8 @@ struct minivmm_stop {
     int resumed;
     int later_run;
     int passed;
+    int exited;
+    int64_t ret;
     int raw_len;
     unsigned char raw[...];
     ...;

@@ -571,6 +571,8 @@ class Tracer:
             result.stops += 1
             if stop.seccomp:
                 self._on_seccomp(stop)
+            elif stop.exited:
+                self._on_syscall_exit(tid, stop.now_ns, stop.ret)
             elif not stop.passed:
                 self._handle(tid, stop.status, stop.now_ns)
 
@@ -816,11 +818,16 @@ class Tracer:
                 return
         self._resume(tid)
 
-    def _on_syscall_exit(self, tid: int, now: int) -> None:
+    def _on_syscall_exit(self, tid: int, now: int, resumed_with: int | None = None) -> None:
+        """A KVM ioctl's exit stop: its result and the tracer's clock complete it. ``resumed_with``: the C
+        path has read the result and resumed the tracee already."""
         row = self._exit_stop.pop(tid, None)
         if row is not None:
-            regs = getregs(tid)
-            ret = _signed32(int(regs.rax)) if int(regs.orig_rax) == _NR_IOCTL_I386 else _signed(int(regs.rax))
+            if resumed_with is None:
+                regs = getregs(tid)
+                ret = _signed32(int(regs.rax)) if int(regs.orig_rax) == _NR_IOCTL_I386 else _signed(int(regs.rax))
+            else:
+                ret = resumed_with
             self.log.set_stop_exit(row, now, ret)
             if self.kclock is not None:
                 self._completed_at_stop.add(row)
@@ -829,7 +836,8 @@ class Tracer:
                 # A first run ended: what the kernel recorded before it (the vCPUs created) decides now.
                 self._on_kernel(self.kclock.poll(now=True))
                 self._check_first_runs(now)
-        self._resume(tid)
+        if resumed_with is None:
+            self._resume(tid)
 
     # --- completion, in the kernel's order -------------------------------------------------------------
 
