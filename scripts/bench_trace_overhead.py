@@ -14,7 +14,9 @@ clock_gettime, so the cost a tracer adds is what the program sees, stops include
 * the same call in another process, run while each tracer traces a program that waits (the kernel
   clock's syscall tracepoints are switched on for every task while a trace runs);
 * with -p PID (attached to the running program, both tools stop every system call twice): the
-  KVM_CHECK_EXTENSION loop and getppid.
+  KVM_CHECK_EXTENSION loop and getppid;
+* getppid under a seccomp filter of the tracer's shape with no tracer and no tracepoint (the program
+  installs it itself): the floor under any tracer built on a seccomp filter.
 
 Conditions are interleaved round by round (bare, minivmm trace, strace, ...) so that a change in the
 host's load falls on all of them. The loops' figure is the fastest batch's (a batch is only ever slowed
@@ -196,6 +198,7 @@ def main() -> int:
             "getpid", str(args.getpids), str(args.batches)]
     traced: dict[str, Samples] = {c: {} for c in conditions}
     other: dict[str, Samples] = {c: {} for c in conditions}
+    filter_only: list[list[int]] = []
     load_before = load()
     for r in range(args.rounds):
         for name, wrap in conditions.items():
@@ -203,6 +206,7 @@ def main() -> int:
                 traced[name].setdefault(kind, []).extend(batches)
             for kind, batches in other_process(prog, wrap, args.getpids, args.batches).items():
                 other[name].setdefault(kind, []).extend(batches)
+        filter_only += run([prog, "seccomp", "getpid", str(args.getpids), str(args.batches)])["getpid"]
         print(f"round {r + 1}/{args.rounds} done (load average {load()})", file=sys.stderr)
     attach_rows: dict[str, Samples] = {}
     if not args.no_attach:
@@ -223,6 +227,12 @@ def main() -> int:
     print(f"{args.rounds} rounds; per round each condition runs: {' '.join(argv[1:])}; and getppid "
           f"{args.getpids} x {args.batches} in another process while it traces a waiting program\n")
     print_figures(list(conditions), figures, attach_rows)
+    # The floor under any tracer that stops KVM ioctls with a seccomp filter: the filter alone.
+    figures["seccomp filter alone"] = {"getpid_traced_ns": per_call_ns(filter_only)}
+    alone = figures["seccomp filter alone"]["getpid_traced_ns"]
+    bare_getpid = figures["bare"]["getpid_traced_ns"]
+    print(f"\ngetppid under a seccomp filter of minivmm trace's shape, no tracer and no tracepoint: {alone:.0f} ns "
+          f"({(alone / bare_getpid - 1) * 100:+.0f}% of bare)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load_before": load_before, "load_after": load_after, "argv": argv[1:], "rounds": args.rounds,

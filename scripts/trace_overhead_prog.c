@@ -14,6 +14,10 @@
  *   hold            print "ready", then block until stdin ends (keeps a tracer running meanwhile).
  *   go              print "ready", then wait for one byte on stdin before the modes that follow (a
  *                   tracer attaches meanwhile, with -p).
+ *   seccomp         install, before the modes that follow, a seccomp filter of the same shape as
+ *                   minivmm trace's (SECCOMP_RET_TRACE for a KVM ioctl, SECCOMP_RET_ALLOW for the rest)
+ *                   with no tracer and no tracepoint: what a filter alone costs every other system
+ *                   call (a KVM ioctl would fail with ENOSYS: follow it with getpid only).
  * Several modes can follow one another on one command line.
  */
 #define _GNU_SOURCE
@@ -23,7 +27,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -152,6 +161,27 @@ static void setup(int kvm, int reps)
     munmap(mem, ram);
 }
 
+static int install_filter(void)
+{
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFF00),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, KVMIO << 8, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        return -1;
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+}
+
 int main(int argc, char **argv)
 {
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -188,6 +218,11 @@ int main(int argc, char **argv)
             fflush(stdout);
             if (read(0, &c, 1) != 1)
                 return 9;
+        } else if (strcmp(argv[a], "seccomp") == 0) {
+            if (install_filter() != 0) {
+                perror("seccomp");
+                return 3;
+            }
         } else if (strcmp(argv[a], "hold") == 0) {
             char c;
             printf("ready\n");
@@ -195,7 +230,7 @@ int main(int argc, char **argv)
             while (read(0, &c, 1) > 0)
                 ;
         } else {
-            fprintf(stderr, "usage: %s [setup REPS] [check N BATCHES] [getpid N BATCHES] [hold] [go]\n", argv[0]);
+            fprintf(stderr, "usage: %s [setup REPS] [check N BATCHES] [getpid N BATCHES] [hold] [go] [seccomp]\n", argv[0]);
             return 2;
         }
     }

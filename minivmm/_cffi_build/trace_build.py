@@ -26,6 +26,7 @@ PRELUDE = """
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -113,6 +114,11 @@ STOP = r"""
 #define MINIVMM_RAW_NONE (-1)
 #define MINIVMM_RAW_UNREADABLE (-2)
 #define MINIVMM_RAW_LEFT (-3)
+/* Room for an fd's /proc link ("anon_inode:kvm-vcpu:N", "/dev/kvm", or the start of any other). */
+#define MINIVMM_LINK_MAX 96
+/* link_len when the C path did not read the link (the tracer reads it, or knows it) / could not. */
+#define MINIVMM_LINK_UNREAD (-1)
+#define MINIVMM_LINK_GONE (-2)
 
 /* What the tracer tells the stop path; written only by the tracer's thread between stops. */
 struct minivmm_fast {
@@ -147,6 +153,8 @@ struct minivmm_stop {
     int64_t ret;                    /* its result, as the ABI returns it (sign-extended) */
     int raw_len;                    /* bytes in raw, or MINIVMM_RAW_* */
     unsigned char raw[MINIVMM_RAW_MAX];
+    int link_len;                   /* bytes of the fd's /proc link in link, or MINIVMM_LINK_* */
+    char link[MINIVMM_LINK_MAX];
 };
 
 static int64_t minivmm_now_ns(void)
@@ -183,6 +191,7 @@ static int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct m
     stop->resumed = 0;
     stop->later_run = 0;
     stop->error = 0;
+    stop->link_len = MINIVMM_LINK_UNREAD;
     if (ptrace(PTRACE_GETREGS, tid, NULL, &regs) != 0) {
         stop->error = errno;
         return -1;
@@ -207,8 +216,16 @@ static int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct m
         stop->later_run = 1;
     } else {
         minivmm_capture(stop, fast);
-        if (!(fast->one_stop && fast_fd && fast->link_known[stop->fd] && stop->raw_len != MINIVMM_RAW_LEFT))
+        if (!(fast->one_stop && fast_fd && stop->raw_len != MINIVMM_RAW_LEFT))
             return 0;
+        if (!fast->link_known[stop->fd]) {
+            /* The fd's first KVM ioctl here: what it is, read while the call waits (the fd could be
+               closed and reused once it goes on). */
+            char path[64];
+            snprintf(path, sizeof(path), "/proc/%d/fd/%u", tid, stop->fd);
+            ssize_t n = readlink(path, stop->link, sizeof(stop->link));
+            stop->link_len = n < 0 ? MINIVMM_LINK_GONE : (int)n;
+        }
     }
     if (ptrace(PTRACE_CONT, tid, NULL, NULL) != 0 && errno != ESRCH) {  /* ESRCH: killed meanwhile */
         stop->error = errno;
@@ -383,6 +400,9 @@ int kill(int pid, int sig);
 #define MINIVMM_RAW_NONE ...
 #define MINIVMM_RAW_UNREADABLE ...
 #define MINIVMM_RAW_LEFT ...
+#define MINIVMM_LINK_MAX ...
+#define MINIVMM_LINK_UNREAD ...
+#define MINIVMM_LINK_GONE ...
 struct minivmm_fast {
     int one_stop;
     int64_t poll_ns;
@@ -412,6 +432,8 @@ struct minivmm_stop {
     int64_t ret;
     int raw_len;
     unsigned char raw[...];
+    int link_len;
+    char link[...];
     ...;
 };
 int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast);

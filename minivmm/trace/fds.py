@@ -23,6 +23,11 @@ def link_kind(tid: int, fd: int) -> int:
         link = os.readlink(f"/proc/{tid}/fd/{fd}")
     except OSError:
         return LINK_GONE
+    return kind_of_link(link)
+
+
+def kind_of_link(link: str) -> int:
+    """What an fd whose /proc link reads ``link`` is (see :func:`link_kind`)."""
     if link == "/dev/kvm":
         return LINK_SYSTEM
     if link == "anon_inode:kvm-vm":

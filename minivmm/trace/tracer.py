@@ -42,7 +42,7 @@ from typing import Any
 
 from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
-from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, link_kind
+from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, kind_of_link, link_kind
 from minivmm.trace.kclock import KernelClock, KernelClockUnavailable
 from minivmm.trace.srcu_check import SrcuTimeline
 from minivmm.trace.syscalls import (
@@ -121,6 +121,15 @@ def _stop_struct(stop: Any) -> bytes | None:
     if raw_len == lib.MINIVMM_RAW_LEFT:
         return decode.capture(stop.tid, stop.request, stop.arg)
     return decode.UNREADABLE if raw_len == lib.MINIVMM_RAW_UNREADABLE else None
+
+
+def _stop_link(stop: Any) -> int:
+    """What the stopped call's fd is: from the /proc link the C path read at the stop, else read now (the
+    tracee still waits)."""
+    n = stop.link_len
+    if n >= 0:
+        return kind_of_link(ffi.unpack(stop.link, n).decode(errors="replace"))
+    return LINK_GONE if n == lib.MINIVMM_LINK_GONE else link_kind(stop.tid, stop.fd)
 
 
 #: For stops taken outside the loop (``_take_stop``): the C path reads, and never resumes (no fd is known).
@@ -766,7 +775,7 @@ class Tracer:
         raw = _stop_struct(stop)
         link = proc.links.get(fd)
         if link is None:
-            link = link_kind(tid, fd)
+            link = _stop_link(stop)
             if self.kclock is not None:  # the kernel's record of close() keeps this cache true
                 proc.links[fd] = link
                 self._refresh_fast(fd)
