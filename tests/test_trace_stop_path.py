@@ -187,3 +187,11 @@ def test_an_fd_is_named_by_its_proc_link() -> None:
     assert kind_of_link("anon_inode:kvm-vcpu:3") == 3
     for other in ("anon_inode:kvm-vcpu:", "anon_inode:kvm-vcpu:x", "/dev/kvmx", "socket:[123]", ""):
         assert kind_of_link(other) == LINK_OTHER, other
+
+
+def test_the_tracer_polls_only_where_the_tracee_can_run_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minivmm.trace.tracer import poll_window
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert poll_window(50_000) == 50_000 and poll_window(0) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+    assert poll_window(50_000) == 0

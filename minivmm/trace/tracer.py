@@ -113,6 +113,12 @@ def _fast_table() -> Any:
     return fast
 
 
+def poll_window(poll_ns: int) -> int:
+    """How long the tracer polls after a stop: ``poll_ns``, or 0 where it may run on one CPU only (the
+    tracee, which inherits that, could not run while the tracer polls: every poll would be waited out)."""
+    return poll_ns if len(os.sched_getaffinity(0)) > 1 else 0
+
+
 def _stop_struct(stop: Any) -> bytes | None:
     """The argument struct's bytes as :func:`decode.capture` gives them, from what the C path took."""
     raw_len = stop.raw_len
@@ -560,8 +566,7 @@ class Tracer:
         stop, fast, wait = self._stop, self._fast, lib.minivmm_trace_wait
         fast.one_stop = self.kclock is not None and self.attach_pid is None
         fast.attached = self.attach_pid is not None
-        # Polling only pays where the tracee can run meanwhile: not on one CPU.
-        fast.poll_ns = self.poll_ns if len(os.sched_getaffinity(0)) > 1 else 0
+        fast.poll_ns = poll_window(self.poll_ns)
         while self.alive:
             if self._flags or time.monotonic_ns() >= self._next_check:
                 self._check_flags_and_deadlines()
