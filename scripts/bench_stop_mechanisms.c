@@ -44,6 +44,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvm_seccomp_filter.h"
+
 enum mechanism { BARE, PTRACE, NOTIFY, MECHANISMS };
 static const char *const names[MECHANISMS] = { "bare", "ptrace", "notify" };
 
@@ -58,29 +60,6 @@ static void die(const char *what)
 {
     perror(what);
     exit(2);
-}
-
-/* The filter: ioctl with a KVM request (type byte 0xAE) gets `action`, everything else runs. */
-static int install_filter(uint32_t action, unsigned int flags)
-{
-    struct sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
-        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8),
-        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFF),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, KVMIO, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-        die("prctl(PR_SET_NO_NEW_PRIVS)");
-    return (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
 }
 
 /* The traced program: N KVM_CHECK_EXTENSION calls, its ns per call written to `out`. */
@@ -137,11 +116,11 @@ static double run(enum mechanism m, int kvm, long n)
     if (child == 0) {
         close(result[0]);
         if (m == PTRACE) {
-            if (install_filter(SECCOMP_RET_TRACE, 0) < 0)
+            if (install_kvm_filter(SECCOMP_RET_TRACE, 0) < 0)
                 die("seccomp(SECCOMP_RET_TRACE)");
             raise(SIGSTOP); /* the parent seizes us meanwhile */
         } else if (m == NOTIFY) {
-            int listener = install_filter(SECCOMP_RET_USER_NOTIF, SECCOMP_FILTER_FLAG_NEW_LISTENER);
+            int listener = install_kvm_filter(SECCOMP_RET_USER_NOTIF, SECCOMP_FILTER_FLAG_NEW_LISTENER);
             if (listener < 0)
                 die("seccomp(SECCOMP_RET_USER_NOTIF)");
             send_fd(sock[1], listener);
