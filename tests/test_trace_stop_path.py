@@ -40,21 +40,26 @@ def _tracer(**kw: object) -> Tracer:
     return Tracer("/bin/true", ["true"], **kw)  # type: ignore[arg-type]  # never run: its bookkeeping only
 
 
-def test_an_fd_is_left_to_c_only_where_every_live_process_knows_it() -> None:
+def test_an_fd_is_left_to_c_only_where_every_live_kvm_process_knows_it() -> None:
     t = _tracer()
     t._add(100, 100)
     a = t.procs[100]
+    a.uses_kvm = True
     a.links[5] = 1
     t._refresh_fast(5)
     assert t._fast.link_known[5] == 1 and t._fast.run_done[5] == 0
     a.run_done.add(5)
     t._refresh_fast(5)
     assert t._fast.run_done[5] == 1
-    t._add(200, 200)  # a second process (a fork): it knows none of its fds yet
+    t._add(200, 200)  # a second process (a fork): until it is known, its fds are C's to read
     assert t._fast.link_known[5] == 0 and t._fast.run_done[5] == 0
-    t._refresh_fast(5)
-    assert t._fast.link_known[5] == 0
-    t.procs[200].links[5] = 1
+    t._refresh_fast(5)  # it has made no KVM ioctl: no say
+    assert t._fast.link_known[5] == 1 and t._fast.run_done[5] == 1
+    b = t.procs[200]
+    b.uses_kvm = True  # its first KVM ioctl
+    t._refresh_all()
+    assert t._fast.link_known[5] == 0 and t._fast.run_done[5] == 0
+    b.links[5] = 1
     t._refresh_fast(5)
     assert t._fast.link_known[5] == 1 and t._fast.run_done[5] == 0
     t._gone_ns[200] = 1  # the second process has exited: only the first counts
@@ -68,9 +73,22 @@ def test_an_fd_is_left_to_c_only_where_every_live_process_knows_it() -> None:
     assert t._fast.run_done[5] == 1
 
 
+def test_refreshing_every_fd_takes_what_every_kvm_process_shares() -> None:
+    t = _tracer()
+    for tgid, links, done in ((100, {3, 4, 7}, {7}), (200, {3, 7}, {7, 9}), (300, set(), set())):
+        t._add(tgid, tgid)
+        t.procs[tgid].links.update(dict.fromkeys(links, 1))
+        t.procs[tgid].run_done.update(done)
+        t.procs[tgid].uses_kvm = tgid != 300  # 300 never used KVM
+    t._refresh_all()
+    assert [fd for fd in range(16) if t._fast.link_known[fd]] == [3, 7]
+    assert [fd for fd in range(16) if t._fast.run_done[fd]] == [7]
+
+
 def test_an_exec_clears_every_fd() -> None:
     t = _tracer()
     t._add(100, 100)
+    t.procs[100].uses_kvm = True
     for fd in (3, 4):
         t.procs[100].links[fd] = 1
         t._refresh_fast(fd)
@@ -83,8 +101,10 @@ def test_attached_stops_are_never_left_to_c() -> None:
     proc = _Proc(100)
     proc.links[5] = 1
     proc.run_done.add(5)
+    proc.uses_kvm = True
     t.procs[100] = proc
     t._refresh_fast(5)
+    t._refresh_all()
     assert t._fast.link_known[5] == 0 and t._fast.run_done[5] == 0
 
 
@@ -103,6 +123,7 @@ class _Counting(Tracer):
 
     def _on_seccomp(self, stop: Any) -> None:
         self.ended_in_c["resumed" if stop.resumed else "left"] += 1
+        self.ended_in_c["link read in C"] += stop.link_len >= 0
         if not stop.resumed and _stop_struct(stop) != decode.capture(stop.tid, stop.request, stop.arg):
             self.struct_differs.append(stop.request)
         super()._on_seccomp(stop)
@@ -139,6 +160,23 @@ def test_c_ends_the_stops_it_may_and_the_trace_is_the_same(trace_prog: str,  # n
 
 def test_the_stop_layout_has_room_for_every_decoded_struct() -> None:
     assert max(decode.struct_size(s) for s in decode.STRUCTS.values()) <= lib.MINIVMM_RAW_MAX
+
+
+@pytest.mark.kvm
+def test_a_shell_around_the_vmm_does_not_hold_the_c_path_back(trace_prog: str,  # noqa: F811
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    # sh forks the program and waits (the "; true" keeps it from exec'ing it): two processes, one of
+    # which never makes a KVM ioctl.
+    t = _Counting("/bin/sh", ["sh", "-c", f"{trace_prog} 6 0; true"])
+    t.run()
+    if t.result is None or t.result.clock is not Clock.KERNEL:
+        pytest.skip("the kernel clock is unavailable here (tracefs)")
+    assert len(t.result.forks) == 1 and len(t.result.events) == 10
+    assert t.ended_in_c["resumed"] == 10, t.ended_in_c
+    # Each fd's /proc link is read once, at its first call (the system fd's and the VM's), not at every
+    # call because the shell does not know the VMM's fds.
+    assert t.ended_in_c["link read in C"] == 2, t.ended_in_c
+    capfd.readouterr()
 
 
 class _CountingAttached(Tracer):

@@ -228,6 +228,9 @@ class _Proc:
         #: fd -> what /proc said it was at its first KVM ioctl (kept only while the kernel's record of
         #: close() says the fd stayed open).
         self.links: dict[int, int] = {}
+        #: Whether it has made a KVM ioctl (a process that never does, a shell around the VMM, say, has no
+        #: say in what the C stop path may do).
+        self.uses_kvm = False
 
     def forget_vcpu(self, fd: int) -> None:
         self.vcpu_fds.pop(fd, None)
@@ -488,16 +491,33 @@ class Tracer:
         ffi.memmove(self._fast.link_known, bytes(_FAST_FDS), _FAST_FDS)
         ffi.memmove(self._fast.run_done, bytes(_FAST_FDS), _FAST_FDS)
 
+    def _kvm_procs(self) -> list[_Proc]:
+        """The live processes that have made a KVM ioctl."""
+        return [p for tgid, p in self.procs.items() if p.uses_kvm and tgid not in self._gone_ns]
+
     def _refresh_fast(self, fd: int) -> None:
-        """After a change to what a process knows of ``fd``: may the C stop path resume its KVM ioctls
-        alone? Only where that holds in every traced process (the C path does not know which process a
-        thread belongs to), and never under ``-p`` (every stop there is a syscall stop, resumed with
-        PTRACE_SYSCALL and paired with its exit by the tracer)."""
+        """After a change to what a process knows of ``fd``: may the C stop path take its KVM ioctls
+        alone (without reading its /proc link; a later KVM_RUN, only counted)? Only where that holds in
+        every live process that uses KVM (the C path does not know which process a thread belongs to),
+        and never under ``-p`` (every stop there is a syscall stop, resumed with PTRACE_SYSCALL and
+        paired with its exit by the tracer)."""
         if not 0 <= fd < _FAST_FDS or self.attach_pid is not None:
             return
-        procs = [p for tgid, p in self.procs.items() if tgid not in self._gone_ns]
+        procs = self._kvm_procs()
         self._fast.link_known[fd] = all(fd in p.links for p in procs)
         self._fast.run_done[fd] = all(fd in p.run_done for p in procs)
+
+    def _refresh_all(self) -> None:
+        """Every fd's bits anew (a process has made its first KVM ioctl)."""
+        self._clear_fast()
+        procs = self._kvm_procs()
+        if not procs or self.attach_pid is not None:
+            return
+        for bits, known in ((self._fast.link_known, set.intersection(*(set(p.links) for p in procs))),
+                            (self._fast.run_done, set.intersection(*(p.run_done for p in procs)))):
+            for fd in known:
+                if 0 <= fd < _FAST_FDS:
+                    bits[fd] = 1
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -772,18 +792,17 @@ class Tracer:
             self._add(tid, _tgid_of(tid))
         tgid = self.tgid[tid]
         proc = self.procs[tgid]
+        if not proc.uses_kvm:
+            proc.uses_kvm = True
+            self._refresh_all()
         first_run = request == _KVM_RUN
         if first_run and fd in proc.run_done:
             self.result.later_kvm_runs += 1
             self._resume(tid)
+            self._refresh_fast(fd)  # another process had held it back: its next may end in C again
             return
         raw = _stop_struct(stop)
-        link = proc.links.get(fd)
-        if link is None:
-            link = _stop_link(stop)
-            if self.kclock is not None:  # the kernel's record of close() keeps this cache true
-                proc.links[fd] = link
-                self._refresh_fast(fd)
+        link = self._link_of(proc, stop)
         # With the kernel clock, one stop: its record gives the duration and the result, and the fd's
         # role follows in the kernel's order (_on_kernel). Only a vCPU's KVM_RUN until its first returns
         # is also stopped at its exit (one more stop per vCPU): whether it returned an exit decides
@@ -811,6 +830,20 @@ class Tracer:
             self._waiting.setdefault(tid, deque()).append((row, fd, request, link))
         else:
             self.log.set_role(row, proc.fds.role(fd, link))
+
+    def _link_of(self, proc: _Proc, stop: Any) -> int:
+        """What the stopped call's fd is (:func:`kind_of_link`), kept per process with the kernel clock,
+        whose record of close() keeps the cache true."""
+        fd = stop.fd
+        link = proc.links.get(fd)
+        if link is None:
+            link = _stop_link(stop)
+            if self.kclock is not None:
+                proc.links[fd] = link
+                self._refresh_fast(fd)
+        elif stop.link_len != lib.MINIVMM_LINK_UNREAD:
+            self._refresh_fast(fd)  # C read a link this process knew: another process had held it back
+        return link
 
     def _on_attached_syscall(self, tid: int, now: int) -> None:
         """``-p``: every system call stops at its entry and its exit. An entry of a KVM ioctl is taken as a
