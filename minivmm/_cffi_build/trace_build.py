@@ -8,10 +8,11 @@ knows of ``<linux/kvm.h>`` (request and capability names, argument struct layout
 
 Two pieces of C are not declarations. ``minivmm_trace_spawn``: between ``fork()`` and ``execve()`` the
 child may only make async-signal-safe calls, so the child's set-up (seccomp filter, stop for the tracer,
-exec) is written in C and never returns to Python. ``minivmm_trace_wait``/``minivmm_trace_stop``: the
-part of a KVM ioctl's seccomp stop the tracee waits for (registers, argument struct, PTRACE_CONT) runs
-without the interpreter; the tracer decides in Python, through ``struct minivmm_fast``, which stops it
-may end there.
+exec) is written in C and never returns to Python. ``minivmm_trace_wait`` and the stops it takes: the
+part of a stop the tracee waits for runs without the interpreter (at a KVM ioctl's seccomp stop the
+registers, the argument struct, the fd's /proc link and the resume; at its exit stop the result; under
+``-p`` any other system call's stops); the tracer decides in Python, through ``struct minivmm_fast``,
+which stops may end there.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ STOP = r"""
 /*
  * The tracer's hot path in C: the seccomp stop of a KVM ioctl (see minivmm/trace/tracer.py). What the
  * tracee waits for while it is stopped is done here, without the interpreter: the registers, the
- * argument struct, and, when nothing else must be learnt first, PTRACE_CONT. The tracer's bookkeeping
- * (Python) follows while the tracee runs.
+ * argument struct, the fd's /proc link and, when nothing else must be learnt first, PTRACE_CONT. The
+ * tracer's bookkeeping (Python) follows while the tracee runs.
  */
 #define MINIVMM_FAST_FDS 1024
 #define MINIVMM_RAW_MAX 4096
@@ -129,8 +130,8 @@ struct minivmm_fast {
     uint32_t kvm_run;               /* KVM_RUN's request number */
     uint32_t request_of_nr[256];    /* by _IOC_NR: the decoded request with that number */
     int32_t size_of_nr[256];        /* its argument struct's size; 0: none; -1: ambiguous nr */
-    /* Per fd, true in every traced process: what the fd is is known / it is a vCPU whose first
-       KVM_RUN has returned (its later KVM_RUNs are only counted). */
+    /* Per fd, true in every live traced process that uses KVM: what the fd is is known (no /proc
+       link to read) / it is a vCPU whose first KVM_RUN has returned (its later ones are only counted). */
     unsigned char link_known[MINIVMM_FAST_FDS];
     unsigned char run_done[MINIVMM_FAST_FDS];
 };
