@@ -3,8 +3,8 @@
 How a KVM ioctl is seen: the filter (:func:`minivmm.trace.syscalls.seccomp_kvm_filter`) returns
 SECCOMP_RET_TRACE for it, the tracee stops (PTRACE_EVENT_SECCOMP), the tracer reads the registers and the
 argument struct, notes what the fd pointed to, and resumes it with PTRACE_CONT: one stop per KVM ioctl.
-What the tracee waits for runs in C (``minivmm_trace_wait`` in ``minivmm._trace``: registers, struct, and
-PTRACE_CONT once the fd is known), steered by ``struct minivmm_fast``, which this module keeps true; the
+What the tracee waits for runs in C (``minivmm_trace_wait`` in ``minivmm._trace``: registers, struct, the
+fd's /proc link, PTRACE_CONT), steered by ``struct minivmm_fast``, which this module keeps true; the
 bookkeeping (Python) follows while the tracee runs. The kernel clock (:mod:`minivmm.trace.kclock`) gives
 the call's duration and result afterwards, and the fd's role follows from the results in the kernel's
 order (:mod:`minivmm.trace.fds`). Without the kernel clock (or for a 32-bit call, which the syscall
