@@ -374,6 +374,26 @@ def test_ctrl_c_ends_the_program_and_exits_130() -> None:
     assert "interrupted (Ctrl-C)" in out and "Traceback" not in err
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_a_tight_loop_of_kvm_ioctls(prog: str, tmp_path: pathlib.Path) -> None:
+    """SIGINT lands while the tracer's C stop path is busiest (a KVM ioctl after another, each stop
+    resumed in C and the next one polled for): the same ending as when the program idles, and the
+    report keeps every call made until then."""
+    out = tmp_path / "t.txt"
+    p = subprocess.Popen(_argv("--no-explain", "-o", str(out), "--", prog, "checks", "100000000"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    wait_until(lambda: bool(children(p.pid)), "the program started", p)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert time.monotonic() - t0 < 15 and "Traceback" not in err
+    text = out.read_text()
+    assert "interrupted (Ctrl-C)" in text
+    assert text.count("ioctl(system, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) = 1 <") > 100
+
+
 def test_ptrace_denied_messages_say_how_to_allow_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
     import io
