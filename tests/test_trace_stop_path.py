@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import subprocess
 from typing import Any
 
@@ -233,3 +234,14 @@ def test_the_tracer_polls_only_where_the_tracee_can_run_meanwhile(monkeypatch: p
     assert poll_window(50_000) == 50_000 and poll_window(0) == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
     assert poll_window(50_000) == 0
+
+
+def test_a_busy_host_is_told_by_its_recent_cpu_pressure(tmp_path: pathlib.Path) -> None:
+    from minivmm.timing.pressure import busy_now, recent_pressure_pct
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=63.09 avg60=53.99 avg300=42.94 total=9279535163\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert recent_pressure_pct(str(psi)) == 63.09 and busy_now(str(psi))
+    psi.write_text("some avg10=3.10 avg60=2.00 avg300=1.00 total=1\n")
+    assert not busy_now(str(psi))
+    assert recent_pressure_pct(str(tmp_path / "none")) is None and not busy_now(str(tmp_path / "none"))

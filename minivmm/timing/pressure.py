@@ -32,6 +32,24 @@ def read_some_total_us(path: str = PSI_CPU) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def recent_pressure_pct(path: str = PSI_CPU) -> float | None:
+    """The "some" line's ``avg10``: the share (0-100) of the last ten seconds in which a runnable task
+    waited for a CPU; None where PSI is not available."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    m = re.search(r"^some .*\bavg10=([\d.]+)", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def busy_now(path: str = PSI_CPU) -> bool:
+    """Whether some task waited for a CPU more than :data:`BUSY_PRESSURE_PCT` of the last ten seconds."""
+    pct = recent_pressure_pct(path)
+    return pct is not None and pct > BUSY_PRESSURE_PCT
+
+
 @dataclass
 class PressureWindow:
     """Started before a measurement; :meth:`percent` at its end gives the CPU pressure over it."""

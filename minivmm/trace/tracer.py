@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from minivmm.timing.pressure import busy_now
 from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
 from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, kind_of_link, link_kind
@@ -75,6 +76,9 @@ FIRST_RUN_GRACE_NS = 200_000_000
 #: CPU run there at once (a poll without it made a set-up's calls wait out the window). Measured by
 #: scripts/bench_trace_overhead.py: a tight loop of KVM ioctls costs less than half as much per call.
 #: The price: up to this much of the tracer's CPU time after each stop, none while no KVM ioctl comes.
+#: On a busy host (CPU pressure over BUSY_PRESSURE_PCT when tracing starts, or a yield that handed the
+#: CPU to another task) polling is off for a second at a time: there a yield makes the program's next
+#: stop wait for another task, for milliseconds.
 POLL_STOPS_NS = 50_000
 #: After SIGTERM (ours), how long the VMM has before SIGKILL.
 TERM_GRACE_NS = 5_000_000_000
@@ -587,6 +591,10 @@ class Tracer:
         fast.one_stop = self.kclock is not None and self.attach_pid is None
         fast.attached = self.attach_pid is not None
         fast.poll_ns = poll_window(self.poll_ns)
+        if fast.poll_ns and busy_now():
+            # A poll yields its CPU, which on a busy host goes to another task while the program's
+            # stop waits; the C path finds that out by itself after one such yield, this spares it.
+            fast.poll_off_until = time.monotonic_ns() + lib.MINIVMM_POLL_OFF_NS
         while self.alive:
             if self._flags or time.monotonic_ns() >= self._next_check:
                 self._check_flags_and_deadlines()
