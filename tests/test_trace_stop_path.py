@@ -245,3 +245,13 @@ def test_a_busy_host_is_told_by_its_recent_cpu_pressure(tmp_path: pathlib.Path) 
     psi.write_text("some avg10=3.10 avg60=2.00 avg300=1.00 total=1\n")
     assert not busy_now(str(psi))
     assert recent_pressure_pct(str(tmp_path / "none")) is None and not busy_now(str(tmp_path / "none"))
+
+
+def test_runnable_tasks_are_read_from_loadavg(tmp_path: pathlib.Path) -> None:
+    from minivmm.timing.pressure import runnable_tasks
+    f = tmp_path / "loadavg"
+    f.write_text("2.17 1.28 1.65 3/111 29573\n")
+    assert runnable_tasks(str(f)) == 3
+    f.write_text("garbage\n")
+    assert runnable_tasks(str(f)) is None and runnable_tasks(str(tmp_path / "none")) is None
+    assert (runnable_tasks() or 0) >= 1  # this process, reading it, is running

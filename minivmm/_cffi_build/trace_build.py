@@ -120,18 +120,12 @@ STOP = r"""
 /* link_len when the C path did not read the link (the tracer reads it, or knows it) / could not. */
 #define MINIVMM_LINK_UNREAD (-1)
 #define MINIVMM_LINK_GONE (-2)
-/* A sched_yield() that kept the CPU away this long gave it to another task: the CPU is not idle, and
-   every poll would hand it away again while the traced program waits for its stop to be taken. */
-#define MINIVMM_YIELD_BUSY_NS 30000
-/* Then no polling for this long (a second: at most one such wait a second on a busy host). */
-#define MINIVMM_POLL_OFF_NS 1000000000LL
 
-/* What the tracer tells the stop path; written only by the tracer's thread (between stops, and by the
-   stop path itself for poll_off_until). */
+/* What the tracer tells the stop path; written only by the tracer's thread, between stops. */
 struct minivmm_fast {
     int one_stop;                   /* a native KVM ioctl needs no exit stop (kernel clock, spawned) */
     int64_t poll_ns;                /* after a stop, poll this long for the next before sleeping */
-    int64_t poll_off_until;         /* no polling before this CLOCK_MONOTONIC time (a busy CPU, see below) */
+    int64_t poll_off_until;         /* no polling before this CLOCK_MONOTONIC time (the tracer: a busy host) */
     int attached;                   /* -p: every system call stops at its entry and exit (no filter) */
     uint32_t kvm_type;              /* KVMIO, the _IOC_TYPE of every KVM request */
     uint32_t kvm_run;               /* KVM_RUN's request number */
@@ -285,7 +279,7 @@ static void minivmm_exit_stop(int tid, struct minivmm_stop *stop, const struct m
 /* waitpid(-1, __WALL) into `stop` (polled with WNOHANG for fast->poll_ns first), and at a seccomp
    stop minivmm_trace_stop. Returns the tid, or -1 with errno (EINTR: a signal for the tracer; ECHILD:
    nothing left to wait for). A signal for the tracer while it polls waits for the poll's end. */
-static int minivmm_trace_wait(struct minivmm_stop *stop, struct minivmm_fast *fast)
+static int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fast *fast)
 {
     int status;
     int tid = 0;
@@ -296,14 +290,9 @@ static int minivmm_trace_wait(struct minivmm_stop *stop, struct minivmm_fast *fa
         int64_t until = minivmm_now_ns() + fast->poll_ns;
         for (;;) {
             tid = waitpid(-1, &status, __WALL | WNOHANG);
-            int64_t now = minivmm_now_ns();
-            if (tid != 0 || now >= until)
+            if (tid != 0 || minivmm_now_ns() >= until)
                 break;
             sched_yield();
-            if (minivmm_now_ns() - now > MINIVMM_YIELD_BUSY_NS) {
-                fast->poll_off_until = minivmm_now_ns() + MINIVMM_POLL_OFF_NS;
-                break;
-            }
         }
     }
     if (tid == 0)
@@ -416,7 +405,6 @@ int kill(int pid, int sig);
 #define MINIVMM_LINK_MAX ...
 #define MINIVMM_LINK_UNREAD ...
 #define MINIVMM_LINK_GONE ...
-#define MINIVMM_POLL_OFF_NS ...
 struct minivmm_fast {
     int one_stop;
     int64_t poll_ns;
@@ -452,7 +440,7 @@ struct minivmm_stop {
     ...;
 };
 int minivmm_trace_stop(int tid, struct minivmm_stop *stop, const struct minivmm_fast *fast);
-int minivmm_trace_wait(struct minivmm_stop *stop, struct minivmm_fast *fast);
+int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fast *fast);
 """
 
 

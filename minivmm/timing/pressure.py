@@ -44,6 +44,16 @@ def recent_pressure_pct(path: str = PSI_CPU) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def runnable_tasks(path: str = "/proc/loadavg") -> int | None:
+    """How many tasks are runnable at this instant, the reader included (``/proc/loadavg``'s fourth
+    field); None where unreadable."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def busy_now(path: str = PSI_CPU) -> bool:
     """Whether some task waited for a CPU more than :data:`BUSY_PRESSURE_PCT` of the last ten seconds."""
     pct = recent_pressure_pct(path)

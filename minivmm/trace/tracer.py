@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.timing.pressure import busy_now
+from minivmm.timing.pressure import BUSY_PRESSURE_PCT, busy_now, read_some_total_us, runnable_tasks
 from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
 from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, kind_of_link, link_kind
@@ -76,9 +76,9 @@ FIRST_RUN_GRACE_NS = 200_000_000
 #: CPU run there at once (a poll without it made a set-up's calls wait out the window). Measured by
 #: scripts/bench_trace_overhead.py: a tight loop of KVM ioctls costs less than half as much per call.
 #: The price: up to this much of the tracer's CPU time after each stop, none while no KVM ioctl comes.
-#: On a busy host (CPU pressure over BUSY_PRESSURE_PCT when tracing starts, or a yield that handed the
-#: CPU to another task) polling is off for a second at a time: there a yield makes the program's next
-#: stop wait for another task, for milliseconds.
+#: While the host is busy (more runnable tasks than CPUs, or CPU pressure over BUSY_PRESSURE_PCT; looked
+#: at every 0.1 s) it does not poll: there a yield makes the program's next stop wait for another task,
+#: for milliseconds.
 POLL_STOPS_NS = 50_000
 #: After SIGTERM (ours), how long the VMM has before SIGKILL.
 TERM_GRACE_NS = 5_000_000_000
@@ -358,6 +358,8 @@ class Tracer:
         self._next_check = 0   # when the loop next looks at its deadlines (and the kernel's record)
         #: What the C stop path may do alone (see _refresh_fast), and where it reports a stop.
         self._fast = _fast_table()
+        #: (when, PSI "some" total in µs) at the last look at the host's CPU pressure (_update_polling).
+        self._psi_last: tuple[int, int | None] | None = None
         self._stop = ffi.new("struct minivmm_stop *")
         #: The SRCU grace-period machinery's own record, for the traced threads (``self.tgid``'s keys).
         self.srcu = SrcuTimeline(threads=self.tgid)
@@ -576,8 +578,8 @@ class Tracer:
         when the period changes."""
         if self.kclock is not None:
             period = POLL_FIRST_RUN_NS / 1e9 if self._awaiting_first_runs() else _TIMER_TICK_S
-        else:
-            period = _TIMER_TICK_S if self._deadlines else 0.0
+        else:  # while polling, the host's load is looked at again each tick (_update_polling)
+            period = _TIMER_TICK_S if self._deadlines or self._fast.poll_ns else 0.0
         if period != self._timer:
             signal.setitimer(signal.ITIMER_REAL, period, period)
             self._timer = period
@@ -591,10 +593,7 @@ class Tracer:
         fast.one_stop = self.kclock is not None and self.attach_pid is None
         fast.attached = self.attach_pid is not None
         fast.poll_ns = poll_window(self.poll_ns)
-        if fast.poll_ns and busy_now():
-            # A poll yields its CPU, which on a busy host goes to another task while the program's
-            # stop waits; the C path finds that out by itself after one such yield, this spares it.
-            fast.poll_off_until = time.monotonic_ns() + lib.MINIVMM_POLL_OFF_NS
+        self._update_polling()
         while self.alive:
             if self._flags or time.monotonic_ns() >= self._next_check:
                 self._check_flags_and_deadlines()
@@ -626,8 +625,28 @@ class Tracer:
         self._next_check = min(self._next_check, at)
         self._arm_timer()
 
+    def _update_polling(self) -> None:
+        """Poll for stops only while every task that wants a CPU has one: no more runnable tasks than
+        CPUs (counting the program as one at the start, where it is stopped), and CPU pressure (PSI
+        "some") over the time since the last look, or over the last ten seconds at the first, at most
+        BUSY_PRESSURE_PCT. Otherwise a poll's yield hands the tracer's CPU to another task, and the
+        tracer, runnable rather than woken, takes the program's next stop only when that task's time
+        slice ends (milliseconds); a tracer asleep in waitpid is woken and run at once."""
+        if not self._fast.poll_ns:
+            return
+        now, total = time.monotonic_ns(), read_some_total_us()
+        last, self._psi_last = self._psi_last, (now, total)
+        running = runnable_tasks()
+        busy = running is not None and running + (last is None) > len(os.sched_getaffinity(0))
+        if last is None or last[1] is None or total is None or now <= last[0]:
+            busy = busy or busy_now()
+        else:
+            busy = busy or (total - last[1]) * 1000 > (now - last[0]) * BUSY_PRESSURE_PCT / 100
+        self._fast.poll_off_until = _NEVER if busy else 0
+
     def _check_flags_and_deadlines(self) -> None:
         assert self.result is not None
+        self._update_polling()
         now = time.monotonic_ns()
         if self.kclock is not None and now >= self._next_poll:
             # Read the kernel's buffers often (cheap); decode only when a decision waits on the record or
