@@ -21,27 +21,28 @@ from dataclasses import dataclass
 PSI_CPU = "/proc/pressure/cpu"
 
 
-def read_some_total_us(path: str = PSI_CPU) -> int | None:
-    """The "some" stall total (µs) of ``path``, or None where PSI is not available or not readable."""
+def _some_field(path: str, name: str) -> str | None:
+    """Field ``name`` of the "some" line of the PSI file ``path``; None where it cannot be read."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         return None
-    m = re.search(r"^some .*\btotal=(\d+)", text, re.M)
-    return int(m.group(1)) if m else None
+    m = re.search(rf"^some .*\b{name}=([\d.]+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def read_some_total_us(path: str = PSI_CPU) -> int | None:
+    """The "some" stall total (µs) of ``path``, or None where PSI is not available or not readable."""
+    value = _some_field(path, "total")
+    return int(value) if value is not None else None
 
 
 def recent_pressure_pct(path: str = PSI_CPU) -> float | None:
     """The "some" line's ``avg10``: the share (0-100) of the last ten seconds in which a runnable task
     waited for a CPU; None where PSI is not available."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    m = re.search(r"^some .*\bavg10=([\d.]+)", text, re.M)
-    return float(m.group(1)) if m else None
+    value = _some_field(path, "avg10")
+    return float(value) if value is not None else None
 
 
 def runnable_tasks(path: str = "/proc/loadavg") -> int | None:
