@@ -255,3 +255,17 @@ def test_runnable_tasks_are_read_from_loadavg(tmp_path: pathlib.Path) -> None:
     f.write_text("garbage\n")
     assert runnable_tasks(str(f)) is None and runnable_tasks(str(tmp_path / "none")) is None
     assert (runnable_tasks() or 0) >= 1  # this process, reading it, is running
+
+
+def test_a_pressure_window_laps_from_one_read(tmp_path: pathlib.Path) -> None:
+    from minivmm.timing.pressure import PressureWindow
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n")
+    w = PressureWindow(1000, 0, str(psi))
+    pct, following = w.lap()
+    assert pct == 0.0 and following.start_total_us == 1000 and following.start_ns > 0
+    psi.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=1000000000000\n")
+    pct, after = following.lap()
+    assert pct == 100.0 and after.start_total_us == 1000000000000  # capped at the window's wall time
+    psi.unlink()
+    assert after.lap()[0] is None and after.lap()[1].start_total_us is None

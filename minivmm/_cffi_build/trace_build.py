@@ -124,8 +124,8 @@ STOP = r"""
 /* What the tracer tells the stop path; written only by the tracer's thread, between stops. */
 struct minivmm_fast {
     int one_stop;                   /* a native KVM ioctl needs no exit stop (kernel clock, spawned) */
-    int64_t poll_ns;                /* after a stop, poll this long for the next before sleeping */
-    int64_t poll_off_until;         /* no polling before this CLOCK_MONOTONIC time (the tracer: a busy host) */
+    int64_t poll_ns;                /* after a stop, poll this long for the next before sleeping (0 while
+                                       the host is busy: the tracer looks every 0.1 s) */
     int attached;                   /* -p: every system call stops at its entry and exit (no filter) */
     uint32_t kvm_type;              /* KVMIO, the _IOC_TYPE of every KVM request */
     uint32_t kvm_run;               /* KVM_RUN's request number */
@@ -283,7 +283,7 @@ static int minivmm_trace_wait(struct minivmm_stop *stop, const struct minivmm_fa
 {
     int status;
     int tid = 0;
-    if (fast->poll_ns > 0 && minivmm_now_ns() >= fast->poll_off_until) {
+    if (fast->poll_ns > 0) {
         /* On a host whose idle CPUs halt (a guest without halt-polling, say), a tracer that sleeps
            between two close stops is woken from a halted CPU each time: polling a few tens of us
            answers the next stop at once, as KVM's own halt-polling does for a vCPU. */
@@ -408,7 +408,6 @@ int kill(int pid, int sig);
 struct minivmm_fast {
     int one_stop;
     int64_t poll_ns;
-    int64_t poll_off_until;
     int attached;
     uint32_t kvm_type;
     uint32_t kvm_run;

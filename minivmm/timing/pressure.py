@@ -77,11 +77,18 @@ class PressureWindow:
     def percent(self) -> float | None:
         """The share (0-100) of the window's wall time in which some task waited for a CPU; None if
         PSI is unavailable."""
+        return self.lap()[0]
+
+    def lap(self) -> tuple[float | None, PressureWindow]:
+        """:meth:`percent` now, and the window that begins where this one ends (one read of PSI), for
+        a look at the pressure again and again."""
         end = read_some_total_us(self.path)
-        elapsed_us = (time.monotonic_ns() - self.start_ns) / 1000
+        now = time.monotonic_ns()
+        elapsed_us = (now - self.start_ns) / 1000
+        following = PressureWindow(end, now, self.path)
         if self.start_total_us is None or end is None or elapsed_us <= 0:
-            return None
-        return round(min(100.0, max(0.0, (end - self.start_total_us) / elapsed_us * 100)), 1)
+            return None, following
+        return round(min(100.0, max(0.0, (end - self.start_total_us) / elapsed_us * 100)), 1), following
 
 
 #: CPU pressure (percent of a run's wall time some task waited for a CPU) above which a run was made

@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from minivmm.timing.pressure import BUSY_PRESSURE_PCT, busy_now, read_some_total_us, runnable_tasks
+from minivmm.timing.pressure import BUSY_PRESSURE_PCT, PressureWindow, busy_now, runnable_tasks
 from minivmm.trace import decode, kclock
 from minivmm.trace.eventlog import DEFAULT_LIMIT, Clock, EventLog, IoctlEvent
 from minivmm.trace.fds import LINK_GONE, LINK_OTHER, LINK_VM, ProcessFds, kind_of_link, link_kind
@@ -358,8 +358,10 @@ class Tracer:
         self._next_check = 0   # when the loop next looks at its deadlines (and the kernel's record)
         #: What the C stop path may do alone (see _refresh_fast), and where it reports a stop.
         self._fast = _fast_table()
-        #: (when, PSI "some" total in µs) at the last look at the host's CPU pressure (_update_polling).
-        self._psi_last: tuple[int, int | None] | None = None
+        #: The poll window where the host is not busy (set when the loop starts; see _update_polling),
+        #: and the CPU pressure since the last look at it.
+        self._poll_window = 0
+        self._pressure: PressureWindow | None = None
         self._stop = ffi.new("struct minivmm_stop *")
         #: The SRCU grace-period machinery's own record, for the traced threads (``self.tgid``'s keys).
         self.srcu = SrcuTimeline(threads=self.tgid)
@@ -579,7 +581,7 @@ class Tracer:
         if self.kclock is not None:
             period = POLL_FIRST_RUN_NS / 1e9 if self._awaiting_first_runs() else _TIMER_TICK_S
         else:  # while polling, the host's load is looked at again each tick (_update_polling)
-            period = _TIMER_TICK_S if self._deadlines or self._fast.poll_ns else 0.0
+            period = _TIMER_TICK_S if self._deadlines or self._poll_window else 0.0
         if period != self._timer:
             signal.setitimer(signal.ITIMER_REAL, period, period)
             self._timer = period
@@ -592,7 +594,7 @@ class Tracer:
         stop, fast, wait = self._stop, self._fast, lib.minivmm_trace_wait
         fast.one_stop = self.kclock is not None and self.attach_pid is None
         fast.attached = self.attach_pid is not None
-        fast.poll_ns = poll_window(self.poll_ns)
+        self._poll_window = fast.poll_ns = poll_window(self.poll_ns)
         self._update_polling()
         while self.alive:
             if self._flags or time.monotonic_ns() >= self._next_check:
@@ -632,17 +634,18 @@ class Tracer:
         BUSY_PRESSURE_PCT. Otherwise a poll's yield hands the tracer's CPU to another task, and the
         tracer, runnable rather than woken, takes the program's next stop only when that task's time
         slice ends (milliseconds); a tracer asleep in waitpid is woken and run at once."""
-        if not self._fast.poll_ns:
+        if not self._poll_window:
             return
-        now, total = time.monotonic_ns(), read_some_total_us()
-        last, self._psi_last = self._psi_last, (now, total)
+        first = self._pressure is None
         running = runnable_tasks()
-        busy = running is not None and running + (last is None) > len(os.sched_getaffinity(0))
-        if last is None or last[1] is None or total is None or now <= last[0]:
-            busy = busy or busy_now()
+        busy = running is not None and running + first > len(os.sched_getaffinity(0))
+        pct = None
+        if self._pressure is None:
+            self._pressure = PressureWindow.start()
         else:
-            busy = busy or (total - last[1]) * 1000 > (now - last[0]) * BUSY_PRESSURE_PCT / 100
-        self._fast.poll_off_until = _NEVER if busy else 0
+            pct, self._pressure = self._pressure.lap()
+        busy = busy or (busy_now() if pct is None else pct > BUSY_PRESSURE_PCT)
+        self._fast.poll_ns = 0 if busy else self._poll_window
 
     def _check_flags_and_deadlines(self) -> None:
         assert self.result is not None
