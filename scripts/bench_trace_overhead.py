@@ -44,6 +44,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from minivmm.files import FileRefused, Output
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "scripts" / "trace_overhead_prog.c"
 
@@ -197,6 +199,10 @@ def main() -> int:
     ap.add_argument("--no-attach", action="store_true", help="leave out the -p PID rows")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = ap.parse_args()
+    try:  # refused now, not after the run
+        out = Output(args.json, "--json", suffix=".json") if args.json else None
+    except FileRefused as e:
+        ap.error(str(e))
     if shutil.which("gcc") is None:
         print("gcc is needed", file=sys.stderr)
         return 2
@@ -244,11 +250,10 @@ def main() -> int:
     bare_getpid = figures["bare"]["getpid_traced_ns"]
     print(f"\ngetppid under a seccomp filter of minivmm trace's shape, no tracer and no tracepoint: {alone:.0f} ns "
           f"({(alone / bare_getpid - 1) * 100:+.0f}% of bare)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"load_before": load_before, "load_after": load_after, "argv": argv[1:], "rounds": args.rounds,
-                       "figures_ns": figures, "check_batches": {n: traced[n]["check"] for n in conditions}},
-                      f, indent=2)
+    if out is not None:
+        out.write(json.dumps({"load_before": load_before, "load_after": load_after, "argv": argv[1:],
+                              "rounds": args.rounds, "figures_ns": figures,
+                              "check_batches": {n: traced[n]["check"] for n in conditions}}, indent=2) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

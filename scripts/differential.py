@@ -26,7 +26,7 @@ import sys
 from kernel_model.differential import StepComparison, generate, summarize
 from kernel_model.platforms import PLATFORMS
 from kernel_model.profile import load_profile
-from minivmm.files import Output
+from minivmm.files import FileRefused, Output
 from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
@@ -54,7 +54,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.cases < 1 or args.repeat < 2 or args.per_rep < 1:
         ap.error("--cases and --per-rep must be at least 1, --repeat at least 2")
-    out = Output(args.json, "--json", suffix=".json") if args.json else None  # refused now, not at the end
+    try:  # refused now, not at the end
+        out = Output(args.json, "--json", suffix=".json") if args.json else None
+    except FileRefused as e:
+        ap.error(str(e))
     # The host's HZ and platform by minivmm timing's rule: the cases run on this host's KVM, so a model at
     # any other kernel than the one asked for or found would compare nothing.
     kernel = modelled_kernel(args.hz, args.platform, this_host(read_host_info()))
