@@ -92,15 +92,25 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
 
 
 def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, costs: Costs | None,
-                 per_rep: int, seed: int) -> list[list[int]]:
+                 per_rep: int, seed: int, durations: list[list[int]] | None = None) -> list[list[int]]:
     """Per step, the model's durations: ``per_rep`` runs per host repetition, each with that
-    repetition's measured gaps (the pauses the host really made) and a random tick phase."""
+    repetition's measured gaps (the pauses the host really made) and a random tick phase. With
+    ``durations`` (per repetition, the host's step durations), every step that waits for no grace period
+    is held to the host's duration too (``simulate_once``'s ``held_ns``): what the harness tests is when
+    the waiting steps end, and that depends on how long after a registration they began, which the
+    model's fixed costs for the other ioctls (one figure each, where the host's vary from run to run and
+    host to host) would otherwise shift."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
-    for g in gaps:
+    waiting = set(waits_for_gp(seq, platform))
+    for r, g in enumerate(gaps):
         s = with_gaps(seq, g)
+        held: list[int | None] | None = None
+        if durations is not None:
+            held = [None if i in waiting else d for i, d in enumerate(durations[r])]
         for _ in range(per_rep):
-            for i, d in enumerate(simulate_once(s, HOST_VARIANT, hz, platform, rng.random(), rng, costs)[0]):
+            run = simulate_once(s, HOST_VARIANT, hz, platform, rng.random(), rng, costs, held_ns=held)[0]
+            for i, d in enumerate(run):
                 out[i].append(d)
     return out
 

@@ -84,17 +84,34 @@ def run_step(kvm: KvmModel, step: Step, rng: random.Random) -> None:
 
 def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phase: float,
                   rng: random.Random, costs: Costs | None = None,
-                  checker: InvariantChecker | None = None) -> tuple[list[int], KvmModel]:
+                  checker: InvariantChecker | None = None,
+                  held_ns: list[int | None] | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
-    step's gap is a pause of exactly that length (``Sim.pause``)."""
+    step's gap is a pause of exactly that length (``Sim.pause``).
+
+    ``held_ns`` (per step, or None) holds a step to a duration measured on the host instead of the
+    model's fixed costs: the caller stays busy until it has passed, and where the model's step took
+    longer, the excess comes off the gaps that follow. So every later step starts where the host's did,
+    counted from the run's start, whatever the model's costs for the steps before it; used to pair a
+    model run with a host repetition (``kernel_model.differential``) for the steps it does not test."""
     sim = Sim(hz, phase, costs, rng)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
+    debt = 0  # ns the model's held steps ran past the host's, to come off the next gaps
     for i, step in enumerate(sequence.steps):
-        sim.pause(step.gap_ns)
+        gap = step.gap_ns - debt
+        debt = max(0, -gap)
+        sim.pause(max(0, gap))
         kvm.issuing(i)
         t0 = sim.now
         run_step(kvm, step, rng)
+        held = held_ns[i] if held_ns is not None else None
+        if held is not None:
+            took = sim.now - t0
+            if took < held:
+                sim.spend(held - took)
+            else:
+                debt += took - held
         durations.append(sim.now - t0)
     if kvm.vcpu_readers:
         kvm.stop_vcpus()

@@ -43,6 +43,36 @@ def test_paired_model_uses_each_repetitions_gaps():
     assert min(short) > 4_000_000 > 1_000_000 > max(long)  # after a 2-jiffy pause the grace period is over
 
 
+def test_paired_model_holds_the_steps_it_does_not_test_to_the_hosts_durations():
+    # A vCPU's creation between the registration and the memslot: the memslot's wait depends on how long
+    # the host's vCPU creation really took, not on the model's fixed cost for it.
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nvcpu id=0\nmemslot slot=0 base=0 size=2M\n",
+                         "t")
+    gaps = [[10_000] * 5] * 50
+    own = differential.model_paired(seq, gaps, 250, "pvm", None, 1, 3)
+    slow_vcpu = [[250_000, 2_000, 1_500_000, 0, 0]] * 50
+    held = differential.model_paired(seq, gaps, 250, "pvm", None, 1, 3, slow_vcpu)
+    assert set(held[2]) == {1_500_000}  # held to the host's duration
+    assert set(held[1]) == {2_000} and set(held[0]) == {250_000}
+    assert held[3] != own[3]  # the waiting step is still the model's: it starts later and ends at its tick
+    same_phase = [o - h for o, h in zip(own[3], held[3]) if abs(o - h) < 2_000_000]
+    assert same_phase and all(1_000_000 < d < 1_500_000 for d in same_phase)
+
+
+def test_a_held_step_the_model_runs_longer_than_the_host_comes_off_the_next_gap():
+    from kernel_model.predict import simulate_once
+    seq = parse_sequence("create_vm\nvcpu id=0\nvcpu id=1\n", "t")
+    own, kvm = simulate_once(seq, "call_srcu", 250, "pvm", 0.3, random.Random(1))
+    end_own = kvm.sim.now
+    fast = [1_000, 1_000, None, None]  # the host's KVM_CREATE_VM and first vCPU far faster than the model's
+    held, kvm = simulate_once(seq, "call_srcu", 250, "pvm", 0.3, random.Random(1), held_ns=fast)
+    assert held[0] == own[0] and held[1] == own[1]  # the model cannot run a step faster than its own cost
+    # ...so the gaps after them are taken up by the excess (here both, the excess being far larger)
+    start_last_own = end_own - own[-1] - own[-2] - seq.steps[-1].gap_ns
+    start_last_held = kvm.sim.now - held[-1] - held[-2]  # the last gap is taken up too
+    assert start_last_own - start_last_held == seq.steps[1].gap_ns + seq.steps[2].gap_ns
+
+
 def test_a_step_is_compared_mode_by_mode_with_the_host_against_itself_beside():
     rng = random.Random(4)
 

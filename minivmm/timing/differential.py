@@ -71,8 +71,9 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
     else:
         reps, _ = measure(seq, repeat, True, hz, kvm_path, seed=seed, on_progress=on_progress)
     gaps = [r.gaps_ns for r in reps]
-    model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed)
-    fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed)
+    held = [r.durations_ns for r in reps]
+    model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held)
+    fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held)
     tick = NSEC_PER_SEC // hz
     return [compare_step(name, i, seq.steps[i].label, [r.durations_ns[i] for r in reps], model[i], tick,
                          fixed[i] if fixed else None)
