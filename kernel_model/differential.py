@@ -7,15 +7,16 @@ A stalled step's duration is a mixture of jiffy-wide tick modes (``kernel_model.
 grace-period timer fires on its bucket's tick, or a tick later, or when an earlier grace period is over
 in some runs and not in others. Its median can jump by a jiffy when a few percent of the runs change
 mode, so a step is compared mode by mode: the share of runs in each mode (up to sampling noise) and,
-in each mode both sides populate, p10/p50/p90 (within 10% or 0.3 ms) — the model against the host,
-and, as the yardstick, the host's odd repetitions against its even ones.
+in each mode both sides hold ten runs of, the share of host runs below the model's p10/p50/p90
+(``kernel_model.stats.compare_modes``) — the model against the host, and, as the yardstick, the host's
+odd repetitions against its even ones.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kernel_model.costs import Costs
 from kernel_model.platforms import Arch, get_platform
@@ -91,15 +92,31 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
     return out
 
 
+class HostTimeline(NamedTuple):
+    """One host repetition as the model replays it: its tick phase (where its first gap began, as a
+    share of a jiffy on the host's tick grid) and each step's start, in ns from there."""
+
+    phase: float
+    starts_ns: list[int]
+
+
 def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, costs: Costs | None,
-                 per_rep: int, seed: int, durations: list[list[int]] | None = None) -> list[list[int]]:
+                 per_rep: int, seed: int, durations: list[list[int]] | None = None,
+                 timelines: list[HostTimeline] | None = None) -> list[list[int]]:
     """Per step, the model's durations: ``per_rep`` runs per host repetition, each with that
-    repetition's measured gaps (the pauses the host really made) and a random tick phase. With
-    ``durations`` (per repetition, the host's step durations), every step that waits for no grace period
-    is held to the host's duration too (``simulate_once``'s ``held_ns``): what the harness tests is when
-    the waiting steps end, and that depends on how long after a registration they began, which the
-    model's fixed costs for the other ioctls (one figure each, where the host's vary from run to run and
-    host to host) would otherwise shift."""
+    repetition's measured gaps (the pauses the host really made) and a random tick phase.
+
+    With ``durations`` (per repetition, the host's step durations), every step that waits for no grace
+    period is held to the host's duration too (``simulate_once``'s ``held_ns``): what the harness tests
+    is when the waiting steps end, and that depends on how long after a registration they began, which
+    the model's fixed costs for the other ioctls (one figure each, where the host's vary from run to run
+    and host to host) would otherwise shift.
+
+    With ``timelines`` (per repetition, from a host whose tick grid is known), each model run replays
+    the repetition instead: its tick phase and every step's start are the host's (``starts_ns``), so a
+    registration arms its timer for the tick the host's did, and a waiting step is compared with the
+    host's in the very same situation: only what the model says about the grace period, the ticks and
+    the wake-ups is left to differ."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))
@@ -108,8 +125,13 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
         held: list[int | None] | None = None
         if durations is not None:
             held = [None if i in waiting else d for i, d in enumerate(durations[r])]
+        line = timelines[r] if timelines is not None else None
         for _ in range(per_rep):
-            run = simulate_once(s, HOST_VARIANT, hz, platform, rng.random(), rng, costs, held_ns=held)[0]
+            phase = rng.random()
+            if line is not None:
+                phase = line.phase
+            run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held,
+                                starts_ns=line.starts_ns if line is not None else None)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out

@@ -85,23 +85,33 @@ def run_step(kvm: KvmModel, step: Step, rng: random.Random) -> None:
 def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phase: float,
                   rng: random.Random, costs: Costs | None = None,
                   checker: InvariantChecker | None = None,
-                  held_ns: list[int | None] | None = None) -> tuple[list[int], KvmModel]:
+                  held_ns: list[int | None] | None = None,
+                  starts_ns: list[int] | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
     step's gap is a pause of exactly that length (``Sim.pause``).
 
-    ``held_ns`` (per step, or None) holds a step to a duration measured on the host instead of the
-    model's fixed costs: the caller stays busy until it has passed, and where the model's step took
-    longer, the excess comes off the gaps that follow. So every later step starts where the host's did,
-    counted from the run's start, whatever the model's costs for the steps before it; used to pair a
-    model run with a host repetition (``kernel_model.differential``) for the steps it does not test."""
+    Two ways to pair the run with a host repetition (``kernel_model.differential``), for the steps the
+    pairing does not test:
+
+    - ``held_ns`` (per step, or None) holds a step to a duration measured on the host instead of the
+      model's fixed costs: the caller stays busy until it has passed, and where the model's step took
+      longer, the excess comes off the gaps that follow;
+    - ``starts_ns`` (per step, ns from the run's start) replays the host's timeline instead of the
+      gaps: each step starts where the host's did, or as soon as the model's previous step has ended
+      if that is later. With ``phase`` the host's own tick phase, every registration then arms its
+      timer for the tick the host's did, and a waiting step's duration is the model's answer to the
+      host's exact situation."""
     sim = Sim(hz, phase, costs, rng)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     debt = 0  # ns the model's held steps ran past the host's, to come off the next gaps
     for i, step in enumerate(sequence.steps):
-        gap = step.gap_ns - debt
-        debt = max(0, -gap)
-        sim.pause(max(0, gap))
+        if starts_ns is not None:
+            sim.pause(starts_ns[i] - sim.now)
+        else:
+            gap = step.gap_ns - debt
+            debt = max(0, -gap)
+            sim.pause(max(0, gap))
         kvm.issuing(i)
         t0 = sim.now
         run_step(kvm, step, rng)

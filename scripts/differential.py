@@ -5,9 +5,13 @@ minivmm.timing.differential).
 
 Each case is a random sequence (``--seed`` makes them reproducible), run ``--repeat`` times on the host
 with ``minivmm timing``'s runner (jitter on), and ``--per-rep`` times per repetition in the model at the
-host's HZ and platform under ``call_srcu`` (the host's kernel), each model run with that repetition's
-measured gaps. A step agrees when every tick mode holds the same share of runs on both sides (up to
-sampling noise) and, in each mode both populate, p10/p50/p90 are within 10% or 0.3 ms. The host's odd
+host's HZ and platform under ``call_srcu`` (the host's kernel), each model run paired with one
+repetition: where tracefs shows the CPUs' ticks, it replays the repetition's step starts at its tick
+phase (so each registration arms its timer for the tick the host's did); otherwise it takes the
+repetition's gaps and the durations of the steps that wait for no grace period, at a random phase. A
+step agrees when every tick mode holds the same share of runs on both sides (up to sampling noise)
+and, in each mode both sides hold ten runs of, the share of host runs below the model's p10, p50 and
+p90 is 10%, 50% and 90% up to the same noise (each quantile free to move by 0.2 ms). The host's odd
 repetitions against its even ones, by the same rule, say how well the host agrees with itself.
 
 Usage: python scripts/differential.py [--cases 20] [--repeat 100] [--seed 1] [--interleave]
@@ -30,7 +34,7 @@ from minivmm.files import FileRefused, Output
 from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
-from minivmm.timing.differential import run_case
+from minivmm.timing.differential import REPLAYED, run_case
 
 
 def main() -> int:
@@ -48,7 +52,9 @@ def main() -> int:
                     help="calibrate between the repetitions of each case (one calibration run after each "
                          "repetition, the CPUs' ticks traced where tracefs allows): the profile is taken "
                          "under the same load as the case")
-    ap.add_argument("--no-trace", action="store_true", help="with --interleave: do not trace the ticks")
+    ap.add_argument("--no-trace", action="store_true",
+                    help="do not trace the ticks (the model runs then draw their tick phases, and with "
+                         "--interleave the profile has no tick environment)")
     ap.add_argument("--json", default=None, metavar="OUT.json")
     ap.add_argument("--show", action="store_true", help="print each case's sequence")
     args = ap.parse_args()
@@ -69,6 +75,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     results: list[StepComparison] = []
     ticks_seen: list[str] = []
+    pairings: list[str] = []
     for c in range(args.cases):
         name = f"case{c:02d}"
         text = generate(rng, name)
@@ -76,14 +83,15 @@ def main() -> int:
             print(text)
         try:
             with ProgressBar(name, args.repeat) as bar:
-                res, profile = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep, args.seed + c,
-                                        interleave=args.interleave, trace_ticks=not args.no_trace,
-                                        on_progress=bar.update)
+                res, profile, pairing = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep,
+                                                 args.seed + c, interleave=args.interleave,
+                                                 trace_ticks=not args.no_trace, on_progress=bar.update)
         except CalibrationError as e:
             print(f"{name}: skipped, its calibration failed: {e}", flush=True)
             continue
         if profile is not None:
             ticks_seen.append(profile.ticks_measured_with or "not measured")
+        pairings.append(pairing)
         results += res
         print(f"{name}: {sum(r.ok for r in res)}/{len(res)} grace-period steps agree mode by mode "
               f"(host with itself: {sum(r.host_vs_host.ok for r in res)}/{len(res)})", flush=True)
@@ -97,6 +105,12 @@ def main() -> int:
     print(f"\nHZ={hz} ({kernel.hz_source}), {platform} ({kernel.platform_source}), {args.cases} cases x "
           f"{args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+    replayed = sum(p == REPLAYED for p in pairings)
+    why_not = "; ".join(sorted(set(p for p in pairings if p != REPLAYED)))
+    print("model runs: " + ("each replays its host repetition's step starts at its tick phase (tick grid traced)"
+                            if replayed == len(pairings) else
+                            f"the repetitions' gaps and durations at random tick phases in "
+                            f"{len(pairings) - replayed} of {len(pairings)} cases ({why_not})"))
     print(f"{s['within']}/{s['steps']} steps agree mode by mode (shares of runs per tick mode, and p10/p50/p90 "
           f"within each): {s['share']:.1%}")
     if s["fixed_cost_within"] is not None:
@@ -105,6 +119,7 @@ def main() -> int:
           f"({s['host_self_share']:.1%})")
     if out is not None:
         out.write(json.dumps({**s, **kernel._asdict(), "load": load0, "cases": args.cases,
+                              "replayed_timelines": replayed, "pairing": pairings,
                               "repeat": args.repeat, "all": [r.to_json() for r in results]}, indent=1) + "\n")
     return 0
 

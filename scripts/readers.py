@@ -133,10 +133,10 @@ def main() -> int:
     host_costs: Costs | None = None
     if not args.model_only:
         load0 = os.getloadavg()[0]
-        reps, profile = measure_interleaved(seq, args.repeat, args.hz, args.platform, 1)
+        reps, profile, _ = measure_interleaved(seq, args.repeat, args.hz, args.platform, 1)
         idle_seq = without_run(seq)
         idle_dereg = [i for i, s in enumerate(idle_seq.steps) if s.op == "ioeventfd_deassign"]
-        idle_reps, _ = measure_interleaved(idle_seq, args.repeat, args.hz, args.platform, 2)
+        idle_reps, _, _ = measure_interleaved(idle_seq, args.repeat, args.hz, args.platform, 2)
         host = q([r.durations_ns[i] for r in reps for i in dereg])
         host_idle = q([r.durations_ns[i] for r in idle_reps for i in idle_dereg])
         gaps = [int(statistics.median(r.gaps_ns[i] for r in reps)) for i in range(len(seq.steps))]

@@ -77,7 +77,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     seq = SEQUENCES["registrations-first"]
     step = next(i for i, s in enumerate(seq.steps) if s.op == "memslot")
-    reps, profile = measure_interleaved(seq, args.runs, args.hz, args.platform, args.seed)
+    reps, profile, _ = measure_interleaved(seq, args.runs, args.hz, args.platform, args.seed)
     if args.profile_out:
         with open(args.profile_out, "w") as f:
             json.dump(profile.to_json(), f, indent=1)

@@ -73,6 +73,51 @@ def test_a_held_step_the_model_runs_longer_than_the_host_comes_off_the_next_gap(
     assert start_last_own - start_last_held == seq.steps[1].gap_ns + seq.steps[2].gap_ns
 
 
+def test_a_replayed_run_starts_each_step_where_the_host_did_or_when_the_model_is_done():
+    from kernel_model.predict import simulate_once
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    starts = [5_000, 700_000, 1_500_000, 9_500_000]  # the teardown after the memslot's wait
+    durations, kvm = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), starts_ns=starts)
+    assert kvm.sim.now == starts[-1] + durations[-1]
+    late, kvm = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1),
+                              starts_ns=[5_000, 700_000, 1_500_000, 1_600_000])  # while the memslot still waits
+    assert late[:3] == durations[:3]
+    assert kvm.sim.now == 1_500_000 + late[2] + late[3]  # the teardown right after the memslot's wait
+
+
+def test_a_replayed_run_arms_the_timer_for_the_tick_the_hosts_phase_gives():
+    # The registration at 700 us after the run's start: 100 us before a tick at one phase, 100 us after
+    # it at another. The memslot, started at the same host time, ends a tick later in the second.
+    from kernel_model.predict import simulate_once
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    starts = [5_000, 700_000, 1_500_000, 20_000_000]
+    tick = 4_000_000
+    before = 1 - 800_000 / tick  # the run begins 800 us before a tick: the registration 100 us before it
+    after = 1 - 600_000 / tick   # ... 600 us before: the registration 100 us after it
+    a = simulate_once(seq, "call_srcu", 250, "pvm", before, random.Random(1), starts_ns=starts)[0][2]
+    b = simulate_once(seq, "call_srcu", 250, "pvm", after, random.Random(1), starts_ns=starts)[0][2]
+    assert abs((b - a) - tick) < 300_000
+
+
+def test_host_timelines_put_each_repetition_on_the_traced_tick_grid():
+    from minivmm.timing.differential import host_timelines
+    from minivmm.timing.runner import Repetition
+    from minivmm.timing.ticktrace import TickRecord
+    tick = 4_000_000
+    offset = 1_234_000
+    # The grid is where the tick handlers run (jiffies moves there), a few us after the hrtimer's tick.
+    rec = TickRecord(tick, ticks={0: [offset + k * tick + 3_000 for k in range(1000, 1100)]})
+    reps = [Repetition([1], [1], [None], origin_ns=offset + 3_000 + 1050 * tick + share * tick // 4, starts_ns=[7])
+            for share in range(4)]
+    lines = host_timelines(reps, rec, 250)
+    assert lines is not None
+    assert [round(line.phase, 3) for line in lines] == [0.0, 0.25, 0.5, 0.75]
+    assert all(line.starts_ns == [7] for line in lines)
+    assert host_timelines(reps, None, 250) is None
+    with pytest.raises(ValueError):
+        host_timelines(reps, rec, 100)
+
+
 def test_a_step_is_compared_mode_by_mode_with_the_host_against_itself_beside():
     rng = random.Random(4)
 
@@ -97,8 +142,8 @@ def test_a_few_cases_on_the_host():
     results = []
     for c in range(3):
         text = differential.generate(rng, f"k{c}")
-        res, profile = run_case(f"k{c}", text, 12, 250, "pvm", None, 2, c)
-        assert profile is None
+        res, profile, pairing = run_case(f"k{c}", text, 12, 250, "pvm", None, 2, c, trace_ticks=False)
+        assert profile is None and pairing == "not asked to"
         seq = parse_sequence(text, f"k{c}")
         assert [r.step for r in res] == differential.waits_for_gp(seq, "pvm")
         results += res

@@ -68,6 +68,10 @@ def test_every_named_sequence_runs_on_the_host():
     for seq in SEQUENCES.values():
         reps, overhead = measure(seq, 2, jitter=False, hz=250)
         assert all(len(r.durations_ns) == len(seq.steps) and min(r.durations_ns) > 0 for r in reps)
+        for r in reps:  # the timeline the differential harness replays: each start after the last step's end
+            assert r.starts_ns[0] == r.gaps_ns[0] and r.origin_ns + r.starts_ns[-1] < r.steps_end_ns
+            for i in range(1, len(seq.steps)):
+                assert r.starts_ns[i] >= r.starts_ns[i - 1] + r.durations_ns[i - 1] + r.gaps_ns[i]
 
 
 @pytest.mark.kvm

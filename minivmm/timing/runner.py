@@ -15,7 +15,7 @@ import signal
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kernel_model.sequences import Sequence, validate
 from kernel_model.sim import SLEEP_ABOVE_NS, SPIN_LAST_NS
@@ -39,6 +39,11 @@ class Repetition:
     records: list[IoctlRecord | None]
     #: When the last step ended (monotonic ns), before what was left of the VM was freed.
     steps_end_ns: int = 0
+    #: When the repetition began (monotonic ns): the first gap is counted from here.
+    origin_ns: int = 0
+    #: Each step's start (the end of its gap), in ns from ``origin_ns``: the repetition's timeline,
+    #: which the differential harness replays in the model.
+    starts_ns: list[int] = field(default_factory=list)
 
 
 class MeasurementInterrupted(KeyboardInterrupt):
@@ -100,14 +105,16 @@ class SequenceRunner:
         durations: list[int] = []
         gaps: list[int] = []
         records: list[IoctlRecord | None] = []
+        starts: list[int] = []
         state = HostState(self.kvm)
-        last_end = time.monotonic_ns()
+        last_end = origin = time.monotonic_ns()
         try:
             for step in self.seq.steps:
                 issue = host_step(step.op)(state, step.full_args)
                 _wait_until(last_end + step.gap_ns)
                 start = time.monotonic_ns()
                 gaps.append(start - last_end)
+                starts.append(start - origin)
                 before = len(tracer.records)
                 own = issue()
                 end = time.monotonic_ns()
@@ -117,7 +124,7 @@ class SequenceRunner:
                 last_end = time.monotonic_ns()
         finally:
             state.close()
-        return Repetition(durations, gaps, records, last_end)
+        return Repetition(durations, gaps, records, last_end, origin, starts)
 
 
 def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = DEFAULT_DEVICE_PATH,
