@@ -94,10 +94,12 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
 
 class HostTimeline(NamedTuple):
     """One host repetition as the model replays it: its tick phase (where its first gap began, as a
-    share of a jiffy on the host's tick grid) and each step's start, in ns from there."""
+    share of a jiffy on the host's tick grid), each step's start, in ns from there, and the CPU its
+    caller armed its first grace-period timer on (None: it armed none, or that was not traced)."""
 
     phase: float
     starts_ns: list[int]
+    caller_cpu: int | None = None
 
 
 def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, costs: Costs | None,
@@ -114,9 +116,9 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
 
     With ``timelines`` (per repetition, from a host whose tick grid is known), each model run replays
     the repetition instead: its tick phase and every step's start are the host's (``starts_ns``), so a
-    registration arms its timer for the tick the host's did, and a waiting step is compared with the
-    host's in the very same situation: only what the model says about the grace period, the ticks and
-    the wake-ups is left to differ."""
+    registration arms its timer for the tick the host's did, on the CPU the host's caller armed it on,
+    and a waiting step is compared with the host's in the very same situation: only what the model says
+    about the grace period, the ticks and the wake-ups is left to differ."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))
@@ -131,7 +133,8 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
             if line is not None:
                 phase = line.phase
             run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held,
-                                starts_ns=line.starts_ns if line is not None else None)[0]
+                                starts_ns=line.starts_ns if line is not None else None,
+                                caller_cpu=line.caller_cpu if line is not None else None)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out

@@ -86,7 +86,8 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                   rng: random.Random, costs: Costs | None = None,
                   checker: InvariantChecker | None = None,
                   held_ns: list[int | None] | None = None,
-                  starts_ns: list[int] | None = None) -> tuple[list[int], KvmModel]:
+                  starts_ns: list[int] | None = None,
+                  caller_cpu: int | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
     step's gap is a pause of exactly that length (``Sim.pause``).
 
@@ -100,8 +101,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
       gaps: each step starts where the host's did, or as soon as the model's previous step has ended
       if that is later. With ``phase`` the host's own tick phase, every registration then arms its
       timer for the tick the host's did, and a waiting step's duration is the model's answer to the
-      host's exact situation."""
-    sim = Sim(hz, phase, costs, rng)
+      host's exact situation; ``caller_cpu``, the CPU the host's caller armed its timers on, completes
+      it (otherwise drawn from the profile)."""
+    sim = Sim(hz, phase, costs, rng, caller_cpu)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     debt = 0  # ns the model's held steps ran past the host's, to come off the next gaps

@@ -16,6 +16,7 @@ The file is JSON::
      "ticks": {"nr_cpus": 2,                      # how the CPUs ticked (kernel_model.tick.TickEnvironment)
                "caller_on_boot_cpu": 0.5, "caller_keeps_tick": 0.4, "other_tick_share": 0.3,
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
+               "caller_tick_first_by_cpu": [0.2, 0.8],   # per CPU the caller is on (null: not measured)
                "measured_with": "tracefs"},       # or "" (not measured: no tracefs; a quiet host)
      "fixed_cost_scatter": {"scale": 0.12, "df": 3}}  # Student's t of ln(duration / its median) of the
                                                   # calibration's fixed-cost ioctls: this host's scatter
@@ -180,6 +181,11 @@ def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:
     nr = fields.get("nr_cpus", 2)
     if isinstance(nr, bool) or not isinstance(nr, int):
         raise ProfileError(f"{where}: ticks.nr_cpus must be an integer")
+    for name in ("caller_tick_first_by_cpu", "other_holds_duty_by_cpu"):  # JSON arrays, per CPU
+        if name in fields:
+            if not isinstance(fields[name], (list, tuple)):
+                raise ProfileError(f"{where}: ticks.{name} must be an array")
+            fields[name] = tuple(fields[name])
     env = TickEnvironment(**fields)
     try:
         env.check()

@@ -106,7 +106,7 @@ class Sim:
     an event's own while it runs."""
 
     def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, caller_cpu: int | None = None) -> None:
         if hz <= 0:
             raise ModelError(f"HZ must be positive, not {hz}")
         if not 0.0 <= phase < 1.0:
@@ -119,10 +119,15 @@ class Sim:
         self.rng = rng or random.Random(0)
         env = self.costs.cpus
         env.check()
-        share = env.caller_on_boot_cpu
-        on_boot = env.nr_cpus == 1 or share >= 1.0 or (share > 0.0 and self.rng.random() < share)
-        #: The CPU the caller runs on (CPU 0 is the boot CPU).
-        self.caller_cpu = BOOT_CPU if on_boot else 1
+        if caller_cpu is not None and not 0 <= caller_cpu < env.nr_cpus:
+            raise ModelError(f"the caller's CPU must be 0..{env.nr_cpus - 1}, not {caller_cpu}")
+        if caller_cpu is None:
+            share = env.caller_on_boot_cpu
+            on_boot = env.nr_cpus == 1 or share >= 1.0 or (share > 0.0 and self.rng.random() < share)
+            caller_cpu = BOOT_CPU if on_boot else 1
+        #: The CPU the caller runs on (CPU 0 is the boot CPU): given (a replayed host run's), or drawn
+        #: from the profile's share.
+        self.caller_cpu = caller_cpu
         #: The CPU of the context running now.
         self.cpu = self.caller_cpu
         self.now = 0

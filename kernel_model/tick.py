@@ -107,6 +107,12 @@ class TickEnvironment(NamedTuple):
     #: whose tick runs holds the duty: what the long history before decided (measured: the share of
     #: traced timers that slipped where the rule allowed it).
     other_holds_duty: float = 0.0
+    #: caller_tick_first and other_holds_duty again, per CPU the caller runs on (index; None: not
+    #: measured there, the shares above stand). On a busy host the duty stays on one CPU and the
+    #: handlers keep an order of their own, so both depend on which CPU the caller is on: traced with
+    #: two CPUs busy, no timer armed on the boot CPU slipped and 35-44% of those armed on the other did.
+    caller_tick_first_by_cpu: tuple[float | None, ...] = ()
+    other_holds_duty_by_cpu: tuple[float | None, ...] = ()
 
     @property
     def quiet(self) -> bool:
@@ -120,9 +126,23 @@ class TickEnvironment(NamedTuple):
         """P(another CPU ticks at the next tick | it ticked (or not) at this one)."""
         return two_state_next(self.other_tick_share, self.other_tick_persist, ticked)
 
-    def caller_first_after(self, was_first: bool) -> float:
-        """P(the caller CPU's handler runs first | it ran first (or not) at the last tick both ran)."""
-        return two_state_next(self.caller_tick_first, self.caller_first_persist, was_first)
+    def caller_first_after(self, was_first: bool, cpu: int = BOOT_CPU) -> float:
+        """P(the handler of the caller's CPU ``cpu`` runs first | it ran first (or not) at the last tick
+        both ran)."""
+        return two_state_next(self.tick_first_on(cpu), self.caller_first_persist, was_first)
+
+    def tick_first_on(self, cpu: int) -> float:
+        """The share of ticks at which the caller's CPU ``cpu`` runs its handler first when another CPU
+        ticks too: measured for that CPU where the profile has it, else for every CPU."""
+        by = self.caller_tick_first_by_cpu
+        v = by[cpu] if cpu < len(by) else None
+        return self.caller_tick_first if v is None else v
+
+    def holds_duty_against(self, cpu: int) -> float:
+        """other_holds_duty for a caller on ``cpu``: measured for that CPU where the profile has it."""
+        by = self.other_holds_duty_by_cpu
+        v = by[cpu] if cpu < len(by) else None
+        return self.other_holds_duty if v is None else v
 
     def check(self) -> None:
         """ValueError naming the first field out of range."""
@@ -131,9 +151,18 @@ class TickEnvironment(NamedTuple):
         for name in ("caller_on_boot_cpu", "caller_keeps_tick", "other_tick_share", "other_tick_persist",
                      "caller_tick_first", "caller_first_persist", "other_stops_between",
                      "other_holds_duty"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            if not _share(getattr(self, name)):
                 raise ValueError(f"{name} must be a share from 0 to 1")
+        for name in ("caller_tick_first_by_cpu", "other_holds_duty_by_cpu"):
+            by = getattr(self, name)
+            if not isinstance(by, tuple) or len(by) > self.nr_cpus or \
+                    not all(v is None or _share(v) for v in by):
+                raise ValueError(f"{name} must hold, per CPU, a share from 0 to 1 or null")
+
+
+def _share(v: object) -> bool:
+    """Whether ``v`` is a number from 0 to 1 (not a bool)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 <= v <= 1.0
 
 
 class CpuActivity:
@@ -226,7 +255,7 @@ class TickSched:
         """Whether ``cpu``'s tick at ``tick`` raises TIMER_SOFTIRQ for a timer whose bucket is ``tick``
         (``run_local_timers()``: ``jiffies`` has reached ``next_expiry``). False means the timer waits
         for that CPU's next tick, which always raises it (``jiffies`` has moved on by then)."""
-        if self.env.other_tick_share == 0.0 or self.env.other_holds_duty == 0.0 \
+        if self.env.other_tick_share == 0.0 or self.env.holds_duty_against(self.caller_cpu) == 0.0 \
                 and self.env.other_stops_between == 0.0 and self.env.caller_keeps_tick == 1.0:
             return True  # no other CPU can come to hold the duty: the timer's CPU advances jiffies itself
         self.advance_to(tick)
@@ -257,9 +286,9 @@ class TickSched:
         holders = [cpu for cpu in range(self.nr_cpus) if self.ticked[cpu]]
         self.ticked[self.caller_cpu] = True  # so that a stopped tick at the first tick gives the duty up
         self.tick_do_timer_cpu = self.caller_cpu
-        if holders and rng.random() < self.env.other_holds_duty:
+        if holders and rng.random() < self.env.holds_duty_against(self.caller_cpu):
             self.tick_do_timer_cpu = holders[int(rng.random() * len(holders))]
-        self.caller_was_first = rng.random() < self.env.caller_tick_first
+        self.caller_was_first = rng.random() < self.env.tick_first_on(self.caller_cpu)
         self.last = first - 1
 
     def _caller_cpu_ticks(self, cpu: int, tick: int) -> tuple[bool, bool]:
@@ -321,7 +350,7 @@ class TickSched:
         caller = self.caller_cpu
         if caller in ticks and len(ticks) > 1:
             ticks.remove(caller)
-            first = caller not in woke and rng.random() < env.caller_first_after(self.caller_was_first)
+            first = caller not in woke and rng.random() < env.caller_first_after(self.caller_was_first, caller)
             if caller not in woke:
                 self.caller_was_first = first
             ticks.insert(0 if first else len(ticks), caller)

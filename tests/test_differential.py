@@ -107,13 +107,21 @@ def test_host_timelines_put_each_repetition_on_the_traced_tick_grid():
     offset = 1_234_000
     # The grid is where the tick handlers run (jiffies moves there), a few us after the hrtimer's tick.
     rec = TickRecord(tick, ticks={0: [offset + k * tick + 3_000 for k in range(1000, 1100)]})
-    reps = [Repetition([1], [1], [None], origin_ns=offset + 3_000 + 1050 * tick + share * tick // 4, starts_ns=[7])
-            for share in range(4)]
+    reps = [Repetition([1, 1], [1, 1], [None, None], origin_ns=offset + 3_000 + 1050 * tick + share * tick // 4,
+                       starts_ns=[7, 900_000]) for share in range(4)]
     lines = host_timelines(reps, rec, 250)
     assert lines is not None
     assert [round(line.phase, 3) for line in lines] == [0.0, 0.25, 0.5, 0.75]
-    assert all(line.starts_ns == [7] for line in lines)
+    assert all(line.starts_ns == [7, 900_000] and line.caller_cpu is None for line in lines)
     assert host_timelines(reps, None, 250) is None
+    # The caller's CPU: where the thread armed the repetition's first grace-period timer (a delayed work
+    # minutes ahead, as KVM_CREATE_VM arms, says nothing and is passed over).
+    first = offset + 3_000 + 1050 * tick
+    rec.armed = {1: [(first + 10, 0, 77, 1050 + 75_000, 1050)],
+                 2: [(first + 20, 1, 77, 1052, 1050)],
+                 3: [(first + tick // 4 + 5, 0, 99, 1052, 1050)]}  # another thread's
+    cpus = [line.caller_cpu for line in host_timelines(reps, rec, 250, tid=77) or []]
+    assert cpus == [1, None, None, None]
     with pytest.raises(ValueError):
         host_timelines(reps, rec, 100)
 

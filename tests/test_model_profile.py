@@ -340,6 +340,38 @@ def test_predict_draws_the_ticks_per_sample():
     assert 0.35 < late < 0.65
 
 
+def _vm_on(env: TickEnvironment, cpu: int, seed: int = 0):
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    return KvmModel(Sim(250, 0.5, Costs(cpus=env), random.Random(seed), caller_cpu=cpu), get_variant("call_srcu"),
+                    get_platform("pvm"))
+
+
+def test_the_duty_and_the_handler_order_are_the_caller_cpus():
+    # On a busy host the duty stays on one CPU: a timer armed there never slips, one armed on the other
+    # does when that CPU's handler runs first. The scalar shares say neither.
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=0.5, other_holds_duty=0.5,
+                              caller_first_persist=1.0, caller_tick_first_by_cpu=(0.2, 1.0),
+                              other_holds_duty_by_cpu=(0.0, 1.0))
+    assert env.tick_first_on(1) == 1.0 and env.holds_duty_against(0) == 0.0
+    on_boot = [_registration_then_memslot(_vm_on(env, 0, seed), 0xD0000050, 0) for seed in range(40)]
+    on_other = [_registration_then_memslot(_vm_on(env, 1, seed), 0xD0000050, 0) for seed in range(40)]
+    assert all(w < 2 * TICK for w in on_boot)
+    assert all(w > 2 * TICK for w in on_other)
+    unmeasured = env._replace(caller_tick_first_by_cpu=(0.2, None), other_holds_duty_by_cpu=())
+    assert unmeasured.tick_first_on(1) == 0.5 and unmeasured.holds_duty_against(1) == 0.5  # the scalars
+    with pytest.raises(Exception, match="caller's CPU must be 0..1"):
+        _vm_on(env, 2)
+
+
+def test_a_per_cpu_share_is_pulled_towards_the_all_cpu_one():
+    from minivmm.timing.ticktrace import PER_CPU_PRIOR, per_cpu
+    assert per_cpu([], 0.3) is None
+    assert per_cpu([True] * 3, 0.0) == round(3 / (3 + PER_CPU_PRIOR), 4)
+    assert abs(per_cpu([True] * 500 + [False] * 500, 0.0) - 0.5) < 0.01  # many samples: their own share
+
+
 def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     base = profile([50_000, 60_000])
     data = base.to_json()
@@ -347,7 +379,11 @@ def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     data["ticks"] = {**data["ticks"], "other_tick_share": 0.3, "measured_with": "tracefs"}
     loaded = HostProfile.from_json(data)
     assert loaded.costs().cpus.other_tick_share == 0.3 and loaded.ticks_measured_with == "tracefs"
-    for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, []):
+    data["ticks"] = {**data["ticks"], "other_holds_duty_by_cpu": [0.1, None]}
+    assert HostProfile.from_json(json.loads(json.dumps(data))).ticks.other_holds_duty_by_cpu == (0.1, None)
+    for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, [],
+                {"other_holds_duty_by_cpu": 0.5}, {"caller_tick_first_by_cpu": [0.5, 2]},
+                {"caller_tick_first_by_cpu": [0.5, 0.5, 0.5]}):
         data["ticks"] = bad
         with pytest.raises(ProfileError, match="ticks"):
             HostProfile.from_json(data)

@@ -364,14 +364,15 @@ def calibrate(repeat: int, hz: int, platform: str, kernel: str, kvm_path: str = 
     return Calibration(runs, ticks, make_profile(runs, hz, platform, kernel, ticks))
 
 
-def model_late_shares(env: TickEnvironment, hz: int, platform: str, runs: int = 2000, seed: int = 0) -> \
-        tuple[float, float]:
+def model_late_shares(env: TickEnvironment, hz: int, platform: str, runs: int = 2000, seed: int = 0,
+                      cpus: list[int] | None = None) -> tuple[float, float]:
     """The shares of the calibration's first and second timers the model makes fire a tick late with
-    the tick environment ``env`` (``runs`` model runs of the calibration's steps)."""
+    the tick environment ``env`` (``runs`` model runs of the calibration's steps), the caller's CPU in
+    model run ``i`` being ``cpus[i % len(cpus)]`` (the traced runs' CPUs) or, without ``cpus``, drawn."""
     rng = random.Random(seed)
     late = [0, 0]
-    for _ in range(runs):
-        sim = Sim(hz, rng.random(), Costs(cpus=env), rng)
+    for i in range(runs):
+        sim = Sim(hz, rng.random(), Costs(cpus=env), rng, cpus[i % len(cpus)] if cpus else None)
         kvm = KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
         kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
         for i, addr in enumerate((0xD0000050, 0xD0000060)):
@@ -401,12 +402,20 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
                   for fates in (ticks.first, ticks.second)]
         slipped = [[f for f in fates if f.late_ticks] for fates in traced]
         allowed = sum(f.rule_allows_slip for fates in slipped for f in fates)
-        model = model_late_shares(env, profile.hz, profile.platform)
+        model = model_late_shares(env, profile.hz, profile.platform,
+                                  cpus=[f.cpu for f in ticks.first if f is not None and f.cpu < env.nr_cpus])
         lines.append(f"ticks (tracefs): the other CPU ticked at {env.other_tick_share:.0%} of the ticks (stayed "
                      f"ticking {env.other_tick_persist:.0%}), the caller's CPU kept its tick through "
                      f"{env.caller_keeps_tick:.0%} of the waits and ran its handler first at "
                      f"{env.caller_tick_first:.0%} of the ticks both ran ({env.caller_first_persist:.0%} again at "
                      f"the next), was the boot CPU in {env.caller_on_boot_cpu:.0%} of the runs")
+        if sum(v is not None for v in env.other_holds_duty_by_cpu) > 1:
+            def pct(v: float | None) -> str:
+                return "-" if v is None else f"{v:.0%}"
+            lines.append("per CPU the caller was on: handler first "
+                         + " / ".join(pct(v) for v in env.caller_tick_first_by_cpu)
+                         + ", another CPU held the duty where a slip was allowed "
+                         + " / ".join(pct(v) for v in env.other_holds_duty_by_cpu))
         lines.append(f"timers a tick late (traced): {len(slipped[0])} of {len(traced[0])} first, {len(slipped[1])} of "
                      f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip); "
                      f"the model with these ticks: {model[0]:.1%} first, {model[1]:.1%} second")

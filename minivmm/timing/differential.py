@@ -8,6 +8,7 @@ the whole case and the profile carries the tick environment they showed.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import random
@@ -24,20 +25,36 @@ from kernel_model.sequences import Sequence, parse_sequence
 from kernel_model.sim import NSEC_PER_SEC
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
-from minivmm.timing.ticktrace import TickRecord, TickTracer
+from minivmm.timing.ticktrace import TickRecord, TickTracer, timer_fates
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
+#: How far ahead (ticks) a grace-period timer is armed at most: SRCU's delay is a jiffy or two.
+GP_TIMER_TICKS = 3
 
-def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int) -> list[HostTimeline] | None:
+
+def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
+                   tid: int | None = None) -> list[HostTimeline] | None:
     """Each repetition's tick phase and step starts on the host's tick grid, taken from the traced tick
-    handlers (``record``); None without a trace (the model then draws its phases)."""
+    handlers (``record``), and the CPU thread ``tid`` (the one that ran the repetitions) armed each
+    repetition's first grace-period timer on; None without a trace (the model then draws its phases)."""
     if record is None:
         return None
     tick = NSEC_PER_SEC // hz
     if record.tick_ns != tick:
         raise ValueError(f"the tick trace is at {NSEC_PER_SEC // record.tick_ns} Hz, not {hz}")
     offset = record.grid_offset()
-    return [HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns)) for r in reps]
+    # A grace-period timer is armed for one or two ticks ahead; the thread's other delayed work (minutes
+    # ahead, armed as the VM is made) says nothing about the grace periods.
+    armed = sorted((f.armed_ns, f.cpu) for f in timer_fates(record, tid, os.cpu_count() or 1)
+                   if f.bucket_tick - record.tick_of(f.armed_ns, offset) <= GP_TIMER_TICKS) if tid is not None else []
+    times = [a for a, _ in armed]
+    out = []
+    for r in reps:
+        i = bisect.bisect_left(times, r.origin_ns)
+        end = r.origin_ns + (r.starts_ns[-1] if r.starts_ns else 0)
+        cpu = armed[i][1] if i < len(armed) and armed[i][0] <= end else None
+        out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu))
+    return out
 
 
 def measure_traced(seq: Sequence, repeat: int, hz: int, seed: int, kvm_path: str = "/dev/kvm",
@@ -123,7 +140,7 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
         reps, record, why_not = measure_traced(seq, repeat, hz, seed, kvm_path, trace_ticks, on_progress)
     gaps = [r.gaps_ns for r in reps]
     held = [r.durations_ns for r in reps]
-    lines = host_timelines(reps, record, hz)
+    lines = host_timelines(reps, record, hz, threading.get_native_id())
     model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines)
     fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held, lines)
     tick = NSEC_PER_SEC // hz

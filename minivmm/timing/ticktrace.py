@@ -223,11 +223,28 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
     holds = sum(bool(f.late_ticks) for f in allowed) / len(allowed) if allowed else 0.0
     after_first = [cur for prev, cur in orders if prev]
     first_persist = sum(after_first) / len(after_first) if after_first else 0.5
+    first_by = tuple(per_cpu([not any(o for o, t in zip(f.others_first, f.others_ticked) if t)
+                              for f in both if f.cpu == c], first) for c in range(nr_cpus))
+    holds_by = tuple(per_cpu([bool(f.late_ticks) for f in allowed if f.cpu == c], holds) for c in range(nr_cpus))
     return TickEnvironment(nr_cpus=nr_cpus, caller_on_boot_cpu=round(boot, 4), caller_keeps_tick=round(keeps, 4),
                            other_tick_share=round(share, 4), other_tick_persist=round(persist, 4),
                            caller_tick_first=round(first, 4), caller_first_persist=round(first_persist, 4),
                            other_stops_between=round(stops / stayed, 4) if stayed else 0.0,
-                           other_holds_duty=round(holds, 4))
+                           other_holds_duty=round(holds, 4),
+                           caller_tick_first_by_cpu=first_by, other_holds_duty_by_cpu=holds_by)
+
+
+#: Pseudo-observations of the all-CPU share that a per-CPU share is pulled towards (a CPU the caller
+#: was on for a few timers only gets a share near the all-CPU one, not 0% or 100% from three samples).
+PER_CPU_PRIOR = 5
+
+
+def per_cpu(outcomes: list[bool], overall: float) -> float | None:
+    """The share of true ``outcomes`` of one CPU, pulled towards ``overall`` by PER_CPU_PRIOR
+    pseudo-observations; None when the CPU has none."""
+    if not outcomes:
+        return None
+    return round((sum(outcomes) + PER_CPU_PRIOR * overall) / (len(outcomes) + PER_CPU_PRIOR), 4)
 
 
 class TickTracer:
