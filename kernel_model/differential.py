@@ -122,6 +122,7 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))
+    nr_cpus = (costs or Costs()).cpus.nr_cpus  # a host CPU the model's host does not have: drawn instead
     for r, g in enumerate(gaps):
         s = with_gaps(seq, g)
         held: list[int | None] | None = None
@@ -134,7 +135,8 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
                 phase = line.phase
             run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held,
                                 starts_ns=line.starts_ns if line is not None else None,
-                                caller_cpu=line.caller_cpu if line is not None else None)[0]
+                                caller_cpu=line.caller_cpu if line is not None and line.caller_cpu is not None
+                                and line.caller_cpu < nr_cpus else None)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out

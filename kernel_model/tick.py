@@ -110,7 +110,8 @@ class TickEnvironment(NamedTuple):
     #: caller_tick_first and other_holds_duty again, per CPU the caller runs on (index; None: not
     #: measured there, the shares above stand). On a busy host the duty stays on one CPU and the
     #: handlers keep an order of their own, so both depend on which CPU the caller is on: traced with
-    #: two CPUs busy, no timer armed on the boot CPU slipped and 35-44% of those armed on the other did.
+    #: two CPUs busy, no timer armed on the CPU holding the duty slipped and 34-63% of those armed on
+    #: the other did (which CPU held it changed from one minute to the next).
     caller_tick_first_by_cpu: tuple[float | None, ...] = ()
     other_holds_duty_by_cpu: tuple[float | None, ...] = ()
 

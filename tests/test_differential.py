@@ -85,6 +85,13 @@ def test_a_replayed_run_starts_each_step_where_the_host_did_or_when_the_model_is
     assert kvm.sim.now == 1_500_000 + late[2] + late[3]  # the teardown right after the memslot's wait
 
 
+def test_a_replayed_run_on_a_host_cpu_the_models_host_lacks_draws_its_cpu():
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    line = differential.HostTimeline(0.3, [5_000, 700_000, 1_500_000, 9_500_000], caller_cpu=7)
+    runs = differential.model_paired(seq, [[10_000] * 4], 250, "pvm", None, 2, 1, None, [line])
+    assert len(runs[2]) == 2  # a 2-CPU model host: CPU 7 is not one of its CPUs, and no error
+
+
 def test_a_replayed_run_arms_the_timer_for_the_tick_the_hosts_phase_gives():
     # The registration at 700 us after the run's start: 100 us before a tick at one phase, 100 us after
     # it at another. The memslot, started at the same host time, ends a tick later in the second.
