@@ -36,6 +36,12 @@ class Costs(NamedTuple):
     #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
     #: does not, its draw from ``timer_latency_samples`` already covers the whole chain after the tick.
     wakeup_latency_samples: tuple[int, ...] = ()
+    #: (run_ns, share): with a host profile, the extra share of timer-ended waits whose woken caller is
+    #: switched in only at its CPU's next tick, when it ran ``run_ns`` (or more) before it slept; less
+    #: in proportion to a shorter run. A busy task on the caller's CPU is not preempted by a waker that
+    #: used much CPU before its sleep (the scheduler weighs it), and ``timer_latency_samples`` are
+    #: measured right after a registration, the short side. (0, 0.0): never.
+    waiter_tick_wait: tuple[int, float] = (0, 0.0)
     #: What the host's other tasks do to the CPUs' ticks (which decides when a timer fires a tick
     #: late, see kernel_model.tick): a quiet host by default, measured by a host profile.
     cpus: TickEnvironment = TickEnvironment()

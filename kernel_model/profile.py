@@ -18,9 +18,12 @@ The file is JSON::
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
                "caller_tick_first_by_cpu": [0.2, 0.8],   # per CPU the caller is on (null: not measured)
                "measured_with": "tracefs"},       # or "" (not measured: no tracefs; a quiet host)
-     "fixed_cost_scatter": {"scale": 0.12, "df": 3}}  # Student's t of ln(duration / its median) of the
+     "fixed_cost_scatter": {"scale": 0.12, "df": 3},  # Student's t of ln(duration / its median) of the
                                                   # calibration's fixed-cost ioctls: this host's scatter
                                                   # around a fixed cost (optional; minivmm.timing.noise)
+     "waiter_tick_wait": {"run_ns": 300000, "share": 0.12}}  # how much more often a waiter that spun
+                                                  # that long before its wait was switched in only at the
+                                                  # next tick (optional; Costs.waiter_tick_wait)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -100,6 +103,9 @@ class HostProfile:
     #: ln(duration / median): (scale, degrees of freedom); None in a profile made without it. The
     #: verdict's noise model takes it (``minivmm.timing.noise``).
     fixed_cost_scatter: tuple[float, int] | None = None
+    #: (spin ns, extra share): how much more often a waiter that worked that long before its wait was
+    #: switched in only at the next tick (``Costs.waiter_tick_wait``); None in a profile made without.
+    waiter_tick_wait: tuple[int, float] | None = None
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -117,7 +123,7 @@ class HostProfile:
             return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
         return (base or Costs())._replace(timer_latency_samples=rescale(self.timer_latency_ns),
                                    wakeup_latency_samples=rescale(self.wakeup_latency_ns),
-                                   cpus=self.ticks)
+                                   cpus=self.ticks, waiter_tick_wait=self.waiter_tick_wait or (0, 0.0))
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
@@ -127,7 +133,9 @@ class HostProfile:
                 "wakeup_latency_ns": list(self.wakeup_latency_ns),
                 "ticks": {**self.ticks._asdict(), "measured_with": self.ticks_measured_with},
                 **({"fixed_cost_scatter": {"scale": self.fixed_cost_scatter[0], "df": self.fixed_cost_scatter[1]}}
-                   if self.fixed_cost_scatter else {})}
+                   if self.fixed_cost_scatter else {}),
+                **({"waiter_tick_wait": {"run_ns": self.waiter_tick_wait[0], "share": self.waiter_tick_wait[1]}}
+                   if self.waiter_tick_wait else {})}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
@@ -164,9 +172,16 @@ class HostProfile:
             if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 10
                     or isinstance(df, bool) or not isinstance(df, int) or not 1 <= df <= 1000):
                 raise ProfileError(f"{where}: fixed_cost_scatter must hold a scale (0 to 10) and df (1 to 1000)")
+        waiter = data.get("waiter_tick_wait")
+        if waiter is not None:
+            run_ns, share = (waiter.get("run_ns"), waiter.get("share")) if isinstance(waiter, dict) else (None, None)
+            if (isinstance(run_ns, bool) or not isinstance(run_ns, int) or not 0 < run_ns <= 10**9
+                    or isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
+                raise ProfileError(f"{where}: waiter_tick_wait must hold run_ns (1 ns to 1 s) and share (0 to 1)")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
                    (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), ticks, measured,
-                   None if scatter is None else (float(scatter["scale"]), int(scatter["df"])))
+                   None if scatter is None else (float(scatter["scale"]), int(scatter["df"])),
+                   None if waiter is None else (int(waiter["run_ns"]), float(waiter["share"])))
 
 
 def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:

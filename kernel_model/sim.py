@@ -309,6 +309,11 @@ class Completion:
             extra = sim.draw(sim.costs.wakeup_latency_samples)
         wake, on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup + extra,
                                    self.completed_on_grid)
+        run_ns, share = sim.costs.waiter_tick_wait
+        if share > 0.0 and run_ns > 0 and sim.timers_fired > fired:
+            ran = start - sim.ticks.caller_busy_since
+            if sim.rng.random() < share * min(1.0, ran / run_ns):
+                wake, on_grid = sim.tick_time(sim.jiffy_at(wake) + 1), True  # behind a busy task: the tick
         sim.ticks.caller_busy(wake, True)
         sim.on_grid = sim._caller_on_grid = on_grid
         sim.run_until(wake)

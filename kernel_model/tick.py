@@ -238,6 +238,8 @@ class TickSched:
         self.activity = [CpuActivity() for _ in range(env.nr_cpus)]
         #: Ticks at which a timer slipped (for reports and tests).
         self.slips = 0
+        #: When the caller last started running (its run time before a wait is now minus this).
+        self.caller_busy_since = 0
 
     # --- the model's contexts report what runs where ---------------------------------------------
     def caller_busy(self, t: int, busy: bool) -> None:
@@ -246,6 +248,8 @@ class TickSched:
         if log and log[-1][1] == busy:
             return
         log.append((t, busy))
+        if busy:
+            self.caller_busy_since = t
 
     def work_ran(self, cpu: int, start: int, end: int) -> None:
         """A model kworker ran on ``cpu`` from ``start`` to ``end``."""

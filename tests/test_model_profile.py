@@ -3,6 +3,7 @@ arithmetic (tick grid, latency) on synthetic runs, without KVM."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -113,6 +114,25 @@ def test_tick_grid_and_latencies_are_recovered(offset):
     assert min(abs(est - offset), TICK - abs(est - offset)) < 60_000
     got = timer_latencies(runs, 250, 0)
     assert sum(abs(g - x) < 80_000 for g, x in zip(got, lat)) / len(lat) > 0.95
+
+
+def test_the_spun_runs_say_how_much_more_often_a_waiter_waits_for_the_tick():
+    # Every other calibration run spins before its memslot; the ones that did ended a whole tick late
+    # 30% of the time here, the others 5%: the profile keeps the difference, and the latency
+    # distribution keeps only the runs that did not spin.
+    from minivmm.timing.calibrate import CALLER_RUN_NS, estimate_tick_grid, spins, waiter_tick_wait
+    rng = random.Random(5)
+    lat = []
+    for k in range(400):
+        late = rng.random() < (0.30 if spins(k) else 0.05)
+        lat.append(60_000 + (TICK if late else 0))
+    runs = [dataclasses.replace(r, spun_ns=CALLER_RUN_NS if spins(k) else 0)
+            for k, r in enumerate(synthetic_runs(0, lat))]
+    grid = estimate_tick_grid(runs, 250)
+    run_ns, extra = waiter_tick_wait(runs, 250, 0, grid) or (0, 0.0)
+    assert run_ns == CALLER_RUN_NS and 0.15 < extra < 0.35
+    assert len(timer_latencies(runs, 250, 0, grid)) == 200
+    assert waiter_tick_wait([dataclasses.replace(r, spun_ns=0) for r in runs], 250, 0, grid) is None  # none spun
 
 
 def test_too_few_runs_leave_the_grid_undetermined():
@@ -365,6 +385,37 @@ def test_the_duty_and_the_handler_order_are_the_caller_cpus():
         _vm_on(env, 2)
 
 
+def test_a_waiter_that_worked_before_its_wait_is_switched_in_at_the_tick_behind_a_busy_task():
+    # Costs.waiter_tick_wait: the share applies in proportion to the caller's run time before a wait a
+    # timer ended, up to run_ns; the woken caller then runs at its CPU's next tick.
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.sim import SPIN_LAST_NS
+    from kernel_model.variants import get_variant
+
+    def wait_after(work_ns: int, waiter: tuple[int, float], seed: int) -> tuple[int, int]:
+        kvm = KvmModel(Sim(250, 0.5, Costs(waiter_tick_wait=waiter), random.Random(seed)), get_variant("call_srcu"),
+                       get_platform("pvm"))
+        kvm.ioeventfd(0xD0000050, 4, 0)
+        kvm.sim.pause(1_000_000)  # asleep, then spinning its last SPIN_LAST_NS
+        kvm.sim.spend(work_ns)  # the caller works before its wait
+        t0 = kvm.sim.now
+        kvm.set_user_memory_region(0, 0, 1 << 20)
+        return kvm.sim.now - t0, kvm.sim.now
+    plain = {wait_after(0, (0, 0.0), seed) for seed in range(20)}
+    assert len(plain) == 1  # no profile: the same wait whatever the seed
+    (wait, end), = plain
+    late = {wait_after(0, (SPIN_LAST_NS, 1.0), seed) for seed in range(20)}
+    assert len(late) == 1
+    (late_wait, late_end), = late
+    assert 0 < late_wait - wait <= TICK  # switched in at the next tick: on the grid (phase 0.5 here)
+    assert (late_end + TICK // 2) % TICK == 0 and (end + TICK // 2) % TICK != 0
+    # In proportion to the run before the wait: SPIN_LAST_NS of a 4 * SPIN_LAST_NS run_ns is a quarter.
+    quarter = sum(wait_after(0, (4 * SPIN_LAST_NS, 1.0), seed)[0] > wait for seed in range(400))
+    assert 60 < quarter < 140
+    assert {wait_after(0, (SPIN_LAST_NS, 0.0), seed) for seed in range(20)} == plain  # share 0: never
+
+
 def test_a_per_cpu_share_is_pulled_towards_the_all_cpu_one():
     from minivmm.timing.ticktrace import PER_CPU_PRIOR, per_cpu
     assert per_cpu([], 0.3) is None
@@ -379,6 +430,12 @@ def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     data["ticks"] = {**data["ticks"], "other_tick_share": 0.3, "measured_with": "tracefs"}
     loaded = HostProfile.from_json(data)
     assert loaded.costs().cpus.other_tick_share == 0.3 and loaded.ticks_measured_with == "tracefs"
+    data["waiter_tick_wait"] = {"run_ns": 300_000, "share": 0.12}
+    assert HostProfile.from_json(json.loads(json.dumps(data))).costs().waiter_tick_wait == (300_000, 0.12)
+    for bad_waiter in ({"run_ns": 0, "share": 0.1}, {"run_ns": 300_000, "share": 2}, [300_000, 0.1]):
+        with pytest.raises(ProfileError, match="waiter_tick_wait"):
+            HostProfile.from_json({**data, "waiter_tick_wait": bad_waiter})
+    del data["waiter_tick_wait"]
     data["ticks"] = {**data["ticks"], "other_holds_duty_by_cpu": [0.1, None]}
     assert HostProfile.from_json(json.loads(json.dumps(data))).ticks.other_holds_duty_by_cpu == (0.1, None)
     for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, [],

@@ -18,6 +18,12 @@ nothing pending): with no grace period's callbacks still queued ahead of it. Tak
 timer-ended grace period instead, it waited behind that grace period's callbacks on the boot CPU, and
 under load its tail ran to milliseconds that a VM's first waits do not show.
 
+Every other run spins CALLER_RUN_NS between the first registration and its memslot: on a busy host a
+caller that worked a few hundred µs before it slept is often switched in only at the next tick, behind
+the busy task its wake-up does not preempt, where one that slept at once is not. The difference in the
+share of memslots a whole tick late between the two kinds of run is the profile's
+``waiter_tick_wait``; the latency distribution is taken from the runs that did not spin.
+
 Right after the first timer-ended memslot returns, a second registration and a third memslot: the
 same timer wait, armed after a grace period woke the caller, as a VMM's registration after a
 deregistration or a memslot change is. Each run sleeps its random part of a jiffy before
@@ -92,6 +98,19 @@ class CalibrationRun:
     #: somewhere in between: a registration issued a few µs before a tick boundary may arm after it.
     t_reg_end_ns: int = 0
     t_reg2_end_ns: int = 0
+    #: How long the run spun between the first registration's return and the memslot (0: not at all).
+    spun_ns: int = 0
+
+
+#: Every other calibration run spins this long between its registration and its memslot: a caller that
+#: worked a few hundred µs before its wait is, on a busy host, switched in only at the next tick more
+#: often than one that slept at once (traced: 29-30 of 200 against 0 of 200 with two busy loops).
+CALLER_RUN_NS = 300_000
+
+
+def spins(index: int) -> bool:
+    """Whether calibration run ``index`` spins CALLER_RUN_NS before its memslot (every other one)."""
+    return index % 2 == 1
 
 
 def _zero_latency_model(hz: int, platform: str, costs: Costs | None) -> tuple[Sim, KvmModel]:
@@ -220,10 +239,29 @@ def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: Ti
     out = []
     for i, r in enumerate(runs):
         lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
-        if lat is not None:
+        if lat is not None and not r.spun_ns:
             late = late_ticks[i] if late_ticks is not None else 0
             out.append(max(0, lat - late * tick - chain_ns))
     return out
+
+
+def waiter_tick_wait(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: TickGrid,
+                     late_ticks: list[int] | None = None) -> tuple[int, float] | None:
+    """How much more often a waiter that spun before its wait ended a whole tick late (its latency beyond
+    the chain over half a tick, its timer's own slip taken out) than one that did not: (the spin, the
+    extra share), for ``Costs.waiter_tick_wait``; None without runs of both kinds."""
+    tick = NSEC_PER_SEC // hz
+    late: dict[bool, list[bool]] = {False: [], True: []}
+    for i, r in enumerate(runs):
+        lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
+        if lat is not None:
+            slip = late_ticks[i] if late_ticks is not None else 0
+            late[bool(r.spun_ns)].append(lat - slip * tick - chain_ns > tick // 2)
+    if not late[False] or not late[True]:
+        return None
+    spun = max(r.spun_ns for r in runs)
+    extra = sum(late[True]) / len(late[True]) - sum(late[False]) / len(late[False])
+    return spun, round(max(0.0, extra), 4)
 
 
 def late_shares(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None) -> tuple[float, float]:
@@ -242,9 +280,10 @@ def late_shares(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = Non
 
 
 def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> list[CalibrationRun]:
+                    on_progress: Callable[[int], None] | None = None, first: int = 0) -> list[CalibrationRun]:
     """``repeat`` runs on real KVM (see the module docstring), each in a fresh VM, by this thread
-    (which the tick trace follows)."""
+    (which the tick trace follows); every other one spins before its first memslot (:func:`spins`;
+    ``first`` is the index of the first run, for a caller that makes one run at a time)."""
     from minivmm.kvm.memory import GuestMemory
     from minivmm.kvm.system import Kvm
     from minivmm.kvm.uapi import lib
@@ -269,13 +308,16 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 t_reg = time.monotonic_ns()
                 vm.register_ioevent(IoEvent(0xD0000050, 4, efd, 0, False))
                 t_reg_end = time.monotonic_ns()
+                spun = CALLER_RUN_NS if spins(first + i) else 0
+                while time.monotonic_ns() < t_reg_end + spun:
+                    pass
                 vm.set_user_memory_region(0, 0, MEMSLOT_SIZE, mem.host_addr)
                 t_end = time.monotonic_ns()
                 vm.register_ioevent(IoEvent(0xD0000060, 4, efd, 0, False))
                 t_reg2_end = time.monotonic_ns()
                 vm.set_user_memory_region(2, 0x200000000, MEMSLOT_SIZE, mem3.host_addr)
                 t_end2 = time.monotonic_ns()
-                runs.append(CalibrationRun(t_reg, t_end, idle_sync, t_end, t_end2, t_reg_end, t_reg2_end))
+                runs.append(CalibrationRun(t_reg, t_end, idle_sync, t_end, t_end2, t_reg_end, t_reg2_end, spun))
             if on_progress:
                 on_progress(i + 1)
     return runs
@@ -322,7 +364,9 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
     late = None
     if ticks is not None and ticks.env is not None:
         late = [f.late_ticks or 0 if f is not None else 0 for f in ticks.first]
-    lat = timer_latencies(runs, hz, model_chain_ns(hz, platform), grid, late)
+    chain = model_chain_ns(hz, platform)
+    lat = timer_latencies(runs, hz, chain, grid, late)
+    waiter = waiter_tick_wait(runs, hz, chain, grid, late)
     idle = model_idle_sync_ns(hz, platform)
     wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -333,7 +377,7 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
     env, how = (ticks.env, "tracefs") if ticks is not None and ticks.env is not None else (TickEnvironment(), "")
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
                        tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (), env, how,
-                       fixed_cost_scatter(runs))
+                       fixed_cost_scatter(runs), waiter)
 
 
 class Calibration(NamedTuple):
@@ -393,6 +437,10 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
              f"p90 {q[n * 9 // 10] / 1000:.0f} us, p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us",
              f"memslots more than half a tick late: {first:.1%} after the first registration, "
              f"{second:.1%} after the second"]
+    if profile.waiter_tick_wait is not None:
+        spun, extra = profile.waiter_tick_wait
+        lines.append(f"a caller that spun {spun / 1000:.0f} us before its wait was switched in a tick late "
+                     f"{extra:.1%} more often (every other run spun)")
     env = ticks.env
     if env is None:
         lines.append(f"the CPUs' ticks were not measured ({ticks.why_not}): the model takes the host as quiet "

@@ -96,7 +96,7 @@ def measure_interleaved(seq: Sequence, repeat: int, hz: int, platform: str, seed
             for i in range(repeat):
                 time.sleep(rng.random() / hz)
                 reps.append(runner.run_once())
-                cal += run_calibration(1, hz, kvm_path, seed=seed * 100_003 + i)
+                cal += run_calibration(1, hz, kvm_path, seed=seed * 100_003 + i, first=i)
                 tracer.poll()
                 if on_progress:
                     on_progress(i + 1)
