@@ -234,15 +234,23 @@ def timer_latencies(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: Ti
     (:func:`resolved_latency`). ``grid``: the tick grid, if already estimated. ``late_ticks``: per run,
     the ticks its timer was traced firing after its bucket, which the model makes itself and so are
     not latency."""
-    tick = NSEC_PER_SEC // hz
     if grid is None:
         grid = estimate_tick_grid(runs, hz)
+    return [max(0, lat) for r, lat in beyond_chain(runs, hz, chain_ns, grid, late_ticks) if not r.spun_ns]
+
+
+def beyond_chain(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: TickGrid,
+                 late_ticks: list[int] | None = None) -> list[tuple[CalibrationRun, int]]:
+    """Each run whose first wait is resolved (:func:`resolved_latency`) with what it took beyond the
+    model's fixed chain, from the tick its timer fired on (its traced slip, ``late_ticks``, taken out:
+    the model makes that itself); may be negative."""
+    tick = NSEC_PER_SEC // hz
     out = []
     for i, r in enumerate(runs):
         lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
-        if lat is not None and not r.spun_ns:
-            late = late_ticks[i] if late_ticks is not None else 0
-            out.append(max(0, lat - late * tick - chain_ns))
+        if lat is not None:
+            slip = late_ticks[i] if late_ticks is not None else 0
+            out.append((r, lat - slip * tick - chain_ns))
     return out
 
 
@@ -253,11 +261,8 @@ def waiter_tick_wait(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: T
     extra share), for ``Costs.waiter_tick_wait``; None without runs of both kinds."""
     tick = NSEC_PER_SEC // hz
     late: dict[bool, list[bool]] = {False: [], True: []}
-    for i, r in enumerate(runs):
-        lat = resolved_latency(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns, tick, grid)
-        if lat is not None:
-            slip = late_ticks[i] if late_ticks is not None else 0
-            late[bool(r.spun_ns)].append(lat - slip * tick - chain_ns > tick // 2)
+    for r, lat in beyond_chain(runs, hz, chain_ns, grid, late_ticks):
+        late[bool(r.spun_ns)].append(lat > tick // 2)
     if not late[False] or not late[True]:
         return None
     spun = max(r.spun_ns for r in runs)

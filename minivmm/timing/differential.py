@@ -25,11 +25,8 @@ from kernel_model.sequences import Sequence, parse_sequence
 from kernel_model.sim import NSEC_PER_SEC
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
-from minivmm.timing.ticktrace import TickRecord, TickTracer, timer_fates
+from minivmm.timing.ticktrace import TickRecord, TickTracer, grace_period_fates
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
-
-#: How far ahead (ticks) a grace-period timer is armed at most: SRCU's delay is a jiffy or two.
-GP_TIMER_TICKS = 3
 
 
 def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
@@ -43,16 +40,13 @@ def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
     if record.tick_ns != tick:
         raise ValueError(f"the tick trace is at {NSEC_PER_SEC // record.tick_ns} Hz, not {hz}")
     offset = record.grid_offset()
-    # A grace-period timer is armed for one or two ticks ahead; the thread's other delayed work (minutes
-    # ahead, armed as the VM is made) says nothing about the grace periods.
-    armed = sorted((f.armed_ns, f.cpu) for f in timer_fates(record, tid, os.cpu_count() or 1)
-                   if f.bucket_tick - record.tick_of(f.armed_ns, offset) <= GP_TIMER_TICKS) if tid is not None else []
-    times = [a for a, _ in armed]
+    fates = grace_period_fates(record, tid, os.cpu_count() or 1) if tid is not None else []
+    times = [f.armed_ns for f in fates]
     out = []
     for r in reps:
         i = bisect.bisect_left(times, r.origin_ns)
         end = r.origin_ns + (r.starts_ns[-1] if r.starts_ns else 0)
-        cpu = armed[i][1] if i < len(armed) and armed[i][0] <= end else None
+        cpu = fates[i].cpu if i < len(fates) and times[i] <= end else None
         out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu))
     return out
 

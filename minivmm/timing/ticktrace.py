@@ -143,6 +143,11 @@ class TimerFate:
     late_ticks: int | None
 
     @property
+    def ran_first(self) -> bool:
+        """Whether its CPU's handler ran at the bucket's tick before every other CPU's that ran."""
+        return not any(f for t, f in zip(self.others_ticked, self.others_first) if t)
+
+    @property
     def rule_allows_slip(self) -> bool:
         """Whether kernel_model.tick's rule lets this timer slip: its CPU kept its tick and ran its
         handler at the bucket's tick before another CPU's (which may hold the do_timer duty)."""
@@ -176,6 +181,19 @@ def timer_fates(rec: TickRecord, tid: int, nr_cpus: int) -> list[TimerFate]:
     return out
 
 
+#: How far ahead (ticks) a grace-period timer is armed at most: SRCU's delay is a jiffy or two.
+GP_TIMER_TICKS = 3
+
+
+def grace_period_fates(rec: TickRecord, tid: int, nr_cpus: int) -> list[TimerFate]:
+    """:func:`timer_fates` of the timers armed at most GP_TIMER_TICKS ahead, the grace periods' (the
+    thread's other delayed work, minutes ahead, armed as a VM is made, says nothing about them), in the
+    order they were armed."""
+    offset = rec.grid_offset()
+    return [f for f in timer_fates(rec, tid, nr_cpus)
+            if f.bucket_tick - rec.tick_of(f.armed_ns, offset) <= GP_TIMER_TICKS]
+
+
 def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
                      waits: list[tuple[int, int]]) -> TickEnvironment:
     """The shares the model needs, measured over the calibration: ``fates`` of the timers armed right
@@ -187,8 +205,7 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
     boot = sum(c == 0 for c in cpus) / len(cpus)
     keeps = sum(f.kept_tick for f in fates) / len(fates)
     both = [f for f in fates if f.cpu_ticked and any(f.others_ticked)]
-    first = (sum(not any(o for o, t in zip(f.others_first, f.others_ticked) if t) for f in both) / len(both)
-             if both else 0.5)
+    first = sum(f.ran_first for f in both) / len(both) if both else 0.5
     ticked = pairs = stayed = stops = 0
     seen = 0
     orders: list[tuple[bool, bool]] = []
@@ -223,8 +240,7 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
     holds = sum(bool(f.late_ticks) for f in allowed) / len(allowed) if allowed else 0.0
     after_first = [cur for prev, cur in orders if prev]
     first_persist = sum(after_first) / len(after_first) if after_first else 0.5
-    first_by = tuple(per_cpu([not any(o for o, t in zip(f.others_first, f.others_ticked) if t)
-                              for f in both if f.cpu == c], first) for c in range(nr_cpus))
+    first_by = tuple(per_cpu([f.ran_first for f in both if f.cpu == c], first) for c in range(nr_cpus))
     holds_by = tuple(per_cpu([bool(f.late_ticks) for f in allowed if f.cpu == c], holds) for c in range(nr_cpus))
     return TickEnvironment(nr_cpus=nr_cpus, caller_on_boot_cpu=round(boot, 4), caller_keeps_tick=round(keeps, 4),
                            other_tick_share=round(share, 4), other_tick_persist=round(persist, 4),
