@@ -24,20 +24,17 @@ from __future__ import annotations
 import argparse
 import bisect
 import os
-import random
-import signal
 import statistics
 import sys
 import threading
-import time
 
 from kernel_model.differential import waits_for_gp
 from kernel_model.sequences import Sequence, SequenceError, load_sequence, parse_sequence
 from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.timing import ticktrace
-from minivmm.timing.runner import Repetition, SequenceRunner
-from minivmm.tracefs import Instance, Record, Session, TracefsUnavailable
-from minivmm.vmm.vcpu_loop import KICK_SIGNAL
+from minivmm.timing.differential import measure_traced
+from minivmm.timing.runner import Repetition
+from minivmm.tracefs import Instance, Record, Session, TracefsUnavailable, kernel_addresses
 
 PROBES = {
     "at once": "create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n",
@@ -51,7 +48,6 @@ WAKEUP, SWITCH = "sched/sched_wakeup", "sched/sched_switch"
 
 def arm_chain(inst: Instance, tid: int) -> dict[int, str]:
     """Enable the chain's events in ``inst``; the kernel addresses of the chain's functions."""
-    from minivmm.tracefs import kernel_addresses
     addresses = kernel_addresses(set(CHAIN)) or {}
     inst.enable(QUEUE, ("function",))
     inst.enable(EXECUTE, ("function",))
@@ -63,31 +59,23 @@ def arm_chain(inst: Instance, tid: int) -> dict[int, str]:
 
 def run_traced(seq: Sequence, repeat: int, hz: int) -> tuple[list[Repetition], ticktrace.TickRecord,
                                                               list[Record], dict[int, str]]:
-    """Run ``seq`` ``repeat`` times (jitter on) with the ticks and the chain traced: the repetitions,
-    the tick record, the chain's events and the chain functions' names by address."""
-    tid = threading.get_native_id()
-    runner = SequenceRunner(seq)
-    tracer = ticktrace.TickTracer(1_000_000_000 // hz)
+    """Run ``seq`` ``repeat`` times (jitter on; the differential harness's traced runs) with the chain
+    traced beside the ticks: the repetitions, the tick record, the chain's events and the chain
+    functions' names by address."""
     session = Session.open()
     try:
         inst = session.instance("wakeups")
-        names = arm_chain(inst, tid)
-        rng = random.Random(1)
-        reps = []
-        with tracer:
-            for _ in range(repeat):
-                time.sleep(rng.random() / hz)
-                reps.append(runner.run_once())
-                tracer.poll()
-                inst.read()
+        names = arm_chain(inst, threading.get_native_id())
+        def drain_chain(done: int) -> None:  # between repetitions, so the chain's buffers never fill
+            inst.read()
+        reps, record, why_not = measure_traced(seq, repeat, hz, seed=1, on_progress=drain_chain)
         inst.stop()
         events: list[Record] = inst.drain(final=True)
     finally:
-        runner.close()
         session.close()
-    if tracer.record is None:
-        raise TracefsUnavailable(tracer.why_not)
-    return reps, tracer.record, events, names
+    if record is None:
+        raise TracefsUnavailable(why_not)
+    return reps, record, events, names
 
 
 def chain_of(window: list[Record], names: dict[int, str], queued: dict[str, list[int]]) -> tuple[int, int] | None:
@@ -123,8 +111,7 @@ def trace_sequence(seq: Sequence, repeat: int, hz: int, platform: str) -> str:
     tick = 1_000_000_000 // hz
     reps, record, events, names = run_traced(seq, repeat, hz)
     offset = record.grid_offset()
-    fates = sorted((f for f in ticktrace.timer_fates(record, threading.get_native_id(), os.cpu_count() or 1)
-                    if f.bucket_tick - record.tick_of(f.armed_ns, offset) <= 3), key=lambda f: f.armed_ns)
+    fates = ticktrace.grace_period_fates(record, threading.get_native_id(), os.cpu_count() or 1)
     armed = [f.armed_ns for f in fates]
     times = [e.ts for e in events]
     queued: dict[str, list[int]] = {n: [] for n in CHAIN}
@@ -170,7 +157,6 @@ def main() -> int:
             [parse_sequence(text, name) for name, text in PROBES.items()]
     except SequenceError as e:
         ap.error(str(e))
-    signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     print(f"HZ={kernel.hz}, {kernel.platform}, load average {os.getloadavg()[0]:.2f}", flush=True)
     for seq in seqs:
         try:
