@@ -16,7 +16,7 @@ nothing, a vCPU's creation, or 300 µs of spinning. Run it beside a load (e.g. t
 
 Usage: python scripts/trace_wakeups.py [--repeat 200] [SEQUENCE ...]    (root, tracefs; a SEQUENCE is
        a named sequence or a sequence file)
-Exit codes: 0 done, 2 bad arguments, 4 cannot run here (no /dev/kvm, no tracefs).
+Exit codes: 0 done, 2 bad arguments, 4 cannot run here (no /dev/kvm, no tracefs), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import threading
 from kernel_model.differential import waits_for_gp
 from kernel_model.sequences import Sequence, SequenceError, load_sequence, parse_sequence
 from minivmm.host import modelled_kernel, read_host_info, this_host
+from minivmm.kvm.errors import KvmUnavailable
 from minivmm.timing import ticktrace
 from minivmm.timing.differential import measure_traced
 from minivmm.timing.runner import Repetition
@@ -161,9 +162,15 @@ def main() -> int:
     for seq in seqs:
         try:
             print(trace_sequence(seq, args.repeat, kernel.hz, kernel.platform), flush=True)
+        except KvmUnavailable as e:
+            print(f"trace_wakeups: cannot run here: {e.strerror or e}", file=sys.stderr)
+            return 4
         except (TracefsUnavailable, OSError) as e:
             print(f"trace_wakeups: cannot trace here: {e}", file=sys.stderr)
             return 4
+        except KeyboardInterrupt:  # the tracefs instances are gone by now (their finally clauses ran)
+            print("trace_wakeups: interrupted", file=sys.stderr)
+            return 130
     print(f"load average {os.getloadavg()[0]:.2f}")
     return 0
 
