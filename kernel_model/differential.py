@@ -129,14 +129,16 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
         if durations is not None:
             held = [None if i in waiting else d for i, d in enumerate(durations[r])]
         line = timelines[r] if timelines is not None else None
+        starts = line.starts_ns if line is not None else None
+        cpu = line.caller_cpu if line is not None else None
+        if cpu is not None and cpu >= nr_cpus:
+            cpu = None
         for _ in range(per_rep):
             phase = rng.random()
             if line is not None:
                 phase = line.phase
-            run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held,
-                                starts_ns=line.starts_ns if line is not None else None,
-                                caller_cpu=line.caller_cpu if line is not None and line.caller_cpu is not None
-                                and line.caller_cpu < nr_cpus else None)[0]
+            run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held, starts_ns=starts,
+                                caller_cpu=cpu)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out
