@@ -44,7 +44,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from minivmm.files import FileRefused, Output
+from minivmm.cli.errors import ExitCode
+from minivmm.files import FileRefused, Output, WriteFailed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "scripts" / "trace_overhead_prog.c"
@@ -250,11 +251,15 @@ def main() -> int:
     bare_getpid = figures["bare"]["getpid_traced_ns"]
     print(f"\ngetppid under a seccomp filter of minivmm trace's shape, no tracer and no tracepoint: {alone:.0f} ns "
           f"({(alone / bare_getpid - 1) * 100:+.0f}% of bare)")
-    if out is not None:
-        out.write(json.dumps({"load_before": load_before, "load_after": load_after, "argv": argv[1:],
-                              "rounds": args.rounds, "figures_ns": figures,
-                              "check_batches": {n: traced[n]["check"] for n in conditions}}, indent=2) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
+    if out is not None:
+        try:
+            out.write(json.dumps({"load_before": load_before, "load_after": load_after, "argv": argv[1:],
+                                  "rounds": args.rounds, "figures_ns": figures,
+                                  "check_batches": {n: traced[n]["check"] for n in conditions}}, indent=2) + "\n")
+        except WriteFailed as e:  # a full disk: one line, as minivmm's own commands say it
+            print(f"bench_trace_overhead.py: {e}", file=sys.stderr)
+            return int(ExitCode.WRITE_FAILED)
     return 0
 
 

@@ -30,7 +30,8 @@ import sys
 from kernel_model.differential import StepComparison, generate, summarize
 from kernel_model.platforms import PLATFORMS
 from kernel_model.profile import load_profile
-from minivmm.files import FileRefused, Output
+from minivmm.cli.errors import ExitCode
+from minivmm.files import FileRefused, Output, WriteFailed
 from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
@@ -118,9 +119,13 @@ def main() -> int:
     print(f"the host's odd repetitions against its even ones, same rule: {s['host_self_within']}/{s['steps']} "
           f"({s['host_self_share']:.1%})")
     if out is not None:
-        out.write(json.dumps({**s, **kernel._asdict(), "load": load0, "cases": args.cases,
-                              "replayed_timelines": replayed, "pairing": pairings,
-                              "repeat": args.repeat, "all": [r.to_json() for r in results]}, indent=1) + "\n")
+        try:
+            out.write(json.dumps({**s, **kernel._asdict(), "load": load0, "cases": args.cases,
+                                  "replayed_timelines": replayed, "pairing": pairings,
+                                  "repeat": args.repeat, "all": [r.to_json() for r in results]}, indent=1) + "\n")
+        except WriteFailed as e:  # a full disk: one line, as minivmm's own commands say it
+            print(f"differential.py: {e}", file=sys.stderr)
+            return int(ExitCode.WRITE_FAILED)
     return 0
 
 
