@@ -130,4 +130,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the tick tracer's tracefs instance is gone by now (its __exit__ ran)
+        print("differential.py: interrupted", file=sys.stderr)
+        sys.exit(130)
