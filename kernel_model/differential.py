@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from kernel_model.costs import Costs
 from kernel_model.platforms import Arch, get_platform
 from kernel_model.predict import simulate_once
-from kernel_model.sequences import Sequence, with_gaps
+from kernel_model.sequences import Sequence, step_number, with_gaps
 from kernel_model.stats import ModeComparison, compare_modes, quantiles
 
 MMIO_BASE = 0xD0000000
@@ -150,6 +150,7 @@ class StepComparison:
     repetitions against even ones), and the model without a profile against the host."""
 
     case: str
+    #: The step's index in the case's sequence (reports show its number, kernel_model.sequences.step_number).
     step: int
     label: str
     host: list[int]
@@ -169,7 +170,7 @@ class StepComparison:
             return {"ok": c.ok, "shares": [list(map(lambda x: round(x, 4), (c.a.share(k), c.b.share(k))))
                                            for k in range(len(c.shares_ok))],
                     "shares_ok": list(c.shares_ok), "within_ok": list(c.within_ok)}
-        out = {"case": self.case, "step": self.step, "label": self.label,
+        out = {"case": self.case, "step": step_number(self.step), "label": self.label,
                "host_ms": {k: round(v / 1000, 3) for k, v in quantiles(self.host).items()},
                "model_ms": {k: round(v / 1000, 3) for k, v in quantiles(self.model).items()},
                "model_vs_host": side(self.model_vs_host), "host_odd_vs_even": side(self.host_vs_host)}

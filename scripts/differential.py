@@ -14,8 +14,13 @@ and, in each mode both sides hold ten runs of, the share of host runs below the 
 p90 is 10%, 50% and 90% up to the same noise (each quantile free to move by 0.2 ms). The host's odd
 repetitions against its even ones, by the same rule, say how well the host agrees with itself.
 
+With ``--vmm "CMD"`` (or ``--qemu``, a QEMU q35 machine with two vCPUs) the case is a real VMM's set-up
+instead: CMD is started ``--repeat`` times under ``minivmm trace``'s tracer until every vCPU has entered
+KVM_RUN, and the set-up every run shares (up to where the runs' threads race) is compared the same way,
+each model run replaying one traced run.
+
 Usage: python scripts/differential.py [--cases 20] [--repeat 100] [--seed 1] [--interleave]
-       [--profile FILE.json] [--no-trace] [--json OUT.json] [--show]
+       [--vmm "CMD" | --qemu] [--profile FILE.json] [--no-trace] [--json OUT.json] [--show]
 Timing figures depend on the host's load: the load average is printed with the results.
 """
 
@@ -25,21 +30,27 @@ import argparse
 import json
 import os
 import random
+import shlex
+import shutil
 import sys
 
 from kernel_model.differential import StepComparison, generate, summarize
 from kernel_model.platforms import PLATFORMS
 from kernel_model.profile import load_profile
+from kernel_model.sequences import step_name
 from minivmm.cli.errors import ExitCode
 from minivmm.files import FileRefused, Output, WriteFailed
 from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
-from minivmm.timing.differential import REPLAYED, run_case
+from minivmm.timing.differential import REPLAYED, ProgramError, run_case, run_program
+
+#: --qemu: a q35 machine with two vCPUs and no devices, as QEMU sets one up.
+QEMU = "qemu-system-x86_64 -enable-kvm -machine q35 -m 128 -smp 2 -nodefaults -nographic -display none"
 
 
-def main() -> int:
-    """Generate, run, compare, report."""
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=100)
@@ -56,11 +67,43 @@ def main() -> int:
     ap.add_argument("--no-trace", action="store_true",
                     help="do not trace the ticks (the model runs then draw their tick phases, and with "
                          "--interleave the profile has no tick environment)")
+    ap.add_argument("--vmm", default=None, metavar="CMD",
+                    help="compare a real VMM's set-up instead of random cases: CMD (one string, split as a shell "
+                         "would) is traced --repeat times until every vCPU it creates has entered KVM_RUN")
+    ap.add_argument("--qemu", action="store_true", help=f"--vmm \"{QEMU}\"")
     ap.add_argument("--json", default=None, metavar="OUT.json")
     ap.add_argument("--show", action="store_true", help="print each case's sequence")
+    return ap
+
+
+def vmm_argv(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str] | None:
+    """--vmm's (or --qemu's) command, its program found on PATH; None for random cases. A bad one ends the
+    script (ap.error)."""
+    if args.qemu:
+        if args.vmm is not None:
+            ap.error("--qemu is a --vmm: give one of them")
+        args.vmm = QEMU
+    if args.vmm is None:
+        return None
+    if args.interleave:
+        ap.error("--interleave calibrates between a case's repetitions: it does not go with --vmm")
+    try:
+        argv = shlex.split(args.vmm)
+    except ValueError as e:
+        ap.error(f"--vmm: {e}")
+    path = shutil.which(argv[0]) if argv else None
+    if path is None:
+        ap.error(f"--vmm: {argv[0] if argv else 'an empty command'}: no such program")
+    return [path, *argv[1:]]
+
+
+def main() -> int:
+    """Generate, run, compare, report."""
+    ap = parser()
     args = ap.parse_args()
     if args.cases < 1 or args.repeat < 2 or args.per_rep < 1:
         ap.error("--cases and --per-rep must be at least 1, --repeat at least 2")
+    argv = vmm_argv(ap, args)
     try:  # refused now, not at the end
         out = Output(args.json, "--json", suffix=".json") if args.json else None
     except FileRefused as e:
@@ -77,19 +120,33 @@ def main() -> int:
     results: list[StepComparison] = []
     ticks_seen: list[str] = []
     pairings: list[str] = []
-    for c in range(args.cases):
-        name = f"case{c:02d}"
-        text = generate(rng, name)
-        if args.show:
-            print(text)
+    shared = ""
+    for c in range(args.cases if argv is None else 1):
+        name = f"case{c:02d}" if argv is None else os.path.basename(argv[0])
         try:
-            with ProgressBar(name, args.repeat) as bar:
-                res, profile, pairing = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep,
-                                                 args.seed + c, interleave=args.interleave,
-                                                 trace_ticks=not args.no_trace, on_progress=bar.update)
+            if argv is not None:
+                with ProgressBar(name, args.repeat) as bar:
+                    traced = run_program(name, argv, args.repeat, hz, platform, costs, args.per_rep, args.seed,
+                                         trace_ticks=not args.no_trace, on_progress=bar.update)
+                res, profile, pairing = traced.case
+                shared = (f"{shlex.join(argv)}: the {traced.steps_shared} steps every run's set-up shares "
+                          f"(of up to {traced.steps_longest})")
+                if args.show:
+                    print(shared)
+            else:
+                text = generate(rng, name)
+                if args.show:
+                    print(text)
+                with ProgressBar(name, args.repeat) as bar:
+                    res, profile, pairing = run_case(name, text, args.repeat, hz, platform, costs, args.per_rep,
+                                                     args.seed + c, interleave=args.interleave,
+                                                     trace_ticks=not args.no_trace, on_progress=bar.update)
         except CalibrationError as e:
             print(f"{name}: skipped, its calibration failed: {e}", flush=True)
             continue
+        except ProgramError as e:
+            print(f"differential.py: --vmm: {e}", file=sys.stderr)
+            return 2
         if profile is not None:
             ticks_seen.append(profile.ticks_measured_with or "not measured")
         pairings.append(pairing)
@@ -97,13 +154,14 @@ def main() -> int:
         print(f"{name}: {sum(r.ok for r in res)}/{len(res)} grace-period steps agree mode by mode "
               f"(host with itself: {sum(r.host_vs_host.ok for r in res)}/{len(res)})", flush=True)
         for r in res:
-            print(f"  step {r.step} {r.label}: model {r.model_vs_host.describe()} | host odd/even "
+            print(f"  step {step_name(r.step, r.label)}: model {r.model_vs_host.describe()} | host odd/even "
                   f"{r.host_vs_host.describe()}", flush=True)
     s = summarize(results)
     how = ("calibrated between the repetitions"
            + (f" (ticks: {', '.join(sorted(set(ticks_seen)))})" if ticks_seen else "")
            if args.interleave else args.profile or "none (fixed wake-up cost, a quiet host's ticks)")
-    print(f"\nHZ={hz} ({kernel.hz_source}), {platform} ({kernel.platform_source}), {args.cases} cases x "
+    what = shared or f"{args.cases} cases"
+    print(f"\nHZ={hz} ({kernel.hz_source}), {platform} ({kernel.platform_source}), {what} x "
           f"{args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     replayed = sum(p == REPLAYED for p in pairings)
@@ -120,7 +178,8 @@ def main() -> int:
           f"({s['host_self_share']:.1%})")
     if out is not None:
         try:
-            out.write(json.dumps({**s, **kernel._asdict(), "load": load0, "cases": args.cases,
+            out.write(json.dumps({**s, **kernel._asdict(), "load": load0,
+                                  "cases": args.cases if argv is None else 0, "vmm": shlex.join(argv) if argv else None,
                                   "replayed_timelines": replayed, "pairing": pairings,
                                   "repeat": args.repeat, "all": [r.to_json() for r in results]}, indent=1) + "\n")
         except WriteFailed as e:  # a full disk: one line, as minivmm's own commands say it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +143,17 @@ from hypothesis import settings as _hsettings  # noqa: E402
 _hsettings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     _hsettings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def trace_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/trace_prog.c (a known KVM set-up: a VM, N ioeventfds, then a memslot), statically linked;
+    the test is skipped where it cannot be built."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the static test program")
+    out = tmp_path_factory.mktemp("trace") / "trace_prog"
+    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(ROOT / "tests" / "trace_prog.c")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"gcc -static failed (no static libc?): {proc.stderr.strip()[:200]}")
+    return str(out)

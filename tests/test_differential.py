@@ -127,7 +127,7 @@ def test_host_timelines_put_each_repetition_on_the_traced_tick_grid():
     rec.armed = {1: [(first + 10, 0, 77, 1050 + 75_000, 1050)],
                  2: [(first + 20, 1, 77, 1052, 1050)],
                  3: [(first + tick // 4 + 5, 0, 99, 1052, 1050)]}  # another thread's
-    cpus = [line.caller_cpu for line in host_timelines(reps, rec, 250, tid=77) or []]
+    cpus = [line.caller_cpu for line in host_timelines(reps, rec, 250, tids=[77]) or []]
     assert cpus == [1, None, None, None]
     with pytest.raises(ValueError):
         host_timelines(reps, rec, 100)
@@ -169,3 +169,38 @@ def test_a_few_cases_on_the_host():
     s = differential.summarize(results)
     assert s["steps"] == len(results) and 0 <= s["within"] <= s["steps"]
     assert len(s["misses"]) == s["steps"] - s["within"]
+
+
+def test_traced_runs_are_compared_over_the_set_up_they_all_share():
+    from kernel_model.sequences import Step
+    from minivmm.timing.differential import TracedRun, common_setup, step_key
+    from minivmm.timing.runner import Repetition
+
+    def run(*steps: Step) -> TracedRun:
+        seq = parse_sequence("create_vm\n", "t")
+        seq = type(seq)("t", "", steps)
+        return TracedRun(seq, Repetition([1] * len(steps), [0] * len(steps), [None] * len(steps)), frozenset({1}))
+    vm, mem = Step("create_vm"), Step("memslot", {"slot": 0, "base": 0, "size": 1 << 21})
+    # An unmodelled ioctl's measured cost differs from run to run; it is still the same step.
+    a, b = Step("ioctl", {"name": "KVM_CHECK_EXTENSION", "cost": 900}), Step("ioctl", {"name": "KVM_CHECK_EXTENSION",
+                                                                                    "cost": 300})
+    assert step_key(a) == step_key(b) and step_key(a) != step_key(Step("ioctl", {"name": "KVM_GET_API_VERSION"}))
+    assert step_key(mem) != step_key(Step("memslot", {"slot": 1, "base": 0, "size": 1 << 21}))
+    # One run's guest firmware moved a memslot before its last vCPU ran: the runs share the steps before.
+    runs = [run(vm, a, mem, Step("vcpu", {"id": 0})), run(vm, b, mem, mem, Step("vcpu", {"id": 0})),
+            run(vm, a, mem, Step("vcpu", {"id": 0}))]
+    assert common_setup(runs) == 3
+    assert common_setup(runs[::2]) == 4 and common_setup([]) == 0
+
+
+@pytest.mark.kvm
+def test_a_traced_programs_set_up_is_compared_with_the_model(trace_prog: str):
+    from minivmm.timing.differential import run_program
+    # tests/trace_prog.c "3 0": a VM, three ioeventfds, a memslot (it stalls on this host's kernel).
+    out = run_program("prog", [trace_prog, "3", "0"], 6, 250, "pvm", None, 2, 1, trace_ticks=False)
+    res, profile, pairing = out.case
+    assert profile is None and pairing == "not asked to"
+    assert out.steps_shared == out.steps_longest >= 5
+    memslots = [r for r in res if r.label.startswith("KVM_SET_USER_MEMORY_REGION")]
+    assert len(memslots) == 1 and len(memslots[0].host) == 6 and len(memslots[0].model) == 12
+    assert memslots[0].to_json()["step"] == memslots[0].step + 1  # reports number steps from 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,19 +19,6 @@ from minivmm.trace.tracer import Clock, StopReason, Tracer
 from minivmm.tracefs import Record
 
 pytestmark = pytest.mark.kvm
-SRC = pathlib.Path(__file__).with_name("trace_prog.c")
-
-
-@pytest.fixture(scope="session")
-def trace_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The test program, statically linked."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the static test program")
-    out = tmp_path_factory.mktemp("trace") / "trace_prog"
-    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(SRC)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"gcc -static failed (no static libc?): {proc.stderr.strip()[:200]}")
-    return str(out)
 
 
 def self_timings(err: str) -> list[tuple[str, int]]:
@@ -265,7 +251,8 @@ def test_the_filter_stops_kvm_ioctls_in_every_x86_abi_and_nothing_else() -> None
 def i386_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The test program built for i386 (gcc -m32 -static: gcc-multilib), skipped where it cannot be."""
     out = tmp_path_factory.mktemp("trace32") / "trace_prog32"
-    proc = subprocess.run(["gcc", "-m32", "-static", "-O2", "-o", str(out), str(SRC)], capture_output=True, text=True)
+    src = pathlib.Path(__file__).with_name("trace_prog.c")
+    proc = subprocess.run(["gcc", "-m32", "-static", "-O2", "-o", str(out), str(src)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"no i386 static build here (gcc-multilib): {proc.stderr.strip()[:200]}")
     if subprocess.run([str(out), "0", "0"], capture_output=True).returncode == 126:

@@ -1,5 +1,7 @@
 """The differential harness's host side: a case's repetitions on real KVM (jitter on), with a host
-profile taken under the same load, and their comparison with the model (``kernel_model.differential``).
+profile taken under the same load, and their comparison with the model (``kernel_model.differential``);
+or a real VMM's set-up (QEMU, say), traced run after run with ``minivmm trace``'s tracer
+(:func:`trace_program`), compared the same way.
 
 Interleaved calibration: after each repetition, one calibration run (``minivmm.timing.calibrate``), so
 the profile describes the load the repetitions ran under; with tracefs the CPUs' ticks are traced over
@@ -15,13 +17,14 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from typing import NamedTuple
 
 from kernel_model.costs import Costs
 from kernel_model.differential import HostTimeline, StepComparison, compare_step, model_paired, waits_for_gp
 from kernel_model.profile import HostProfile
-from kernel_model.sequences import Sequence, parse_sequence
+from kernel_model.sequences import Sequence, Step, parse_sequence
 from kernel_model.sim import NSEC_PER_SEC
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
@@ -30,9 +33,9 @@ from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
 
 def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
-                   tid: int | None = None) -> list[HostTimeline] | None:
+                   tids: Collection[int] = ()) -> list[HostTimeline] | None:
     """Each repetition's tick phase and step starts on the host's tick grid, taken from the traced tick
-    handlers (``record``), and the CPU thread ``tid`` (the one that ran the repetitions) armed each
+    handlers (``record``), and the CPU the threads ``tids`` (those that ran the repetitions) armed each
     repetition's first grace-period timer on; None without a trace (the model then draws its phases)."""
     if record is None:
         return None
@@ -40,7 +43,8 @@ def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
     if record.tick_ns != tick:
         raise ValueError(f"the tick trace is at {NSEC_PER_SEC // record.tick_ns} Hz, not {hz}")
     offset = record.grid_offset()
-    fates = grace_period_fates(record, tid, os.cpu_count() or 1) if tid is not None else []
+    fates = sorted((f for tid in set(tids) for f in grace_period_fates(record, tid, os.cpu_count() or 1)),
+                   key=lambda f: f.armed_ns)
     times = [f.armed_ns for f in fates]
     out = []
     for r in reps:
@@ -132,9 +136,19 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
         why_not = "the ticks were not traced"
     else:
         reps, record, why_not = measure_traced(seq, repeat, hz, seed, kvm_path, trace_ticks, on_progress)
+    return compare_case(name, seq, reps, record, why_not, hz, platform, costs, per_rep, seed,
+                        [threading.get_native_id()], profile)
+
+
+def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickRecord | None, why_not: str,
+                 hz: int, platform: str, costs: Costs | None, per_rep: int, seed: int, tids: Collection[int],
+                 profile: HostProfile | None = None) -> CaseResult:
+    """The model paired with the repetitions of ``seq`` the host ran (threads ``tids``; their ticks in
+    ``record``, or None and ``why_not``), with and without ``costs``, and every grace-period step
+    compared mode by mode."""
     gaps = [r.gaps_ns for r in reps]
     held = [r.durations_ns for r in reps]
-    lines = host_timelines(reps, record, hz, threading.get_native_id())
+    lines = host_timelines(reps, record, hz, tids)
     model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines)
     fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held, lines)
     tick = NSEC_PER_SEC // hz
@@ -142,3 +156,119 @@ def run_case(name: str, text: str, repeat: int, hz: int, platform: str, costs: C
                           fixed[i] if fixed else None)
              for i in waits_for_gp(seq, platform)]
     return CaseResult(steps, profile, REPLAYED if lines is not None else why_not)
+
+
+class ProgramError(ValueError):
+    """A traced program gave nothing to compare (it made no VM, or its runs share no set-up): one line."""
+
+
+class TracedRun(NamedTuple):
+    """One traced run of a VMM: its main VM's set-up as a sequence (``minivmm trace``'s), what was
+    measured as a :class:`Repetition` (durations, gaps, and the timeline from its KVM_CREATE_VM on, in
+    CLOCK_MONOTONIC like the tick trace), and the threads that issued the set-up's ioctls."""
+
+    sequence: Sequence
+    repetition: Repetition
+    tids: frozenset[int]
+
+
+def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = True, timeout_s: float = 60.0,
+                  on_progress: Callable[[int], None] | None = None
+                  ) -> tuple[list[TracedRun], TickRecord | None, str]:
+    """Start ``argv`` (a VMM; ``argv[0]`` a path) ``repeat`` times under ``minivmm trace``'s tracer until
+    every vCPU has entered KVM_RUN (then it is ended), its output sent to /dev/null, with the CPUs' ticks
+    traced over all the runs where tracefs can be used (``trace_ticks``): the runs, the tick trace (None
+    if not traced) and why not. ProgramError if a run made no VM or timed out; KeyboardInterrupt if the
+    tracer was interrupted or terminated (it ends its program first)."""
+    from minivmm.trace.explain import build_sequence
+    from minivmm.trace.tracer import StopReason, Tracer
+
+    tracer = TickTracer(NSEC_PER_SEC // hz)
+    if not trace_ticks:
+        tracer.why_not = "not asked to"
+    runs: list[TracedRun] = []
+    with tracer if trace_ticks else contextlib.nullcontext():
+        for i in range(repeat):
+            with _output_to_devnull():
+                result = Tracer(argv[0], argv, until_first_run=True, timeout_s=timeout_s).run()
+            if result.stop_reason in (StopReason.INTERRUPTED, StopReason.TERMINATED):
+                raise KeyboardInterrupt  # the tracer took the signal to end its program: it ends the runs too
+            if result.stop_reason is StopReason.TIMEOUT:
+                raise ProgramError(f"run {i + 1}: its vCPUs had not all entered KVM_RUN after {timeout_s:g} s")
+            try:
+                ex = build_sequence(result)
+            except ValueError as e:
+                raise ProgramError(f"run {i + 1}: {e}") from None
+            events = [result.events[k] for k in ex.step_events]
+            origin = events[0].enter_ns
+            rep = Repetition(list(ex.measured_ns), list(ex.gaps_ns), [None] * len(events), origin_ns=origin,
+                             starts_ns=[e.enter_ns - origin for e in events])
+            runs.append(TracedRun(ex.sequence, rep, frozenset(e.tid for e in events)))
+            tracer.poll()
+            if on_progress:
+                on_progress(i + 1)
+    return runs, tracer.record, tracer.why_not
+
+
+@contextlib.contextmanager
+def _output_to_devnull() -> Iterator[None]:
+    """Standard output and error on /dev/null while inside (the traced program inherits them)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (null, *saved):
+            os.close(fd)
+
+
+def step_key(step: Step) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """What must match for two traced runs' steps to be the same step: the op and its arguments, but an
+    unmodelled ioctl's measured cost."""
+    return step.op, tuple(sorted((k, v) for k, v in step.args.items() if not (step.op == "ioctl" and k == "cost")))
+
+
+def common_setup(runs: list[TracedRun]) -> int:
+    """How many steps every run's set-up begins with alike (a VMM's set-up is the same run after run up to
+    where its threads race: QEMU's guest firmware, say, may move memslots before the last vCPU runs)."""
+    if not runs:
+        return 0
+    ref = [step_key(s) for s in runs[0].sequence.steps]
+    n = len(ref)
+    for run in runs[1:]:
+        keys = run.sequence.steps
+        same = 0
+        while same < min(n, len(keys)) and step_key(keys[same]) == ref[same]:
+            same += 1
+        n = same
+    return n
+
+
+class ProgramResult(NamedTuple):
+    """A traced program compared: the comparison, and how many of its steps it covers (the set-up every
+    run shares) out of the longest run's."""
+
+    case: CaseResult
+    steps_shared: int
+    steps_longest: int
+
+
+def run_program(name: str, argv: list[str], repeat: int, hz: int, platform: str, costs: Costs | None,
+                per_rep: int, seed: int, trace_ticks: bool = True,
+                on_progress: Callable[[int], None] | None = None) -> ProgramResult:
+    """Trace ``argv``'s set-up ``repeat`` times (:func:`trace_program`) and compare the set-up all runs
+    share with the model, mode by mode, as a random case is (:func:`compare_case`)."""
+    runs, record, why_not = trace_program(argv, repeat, hz, trace_ticks, on_progress=on_progress)
+    n = common_setup(runs)
+    if n < 2:
+        raise ProgramError(f"the {len(runs)} runs share no set-up (they differ from step {n + 1} on)")
+    seq = replace(runs[0].sequence, steps=runs[0].sequence.steps[:n])
+    reps = [Repetition(r.repetition.durations_ns[:n], r.repetition.gaps_ns[:n], [None] * n,
+                       origin_ns=r.repetition.origin_ns, starts_ns=r.repetition.starts_ns[:n]) for r in runs]
+    tids = frozenset().union(*(r.tids for r in runs))
+    case = compare_case(name, seq, reps, record, why_not, hz, platform, costs, per_rep, seed, tids)
+    return ProgramResult(case, n, max(len(r.sequence.steps) for r in runs))

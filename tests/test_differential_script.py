@@ -1,0 +1,68 @@
+"""scripts/differential.py as a user runs it: bad arguments end in one line and exit 2; ``--vmm`` compares
+a traced program's set-up (kvm). No host timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "differential.py"
+
+
+def script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), "--hz", "250", "--platform", "pvm", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--qemu", "--vmm", "true"], "--qemu is a --vmm"),
+    (["--vmm", "no-such-program-here"], "no such program"),
+    (["--vmm", "true 'unclosed"], "--vmm: No closing quotation"),
+    (["--vmm", ""], "an empty command"),
+    (["--vmm", "true", "--interleave"], "does not go with --vmm"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], says: str) -> None:
+    proc = script(*args)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.kvm
+def test_a_traced_programs_set_up_is_compared_and_reported(trace_prog: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "d.json"
+    proc = script("--vmm", f"{trace_prog} 3 0", "--repeat", "4", "--per-rep", "1", "--no-trace", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "the 6 steps every run's set-up shares (of up to 6)" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["vmm"].endswith("trace_prog 3 0") and doc["cases"] == 0 and doc["pairing"] == ["not asked to"]
+    assert [s["label"].split(",")[0] for s in doc["all"]] == ["KVM_SET_USER_MEMORY_REGION"]
+    assert doc["all"][0]["step"] == 5  # numbered as every report does: KVM_CREATE_VM is step 1
+
+
+@pytest.mark.kvm
+def test_a_program_that_makes_no_vm_is_one_line() -> None:
+    proc = script("--vmm", "true", "--repeat", "2", "--no-trace")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["differential.py: --vmm: run 1: the trace has no successful KVM_CREATE_VM: "
+                                        "there is no VM set-up to explain"]
+
+
+def test_ctrl_c_while_a_traced_program_runs_ends_in_one_line_and_130() -> None:
+    # The tracer takes SIGINT to end its program (as minivmm trace does); the script then stops too.
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--hz", "250", "--platform", "pvm", "--vmm", "sleep 30",
+                             "--repeat", "3", "--no-trace"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+        assert time.monotonic() < deadline and proc.poll() is None, "the traced program never started"
+        time.sleep(0.05)  # the tracee has started: the script is inside its tracer
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.splitlines()[-1:] == ["differential.py: interrupted"], err
+    assert "Traceback" not in err
