@@ -272,7 +272,9 @@ def waiter_tick_wait(runs: list[CalibrationRun], hz: int, chain_ns: int, grid: T
 
 def late_shares(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = None) -> tuple[float, float]:
     """The shares of first and of second registrations whose memslot returned more than half a tick
-    after their timer's bucket, as user space sees them (a tick slip, or a late wake-up)."""
+    after their timer's bucket, as user space sees them (a tick slip, or a late wake-up). The first
+    counts only the runs that did not spin before that memslot (:func:`spins`): a caller that ran for
+    a while is switched in late more often, which ``waiter_tick_wait`` says apart."""
     tick = NSEC_PER_SEC // hz
     if grid is None:
         grid = estimate_tick_grid(runs, hz)
@@ -281,7 +283,7 @@ def late_shares(runs: list[CalibrationRun], hz: int, grid: TickGrid | None = Non
         lats = [lat for w in waits if (lat := resolved_latency(*w, tick, grid)) is not None]
         return sum(lat > tick // 2 for lat in lats) / len(lats) if lats else 0.0
 
-    return (share([(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs]),
+    return (share([(r.t_reg_ns, r.t_reg_end_ns, r.t_end_ns) for r in runs if not r.spun_ns]),
             share([(r.t_reg2_ns, r.t_reg2_end_ns, r.t_end2_ns) for r in runs if r.t_reg2_ns]))
 
 
@@ -441,8 +443,8 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
     lines = [f"{len(runs)} runs at HZ={profile.hz} on {profile.platform}, load average {profile.loadavg[0]:.2f}; "
              f"timer-to-waiter latency beyond the model's fixed steps: p50 {q[n // 2] / 1000:.0f} us, "
              f"p90 {q[n * 9 // 10] / 1000:.0f} us, p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us",
-             f"memslots more than half a tick late: {first:.1%} after the first registration, "
-             f"{second:.1%} after the second"]
+             f"memslots more than half a tick late: {first:.1%} after the first registration (the runs that "
+             f"did not spin before it), {second:.1%} after the second"]
     if profile.waiter_tick_wait is not None:
         spun, extra = profile.waiter_tick_wait
         lines.append(f"a caller that spun {spun / 1000:.0f} us before its wait was switched in a tick late "
