@@ -16,7 +16,7 @@ import time
 import pytest
 from readiness import children, ignores, wait_until
 
-from tests.test_trace import SRC, self_timings
+from tests.test_trace import self_timings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.kvm
@@ -31,14 +31,9 @@ def run_trace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def prog(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the static test program")
-    out = tmp_path_factory.mktemp("tracecli") / "trace_prog"
-    proc = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(SRC)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"gcc -static failed: {proc.stderr.strip()[:200]}")
-    return str(out)
+def prog(trace_prog: str) -> str:
+    """tests/trace_prog.c, built once (conftest's trace_prog)."""
+    return trace_prog
 
 
 def validate_trace(doc: dict) -> None:  # type: ignore[type-arg]

@@ -19,7 +19,6 @@ import pytest
 from minivmm._trace import lib
 from minivmm.trace import decode
 from minivmm.trace.tracer import Clock, Tracer, _fast_table, _Proc, _stop_struct
-from tests.test_trace import trace_prog  # noqa: F401  (the fixture)
 
 
 def test_the_table_gives_each_decoded_struct_its_size_and_leaves_shared_numbers_to_python() -> None:
