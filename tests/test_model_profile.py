@@ -348,6 +348,16 @@ def test_the_timer_cpu_keeps_its_tick_when_the_timer_is_a_tick_away():
     assert kvm.sim.now - t0 > TICK and kvm.sim.ticks.slips == 1
 
 
+def test_at_a_contested_tick_another_cpu_holds_the_duty_with_the_measured_share():
+    # The caller CPU's handler runs first at every tick and the other CPU ticks, stopping its tick for
+    # a moment between ticks half the time (giving the duty up, which the caller CPU would then keep):
+    # the share of slips is still the measured one, where it was measured.
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=1.0, caller_first_persist=1.0,
+                              other_holds_duty=0.3, other_stops_between=0.5)
+    late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))
+    assert 80 < late < 160  # 30% of 400
+
+
 def test_the_slip_share_follows_the_environment():
     env = BUSY_OTHER._replace(caller_keeps_tick=0.5, caller_tick_first=0.5)
     late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))
