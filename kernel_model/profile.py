@@ -16,6 +16,7 @@ The file is JSON::
      "ticks": {"nr_cpus": 2,                      # how the CPUs ticked (kernel_model.tick.TickEnvironment)
                "caller_on_boot_cpu": 0.5, "caller_keeps_tick": 0.4, "other_tick_share": 0.3,
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
+               "other_holds_duty": 0.3, "other_first_slips": 0.02,
                "caller_tick_first_by_cpu": [0.2, 0.8],   # per CPU the caller is on (null: not measured)
                "measured_with": "tracefs"},       # or "" (not measured: no tracefs; a quiet host)
      "fixed_cost_scatter": {"scale": 0.12, "df": 3},  # Student's t of ln(duration / its median) of the

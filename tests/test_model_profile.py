@@ -358,6 +358,16 @@ def test_at_a_contested_tick_another_cpu_holds_the_duty_with_the_measured_share(
     assert 80 < late < 160  # 30% of 400
 
 
+def test_a_timer_slips_with_the_measured_share_when_the_other_cpus_handler_runs_first():
+    # The duty holder's handler enters first, yet its jiffies update can come after the timer CPU's
+    # run_local_timers(): other_first_slips, applied where the other CPU ticks first.
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=0.0, other_first_slips=0.25)
+    late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))
+    assert 60 < late < 140  # 25% of 400
+    assert not any(_registration_then_memslot(_vm(env._replace(other_first_slips=0.0), seed), 0xD0000050, 0)
+                   > 2 * TICK for seed in range(100))
+
+
 def test_the_slip_share_follows_the_environment():
     env = BUSY_OTHER._replace(caller_keeps_tick=0.5, caller_tick_first=0.5)
     late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))

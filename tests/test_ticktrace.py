@@ -57,6 +57,7 @@ def test_a_timer_that_slipped_where_the_rule_allows_it():
 def test_no_slip_is_allowed_when_the_other_cpu_ticks_first_or_the_timer_cpu_stopped_its_tick():
     first, = ticktrace.timer_fates(made_up(late=False, other_first=True), 42, 2)
     assert first.others_first == (True,) and not first.rule_allows_slip and first.late_ticks == 0
+    assert first.other_ran_first
     stopped, = ticktrace.timer_fates(made_up(late=False, other_first=False, caller_stops=True), 42, 2)
     assert not stopped.kept_tick and not stopped.rule_allows_slip
     assert ticktrace.timer_fates(made_up(late=False, other_first=False), 7, 2) == []  # another task's timer
@@ -69,7 +70,13 @@ def test_the_environment_is_the_shares_of_what_was_traced():
     assert env.other_tick_share == 1.0 and env.other_tick_persist == 1.0 and env.caller_keeps_tick == 1.0
     assert env.caller_on_boot_cpu == 1.0 and env.other_holds_duty == 1.0  # the one allowed slip happened
     assert env.caller_tick_first == 1.0 and env.caller_first_persist == 1.0
+    assert env.other_first_slips == 0.0  # no timer of one whose CPU ran its handler after the other's
     env.check()
+    # The other CPU's handler ran first and the timer still slipped (the race at the handlers' entry).
+    raced = made_up(late=True, other_first=True)
+    env = ticktrace.tick_environment(raced, ticktrace.timer_fates(raced, 42, 2), 2,
+                                     [(handler(100, 500_000), handler(103, 100_000))])
+    assert env.other_first_slips == 1.0 and env.other_holds_duty == 0.0  # no timer the rule allowed
     with pytest.raises(Exception, match="no grace-period timer"):
         ticktrace.tick_environment(rec, [], 2, [])
 

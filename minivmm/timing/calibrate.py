@@ -458,6 +458,7 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
                   for fates in (ticks.first, ticks.second)]
         slipped = [[f for f in fates if f.late_ticks] for fates in traced]
         allowed = sum(f.rule_allows_slip for fates in slipped for f in fates)
+        raced = sum(f.other_ran_first for fates in slipped for f in fates)
         model = model_late_shares(env, profile.hz, profile.platform,
                                   cpus=[f.cpu for f in ticks.first if f is not None and f.cpu < env.nr_cpus])
         lines.append(f"ticks (tracefs): the other CPU ticked at {env.other_tick_share:.0%} of the ticks (stayed "
@@ -473,7 +474,8 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
                          + ", another CPU held the duty where a slip was allowed "
                          + " / ".join(pct(v) for v in env.other_holds_duty_by_cpu))
         lines.append(f"timers a tick late (traced): {len(slipped[0])} of {len(traced[0])} first, {len(slipped[1])} of "
-                     f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip); "
+                     f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip, "
+                     f"{raced} after another CPU's handler: {env.other_first_slips:.0%} of such timers); "
                      f"the model with these ticks: {model[0]:.1%} first, {model[1]:.1%} second")
     return "\n".join(lines) + "\n"
 

@@ -148,6 +148,12 @@ class TimerFate:
         return not any(f for t, f in zip(self.others_ticked, self.others_first) if t)
 
     @property
+    def other_ran_first(self) -> bool:
+        """Whether its CPU kept its tick and ran its handler at the bucket's tick after another CPU's."""
+        return self.kept_tick and self.cpu_ticked and any(t and f for t, f in
+                                                          zip(self.others_ticked, self.others_first))
+
+    @property
     def rule_allows_slip(self) -> bool:
         """Whether kernel_model.tick's rule lets this timer slip: its CPU kept its tick and ran its
         handler at the bucket's tick before another CPU's (which may hold the do_timer duty)."""
@@ -238,6 +244,8 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
     persist = stayed / pairs if pairs else share
     allowed = [f for f in fates if f.rule_allows_slip and f.late_ticks is not None]
     holds = sum(bool(f.late_ticks) for f in allowed) / len(allowed) if allowed else 0.0
+    raced = [bool(f.late_ticks) for f in fates if f.other_ran_first and f.late_ticks is not None]
+    other_first_slips = sum(raced) / len(raced) if raced else 0.0
     after_first = [cur for prev, cur in orders if prev]
     first_persist = sum(after_first) / len(after_first) if after_first else 0.5
     first_by = tuple(per_cpu([f.ran_first for f in both if f.cpu == c], first) for c in range(nr_cpus))
@@ -246,7 +254,7 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
                            other_tick_share=round(share, 4), other_tick_persist=round(persist, 4),
                            caller_tick_first=round(first, 4), caller_first_persist=round(first_persist, 4),
                            other_stops_between=round(stops / stayed, 4) if stayed else 0.0,
-                           other_holds_duty=round(holds, 4),
+                           other_holds_duty=round(holds, 4), other_first_slips=round(other_first_slips, 4),
                            caller_tick_first_by_cpu=first_by, other_holds_duty_by_cpu=holds_by)
 
 
