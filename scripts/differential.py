@@ -7,8 +7,10 @@ Each case is a random sequence (``--seed`` makes them reproducible), run ``--rep
 with ``minivmm timing``'s runner (jitter on), and ``--per-rep`` times per repetition in the model at the
 host's HZ and platform under ``call_srcu`` (the host's kernel), each model run paired with one
 repetition: where tracefs shows the CPUs' ticks, it replays the repetition's step starts at its tick
-phase (so each registration arms its timer for the tick the host's did); otherwise it takes the
-repetition's gaps and the durations of the steps that wait for no grace period, at a random phase. A
+phase (so each registration arms its timer for the tick the host's did), and with a profile ticks the
+model's CPUs as the case's own trace shows (the do_timer duty's share, which only slipped timers tell,
+stays the profile's); otherwise it takes the repetition's gaps and the durations of the steps that wait
+for no grace period, at a random phase. A
 step agrees when every tick mode holds the same share of runs on both sides (up to sampling noise)
 and, in each mode both sides hold ten runs of, the share of host runs below the model's p10, p50 and
 p90 is 10%, 50% and 90% up to the same noise (each quantile free to move by 0.2 ms). The host's odd
@@ -166,7 +168,9 @@ def main() -> int:
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     replayed = sum(p == REPLAYED for p in pairings)
     why_not = "; ".join(sorted(set(p for p in pairings if p != REPLAYED)))
+    own_ticks = "; with a profile, the CPUs' tick shares as traced over the case, the duty's from the profile"
     print("model runs: " + ("each replays its host repetition's step starts at its tick phase (tick grid traced)"
+                            + (own_ticks if costs is not None or args.interleave else "")
                             if replayed == len(pairings) else
                             f"the repetitions' gaps and durations at random tick phases in "
                             f"{len(pairings) - replayed} of {len(pairings)} cases ({why_not})"))

@@ -204,3 +204,21 @@ def test_a_traced_programs_set_up_is_compared_with_the_model(trace_prog: str):
     memslots = [r for r in res if r.label.startswith("KVM_SET_USER_MEMORY_REGION")]
     assert len(memslots) == 1 and len(memslots[0].host) == 6 and len(memslots[0].model) == 12
     assert memslots[0].to_json()["step"] == memslots[0].step + 1  # reports number steps from 1
+
+
+def test_a_traced_case_is_replayed_with_its_own_ticks_and_the_profiles_duty():
+    from kernel_model.tick import TickEnvironment
+    from minivmm.timing.differential import case_environment
+    from minivmm.timing.ticktrace import TickRecord
+    tick, offset = 4_000_000, 30_000
+    # Both CPUs ran their handler at every tick; the caller (thread 42, CPU 0) armed one grace-period timer.
+    rec = TickRecord(tick, ticks={0: [offset + k * tick + 5_000 for k in range(95, 106)],
+                                  1: [offset + k * tick + 9_000 for k in range(95, 106)]},
+                     armed={0xabc: [(offset + 100 * tick + 400_000, 0, 42, 1002, 1000)]},
+                     expired={0xabc: [offset + 102 * tick + 20_000]})
+    profile = TickEnvironment(other_tick_share=0.1, other_tick_persist=0.5, caller_tick_first=0.2,
+                              other_holds_duty=0.3, other_first_slips=0.05, other_holds_duty_by_cpu=(0.25, None))
+    env = case_environment(rec, [42], 2, profile)
+    assert env.other_tick_share == 1.0 and env.caller_tick_first == 1.0 and env.caller_on_boot_cpu == 1.0
+    assert (env.other_holds_duty, env.other_first_slips, env.other_holds_duty_by_cpu) == (0.3, 0.05, (0.25, None))
+    assert case_environment(rec, [7], 2, profile) is profile  # another thread's timers say nothing of this case

@@ -26,9 +26,10 @@ from kernel_model.differential import HostTimeline, StepComparison, compare_step
 from kernel_model.profile import HostProfile
 from kernel_model.sequences import Sequence, Step, parse_sequence
 from kernel_model.sim import NSEC_PER_SEC
+from kernel_model.tick import TickEnvironment
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
-from minivmm.timing.ticktrace import TickRecord, TickTracer, grace_period_fates
+from minivmm.timing.ticktrace import TickRecord, TickTracer, grace_period_fates, tick_environment
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
 
@@ -145,10 +146,13 @@ def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickR
                  profile: HostProfile | None = None) -> CaseResult:
     """The model paired with the repetitions of ``seq`` the host ran (threads ``tids``; their ticks in
     ``record``, or None and ``why_not``), with and without ``costs``, and every grace-period step
-    compared mode by mode."""
+    compared mode by mode. With a trace and a profile that measured the ticks, the model's tick
+    environment is the case's own (:func:`case_environment`)."""
     gaps = [r.gaps_ns for r in reps]
     held = [r.durations_ns for r in reps]
     lines = host_timelines(reps, record, hz, tids)
+    if costs is not None and record is not None and costs.cpus != TickEnvironment():
+        costs = costs._replace(cpus=case_environment(record, tids, costs.cpus.nr_cpus, costs.cpus))
     model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines)
     fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held, lines)
     tick = NSEC_PER_SEC // hz
@@ -156,6 +160,30 @@ def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickR
                           fixed[i] if fixed else None)
              for i in waits_for_gp(seq, platform)]
     return CaseResult(steps, profile, REPLAYED if lines is not None else why_not)
+
+
+def case_environment(record: TickRecord, tids: Collection[int], nr_cpus: int,
+                     measured: TickEnvironment) -> TickEnvironment:
+    """The tick environment the model replays a traced case with: what the case's own trace shows (how
+    often and how lastingly the other CPUs ticked at its grace-period timers' ticks, the handlers' order,
+    whether the caller's CPU kept its tick, which CPU it ran on), as the replay takes each repetition's
+    tick phase from it; and from ``measured`` (the profile) what only slipped timers tell, the duty's
+    shares and the handlers' race, which the case's own slips would answer for the model. ``measured``
+    as it is when the case armed no grace-period timer.
+
+    The load moves within minutes and a VMM brings its own (QEMU's threads and minivmm trace's tracer
+    kept the other CPU ticking at 61-73% of a traced set-up's buckets, where the calibration just before
+    saw 16-41%): the tick shares of a profile taken at another time are the wrong ones."""
+    fates = sorted((f for tid in set(tids) for f in grace_period_fates(record, tid, nr_cpus)),
+                   key=lambda f: f.armed_ns)
+    if not fates:
+        return measured
+    offset = record.grid_offset()
+    waits = [(f.armed_ns, offset + (f.bucket_tick + 1) * record.tick_ns) for f in fates]
+    own = tick_environment(record, fates, nr_cpus, waits)
+    return own._replace(other_holds_duty=measured.other_holds_duty,
+                        other_holds_duty_by_cpu=measured.other_holds_duty_by_cpu,
+                        other_first_slips=measured.other_first_slips)
 
 
 class ProgramError(ValueError):
