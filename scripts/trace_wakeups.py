@@ -112,7 +112,7 @@ def trace_sequence(seq: Sequence, repeat: int, hz: int, platform: str) -> str:
     tick = 1_000_000_000 // hz
     reps, record, events, names = run_traced(seq, repeat, hz)
     offset = record.grid_offset()
-    fates = ticktrace.grace_period_fates(record, threading.get_native_id(), os.cpu_count() or 1)
+    fates = ticktrace.grace_period_fates(record, [threading.get_native_id()], os.cpu_count() or 1)
     armed = [f.armed_ns for f in fates]
     times = [e.ts for e in events]
     queued: dict[str, list[int]] = {n: [] for n in CHAIN}

@@ -109,7 +109,7 @@ def test_a_replayed_run_arms_the_timer_for_the_tick_the_hosts_phase_gives():
 def test_host_timelines_put_each_repetition_on_the_traced_tick_grid():
     from minivmm.timing.differential import host_timelines
     from minivmm.timing.runner import Repetition
-    from minivmm.timing.ticktrace import TickRecord
+    from minivmm.timing.ticktrace import TickRecord, grace_period_fates
     tick = 4_000_000
     offset = 1_234_000
     # The grid is where the tick handlers run (jiffies moves there), a few us after the hrtimer's tick.
@@ -127,7 +127,7 @@ def test_host_timelines_put_each_repetition_on_the_traced_tick_grid():
     rec.armed = {1: [(first + 10, 0, 77, 1050 + 75_000, 1050)],
                  2: [(first + 20, 1, 77, 1052, 1050)],
                  3: [(first + tick // 4 + 5, 0, 99, 1052, 1050)]}  # another thread's
-    cpus = [line.caller_cpu for line in host_timelines(reps, rec, 250, tids=[77]) or []]
+    cpus = [line.caller_cpu for line in host_timelines(reps, rec, 250, grace_period_fates(rec, [77], 2)) or []]
     assert cpus == [1, None, None, None]
     with pytest.raises(ValueError):
         host_timelines(reps, rec, 100)
@@ -209,7 +209,7 @@ def test_a_traced_programs_set_up_is_compared_with_the_model(trace_prog: str):
 def test_a_traced_case_is_replayed_with_its_own_ticks_and_the_profiles_duty():
     from kernel_model.tick import TickEnvironment
     from minivmm.timing.differential import case_environment
-    from minivmm.timing.ticktrace import TickRecord
+    from minivmm.timing.ticktrace import TickRecord, grace_period_fates
     tick, offset = 4_000_000, 30_000
     # Both CPUs ran their handler at every tick; the caller (thread 42, CPU 0) armed one grace-period timer.
     rec = TickRecord(tick, ticks={0: [offset + k * tick + 5_000 for k in range(95, 106)],
@@ -218,7 +218,8 @@ def test_a_traced_case_is_replayed_with_its_own_ticks_and_the_profiles_duty():
                      expired={0xabc: [offset + 102 * tick + 20_000]})
     profile = TickEnvironment(other_tick_share=0.1, other_tick_persist=0.5, caller_tick_first=0.2,
                               other_holds_duty=0.3, other_first_slips=0.05, other_holds_duty_by_cpu=(0.25, None))
-    env = case_environment(rec, [42], 2, profile)
+    env = case_environment(rec, grace_period_fates(rec, [42], 2), profile)
     assert env.other_tick_share == 1.0 and env.caller_tick_first == 1.0 and env.caller_on_boot_cpu == 1.0
     assert (env.other_holds_duty, env.other_first_slips, env.other_holds_duty_by_cpu) == (0.3, 0.05, (0.25, None))
-    assert case_environment(rec, [7], 2, profile) is profile  # another thread's timers say nothing of this case
+    assert case_environment(rec, grace_period_fates(rec, [7], 2), profile) is profile  # another thread's timers
+    # say nothing of this case

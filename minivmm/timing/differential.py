@@ -29,23 +29,23 @@ from kernel_model.sim import NSEC_PER_SEC
 from kernel_model.tick import TickEnvironment
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
-from minivmm.timing.ticktrace import TickRecord, TickTracer, grace_period_fates, tick_environment
+from minivmm.timing.ticktrace import TickRecord, TickTracer, TimerFate, grace_period_fates, tick_environment
 from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
 
 def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
-                   tids: Collection[int] = ()) -> list[HostTimeline] | None:
+                   fates: list[TimerFate] | None = None) -> list[HostTimeline] | None:
     """Each repetition's tick phase and step starts on the host's tick grid, taken from the traced tick
-    handlers (``record``), and the CPU the threads ``tids`` (those that ran the repetitions) armed each
-    repetition's first grace-period timer on; None without a trace (the model then draws its phases)."""
+    handlers (``record``), and the CPU the repetition's first grace-period timer was armed on (``fates``:
+    the grace-period timers of the threads that ran the repetitions, :func:`grace_period_fates`); None
+    without a trace (the model then draws its phases)."""
     if record is None:
         return None
     tick = NSEC_PER_SEC // hz
     if record.tick_ns != tick:
         raise ValueError(f"the tick trace is at {NSEC_PER_SEC // record.tick_ns} Hz, not {hz}")
     offset = record.grid_offset()
-    fates = sorted((f for tid in set(tids) for f in grace_period_fates(record, tid, os.cpu_count() or 1)),
-                   key=lambda f: f.armed_ns)
+    fates = fates or []
     times = [f.armed_ns for f in fates]
     out = []
     for r in reps:
@@ -150,9 +150,10 @@ def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickR
     environment is the case's own (:func:`case_environment`)."""
     gaps = [r.gaps_ns for r in reps]
     held = [r.durations_ns for r in reps]
-    lines = host_timelines(reps, record, hz, tids)
+    fates = grace_period_fates(record, tids, os.cpu_count() or 1) if record is not None else []
+    lines = host_timelines(reps, record, hz, fates)
     if costs is not None and record is not None and costs.cpus != TickEnvironment():
-        costs = costs._replace(cpus=case_environment(record, tids, costs.cpus.nr_cpus, costs.cpus))
+        costs = costs._replace(cpus=case_environment(record, fates, costs.cpus))
     model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines)
     fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held, lines)
     tick = NSEC_PER_SEC // hz
@@ -162,25 +163,22 @@ def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickR
     return CaseResult(steps, profile, REPLAYED if lines is not None else why_not)
 
 
-def case_environment(record: TickRecord, tids: Collection[int], nr_cpus: int,
-                     measured: TickEnvironment) -> TickEnvironment:
+def case_environment(record: TickRecord, fates: list[TimerFate], measured: TickEnvironment) -> TickEnvironment:
     """The tick environment the model replays a traced case with: what the case's own trace shows (how
     often and how lastingly the other CPUs ticked at its grace-period timers' ticks, the handlers' order,
     whether the caller's CPU kept its tick, which CPU it ran on), as the replay takes each repetition's
     tick phase from it; and from ``measured`` (the profile) what only slipped timers tell, the duty's
-    shares and the handlers' race, which the case's own slips would answer for the model. ``measured``
-    as it is when the case armed no grace-period timer.
+    shares and the handlers' race, which the case's own slips would answer for the model. ``fates``: the
+    case's grace-period timers (:func:`grace_period_fates`); ``measured`` as it is when there are none.
 
     The load moves within minutes and a VMM brings its own (QEMU's threads and minivmm trace's tracer
     kept the other CPU ticking at 61-73% of a traced set-up's buckets, where the calibration just before
     saw 16-41%): the tick shares of a profile taken at another time are the wrong ones."""
-    fates = sorted((f for tid in set(tids) for f in grace_period_fates(record, tid, nr_cpus)),
-                   key=lambda f: f.armed_ns)
     if not fates:
         return measured
     offset = record.grid_offset()
     waits = [(f.armed_ns, offset + (f.bucket_tick + 1) * record.tick_ns) for f in fates]
-    own = tick_environment(record, fates, nr_cpus, waits)
+    own = tick_environment(record, fates, measured.nr_cpus, waits)
     return own._replace(other_holds_duty=measured.other_holds_duty,
                         other_holds_duty_by_cpu=measured.other_holds_duty_by_cpu,
                         other_first_slips=measured.other_first_slips)

@@ -24,6 +24,7 @@ they run a few µs after their tick, all on the same grid.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from kernel_model.tick import TickEnvironment
@@ -191,13 +192,15 @@ def timer_fates(rec: TickRecord, tid: int, nr_cpus: int) -> list[TimerFate]:
 GP_TIMER_TICKS = 3
 
 
-def grace_period_fates(rec: TickRecord, tid: int, nr_cpus: int) -> list[TimerFate]:
-    """:func:`timer_fates` of the timers armed at most GP_TIMER_TICKS ahead, the grace periods' (the
-    thread's other delayed work, minutes ahead, armed as a VM is made, says nothing about them), in the
-    order they were armed."""
+def grace_period_fates(rec: TickRecord, tids: Collection[int], nr_cpus: int) -> list[TimerFate]:
+    """:func:`timer_fates` of the threads ``tids`` (a VMM's set-up may arm them from several), of the
+    timers armed at most GP_TIMER_TICKS ahead, the grace periods' (the threads' other delayed work,
+    minutes ahead, armed as a VM is made, says nothing about them), in the order they were armed."""
     offset = rec.grid_offset()
-    return [f for f in timer_fates(rec, tid, nr_cpus)
-            if f.bucket_tick - rec.tick_of(f.armed_ns, offset) <= GP_TIMER_TICKS]
+    fates = [f for tid in set(tids) for f in timer_fates(rec, tid, nr_cpus)
+             if f.bucket_tick - rec.tick_of(f.armed_ns, offset) <= GP_TIMER_TICKS]
+    fates.sort(key=lambda f: f.armed_ns)
+    return fates
 
 
 def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
