@@ -427,11 +427,11 @@ def model_late_shares(env: TickEnvironment, hz: int, platform: str, runs: int = 
         sim = Sim(hz, rng.random(), Costs(cpus=env), rng, cpus[i % len(cpus)] if cpus else None)
         kvm = KvmModel(sim, get_variant("call_srcu"), get_platform(platform))
         kvm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE)
-        for i, addr in enumerate((0xD0000050, 0xD0000060)):
+        for k, addr in enumerate((0xD0000050, 0xD0000060)):
             before = sim.ticks.slips
             kvm.ioeventfd(addr, 4, 0)
-            kvm.set_user_memory_region(2 * i, (2 * i) << 32, MEMSLOT_SIZE)
-            late[i] += sim.ticks.slips > before
+            kvm.set_user_memory_region(2 * k, (2 * k) << 32, MEMSLOT_SIZE)
+            late[k] += sim.ticks.slips > before
     return late[0] / runs, late[1] / runs
 
 
