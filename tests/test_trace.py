@@ -10,6 +10,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -105,6 +106,26 @@ def test_signals_pass_through(trace_prog: str, capfd: pytest.CaptureFixture[str]
     r = trace(trace_prog, "1", "0", "signal").result
     assert r is not None and r.exit_signal == signal.SIGTERM and r.exit_code is None
     assert [s for _, s in r.signals] == [signal.SIGUSR1, signal.SIGTERM]
+
+
+def test_a_ctrl_c_after_the_program_reached_its_stop_is_kept(trace_prog: str, monkeypatch: pytest.MonkeyPatch,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """A SIGINT that comes while the tracer finishes (the program already gone) changes no stop reason,
+    but the result says it came: a caller tracing again and again (scripts/differential.py --vmm) must
+    stop, not lose it."""
+    finish = Tracer._finish_teardown
+
+    def finish_then_ctrl_c(self: Tracer) -> None:
+        finish(self)
+        # To this thread (the tracer's): a process-wide kill may land on another thread of the test
+        # process, and its handler then run only after run() has put the test runner's back.
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    quiet = trace(trace_prog, "1", "0").result
+    assert quiet is not None and quiet.interrupted_by is None
+    monkeypatch.setattr(Tracer, "_finish_teardown", finish_then_ctrl_c)
+    late = trace(trace_prog, "1", "0").result
+    assert late is not None and late.stop_reason is StopReason.EXITED and late.interrupted_by == "SIGINT"
 
 
 def test_follows_a_fork_and_exec(trace_prog: str, capfd: pytest.CaptureFixture[str]) -> None:

@@ -217,8 +217,8 @@ def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = Tru
         for i in range(repeat):
             with _output_to_devnull():
                 result = Tracer(argv[0], argv, until_first_run=True, timeout_s=timeout_s).run()
-            if result.stop_reason in (StopReason.INTERRUPTED, StopReason.TERMINATED):
-                raise KeyboardInterrupt  # the tracer took the signal to end its program: it ends the runs too
+            if result.interrupted_by is not None:
+                raise KeyboardInterrupt  # the tracer took the signal (ending its program): it ends the runs too
             if result.stop_reason is StopReason.TIMEOUT:
                 raise ProgramError(f"run {i + 1}: its vCPUs had not all entered KVM_RUN after {timeout_s:g} s")
             try:

@@ -217,6 +217,10 @@ class TraceResult:
     compat_calls: int = 0
     #: The index of each successful KVM_CREATE_VM -> the role of the VM it made (``vm``, ``vm1``...).
     vms_created: dict[int, str] = field(default_factory=dict)
+    #: SIGINT, SIGTERM or SIGHUP, the first of them the tracer was sent while it ran, whenever it came:
+    #: also after the program had reached its stop (``stop_reason`` then still says which), which a
+    #: caller running the tracer again and again must not lose (None: none came).
+    interrupted_by: str | None = None
 
 
 class _Proc:
@@ -341,6 +345,8 @@ class Tracer:
         self.pid = 0
         self.result: TraceResult | None = None
         self._flags: dict[str, int] = {}
+        #: The first SIGINT/SIGTERM/SIGHUP sent while run() ran (TraceResult.interrupted_by).
+        self._interrupted_by: str | None = None
         self._deadlines: dict[str, int] = {}
         self._exec_seen = False
         self.kclock: KernelClock | None = None
@@ -534,7 +540,10 @@ class Tracer:
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)}
 
         def flag(signum: int, _frame: Any) -> None:
-            self._flags[signal.Signals(signum).name] = self._flags.get(signal.Signals(signum).name, 0) + 1
+            name = signal.Signals(signum).name
+            self._flags[name] = self._flags.get(name, 0) + 1
+            if signum != signal.SIGALRM and self._interrupted_by is None:
+                self._interrupted_by = name
 
         for s in old:
             signal.signal(s, flag)
@@ -570,6 +579,8 @@ class Tracer:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for s, h in old.items():
                 signal.signal(s, h)
+            if self.result is not None:  # after the handlers are back: a later signal is the caller's own
+                self.result.interrupted_by = self._interrupted_by
             if self.kclock is not None:
                 self.kclock.close()
             self._reap_all()
