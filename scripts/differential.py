@@ -36,13 +36,15 @@ import shlex
 import shutil
 import sys
 
+from kernel_model.costs import Costs
 from kernel_model.differential import StepComparison, generate, summarize
 from kernel_model.platforms import PLATFORMS
-from kernel_model.profile import load_profile
+from kernel_model.profile import ProfileError, load_profile
 from kernel_model.sequences import step_name
-from minivmm.cli.errors import ExitCode
+from minivmm.cli.errors import ExitCode, kvm_unavailable
 from minivmm.files import FileRefused, Output, WriteFailed
 from minivmm.host import modelled_kernel, read_host_info, this_host
+from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
 from minivmm.timing.differential import REPLAYED, ProgramError, run_case, run_program
@@ -99,6 +101,30 @@ def vmm_argv(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]
     return [path, *argv[1:]]
 
 
+def require_kvm(ap: argparse.ArgumentParser) -> None:
+    """End the script (one line; minivmm's exit codes: 4 when /dev/kvm is missing or not accessible)
+    unless /dev/kvm can be used: checked before anything runs, as a VMM traced without it would only
+    say that it made no VM."""
+    from minivmm.kvm.errors import KvmUnavailable
+    from minivmm.kvm.system import Kvm
+    try:
+        Kvm(DEFAULT_DEVICE_PATH).close()
+    except KvmUnavailable as e:
+        refused = kvm_unavailable(e)
+        ap.exit(int(refused.code), f"differential.py: cannot run here: {refused}\n")
+
+
+def profile_costs(ap: argparse.ArgumentParser, path: str | None, hz: int) -> Costs | None:
+    """The model's costs with the host profile at ``path`` (None: no profile); a profile that cannot be
+    used (missing, not a regular file, not a profile, a value out of range) ends the script in one line."""
+    if path is None:
+        return None
+    try:
+        return load_profile(path).costs(hz=hz)
+    except ProfileError as e:
+        ap.error(str(e))
+
+
 def main() -> int:
     """Generate, run, compare, report."""
     ap = parser()
@@ -106,6 +132,7 @@ def main() -> int:
     if args.cases < 1 or args.repeat < 2 or args.per_rep < 1:
         ap.error("--cases and --per-rep must be at least 1, --repeat at least 2")
     argv = vmm_argv(ap, args)
+    require_kvm(ap)
     try:  # refused now, not at the end
         out = Output(args.json, "--json", suffix=".json") if args.json else None
     except FileRefused as e:
@@ -116,7 +143,7 @@ def main() -> int:
     if kernel.hz is None or kernel.platform is None:
         ap.error("cannot read this host's CONFIG_HZ or tell its KVM platform: pass --hz and --platform")
     hz, platform = kernel.hz, kernel.platform
-    costs = load_profile(args.profile).costs(hz=hz) if args.profile else None
+    costs = profile_costs(ap, args.profile, hz)
     load0 = os.getloadavg()[0]
     rng = random.Random(args.seed)
     results: list[StepComparison] = []

@@ -4,6 +4,7 @@ a traced program's set-up (kvm). No host timing is asserted."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -31,6 +32,16 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], says: str) -> No
     proc = script(*args)
     assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_profile_that_cannot_be_used_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, says in ((tmp_path / "missing.json", "does not exist"), (fifo, "is not a regular file (a FIFO)")):
+        proc = script("--profile", str(path), "--cases", "1", "--repeat", "2")
+        assert proc.returncode == 2 and says in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+    assert fifo.is_fifo()  # left as it was
 
 
 @pytest.mark.kvm
