@@ -24,6 +24,8 @@ each model run replaying one traced run.
 Usage: python scripts/differential.py [--cases 20] [--repeat 100] [--seed 1] [--interleave]
        [--vmm "CMD" | --qemu] [--profile FILE.json] [--no-trace] [--json OUT.json] [--show]
 Timing figures depend on the host's load: the load average is printed with the results.
+Exit codes: 0 done; 2 bad arguments (a --profile that cannot be used, a --vmm that made no VM, /dev/kvm
+not a KVM device); 4 /dev/kvm missing or not accessible; 6 --json could not be written; 130 interrupted.
 """
 
 from __future__ import annotations
