@@ -24,17 +24,19 @@ class Costs(NamedTuple):
     #: From queue_work() to the work function running on a worker (a workqueue hop).
     workqueue_hop: int = 4 * US
     #: From a timer tick to the timer's callback running (softirq, and waking an idle CPU): the fixed
-    #: default. A host profile replaces it with a measured distribution (``timer_latency_samples``).
+    #: default. With a host profile (``timer_latency_samples``) the timer itself takes none.
     timer_latency: int = 60 * US
-    #: Measured timer-to-waiter latencies (ns, sorted; see kernel_model.profile): when not empty, each
-    #: timer firing draws its latency from them instead of ``timer_latency``. It stands for everything
-    #: between the tick and the SRCU worker running under the host's load (the timer softirq,
-    #: the kworker waiting for a CPU) beyond the fixed steps the model already counts.
+    #: Measured timer-to-waiter latencies (ns, sorted; see kernel_model.profile): when not empty, a wait
+    #: that a timer ended draws its waiter's extra latency from them (Completion.wait), and timers fire
+    #: on their tick. They stand for everything between the tick and the waiter running under the
+    #: host's load beyond the fixed steps the model counts; traced under load, their tick-long tail is
+    #: the woken caller waiting for its CPU, while the SRCU kworkers ran within 200 us: drawn at the
+    #: timer, it would delay the grace periods that follow as well.
     timer_latency_samples: tuple[int, ...] = ()
     #: Measured wake-up latencies (ns, sorted) of a wait that no timer ended (an expedited grace period
     #: on an idle srcu_struct: the SRCU kworker and then the waiter getting a CPU, beyond the fixed
     #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
-    #: does not, its draw from ``timer_latency_samples`` already covers the whole chain after the tick.
+    #: draws from ``timer_latency_samples`` instead.
     wakeup_latency_samples: tuple[int, ...] = ()
     #: (run_ns, share): with a host profile, the extra share of timer-ended waits whose woken caller is
     #: switched in only at its CPU's next tick, when it ran ``run_ns`` (or more) before it slept; less

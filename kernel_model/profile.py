@@ -3,8 +3,8 @@ host's CPUs tick, per host.
 
 ``minivmm timing --calibrate`` measures it (see ``minivmm.timing.calibrate``) and saves a profile;
 ``minivmm model --profile FILE`` and ``minivmm timing --profile FILE`` (and ``trace``) give it to the
-model, whose timers then draw their latency from it (``Costs.timer_latency_samples``) instead of the
-fixed ``Costs.timer_latency``, and whose ticks follow the measured CPUs (``Costs.cpus``, see
+model, whose waiters woken by a timer then draw their latency from it (``Costs.timer_latency_samples``)
+instead of the timers' fixed ``Costs.timer_latency``, and whose ticks follow the measured CPUs (``Costs.cpus``, see
 ``kernel_model.tick``). Without a profile nothing is random: fixed latencies, a quiet host.
 
 The file is JSON::

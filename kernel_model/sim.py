@@ -144,7 +144,7 @@ class Sim:
         #: The CPUs' ticks and the do_timer duty.
         self.ticks = TickSched(self, env, self.caller_cpu)
         self.ticks.caller_busy(0, True)
-        #: Timer firings so far (a wait that saw one had its wake-up latency drawn at the timer).
+        #: Timer firings so far (a wait that saw one draws its waiter's latency from the timer-ended ones).
         self.timers_fired = 0
         #: How much the phase (in ns) could grow before any ``jiffies`` read so far changes value.
         self.phase_slack = self.tick_ns
@@ -206,10 +206,10 @@ class Sim:
         self.run_until(self.now + ns)
 
     def timer_latency(self) -> int:
-        """The latency of one timer firing: the fixed cost, or a draw from the measured distribution."""
-        if not self.costs.timer_latency_samples:
-            return self.costs.timer_latency
-        return self.draw(self.costs.timer_latency_samples)
+        """From a timer's tick to its callback: the fixed cost; 0 with a host profile, whose measured
+        latencies are the waiter's (:meth:`Completion.wait` draws them) and were measured against a
+        chain with none."""
+        return 0 if self.costs.timer_latency_samples else self.costs.timer_latency
 
     def draw(self, samples: tuple[int, ...]) -> int:
         """One draw from a measured distribution: one of its points, each equally likely (a profile's
@@ -296,7 +296,7 @@ class Completion:
     def wait(self, what: str) -> None:
         """Models ``wait_for_completion()``: the caller's CPU is idle until the completion, and the
         caller runs again at completion time plus the wake-up, plus (with a host profile) a measured
-        wake-up latency when no timer fired during the wait."""
+        latency: a timer-ended wait's when a timer fired during the wait, else a wake-up latency."""
         sim = self.sim
         fired = sim.timers_fired
         start = sim.now
@@ -304,9 +304,15 @@ class Completion:
             sim.ticks.caller_busy(start, False)
         sim.wait_for(lambda: self.done, what)
         assert self.completed_at is not None
+        # The measured latencies land on the waiter, not on the grace-period machinery: traced under
+        # two busy loops, the timer-queued process_srcu ran at most 185 us after its queueing
+        # (workqueue_queue_work -> workqueue_execute_start) while the woken caller waited a tick to be
+        # switched in after 4% of its wake-ups (sched_wakeup -> sched_switch). Drawn at the timer, a
+        # tick-long draw delayed every later grace period of the run with it.
         extra = 0
-        if sim.timers_fired == fired and sim.costs.wakeup_latency_samples:
-            extra = sim.draw(sim.costs.wakeup_latency_samples)
+        samples = sim.costs.timer_latency_samples if sim.timers_fired > fired else sim.costs.wakeup_latency_samples
+        if samples:
+            extra = sim.draw(samples)
         wake, on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup + extra,
                                    self.completed_on_grid)
         run_ns, share = sim.costs.waiter_tick_wait

@@ -52,9 +52,10 @@ def test_profile_round_trips_and_bad_files_are_one_line(tmp_path):
 def test_sim_draws_timer_latency_from_the_profile():
     costs = profile([100_000] * 9 + [4_100_000]).costs()
     sim = Sim(250, 0.0, costs, random.Random(1))
-    draws = [sim.timer_latency() for _ in range(2000)]
+    draws = [sim.draw(costs.timer_latency_samples) for _ in range(2000)]
     assert min(draws) >= 100_000 and max(draws) <= 4_100_000
     assert 0.05 < sum(d > 1_000_000 for d in draws) / len(draws) < 0.2
+    assert sim.timer_latency() == 0  # the profile's latency is the waiter's, drawn when it wakes
     assert Sim(250).timer_latency() == Costs().timer_latency
 
 
@@ -65,7 +66,7 @@ def test_one_slow_calibration_run_keeps_its_weight():
     p = profile(lat)
     assert p.timer_latency_ns == tuple(sorted(lat))
     sim = Sim(250, 0.0, p.costs(), random.Random(3))
-    draws = [sim.timer_latency() for _ in range(100_000)]
+    draws = [sim.draw(p.costs().timer_latency_samples) for _ in range(100_000)]
     assert set(draws) <= set(lat)
     assert 0.0005 < sum(d > 1_000_000 for d in draws) / len(draws) < 0.002
 
@@ -193,6 +194,28 @@ def test_wakeup_latency_applies_only_to_waits_no_timer_ended():
     timed = kvm.sim.now - t0
     assert idle > 4_000_000
     assert timed < 2 * TICK  # no extra 4 ms on top of the timer's own draw
+
+
+def test_a_profiles_latency_delays_the_waiter_not_the_grace_periods():
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+
+    def memslot_after(gap_ns: int, samples: tuple[int, ...]) -> int:
+        """A memslot's duration, ``gap_ns`` after a registration's call_srcu() started a grace period."""
+        kvm = KvmModel(Sim(250, 0.5, Costs(timer_latency_samples=samples)), get_variant("call_srcu"),
+                       get_platform("pvm"))
+        kvm.ioeventfd(0xD0000050, 4, 0)
+        kvm.sim.pause(gap_ns)
+        t0 = kvm.sim.now
+        kvm.set_user_memory_region(0, 0, 1 << 20)
+        return kvm.sim.now - t0
+
+    late = (TICK, TICK)  # every timer-ended wait's waiter switched in a tick late
+    for gap in (7_000_000, 9_000_000):  # the grace period ended on its ticks: an idle srcu_struct
+        assert memslot_after(gap, late) == memslot_after(gap, (0, 0)) < TICK // 10
+    # A memslot that waits for that grace period's timer ends a tick later, its waiter's latency.
+    assert memslot_after(1_000_000, late) == memslot_after(1_000_000, (0, 0)) + TICK
 
 
 def test_a_run_whose_jiffies_lagged_does_not_break_the_grid():
