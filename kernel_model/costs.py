@@ -38,9 +38,14 @@ class Costs(NamedTuple):
     #: steps). When not empty, such a wait draws its extra latency from them; a wait that a timer ended
     #: draws from ``timer_latency_samples`` instead.
     wakeup_latency_samples: tuple[int, ...] = ()
+    #: How long the calibration's caller ran before the waits ``wakeup_latency_samples`` come from (its
+    #: KVM_CREATE_VM, mostly): a waiter that ran ``ran`` ns before its wait is switched in a tick late
+    #: (their draws of more than half a tick) in proportion, ``ran / wakeup_latency_run_ns`` times as
+    #: often. 0: as often as measured, whatever the run.
+    wakeup_latency_run_ns: int = 0
     #: (run_ns, share): with a host profile, the extra share of timer-ended waits whose woken caller is
-    #: switched in only at its CPU's next tick, when it ran ``run_ns`` (or more) before it slept; less
-    #: in proportion to a shorter run. A busy task on the caller's CPU is not preempted by a waker that
+    #: switched in only at its CPU's next tick, when it ran ``run_ns`` before it slept; in proportion
+    #: to a shorter or longer run. A busy task on the caller's CPU is not preempted by a waker that
     #: used much CPU before its sleep (the scheduler weighs it), and ``timer_latency_samples`` are
     #: measured right after a registration, the short side. (0, 0.0): never.
     waiter_tick_wait: tuple[int, float] = (0, 0.0)

@@ -22,9 +22,11 @@ The file is JSON::
      "fixed_cost_scatter": {"scale": 0.12, "df": 3},  # Student's t of ln(duration / its median) of the
                                                   # calibration's fixed-cost ioctls: this host's scatter
                                                   # around a fixed cost (optional; minivmm.timing.noise)
-     "waiter_tick_wait": {"run_ns": 300000, "share": 0.12}}  # how much more often a waiter that spun
+     "waiter_tick_wait": {"run_ns": 300000, "share": 0.12},  # how much more often a waiter that spun
                                                   # that long before its wait was switched in only at the
                                                   # next tick (optional; Costs.waiter_tick_wait)
+     "wakeup_latency_run_ns": 262000}             # how long the caller ran before the waits of
+                                                  # wakeup_latency_ns (optional; Costs.wakeup_latency_run_ns)
 
 The default path is ``$XDG_CONFIG_HOME/minivmm/host-profile.json`` (``~/.config/...``): where
 ``--calibrate`` writes unless ``--profile FILE`` says otherwise.
@@ -107,6 +109,9 @@ class HostProfile:
     #: (spin ns, extra share): how much more often a waiter that worked that long before its wait was
     #: switched in only at the next tick (``Costs.waiter_tick_wait``); None in a profile made without.
     waiter_tick_wait: tuple[int, float] | None = None
+    #: How long the calibration's caller ran before the waits ``wakeup_latency_ns`` come from (the
+    #: median; ``Costs.wakeup_latency_run_ns``); 0 in a profile made without.
+    wakeup_latency_run_ns: int = 0
 
     def costs(self, base: Costs | None = None, hz: int | None = None) -> Costs:
         """``base`` (default ``Costs()``) with this profile's latency distribution.
@@ -124,6 +129,7 @@ class HostProfile:
             return tuple(sorted((x // t_cal) * t_new + x % t_cal for x in samples))
         return (base or Costs())._replace(timer_latency_samples=rescale(self.timer_latency_ns),
                                    wakeup_latency_samples=rescale(self.wakeup_latency_ns),
+                                   wakeup_latency_run_ns=self.wakeup_latency_run_ns,
                                    cpus=self.ticks, waiter_tick_wait=self.waiter_tick_wait or (0, 0.0))
 
     def to_json(self) -> dict[str, Any]:
@@ -136,7 +142,8 @@ class HostProfile:
                 **({"fixed_cost_scatter": {"scale": self.fixed_cost_scatter[0], "df": self.fixed_cost_scatter[1]}}
                    if self.fixed_cost_scatter else {}),
                 **({"waiter_tick_wait": {"run_ns": self.waiter_tick_wait[0], "share": self.waiter_tick_wait[1]}}
-                   if self.waiter_tick_wait else {})}
+                   if self.waiter_tick_wait else {}),
+                **({"wakeup_latency_run_ns": self.wakeup_latency_run_ns} if self.wakeup_latency_run_ns else {})}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "profile") -> HostProfile:
@@ -179,10 +186,13 @@ class HostProfile:
             if (isinstance(run_ns, bool) or not isinstance(run_ns, int) or not 0 < run_ns <= 10**9
                     or isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
                 raise ProfileError(f"{where}: waiter_tick_wait must hold run_ns (1 ns to 1 s) and share (0 to 1)")
+        wake_run = data.get("wakeup_latency_run_ns", 0)
+        if isinstance(wake_run, bool) or not isinstance(wake_run, int) or not 0 <= wake_run <= 10**9:
+            raise ProfileError(f"{where}: wakeup_latency_run_ns must be an integer from 0 to 1 s (ns)")
         return cls(hz, str(data.get("platform", "")), str(data.get("kernel", "")), str(data.get("created", "")),
                    (float(load[0]), float(load[1]), float(load[2])), runs, tuple(lat), tuple(wake), ticks, measured,
                    None if scatter is None else (float(scatter["scale"]), int(scatter["df"])),
-                   None if waiter is None else (int(waiter["run_ns"]), float(waiter["share"])))
+                   None if waiter is None else (int(waiter["run_ns"]), float(waiter["share"])), wake_run)
 
 
 def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:

@@ -260,6 +260,7 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     prof = load_profile(str(out))
     assert prof.calibration_runs == 80 and len(prof.timer_latency_ns) > 2 and prof.wakeup_latency_ns
+    assert 0 < prof.wakeup_latency_run_ns < 10**9  # how long its caller ran before those waits
     assert "host profile:" in proc.stdout
     scale, df = prof.fixed_cost_scatter or (0.0, 0)
     assert scale > 0 and df >= 1  # the host's scatter around a fixed cost, for the verdict's noise
@@ -433,7 +434,7 @@ def test_the_duty_and_the_handler_order_are_the_caller_cpus():
 
 def test_a_waiter_that_worked_before_its_wait_is_switched_in_at_the_tick_behind_a_busy_task():
     # Costs.waiter_tick_wait: the share applies in proportion to the caller's run time before a wait a
-    # timer ended, up to run_ns; the woken caller then runs at its CPU's next tick.
+    # timer ended (share * run / run_ns); the woken caller then runs at its CPU's next tick.
     from kernel_model.kvm_main import KvmModel
     from kernel_model.platforms import get_platform
     from kernel_model.sim import SPIN_LAST_NS
@@ -460,6 +461,25 @@ def test_a_waiter_that_worked_before_its_wait_is_switched_in_at_the_tick_behind_
     quarter = sum(wait_after(0, (4 * SPIN_LAST_NS, 1.0), seed)[0] > wait for seed in range(400))
     assert 60 < quarter < 140
     assert {wait_after(0, (SPIN_LAST_NS, 0.0), seed) for seed in range(20)} == plain  # share 0: never
+    # And past run_ns: a run twice as long, at half the share, is always late (not capped at run_ns).
+    assert {wait_after(0, (SPIN_LAST_NS // 2, 0.5), seed) for seed in range(20)} == late
+
+
+def test_a_timer_less_waits_tick_late_wake_up_grows_with_the_run_before_it():
+    # Costs.wakeup_latency_run_ns: the measured tick-late share (1 in 10 here) holds for a waiter that
+    # ran as long as the calibration's did; in proportion for a shorter or longer run.
+    samples = (50_000,) * 9 + (4_000_000,)
+
+    def late_share(ran: int, run_ns: int) -> float:
+        sim = Sim(250, 0.5, Costs(wakeup_latency_samples=samples, wakeup_latency_run_ns=run_ns), random.Random(5))
+        draws = [sim.wakeup_latency(ran) for _ in range(20_000)]
+        assert set(draws) <= set(samples)
+        return sum(d > TICK // 2 for d in draws) / len(draws)
+    assert 0.08 < late_share(250_000, 250_000) < 0.12
+    assert 0.007 < late_share(25_000, 250_000) < 0.014
+    assert 0.17 < late_share(500_000, 250_000) < 0.23
+    assert late_share(0, 250_000) == 0.0
+    assert 0.08 < late_share(0, 0) < 0.12  # not measured: as measured, whatever the run
 
 
 def test_a_per_cpu_share_is_pulled_towards_the_all_cpu_one():
@@ -482,6 +502,13 @@ def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
         with pytest.raises(ProfileError, match="waiter_tick_wait"):
             HostProfile.from_json({**data, "waiter_tick_wait": bad_waiter})
     del data["waiter_tick_wait"]
+    data["wakeup_latency_run_ns"] = 262_000
+    assert HostProfile.from_json(json.loads(json.dumps(data))).costs().wakeup_latency_run_ns == 262_000
+    for bad_run in (-1, 10**10, 2.5, True):
+        with pytest.raises(ProfileError, match="wakeup_latency_run_ns"):
+            HostProfile.from_json({**data, "wakeup_latency_run_ns": bad_run})
+    del data["wakeup_latency_run_ns"]
+    assert HostProfile.from_json(data).costs().wakeup_latency_run_ns == 0
     data["ticks"] = {**data["ticks"], "other_holds_duty_by_cpu": [0.1, None]}
     assert HostProfile.from_json(json.loads(json.dumps(data))).ticks.other_holds_duty_by_cpu == (0.1, None)
     for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, [],

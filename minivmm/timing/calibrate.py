@@ -12,7 +12,9 @@ leaves the timer latency the profile records.
 
 Before that, right after KVM_CREATE_VM, a memslot on the new VM's idle srcu_struct: its expedited
 grace period needs no timer; its duration beyond the model's (the kworker and the waiter getting a
-CPU) is the wake-up latency of a wait no timer ended, the profile's second distribution. It is taken
+CPU) is the wake-up latency of a wait no timer ended, the profile's second distribution, with how long
+the caller ran before it (from its sleep to the memslot: KVM_CREATE_VM, mostly), which a waiter's
+chance of being switched in only at the next tick grows with. It is taken
 where most such waits of a set-up are (a VM's KVM_CREATE_IRQCHIP, its first memslots, a deassign with
 nothing pending): with no grace period's callbacks still queued ahead of it. Taken right after a
 timer-ended grace period instead, it waited behind that grace period's callbacks on the boot CPU, and
@@ -100,6 +102,9 @@ class CalibrationRun:
     t_reg2_end_ns: int = 0
     #: How long the run spun between the first registration's return and the memslot (0: not at all).
     spun_ns: int = 0
+    #: How long the caller ran between its sleep and the idle memslot's call (KVM_CREATE_VM, mostly;
+    #: 0: not recorded): a wake-up's chance of waiting for the next tick grows with it.
+    idle_ran_ns: int = 0
 
 
 #: Every other calibration run spins this long between its registration and its memslot: a caller that
@@ -309,6 +314,7 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 efd = lib.eventfd(0, lib.EFD_CLOEXEC | lib.EFD_NONBLOCK)
                 stack.callback(os.close, efd)
                 time.sleep(rng.random() / hz)
+                t_awake = time.monotonic_ns()
                 vm = stack.enter_context(kvm.create_vm())
                 t_idle = time.monotonic_ns()
                 vm.set_user_memory_region(1, 0x100000000, MEMSLOT_SIZE, mem2.host_addr)
@@ -325,7 +331,8 @@ def run_calibration(repeat: int, hz: int, kvm_path: str = "/dev/kvm", seed: int 
                 t_reg2_end = time.monotonic_ns()
                 vm.set_user_memory_region(2, 0x200000000, MEMSLOT_SIZE, mem3.host_addr)
                 t_end2 = time.monotonic_ns()
-                runs.append(CalibrationRun(t_reg, t_end, idle_sync, t_end, t_end2, t_reg_end, t_reg2_end, spun))
+                runs.append(CalibrationRun(t_reg, t_end, idle_sync, t_end, t_end2, t_reg_end, t_reg2_end, spun,
+                                           t_idle - t_awake))
             if on_progress:
                 on_progress(i + 1)
     return runs
@@ -377,6 +384,7 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
     waiter = waiter_tick_wait(runs, hz, chain, grid, late)
     idle = model_idle_sync_ns(hz, platform)
     wake = [max(0, r.idle_sync_ns - idle) for r in runs if r.idle_sync_ns]
+    ran = sorted(r.idle_ran_ns for r in runs if r.idle_sync_ns and r.idle_ran_ns)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
         load = os.getloadavg()
@@ -385,7 +393,7 @@ def make_profile(runs: list[CalibrationRun], hz: int, platform: str, kernel: str
     env, how = (ticks.env, "tracefs") if ticks is not None and ticks.env is not None else (TickEnvironment(), "")
     return HostProfile(hz, platform, kernel, now, (load[0], load[1], load[2]), len(runs),
                        tuple(quantile_points(lat)), tuple(quantile_points(wake)) if wake else (), env, how,
-                       fixed_cost_scatter(runs), waiter)
+                       fixed_cost_scatter(runs), waiter, ran[len(ran) // 2] if ran else 0)
 
 
 class Calibration(NamedTuple):
