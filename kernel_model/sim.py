@@ -215,7 +215,8 @@ class Sim:
     def wakeup_latency(self, ran: int) -> int:
         """The extra latency of a wait no timer ended, whose caller ran ``ran`` ns before it: a draw from
         the measured ones, whose tick-late part (over half a tick) is taken ``ran /
-        Costs.wakeup_latency_run_ns`` times as often as measured (see there)."""
+        Costs.wakeup_latency_run_ns`` times as often as measured for a shorter run, as often as
+        measured for a longer one (see there)."""
         samples, run_ns = self.costs.wakeup_latency_samples, self.costs.wakeup_latency_run_ns
         if run_ns <= 0:
             return self.draw(samples)
@@ -223,7 +224,7 @@ class Sim:
         fast, late = samples[:cut], samples[cut:]
         if not late or not fast:
             return self.draw(samples)
-        p_late = min(1.0, len(late) / len(samples) * ran / run_ns)
+        p_late = len(late) / len(samples) * min(1.0, ran / run_ns)
         return self.draw(late) if self.rng.random() < p_late else self.draw(fast)
 
     def draw(self, samples: tuple[int, ...]) -> int:

@@ -467,7 +467,7 @@ def test_a_waiter_that_worked_before_its_wait_is_switched_in_at_the_tick_behind_
 
 def test_a_timer_less_waits_tick_late_wake_up_grows_with_the_run_before_it():
     # Costs.wakeup_latency_run_ns: the measured tick-late share (1 in 10 here) holds for a waiter that
-    # ran as long as the calibration's did; in proportion for a shorter or longer run.
+    # ran as long as the calibration's did or longer; in proportion for a shorter run.
     samples = (50_000,) * 9 + (4_000_000,)
 
     def late_share(ran: int, run_ns: int) -> float:
@@ -477,7 +477,7 @@ def test_a_timer_less_waits_tick_late_wake_up_grows_with_the_run_before_it():
         return sum(d > TICK // 2 for d in draws) / len(draws)
     assert 0.08 < late_share(250_000, 250_000) < 0.12
     assert 0.007 < late_share(25_000, 250_000) < 0.014
-    assert 0.17 < late_share(500_000, 250_000) < 0.23
+    assert 0.08 < late_share(500_000, 250_000) < 0.12
     assert late_share(0, 250_000) == 0.0
     assert 0.08 < late_share(0, 0) < 0.12  # not measured: as measured, whatever the run
 

@@ -453,6 +453,11 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
              f"p90 {q[n * 9 // 10] / 1000:.0f} us, p99 {q[n * 99 // 100] / 1000:.0f} us, max {q[n] / 1000:.0f} us",
              f"memslots more than half a tick late: {first:.1%} after the first registration (the runs that "
              f"did not spin before it), {second:.1%} after the second"]
+    idle = [r.idle_sync_ns for r in runs if r.idle_sync_ns]
+    if idle and profile.wakeup_latency_run_ns:
+        late_idle = sum(d > NSEC_PER_SEC // profile.hz // 2 for d in idle) / len(idle)
+        lines.append(f"the VM's first memslot (a wait no timer ended) more than half a tick late: {late_idle:.1%}, "
+                     f"its caller having run {profile.wakeup_latency_run_ns / 1000:.0f} us before it (median)")
     if profile.waiter_tick_wait is not None:
         spun, extra = profile.waiter_tick_wait
         lines.append(f"a caller that spun {spun / 1000:.0f} us before its wait was switched in a tick late "
