@@ -262,6 +262,8 @@ def test_cli_calibrate_writes_a_profile_and_never_over_a_foreign_file(tmp_path):
     assert prof.calibration_runs == 80 and len(prof.timer_latency_ns) > 2 and prof.wakeup_latency_ns
     assert 0 < prof.wakeup_latency_run_ns < 10**9  # how long its caller ran before those waits
     assert "host profile:" in proc.stdout
+    assert re.search(r"the VM's first memslot \(a wait no timer ended\) more than half a tick late: [\d.]+%, "
+                     r"its caller having run \d+ us before it", proc.stdout)
     scale, df = prof.fixed_cost_scatter or (0.0, 0)
     assert scale > 0 and df >= 1  # the host's scatter around a fixed cost, for the verdict's noise
     # --json: the same calibration as one document.
