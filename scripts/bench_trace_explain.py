@@ -40,15 +40,7 @@ def main() -> int:
             "-display", "none"]
     took = []
     for _ in range(args.runs):
-        with open(os.devnull, "w") as null:
-            saved = os.dup(1), os.dup(2)
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-            try:
-                result = Tracer(qemu, argv, until_first_run=True, timeout_s=120).run()
-            finally:
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
+        result = Tracer(qemu, argv, until_first_run=True, timeout_s=120, discard_output=True).run()
         t0 = time.perf_counter()
         exs = explain_all(result, info.hz, info.platform, samples=args.samples)
         took.append(time.perf_counter() - t0)

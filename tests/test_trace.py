@@ -54,6 +54,19 @@ def test_decodes_the_known_sequence_with_fd_roles(trace_prog: str, capfd: pytest
     assert "done 4" in capfd.readouterr().out
 
 
+def test_a_discarded_programs_output_goes_to_dev_null_not_ours(trace_prog: str,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    """discard_output (a harness starting a VMM run after run): the program writes to /dev/null, and our
+    own standard output and error stay ours (the tracer's parent never redirects them)."""
+    t = trace(trace_prog, "4", "0", discard_output=True)
+    r = t.result
+    assert r is not None and r.exit_code == 0 and len(r.events) == 8
+    out, err = capfd.readouterr()
+    assert "done 4" not in out and "self " not in err
+    print("still ours")
+    assert capfd.readouterr().out == "still ours\n"
+
+
 def test_memory_region2_is_decoded_and_replayed_as_a_memslot(trace_prog: str,
                                                              capfd: pytest.CaptureFixture[str]) -> None:
     """QEMU uses KVM_SET_USER_MEMORY_REGION2 where the kernel has KVM_CAP_USER_MEMORY2: the larger
@@ -155,6 +168,18 @@ def test_exec_failure_is_one_error_and_leaves_nothing(tmp_path: pathlib.Path) ->
     with pytest.raises(SpawnError) as e:
         trace(str(bad))
     assert e.value.stage == "execve"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_output_the_child_cannot_take_is_one_error_and_leaves_nothing() -> None:
+    from minivmm.trace.syscalls import spawn
+    fd = 1000  # not open here (nor reused by spawn's own pipe): the child's dup2() fails
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with pytest.raises(SpawnError) as e:
+        spawn("/bin/true", ["true"], dict(os.environ), fd)
+    assert e.value.stage == "redirecting its output"
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
 

@@ -47,6 +47,7 @@ SPAWN = r"""
 #define MINIVMM_STAGE_SECCOMP 1
 #define MINIVMM_STAGE_NO_NEW_PRIVS 2
 #define MINIVMM_STAGE_EXEC 3
+#define MINIVMM_STAGE_OUTPUT 4
 
 static void minivmm_child_fail(int err_fd, int stage)
 {
@@ -60,16 +61,19 @@ static void minivmm_child_fail(int err_fd, int stage)
  * fork(); in the child: default SIGPIPE/SIGXFSZ (Python ignores them and execve would keep that),
  * an empty signal mask, the seccomp filter (without no_new_privs where the caller may install filters
  * anyway, e.g. root, so set-uid helpers keep working), then stop until the tracer has seized us, then
- * execve. Returns the child's pid (or -1) in the parent. A failure in the child is written to err_fd
- * as {stage, errno} and the child exits 127.
+ * execve. With out_fd >= 0, the child's standard output and error are that file. Returns the child's
+ * pid (or -1) in the parent. A failure in the child is written to err_fd as {stage, errno} and the
+ * child exits 127.
  */
 static int minivmm_trace_spawn(const char *path, char *const argv[], char *const envp[],
-                               const struct sock_fprog *prog, int err_fd)
+                               const struct sock_fprog *prog, int err_fd, int out_fd)
 {
     sigset_t none;
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    if (out_fd >= 0 && (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0))
+        minivmm_child_fail(err_fd, MINIVMM_STAGE_OUTPUT);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL);
     sigemptyset(&none);
@@ -374,6 +378,7 @@ typedef int32_t __s32;
 #define MINIVMM_STAGE_SECCOMP ...
 #define MINIVMM_STAGE_NO_NEW_PRIVS ...
 #define MINIVMM_STAGE_EXEC ...
+#define MINIVMM_STAGE_OUTPUT ...
 
 struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; ...; };
 struct sock_fprog { unsigned short len; struct sock_filter *filter; ...; };
@@ -388,7 +393,7 @@ struct iovec { void *iov_base; size_t iov_len; ...; };
 typedef struct { int si_signo; int si_errno; int si_code; ...; } siginfo_t;
 
 int minivmm_trace_spawn(const char *path, char *const argv[], char *const envp[],
-                        const struct sock_fprog *prog, int err_fd);
+                        const struct sock_fprog *prog, int err_fd, int out_fd);
 long minivmm_ptrace(long request, int pid, void *addr, void *data);
 int minivmm_tgkill(int tgid, int tid, int sig);
 int waitpid(int pid, int *status, int options);

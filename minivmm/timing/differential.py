@@ -17,7 +17,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -215,8 +215,7 @@ def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = Tru
     runs: list[TracedRun] = []
     with tracer if trace_ticks else contextlib.nullcontext():
         for i in range(repeat):
-            with _output_to_devnull():
-                result = Tracer(argv[0], argv, until_first_run=True, timeout_s=timeout_s).run()
+            result = Tracer(argv[0], argv, until_first_run=True, timeout_s=timeout_s, discard_output=True).run()
             if result.interrupted_by is not None:
                 raise KeyboardInterrupt  # the tracer took the signal (ending its program): it ends the runs too
             if result.stop_reason is StopReason.TIMEOUT:
@@ -234,22 +233,6 @@ def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = Tru
             if on_progress:
                 on_progress(i + 1)
     return runs, tracer.record, tracer.why_not
-
-
-@contextlib.contextmanager
-def _output_to_devnull() -> Iterator[None]:
-    """Standard output and error on /dev/null while inside (the traced program inherits them)."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    saved = os.dup(1), os.dup(2)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (null, *saved):
-            os.close(fd)
 
 
 def step_key(step: Step) -> tuple[str, tuple[tuple[str, object], ...]]:

@@ -128,12 +128,14 @@ def seccomp_kvm_filter() -> Any:
 
 _STAGES = {lib.MINIVMM_STAGE_SECCOMP: "installing the seccomp filter",
            lib.MINIVMM_STAGE_NO_NEW_PRIVS: "prctl(PR_SET_NO_NEW_PRIVS)",
-           lib.MINIVMM_STAGE_EXEC: "execve"}
+           lib.MINIVMM_STAGE_EXEC: "execve",
+           lib.MINIVMM_STAGE_OUTPUT: "redirecting its output"}
 
 
-def spawn(path: str, argv: list[str], env: dict[str, str]) -> int:
+def spawn(path: str, argv: list[str], env: dict[str, str], output_fd: int = -1) -> int:
     """Fork a child that installs :func:`seccomp_kvm_filter`, stops itself with SIGSTOP and, once resumed,
-    execs ``path``. Returns the pid of the stopped child (waited for: it is in a stopped state).
+    execs ``path``; with ``output_fd`` (>= 0) its standard output and error are that file. Returns the pid
+    of the stopped child (waited for: it is in a stopped state).
 
     Raises SpawnError (with the child reaped) if the child failed before or at execve; since execve
     happens only after the tracer resumes the child, the caller learns an exec failure from
@@ -146,7 +148,7 @@ def spawn(path: str, argv: list[str], env: dict[str, str]) -> int:
     c_env = ffi.new("char *[]", keep_env + [ffi.NULL])
     c_path = ffi.new("char[]", path.encode())
     r, w = os.pipe()  # close-on-exec: a successful execve closes it, so EOF means "exec'd"
-    pid = _check(lib.minivmm_trace_spawn(c_path, c_argv, c_env, prog, w), "fork")
+    pid = _check(lib.minivmm_trace_spawn(c_path, c_argv, c_env, prog, w, output_fd), "fork")
     os.close(w)
     _spawn_pipes[pid] = r
     del filters

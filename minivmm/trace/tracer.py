@@ -322,8 +322,12 @@ class Tracer:
     def __init__(self, path: str, argv: list[str], env: dict[str, str] | None = None, *,
                  until_first_run: bool = False, detach: bool = False, timeout_s: float | None = None,
                  clock: str = "auto", on_detach: Any = None, limit: int = DEFAULT_LIMIT,
-                 attach_pid: int | None = None, on_start: Any = None, poll_ns: int = POLL_STOPS_NS) -> None:
+                 attach_pid: int | None = None, on_start: Any = None, poll_ns: int = POLL_STOPS_NS,
+                 discard_output: bool = False) -> None:
         self.path, self.argv = path, argv
+        #: The started program's standard output and error go to /dev/null (a harness that starts it
+        #: run after run); otherwise it inherits ours.
+        self.discard_output = discard_output
         #: After a stop, how long the tracer polls for the next one before it sleeps (see POLL_STOPS_NS).
         self.poll_ns = poll_ns
         #: Called with (pid, threads) once tracing has begun (-p: every thread is held).
@@ -382,7 +386,12 @@ class Tracer:
     def _start(self) -> str:
         if self.attach_pid is not None:
             return self._attach()
-        self.pid = spawn(self.path, self.argv, self.env)
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if self.discard_output else -1
+        try:
+            self.pid = spawn(self.path, self.argv, self.env, null)
+        finally:
+            if null >= 0:
+                os.close(null)
         note = "ptrace stops (CLOCK_MONOTONIC read by the tracer at the seccomp stop and the syscall-exit stop)"
         try:
             if self.clock_choice != "ptrace":
