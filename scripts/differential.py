@@ -25,7 +25,8 @@ Usage: python scripts/differential.py [--cases 20] [--repeat 100] [--seed 1] [--
        [--vmm "CMD" | --qemu] [--profile FILE.json] [--no-trace] [--json OUT.json] [--show]
 Timing figures depend on the host's load: the load average is printed with the results.
 Exit codes: 0 done; 2 bad arguments (a --profile that cannot be used, a --vmm that made no VM, /dev/kvm
-not a KVM device); 4 /dev/kvm missing or not accessible; 6 --json could not be written; 130 interrupted.
+not a KVM device); 4 /dev/kvm missing or not accessible; 6 --json could not be written; 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP), each with one line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import sys
 
 from kernel_model.costs import Costs
@@ -49,7 +51,7 @@ from minivmm.host import modelled_kernel, read_host_info, this_host
 from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
 from minivmm.progress import ProgressBar
 from minivmm.timing.calibrate import CalibrationError
-from minivmm.timing.differential import REPLAYED, ProgramError, run_case, run_program
+from minivmm.timing.differential import REPLAYED, Interrupted, ProgramError, run_case, run_program
 
 #: --qemu: a q35 machine with two vCPUs and no devices, as QEMU sets one up.
 QEMU = "qemu-system-x86_64 -enable-kvm -machine q35 -m 128 -smp 2 -nodefaults -nographic -display none"
@@ -221,9 +223,28 @@ def main() -> int:
     return 0
 
 
+#: What the one line says for each signal that ends a run.
+ENDED_BY = {"SIGINT": "interrupted", "SIGTERM": "terminated", "SIGHUP": "hung up"}
+
+
+#: The signals _interrupt_on took, in order (the measurement loop re-raises them as its own
+#: KeyboardInterrupt, which does not say which).
+_received: list[str] = []
+
+
+def _interrupt_on(signum: int, _frame: object) -> None:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (Python's default would kill the process where it
+    stands, leaving the tick tracer's tracefs instance behind and no line said)."""
+    _received.append(signal.Signals(signum).name)
+    raise Interrupted(_received[-1])
+
+
 if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, _interrupt_on)
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # the tick tracer's tracefs instance is gone by now (its __exit__ ran)
-        print("differential.py: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # the tick tracer's tracefs instance is gone by now (its __exit__ ran)
+        ended = e if isinstance(e, Interrupted) else Interrupted(_received[0] if _received else "SIGINT")
+        print(f"differential.py: {ENDED_BY[ended.signal_name]}", file=sys.stderr)
+        sys.exit(ended.exit_code)

@@ -64,8 +64,10 @@ def test_a_program_that_makes_no_vm_is_one_line() -> None:
                                         "there is no VM set-up to explain"]
 
 
-def test_ctrl_c_while_a_traced_program_runs_ends_in_one_line_and_130() -> None:
-    # The tracer takes SIGINT to end its program (as minivmm trace does); the script then stops too.
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up")])
+def test_a_signal_while_a_traced_program_runs_ends_in_one_line_and_its_code(sig: int, code: int, line: str) -> None:
+    # The tracer takes the signal to end its program (as minivmm trace does); the script then stops too.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--hz", "250", "--platform", "pvm", "--vmm", "sleep 30",
                              "--repeat", "3", "--no-trace"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -73,7 +75,22 @@ def test_ctrl_c_while_a_traced_program_runs_ends_in_one_line_and_130() -> None:
     while not pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
         assert time.monotonic() < deadline and proc.poll() is None, "the traced program never started"
         time.sleep(0.05)  # the tracee has started: the script is inside its tracer
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and err.splitlines()[-1:] == ["differential.py: interrupted"], err
+    assert proc.returncode == code and err.splitlines()[-1:] == [f"differential.py: {line}"], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.kvm
+def test_sigterm_while_cases_run_on_the_host_ends_in_one_line_and_143() -> None:
+    # No tracer here: the script's own handler, through the measurement loop's interrupt.
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--hz", "250", "--platform", "pvm", "--cases", "50",
+                             "--repeat", "200", "--no-trace"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the first case's line: the script is well inside its loop
+    assert first.startswith("case00:"), first
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.splitlines()[-1:] == ["differential.py: terminated"], err
     assert "Traceback" not in err

@@ -184,6 +184,20 @@ def case_environment(record: TickRecord, fates: list[TimerFate], measured: TickE
                         other_first_slips=measured.other_first_slips)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A harness run ended by a signal (SIGINT, SIGTERM or SIGHUP): ``signal_name`` says which, for
+    the exit code (128 + its number)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended."""
+        return 128 + int(signal.Signals[self.signal_name])
+
+
 class ProgramError(ValueError):
     """A traced program gave nothing to compare (it made no VM, or its runs share no set-up): one line."""
 
@@ -204,7 +218,7 @@ def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = Tru
     """Start ``argv`` (a VMM; ``argv[0]`` a path) ``repeat`` times under ``minivmm trace``'s tracer until
     every vCPU has entered KVM_RUN (then it is ended), its output sent to /dev/null, with the CPUs' ticks
     traced over all the runs where tracefs can be used (``trace_ticks``): the runs, the tick trace (None
-    if not traced) and why not. ProgramError if a run made no VM or timed out; KeyboardInterrupt if the
+    if not traced) and why not. ProgramError if a run made no VM or timed out; Interrupted if the
     tracer was interrupted or terminated (it ends its program first)."""
     from minivmm.trace.explain import build_sequence
     from minivmm.trace.tracer import StopReason, Tracer
@@ -217,7 +231,7 @@ def trace_program(argv: list[str], repeat: int, hz: int, trace_ticks: bool = Tru
         for i in range(repeat):
             result = Tracer(argv[0], argv, until_first_run=True, timeout_s=timeout_s, discard_output=True).run()
             if result.interrupted_by is not None:
-                raise KeyboardInterrupt  # the tracer took the signal (ending its program): it ends the runs too
+                raise Interrupted(result.interrupted_by)  # the tracer took it (ending its program): so do we
             if result.stop_reason is StopReason.TIMEOUT:
                 raise ProgramError(f"run {i + 1}: its vCPUs had not all entered KVM_RUN after {timeout_s:g} s")
             try:
