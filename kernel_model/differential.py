@@ -23,6 +23,7 @@ from kernel_model.platforms import Arch, get_platform
 from kernel_model.predict import simulate_once
 from kernel_model.sequences import Sequence, step_number, with_gaps
 from kernel_model.stats import ModeComparison, compare_modes, quantiles
+from kernel_model.tick import TickEnvironment, TracedTicks
 
 MMIO_BASE = 0xD0000000
 #: The variant the host runs (its kernel, 6.18, frees an old bus with call_srcu()).
@@ -94,12 +95,14 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
 
 class HostTimeline(NamedTuple):
     """One host repetition as the model replays it: its tick phase (where its first gap began, as a
-    share of a jiffy on the host's tick grid), each step's start, in ns from there, and the CPU its
-    caller armed its first grace-period timer on (None: it armed none, or that was not traced)."""
+    share of a jiffy on the host's tick grid), each step's start, in ns from there, the CPU its
+    caller armed its first grace-period timer on (None: it armed none, or that was not traced), and
+    the CPUs' traced ticks and tick stops from its first jiffy on (None: not traced)."""
 
     phase: float
     starts_ns: list[int]
     caller_cpu: int | None = None
+    traced: TracedTicks | None = None
 
 
 def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, costs: Costs | None,
@@ -117,12 +120,17 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
     With ``timelines`` (per repetition, from a host whose tick grid is known), each model run replays
     the repetition instead: its tick phase and every step's start are the host's (``starts_ns``), so a
     registration arms its timer for the tick the host's did, on the CPU the host's caller armed it on,
-    and a waiting step is compared with the host's in the very same situation: only what the model says
-    about the grace period, the ticks and the wake-ups is left to differ."""
+    with the other CPUs ticking and every CPU stopping its tick where the host's did (the do_timer duty
+    then follows the kernel's rule: kernel_model.tick.TracedTicks), and a waiting step is compared with
+    the host's in the very same situation: only what the model says about the grace period, the ticks
+    and the wake-ups is left to differ."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))
     nr_cpus = (costs or Costs()).cpus.nr_cpus  # a host CPU the model's host does not have: drawn instead
+    # The traced ticks are the host's measured environment, as a profile's are: replayed with one only
+    # (the model without a profile stays a quiet host's).
+    replay_ticks = costs is not None and costs.cpus != TickEnvironment()
     for r, g in enumerate(gaps):
         s = with_gaps(seq, g)
         held: list[int | None] | None = None
@@ -133,12 +141,13 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
         cpu = line.caller_cpu if line is not None else None
         if cpu is not None and cpu >= nr_cpus:
             cpu = None
+        traced = line.traced if replay_ticks and line is not None and cpu is not None else None
         for _ in range(per_rep):
             phase = rng.random()
             if line is not None:
                 phase = line.phase
             run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held, starts_ns=starts,
-                                caller_cpu=cpu)[0]
+                                caller_cpu=cpu, traced=traced)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out

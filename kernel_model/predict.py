@@ -30,6 +30,7 @@ from kernel_model.platforms import get_platform
 from kernel_model.sequences import Sequence, Step, check_bounds, step_number
 from kernel_model.sim import NSEC_PER_SEC, Sim
 from kernel_model.stats import quantiles
+from kernel_model.tick import TracedTicks
 from kernel_model.variants import get_variant
 
 
@@ -87,7 +88,8 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                   checker: InvariantChecker | None = None,
                   held_ns: list[int | None] | None = None,
                   starts_ns: list[int] | None = None,
-                  caller_cpu: int | None = None) -> tuple[list[int], KvmModel]:
+                  caller_cpu: int | None = None,
+                  traced: TracedTicks | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
     step's gap is a pause of exactly that length (``Sim.pause``).
 
@@ -101,9 +103,10 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
       gaps: each step starts where the host's did, or as soon as the model's previous step has ended
       if that is later. With ``phase`` the host's own tick phase, every registration then arms its
       timer for the tick the host's did, and a waiting step's duration is the model's answer to the
-      host's exact situation; ``caller_cpu``, the CPU the host's caller armed its timers on, completes
-      it (otherwise drawn from the profile)."""
-    sim = Sim(hz, phase, costs, rng, caller_cpu)
+      host's exact situation; ``caller_cpu``, the CPU the host's caller armed its timers on, and
+      ``traced``, the CPUs' traced ticks and tick stops (kernel_model.tick.TracedTicks), complete it
+      (otherwise drawn from the profile)."""
+    sim = Sim(hz, phase, costs, rng, caller_cpu, traced)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
     debt = 0  # ns the model's held steps ran past the host's, to come off the next gaps

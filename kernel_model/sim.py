@@ -41,7 +41,7 @@ import random
 from collections.abc import Callable
 
 from kernel_model.costs import Costs
-from kernel_model.tick import BOOT_CPU, TickSched
+from kernel_model.tick import BOOT_CPU, TickSched, TracedTicks
 
 NSEC_PER_SEC = 1_000_000_000
 #: kernel/time/timer.c: the wheel has 64 buckets per level, each level 8 times coarser.
@@ -107,7 +107,8 @@ class Sim:
     an event's own while it runs."""
 
     def __init__(self, hz: int, phase: float = 0.0, costs: Costs | None = None,
-                 rng: random.Random | None = None, caller_cpu: int | None = None) -> None:
+                 rng: random.Random | None = None, caller_cpu: int | None = None,
+                 traced: TracedTicks | None = None) -> None:
         if hz <= 0:
             raise ModelError(f"HZ must be positive, not {hz}")
         if not 0.0 <= phase < 1.0:
@@ -143,7 +144,7 @@ class Sim:
         self.kworker_busy_on_grid = [False] * env.nr_cpus
         self._timers: list[set[Timer]] = [set() for _ in range(env.nr_cpus)]
         #: The CPUs' ticks and the do_timer duty.
-        self.ticks = TickSched(self, env, self.caller_cpu)
+        self.ticks = TickSched(self, env, self.caller_cpu, traced)
         self.ticks.caller_busy(0, True)
         #: Timer firings so far (a wait that saw one draws its waiter's latency from the timer-ended ones).
         self.timers_fired = 0

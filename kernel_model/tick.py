@@ -57,6 +57,7 @@ tick are replayed from the last ``HISTORY_TICKS`` ticks), so a long idle stretch
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -175,6 +176,71 @@ class TickEnvironment(NamedTuple):
                 raise ValueError(f"{name} must hold, per CPU, a share from 0 to 1 or null")
 
 
+#: How far back the replay follows the traced ticks and tick stops to find who holds the duty.
+DUTY_HISTORY_TICKS = 64
+
+
+def handler_at(handlers: list[int], tick_ns: int, offset: int, tick: int) -> int | None:
+    """When a CPU whose tick handlers ran at ``handlers`` (sorted, ns) ran it for ``tick`` of the grid at
+    ``offset`` (None: it did not; a handler runs within half a tick of its tick)."""
+    lo = offset + tick * tick_ns
+    i = bisect.bisect_left(handlers, lo)
+    return handlers[i] if i < len(handlers) and handlers[i] < lo + tick_ns // 2 else None
+
+
+def stopped_between(stops: list[int], start: int, end: int) -> bool:
+    """Whether a CPU that stopped its tick at ``stops`` (sorted, ns) did so in ``[start, end)``."""
+    i = bisect.bisect_left(stops, start)
+    return i < len(stops) and stops[i] < end
+
+
+class TracedTicks(NamedTuple):
+    """A host's traced ticks, for a model run that replays one of its repetitions: per CPU when its tick
+    handler ran and when it stopped its tick (CLOCK_MONOTONIC ns, sorted), the tick grid, and which
+    grid tick is the model's tick 0 (the repetition's first jiffy)."""
+
+    handlers: dict[int, list[int]]
+    stops: dict[int, list[int]]
+    tick_ns: int
+    offset: int
+    tick0: int
+
+    def handler(self, cpu: int, tick: int) -> int | None:
+        """When ``cpu``'s handler ran at the model's ``tick`` (None: it did not)."""
+        return handler_at(self.handlers.get(cpu, []), self.tick_ns, self.offset, self.tick0 + tick)
+
+    def stopped(self, cpu: int, start: int, end: int) -> bool:
+        """Whether ``cpu`` stopped its tick between host times ``start`` and ``end``."""
+        return stopped_between(self.stops.get(cpu, []), start, end)
+
+    def tick_start(self, tick: int) -> int:
+        """Where the model's ``tick`` falls in host time."""
+        return self.offset + (self.tick0 + tick) * self.tick_ns
+
+    def duty_before(self, tick: int, nr_cpus: int) -> int | None:
+        """Who held the duty at the model's ``tick``, by the kernel's rule (a CPU that stops its tick
+        gives it up, the next CPU whose handler runs takes it) over the DUTY_HISTORY_TICKS before:
+        TICK_DO_TIMER_NONE if nobody did, None if no tick stop in that stretch says (the first stop
+        is taken as the holder's: the trace does not say who held the duty before it)."""
+        lo, hi = self.tick_start(tick - DUTY_HISTORY_TICKS), self.tick_start(tick)
+        events: list[tuple[int, bool, int]] = []
+        for cpu in range(nr_cpus):
+            for times, is_stop in ((self.handlers.get(cpu, []), False), (self.stops.get(cpu, []), True)):
+                i = bisect.bisect_left(times, lo)
+                while i < len(times) and times[i] < hi:
+                    events.append((times[i], is_stop, cpu))
+                    i += 1
+        events.sort()
+        holder: int | None = None  # unknown until a stop says who gave it up
+        for _, is_stop, cpu in events:
+            if is_stop:
+                if holder is None or holder == cpu:
+                    holder = TICK_DO_TIMER_NONE
+            elif holder == TICK_DO_TIMER_NONE:
+                holder = cpu
+        return holder
+
+
 def _share(v: object) -> bool:
     """Whether ``v`` is a number from 0 to 1 (not a bool)."""
     return not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 <= v <= 1.0
@@ -233,10 +299,16 @@ class TickSched:
     """The machine's tick state: ``tick_do_timer_cpu``, each CPU's tick (periodic or stopped), and per
     tick whether each CPU's timer softirq was raised. One per simulated run."""
 
-    def __init__(self, sim: Sim, env: TickEnvironment, caller_cpu: int) -> None:
+    def __init__(self, sim: Sim, env: TickEnvironment, caller_cpu: int, traced: TracedTicks | None = None) -> None:
         self.sim = sim
         self.env = env
         self.caller_cpu = caller_cpu
+        #: A replayed host repetition's traced ticks: the other CPUs tick, and every CPU stops its tick
+        #: (giving the duty up), where the host's did; the handlers run in the host's order; the duty
+        #: follows the kernel's rule from there. None: the environment's chains and shares.
+        self.traced = traced
+        #: Whether the duty is drawn at each contested tick (no trace, or no tick stop in its history).
+        self.duty_drawn = traced is None
         self.nr_cpus = env.nr_cpus
         self.tick_do_timer_cpu = TICK_DO_TIMER_NONE
         #: The last tick processed (None: none yet).
@@ -274,9 +346,10 @@ class TickSched:
         """Whether ``cpu``'s tick at ``tick`` raises TIMER_SOFTIRQ for a timer whose bucket is ``tick``
         (``run_local_timers()``: ``jiffies`` has reached ``next_expiry``). False means the timer waits
         for that CPU's next tick, which always raises it (``jiffies`` has moved on by then)."""
-        if self.env.other_tick_share == 0.0 or self.env.holds_duty_against(self.caller_cpu) == 0.0 \
-                and self.env.other_stops_between == 0.0 and self.env.caller_keeps_tick == 1.0 \
-                and self.env.other_first_slips == 0.0:
+        env = self.env
+        if self.traced is None and (env.other_tick_share == 0.0 or env.holds_duty_against(self.caller_cpu) == 0.0
+                                    and env.other_stops_between == 0.0 and env.caller_keeps_tick == 1.0
+                                    and env.other_first_slips == 0.0):
             return True  # no other CPU can come to hold the duty: the timer's CPU advances jiffies itself
         self.advance_to(tick)
         raised = self.raised.get((cpu, tick), True)
@@ -309,6 +382,14 @@ class TickSched:
         if holders and rng.random() < self.env.holds_duty_against(self.caller_cpu):
             self.tick_do_timer_cpu = holders[int(rng.random() * len(holders))]
         self.caller_was_first = rng.random() < self.env.tick_first_on(self.caller_cpu)
+        if self.traced is not None:
+            for cpu in range(self.nr_cpus):
+                if cpu != self.caller_cpu:
+                    self.ticked[cpu] = self.traced.handler(cpu, first - 1) is not None
+            holder = self.traced.duty_before(first, self.nr_cpus)
+            self.duty_drawn = holder is None
+            if holder is not None:
+                self.tick_do_timer_cpu = holder
         self.last = first - 1
 
     def _caller_cpu_ticks(self, cpu: int, tick: int) -> tuple[bool, bool]:
@@ -350,31 +431,15 @@ class TickSched:
         """One tick, every CPU: stops since the last tick first (tick_nohz_stop_tick() gives the duty
         up), then the tick handlers in their order (tick_sched_do_timer(), run_local_timers())."""
         env, rng = self.env, self.sim.rng
-        ticks: list[int] = []
-        woke: set[int] = set()
-        for cpu in range(self.nr_cpus):
-            if cpu == self.caller_cpu:
-                now_ticks, from_stop = self._caller_cpu_ticks(cpu, k)
-                if from_stop:
-                    woke.add(cpu)
-            else:
-                now_ticks = rng.random() < env.other_tick_after(self.ticked[cpu])
-                if self.ticked[cpu] and now_ticks and env.other_stops_between and \
-                        rng.random() < env.other_stops_between:
-                    self.tick_nohz_stop_tick(cpu)  # idle for a moment between two ticks
-            if self.ticked[cpu] and (not now_ticks or cpu in woke):
-                self.tick_nohz_stop_tick(cpu)  # it went idle and stopped its tick since the last one
-            self.ticked[cpu] = now_ticks
-            if now_ticks:
-                ticks.append(cpu)
+        ticks, woke = self._ticking(k)
         caller = self.caller_cpu
         if caller in ticks and len(ticks) > 1:
             ticks.remove(caller)
-            first = caller not in woke and rng.random() < env.caller_first_after(self.caller_was_first, caller)
+            first = caller not in woke and self._caller_first(k, ticks)
             if caller not in woke:
                 self.caller_was_first = first
             ticks.insert(0 if first else len(ticks), caller)
-        if len(ticks) > 1 and ticks[0] == caller and caller not in woke:
+        if self.duty_drawn and len(ticks) > 1 and ticks[0] == caller and caller not in woke:
             # A contested tick: who holds the duty decides whether the caller CPU's timers fire now. It is
             # drawn here, where it was measured (the module docstring says why it is not followed).
             self.tick_do_timer_cpu = ticks[1] if rng.random() < env.holds_duty_against(caller) else caller
@@ -388,6 +453,50 @@ class TickSched:
         if len(ticks) > 1 and ticks[0] != caller and caller in ticks and caller not in woke and \
                 env.other_first_slips and rng.random() < env.other_first_slips:
             self.raised[(caller, k)] = False  # the other CPU's jiffies update came after all
+
+    def _ticking(self, k: int) -> tuple[list[int], set[int]]:
+        """The CPUs whose tick handler runs at ``k`` (by CPU number) and those of them woken from a
+        stopped tick; the tick stops since the last tick taken (tick_nohz_stop_tick())."""
+        env, rng, traced = self.env, self.sim.rng, self.traced
+        ticks: list[int] = []
+        woke: set[int] = set()
+        for cpu in range(self.nr_cpus):
+            if cpu == self.caller_cpu and traced is not None and self.sim.tick_time(k) < 0:
+                now_ticks = traced.handler(cpu, k) is not None  # before the run: as the host's CPU did
+                stopped = False
+            elif cpu == self.caller_cpu:
+                now_ticks, from_stop = self._caller_cpu_ticks(cpu, k)
+                if from_stop:
+                    woke.add(cpu)
+                stopped = self.ticked[cpu] and (not now_ticks or cpu in woke)
+            elif traced is not None:
+                now_ticks = traced.handler(cpu, k) is not None
+                stopped = False
+            else:
+                now_ticks = rng.random() < env.other_tick_after(self.ticked[cpu])
+                if self.ticked[cpu] and now_ticks and env.other_stops_between and \
+                        rng.random() < env.other_stops_between:
+                    self.tick_nohz_stop_tick(cpu)  # idle for a moment between two ticks
+                stopped = self.ticked[cpu] and not now_ticks
+            if traced is not None:
+                # The duty moves where the host's CPUs stopped their ticks (the caller's CPU too: its
+                # other tasks and idle moments are the host's, not the model's).
+                stopped = traced.stopped(cpu, traced.tick_start(k - 1), traced.tick_start(k))
+            if stopped:
+                self.tick_nohz_stop_tick(cpu)  # it went idle and stopped its tick since the last one
+            self.ticked[cpu] = now_ticks
+            if now_ticks:
+                ticks.append(cpu)
+        return ticks, woke
+
+    def _caller_first(self, k: int, others: list[int]) -> bool:
+        """Whether the caller CPU's handler runs before the ``others``' at ``k``: as the trace shows where
+        the host's ran too, else from the environment's chain."""
+        traced = self.traced
+        mine = traced.handler(self.caller_cpu, k) if traced is not None else None
+        if traced is not None and mine is not None:
+            return all(t is None or mine < t for t in (traced.handler(c, k) for c in others))
+        return self.sim.rng.random() < self.env.caller_first_after(self.caller_was_first, self.caller_cpu)
 
     def tick_sched_do_timer(self, cpu: int) -> bool:
         """Models tick_sched_do_timer(): take the duty if nobody holds it; True if this CPU advances

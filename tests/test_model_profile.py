@@ -15,7 +15,7 @@ from kernel_model.predict import predict
 from kernel_model.profile import HostProfile, ProfileError, load_profile, quantile_points
 from kernel_model.sequences import SEQUENCES
 from kernel_model.sim import Sim
-from kernel_model.tick import TickEnvironment
+from kernel_model.tick import TickEnvironment, TracedTicks
 from minivmm.timing.calibrate import (
     CalibrationError,
     CalibrationRun,
@@ -382,6 +382,48 @@ def test_at_a_contested_tick_another_cpu_holds_the_duty_with_the_measured_share(
                               other_holds_duty=0.3, other_stops_between=0.5)
     late = sum(_registration_then_memslot(_vm(env, seed), 0xD0000050, 0) > 2 * TICK for seed in range(400))
     assert 80 < late < 160  # 30% of 400
+
+
+def _traced(cpu1_stops_again: bool) -> TracedTicks:
+    """Host ticks 900-1020 on a grid at 0 (the model's tick 0 is host tick 1005): both CPUs' handlers
+    run at every tick, CPU 0's first, but CPU 1 stopped its tick after tick 940 (so CPU 0 took the
+    duty) and CPU 0 after tick 998, for two ticks (so CPU 1 took it); with ``cpu1_stops_again`` CPU 1
+    gives it up after tick 1003 as well."""
+    cpu0 = [k * TICK + 2_000 for k in range(900, 1021) if k not in (999, 1000)]
+    cpu1 = [k * TICK + 5_000 for k in range(900, 1021) if k != 941]
+    again = [1003 * TICK + 100_000] if cpu1_stops_again else []
+    stops = {0: [998 * TICK + 100_000], 1: [940 * TICK + 100_000, *again]}
+    return TracedTicks({0: cpu0, 1: cpu1}, stops, TICK, 0, 1005)
+
+
+def test_the_duty_follows_the_traced_tick_stops_by_the_kernels_rule():
+    from kernel_model.tick import TICK_DO_TIMER_NONE
+    traced = _traced(False)
+    assert traced.duty_before(-10, 2) == 0  # CPU 1 gave it up at 940; CPU 0 ticked next
+    assert traced.duty_before(-5, 2) == 1  # CPU 0 gave it up at 998; only CPU 1 ticked until 1001
+    assert _traced(True).duty_before(0, 2) == 0  # CPU 1 gave it up again; CPU 0 ticked next
+    no_stops = traced._replace(stops={})
+    assert no_stops.duty_before(0, 2) is None  # no stop says who holds it
+    assert TICK_DO_TIMER_NONE == -1
+
+
+def test_a_replayed_run_slips_where_the_traced_ticks_put_the_duty_elsewhere():
+    # The caller (CPU 0) registers at the model's time 0 and its memslot waits for the bucket's tick,
+    # where CPU 0's handler runs first. Held by CPU 1 since CPU 0's tick stop: the timer waits a tick.
+    # Given back before the bucket: CPU 0 takes it, and the timer fires on time. Never drawn: the
+    # profile's share (1.0 here) would slip both.
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.variants import get_variant
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, caller_tick_first=1.0, other_holds_duty=1.0)
+
+    def wait(cpu1_stops_again: bool, seed: int) -> tuple[int, int]:
+        sim = Sim(250, 0.5, Costs(cpus=env), random.Random(seed), caller_cpu=0, traced=_traced(cpu1_stops_again))
+        kvm = KvmModel(sim, get_variant("call_srcu"), get_platform("pvm"))
+        return _registration_then_memslot(kvm, 0xD0000050, 0), sim.ticks.slips
+    assert {wait(False, seed)[1] for seed in range(10)} == {1}
+    assert {wait(True, seed)[1] for seed in range(10)} == {0}
+    assert all(wait(False, seed)[0] - wait(True, seed)[0] == TICK for seed in range(10))
 
 
 def test_a_timer_slips_with_the_measured_share_when_the_other_cpus_handler_runs_first():

@@ -26,7 +26,7 @@ from kernel_model.differential import HostTimeline, StepComparison, compare_step
 from kernel_model.profile import HostProfile
 from kernel_model.sequences import Sequence, Step, parse_sequence
 from kernel_model.sim import NSEC_PER_SEC
-from kernel_model.tick import TickEnvironment
+from kernel_model.tick import TickEnvironment, TracedTicks
 from minivmm.timing.calibrate import CalibrationRun, make_profile, measure_ticks, run_calibration
 from minivmm.timing.runner import Repetition, SequenceRunner, measure
 from minivmm.timing.ticktrace import TickRecord, TickTracer, TimerFate, grace_period_fates, tick_environment
@@ -36,7 +36,8 @@ from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
                    fates: list[TimerFate] | None = None) -> list[HostTimeline] | None:
     """Each repetition's tick phase and step starts on the host's tick grid, taken from the traced tick
-    handlers (``record``), and the CPU the repetition's first grace-period timer was armed on (``fates``:
+    handlers (``record``), the CPUs' traced ticks and tick stops, and the CPU the repetition's first
+    grace-period timer was armed on (``fates``:
     the grace-period timers of the threads that ran the repetitions, :func:`grace_period_fates`); None
     without a trace (the model then draws its phases)."""
     if record is None:
@@ -52,7 +53,8 @@ def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
         i = bisect.bisect_left(times, r.origin_ns)
         end = r.origin_ns + (r.starts_ns[-1] if r.starts_ns else 0)
         cpu = fates[i].cpu if i < len(fates) and times[i] <= end else None
-        out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu))
+        traced = TracedTicks(record.ticks, record.stops, tick, offset, (r.origin_ns - offset) // tick)
+        out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu, traced))
     return out
 
 

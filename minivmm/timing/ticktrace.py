@@ -27,7 +27,7 @@ import bisect
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from kernel_model.tick import TickEnvironment
+from kernel_model.tick import TickEnvironment, handler_at, stopped_between
 from minivmm.tracefs import Instance, Record, Session, TracefsUnavailable, function_filter, kernel_addresses
 
 HRTIMER, TICK_STOP = "timer/hrtimer_expire_entry", "timer/tick_stop"
@@ -113,16 +113,11 @@ class TickRecord:
 
     def handler_at(self, cpu: int, tick: int, offset: int) -> int | None:
         """When ``cpu``'s tick handler ran for ``tick`` (None: it did not)."""
-        ts = self.ticks.get(cpu, [])
-        lo = offset + tick * self.tick_ns
-        i = bisect.bisect_left(ts, lo)
-        return ts[i] if i < len(ts) and ts[i] < lo + self.tick_ns // 2 else None
+        return handler_at(self.ticks.get(cpu, []), self.tick_ns, offset, tick)
 
     def stopped_between(self, cpu: int, start: int, end: int) -> bool:
         """Whether ``cpu`` stopped its tick in ``[start, end)``."""
-        ts = self.stops.get(cpu, [])
-        i = bisect.bisect_left(ts, start)
-        return i < len(ts) and ts[i] < end
+        return stopped_between(self.stops.get(cpu, []), start, end)
 
 
 @dataclass(frozen=True)
