@@ -43,12 +43,22 @@ at one tick ran first at the next 70-80% of the time.
 Who holds the duty is followed by the rules above, but for one moment: at a contested tick (the caller
 CPU's handler runs first while another CPU ticks) another CPU holds it with the measured share
 (``other_holds_duty``: the share of traced timers that slipped where the rule allowed a slip, measured
-at exactly such ticks). The duty moves at every idle moment of every CPU, which the trace does not show
-and the model's CPUs do not reproduce: followed from ``HISTORY_TICKS`` back, it drifted to the caller
-CPU, which keeps its tick through a wait: with the ticks three calibrations traced, the model slipped
-0.9-1.8% of their timers where 2.0-4.3% had slipped (drawn at the contested tick: 2.7-3.5%), and in a
-traced QEMU set-up another CPU held the duty at 8% of the model's buckets of the stalling memslot's
-timer where 40% of the host's timers the rule let slip did.
+at exactly such ticks). The duty moves at every moment a CPU stops its tick, which the model's CPU
+chains do not reproduce: followed from ``HISTORY_TICKS`` back, it drifted to the caller CPU, which
+keeps its tick through a wait: with the ticks three calibrations traced, the model slipped 0.9-1.8% of
+their timers where 2.0-4.3% had slipped (drawn at the contested tick: 2.7-3.5%), and in a traced QEMU
+set-up another CPU held the duty at 8% of the model's buckets of the stalling memslot's timer where
+40% of the host's timers the rule let slip did.
+
+A model run that replays a traced host repetition (:class:`TracedTicks`, the differential harness)
+follows the duty instead, as the kernel does: the other CPUs tick, and every CPU stops its tick, where
+the host's did (the caller's CPU too, whose other tasks and idle moments are the host's; before the
+run its ticks are the host's as well), the handlers run in the host's order where both ran, and who
+held the duty when the replay starts comes from the DUTY_HISTORY_TICKS before by the same rule. Traced,
+that rule is what decides: of a QEMU set-up's timers whose CPU had stopped its tick, 47 of 50 and 54
+of 62 slipped where the other CPU ticked meanwhile and kept ticking, 0 of 22 and 2 of 37 where it
+stopped its own tick again. Where those ticks show no tick stop (under load, where no CPU ever stops
+its tick), the duty is still drawn at each contested tick.
 
 Evaluation is lazy: the tick state is advanced only to the ticks a pending timer's bucket falls on, and
 a stretch of more than ``HISTORY_TICKS`` ticks with nothing due is skipped (the chains and the kept

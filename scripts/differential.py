@@ -8,11 +8,12 @@ with ``minivmm timing``'s runner (jitter on), and ``--per-rep`` times per repeti
 host's HZ and platform under ``call_srcu`` (the host's kernel), each model run paired with one
 repetition: where tracefs shows the CPUs' ticks, it replays the repetition's step starts at its tick
 phase (so each registration arms its timer for the tick the host's did), and with a profile ticks the
-model's CPUs as the case's own trace shows (the do_timer duty's share, which only slipped timers tell,
-stays the profile's); otherwise it takes the repetition's gaps and the durations of the steps that wait
-for no grace period, at a random phase. A
-step agrees when every tick mode holds the same share of runs on both sides (up to sampling noise)
-and, in each mode both sides hold ten runs of, the share of host runs below the model's p10, p50 and
+model's CPUs as the case's own trace shows: they tick and stop their ticks where the host's did, and
+the do_timer duty follows the kernel's rule from there (drawn with the profile's share only where the
+trace shows no tick stop to follow it from); otherwise it takes the repetition's gaps and the
+durations of the steps that wait for no grace period, at a random phase. A step agrees when every
+tick mode holds the same share of runs on both sides (up to sampling noise) and, in each mode both
+sides hold ten runs of, the share of host runs below the model's p10, p50 and
 p90 is 10%, 50% and 90% up to the same noise (each quantile free to move by 0.2 ms). The host's odd
 repetitions against its even ones, by the same rule, say how well the host agrees with itself.
 
@@ -199,7 +200,8 @@ def main() -> int:
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     replayed = sum(p == REPLAYED for p in pairings)
     why_not = "; ".join(sorted(set(p for p in pairings if p != REPLAYED)))
-    own_ticks = "; with a profile, the CPUs' tick shares as traced over the case, the duty's from the profile"
+    own_ticks = ("; with a profile, the CPUs' ticks and tick stops as traced, the do_timer duty by the kernel's "
+                 "rule (the profile's share where no tick stop shows it)")
     print("model runs: " + ("each replays its host repetition's step starts at its tick phase (tick grid traced)"
                             + (own_ticks if costs is not None or args.interleave else "")
                             if replayed == len(pairings) else
