@@ -221,12 +221,14 @@ class Sim:
         samples, run_ns = self.costs.wakeup_latency_samples, self.costs.wakeup_latency_run_ns
         if run_ns <= 0:
             return self.draw(samples)
-        cut = bisect.bisect_right(samples, self.tick_ns // 2)
-        fast, late = samples[:cut], samples[cut:]
-        if not late or not fast:
+        n = len(samples)
+        cut = bisect.bisect_right(samples, self.tick_ns // 2)  # samples[cut:] are the tick-late ones
+        if cut in (0, n):
             return self.draw(samples)
-        p_late = len(late) / len(samples) * min(1.0, ran / run_ns)
-        return self.draw(late) if self.rng.random() < p_late else self.draw(fast)
+        # A draw from samples[cut:] or samples[:cut] as Sim.draw makes it, by index: every wait no timer
+        # ended comes here, and slicing would copy the profile's up to 2,001 points each time.
+        lo, hi = (cut, n) if self.rng.random() < (n - cut) / n * min(1.0, ran / run_ns) else (0, cut)
+        return samples[lo + int(self.rng.random() * (hi - lo))]
 
     def draw(self, samples: tuple[int, ...]) -> int:
         """One draw from a measured distribution: one of its points, each equally likely (a profile's
