@@ -471,27 +471,23 @@ class TickSched:
         ticks: list[int] = []
         woke: set[int] = set()
         for cpu in range(self.nr_cpus):
-            if cpu == self.caller_cpu and traced is not None and self.sim.tick_time(k) < 0:
-                now_ticks = traced.handler(cpu, k) is not None  # before the run: as the host's CPU did
-                stopped = False
+            if traced is not None and (cpu != self.caller_cpu or self.sim.tick_time(k) < 0):
+                now_ticks = traced.handler(cpu, k) is not None  # the caller's CPU too, before the run
             elif cpu == self.caller_cpu:
                 now_ticks, from_stop = self._caller_cpu_ticks(cpu, k)
                 if from_stop:
                     woke.add(cpu)
-                stopped = self.ticked[cpu] and (not now_ticks or cpu in woke)
-            elif traced is not None:
-                now_ticks = traced.handler(cpu, k) is not None
-                stopped = False
             else:
                 now_ticks = rng.random() < env.other_tick_after(self.ticked[cpu])
                 if self.ticked[cpu] and now_ticks and env.other_stops_between and \
                         rng.random() < env.other_stops_between:
                     self.tick_nohz_stop_tick(cpu)  # idle for a moment between two ticks
-                stopped = self.ticked[cpu] and not now_ticks
             if traced is not None:
                 # The duty moves where the host's CPUs stopped their ticks (the caller's CPU too: its
                 # other tasks and idle moments are the host's, not the model's).
                 stopped = traced.stopped(cpu, traced.tick_start(k - 1), traced.tick_start(k))
+            else:
+                stopped = self.ticked[cpu] and (not now_ticks or cpu in woke)
             if stopped:
                 self.tick_nohz_stop_tick(cpu)  # it went idle and stopped its tick since the last one
             self.ticked[cpu] = now_ticks
