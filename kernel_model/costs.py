@@ -39,8 +39,8 @@ class Costs(NamedTuple):
     #: draws from ``timer_latency_samples`` instead.
     wakeup_latency_samples: tuple[int, ...] = ()
     #: How long the calibration's caller ran before the waits ``wakeup_latency_samples`` come from (its
-    #: KVM_CREATE_VM, mostly): a waiter that ran ``ran`` ns less before its wait is switched in a tick
-    #: late (their draws of more than half a tick) ``ran / wakeup_latency_run_ns`` times as often; one
+    #: KVM_CREATE_VM, mostly): a waiter that ran ``ran`` ns less before its wait is switched in late
+    #: (their draws over sim.SWITCHED_IN_LATE_NS) ``ran / wakeup_latency_run_ns`` times as often; one
     #: that ran longer, as often as measured (not more: over four loaded differential sets, the
     #: KVM_CREATE_IRQCHIP right after a longer KVM_CREATE_VM was late as often as the calibration's
     #: idle memslot, not more). 0: as often as measured, whatever the run.

@@ -55,6 +55,13 @@ LVL_DEPTH = 9
 #: Sleeping, the caller's CPU is idle; spinning, it is busy.
 SLEEP_ABOVE_NS = 300_000
 SPIN_LAST_NS = 200_000
+#: A wake-up latency longer than this is the woken caller waiting behind another task for its CPU
+#: (until a scheduler tick, or a busy task's slice end): the fast wake-ups, the SRCU kworker and the
+#: switch back, take tens of µs (88% of a loaded calibration's under 25 µs). Not half a tick: the
+#: part from 300 µs to 2 ms (HZ=250) grows with the waiter's run before its wait as the tick-late part
+#: does; in six loaded differential sets, timer-less waits whose caller ran < 20 µs and 200-500 µs
+#: were over 300 µs late 0.9% and 8.6% of the time, over 2 ms 0.7% and 6.1%.
+SWITCHED_IN_LATE_NS = 250_000
 
 
 class ModelError(RuntimeError):
@@ -215,14 +222,14 @@ class Sim:
 
     def wakeup_latency(self, ran: int) -> int:
         """The extra latency of a wait no timer ended, whose caller ran ``ran`` ns before it: a draw from
-        the measured ones, whose tick-late part (over half a tick) is taken ``ran /
-        Costs.wakeup_latency_run_ns`` times as often as measured for a shorter run, as often as
-        measured for a longer one (see there)."""
+        the measured ones, whose late part (over SWITCHED_IN_LATE_NS: switched in behind another task)
+        is taken ``ran / Costs.wakeup_latency_run_ns`` times as often as measured for a shorter run, as
+        often as measured for a longer one (see there)."""
         samples, run_ns = self.costs.wakeup_latency_samples, self.costs.wakeup_latency_run_ns
         if run_ns <= 0:
             return self.draw(samples)
         n = len(samples)
-        cut = bisect.bisect_right(samples, self.tick_ns // 2)  # samples[cut:] are the tick-late ones
+        cut = bisect.bisect_right(samples, SWITCHED_IN_LATE_NS)  # samples[cut:] are the late ones
         if cut in (0, n):
             return self.draw(samples)
         # A draw from samples[cut:] or samples[:cut] as Sim.draw makes it, by index: every wait no timer
