@@ -123,7 +123,9 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
     with the other CPUs ticking and every CPU stopping its tick where the host's did (the do_timer duty
     then follows the kernel's rule: kernel_model.tick.TracedTicks), and a waiting step is compared with
     the host's in the very same situation: only what the model says about the grace period, the ticks
-    and the wake-ups is left to differ."""
+    and the wake-ups is left to differ. A wake-up the model draws later than the host's caller went on
+    counts in its step but does not shift the steps after it: the host's own late wake-ups are in its
+    timeline already, and the model's draws of them would otherwise be counted twice."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))

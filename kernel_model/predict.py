@@ -101,7 +101,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
       longer, the excess comes off the gaps that follow;
     - ``starts_ns`` (per step, ns from the run's start) replays the host's timeline instead of the
       gaps: each step starts where the host's did, or as soon as the model's previous step has ended
-      if that is later. With ``phase`` the host's own tick phase, every registration then arms its
+      if that is later; a waiter's drawn latency (a host profile's) that runs past the host's next
+      start counts in its step's duration but does not hold up the next step (``Sim.resume_by``).
+      With ``phase`` the host's own tick phase, every registration then arms its
       timer for the tick the host's did, and a waiting step's duration is the model's answer to the
       host's exact situation; ``caller_cpu``, the CPU the host's caller armed its timers on, and
       ``traced``, the CPUs' traced ticks and tick stops (kernel_model.tick.TracedTicks), complete it
@@ -119,6 +121,8 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
             sim.pause(max(0, gap))
         kvm.issuing(i)
         t0 = sim.now
+        sim.resume_by = starts_ns[i + 1] if starts_ns is not None and i + 1 < len(starts_ns) else None
+        sim.unserved_ns = 0
         run_step(kvm, step, rng)
         held = held_ns[i] if held_ns is not None else None
         if held is not None:
@@ -127,7 +131,7 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                 sim.spend(held - took)
             else:
                 debt += took - held
-        durations.append(sim.now - t0)
+        durations.append(sim.now - t0 + sim.unserved_ns)
     if kvm.vcpu_readers:
         kvm.stop_vcpus()
     return durations, kvm

@@ -157,6 +157,12 @@ class Sim:
         self.timers_fired = 0
         #: How much the phase (in ns) could grow before any ``jiffies`` read so far changes value.
         self.phase_slack = self.tick_ns
+        #: Replaying a host run: when the host's caller issued its next step (None: not replaying).
+        #: A waiter's own latency (Completion.wait) that runs past it is counted in the step's
+        #: duration (``unserved_ns``) but does not hold the caller up: see Completion.wait.
+        self.resume_by: int | None = None
+        #: The current step's waiter latency counted but not served (ns).
+        self.unserved_ns = 0
 
     # --- time --------------------------------------------------------------------------------
     @property
@@ -351,6 +357,17 @@ class Completion:
         run_ns, share = sim.costs.waiter_tick_wait
         if timed and share > 0.0 and run_ns > 0 and sim.rng.random() < share * ran / run_ns:
             wake, on_grid = sim.tick_time(sim.jiffy_at(wake) + 1), True  # behind a busy task: the tick
+        if sim.resume_by is not None and wake > sim.resume_by:
+            # Replaying a host run whose caller issued its next step before this waiter would wake: the
+            # drawn latency is the waiter's alone (the grace period is over), and the host's waiter
+            # was not that late. Counted in this step's duration, but the caller resumes at the host's
+            # next step, so that the steps after it meet the host's situation, not this draw's.
+            served, served_on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup,
+                                                self.completed_on_grid)
+            if served < sim.resume_by:
+                served, served_on_grid = sim.resume_by, False
+            sim.unserved_ns += wake - served
+            wake, on_grid = served, served_on_grid
         sim.ticks.caller_busy(wake, True)
         sim.on_grid = sim._caller_on_grid = on_grid
         sim.run_until(wake)

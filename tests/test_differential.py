@@ -85,6 +85,32 @@ def test_a_replayed_run_starts_each_step_where_the_host_did_or_when_the_model_is
     assert kvm.sim.now == 1_500_000 + late[2] + late[3]  # the teardown right after the memslot's wait
 
 
+def test_a_replayed_waiters_drawn_latency_counts_in_its_step_but_does_not_hold_up_the_next():
+    # Every timer-ended waiter switched in a tick late (a profile's draw). Replayed, the host's caller
+    # issued its next registration 100 us after the memslot's grace period ended (its waiter was not
+    # late): the memslot still counts the tick, and the registration and the memslot after it meet the
+    # host's situation, as in the run without the latency.
+    from kernel_model.costs import Costs
+    from kernel_model.predict import simulate_once
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n"
+                         "ioeventfd addr=0xd0001050 len=4\nmemslot slot=1 base=0x10000000 size=2M\n", "t")
+    late = Costs(timer_latency_samples=(TICK,))
+    plain = Costs(timer_latency_samples=(0,))
+    first = [5_000, 700_000, 1_500_000]
+    own, _ = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), plain,
+                           starts_ns=first + [30_000_000, 30_100_000, 60_000_000])
+    nxt = first[2] + own[2] + 100_000
+    starts = first + [nxt, nxt + 1_000_000, 60_000_000]
+    a, _ = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), plain, starts_ns=starts)
+    b, kvm = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), late, starts_ns=starts)
+    assert a[2] == own[2] and b[2] == a[2] + TICK  # counted in the memslot's duration...
+    assert b[4] == a[4] + TICK and b[3] == a[3]  # ...not in the next steps' situation (only their own waits)
+    # Not replayed, the caller is held up by it: the next steps begin a tick later.
+    c, _ = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), late)
+    d, _ = simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), plain)
+    assert c[2] == d[2] + TICK
+
+
 def test_a_replayed_run_on_a_host_cpu_the_models_host_lacks_draws_its_cpu():
     seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
     line = differential.HostTimeline(0.3, [5_000, 700_000, 1_500_000, 9_500_000], caller_cpu=7)
