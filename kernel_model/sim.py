@@ -163,6 +163,11 @@ class Sim:
         self.resume_by: int | None = None
         #: The current step's waiter latency counted but not served (ns).
         self.unserved_ns = 0
+        #: The caller's lag (EEVDF, kernel/sched/fair.c): how much CPU time the scheduler owes it, as
+        #: far as the model knows (0: none known). Earned while it waited for its CPU behind a busy
+        #: task after a late wake-up, spent while it runs; while it is positive the caller is eligible
+        #: and its wake-ups are not late (Completion.wait).
+        self.caller_lag_ns = 0
 
     # --- time --------------------------------------------------------------------------------
     @property
@@ -226,12 +231,15 @@ class Sim:
         chain with none."""
         return 0 if self.costs.timer_latency_samples else self.costs.timer_latency
 
-    def wakeup_latency(self, ran: int) -> int:
+    def wakeup_latency(self, ran: int, eligible: bool = False) -> int:
         """The extra latency of a wait no timer ended, whose caller ran ``ran`` ns before it: a draw from
         the measured ones, whose late part (over SWITCHED_IN_LATE_NS: switched in behind another task)
         is taken ``ran / Costs.wakeup_latency_run_ns`` times as often as measured for a shorter run, as
-        often as measured for a longer one (see there)."""
+        often as measured for a longer one (see there); never for an ``eligible`` caller (one the
+        scheduler owes CPU time: see Completion.wait)."""
         samples, run_ns = self.costs.wakeup_latency_samples, self.costs.wakeup_latency_run_ns
+        if eligible:
+            return self.draw_on_time(samples)
         if run_ns <= 0:
             return self.draw(samples)
         n = len(samples)
@@ -251,6 +259,12 @@ class Sim:
         more), and interpolation would turn the gap between the modes into mass that the host never
         showed."""
         return samples[int(self.rng.random() * len(samples))]
+
+    def draw_on_time(self, samples: tuple[int, ...]) -> int:
+        """One draw, as :meth:`draw` makes it, from the sorted ``samples`` that are not late (up to
+        SWITCHED_IN_LATE_NS); all of them if none is."""
+        cut = bisect.bisect_right(samples, SWITCHED_IN_LATE_NS) or len(samples)
+        return samples[int(self.rng.random() * cut)]
 
     # --- timers per CPU ------------------------------------------------------------------------
     def timers_on(self, cpu: int) -> set[Timer]:
@@ -347,16 +361,31 @@ class Completion:
         # before them ended a tick late 1.0, 2.2, 3.6, 5.9, 9.3 and 14.7% of the time.
         ran = start - sim.ticks.caller_busy_since
         timed = sim.timers_fired > fired
+        # A caller that waited for its CPU behind a busy task is owed the time: EEVDF's lag grows while
+        # it waits runnable and shrinks while it runs, by half the time each with one task beside it
+        # (the queue's average vruntime moves at half the rate of the one running), and is kept over a
+        # sleep. While the lag is positive the caller is eligible, and its wake-up goes first. In six
+        # loaded differential sets, a wait after a late one was itself late 0.8% (none timer-ended)
+        # and 3.9% (timer-ended) of the time, against 7.5% and 10.0% after one on time (callers that
+        # ran 200 us or more before it).
+        lag = sim.caller_lag_ns - ran // 2
+        eligible = lag > 0
         extra = 0
         if timed and sim.costs.timer_latency_samples:
-            extra = sim.draw(sim.costs.timer_latency_samples)
+            samples = sim.costs.timer_latency_samples
+            extra = sim.draw_on_time(samples) if eligible else sim.draw(samples)
         elif not timed and sim.costs.wakeup_latency_samples:
-            extra = sim.wakeup_latency(ran)
+            extra = sim.wakeup_latency(ran, eligible)
+        woken = max(start, self.completed_at + sim.costs.wakeup)
         wake, on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup + extra,
                                    self.completed_on_grid)
         run_ns, share = sim.costs.waiter_tick_wait
-        if timed and share > 0.0 and run_ns > 0 and sim.rng.random() < share * ran / run_ns:
+        if (timed and not eligible and share > 0.0 and run_ns > 0
+                and sim.rng.random() < share * ran / run_ns):
             wake, on_grid = sim.tick_time(sim.jiffy_at(wake) + 1), True  # behind a busy task: the tick
+        # Late, it earns half its wait (a lag the model knows); on time, it keeps what is left. A
+        # negative lag is not kept: what the draws above give for the run is all the model says of it.
+        sim.caller_lag_ns = (wake - woken) // 2 if wake - woken > SWITCHED_IN_LATE_NS else max(0, lag)
         if sim.resume_by is not None and wake > sim.resume_by:
             # Replaying a host run whose caller issued its next step before this waiter would wake: the
             # drawn latency is the waiter's alone (the grace period is over), and the host's waiter
