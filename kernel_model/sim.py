@@ -342,7 +342,10 @@ class Completion:
     def wait(self, what: str) -> None:
         """Models ``wait_for_completion()``: the caller's CPU is idle until the completion, and the
         caller runs again at completion time plus the wake-up, plus (with a host profile) a measured
-        latency: a timer-ended wait's when a timer fired during the wait, else a wake-up latency."""
+        latency: a timer-ended wait's when a timer fired during the wait, else a wake-up latency; an
+        on-time one while the scheduler owes the caller CPU time (``Sim.caller_lag_ns``). Replaying a
+        host run, a latency that runs past the host's next step counts in this step's duration but
+        does not hold the caller up (``Sim.resume_by``)."""
         sim = self.sim
         fired = sim.timers_fired
         start = sim.now
