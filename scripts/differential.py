@@ -41,18 +41,24 @@ import shutil
 import signal
 import sys
 
-from kernel_model.costs import Costs
-from kernel_model.differential import StepComparison, generate, summarize
-from kernel_model.platforms import PLATFORMS
-from kernel_model.profile import ProfileError, load_profile
-from kernel_model.sequences import step_name
-from minivmm.cli.errors import ExitCode, kvm_unavailable
-from minivmm.files import FileRefused, Output, WriteFailed
-from minivmm.host import modelled_kernel, read_host_info, this_host
-from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
-from minivmm.progress import ProgressBar
-from minivmm.timing.calibrate import CalibrationError
-from minivmm.timing.differential import REPLAYED, Interrupted, ProgramError, run_case, run_program
+try:
+    from kernel_model.costs import Costs
+    from kernel_model.differential import StepComparison, generate, summarize
+    from kernel_model.platforms import PLATFORMS
+    from kernel_model.profile import ProfileError, load_profile
+    from kernel_model.sequences import step_name
+    from minivmm.cli.errors import ExitCode, kvm_unavailable
+    from minivmm.files import FileRefused, Output, WriteFailed
+    from minivmm.host import modelled_kernel, read_host_info, this_host
+    from minivmm.kvm.paths import DEFAULT_DEVICE_PATH
+    from minivmm.progress import ProgressBar
+    from minivmm.timing.calibrate import CalibrationError
+    from minivmm.timing.differential import REPLAYED, Interrupted, ProgramError, run_case, run_program
+except KeyboardInterrupt:  # Ctrl-C while the imports run: nothing is set up yet, so nothing to undo
+    if __name__ != "__main__":
+        raise
+    print("differential.py: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 #: --qemu: a q35 machine with two vCPUs and no devices, as QEMU sets one up.
 QEMU = "qemu-system-x86_64 -enable-kvm -machine q35 -m 128 -smp 2 -nodefaults -nographic -display none"

@@ -81,6 +81,18 @@ def test_a_signal_while_a_traced_program_runs_ends_in_one_line_and_its_code(sig:
     assert "Traceback" not in err
 
 
+def test_ctrl_c_while_the_script_imports_ends_in_one_line_and_130(tmp_path: pathlib.Path) -> None:
+    # A kernel_model that Ctrl-C interrupts while it is imported (first on the path): the moment
+    # between starting the script and its own handlers.
+    fake = tmp_path / "kernel_model"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cases", "1"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 130 and proc.stderr.splitlines() == ["differential.py: interrupted"], proc.stderr
+
+
 @pytest.mark.kvm
 def test_sigterm_while_cases_run_on_the_host_ends_in_one_line_and_143() -> None:
     # No tracer here: the script's own handler, through the measurement loop's interrupt.
