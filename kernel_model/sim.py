@@ -379,9 +379,9 @@ class Completion:
             extra = sim.draw_on_time(samples) if eligible else sim.draw(samples)
         elif not timed and sim.costs.wakeup_latency_samples:
             extra = sim.wakeup_latency(ran, eligible)
-        woken = max(start, self.completed_at + sim.costs.wakeup)
-        wake, on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup + extra,
-                                   self.completed_on_grid)
+        ready = self.completed_at + sim.costs.wakeup  # the waiter can run from here, late or not
+        woken = max(start, ready)
+        wake, on_grid = sim.latest(start, sim.on_grid, ready + extra, self.completed_on_grid)
         run_ns, share = sim.costs.waiter_tick_wait
         if (timed and not eligible and share > 0.0 and run_ns > 0
                 and sim.rng.random() < share * ran / run_ns):
@@ -394,8 +394,7 @@ class Completion:
             # drawn latency is the waiter's alone (the grace period is over), and the host's waiter
             # was not that late. Counted in this step's duration, but the caller resumes at the host's
             # next step, so that the steps after it meet the host's situation, not this draw's.
-            served, served_on_grid = sim.latest(start, sim.on_grid, self.completed_at + sim.costs.wakeup,
-                                                self.completed_on_grid)
+            served, served_on_grid = sim.latest(start, sim.on_grid, ready, self.completed_on_grid)
             if served < sim.resume_by:
                 served, served_on_grid = sim.resume_by, False
             sim.unserved_ns += wake - served
