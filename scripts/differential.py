@@ -32,16 +32,17 @@ not a KVM device); 4 /dev/kvm missing or not accessible; 6 --json could not be w
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import random
-import shlex
-import shutil
-import signal
 import sys
 
-try:
+try:  # every import under the handler: a Ctrl-C while they run (start-up) ends in the script's line
+    import argparse
+    import json
+    import os
+    import random
+    import shlex
+    import shutil
+    import signal
+
     from kernel_model.costs import Costs
     from kernel_model.differential import StepComparison, generate, summarize
     from kernel_model.platforms import PLATFORMS
@@ -253,6 +254,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt as e:  # the tick tracer's tracefs instance is gone by now (its __exit__ ran)
+        for _name in ENDED_BY:  # ending already: a second Ctrl-C (or any of them) must not cut the line short
+            signal.signal(signal.Signals[_name], signal.SIG_IGN)
         ended = e if isinstance(e, Interrupted) else Interrupted(_received[0] if _received else "SIGINT")
         print(f"differential.py: {ENDED_BY[ended.signal_name]}", file=sys.stderr)
         sys.exit(ended.exit_code)

@@ -94,15 +94,21 @@ def test_ctrl_c_while_the_script_imports_ends_in_one_line_and_130(tmp_path: path
 
 
 @pytest.mark.kvm
-def test_sigterm_while_cases_run_on_the_host_ends_in_one_line_and_143() -> None:
-    # No tracer here: the script's own handler, through the measurement loop's interrupt.
+@pytest.mark.parametrize("sig, times, code, line", [(signal.SIGTERM, 1, 143, "terminated"),
+                                                    (signal.SIGINT, 2, 130, "interrupted")])
+def test_a_signal_while_cases_run_on_the_host_ends_in_one_line_and_its_code(sig: int, times: int, code: int,
+                                                                           line: str) -> None:
+    # No tracer here: the script's own handler, through the measurement loop's interrupt. A second
+    # Ctrl-C while the script ends does not cut its line or status short.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--hz", "250", "--platform", "pvm", "--cases", "50",
                              "--repeat", "200", "--no-trace"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the first case's line: the script is well inside its loop
     assert first.startswith("case00:"), first
-    proc.send_signal(signal.SIGTERM)
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.01)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and err.splitlines()[-1:] == ["differential.py: terminated"], err
+    assert proc.returncode == code and err.splitlines()[-1:] == [f"differential.py: {line}"], err
     assert "Traceback" not in err
