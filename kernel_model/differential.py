@@ -96,18 +96,20 @@ def waits_for_gp(seq: Sequence, platform: str) -> list[int]:
 class HostTimeline(NamedTuple):
     """One host repetition as the model replays it: its tick phase (where its first gap began, as a
     share of a jiffy on the host's tick grid), each step's start, in ns from there, the CPU its
-    caller armed its first grace-period timer on (None: it armed none, or that was not traced), and
-    the CPUs' traced ticks and tick stops from its first jiffy on (None: not traced)."""
+    caller armed its first grace-period timer on (None: it armed none, or that was not traced),
+    the CPUs' traced ticks and tick stops from its first jiffy on (None: not traced), and per step how
+    long each of its caller's wake-ups waited for a CPU (None: not traced)."""
 
     phase: float
     starts_ns: list[int]
     caller_cpu: int | None = None
     traced: TracedTicks | None = None
+    wakeups_ns: list[tuple[int, ...]] | None = None
 
 
 def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, costs: Costs | None,
                  per_rep: int, seed: int, durations: list[list[int]] | None = None,
-                 timelines: list[HostTimeline] | None = None) -> list[list[int]]:
+                 timelines: list[HostTimeline] | None = None, replay_wakeups: bool = True) -> list[list[int]]:
     """Per step, the model's durations: ``per_rep`` runs per host repetition, each with that
     repetition's measured gaps (the pauses the host really made) and a random tick phase.
 
@@ -125,7 +127,12 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
     the host's in the very same situation: only what the model says about the grace period, the ticks
     and the wake-ups is left to differ. A wake-up the model draws later than the host's caller went on
     counts in its step but does not shift the steps after it: the host's own late wake-ups are in its
-    timeline already, and the model's draws of them would otherwise be counted twice."""
+    timeline already, and the model's draws of them would otherwise be counted twice.
+
+    With a profile and the host caller's wake-ups traced (``HostTimeline.wakeups_ns``), the model's
+    waiters do not draw their latency: each takes the host caller's in the same step (``replay_wakeups``;
+    False draws them as a prediction does). How long a woken task waits for its CPU behind a busy one
+    is the scheduler's doing, not the grace period's or the ticks'."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in seq.steps]
     waiting = set(waits_for_gp(seq, platform))
@@ -144,12 +151,13 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
         if cpu is not None and cpu >= nr_cpus:
             cpu = None
         traced = line.traced if replay_ticks and line is not None and cpu is not None else None
+        wakeups = line.wakeups_ns if replay_wakeups and costs is not None and line is not None else None
         for _ in range(per_rep):
             phase = rng.random()
             if line is not None:
                 phase = line.phase
             run = simulate_once(s, HOST_VARIANT, hz, platform, phase, rng, costs, held_ns=held, starts_ns=starts,
-                                caller_cpu=cpu, traced=traced)[0]
+                                caller_cpu=cpu, traced=traced, wakeups_ns=wakeups)[0]
             for i, d in enumerate(run):
                 out[i].append(d)
     return out
@@ -158,7 +166,8 @@ def model_paired(seq: Sequence, gaps: list[list[int]], hz: int, platform: str, c
 @dataclass
 class StepComparison:
     """One grace-period step of one case: the model against the host, the host against itself (odd
-    repetitions against even ones), and the model without a profile against the host."""
+    repetitions against even ones), the model without a profile against the host, and, where the model
+    replayed the host caller's wake-ups, the model drawing them from the profile instead."""
 
     case: str
     #: The step's index in the case's sequence (reports show its number, kernel_model.sequences.step_number).
@@ -169,6 +178,7 @@ class StepComparison:
     model_vs_host: ModeComparison
     host_vs_host: ModeComparison
     fixed_vs_host: ModeComparison | None = None
+    drawn_vs_host: ModeComparison | None = None
 
     @property
     def ok(self) -> bool:
@@ -187,11 +197,13 @@ class StepComparison:
                "model_vs_host": side(self.model_vs_host), "host_odd_vs_even": side(self.host_vs_host)}
         if self.fixed_vs_host is not None:
             out["fixed_cost_vs_host"] = side(self.fixed_vs_host)
+        if self.drawn_vs_host is not None:
+            out["drawn_wakeups_vs_host"] = side(self.drawn_vs_host)
         return out
 
 
 def compare_step(case: str, step: int, label: str, host: list[int], model: list[int], tick: int,
-                 fixed: list[int] | None = None) -> StepComparison:
+                 fixed: list[int] | None = None, drawn: list[int] | None = None) -> StepComparison:
     """Compare one step (durations in ns, host in repetition order): the model's modes are counted from
     its own shortest run (its on-time timers all fall in mode 0); the host's halves from the lower of
     their minima."""
@@ -200,7 +212,8 @@ def compare_step(case: str, step: int, label: str, host: list[int], model: list[
     return StepComparison(case, step, label, host, model, compare_modes(host, model, tick, origin),
                           compare_modes(odd, even, tick, min(min(odd), min(even))) if odd and even else
                           compare_modes(host, host, tick, min(host)),
-                          compare_modes(host, fixed, tick, min(fixed)) if fixed else None)
+                          compare_modes(host, fixed, tick, min(fixed)) if fixed else None,
+                          compare_modes(host, drawn, tick, min(drawn)) if drawn else None)
 
 
 def summarize(results: list[StepComparison]) -> dict[str, Any]:
@@ -210,7 +223,11 @@ def summarize(results: list[StepComparison]) -> dict[str, Any]:
     ok = sum(r.ok for r in results)
     self_ok = sum(r.host_vs_host.ok for r in results)
     fixed = [r for r in results if r.fixed_vs_host is not None]
+    drawn = [r.drawn_vs_host for r in results if r.drawn_vs_host is not None]
     return {"steps": n, "within": ok, "share": ok / n if n else 0.0,
             "fixed_cost_within": sum(r.fixed_vs_host.ok for r in fixed if r.fixed_vs_host) if fixed else None,
+            # the steps whose model runs replayed the host caller's wake-ups, and how many of them agree
+            # with the wake-ups drawn from the profile instead
+            "wakeups_replayed_steps": len(drawn), "drawn_wakeups_within": sum(c.ok for c in drawn),
             "host_self_within": self_ok, "host_self_share": self_ok / n if n else 0.0,
             "misses": [r.to_json() for r in results if not r.ok]}

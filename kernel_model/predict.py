@@ -89,7 +89,8 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
                   held_ns: list[int | None] | None = None,
                   starts_ns: list[int] | None = None,
                   caller_cpu: int | None = None,
-                  traced: TracedTicks | None = None) -> tuple[list[int], KvmModel]:
+                  traced: TracedTicks | None = None,
+                  wakeups_ns: list[tuple[int, ...]] | None = None) -> tuple[list[int], KvmModel]:
     """One run of the sequence starting at ``phase`` into a jiffy: each step's duration (ns). Each
     step's gap is a pause of exactly that length (``Sim.pause``).
 
@@ -107,7 +108,9 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
       timer for the tick the host's did, and a waiting step's duration is the model's answer to the
       host's exact situation; ``caller_cpu``, the CPU the host's caller armed its timers on, and
       ``traced``, the CPUs' traced ticks and tick stops (kernel_model.tick.TracedTicks), complete it
-      (otherwise drawn from the profile)."""
+      (otherwise drawn from the profile); ``wakeups_ns``, per step, how long each of the host
+      caller's wake-ups in it waited for its CPU (traced), replaces the profile's drawn wake-up
+      latencies with the host's (``Sim.replayed_wakeups``)."""
     sim = Sim(hz, phase, costs, rng, caller_cpu, traced)
     kvm = KvmModel(sim, get_variant(variant), get_platform(platform), checker)
     durations = []
@@ -123,6 +126,7 @@ def simulate_once(sequence: Sequence, variant: str, hz: int, platform: str, phas
         t0 = sim.now
         sim.resume_by = starts_ns[i + 1] if starts_ns is not None and i + 1 < len(starts_ns) else None
         sim.unserved_ns = 0
+        sim.replayed_wakeups = list(wakeups_ns[i]) if wakeups_ns is not None else None
         run_step(kvm, step, rng)
         held = held_ns[i] if held_ns is not None else None
         if held is not None:

@@ -10,7 +10,9 @@ repetition: where tracefs shows the CPUs' ticks, it replays the repetition's ste
 phase (so each registration arms its timer for the tick the host's did), and with a profile ticks the
 model's CPUs as the case's own trace shows: they tick and stop their ticks where the host's did, and
 the do_timer duty follows the kernel's rule from there (drawn with the profile's share only where the
-trace shows no tick stop to follow it from); otherwise it takes the repetition's gaps and the
+trace shows no tick stop to follow it from), and its waiters, woken, wait for their CPU as long as the
+host's caller did in the same step (sched_wakeup to sched_switch; the comparison with them drawn from
+the profile instead is reported too); otherwise it takes the repetition's gaps and the
 durations of the steps that wait for no grace period, at a random phase. A step agrees when every
 tick mode holds the same share of runs on both sides (up to sampling noise) and, in each mode both
 sides hold ten runs of, the share of host runs below the model's p10, p50 and
@@ -42,6 +44,7 @@ try:  # every import under the handler: a Ctrl-C while they run (start-up) ends 
     import shlex
     import shutil
     import signal
+    from typing import Any
 
     from kernel_model.costs import Costs
     from kernel_model.differential import StepComparison, generate, summarize
@@ -137,6 +140,31 @@ def profile_costs(ap: argparse.ArgumentParser, path: str | None, hz: int) -> Cos
         ap.error(str(e))
 
 
+def print_verdict(s: dict[str, Any], pairings: list[str], own_ticks: bool) -> int:
+    """Say how the model runs were paired with the host's and how many steps agree (``s``: summarize's);
+    returns how many cases replayed their host timelines."""
+    replayed = sum(p == REPLAYED for p in pairings)
+    why_not = "; ".join(sorted(set(p for p in pairings if p != REPLAYED)))
+    ticks_traced = ("; with a profile, the CPUs' ticks and tick stops as traced, the do_timer duty by the kernel's "
+                    "rule (the profile's share where no tick stop shows it)")
+    print("model runs: " + ("each replays its host repetition's step starts at its tick phase (tick grid traced)"
+                            + (ticks_traced if own_ticks else "")
+                            if replayed == len(pairings) else
+                            f"the repetitions' gaps and durations at random tick phases in "
+                            f"{len(pairings) - replayed} of {len(pairings)} cases ({why_not})"))
+    print(f"{s['within']}/{s['steps']} steps agree mode by mode (shares of runs per tick mode, and p10/p50/p90 "
+          f"within each): {s['share']:.1%}")
+    if s["wakeups_replayed_steps"]:
+        print(f"the model's waiters took the host caller's traced wake-up latencies (sched_wakeup to "
+              f"sched_switch) in {s['wakeups_replayed_steps']} of these steps; drawing them from the profile "
+              f"instead, as a prediction does: {s['drawn_wakeups_within']}/{s['wakeups_replayed_steps']}")
+    if s["fixed_cost_within"] is not None:
+        print(f"the model without a profile, same rule: {s['fixed_cost_within']}/{s['steps']}")
+    print(f"the host's odd repetitions against its even ones, same rule: {s['host_self_within']}/{s['steps']} "
+          f"({s['host_self_share']:.1%})")
+    return replayed
+
+
 def main() -> int:
     """Generate, run, compare, report."""
     ap = parser()
@@ -205,21 +233,7 @@ def main() -> int:
     print(f"\nHZ={hz} ({kernel.hz_source}), {platform} ({kernel.platform_source}), {what} x "
           f"{args.repeat} repetitions, profile: {how}; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
-    replayed = sum(p == REPLAYED for p in pairings)
-    why_not = "; ".join(sorted(set(p for p in pairings if p != REPLAYED)))
-    own_ticks = ("; with a profile, the CPUs' ticks and tick stops as traced, the do_timer duty by the kernel's "
-                 "rule (the profile's share where no tick stop shows it)")
-    print("model runs: " + ("each replays its host repetition's step starts at its tick phase (tick grid traced)"
-                            + (own_ticks if costs is not None or args.interleave else "")
-                            if replayed == len(pairings) else
-                            f"the repetitions' gaps and durations at random tick phases in "
-                            f"{len(pairings) - replayed} of {len(pairings)} cases ({why_not})"))
-    print(f"{s['within']}/{s['steps']} steps agree mode by mode (shares of runs per tick mode, and p10/p50/p90 "
-          f"within each): {s['share']:.1%}")
-    if s["fixed_cost_within"] is not None:
-        print(f"the model without a profile, same rule: {s['fixed_cost_within']}/{s['steps']}")
-    print(f"the host's odd repetitions against its even ones, same rule: {s['host_self_within']}/{s['steps']} "
-          f"({s['host_self_share']:.1%})")
+    replayed = print_verdict(s, pairings, own_ticks=costs is not None or args.interleave)
     if out is not None:
         try:
             out.write(json.dumps({**s, **kernel._asdict(), "load": load0,

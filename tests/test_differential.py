@@ -111,6 +111,67 @@ def test_a_replayed_waiters_drawn_latency_counts_in_its_step_but_does_not_hold_u
     assert c[2] == d[2] + TICK
 
 
+def test_a_replayed_waiter_waits_for_its_cpu_as_long_as_the_hosts_caller_did():
+    # A profile whose timer-ended waiters are on time or a tick late, and a waiter that ran before its
+    # wait (waiter_tick_wait: always the next tick). With the host caller's wake-ups traced, neither
+    # late part is drawn (an on-time draw, 0 here, still is): the memslot's waiter takes the host's
+    # latency for its step (less the model's own wake-up cost), and one the host's caller did not sleep
+    # through takes none.
+    from kernel_model.costs import Costs
+    from kernel_model.predict import simulate_once
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    plain = Costs(timer_latency_samples=(0,))
+    late = Costs(timer_latency_samples=(0, TICK), waiter_tick_wait=(1, 1.0))
+    starts = [5_000, 700_000, 1_500_000, 30_000_000]
+
+    def memslot(costs: Costs, wakeups: list[tuple[int, ...]] | None) -> int:
+        return simulate_once(seq, "call_srcu", 250, "pvm", 0.5, random.Random(1), costs, starts_ns=starts,
+                             wakeups_ns=wakeups)[0][2]
+    own = memslot(plain, None)
+    assert memslot(late, None) > own + TICK // 2  # drawn: the next tick at least
+    assert memslot(late, [(), (), (300_000,), ()]) == own + 300_000 - late.wakeup
+    assert memslot(late, [(), (), (), ()]) == own
+    assert memslot(late, [(), (), (2_000,), ()]) == own  # within the model's own wake-up cost
+
+
+def test_only_a_profiled_model_replays_the_hosts_wake_ups_and_it_can_be_told_not_to():
+    from kernel_model.costs import Costs
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    starts = [5_000, 700_000, 1_500_000, 30_000_000]
+    slow = differential.HostTimeline(0.5, starts, wakeups_ns=[(), (), (1_000_000,), ()])
+    quick = differential.HostTimeline(0.5, starts, wakeups_ns=[(), (), (), ()])
+    gaps = [[10_000] * 4]
+    profile = Costs(timer_latency_samples=(0,))
+    a = differential.model_paired(seq, gaps, 250, "pvm", profile, 1, 1, None, [slow])[2]
+    b = differential.model_paired(seq, gaps, 250, "pvm", profile, 1, 1, None, [quick])[2]
+    assert a[0] == b[0] + 1_000_000 - profile.wakeup
+    drawn = differential.model_paired(seq, gaps, 250, "pvm", profile, 1, 1, None, [slow], replay_wakeups=False)[2]
+    assert drawn == b
+    # The model without a profile is a quiet host's: the host's wake-ups are not its.
+    assert (differential.model_paired(seq, gaps, 250, "pvm", None, 1, 1, None, [slow])
+            == differential.model_paired(seq, gaps, 250, "pvm", None, 1, 1, None, [quick]))
+
+
+def test_host_timelines_take_each_steps_wake_ups_of_the_caller_from_its_start_to_its_end():
+    from minivmm.timing.differential import host_timelines
+    from minivmm.timing.runner import Repetition
+    from minivmm.timing.ticktrace import TickRecord
+    tick, origin = 4_000_000, 1_000 * 4_000_000
+    rec = TickRecord(tick, ticks={0: [k * tick + 3_000 for k in range(990, 1010)]})
+    # Step 0 from 0 to 50 us, a sleep (the gap: its own wake-up), step 1 from 3 ms to 9 ms.
+    rep = Repetition([50_000, 6_000_000], [0, 2_950_000], [None, None], origin_ns=origin,
+                     starts_ns=[0, 3_000_000], ends_ns=[50_000, 9_000_000])
+    rec.woken = {42: [origin + 2_990_000, origin + 8_000_000]}
+    rec.switched_in = {42: [origin + 2_991_000, origin + 8_004_000]}
+    (line,) = host_timelines([rep], rec, 250, caller=42) or []
+    assert line.wakeups_ns == [(), (4_000,)]
+    (other,) = host_timelines([rep], rec, 250, caller=7) or []  # a thread whose wake-ups were not traced
+    assert other.wakeups_ns is None
+    old = Repetition(rep.durations_ns, rep.gaps_ns, rep.records, origin_ns=origin, starts_ns=rep.starts_ns)
+    (no_ends,) = host_timelines([old], rec, 250, caller=42) or []
+    assert no_ends.wakeups_ns is None
+
+
 def test_a_replayed_run_on_a_host_cpu_the_models_host_lacks_draws_its_cpu():
     seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
     line = differential.HostTimeline(0.3, [5_000, 700_000, 1_500_000, 9_500_000], caller_cpu=7)
@@ -174,6 +235,12 @@ def test_a_step_is_compared_mode_by_mode_with_the_host_against_itself_beside():
     s = differential.summarize([agree, never_slips])
     assert s["steps"] == 2 and s["within"] == 1 and len(s["misses"]) == 1
     assert s["misses"][0]["model_vs_host"]["shares"][1][1] == 0.0
+    assert s["wakeups_replayed_steps"] == 0
+    # The model with the host's wake-ups replayed, and drawing them: both reported.
+    both = differential.compare_step("c", 3, "x", host, runs(900, 0.08), TICK, drawn=runs(900, 0.0))
+    s = differential.summarize([both, agree])
+    assert (s["within"], s["wakeups_replayed_steps"], s["drawn_wakeups_within"]) == (2, 1, 0)
+    assert both.to_json()["drawn_wakeups_vs_host"]["ok"] is False
 
 
 @pytest.mark.kvm
@@ -249,3 +316,24 @@ def test_a_traced_case_is_replayed_with_its_own_ticks_and_the_profiles_duty():
     assert (env.other_holds_duty, env.other_first_slips, env.other_holds_duty_by_cpu) == (0.3, 0.05, (0.25, None))
     assert case_environment(rec, grace_period_fates(rec, [7], 2), profile) is profile  # another thread's timers
     # say nothing of this case
+
+
+@pytest.mark.kvm
+@pytest.mark.tracefs
+def test_the_callers_wake_ups_are_traced_step_by_step_on_the_host():
+    import threading
+
+    from minivmm.host import read_host_info
+    from minivmm.timing.differential import host_timelines, measure_traced
+    hz = read_host_info().hz or 250
+    seq = parse_sequence("create_vm\nioeventfd addr=0xd0000050 len=4\nmemslot slot=0 base=0 size=2M\n", "t")
+    reps, record, why_not = measure_traced(seq, 10, hz, 1)
+    if record is None:
+        pytest.skip(f"the ticks were not traced: {why_not}")
+    lines = host_timelines(reps, record, hz, caller=threading.get_native_id())
+    assert lines is not None and all(line.wakeups_ns is not None for line in lines)
+    # The memslot waits for a grace period (its caller sleeps until woken); a registration does not.
+    slept = [line.wakeups_ns[2] for line in lines if line.wakeups_ns and line.wakeups_ns[2]]
+    assert len(slept) >= len(lines) // 2
+    assert all(0 < w < 1_000_000_000 for ws in slept for w in ws)
+    assert sum(len(line.wakeups_ns[1]) for line in lines if line.wakeups_ns) <= 1

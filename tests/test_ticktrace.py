@@ -63,6 +63,28 @@ def test_no_slip_is_allowed_when_the_other_cpu_ticks_first_or_the_timer_cpu_stop
     assert ticktrace.timer_fates(made_up(late=False, other_first=False), 7, 2) == []  # another task's timer
 
 
+def test_a_callers_wake_ups_are_how_long_it_waited_for_its_cpu_after_each():
+    rec = ticktrace.TickRecord(TICK)
+    rec.feed([Record(1_000, 0, ticktrace.WAKEUP, 9, (42,)), Record(1_900, 1, ticktrace.SWITCH, 0, (42,)),
+              Record(5_000, 0, ticktrace.WAKEUP, 9, (42,)), Record(9_000_000, 0, ticktrace.SWITCH, 0, (42,)),
+              Record(9_500_000, 1, ticktrace.WAKEUP, 9, (42,))])  # never ran again before the trace ended
+    assert rec.wake_latencies(42, 0, 10_000_000) == (900, 8_995_000)
+    assert rec.wake_latencies(42, 2_000, 10_000_000) == (8_995_000,)  # the span's own wake-ups only
+    assert rec.wake_latencies(42, 6_000, 9_000_000) == ()
+    assert rec.wake_latencies(7, 0, 10_000_000) is None  # a thread not traced
+
+
+class _NoSched:
+    """An instance whose kernel has no sched tracepoints."""
+
+    def has_event(self, event: str) -> bool:
+        return not event.startswith("sched/")
+
+
+def test_a_kernel_without_sched_tracepoints_still_traces_its_ticks():
+    assert "sched:sched_wakeup" in ticktrace.arm_callers(_NoSched(), [42])  # type: ignore[arg-type]
+
+
 def test_the_environment_is_the_shares_of_what_was_traced():
     rec = made_up(late=True, other_first=False)
     fates = ticktrace.timer_fates(rec, 42, 2)

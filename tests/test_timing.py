@@ -72,6 +72,9 @@ def test_every_named_sequence_runs_on_the_host():
             assert r.starts_ns[0] == r.gaps_ns[0] and r.origin_ns + r.starts_ns[-1] < r.steps_end_ns
             for i in range(1, len(seq.steps)):
                 assert r.starts_ns[i] >= r.starts_ns[i - 1] + r.durations_ns[i - 1] + r.gaps_ns[i]
+            for i, (start, end) in enumerate(zip(r.starts_ns, r.ends_ns, strict=True)):
+                assert end >= start + r.durations_ns[i]  # the ioctl's own time is within the step's span
+                assert i + 1 == len(seq.steps) or end <= r.starts_ns[i + 1] - r.gaps_ns[i + 1]
 
 
 @pytest.mark.kvm

@@ -34,12 +34,13 @@ from minivmm.vmm.vcpu_loop import KICK_SIGNAL
 
 
 def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
-                   fates: list[TimerFate] | None = None) -> list[HostTimeline] | None:
+                   fates: list[TimerFate] | None = None, caller: int | None = None) -> list[HostTimeline] | None:
     """Each repetition's tick phase and step starts on the host's tick grid, taken from the traced tick
-    handlers (``record``), the CPUs' traced ticks and tick stops, and the CPU the repetition's first
+    handlers (``record``), the CPUs' traced ticks and tick stops, the CPU the repetition's first
     grace-period timer was armed on (``fates``:
-    the grace-period timers of the threads that ran the repetitions, :func:`grace_period_fates`); None
-    without a trace (the model then draws its phases)."""
+    the grace-period timers of the threads that ran the repetitions, :func:`grace_period_fates`), and
+    per step how long each wake-up of the thread that ran them (``caller``, where its wake-ups were
+    traced) waited for its CPU; None without a trace (the model then draws its phases)."""
     if record is None:
         return None
     tick = NSEC_PER_SEC // hz
@@ -54,7 +55,12 @@ def host_timelines(reps: list[Repetition], record: TickRecord | None, hz: int,
         end = r.origin_ns + (r.starts_ns[-1] if r.starts_ns else 0)
         cpu = fates[i].cpu if i < len(fates) and times[i] <= end else None
         traced = TracedTicks(record.ticks, record.stops, tick, offset, (r.origin_ns - offset) // tick)
-        out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu, traced))
+        wakeups = None
+        if caller is not None and len(r.ends_ns) == len(r.starts_ns):
+            per_step = [record.wake_latencies(caller, r.origin_ns + a, r.origin_ns + b)
+                        for a, b in zip(r.starts_ns, r.ends_ns)]
+            wakeups = None if any(w is None for w in per_step) else [w or () for w in per_step]
+        out.append(HostTimeline(((r.origin_ns - offset) % tick) / tick, list(r.starts_ns), cpu, traced, wakeups))
     return out
 
 
@@ -63,7 +69,7 @@ def measure_traced(seq: Sequence, repeat: int, hz: int, seed: int, kvm_path: str
                    ) -> tuple[list[Repetition], TickRecord | None, str]:
     """``repeat`` repetitions of ``seq`` (jitter on) with the CPUs' ticks traced where tracefs can be
     used (``trace_ticks``): the repetitions, the trace (None if not traced) and why not."""
-    tracer = TickTracer(NSEC_PER_SEC // hz)
+    tracer = TickTracer(NSEC_PER_SEC // hz, callers=[threading.get_native_id()])
     if not trace_ticks:
         tracer.why_not = "not asked to"
 
@@ -89,7 +95,7 @@ def measure_interleaved(seq: Sequence, repeat: int, hz: int, platform: str, seed
     old = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     reps: list[Repetition] = []
     cal: list[CalibrationRun] = []
-    tracer = TickTracer(NSEC_PER_SEC // hz)
+    tracer = TickTracer(NSEC_PER_SEC // hz, callers=[threading.get_native_id()])
     if not trace_ticks:
         tracer.why_not = "not asked to"
     try:
@@ -153,14 +159,20 @@ def compare_case(name: str, seq: Sequence, reps: list[Repetition], record: TickR
     gaps = [r.gaps_ns for r in reps]
     held = [r.durations_ns for r in reps]
     fates = grace_period_fates(record, tids, os.cpu_count() or 1) if record is not None else []
-    lines = host_timelines(reps, record, hz, fates)
+    callers = set(tids)
+    lines = host_timelines(reps, record, hz, fates, callers.pop() if len(callers) == 1 else None)
     if costs is not None and record is not None and costs.cpus != TickEnvironment():
         costs = costs._replace(cpus=case_environment(record, fates, costs.cpus))
     model = model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines)
     fixed = None if costs is None else model_paired(seq, gaps, hz, platform, None, per_rep, seed, held, lines)
+    # The model as a prediction would run it, its waiters' wake-ups drawn from the profile: how well the
+    # model's scheduler stands in for the host's (only when the host's were replayed above).
+    replayed = costs is not None and lines is not None and all(line.wakeups_ns is not None for line in lines)
+    drawn = (model_paired(seq, gaps, hz, platform, costs, per_rep, seed, held, lines, replay_wakeups=False)
+             if replayed else None)
     tick = NSEC_PER_SEC // hz
     steps = [compare_step(name, i, seq.steps[i].label, [r.durations_ns[i] for r in reps], model[i], tick,
-                          fixed[i] if fixed else None)
+                          fixed[i] if fixed else None, drawn[i] if drawn else None)
              for i in waits_for_gp(seq, platform)]
     return CaseResult(steps, profile, REPLAYED if lines is not None else why_not)
 

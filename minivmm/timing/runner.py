@@ -44,6 +44,9 @@ class Repetition:
     #: Each step's start (the end of its gap), in ns from ``origin_ns``: the repetition's timeline,
     #: which the differential harness replays in the model.
     starts_ns: list[int] = field(default_factory=list)
+    #: Each step's end (when its ioctl had returned), in ns from ``origin_ns``: with ``starts_ns``, the
+    #: stretches in which the caller's traced wake-ups were its steps' (the gaps have their own: a sleep).
+    ends_ns: list[int] = field(default_factory=list)
 
 
 class MeasurementInterrupted(KeyboardInterrupt):
@@ -106,6 +109,7 @@ class SequenceRunner:
         gaps: list[int] = []
         records: list[IoctlRecord | None] = []
         starts: list[int] = []
+        ends: list[int] = []
         state = HostState(self.kvm)
         last_end = origin = time.monotonic_ns()
         try:
@@ -118,13 +122,14 @@ class SequenceRunner:
                 before = len(tracer.records)
                 own = issue()
                 end = time.monotonic_ns()
+                ends.append(end - origin)
                 rec = tracer.records[before] if own is None and len(tracer.records) > before else None
                 records.append(rec)
                 durations.append(own if own is not None else rec.elapsed_ns if rec else end - start)
                 last_end = time.monotonic_ns()
         finally:
             state.close()
-        return Repetition(durations, gaps, records, last_end, origin, starts)
+        return Repetition(durations, gaps, records, last_end, origin, starts, ends)
 
 
 def measure(seq: Sequence, repeat: int, jitter: bool, hz: int, kvm_path: str = DEFAULT_DEVICE_PATH,

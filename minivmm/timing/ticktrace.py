@@ -9,7 +9,10 @@ the calibration reads):
 * ``timer:tick_stop``: a CPU stopping its tick in NOHZ idle (tick_nohz_stop_tick());
 * ``timer:timer_start`` / ``timer:timer_expire_entry`` of ``delayed_work_timer_fn``: the calibration's
   ``process_srcu`` timers, armed by the calibrating thread, with their bucket (``bucket_expiry``) and
-  the jiffies value when armed (``now``).
+  the jiffies value when armed (``now``);
+* given the calling threads, ``sched:sched_wakeup`` of them and ``sched:sched_switch`` to them: when
+  each wake-up of a waiting caller made it runnable and when it ran (:func:`wake_latencies`), the
+  scheduler's part of a wait, which the differential harness replays.
 
 From these, per timer: its CPU, the tick its bucket falls on, whether each other CPU's tick handler ran
 at that tick and in which order, whether the timer's CPU kept its tick through the wait (its handler
@@ -33,7 +36,22 @@ from minivmm.tracefs import Instance, Record, Session, TracefsUnavailable, funct
 HRTIMER, TICK_STOP = "timer/hrtimer_expire_entry", "timer/tick_stop"
 TIMER_START, TIMER_EXPIRE = "timer/timer_start", "timer/timer_expire_entry"
 TICK_FN, DWORK_FN = "tick_nohz_handler", "delayed_work_timer_fn"
+WAKEUP, SWITCH = "sched/sched_wakeup", "sched/sched_switch"
 BUFFER_KB_PER_CPU = 4096
+
+
+def arm_callers(inst: Instance, tids: Collection[int]) -> str:
+    """Enable the wake-ups of threads ``tids`` and the switches to them in ``inst`` (before it starts);
+    "" when done, else why not (the ticks are traced either way)."""
+    for event in (WAKEUP, SWITCH):
+        if not inst.has_event(event):
+            return f"the kernel has no {event.replace('/', ':')} tracepoint"
+    try:
+        inst.enable(WAKEUP, ("pid",), " || ".join(f"pid == {t}" for t in sorted(tids)))
+        inst.enable(SWITCH, ("next_pid",), " || ".join(f"next_pid == {t}" for t in sorted(tids)))
+    except TracefsUnavailable as e:
+        return str(e)
+    return ""
 
 
 def arm(inst: Instance) -> None:
@@ -76,6 +94,10 @@ class TickRecord:
     armed: dict[int, list[tuple[int, int, int, int, int]]] = field(default_factory=dict)
     #: timer -> times it expired.
     expired: dict[int, list[int]] = field(default_factory=dict)
+    #: traced caller thread -> times a wake-up made it runnable (sched_wakeup).
+    woken: dict[int, list[int]] = field(default_factory=dict)
+    #: traced caller thread -> times a CPU switched to it (sched_switch).
+    switched_in: dict[int, list[int]] = field(default_factory=dict)
 
     def feed(self, records: list[Record]) -> None:
         """Take the instance's records (in time order)."""
@@ -90,6 +112,10 @@ class TickRecord:
                 self.armed.setdefault(timer, []).append((rec.ts, rec.cpu, rec.pid, bucket, now))
             elif rec.event == TIMER_EXPIRE:
                 self.expired.setdefault(rec.fields[0], []).append(rec.ts)
+            elif rec.event == WAKEUP:
+                self.woken.setdefault(rec.fields[0], []).append(rec.ts)
+            elif rec.event == SWITCH:
+                self.switched_in.setdefault(rec.fields[0], []).append(rec.ts)
 
     def grid_offset(self) -> int:
         """Where the ticks fall in CLOCK_MONOTONIC (0 <= offset < tick): the handlers' earliest phase,
@@ -118,6 +144,21 @@ class TickRecord:
     def stopped_between(self, cpu: int, start: int, end: int) -> bool:
         """Whether ``cpu`` stopped its tick in ``[start, end)``."""
         return stopped_between(self.stops.get(cpu, []), start, end)
+
+    def wake_latencies(self, tid: int, start: int, end: int) -> tuple[int, ...] | None:
+        """How long each wake-up of thread ``tid`` in ``[start, end)`` waited to run (sched_wakeup to
+        the next sched_switch to it), in order; None when its wake-ups were not traced."""
+        woken, ran = self.woken.get(tid), self.switched_in.get(tid, [])
+        if woken is None and tid not in self.switched_in:
+            return None
+        out = []
+        for w in (woken or [])[bisect.bisect_left(woken or [], start):]:
+            if w >= end:
+                break
+            i = bisect.bisect_left(ran, w)
+            if i < len(ran):
+                out.append(ran[i] - w)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -273,12 +314,17 @@ class TickTracer:
     """Trace the ticks of what runs inside ``with``: ``record`` is then the :class:`TickRecord`, or None
     with ``why_not`` saying why (tracefs not usable here: not root, no such tracepoints, ...). Call
     :meth:`poll` now and then (between calibration runs): it moves what the kernel recorded out of its
-    buffers, so they never fill. Owned by the thread that entered it."""
+    buffers, so they never fill. Owned by the thread that entered it.
 
-    def __init__(self, tick_ns: int) -> None:
+    With ``callers`` (thread ids) it also records their wake-ups and switches to them (``TickRecord.woken``,
+    ``switched_in``), where the kernel can; ``callers_why_not`` says why not."""
+
+    def __init__(self, tick_ns: int, callers: Collection[int] = ()) -> None:
         self.tick_ns = tick_ns
+        self.callers = tuple(callers)
         self.record: TickRecord | None = None
         self.why_not = ""
+        self.callers_why_not = "" if self.callers else "no caller named"
         self.lost = 0
         self._session: Session | None = None
         self._inst: Instance | None = None
@@ -287,6 +333,8 @@ class TickTracer:
         try:
             self._session = Session.open()
             self._inst = self._session.instance("ticks")
+            if self.callers:
+                self.callers_why_not = arm_callers(self._inst, self.callers)
             arm(self._inst)
         except (TracefsUnavailable, OSError) as e:
             self.why_not = str(e) if isinstance(e, TracefsUnavailable) else f"tracefs: {e.strerror or e}"
