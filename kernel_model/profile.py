@@ -18,6 +18,8 @@ The file is JSON::
                "other_tick_persist": 0.8, "caller_tick_first": 0.5,
                "other_holds_duty": 0.3, "other_first_slips": 0.02,
                "caller_tick_first_by_cpu": [0.2, 0.8],   # per CPU the caller is on (null: not measured)
+               "slips_by_lead": [[0.05, 0.3, ...], [0.0, ...]],  # per CPU, per bin of its handler's
+                                                  # lead, the share of timers that slipped (optional)
                "measured_with": "tracefs"},       # or "" (not measured: no tracefs; a quiet host)
      "fixed_cost_scatter": {"scale": 0.12, "df": 3},  # Student's t of ln(duration / its median) of the
                                                   # calibration's fixed-cost ioctls: this host's scatter
@@ -212,6 +214,11 @@ def _ticks(data: Any, where: str) -> tuple[TickEnvironment, str]:
             if not isinstance(fields[name], (list, tuple)):
                 raise ProfileError(f"{where}: ticks.{name} must be an array")
             fields[name] = tuple(fields[name])
+    if "slips_by_lead" in fields:  # per CPU, an array of shares per lead bin
+        rows = fields["slips_by_lead"]
+        if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rows):
+            raise ProfileError(f"{where}: ticks.slips_by_lead must be an array of arrays")
+        fields["slips_by_lead"] = tuple(tuple(r) for r in rows)
     env = TickEnvironment(**fields)
     try:
         env.check()

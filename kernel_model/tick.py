@@ -58,7 +58,14 @@ held the duty when the replay starts comes from the DUTY_HISTORY_TICKS before by
 that rule is what decides: of a QEMU set-up's timers whose CPU had stopped its tick, 47 of 50 and 54
 of 62 slipped where the other CPU ticked meanwhile and kept ticking, 0 of 22 and 2 of 37 where it
 stopped its own tick again. Where those ticks show no tick stop (under load, where no CPU ever stops
-its tick), the duty is still drawn at each contested tick.
+its tick), the duty stays on one CPU, and whether a timer of the other slips is a race the traced
+handlers settle: the duty holder's ``tick_do_update_jiffies64()`` against the timer CPU's
+``run_local_timers()``, each a few µs into its handler. Traced under two busy loops (12 cases, 10,000
+timers), no timer of the CPU holding the duty slipped; the other's slipped 5% of the time when its
+handler entered after the holder's, 30% when it entered 0-2 µs before, 98% when further ahead. The
+replay takes the share measured for the timer CPU and its handler's lead at the bucket's tick
+(``TickEnvironment.slips_by_lead``, from the calibration's own timers); where that was not measured,
+the duty is drawn at each contested tick.
 
 Evaluation is lazy: the tick state is advanced only to the ticks a pending timer's bucket falls on, and
 a stretch of more than ``HISTORY_TICKS`` ticks with nothing due is skipped (the chains and the kept
@@ -139,6 +146,15 @@ class TickEnvironment(NamedTuple):
     #: the other did (which CPU held it changed from one minute to the next).
     caller_tick_first_by_cpu: tuple[float | None, ...] = ()
     other_holds_duty_by_cpu: tuple[float | None, ...] = ()
+    #: Per CPU a timer is on (index), per bin of LEAD_BINS_NS: the share of traced timers that slipped
+    #: when that CPU's handler ran by so much before the other CPUs' at their bucket's tick (a negative
+    #: lead: after them), where no tick stop said who held the duty (None: no such timer). A busy host's
+    #: duty stays with one CPU, and whether the other's timer slips is the race between the holder's
+    #: jiffies update and the timer CPU's run_local_timers(), which the handlers' entries, a few µs
+    #: apart, settle: traced under two busy loops, the timers of the CPU without the duty slipped 5%
+    #: of the time after the holder's handler, 30% within 2 µs before it and 98% further ahead; the
+    #: holder's never. A replay (TracedTicks) that knows the lead takes this share; () : not measured.
+    slips_by_lead: tuple[tuple[float | None, ...], ...] = ()
 
     @property
     def quiet(self) -> bool:
@@ -170,6 +186,12 @@ class TickEnvironment(NamedTuple):
         v = by[cpu] if cpu < len(by) else None
         return self.other_holds_duty if v is None else v
 
+    def slip_share(self, cpu: int, lead_ns: int) -> float | None:
+        """slips_by_lead for a timer on ``cpu`` whose handler led the others' by ``lead_ns`` (None: not
+        measured)."""
+        by = self.slips_by_lead
+        return by[cpu][lead_bin(lead_ns)] if cpu < len(by) else None
+
     def check(self) -> None:
         """ValueError naming the first field out of range."""
         if not 1 <= self.nr_cpus <= 4096:
@@ -184,10 +206,24 @@ class TickEnvironment(NamedTuple):
             if not isinstance(by, tuple) or len(by) > self.nr_cpus or \
                     not all(v is None or _share(v) for v in by):
                 raise ValueError(f"{name} must hold, per CPU, a share from 0 to 1 or null")
+        by_lead = self.slips_by_lead
+        if not isinstance(by_lead, tuple) or len(by_lead) > self.nr_cpus or not all(
+                isinstance(row, tuple) and len(row) == len(LEAD_BINS_NS) + 1
+                and all(v is None or _share(v) for v in row) for row in by_lead):
+            raise ValueError(f"slips_by_lead must hold, per CPU, {len(LEAD_BINS_NS) + 1} shares from 0 to 1 or "
+                             "null (one per lead bin)")
 
 
 #: How far back the replay follows the traced ticks and tick stops to find who holds the duty.
 DUTY_HISTORY_TICKS = 64
+#: The bins of a timer CPU's handler lead over the other CPUs' (ns) that TickEnvironment.slips_by_lead
+#: is measured in: before 0 (the others' ran first), 0-0.5 µs, ..., 2-5 µs, from 5 µs on.
+LEAD_BINS_NS = (0, 500, 1_000, 1_500, 2_000, 5_000)
+
+
+def lead_bin(lead_ns: int) -> int:
+    """The LEAD_BINS_NS bin of a handler lead (0: negative, the others' handlers ran first)."""
+    return bisect.bisect_right(LEAD_BINS_NS, lead_ns)
 
 
 def handler_at(handlers: list[int], tick_ns: int, offset: int, tick: int) -> int | None:
@@ -449,7 +485,8 @@ class TickSched:
             if caller not in woke:
                 self.caller_was_first = first
             ticks.insert(0 if first else len(ticks), caller)
-        if self.duty_drawn and len(ticks) > 1 and ticks[0] == caller and caller not in woke:
+        raced = self._race_by_lead(k, ticks, woke)
+        if raced is None and self.duty_drawn and len(ticks) > 1 and ticks[0] == caller and caller not in woke:
             # A contested tick: who holds the duty decides whether the caller CPU's timers fire now. It is
             # drawn here, where it was measured (the module docstring says why it is not followed).
             self.tick_do_timer_cpu = ticks[1] if rng.random() < env.holds_duty_against(caller) else caller
@@ -460,9 +497,24 @@ class TickSched:
             if self.tick_sched_do_timer(cpu):
                 jiffies_updated = True
             self.raised[(cpu, k)] = jiffies_updated  # run_local_timers(): jiffies >= next_expiry?
-        if len(ticks) > 1 and ticks[0] != caller and caller in ticks and caller not in woke and \
+        if raced is not None:
+            self.raised[(caller, k)] = rng.random() >= raced
+        elif len(ticks) > 1 and ticks[0] != caller and caller in ticks and caller not in woke and \
                 env.other_first_slips and rng.random() < env.other_first_slips:
             self.raised[(caller, k)] = False  # the other CPU's jiffies update came after all
+
+    def _race_by_lead(self, k: int, ticks: list[int], woke: set[int]) -> float | None:
+        """Where a replay knows by how much the caller CPU's handler led the others' at ``k`` and no
+        tick stop said who holds the duty: the measured chance that a timer on the caller's CPU slips
+        (TickEnvironment.slips_by_lead); None elsewhere (the duty's rules and shares decide)."""
+        traced, caller = self.traced, self.caller_cpu
+        if traced is None or not self.duty_drawn or caller not in ticks or caller in woke or len(ticks) < 2:
+            return None
+        mine = traced.handler(caller, k)
+        theirs = [traced.handler(c, k) for c in ticks if c != caller]
+        if mine is None or any(t is None for t in theirs):
+            return None
+        return self.env.slip_share(caller, min(t for t in theirs if t is not None) - mine)
 
     def _ticking(self, k: int) -> tuple[list[int], set[int]]:
         """The CPUs whose tick handler runs at ``k`` (by CPU number) and those of them woken from a

@@ -426,6 +426,50 @@ def test_a_replayed_run_slips_where_the_traced_ticks_put_the_duty_elsewhere():
     assert all(wait(False, seed)[0] - wait(True, seed)[0] == TICK for seed in range(10))
 
 
+def _busy(lead_ns: int) -> TracedTicks:
+    """Host ticks 900-1020 on a grid at 0 (the model's tick 0 is host tick 1005), both CPUs' handlers at
+    every tick, CPU 0's ``lead_ns`` before CPU 1's, and no tick stop: nothing says who holds the duty."""
+    cpu0 = [k * TICK + 10_000 for k in range(900, 1021)]
+    cpu1 = [k * TICK + 10_000 + lead_ns for k in range(900, 1021)]
+    return TracedTicks({0: cpu0, 1: cpu1}, {}, TICK, 0, 1005)
+
+
+def test_where_no_tick_stop_says_who_holds_the_duty_the_handlers_lead_decides_the_race():
+    # A busy host: every CPU ticks, none stops. The caller's timer (CPU 0) slips with the share measured
+    # for its CPU's handler lead at the bucket's tick, whatever the duty's drawn share (0 here) says.
+    from kernel_model.kvm_main import KvmModel
+    from kernel_model.platforms import get_platform
+    from kernel_model.tick import LEAD_BINS_NS, lead_bin
+    from kernel_model.variants import get_variant
+    assert [lead_bin(x) for x in (-1, 0, 499, 500, 1_999, 2_000, 4_999, 5_000)] == [0, 1, 1, 2, 4, 5, 5, 6]
+    race = ((0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0), (0.0,) * (len(LEAD_BINS_NS) + 1))
+    env = BUSY_OTHER._replace(caller_keeps_tick=1.0, other_holds_duty=0.0, slips_by_lead=race)
+    assert env.slip_share(0, 3_000) == 1.0 and env.slip_share(1, 3_000) == 0.0 and env.slip_share(2, 0) is None
+
+    def slips(lead_ns: int, cpu: int = 0, environment: TickEnvironment = env) -> set[int]:
+        out = set()
+        for seed in range(10):
+            sim = Sim(250, 0.5, Costs(cpus=environment), random.Random(seed), caller_cpu=cpu, traced=_busy(lead_ns))
+            _registration_then_memslot(KvmModel(sim, get_variant("call_srcu"), get_platform("pvm")), 0xD0000050, 0)
+            out.add(sim.ticks.slips)
+        return out
+    assert slips(3_000) == {1}  # CPU 0's handler 3 us ahead: its timer slips
+    assert slips(200) == {0}  # 0.2 us ahead: the holder's update came first
+    assert slips(-3_000) == {0}  # behind: nothing to race
+    assert slips(-3_000, cpu=1) == {0}  # CPU 1's handler 3 us ahead, but no timer of CPU 1 ever slipped
+    # Not measured: the duty's share decides as before (0: the caller CPU holds it, nothing slips).
+    assert slips(3_000, environment=env._replace(slips_by_lead=())) == {0}
+
+
+def test_a_race_table_is_checked_for_its_shape():
+    from kernel_model.tick import LEAD_BINS_NS
+    ok = BUSY_OTHER._replace(slips_by_lead=((0.1,) * (len(LEAD_BINS_NS) + 1), (None,) * (len(LEAD_BINS_NS) + 1)))
+    ok.check()
+    for bad in (((0.1,) * 3,), ((1.5,) * (len(LEAD_BINS_NS) + 1),), [(0.1,) * (len(LEAD_BINS_NS) + 1)]):
+        with pytest.raises(ValueError, match="slips_by_lead"):
+            BUSY_OTHER._replace(slips_by_lead=bad).check()
+
+
 def test_a_timer_slips_with_the_measured_share_when_the_other_cpus_handler_runs_first():
     # The duty holder's handler enters first, yet its jiffies update can come after the timer CPU's
     # run_local_timers(): other_first_slips, applied where the other CPU ticks first.
@@ -589,9 +633,13 @@ def test_profile_carries_the_ticks_and_refuses_bad_ones(tmp_path):
     assert HostProfile.from_json(data).costs().wakeup_latency_run_ns == 0
     data["ticks"] = {**data["ticks"], "other_holds_duty_by_cpu": [0.1, None]}
     assert HostProfile.from_json(json.loads(json.dumps(data))).ticks.other_holds_duty_by_cpu == (0.1, None)
+    race = [[0.05, 0.3, 0.4, None, 0.5, 0.98, 1.0], [0.0] * 7]
+    data["ticks"] = {**data["ticks"], "slips_by_lead": race}
+    assert HostProfile.from_json(json.loads(json.dumps(data))).ticks.slips_by_lead == tuple(map(tuple, race))
     for bad in ({"other_tick_share": 1.5}, {"caller_tick_first": "x"}, {"nr_cpus": 0}, {"color": 1}, [],
                 {"other_holds_duty_by_cpu": 0.5}, {"caller_tick_first_by_cpu": [0.5, 2]},
-                {"caller_tick_first_by_cpu": [0.5, 0.5, 0.5]}):
+                {"caller_tick_first_by_cpu": [0.5, 0.5, 0.5]}, {"slips_by_lead": [0.5]},
+                {"slips_by_lead": [[0.5] * 3]}, {"slips_by_lead": [[0.5] * 7] * 3}):
         data["ticks"] = bad
         with pytest.raises(ProfileError, match="ticks"):
             HostProfile.from_json(data)

@@ -74,6 +74,44 @@ def test_a_callers_wake_ups_are_how_long_it_waited_for_its_cpu_after_each():
     assert rec.wake_latencies(7, 0, 10_000_000) is None  # a thread not traced
 
 
+def test_the_race_is_measured_by_the_lead_of_the_timer_cpus_handler_where_no_stop_names_the_holder():
+    # Three timers on CPU 0, one per bucket tick: its handler 3 us ahead (slipped), 0.2 us ahead (on
+    # time), behind (on time); one on CPU 1, its handler 3 us ahead (on time: CPU 1 holds the duty).
+    from kernel_model.tick import LEAD_BINS_NS, lead_bin
+    records = []
+    for k in range(60, 120):
+        records.append(Record(handler(k, 5_000), 0, ticktrace.HRTIMER, 0, ()))
+        lead = {102: 3_000, 106: 200, 110: -1_000}.get(k, 0)
+        records.append(Record(handler(k, 5_000 + lead if k != 114 else 2_000), 1, ticktrace.HRTIMER, 0, ()))
+    for n, (bucket, cpu, late) in enumerate([(102, 0, True), (106, 0, False), (110, 0, False), (114, 1, False)]):
+        armed = (n, bucket + 900, bucket + 898)  # timer, bucket_expiry, jiffies when armed (two ticks ahead)
+        records.append(Record(handler(bucket - 2, 400_000), cpu, ticktrace.TIMER_START, 42, armed))
+        records.append(Record(handler(bucket + late, 20_000), cpu, ticktrace.TIMER_EXPIRE, 0, (n,)))
+    records.sort()
+    rec = ticktrace.TickRecord(TICK)
+    rec.feed(records)
+    fates = ticktrace.timer_fates(rec, 42, 2)
+    assert [f.late_ticks for f in fates] == [1, 0, 0, 0]
+    table = ticktrace.slips_by_lead(rec, fates, 2)
+    assert len(table) == 2 and all(len(row) == len(LEAD_BINS_NS) + 1 for row in table)
+    # Each CPU's share is pulled towards the bin's (1 of 2 there) by five pseudo-observations.
+    assert table[0][lead_bin(3_000)] == round((1 + 5 * 0.5) / 6, 4)
+    assert table[1][lead_bin(3_000)] == round((0 + 5 * 0.5) / 6, 4)
+    assert table[0][lead_bin(200)] == 0.0 and table[0][lead_bin(-1_000)] == 0.0
+    assert table[1][lead_bin(200)] == 0.0  # no timer of CPU 1 there: the bin's share
+    assert table[0][lead_bin(1_000)] is None  # no timer with such a lead
+    # A tick stop in the history names the holder: the rule decides there, and the race says nothing.
+    rec.stops = {1: [handler(80, 100_000)]}
+    assert ticktrace.slips_by_lead(rec, fates, 2) == ()
+
+
+def test_calibrate_says_the_race_per_cpu_and_lead():
+    from kernel_model.tick import TickEnvironment
+    from minivmm.timing.calibrate import race_line
+    line = race_line(TickEnvironment(slips_by_lead=((0.05, 0.3, 0.4, None, 0.5, 0.98, 1.0), (0.0,) * 7)))
+    assert "CPU 0: <0 5%, 0-0.5 30%, 0.5-1 40%, 1-1.5 -, 1.5-2 50%, 2-5 98%, >=5 100%; CPU 1: <0 0%" in line
+
+
 class _NoSched:
     """An instance whose kernel has no sched tracepoints."""
 

@@ -71,7 +71,7 @@ from kernel_model.kvm_main import KvmModel
 from kernel_model.platforms import get_platform
 from kernel_model.profile import HostProfile, quantile_points
 from kernel_model.sim import NSEC_PER_SEC, SWITCHED_IN_LATE_NS, Sim
-from kernel_model.tick import TickEnvironment
+from kernel_model.tick import LEAD_BINS_NS, TickEnvironment
 from kernel_model.variants import get_variant
 from minivmm.timing.ticktrace import TickRecord, TickTracer, TimerFate, tick_environment, timer_fates
 
@@ -487,11 +487,24 @@ def describe(profile: HostProfile, runs: list[CalibrationRun], ticks: TickMeasur
                          + " / ".join(pct(v) for v in env.caller_tick_first_by_cpu)
                          + ", another CPU held the duty where a slip was allowed "
                          + " / ".join(pct(v) for v in env.other_holds_duty_by_cpu))
+        if env.slips_by_lead:
+            lines.append(race_line(env))
         lines.append(f"timers a tick late (traced): {len(slipped[0])} of {len(traced[0])} first, {len(slipped[1])} of "
                      f"{len(traced[1])} second ({allowed} of them where kernel_model.tick's rule allows a slip, "
                      f"{raced} after another CPU's handler: {env.other_first_slips:.0%} of such timers); "
                      f"the model with these ticks: {model[0]:.1%} first, {model[1]:.1%} second")
     return "\n".join(lines) + "\n"
+
+
+def race_line(env: TickEnvironment) -> str:
+    """One line of TickEnvironment.slips_by_lead: per CPU, the share of timers that slipped per bin of
+    their CPU's handler lead (where no tick stop named the duty's holder)."""
+    edges = [f"{e / 1000:g}" for e in LEAD_BINS_NS]
+    names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+    rows = ["CPU {}: {}".format(cpu, ", ".join(f"{n} {'-' if v is None else f'{v:.0%}'}" for n, v in zip(names, row)))
+            for cpu, row in enumerate(env.slips_by_lead)]
+    return ("where no tick stop said who held the duty, timers that slipped by their CPU's handler lead (us) over "
+            "the other's: " + "; ".join(rows))
 
 
 def fixed_cost_scatter(runs: list[CalibrationRun]) -> tuple[float, int] | None:

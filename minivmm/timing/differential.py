@@ -182,7 +182,8 @@ def case_environment(record: TickRecord, fates: list[TimerFate], measured: TickE
     often and how lastingly the other CPUs ticked at its grace-period timers' ticks, the handlers' order,
     whether the caller's CPU kept its tick, which CPU it ran on), as the replay takes each repetition's
     tick phase from it; and from ``measured`` (the profile) what only slipped timers tell, the duty's
-    shares and the handlers' race, which the case's own slips would answer for the model. ``fates``: the
+    shares and the handlers' race (by how much a lead), which the case's own slips would answer for the
+    model. ``fates``: the
     case's grace-period timers (:func:`grace_period_fates`); ``measured`` as it is when there are none.
 
     The load moves within minutes and a VMM brings its own (QEMU's threads and minivmm trace's tracer
@@ -195,7 +196,7 @@ def case_environment(record: TickRecord, fates: list[TimerFate], measured: TickE
     own = tick_environment(record, fates, measured.nr_cpus, waits)
     return own._replace(other_holds_duty=measured.other_holds_duty,
                         other_holds_duty_by_cpu=measured.other_holds_duty_by_cpu,
-                        other_first_slips=measured.other_first_slips)
+                        other_first_slips=measured.other_first_slips, slips_by_lead=measured.slips_by_lead)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -30,7 +30,7 @@ import bisect
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from kernel_model.tick import TickEnvironment, handler_at, stopped_between
+from kernel_model.tick import LEAD_BINS_NS, TickEnvironment, TracedTicks, handler_at, lead_bin, stopped_between
 from minivmm.tracefs import Instance, Record, Session, TracefsUnavailable, function_filter, kernel_addresses
 
 HRTIMER, TICK_STOP = "timer/hrtimer_expire_entry", "timer/tick_stop"
@@ -290,11 +290,46 @@ def tick_environment(rec: TickRecord, fates: list[TimerFate], nr_cpus: int,
     first_by = tuple(per_cpu([f.ran_first for f in both if f.cpu == c], first) for c in range(nr_cpus))
     holds_by = tuple(per_cpu([bool(f.late_ticks) for f in allowed if f.cpu == c], holds) for c in range(nr_cpus))
     return TickEnvironment(nr_cpus=nr_cpus, caller_on_boot_cpu=round(boot, 4), caller_keeps_tick=round(keeps, 4),
+                           slips_by_lead=slips_by_lead(rec, fates, nr_cpus),
                            other_tick_share=round(share, 4), other_tick_persist=round(persist, 4),
                            caller_tick_first=round(first, 4), caller_first_persist=round(first_persist, 4),
                            other_stops_between=round(stops / stayed, 4) if stayed else 0.0,
                            other_holds_duty=round(holds, 4), other_first_slips=round(other_first_slips, 4),
                            caller_tick_first_by_cpu=first_by, other_holds_duty_by_cpu=holds_by)
+
+
+def slips_by_lead(rec: TickRecord, fates: list[TimerFate], nr_cpus: int) -> tuple[tuple[float | None, ...], ...]:
+    """TickEnvironment.slips_by_lead: per CPU and bin of its handler's lead over the other CPUs' at the
+    bucket's tick (kernel_model.tick.LEAD_BINS_NS), the share of ``fates`` that slipped, of the timers
+    whose CPU kept its tick, with every CPU's handler traced at the bucket and no tick stop in the
+    DUTY_HISTORY_TICKS before (nothing said who held the duty). Each CPU's share is pulled towards the
+    bin's all-CPU share (:func:`per_cpu`); () when no timer qualifies."""
+    offset = rec.grid_offset()
+    traced = TracedTicks(rec.ticks, rec.stops, rec.tick_ns, offset, 0)
+    bins = len(LEAD_BINS_NS) + 1
+    seen: list[list[list[bool]]] = [[[] for _ in range(bins)] for _ in range(nr_cpus)]
+    for f in fates:
+        if f.late_ticks is None or not f.kept_tick or not f.cpu_ticked or f.cpu >= nr_cpus:
+            continue
+        mine = rec.handler_at(f.cpu, f.bucket_tick, offset)
+        theirs = [rec.handler_at(c, f.bucket_tick, offset) for c in range(nr_cpus) if c != f.cpu]
+        if mine is None or not theirs or any(t is None for t in theirs):
+            continue
+        if traced.duty_before(f.bucket_tick, nr_cpus) is not None:
+            continue  # a tick stop says who held the duty: the rule decides there, not the race
+        lead = min(t for t in theirs if t is not None) - mine
+        seen[f.cpu][lead_bin(lead)].append(bool(f.late_ticks))
+    if not any(any(row) for row in seen):
+        return ()
+
+    def share(cpu: int, b: int) -> float | None:
+        pooled = [x for row in seen for x in row[b]]
+        if not pooled:
+            return None
+        overall = sum(pooled) / len(pooled)
+        mine = per_cpu(seen[cpu][b], overall)
+        return round(overall, 4) if mine is None else mine
+    return tuple(tuple(share(cpu, b) for b in range(bins)) for cpu in range(nr_cpus))
 
 
 #: Pseudo-observations of the all-CPU share that a per-CPU share is pulled towards (a CPU the caller
