@@ -47,6 +47,19 @@ def test_the_grid_is_where_the_handlers_run():
     assert rec.tick_of(handler(102), rec.grid_offset()) == 102
 
 
+def test_a_lone_early_handler_does_not_move_the_grid():
+    # Loaded, every handler ran 150-170 us after the grid's tick but one, 160 us before the others: the
+    # grid is the cluster's, not the stray handler's.
+    ticks = {0: [GRID + k * TICK + 150_000 + (k % 5) * 4_000 for k in range(100, 400)],
+             1: [GRID + k * TICK + 152_000 + (k % 3) * 5_000 for k in range(100, 400)]}
+    ticks[1][50] = GRID + 150 * TICK - 10_000
+    rec = ticktrace.TickRecord(TICK, ticks=ticks)
+    assert rec.grid_offset() == GRID + 150_000
+    # A cluster across the wrap of the tick: its earliest phase is just before it.
+    wrapped = ticktrace.TickRecord(TICK, ticks={0: [k * TICK - 6_000 + (k % 4) * 3_000 for k in range(100, 300)]})
+    assert wrapped.grid_offset() == TICK - 6_000
+
+
 def test_a_timer_that_slipped_where_the_rule_allows_it():
     fate, = ticktrace.timer_fates(made_up(late=True, other_first=False), 42, 2)
     assert (fate.cpu, fate.bucket_tick, fate.late_ticks) == (0, 102, 1)

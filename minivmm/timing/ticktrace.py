@@ -38,6 +38,10 @@ TIMER_START, TIMER_EXPIRE = "timer/timer_start", "timer/timer_expire_entry"
 TICK_FN, DWORK_FN = "tick_nohz_handler", "delayed_work_timer_fn"
 WAKEUP, SWITCH = "sched/sched_wakeup", "sched/sched_switch"
 BUFFER_KB_PER_CPU = 4096
+#: TickRecord.grid_offset: the window the handlers' phases cluster in, and the largest gap between two
+#: phases of one cluster (ns).
+GRID_CLUSTER_NS = 50_000
+GRID_GAP_NS = 20_000
 
 
 def arm_callers(inst: Instance, tids: Collection[int]) -> str:
@@ -118,21 +122,27 @@ class TickRecord:
                 self.switched_in.setdefault(rec.fields[0], []).append(rec.ts)
 
     def grid_offset(self) -> int:
-        """Where the ticks fall in CLOCK_MONOTONIC (0 <= offset < tick): the handlers' earliest phase,
-        taken over the window of a quarter tick that holds the most of them (they run a few µs after
-        their tick)."""
+        """Where the ticks fall in CLOCK_MONOTONIC (0 <= offset < tick): the earliest phase of the
+        cluster the handlers' phases make (they run a few µs after their tick, on a loaded PVM host
+        up to a few hundred µs, all together). The cluster is found where GRID_CLUSTER_NS holds the
+        most handlers and reaches back from there through phases at most GRID_GAP_NS apart: a lone
+        handler earlier than the cluster does not move the grid (with a quarter tick's window, one
+        such handler had put the grid 150-400 µs before every other, and the model's jiffies
+        updates as early)."""
         phases = sorted(t % self.tick_ns for ts in self.ticks.values() for t in ts)
         if not phases:
             raise TracefsUnavailable("no tick handler was traced")
-        span = self.tick_ns // 4
-        doubled = phases + [p + self.tick_ns for p in phases]
-        best, start = -1, 0
-        for i, p in enumerate(phases):
-            n = bisect.bisect_right(doubled, p + span) - i
-            if n > best:
-                best, start = n, p
-        return start % self.tick_ns
-
+        n, tick = len(phases), self.tick_ns
+        around = [p - tick for p in phases] + phases + [p + tick for p in phases]  # the phases wrap
+        best, start = -1, n
+        for i in range(n, 2 * n):
+            held = bisect.bisect_right(around, around[i] + GRID_CLUSTER_NS) - i
+            if held > best:
+                best, start = held, i
+        first = start - n + 1  # back at most once round the tick
+        while start > first and around[start] - around[start - 1] <= GRID_GAP_NS:
+            start -= 1
+        return around[start] % tick
     def tick_of(self, t: int, offset: int) -> int:
         """The tick (counted on the grid from CLOCK_MONOTONIC 0) a handler running at ``t`` belongs to."""
         return (t - offset) // self.tick_ns
