@@ -183,8 +183,8 @@ def case_environment(record: TickRecord, fates: list[TimerFate], measured: TickE
     whether the caller's CPU kept its tick, which CPU it ran on), as the replay takes each repetition's
     tick phase from it; and from ``measured`` (the profile) what only slipped timers tell, the duty's
     shares and the handlers' race (by how much a lead), which the case's own slips would answer for the
-    model. ``fates``: the
-    case's grace-period timers (:func:`grace_period_fates`); ``measured`` as it is when there are none.
+    model. ``fates``: the case's grace-period timers (:func:`grace_period_fates`); ``measured`` as it
+    is when there are none.
 
     The load moves within minutes and a VMM brings its own (QEMU's threads and minivmm trace's tracer
     kept the other CPU ticking at 61-73% of a traced set-up's buckets, where the calibration just before

@@ -102,9 +102,12 @@ class TickRecord:
     woken: dict[int, list[int]] = field(default_factory=dict)
     #: traced caller thread -> times a CPU switched to it (sched_switch).
     switched_in: dict[int, list[int]] = field(default_factory=dict)
+    #: grid_offset(), once worked out (every reader of the record asks for it; feed() forgets it).
+    _grid: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def feed(self, records: list[Record]) -> None:
         """Take the instance's records (in time order)."""
+        self._grid = None
         for rec in records:
             if rec.event == HRTIMER:
                 self.ticks.setdefault(rec.cpu, []).append(rec.ts)
@@ -129,6 +132,11 @@ class TickRecord:
         handler earlier than the cluster does not move the grid (with a quarter tick's window, one
         such handler had put the grid 150-400 µs before every other, and the model's jiffies
         updates as early)."""
+        if self._grid is None:
+            self._grid = self._cluster_start()
+        return self._grid
+
+    def _cluster_start(self) -> int:
         phases = sorted(t % self.tick_ns for ts in self.ticks.values() for t in ts)
         if not phases:
             raise TracefsUnavailable("no tick handler was traced")
@@ -143,6 +151,7 @@ class TickRecord:
         while start > first and around[start] - around[start - 1] <= GRID_GAP_NS:
             start -= 1
         return around[start] % tick
+
     def tick_of(self, t: int, offset: int) -> int:
         """The tick (counted on the grid from CLOCK_MONOTONIC 0) a handler running at ``t`` belongs to."""
         return (t - offset) // self.tick_ns
@@ -158,11 +167,11 @@ class TickRecord:
     def wake_latencies(self, tid: int, start: int, end: int) -> tuple[int, ...] | None:
         """How long each wake-up of thread ``tid`` in ``[start, end)`` waited to run (sched_wakeup to
         the next sched_switch to it), in order; None when its wake-ups were not traced."""
-        woken, ran = self.woken.get(tid), self.switched_in.get(tid, [])
-        if woken is None and tid not in self.switched_in:
+        if tid not in self.woken and tid not in self.switched_in:
             return None
+        woken, ran = self.woken.get(tid, []), self.switched_in.get(tid, [])
         out = []
-        for w in (woken or [])[bisect.bisect_left(woken or [], start):]:
+        for w in woken[bisect.bisect_left(woken, start):]:
             if w >= end:
                 break
             i = bisect.bisect_left(ran, w)
